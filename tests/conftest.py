@@ -1,0 +1,21 @@
+"""Shared fixtures: the embedded tiny model is written once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """OUT_DIR with `base/` (diffusers LCM pipeline) and `ip-adapter/` (h94/IP-Adapter layout)."""
+    from monkey_trt.tiny_model import write_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    write_tiny_model(out, preset="tiny")
+    return out
