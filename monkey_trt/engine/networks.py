@@ -1,0 +1,166 @@
+"""One descriptor per network: input/output names, dtypes, dynamic axes and shape profiles.
+
+The exporter traces with these names, the manifest records them, the TensorRT builder turns
+`profile_shapes` into optimisation profiles and the runtime allocates buffers from them.
+Lean: stdlib only.
+
+Symbolic dims: B (batch), H/W (image pixels), h/w (latent = H/8, W/8), Q (query tokens at the
+mask layer, e.g. h/4 * w/4 for SD1.5's `up_blocks.1`), and model constants filled in from ModelDims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask")
+UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Sizes that fix the static dims of every network (read from the model configs at export)."""
+
+    text_len: int = 77
+    text_dim: int = 768  # CLIP text hidden == UNet cross_attention_dim
+    time_cond_dim: int = 256
+    n_ip_tokens: int = 4
+    n_ip_layers: int = 16
+    latent_channels: int = 4
+    vae_factor: int = 8
+    image_size: int = 224  # CLIP vision input
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """min/opt/max of one dynamic size."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not (0 < self.min <= self.opt <= self.max):
+            raise ValueError(f"need 0 < min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+
+    def contains(self, v: int) -> bool:
+        return self.min <= v <= self.max
+
+    def as_list(self) -> list[int]:
+        return [self.min, self.opt, self.max]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The request shapes an engine directory supports (pixels; batch = images per request)."""
+
+    batch: ShapeRange
+    height: ShapeRange
+    width: ShapeRange
+
+    @classmethod
+    def static(cls, batch: int, height: int, width: int) -> "Profile":
+        return cls(ShapeRange(batch, batch, batch), ShapeRange(height, height, height), ShapeRange(width, width, width))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profile":
+        return cls(*(ShapeRange(*d[k]) for k in ("batch", "height", "width")))
+
+    def to_dict(self) -> dict:
+        return {"batch": self.batch.as_list(), "height": self.height.as_list(), "width": self.width.as_list()}
+
+    def check(self, batch: int, height: int, width: int) -> str | None:
+        """None if the request fits, else a one-line reason."""
+        for name, rng, v in (("batch", self.batch, batch), ("height", self.height, height), ("width", self.width, width)):
+            if not rng.contains(v):
+                return f"{name} {v} is outside the engine profile {rng.min}..{rng.max} (re-export with --min/--max)"
+        return None
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # ints are static, strings are symbolic dims
+
+
+@dataclass(frozen=True)
+class NetworkDesc:
+    """One exported network."""
+
+    name: str
+    inputs: tuple[TensorDesc, ...]
+    outputs: tuple[TensorDesc, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """torch.onnx.export's dynamic_axes: every symbolic dim of every tensor."""
+        axes: dict[str, dict[int, str]] = {}
+        for t in self.inputs + self.outputs:
+            sym = {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            if sym:
+                axes[t.name] = sym
+        return axes
+
+    def resolve(self, shape: tuple[int | str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else sizes[d] for d in shape)
+
+    def profile_shapes(self, profile: Profile, dims: ModelDims) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Input name -> (min, opt, max) concrete shapes, for TensorRT optimisation profiles."""
+        out: dict[str, tuple[tuple[int, ...], ...]] = {}
+        picks = [(profile.batch.min, profile.height.min, profile.width.min),
+                 (profile.batch.opt, profile.height.opt, profile.width.opt),
+                 (profile.batch.max, profile.height.max, profile.width.max)]
+        for t in self.inputs:
+            out[t.name] = tuple(self.resolve(t.shape, symbol_sizes(b, h, w, dims)) for b, h, w in picks)
+        return out
+
+
+def symbol_sizes(batch: int, height: int, width: int, dims: ModelDims) -> dict[str, int]:
+    """Concrete values of the symbolic dims for one request size."""
+    return {"B": batch, "H": height, "W": width, "h": height // dims.vae_factor, "w": width // dims.vae_factor}
+
+
+def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
+    """The four networks of an engine directory."""
+    f32, i64 = "float32", "int64"
+    T = TensorDesc
+    return {
+        "text_encoder": NetworkDesc(
+            "text_encoder",
+            inputs=(T("input_ids", i64, ("B", dims.text_len)),),
+            outputs=(T("text_embeds", f32, ("B", dims.text_len, dims.text_dim)),),
+        ),
+        "image_encoder": NetworkDesc(
+            "image_encoder",
+            inputs=(T("pixel_values", f32, ("B", 3, dims.image_size, dims.image_size)),),
+            outputs=(T("ip_tokens", f32, ("B", dims.n_ip_tokens, dims.text_dim)),),
+        ),
+        "unet": NetworkDesc(
+            "unet",
+            inputs=(
+                T("sample", f32, ("B", dims.latent_channels, "h", "w")),
+                T("timestep", f32, ("B",)),
+                T("encoder_hidden_states", f32, ("B", dims.text_len, dims.text_dim)),
+                T("timestep_cond", f32, ("B", dims.time_cond_dim)),
+                T("ip_tokens", f32, ("B", dims.n_ip_tokens, dims.text_dim)),
+                T("ip_scale", f32, (dims.n_ip_layers,)),
+                T("ip_mask", f32, ("B", 1, "H", "W")),
+            ),
+            outputs=(
+                T("noise_pred", f32, ("B", dims.latent_channels, "h", "w")),
+                T("ip_attn_map", f32, ("B", "Q", dims.n_ip_tokens)),
+            ),
+        ),
+        "vae_decoder": NetworkDesc(
+            "vae_decoder",
+            inputs=(T("latents", f32, ("B", dims.latent_channels, "h", "w")),),
+            outputs=(T("images", f32, ("B", 3, "H", "W")),),
+        ),
+    }

@@ -1,0 +1,202 @@
+"""The engine directory contract: `manifest.json`, the only thing export and runtime share.
+
+    ENGINE_DIR/
+      manifest.json            this file's schema (SCHEMA_VERSION)
+      tokenizer/tokenizer.json CLIP BPE for `tokenizers`
+      text_encoder.onnx  image_encoder.onnx  unet.onnx (+ unet.onnx.data)  vae_decoder.onnx
+      trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
+
+The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`, which
+checks the schema version and every file's size and sha256 before anything runs.
+Lean: stdlib + numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile, TensorDesc
+from monkey_trt.errors import EngineDirError
+
+SCHEMA = "monkey-trt/engine-dir"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SchedulerConsts:
+    """What the numpy LCM scheduler needs, copied from the diffusers scheduler at export."""
+
+    alphas_cumprod: tuple[float, ...]  # [num_train_timesteps] float32 values
+    original_inference_steps: int = 50
+    timestep_scaling: float = 10.0
+    sigma_data: float = 0.5
+    final_alpha_cumprod: float = 1.0
+    num_train_timesteps: int = 1000
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """CLIP image preprocessing constants (see runtime.images.clip_preprocess)."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    """One network's files and signature."""
+
+    desc: NetworkDesc
+    file: str
+    data_file: str | None  # external weights, one file per network
+    sha256: dict[str, str]  # file name -> hex digest, for every file of the network
+    sizes: dict[str, int]  # file name -> bytes
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dims: ModelDims
+    profile: Profile
+    mask_layer: str
+    ip_layers: tuple[str, ...]  # attn2 layers in ip_scale order
+    scheduler: SchedulerConsts
+    preprocess: ImagePreprocess
+    vae_scaling_factor: float
+    networks: dict[str, NetworkEntry]
+    source: dict = field(default_factory=dict)  # model ids/paths, weight hashes
+    exporter: dict = field(default_factory=dict)  # versions, opset, precision
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.asarray(self.scheduler.alphas_cumprod, dtype=np.float32)
+
+    def path(self, root: Path, network: str) -> Path:
+        return Path(root) / self.networks[network].file
+
+    # -- (de)serialisation -------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "dims": asdict(self.dims),
+            "profile": self.profile.to_dict(),
+            "mask_layer": self.mask_layer,
+            "ip_layers": list(self.ip_layers),
+            "scheduler": asdict(self.scheduler),
+            "preprocess": asdict(self.preprocess),
+            "vae_scaling_factor": self.vae_scaling_factor,
+            "networks": {name: _entry_to_json(e) for name, e in self.networks.items()},
+            "source": self.source,
+            "exporter": self.exporter,
+        }
+        d["scheduler"]["alphas_cumprod"] = [float(a) for a in self.scheduler.alphas_cumprod]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Manifest":
+        sch = dict(d["scheduler"])
+        sch["alphas_cumprod"] = tuple(float(a) for a in sch["alphas_cumprod"])
+        pre = dict(d["preprocess"])
+        pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+        return cls(
+            dims=ModelDims(**d["dims"]),
+            profile=Profile.from_dict(d["profile"]),
+            mask_layer=d["mask_layer"],
+            ip_layers=tuple(d["ip_layers"]),
+            scheduler=SchedulerConsts(**sch),
+            preprocess=ImagePreprocess(**pre),
+            vae_scaling_factor=float(d["vae_scaling_factor"]),
+            networks={name: _entry_from_json(name, e) for name, e in d["networks"].items()},
+            source=d.get("source", {}),
+            exporter=d.get("exporter", {}),
+        )
+
+    def write(self, root: Path) -> Path:
+        return write_json_atomic(Path(root) / MANIFEST, self.to_json())
+
+
+def _entry_to_json(e: NetworkEntry) -> dict:
+    tensors = lambda ts: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]  # noqa: E731
+    return {"file": e.file, "data_file": e.data_file, "sha256": e.sha256, "sizes": e.sizes,
+            "inputs": tensors(e.desc.inputs), "outputs": tensors(e.desc.outputs)}
+
+
+def _entry_from_json(name: str, d: dict) -> NetworkEntry:
+    tensors = lambda ts: tuple(TensorDesc(t["name"], t["dtype"], tuple(t["shape"])) for t in ts)  # noqa: E731
+    desc = NetworkDesc(name, tensors(d["inputs"]), tensors(d["outputs"]))
+    return NetworkEntry(desc, d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()})
+
+
+# -- files ------------------------------------------------------------------------------
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: dict) -> Path:
+    """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
+    """Read and validate ENGINE_DIR/manifest.json. `verify`: "sha256" (default), "size" or "none".
+
+    Every fault is an EngineDirError with one line naming the directory and what is wrong.
+    """
+    root = Path(root)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise EngineDirError(f"engine directory {root} does not exist (run `monkey-trt export --out {root}` first)")
+    if not mpath.is_file():
+        raise EngineDirError(f"{root} is not an engine directory: {MANIFEST} is missing")
+    try:
+        raw = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineDirError(f"{mpath} is corrupt: {e}") from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        raise EngineDirError(f"{mpath} is not a monkey-trt manifest")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise EngineDirError(
+            f"{mpath} has schema version {raw.get('schema_version')}, this monkey-trt reads {SCHEMA_VERSION}: re-export the engine directory"
+        )
+    try:
+        manifest = Manifest.from_json(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineDirError(f"{mpath} is malformed: {type(e).__name__}: {e}") from None
+    for name in ("text_encoder", "image_encoder", "unet", "vae_decoder"):
+        if name not in manifest.networks:
+            raise EngineDirError(f"{mpath} lists no network {name!r}")
+    if verify != "none":
+        for name, entry in manifest.networks.items():
+            for fname, digest in entry.sha256.items():
+                f = root / fname
+                if not f.is_file():
+                    raise EngineDirError(f"{root}: file {fname} of network {name} is missing")
+                if f.stat().st_size != entry.sizes.get(fname, -1):
+                    raise EngineDirError(f"{root}: file {fname} of network {name} has the wrong size (altered or truncated)")
+                if verify == "sha256" and sha256_file(f) != digest:
+                    raise EngineDirError(f"{root}: file {fname} of network {name} fails its sha256 check (altered)")
+    return manifest
