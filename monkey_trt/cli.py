@@ -1,0 +1,182 @@
+"""`monkey-trt` command line (typer + rich).
+
+Every user error is a MonkeyError: printed as one line `error: ...`, exit code 2, no traceback,
+no half-written output. Set MONKEY_TRT_DEBUG=1 to see tracebacks of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER, MonkeyConfig, Request
+from monkey_trt.errors import MonkeyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) inference engine.")
+console = Console(stderr=True)
+
+DEMO_PROMPT = "a toy on the beach"
+
+
+# -- shared option parsing -------------------------------------------------------------------
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x != "")
+    except ValueError:
+        raise MonkeyError(f"--{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _build_config(steps_mask_pass, mask_steps, mask_layer, mask_token, threshold, scale_mask_pass,
+                  steps_final, masked_steps, scale_final, guidance_scale) -> MonkeyConfig:
+    return MonkeyConfig(
+        steps_mask_pass=steps_mask_pass, mask_steps=_int_list(mask_steps, "mask-steps"), mask_layer=mask_layer,
+        mask_token=mask_token, threshold=threshold, scale_mask_pass=scale_mask_pass, steps_final=steps_final,
+        masked_steps=_int_list(masked_steps, "masked-steps"), scale_final=scale_final, guidance_scale=guidance_scale,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Library chatter (deprecations, 'truncated' notices) is replaced by our own one-line warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        yield
+
+
+def _warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+
+
+# -- commands -------------------------------------------------------------------------------
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Path = typer.Argument(..., help="Folder to write base/ and ip-adapter/ into"),
+    preset: str = typer.Option("tiny", help="tiny (CPU tests/demo) or sd15 (real sizes, random weights)"),
+):
+    """Write the embedded model (random weights, hub layouts) for offline tests, demos and benchmarks."""
+    from monkey_trt.tiny_model import write_tiny_model
+
+    if preset not in ("tiny", "sd15"):
+        raise MonkeyError(f"--preset must be tiny or sd15, got {preset!r}")
+    with _quiet_libraries(), console.status(f"writing the {preset} model to {out_dir}"):
+        paths = write_tiny_model(out_dir, preset=preset)
+    typer.echo(f"base:       {paths.base}\nip-adapter: {paths.ip_adapter}\nsubject:    {paths.subject}")
+
+
+@app.command()
+def generate(
+    image: Path = typer.Option(..., "--image", help="Subject image (any PIL format)"),
+    prompt: str = typer.Option(..., "--prompt", help="Text prompt; it owns the background"),
+    out: Path = typer.Option(..., "--out", help="Output folder (created or replaced atomically)"),
+    base: str = typer.Option(DEFAULT_BASE, help="Base LCM model: hub id or diffusers folder"),
+    ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="IP-Adapter: hub id or folder (h94 layout)"),
+    ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
+    backend: str = typer.Option("torch", help="torch (PyTorch reference) | ort | trt"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends)"),
+    device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
+    seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
+    height: int = typer.Option(512, help="Image height, multiple of 8"),
+    width: int = typer.Option(512, help="Image width, multiple of 8"),
+    noise: Optional[Path] = typer.Option(None, "--noise", help=".npz with latents [1,4,h,w] and step_noise [K,1,4,h,w]"),
+    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write arrays.npz (float image and mask)"),
+    baseline: bool = typer.Option(False, "--baseline", help="Also run plain IP-Adapter: ipadapter.png, grid.png"),
+    baseline_scale: Optional[float] = typer.Option(None, "--baseline-scale", help="IP scale of the baseline (default: scale_final)"),
+    steps_mask_pass: int = typer.Option(4, "--steps-mask-pass"),
+    mask_steps: str = typer.Option("1,2", "--mask-steps", help="0-based steps of pass 1 whose maps are combined"),
+    mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer"),
+    mask_token: int = typer.Option(1, "--mask-token"),
+    threshold: float = typer.Option(0.5, "--threshold"),
+    scale_mask_pass: float = typer.Option(1.0, "--scale-mask-pass"),
+    steps_final: int = typer.Option(8, "--steps-final"),
+    masked_steps: str = typer.Option("2,3,4,5", "--masked-steps", help="0-based steps of pass 2 with IP on (masked)"),
+    scale_final: float = typer.Option(1.0, "--scale-final"),
+    guidance_scale: float = typer.Option(8.5, "--guidance-scale"),
+):
+    """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
+    from monkey_trt.generate import GenerateJob, run_generate
+
+    config = _build_config(steps_mask_pass, mask_steps, mask_layer, mask_token, threshold, scale_mask_pass,
+                           steps_final, masked_steps, scale_final, guidance_scale)
+    request = Request(prompt=prompt, height=height, width=width, seed=seed, config=config)
+    job = GenerateJob(
+        request=request, image=image, out=out, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight,
+        backend=backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
+        baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
+    )
+    with _quiet_libraries():
+        result_dir, result = run_generate(job, console)
+    for w in result.warnings:
+        _warn(w)
+    typer.echo(f"wrote {result_dir}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("monkey-demo"), "--out", help="Output folder"),
+    workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Where the tiny model is cached"),
+    prompt: str = typer.Option(DEMO_PROMPT, "--prompt"),
+    size: int = typer.Option(64, "--size", help="Image side (the tiny model is fast at 64)"),
+    seed: int = typer.Option(0, "--seed"),
+    backend: str = typer.Option("torch", help="torch | ort | trt"),
+):
+    """The main job end to end on the embedded tiny model, offline."""
+    from monkey_trt.generate import GenerateJob, run_generate
+    from monkey_trt.tiny_model import write_tiny_model
+
+    model_dir = workdir / "tiny-model"
+    with _quiet_libraries():
+        if not (model_dir / "base" / "model_index.json").is_file():
+            with console.status(f"writing the embedded tiny model to {model_dir}"):
+                write_tiny_model(model_dir, preset="tiny")
+        request = Request(prompt=prompt, height=size, width=size, seed=seed)
+        job = GenerateJob(
+            request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
+            ip_adapter=str(model_dir / "ip-adapter"), backend=backend, baseline_scale=request.config.scale_final,
+            engine_dir=workdir / "tiny-engine" if backend != "torch" else None,
+        )
+        result_dir, result = run_generate(job, console)
+    for w in result.warnings:
+        _warn(w)
+    typer.echo(f"demo outputs in {result_dir}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
+
+
+# -- entry point ------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: MonkeyError -> one line on stderr, exit 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MonkeyError as e:
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("[red]aborted[/]")
+        return 130
+    except Exception as e:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if os.environ.get("MONKEY_TRT_DEBUG"):
+            raise
+        console.print(f"[red]internal error:[/] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                      "(set MONKEY_TRT_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Export MONKEY's four networks to ONNX and write an engine directory (see runtime/manifest.py).
+
+    export_engine_dir(ExportOptions(...)) -> ENGINE_DIR
+
+Everything is written into a temporary sibling folder and renamed into place at the end, so a
+failed export never leaves a half-written engine directory. torch/diffusers are used here only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from monkey_trt import __version__
+from monkey_trt.atomic import replace_dir
+from monkey_trt.config import DEFAULT_MASK_LAYER
+from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
+from monkey_trt.errors import MonkeyError
+from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
+from monkey_trt.reference.loading import ModelSource, ReferenceModels, load_reference_models
+from monkey_trt.runtime.manifest import (
+    MANIFEST,
+    ImagePreprocess,
+    Manifest,
+    NetworkEntry,
+    SchedulerConsts,
+    sha256_file,
+)
+from monkey_trt.runtime.tokenizer import ClipTokenizer
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # networks above 1 GiB keep weights in one `<net>.onnx.data` file
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    source: ModelSource
+    out: Path
+    profile: Profile
+    mask_layer: str = DEFAULT_MASK_LAYER
+    opset: int = 17
+    fold_constants: bool = True
+    force: bool = False  # replace an existing engine directory
+
+
+def model_dims(m: ReferenceModels) -> ModelDims:
+    unet, vae = m.unet.config, m.vae.config
+    return ModelDims(
+        text_len=m.text_encoder.config.max_position_embeddings,
+        text_dim=unet.cross_attention_dim,
+        time_cond_dim=unet.time_cond_proj_dim,
+        n_ip_tokens=m.image_proj.num_image_text_embeds,
+        n_ip_layers=len(m.ip_layers),
+        latent_channels=unet.in_channels,
+        vae_factor=2 ** (len(vae.block_out_channels) - 1),
+        image_size=m.image_encoder.config.image_size,
+    )
+
+
+def sample_inputs(desc: NetworkDesc, dims: ModelDims, batch: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs of the profile's opt shape (for tracing and the smoke check)."""
+    g = torch.Generator().manual_seed(0)
+    sizes = symbol_sizes(batch, height, width, dims)
+    out = []
+    for t in desc.inputs:
+        shape = desc.resolve(t.shape, sizes)
+        if t.name == "input_ids":
+            out.append(torch.randint(0, 100, shape, generator=g, dtype=torch.int64))
+        elif t.name == "timestep":
+            out.append(torch.full(shape, 759.0))
+        elif t.name == "ip_mask":
+            out.append((torch.rand(shape, generator=g) > 0.5).float())
+        elif t.name == "ip_scale":
+            out.append(torch.ones(shape))
+        else:
+            out.append(torch.randn(shape, generator=g))
+    return tuple(out)
+
+
+def export_network(module: torch.nn.Module, desc: NetworkDesc, args: tuple, path: Path, opset: int) -> None:
+    """torch.onnx (TorchScript exporter: proven on SD UNets, symbolic shapes through Shape ops)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=desc.input_names, output_names=desc.output_names,
+            dynamic_axes=desc.dynamic_axes(), opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+
+
+def finalize_onnx(path: Path, fold: bool) -> list[str]:
+    """Check, fold constants (Polygraphy), infer shapes; weights > 1 GiB go to one `.onnx.data` file.
+
+    Returns the network's file names (relative to its folder).
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    if fold:
+        from polygraphy.backend.onnx import fold_constants
+
+        model = fold_constants(model, error_ok=True, partitioning="basic")
+    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_protobuf(model) else True
+    for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
+        if f != path and f.suffix != ".onnx":
+            f.unlink()
+    files = [path.name]
+    if big:
+        data = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+        files.append(data)
+    else:
+        onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))
+    onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    return files
+
+
+def _fits_protobuf(model) -> bool:
+    try:
+        return model.ByteSize() < (2**31 - 1)
+    except ValueError:
+        return False
+
+
+def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
+    say = progress or (lambda msg: None)
+    out = Path(opts.out).absolute()
+    if out.exists() and not opts.force:
+        raise MonkeyError(f"{out} exists: pass --force to replace it")
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise MonkeyError(f"{out} is a non-empty folder that is not an engine directory; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    say("loading models")
+    m = load_reference_models(opts.source)
+    if opts.mask_layer not in m.ip_layers:
+        raise MonkeyError(f"--mask-layer {opts.mask_layer!r} is not an IP-Adapter layer; choose one of: {', '.join(m.ip_layers)}")
+    dims = model_dims(m)
+    for side in (opts.profile.height, opts.profile.width):
+        if any(v % dims.vae_factor for v in side.as_list()):
+            raise MonkeyError(f"profile sizes must be multiples of {dims.vae_factor}, got {side.as_list()}")
+    descs = network_descs(dims)
+    modules = {
+        "text_encoder": TextEncoderNet(m.text_encoder),
+        "image_encoder": ImageEncoderNet(m.image_encoder, m.image_proj),
+        "unet": UNetNet(m.unet, m.ctx, m.ip_layers.index(opts.mask_layer)),
+        "vae_decoder": VaeDecoderNet(m.vae),
+    }
+    p = opts.profile
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries = {}
+        for name, module in modules.items():
+            say(f"exporting {name}")
+            net_dir = tmp / f".{name}"
+            net_dir.mkdir()
+            args = sample_inputs(descs[name], dims, p.batch.opt, p.height.opt, p.width.opt)
+            export_network(module.eval(), descs[name], args, net_dir / f"{name}.onnx", opts.opset)
+            say(f"checking and folding {name}")
+            files = finalize_onnx(net_dir / f"{name}.onnx", opts.fold_constants)
+            for f in files:
+                os.replace(net_dir / f, tmp / f)
+            net_dir.rmdir()
+            entries[name] = NetworkEntry(
+                desc=descs[name], file=files[0], data_file=files[1] if len(files) > 1 else None,
+                sha256={f: sha256_file(tmp / f) for f in files}, sizes={f: (tmp / f).stat().st_size for f in files},
+            )
+        say("writing tokenizer and manifest")
+        tok = ClipTokenizer.from_dir(Path(m.files["base"]) / "tokenizer")
+        (tmp / "tokenizer").mkdir()
+        tok.save(tmp / "tokenizer")
+        manifest = Manifest(
+            dims=dims, profile=p, mask_layer=opts.mask_layer, ip_layers=tuple(m.ip_layers),
+            scheduler=scheduler_consts(m.scheduler), preprocess=ImagePreprocess(size=dims.image_size),
+            vae_scaling_factor=float(m.vae.config.scaling_factor), networks=entries,
+            source={**asdict(opts.source), **m.files, "tokenizer_sha256": {
+                f.name: sha256_file(f) for f in sorted((tmp / "tokenizer").iterdir())}},
+            exporter={"monkey_trt": __version__, "torch": torch.__version__, "onnx_opset": opts.opset,
+                      "diffusers": _version("diffusers"), "transformers": _version("transformers"),
+                      "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants},
+        )
+        manifest.write(tmp)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def scheduler_consts(scheduler) -> SchedulerConsts:
+    cfg = scheduler.config
+    return SchedulerConsts(
+        alphas_cumprod=tuple(float(a) for a in scheduler.alphas_cumprod.to(torch.float32).numpy()),
+        original_inference_steps=int(cfg.original_inference_steps),
+        timestep_scaling=float(cfg.timestep_scaling),
+        sigma_data=0.5,
+        final_alpha_cumprod=float(np.float32(scheduler.final_alpha_cumprod)),
+        num_train_timesteps=int(cfg.num_train_timesteps),
+    )
+
+
+def _version(mod: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(mod)
+    except md.PackageNotFoundError:
+        return "not installed"

@@ -1,0 +1,91 @@
+"""`generate` as a job: validate everything cheap first, then load a backend, run, write outputs.
+
+Backends: `torch` (the PyTorch reference), `ort` / `trt` (the lean runtime on an engine dir).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from monkey_trt.config import DEFAULT_IP_WEIGHT, Request
+from monkey_trt.errors import MonkeyError
+from monkey_trt.outputs import check_out_dir, write_outputs
+from monkey_trt.runtime.images import load_subject
+from monkey_trt.runtime.noise import load_noise_file
+from monkey_trt.runtime.result import MonkeyOutput
+
+BACKENDS = ("torch", "ort", "trt")
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    request: Request
+    image: Path
+    out: Path
+    base: str
+    ip_adapter: str
+    ip_weight: str = DEFAULT_IP_WEIGHT
+    backend: str = "torch"
+    engine_dir: Path | None = None
+    device: str = "cpu"
+    noise: Path | None = None
+    save_arrays: bool = False
+    baseline_scale: float | None = None
+
+
+def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
+    if job.backend not in BACKENDS:
+        raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
+    if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
+        raise MonkeyError(f"baseline scale must be in [0, 4], got {job.baseline_scale}")
+    check_out_dir(job.out)
+    subject = load_subject(job.image)
+    req, c = job.request, job.request.config
+    noise = None
+    if job.noise is not None:
+        noise = load_noise_file(job.noise, req.latent_shape, max(c.steps_mask_pass, c.steps_final) - 1)
+
+    with console.status(f"loading the {job.backend} backend"):
+        pipe = _load_backend(job)
+    with console.status(f"generating {req.width}x{req.height} on {job.backend}"):
+        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True)
+
+    record = {
+        "prompt": req.prompt,
+        "seed": None if noise is not None else req.seed,
+        "noise_file": None if job.noise is None else {"path": str(job.noise), "sha256": _sha256(job.noise)},
+        "height": req.height,
+        "width": req.width,
+        "config": c.to_dict(),
+        "baseline_scale": job.baseline_scale,
+        "subject": str(job.image),
+        "models": {"base": job.base, "ip_adapter": job.ip_adapter, "ip_weight": job.ip_weight,
+                   "engine_dir": str(job.engine_dir) if job.engine_dir else None},
+    }
+    return write_outputs(job.out, result, subject, record, save_arrays=job.save_arrays), result
+
+
+def _load_backend(job: GenerateJob):
+    if job.backend == "torch":
+        try:
+            import torch
+
+            from monkey_trt.reference.pipeline import ReferencePipeline
+        except ImportError as e:
+            raise MonkeyError(f"the torch backend needs the export extra ({e.name} missing): pip install 'monkey-trt[export]'") from None
+        if job.device.startswith("cuda") and not torch.cuda.is_available():
+            raise MonkeyError("--device cuda asked for, but torch sees no CUDA GPU here")
+        return ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device)
+    if job.engine_dir is None:
+        raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,148 @@
+"""MONKEY's IP-Adapter cross-attention for the PyTorch reference and the ONNX exporter.
+
+Same math as diffusers' `IPAdapterAttnProcessor2_0` + `IPAdapterMaskProcessor`:
+
+    out = text_attn + scale * (ip_attn * mask_at_this_grid)
+
+plus, at the mask layer, the map SPEC.md defines (note: no 1/sqrt(head_dim) in the map):
+
+    ip_attn_map = mean_heads(softmax(q @ k_ip^T))            [B, Q, n_ip_tokens]
+
+All per-forward inputs (IP tokens, per-layer scales, per-level masks) live in one `IPContext`
+shared by the 16 processors, so a traced graph sees them as tensors (no Python branching on
+tensor values). In eager mode a Python scale of 0 skips the IP branch, exactly like diffusers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class IPContext:
+    """What every IP layer reads during one UNet forward."""
+
+    ip_tokens: torch.Tensor | None = None  # [B, n_ip_tokens, D]
+    scales: Sequence[float] | torch.Tensor = ()  # [n_ip_layers]: python floats (eager) or a tensor (export)
+    masks: dict[int, torch.Tensor] | None = None  # level -> [B, Q_level, 1]; None = unmasked
+    map_layer: int | None = None  # index of the IP layer whose map is recorded (None: no map)
+    attn_map: torch.Tensor | None = field(default=None, repr=False)  # [B, Q, n_ip_tokens], written by the mask layer
+
+
+def ip_layer_names(unet) -> list[str]:
+    """Cross-attention (attn2) layers in `unet.attn_processors` order: IP weight key 2*i+1 is layer i."""
+    return [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor")]
+
+
+def layer_level(name: str, n_blocks: int) -> int:
+    """How many times the latent grid was halved at this layer (down i -> i, mid -> n-1, up j -> n-1-j)."""
+    if m := re.match(r"down_blocks\.(\d+)\.", name):
+        return int(m.group(1))
+    if name.startswith("mid_block."):
+        return n_blocks - 1
+    if m := re.match(r"up_blocks\.(\d+)\.", name):
+        return n_blocks - 1 - int(m.group(1))
+    raise ValueError(f"cannot place attention layer {name!r} in the UNet")
+
+
+def level_grids(latent_h: int, latent_w: int, n_levels: int) -> list[tuple[int, int]]:
+    """Query grid per level: stride-2 convs (pad 1) map a side s to ceil(s / 2)."""
+    grids = [(latent_h, latent_w)]
+    for _ in range(n_levels - 1):
+        h, w = grids[-1]
+        grids.append((-(-h // 2), -(-w // 2)))
+    return grids
+
+
+def downsample_mask(mask: torch.Tensor, grid: tuple[int, int] | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """[B, 1, H, W] pixel mask -> [B, gh*gw, 1], bicubic like IPAdapterMaskProcessor.downsample."""
+    small = F.interpolate(mask, size=grid, mode="bicubic", align_corners=False)  # [B, 1, gh, gw]
+    return small.flatten(2).transpose(1, 2)
+
+
+class MonkeyIPAttnProcessor(nn.Module):
+    """IP-Adapter attention for one attn2 layer; `to_k_ip`/`to_v_ip` hold the adapter weights."""
+
+    def __init__(self, hidden_size: int, cross_attention_dim: int, index: int, level: int, ctx: IPContext):
+        super().__init__()
+        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.index, self.level = index, level
+        self.ctx = ctx
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]  # hidden_states: [B, Q, C]
+        ctx = self.ctx
+
+        # Text cross-attention, as AttnProcessor2_0 (SD1.5 attn2 has no norms, masks or 4-D input).
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        q = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, Q, d]
+        k = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, 77, d]
+        v = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, Q, C]
+
+        scale = ctx.scales[self.index]
+        want_map = ctx.map_layer == self.index
+        skip_ip = isinstance(scale, (int, float)) and scale == 0 and not want_map
+        if not skip_ip:
+            ip_k = self.to_k_ip(ctx.ip_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, 4, d]
+            ip_v = self.to_v_ip(ctx.ip_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if want_map:
+                # SPEC.md: softmax(Q K_ip^T) without the 1/sqrt(d) factor, mean over heads.
+                ctx.attn_map = torch.softmax(q @ ip_k.transpose(-1, -2), dim=-1).mean(dim=1)  # [B, Q, 4]
+            if not (isinstance(scale, (int, float)) and scale == 0):
+                ip_out = F.scaled_dot_product_attention(q, ip_k, ip_v, dropout_p=0.0, is_causal=False)
+                ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, Q, C]
+                if ctx.masks is not None:
+                    ip_out = ip_out * ctx.masks[self.level]
+                out = out + scale * ip_out
+
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def install_ip_processors(unet, ip_state_dict: dict[str, torch.Tensor]) -> tuple[IPContext, list[str]]:
+    """Replace every attn2 processor by a MonkeyIPAttnProcessor carrying the adapter's weights.
+
+    ip_state_dict: the adapter file's `ip_adapter` part: "{2*i+1}.to_k_ip.weight" / "...to_v_ip.weight".
+    Returns the shared context and the IP layer names (scale order).
+    """
+    ctx = IPContext()
+    names = ip_layer_names(unet)
+    n_blocks = len(unet.config.block_out_channels)
+    modules = dict(unet.named_modules())
+    procs = {}
+    for name, proc in unet.attn_processors.items():
+        layer = name[: -len(".processor")]
+        if layer not in names:
+            procs[name] = proc
+            continue
+        i = names.index(layer)
+        attn = modules[layer]
+        p = MonkeyIPAttnProcessor(
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features,
+            index=i,
+            level=layer_level(layer, n_blocks),
+            ctx=ctx,
+        )
+        key = 2 * i + 1
+        p.to_k_ip.weight.data.copy_(ip_state_dict[f"{key}.to_k_ip.weight"])
+        p.to_v_ip.weight.data.copy_(ip_state_dict[f"{key}.to_v_ip.weight"])
+        procs[name] = p.to(device=unet.device, dtype=unet.dtype)
+    unet.set_attn_processor(procs)
+    return ctx, names

@@ -1,0 +1,183 @@
+"""The lean MONKEY runtime: an engine directory + runners -> images and mask. No torch, no diffusers.
+
+    pipe = MonkeyPipeline.from_engine_dir("engine/", backend="ort")
+    out = pipe(Request(prompt="a dog on the beach", height=512, width=512, seed=0), subject)
+
+Sections: loading, encoders, one LCM pass (the hot loop), the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from monkey_trt.config import MAX_TOKENS, Request
+from monkey_trt.engine.runner import Runner
+from monkey_trt.errors import MonkeyError
+from monkey_trt.runtime.images import clip_preprocess
+from monkey_trt.runtime.manifest import Manifest, load_manifest
+from monkey_trt.runtime.method import run_monkey
+from monkey_trt.runtime.noise import NoisePlan
+from monkey_trt.runtime.result import MonkeyOutput
+from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
+from monkey_trt.runtime.tokenizer import ClipTokenizer
+
+NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")
+RUNTIME_BACKENDS = ("ort", "trt")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run an engine directory."""
+
+    backend: str = "ort"  # ort | trt
+    providers: tuple[str, ...] = ("cpu",)  # ort: cpu | cuda | tensorrt, in priority order
+    fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
+    cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
+    verify: str = "sha256"  # engine-dir file check: sha256 | size | none
+
+
+# -- loading ---------------------------------------------------------------------------------
+def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[str, Runner]:
+    """One activated runner per network."""
+    if opts.backend == "ort":
+        from monkey_trt.engine.ort import OrtRunner
+
+        runners = {
+            name: OrtRunner(
+                manifest.path(root, name), providers=opts.providers, name=name, fp16=opts.fp16,
+                trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in opts.providers else None,
+                cuda_graph=opts.cuda_graph and name == "unet",
+            )
+            for name in NETWORKS
+        }
+    elif opts.backend == "trt":
+        from monkey_trt.engine.trt import open_trt_runners
+
+        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph)
+    else:
+        raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
+    try:
+        for r in runners.values():
+            r.activate()
+    except BaseException:
+        for r in runners.values():
+            r.deactivate()
+        raise
+    return runners
+
+
+class MonkeyPipeline:
+    """Both LCM passes of MONKEY on a backend's runners."""
+
+    def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], opts: RuntimeOptions):
+        self.root, self.manifest, self.runners, self.opts = Path(root), manifest, runners, opts
+        self.backend = opts.backend
+        self.tokenizer = ClipTokenizer.from_dir(self.root / "tokenizer")
+        s = manifest.scheduler
+        self.schedule = LCMSchedule(
+            manifest.alphas_cumprod, original_inference_steps=s.original_inference_steps, timestep_scaling=s.timestep_scaling,
+            sigma_data=s.sigma_data, final_alpha_cumprod=s.final_alpha_cumprod, num_train_timesteps=s.num_train_timesteps,
+        )
+        self.n_ip_layers = manifest.dims.n_ip_layers
+
+    @classmethod
+    def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
+        opts = RuntimeOptions(backend=backend, **options)
+        manifest = load_manifest(Path(root), verify=opts.verify)
+        return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts)
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.deactivate()
+
+    def __enter__(self) -> "MonkeyPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- encoders --------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, bool]:
+        """-> (text embeddings [1, 77, D] float32, truncated)."""
+        ids, truncated = self.tokenizer.encode(prompt, max_length=MAX_TOKENS)  # [1, 77] int64
+        return self.runners["text_encoder"].infer({"input_ids": ids})["text_embeds"], truncated
+
+    def encode_subject(self, subject: Image.Image) -> np.ndarray:
+        """Subject -> IP tokens [1, n_ip_tokens, D]."""
+        p = self.manifest.preprocess
+        pixels = clip_preprocess(subject, size=p.size, mean=p.mean, std=p.std)  # [1, 3, 224, 224]
+        return self.runners["image_encoder"].infer({"pixel_values": pixels})["ip_tokens"]
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Latents [1, 4, h, w] -> image [H, W, 3] float32 in [0, 1] (scaling and clamp are in the graph)."""
+        images = self.runners["vae_decoder"].infer({"latents": latents})["images"]  # [1, 3, H, W]
+        return np.ascontiguousarray(images[0].transpose(1, 2, 0))
+
+    # -- one LCM pass (the hot loop) -------------------------------------------------------
+    def run_pass(
+        self,
+        text: np.ndarray,
+        ip_tokens: np.ndarray,
+        w_emb: np.ndarray,
+        noise: NoisePlan,
+        steps: int,
+        scales: list[float],
+        mask: np.ndarray | None = None,
+        map_steps: tuple[int, ...] = (),
+        stop_after: int | None = None,
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """`steps` LCM steps (or up to `stop_after`). Returns (last denoised latents [1,4,h,w], maps step -> [Q,4])."""
+        unet = self.runners["unet"]
+        timesteps = self.schedule.timesteps(steps)
+        latents = noise.latents.astype(np.float32, copy=True)  # [1, 4, h, w]
+        H, W = latents.shape[2] * self.manifest.dims.vae_factor, latents.shape[3] * self.manifest.dims.vae_factor
+        ip_mask = (mask if mask is not None else np.ones((H, W), np.float32))[None, None].astype(np.float32)  # [1, 1, H, W]
+        feeds = {
+            "sample": latents,
+            "timestep": np.zeros((1,), np.float32),
+            "encoder_hidden_states": text,
+            "timestep_cond": w_emb,
+            "ip_tokens": ip_tokens,
+            "ip_scale": np.zeros((self.n_ip_layers,), np.float32),
+            "ip_mask": ip_mask,
+        }
+        maps: dict[int, np.ndarray] = {}
+        last = steps - 1 if stop_after is None else stop_after
+        denoised = latents
+        for i in range(last + 1):
+            feeds["sample"] = latents
+            feeds["timestep"][0] = timesteps[i]
+            feeds["ip_scale"][:] = scales[i]
+            out = unet.infer(feeds)
+            if i in map_steps:
+                maps[i] = out["ip_attn_map"][0]  # [Q, 4], batch item 0
+            step_noise = noise.step_noise[i] if i < steps - 1 else None
+            latents, denoised = self.schedule.step(out["noise_pred"], i, timesteps, latents, step_noise)
+        return denoised, maps
+
+    # -- the method ------------------------------------------------------------------------
+    def prepare(self, request: Request) -> None:
+        why = self.manifest.profile.check(1, request.height, request.width)
+        if why:
+            raise MonkeyError(f"engine directory {self.root}: {why}")
+        if request.config.mask_layer != self.manifest.mask_layer:
+            raise MonkeyError(
+                f"this engine exports the attention map of {self.manifest.mask_layer}, not {request.config.mask_layer}: "
+                "re-export with --mask-layer"
+            )
+
+    def guidance(self, guidance_scale: float) -> np.ndarray:
+        """LCM's embedded guidance w = guidance_scale - 1 -> timestep_cond [1, time_cond_dim]."""
+        return guidance_embedding(np.array([guidance_scale - 1.0], np.float32), self.manifest.dims.time_cond_dim)
+
+    def noise_for(self, request: Request) -> NoisePlan:
+        c = request.config
+        return NoisePlan.from_seed(request.seed, request.latent_shape, max(c.steps_mask_pass, c.steps_final))
+
+    def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
+        """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass (see run_monkey)."""
+        return run_monkey(self, request, subject, **kwargs)

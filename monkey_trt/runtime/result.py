@@ -1,0 +1,26 @@
+"""What one MONKEY generation returns, whichever backend ran it (lean: numpy only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from monkey_trt.runtime.mask import MaskResult
+
+
+@dataclass(frozen=True)
+class MonkeyOutput:
+    image: np.ndarray  # [H, W, 3] float32 in [0, 1]: pass 2 decoded, before quantisation
+    mask: MaskResult  # mask.mask: [H, W] float32 {0, 1}
+    timings: dict[str, float]  # seconds per stage
+    backend: str
+    mask_pass_image: np.ndarray | None = None  # [H, W, 3] pass 1's prediction at its last mask step (only when asked)
+    baseline_image: np.ndarray | None = None  # [H, W, 3] plain IP-Adapter from the same noise
+    prompt_truncated: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] float in [0,1] -> uint8, rounding like diffusers' numpy_to_pil ((x * 255).round())."""
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
