@@ -1,0 +1,159 @@
+"""`monkey-trt doctor`: what is installed here and which backends `generate` can use.
+
+`doctor_report()` is a pure function returning rows; the CLI renders them. Heavy optional
+packages (torch, diffusers, transformers) are looked up by their installed metadata, never
+imported. `ok`: True = present and working, False = required but broken/missing,
+None = optional and absent (informational).
+
+Backend names: "ort-cpu", "ort-cuda", "ort-tensorrt" (ONNX Runtime execution providers) and
+"tensorrt" (monkey-trt's own TensorRT plans).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    name: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    driver: str
+    memory: str
+    compute_capability: str
+
+
+def _dist_version(*dists: str) -> str | None:
+    for d in dists:
+        try:
+            return metadata.version(d)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def nvidia_gpus(timeout: float = 10.0) -> list[GpuInfo] | None:
+    """GPUs reported by nvidia-smi; None when nvidia-smi is absent or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    gpus = []
+    for line in proc.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4 and parts[0]:
+            gpus.append(GpuInfo(*parts[:4]))
+    return gpus
+
+
+def _ort_row() -> tuple[CheckRow, list[str]]:
+    try:
+        import onnxruntime as ort
+    except Exception as e:
+        ok_missing = isinstance(e, ImportError)
+        detail = "not installed: pip install onnxruntime" if ok_missing else f"does not load: {_first_line(e)}"
+        return CheckRow("onnxruntime", False, detail), []
+    providers = list(ort.get_available_providers())
+    device = ""
+    try:
+        device = f", device {ort.get_device()}"
+    except Exception:
+        pass
+    return CheckRow("onnxruntime", True, f"{ort.__version__} ({', '.join(providers)}{device})"), providers
+
+
+def _tensorrt_row() -> tuple[CheckRow, bool]:
+    if importlib.util.find_spec("tensorrt") is None:
+        return CheckRow("tensorrt", None, "not installed (for the TensorRT backend: pip install 'monkey-trt[gpu]')"), False
+    try:
+        import tensorrt as trt
+    except Exception as e:
+        return CheckRow("tensorrt", False, f"installed but does not load: {_first_line(e)}"), False
+    return CheckRow("tensorrt", True, str(trt.__version__)), True
+
+
+def _cuda_python_row() -> tuple[CheckRow, bool]:
+    ver = _dist_version("cuda-python", "cuda-bindings")
+    found = importlib.util.find_spec("cuda") is not None
+    if ver is None and not found:
+        return CheckRow("cuda-python", None, "not installed (for the TensorRT backend: pip install 'monkey-trt[gpu]')"), False
+    return CheckRow("cuda-python", True, ver or "installed"), True
+
+
+def _optional(name: str, dist: str, purpose: str) -> CheckRow:
+    ver = _dist_version(dist)
+    if ver is None:
+        return CheckRow(name, None, f"not installed (optional, {purpose})")
+    return CheckRow(name, True, ver)
+
+
+def doctor_report() -> list[CheckRow]:
+    """One row per check; never raises, never prints."""
+    rows: list[CheckRow] = []
+    py_ok = sys.version_info >= (3, 10)
+    rows.append(CheckRow("python", py_ok, f"{platform.python_version()} ({sys.executable})" + ("" if py_ok else ": need >= 3.10")))
+    try:
+        import numpy as np
+
+        rows.append(CheckRow("numpy", True, str(np.__version__)))
+    except Exception as e:
+        rows.append(CheckRow("numpy", False, f"does not load: {_first_line(e)}"))
+
+    ort_row, providers = _ort_row()
+    rows.append(ort_row)
+    rows.append(_optional("onnx", "onnx", "for export"))
+    rows.append(_optional("polygraphy", "polygraphy", "for export and TensorRT checks"))
+    rows.append(_optional("torch", "torch", "for export and the reference"))
+    rows.append(_optional("diffusers", "diffusers", "for export and the reference"))
+    rows.append(_optional("transformers", "transformers", "for export and the reference"))
+    trt_row, have_trt = _tensorrt_row()
+    rows.append(trt_row)
+    cuda_row, have_cuda_python = _cuda_python_row()
+    rows.append(cuda_row)
+
+    gpus = nvidia_gpus()
+    if gpus:
+        desc = "; ".join(f"{g.name}, driver {g.driver}, {g.memory}, compute {g.compute_capability}" for g in gpus)
+        rows.append(CheckRow("nvidia gpu", True, desc))
+    elif gpus is None:
+        rows.append(CheckRow("nvidia gpu", None, "none (nvidia-smi not found or failed)"))
+    else:
+        rows.append(CheckRow("nvidia gpu", None, "none visible"))
+    has_gpu = bool(gpus)
+
+    backends: list[str] = []
+    if "CPUExecutionProvider" in providers:
+        backends.append("ort-cpu")
+    if has_gpu and "CUDAExecutionProvider" in providers:
+        backends.append("ort-cuda")
+    if has_gpu and "TensorrtExecutionProvider" in providers:
+        backends.append("ort-tensorrt")
+    if has_gpu and have_trt and have_cuda_python:
+        backends.append("tensorrt")
+    rows.append(CheckRow("backends", bool(backends), ", ".join(backends) if backends else "none: install onnxruntime"))
+    return rows

@@ -1,0 +1,730 @@
+"""TensorRT backend: build plans from the engine directory's ONNX files and run them.
+
+    ENGINE_DIR/trt/<cache key>/
+        text_encoder.plan  image_encoder.plan  unet.plan  vae_decoder.plan
+        timing.cache       TensorRT tactic timing cache, shared by the four builds
+        build.json         what the key was made of, versions, build time per network
+
+The cache key covers the ONNX files (sha256), the build flags and profile, the TensorRT
+version and the GPU (name + compute capability), so a plan is never reused across any of
+them. TensorRT and cuda-python are imported lazily: on a machine without them every entry
+point raises `BackendUnavailable` with one line, never an ImportError.
+
+Written against the TensorRT 10.x Python API (explicit batch, name-based tensor I/O,
+`execute_async_v3`) and cuda-python's runtime bindings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monkey_trt import __version__ as monkey_version
+from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile
+from monkey_trt.engine.ort import validate_feeds
+from monkey_trt.engine.runner import Runner, TensorSpec
+from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
+from monkey_trt.runtime.manifest import write_json_atomic
+
+KEY_VERSION = 1  # bump when the key material or the plan layout changes
+NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")
+TRT_SUBDIR = "trt"
+TIMING_CACHE = "timing.cache"
+BUILD_JSON = "build.json"
+BUILD_SCHEMA = "monkey-trt/trt-build"
+TRT_MISSING = "TensorRT is not installed: pip install 'monkey-trt[gpu]' on a machine with an NVIDIA GPU"
+CUDA_PYTHON_MISSING = "cuda-python is not installed: pip install 'monkey-trt[gpu]' on a machine with an NVIDIA GPU"
+REBUILD_HINT = "run `monkey-trt build --force`"
+
+
+# -- lazy imports / environment ----------------------------------------------------------
+def require_tensorrt():
+    """The `tensorrt` module, or BackendUnavailable (one line)."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        if importlib.util.find_spec("tensorrt") is None:
+            raise BackendUnavailable(TRT_MISSING) from None
+        raise BackendUnavailable(f"TensorRT is installed but does not load ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:  # broken install: missing libnvinfer, wrong CUDA, ...
+        raise BackendUnavailable(f"TensorRT is installed but does not load ({type(e).__name__}: {_first_line(e)})") from None
+    return trt
+
+
+def require_cudart():
+    """cuda-python's runtime bindings (`cuda.bindings.runtime` >= 12.6, `cuda.cudart` before)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise BackendUnavailable(CUDA_PYTHON_MISSING) from None
+        except Exception as e:
+            raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:
+        raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {_first_line(e)})") from None
+    return cudart
+
+
+def tensorrt_version() -> str | None:
+    """The importable TensorRT's version, or None."""
+    try:
+        return str(require_tensorrt().__version__)
+    except BackendUnavailable:
+        return None
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    index: int
+    name: str
+    compute_capability: str  # "9.0"
+    total_memory: int  # bytes
+
+
+def require_cuda_device(index: int = 0) -> CudaDevice:
+    """The visible NVIDIA GPU `index`, or BackendUnavailable when there is no GPU/driver."""
+    cudart = require_cudart()
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception as e:  # driver library missing entirely
+        raise BackendUnavailable(f"no NVIDIA GPU is visible (CUDA: {_first_line(e)})") from None
+    if _is_error(cudart, err) or count == 0:
+        why = _err_name(cudart, err) if _is_error(cudart, err) else "0 devices"
+        raise BackendUnavailable(f"no NVIDIA GPU is visible ({why}): TensorRT needs an NVIDIA GPU and its driver")
+    if not 0 <= index < count:
+        raise BackendUnavailable(f"CUDA device {index} does not exist ({count} visible)")
+    prop = _cu(cudart, cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
+    name = prop.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
+    return CudaDevice(index, str(name).strip(), f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem))
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _is_error(cudart, err) -> bool:
+    return err != cudart.cudaError_t.cudaSuccess
+
+
+def _err_name(cudart, err) -> str:
+    return getattr(err, "name", None) or str(err)
+
+
+def _cu(cudart, ret, what: str):
+    """Unpack a cuda-python (err, *values) tuple; MonkeyError on a CUDA error."""
+    err = ret[0]
+    if _is_error(cudart, err):
+        raise MonkeyError(f"CUDA error in {what}: {_err_name(cudart, err)}")
+    if len(ret) == 1:
+        return None
+    return ret[1] if len(ret) == 2 else ret[1:]
+
+
+_LOGGERS: dict = {}
+
+
+def _logger(trt, severity=None):
+    sev = severity if severity is not None else trt.Logger.WARNING
+    if sev not in _LOGGERS:
+        _LOGGERS[sev] = trt.Logger(sev)  # must outlive every builder/runtime made with it
+    return _LOGGERS[sev]
+
+
+# -- build configuration and cache key ---------------------------------------------------
+@dataclass(frozen=True)
+class BuildConfig:
+    """How plans are built. Part of the cache key: any change gives a new plan folder.
+
+    profile: the request shapes the plans accept (batch, height, width ranges).
+    fp16: let TensorRT pick fp16 kernels (checked against fp32 with a PSNR floor).
+    tf32: allow TF32 for fp32 matmuls/convs (changes the math: off by default, fp32 stays near-exact).
+    workspace_gib: builder workspace memory pool limit.
+    builder_optimization_level: 0..5 (TensorRT default 3; higher = longer builds, maybe faster plans).
+    static_shapes: build for the profile's opt shapes only (min = opt = max): best kernels, CUDA graphs.
+    """
+
+    profile: Profile
+    fp16: bool = True
+    workspace_gib: float = 8.0
+    builder_optimization_level: int = 3
+    static_shapes: bool = False
+    tf32: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.profile, Profile):
+            raise MonkeyError(f"BuildConfig.profile must be a Profile, got {type(self.profile).__name__}")
+        for f in ("fp16", "static_shapes", "tf32"):
+            if not isinstance(getattr(self, f), bool):
+                raise MonkeyError(f"BuildConfig.{f} must be a bool, got {getattr(self, f)!r}")
+        ws = self.workspace_gib
+        if isinstance(ws, bool) or not isinstance(ws, (int, float)) or not math.isfinite(ws) or not 0 < ws <= 1024:
+            raise MonkeyError(f"workspace_gib must be in (0, 1024], got {ws!r}")
+        lvl = self.builder_optimization_level
+        if isinstance(lvl, bool) or not isinstance(lvl, int) or not 0 <= lvl <= 5:
+            raise MonkeyError(f"builder_optimization_level must be an int in 0..5, got {lvl!r}")
+
+    @property
+    def effective_profile(self) -> Profile:
+        """The profile the plans are built for (opt shapes only when static_shapes)."""
+        if not self.static_shapes:
+            return self.profile
+        p = self.profile
+        return Profile.static(p.batch.opt, p.height.opt, p.width.opt)
+
+    def input_shapes(self, desc: NetworkDesc, dims: ModelDims) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Input name -> (min, opt, max) shapes for `desc`'s optimisation profile."""
+        return desc.profile_shapes(self.effective_profile, dims)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["profile"] = self.profile.to_dict()
+        d["workspace_gib"] = float(self.workspace_gib)
+        return d
+
+
+def _norm_cc(cc) -> str:
+    if isinstance(cc, (tuple, list)):
+        if len(cc) != 2:
+            raise MonkeyError(f"compute capability must be (major, minor), got {cc!r}")
+        return f"{int(cc[0])}.{int(cc[1])}"
+    s = str(cc).strip()
+    if not re.fullmatch(r"\d+\.\d+", s):
+        raise MonkeyError(f"compute capability must look like '8.9', got {cc!r}")
+    return s
+
+
+def cache_key(onnx_sha256: str, build_config: BuildConfig, trt_version: str, device_name: str, compute_capability) -> str:
+    """A folder name unique to (ONNX content, build flags + profile, TensorRT version, GPU).
+
+    Readable prefix (key version, TensorRT version, SM) + a digest over everything, e.g.
+    `v1-trt10.8.0.43-sm90-3f0c...`. Deterministic: same ingredients, same key.
+    """
+    if not isinstance(onnx_sha256, str) or not onnx_sha256:
+        raise MonkeyError("cache_key needs the ONNX sha256")
+    if not isinstance(build_config, BuildConfig):
+        raise MonkeyError(f"cache_key needs a BuildConfig, got {type(build_config).__name__}")
+    cc = _norm_cc(compute_capability)
+    material = {
+        "key_version": KEY_VERSION,
+        "onnx_sha256": onnx_sha256,
+        "build": build_config.to_dict(),
+        "tensorrt": str(trt_version),
+        "device": str(device_name).strip(),
+        "compute_capability": cc,
+    }
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    ver = re.sub(r"[^0-9A-Za-z.]+", "_", str(trt_version)) or "unknown"
+    return f"v{KEY_VERSION}-trt{ver}-sm{cc.replace('.', '')}-{digest}"
+
+
+def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None) -> str:
+    """One sha256 over the ONNX (+ external data) hashes the manifest records (all networks by default)."""
+    names = sorted(networks) if networks is not None else sorted(manifest.networks)
+    material = {n: dict(sorted(manifest.networks[n].sha256.items())) for n in names}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+# -- atomic files ------------------------------------------------------------------------
+def write_bytes_atomic(path: Path, data) -> Path:
+    """Write a bytes-like object (incl. TensorRT IHostMemory) to a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+# -- building ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildInfo:
+    network: str
+    plan: Path
+    seconds: float
+    bytes: int
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    desc: NetworkDesc,
+    dims: ModelDims,
+    cfg: BuildConfig,
+    timing_cache_path: str | os.PathLike | None = None,
+) -> BuildInfo:
+    """Parse `onnx_path`, build a plan for `cfg` and write it atomically to `plan_path`.
+
+    The optimisation profile comes from `desc.profile_shapes(cfg.effective_profile, dims)`;
+    network inputs that the descriptor does not cover must be static and get their fixed shape.
+    The timing cache at `timing_cache_path` is loaded (if present) and saved back, atomically.
+    """
+    trt = require_tensorrt()
+    require_cuda_device()
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    if not onnx_path.is_file():
+        raise EngineDirError(f"{desc.name}: ONNX file {onnx_path} does not exist")
+    logger = _logger(trt, trt.Logger.WARNING)
+    t0 = time.perf_counter()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from a path so external data is found
+        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        first = errs[0].strip().replace("\n", " ") if errs else "unknown error"
+        raise MonkeyError(f"{desc.name}: TensorRT cannot parse {onnx_path.name}: {first}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
+    config.builder_optimization_level = cfg.builder_optimization_level
+    if cfg.fp16:
+        flag = getattr(trt.BuilderFlag, "FP16", None)
+        if flag is None:
+            raise BackendUnavailable(f"TensorRT {trt.__version__} has no FP16 builder flag: build with fp16=False")
+        config.set_flag(flag)
+    if not cfg.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+
+    # optimisation profile: every input gets (min, opt, max)
+    shapes = cfg.input_shapes(desc, dims)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        name, net_shape = tensor.name, tuple(tensor.shape)
+        if getattr(tensor, "is_shape_tensor", False):
+            raise MonkeyError(f"{desc.name}: input {name!r} is a shape tensor; monkey-trt networks take none")
+        if name in shapes:
+            mn, opt, mx = (tuple(int(d) for d in s) for s in shapes[name])
+            if len(mn) != len(net_shape) or any(d >= 0 and d != m for d, m in zip(net_shape, opt)):
+                raise MonkeyError(
+                    f"{desc.name}: input {name!r} is {list(net_shape)} in the ONNX file but the descriptor gives {list(opt)}: re-export"
+                )
+        elif any(d < 0 for d in net_shape):
+            raise MonkeyError(f"{desc.name}: dynamic input {name!r} {list(net_shape)} has no shape range in the network descriptor")
+        else:
+            mn = opt = mx = net_shape
+        profile.set_shape(name, mn, opt, mx)
+    if config.add_optimization_profile(profile) < 0:
+        raise MonkeyError(f"{desc.name}: TensorRT rejected the optimisation profile {cfg.effective_profile.to_dict()}")
+
+    # timing cache: load, attach, save back after the build
+    tc_path = Path(timing_cache_path) if timing_cache_path is not None else None
+    blob = b""
+    if tc_path is not None and tc_path.is_file():
+        blob = tc_path.read_bytes()
+    cache = None
+    try:
+        cache = config.create_timing_cache(blob)
+        ok = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except Exception:
+        ok = False
+    if not ok:  # unreadable or from another device/version: start empty
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise MonkeyError(f"{desc.name}: TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
+    write_bytes_atomic(plan_path, serialized)
+    nbytes = plan_path.stat().st_size
+    if tc_path is not None:
+        final_cache = config.get_timing_cache()
+        if final_cache is not None:
+            write_bytes_atomic(tc_path, final_cache.serialize())
+    return BuildInfo(desc.name, plan_path, time.perf_counter() - t0, nbytes)
+
+
+def plan_dir(engine_dir: str | os.PathLike, manifest, cfg: BuildConfig, device: CudaDevice | None = None) -> Path:
+    """ENGINE_DIR/trt/<cache key> for this manifest, build config, TensorRT and GPU."""
+    trt = require_tensorrt()
+    dev = device or require_cuda_device()
+    key = cache_key(manifest_onnx_digest(manifest), cfg, trt.__version__, dev.name, dev.compute_capability)
+    return Path(engine_dir) / TRT_SUBDIR / key
+
+
+def build_engine_dir(
+    engine_dir: str | os.PathLike,
+    manifest,
+    cfg: BuildConfig,
+    networks: Iterable[str] | None = None,
+    force: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> Path:
+    """Build the plans of `networks` (default: all four) into ENGINE_DIR/trt/<cache key>/.
+
+    A network whose plan already exists for the key is skipped unless `force`. `progress`
+    is called as progress(network, message) before and after each network. Returns the folder.
+    """
+    trt = require_tensorrt()
+    dev = require_cuda_device()
+    engine_dir = Path(engine_dir)
+    nets = list(networks) if networks is not None else list(NETWORKS)
+    unknown = [n for n in nets if n not in manifest.networks]
+    if unknown:
+        raise MonkeyError(f"unknown network(s) {', '.join(unknown)} (the engine directory has {', '.join(manifest.networks)})")
+    onnx_digest = manifest_onnx_digest(manifest)
+    key = cache_key(onnx_digest, cfg, trt.__version__, dev.name, dev.compute_capability)
+    out = engine_dir / TRT_SUBDIR / key
+    out.mkdir(parents=True, exist_ok=True)
+
+    meta_path = out / BUILD_JSON
+    try:
+        previous = json.loads(meta_path.read_text()).get("networks", {}) if meta_path.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        previous = {}
+    built: dict[str, dict] = {k: v for k, v in previous.items() if isinstance(v, dict)}
+    say = progress or (lambda net, msg: None)
+    for net in nets:
+        plan = out / f"{net}.plan"
+        if plan.is_file() and not force:
+            say(net, f"up to date ({plan})")
+            continue
+        say(net, "building")
+        info = build_engine(manifest.path(engine_dir, net), plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
+        built[net] = {"plan": plan.name, "seconds": round(info.seconds, 3), "bytes": info.bytes, "built_at": time.time()}
+        say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
+
+    meta = {
+        "schema": BUILD_SCHEMA,
+        "key_version": KEY_VERSION,
+        "key": key,
+        "inputs": {
+            "onnx_sha256": onnx_digest,
+            "onnx_files": {n: dict(e.sha256) for n, e in sorted(manifest.networks.items())},
+            "build_config": cfg.to_dict(),
+            "tensorrt": str(trt.__version__),
+            "device_name": dev.name,
+            "compute_capability": dev.compute_capability,
+        },
+        "versions": {"tensorrt": str(trt.__version__), "monkey_trt": monkey_version},
+        "networks": built,
+    }
+    write_json_atomic(meta_path, meta)
+    return out
+
+
+# -- running -----------------------------------------------------------------------------
+def _np_dtype(trt, dt) -> np.dtype:
+    table = {
+        trt.DataType.FLOAT: np.float32,
+        trt.DataType.HALF: np.float16,
+        trt.DataType.INT32: np.int32,
+        trt.DataType.INT8: np.int8,
+        trt.DataType.BOOL: np.bool_,
+    }
+    for attr, np_t in (("INT64", np.int64), ("UINT8", np.uint8)):
+        if hasattr(trt.DataType, attr):
+            table[getattr(trt.DataType, attr)] = np_t
+    if dt in table:
+        return np.dtype(table[dt])
+    try:
+        return np.dtype(trt.nptype(dt))
+    except Exception:
+        raise MonkeyError(f"TensorRT dtype {dt} has no numpy equivalent") from None
+
+
+class _Pinned:
+    """Page-locked host memory with a numpy byte view (falls back to plain numpy memory)."""
+
+    def __init__(self, cudart, nbytes: int) -> None:
+        self.cudart, self.nbytes, self.ptr = cudart, max(int(nbytes), 1), None
+        err, ptr = cudart.cudaMallocHost(self.nbytes)
+        if _is_error(cudart, err):
+            self.raw = np.empty(self.nbytes, np.uint8)  # pageable: copies still correct, just synchronous
+        else:
+            self.ptr = int(ptr)
+            self.raw = np.ctypeslib.as_array((ctypes.c_uint8 * self.nbytes).from_address(self.ptr))
+
+    @property
+    def address(self) -> int:
+        return int(self.raw.ctypes.data)
+
+    def view(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return self.raw[:n].view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr is not None:
+            self.raw = None
+            self.cudart.cudaFreeHost(self.ptr)
+            self.ptr = None
+
+
+class TrtEngine(Runner):
+    """One TensorRT plan on one GPU, in the style of TensorRT's demo/Diffusion `Engine`.
+
+        eng = TrtEngine(plan_path, use_cuda_graph=True)
+        eng.load(); eng.activate()          # or: with TrtEngine(...) as eng:
+        out = eng.infer(feeds)              # allocates on the first call / when shapes change
+
+    Device buffers (one per I/O tensor) and pinned host buffers are allocated for the current
+    input shapes and reused; they grow when a larger shape arrives. Inputs are copied H2D on
+    one stream, `execute_async_v3` runs, outputs are copied D2H, the stream is synchronised
+    and caller-owned copies are returned. With `use_cuda_graph`, the enqueue is captured in a
+    CUDA graph after a warm-up run and replayed while shapes stay the same (re-captured when
+    they change; plain execution if the plan cannot be captured).
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, plan_path: str | os.PathLike, name: str | None = None, *, use_cuda_graph: bool = False, device: int = 0):
+        self.plan_path = Path(plan_path)
+        self.name = name or self.plan_path.stem
+        self.use_cuda_graph = bool(use_cuda_graph)
+        self.device = int(device)
+        self.engine = None
+        self.context = None
+        self._runtime = None
+        self._cudart = None
+        self._stream = None
+        self._inputs: list[TensorSpec] = []
+        self._outputs: list[TensorSpec] = []
+        self._dtypes: dict[str, np.dtype] = {}
+        self._dev: dict[str, tuple[int, int]] = {}  # name -> (device ptr, capacity bytes)
+        self._host: dict[str, _Pinned] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}  # current shapes of every I/O tensor
+        self._input_shapes: dict[str, tuple[int, ...]] | None = None
+        self._graph = None
+        self._graph_exec = None
+        self._graph_failed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def load(self) -> None:
+        """Deserialise the plan (needs TensorRT and a GPU)."""
+        if self.engine is not None:
+            return
+        trt = require_tensorrt()
+        dev = require_cuda_device(self.device)
+        cudart = require_cudart()
+        _cu(cudart, cudart.cudaSetDevice(self.device), "cudaSetDevice")
+        if not self.plan_path.is_file():
+            raise EngineDirError(f"{self.name}: TensorRT plan {self.plan_path} is missing: run `monkey-trt build`")
+        data = self.plan_path.read_bytes()
+        runtime = trt.Runtime(_logger(trt, trt.Logger.ERROR))
+        try:
+            engine = runtime.deserialize_cuda_engine(data)
+        except Exception:
+            engine = None
+        if engine is None:
+            raise EngineDirError(
+                f"{self.name}: {self.plan_path} does not load with TensorRT {trt.__version__} on {dev.name} "
+                f"(built by another TensorRT version, for another GPU, or damaged): {REBUILD_HINT}"
+            )
+        self._runtime, self.engine, self._cudart = runtime, engine, cudart
+        self._inputs, self._outputs, self._dtypes = [], [], {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dt = _np_dtype(trt, engine.get_tensor_dtype(name))
+            self._dtypes[name] = dt
+            spec = TensorSpec(name, dt.name, tuple(int(d) for d in engine.get_tensor_shape(name)))
+            (self._inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self._outputs).append(spec)
+
+    def activate(self) -> None:
+        """Load (if needed), create the execution context and the stream."""
+        if self.context is not None:
+            return
+        self.load()
+        cudart = self._cudart
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise MonkeyError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
+        self.context = context
+        self._stream = _cu(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+
+    def deactivate(self) -> None:
+        """Free graphs, buffers, stream, context and engine (best effort; never raises)."""
+        cudart = self._cudart
+        if cudart is not None:
+            if self._stream is not None:
+                cudart.cudaStreamSynchronize(self._stream)
+            self._drop_graph()
+            for ptr, _cap in self._dev.values():
+                cudart.cudaFree(ptr)
+            for buf in self._host.values():
+                buf.free()
+            if self._stream is not None:
+                cudart.cudaStreamDestroy(self._stream)
+        self._dev.clear()
+        self._host.clear()
+        self._shapes.clear()
+        self._input_shapes = None
+        self._stream = None
+        self.context = None
+        self.engine = None
+        self._runtime = None
+        self._graph_failed = False
+
+    # -- specs ---------------------------------------------------------------------------
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        self.load()
+        return list(self._inputs)
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        self.load()
+        return list(self._outputs)
+
+    def profile_range(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) shape of input `name` in optimisation profile 0."""
+        self.load()
+        mn, opt, mx = self.engine.get_tensor_profile_shape(name, 0)
+        return tuple(int(d) for d in mn), tuple(int(d) for d in opt), tuple(int(d) for d in mx)
+
+    # -- buffers -------------------------------------------------------------------------
+    def _require_context(self):
+        if self.context is None:
+            raise MonkeyError(f"{self.name}: the engine is not active (use it as a context manager or call activate())")
+        return self.context
+
+    def allocate(self, shapes: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, ...]]:
+        """Set the input shapes, size device/host buffers for them (reused, grown when needed).
+
+        Returns the shape of every I/O tensor. A shape outside the plan's profile raises MonkeyError.
+        """
+        ctx = self._require_context()
+        cudart = self._cudart
+        self._input_shapes = None  # until this allocation has fully succeeded
+        missing = [s.name for s in self._inputs if s.name not in shapes]
+        if missing:
+            raise MonkeyError(f"{self.name}: allocate() needs shapes for input(s) {', '.join(missing)}")
+        for spec in self._inputs:
+            shape = tuple(int(d) for d in shapes[spec.name])
+            if len(shape) != len(spec.shape):
+                raise MonkeyError(f"{self.name}: input {spec.name!r} needs rank {len(spec.shape)}, got shape {shape}")
+            mn, _opt, mx = self.profile_range(spec.name) if any(d < 0 for d in spec.shape) else (shape, shape, shape)
+            if len(mn) == len(shape) == len(mx) and any(not lo <= d <= hi for d, lo, hi in zip(shape, mn, mx)):
+                raise MonkeyError(
+                    f"{self.name}: input {spec.name!r} shape {list(shape)} is outside the engine profile "
+                    f"{list(mn)}..{list(mx)} (rebuild with a wider profile: monkey-trt build --min/--max)"
+                )
+            if not ctx.set_input_shape(spec.name, shape):
+                raise MonkeyError(f"{self.name}: TensorRT rejected shape {list(shape)} for input {spec.name!r}")
+        unresolved = ctx.infer_shapes()
+        if unresolved:
+            raise MonkeyError(f"{self.name}: TensorRT cannot infer the shapes of {', '.join(map(str, unresolved))}")
+
+        _cu(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        self._drop_graph()  # addresses/shapes change: any captured graph is stale
+        new_shapes: dict[str, tuple[int, ...]] = {}
+        for spec in self._inputs + self._outputs:
+            name = spec.name
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise MonkeyError(f"{self.name}: output {name!r} has a data-dependent shape {list(shape)} (not supported)")
+            nbytes = max(int(np.prod(shape, dtype=np.int64)) * self._dtypes[name].itemsize, 1)
+            ptr, cap = self._dev.get(name, (None, 0))
+            if ptr is None or cap < nbytes:
+                if ptr is not None:
+                    cudart.cudaFree(ptr)
+                    del self._dev[name]
+                ptr = int(_cu(cudart, cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {name}"))
+                self._dev[name] = (ptr, nbytes)
+            host = self._host.get(name)
+            if host is None or host.nbytes < nbytes:
+                if host is not None:
+                    host.free()
+                self._host[name] = _Pinned(cudart, nbytes)
+            if not ctx.set_tensor_address(name, ptr):
+                raise MonkeyError(f"{self.name}: TensorRT rejected the address of {name!r}")
+            new_shapes[name] = shape
+        self._shapes = new_shapes
+        self._input_shapes = {s.name: new_shapes[s.name] for s in self._inputs}
+        return dict(new_shapes)
+
+    # -- execution -----------------------------------------------------------------------
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise MonkeyError(f"{self.name}: TensorRT execute_async_v3 failed (see the TensorRT log above)")
+
+    def _drop_graph(self) -> None:
+        cudart = self._cudart
+        if self._graph_exec is not None:
+            cudart.cudaGraphExecDestroy(self._graph_exec)
+            self._graph_exec = None
+        if self._graph is not None:
+            cudart.cudaGraphDestroy(self._graph)
+            self._graph = None
+
+    def _capture(self) -> None:
+        """Warm-up enqueue (computes this call's outputs), then capture the enqueue in a CUDA graph."""
+        cudart = self._cudart
+        self._execute()  # TensorRT wants one enqueue after shape changes before a capture
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        _cu(cudart, cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
+        ok = False
+        try:
+            ok = bool(self.context.execute_async_v3(int(self._stream)))
+        finally:
+            err, graph = cudart.cudaStreamEndCapture(self._stream)
+        if not ok or _is_error(cudart, err) or graph is None:
+            if graph is not None and not _is_error(cudart, err):
+                cudart.cudaGraphDestroy(graph)
+            cudart.cudaGetLastError()  # clear a sticky capture error, if any
+            self._graph_failed = True
+            warnings.warn(f"{self.name}: this plan cannot be captured in a CUDA graph; running without", stacklevel=3)
+            return
+        self._graph = graph
+        self._graph_exec = _cu(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._require_context()
+        cudart, stream = self._cudart, self._stream
+        validate_feeds(self.name, self._inputs, feeds)
+        shapes = {s.name: tuple(feeds[s.name].shape) for s in self._inputs}
+        if shapes != self._input_shapes:
+            self.allocate(shapes)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for spec in self._inputs:
+            name, arr = spec.name, feeds[spec.name]
+            host = self._host[name].view(self._dtypes[name], self._shapes[name])
+            np.copyto(host, arr)
+            _cu(cudart, cudart.cudaMemcpyAsync(self._dev[name][0], self._host[name].address, host.nbytes, h2d, stream), f"H2D {name}")
+        if self.use_cuda_graph and not self._graph_failed:
+            if self._graph_exec is None:
+                self._capture()  # its warm-up run already produced this call's outputs
+            else:
+                _cu(cudart, cudart.cudaGraphLaunch(self._graph_exec, stream), "cudaGraphLaunch")
+        else:
+            self._execute()
+        views = {}
+        for spec in self._outputs:
+            name = spec.name
+            host = self._host[name].view(self._dtypes[name], self._shapes[name])
+            _cu(cudart, cudart.cudaMemcpyAsync(self._host[name].address, self._dev[name][0], host.nbytes, d2h, stream), f"D2H {name}")
+            views[name] = host
+        _cu(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return {name: v.copy() for name, v in views.items()}
