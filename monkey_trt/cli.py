@@ -151,6 +151,102 @@ def demo(
     typer.echo(f"demo outputs in {result_dir}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
 
 
+def _size(text: str, name: str) -> tuple[int, int]:
+    """'HxW' (or a single side) -> (height, width)."""
+    try:
+        parts = [int(x) for x in text.lower().split("x")]
+    except ValueError:
+        raise MonkeyError(f"--{name} must look like 512x512, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise MonkeyError(f"--{name} must look like 512x512, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _profile(height: int, width: int, min_size: Optional[str], max_size: Optional[str], batch: int):
+    from monkey_trt.engine.networks import Profile, ShapeRange
+
+    lo = _size(min_size, "min") if min_size else (height, width)
+    hi = _size(max_size, "max") if max_size else (height, width)
+    for name, v in (("height", height), ("width", width), ("min", lo[0]), ("min", lo[1]), ("max", hi[0]), ("max", hi[1])):
+        if v % 8:
+            raise MonkeyError(f"--{name} sizes must be multiples of 8, got {v}")
+    if not (lo[0] <= height <= hi[0] and lo[1] <= width <= hi[1]):
+        raise MonkeyError(f"need --min <= {height}x{width} <= --max, got {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}")
+    if not 1 <= batch <= 64:
+        raise MonkeyError(f"--batch must be in 1..64, got {batch}")
+    return Profile(ShapeRange(1, 1, batch), ShapeRange(lo[0], height, hi[0]), ShapeRange(lo[1], width, hi[1]))
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="Engine directory to write"),
+    base: str = typer.Option(DEFAULT_BASE, help="Base LCM model: hub id or diffusers folder"),
+    ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="IP-Adapter: hub id or folder"),
+    ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight"),
+    height: int = typer.Option(512, help="Optimal (profile opt) height"),
+    width: int = typer.Option(512, help="Optimal (profile opt) width"),
+    min_size: Optional[str] = typer.Option(None, "--min", help="Smallest HxW the engine accepts (default: the opt size)"),
+    max_size: Optional[str] = typer.Option(None, "--max", help="Largest HxW the engine accepts (default: the opt size)"),
+    batch: int = typer.Option(1, "--batch", help="Largest batch the engines accept"),
+    opset: int = typer.Option(17, "--opset"),
+    mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Layer whose IP attention map is an output"),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Polygraphy constant folding"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing engine directory"),
+):
+    """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
+    from monkey_trt.reference.loading import ModelSource
+
+    if not 7 <= opset <= 21:
+        raise MonkeyError(f"--opset must be in 7..21, got {opset}")
+    opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, _profile(height, width, min_size, max_size, batch),
+                         mask_layer=mask_layer, opset=opset, fold_constants=fold, force=force)
+    with _quiet_libraries(), Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("export", total=None)
+        result = export_engine_dir(opts, progress=lambda msg: bar.update(task, description=msg))
+    typer.echo(f"engine directory: {result}")
+
+
+@app.command()
+def build(
+    engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="fp16 kernels (changes the math within the stated PSNR floor)"),
+    static: bool = typer.Option(False, "--static", help="Build for the opt shape only (fastest)"),
+    workspace_gib: float = typer.Option(8.0, "--workspace-gib"),
+    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5"),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a plan for this key exists"),
+):
+    """Build TensorRT engines (profiles, timing cache, versioned cache key) for an engine directory."""
+    from monkey_trt.engine.trt import BuildConfig, build_engine_dir
+    from monkey_trt.runtime.manifest import load_manifest
+
+    manifest = load_manifest(engine_dir)
+    cfg = BuildConfig(fp16=fp16, workspace_gib=workspace_gib, builder_optimization_level=opt_level,
+                      profile=manifest.profile, static_shapes=static)
+    with console.status("building TensorRT engines (minutes for SD1.5)") as status:
+        plans = build_engine_dir(engine_dir, manifest, cfg, force=force, progress=lambda msg: status.update(msg))
+    typer.echo(f"TensorRT plans: {plans}")
+
+
+@app.command()
+def doctor():
+    """What this machine can run: Python packages, ONNX Runtime providers, TensorRT, CUDA, GPUs."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from monkey_trt.doctor import doctor_report
+
+    table = Table("check", "status", "detail")
+    for row in doctor_report():
+        status = {True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]-[/]"}[row.ok]
+        table.add_row(row.name, status, escape(row.detail))
+    Console().print(table)
+
+
 # -- entry point ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: MonkeyError -> one line on stderr, exit 2."""

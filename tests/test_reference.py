@@ -1,0 +1,143 @@
+"""The PyTorch reference against an independent MONKEY built on diffusers' own pipeline and loader."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monkey_trt.cli import main
+from monkey_trt.config import MonkeyConfig, Request
+from monkey_trt.reference.pipeline import ReferencePipeline, lcm_step, torch_noise_plan
+from monkey_trt.runtime.noise import save_noise_file
+from tests.diffusers_monkey import diffusers_ip_adapter, diffusers_monkey, image_embeds, load_diffusers_pipeline
+
+PROMPTS = ["a toy on the beach", "a toy in the jungle", "a toy on top of a wooden floor"]
+
+
+@pytest.fixture(scope="module")
+def diffusers_pipe(tiny_model_dir):
+    return load_diffusers_pipeline(tiny_model_dir / "base", tiny_model_dir / "ip-adapter")
+
+
+@pytest.fixture(scope="module")
+def subject(tiny_model_dir):
+    return Image.open(tiny_model_dir / "subject.png").convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
+
+
+def generate_cli(tiny_model_dir, out, prompt, seed, height=64, width=64, extra=()):
+    argv = ["generate", "--image", str(tiny_model_dir / "subject.png"), "--prompt", prompt, "--out", str(out),
+            "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
+            "--seed", str(seed), "--height", str(height), "--width", str(width), "--backend", "torch", "--save-arrays", *extra]
+    assert main(argv) == 0
+    return np.load(out / "arrays.npz"), json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_generate_matches_independent_diffusers_monkey(tiny_model_dir, tmp_path, diffusers_pipe, subject, seed, prompt):
+    arrays, record = generate_cli(tiny_model_dir, tmp_path / "out", prompt, seed)
+    pipe, encoder = diffusers_pipe
+    image, mask, _ = diffusers_monkey(pipe, image_embeds(encoder, subject), prompt, seed, 64, 64)
+    assert np.array_equal(arrays["mask"], mask)
+    assert 0 < mask.mean() < 1, "the tiny model's demo subject must give a mask neither empty nor full"
+    assert np.abs(arrays["image"] - image).max() <= 1e-4
+    assert record["seed"] == seed and record["config"] == MonkeyConfig().to_dict()
+    assert {"monkey.png", "mask.png", "overlay.png", "result.json", "arrays.npz"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    png_mask = np.asarray(Image.open(tmp_path / "out" / "mask.png"))
+    assert png_mask.shape == (64, 64) and set(np.unique(png_mask)) <= {0, 255}
+
+
+def test_non_square_and_other_knobs_match(tiny_model_dir, diffusers_pipe, subject, reference):
+    cfg = MonkeyConfig(mask_steps=(0, 1, 2), mask_token=2, threshold=0.3, masked_steps=(1, 2, 3), scale_final=0.8)
+    out = reference(Request("a toy in the snow", height=64, width=96, seed=5, config=cfg), subject)
+    pipe, encoder = diffusers_pipe
+    knobs = {"mask_steps": cfg.mask_steps, "mask_token": 2, "threshold": 0.3, "masked_steps": cfg.masked_steps, "scale_final": 0.8}
+    image, mask, _ = diffusers_monkey(pipe, image_embeds(encoder, subject), "a toy in the snow", 5, 64, 96, knobs)
+    assert out.mask.grid == (2, 3)
+    assert np.array_equal(out.mask.mask, mask)
+    assert np.abs(out.image - image).max() <= 1e-4
+
+
+def test_baseline_equals_diffusers_ip_adapter(tiny_model_dir, tmp_path, diffusers_pipe, subject):
+    arrays, record = generate_cli(tiny_model_dir, tmp_path / "out", PROMPTS[0], 3, extra=("--baseline", "--baseline-scale", "0.7"))
+    pipe, encoder = diffusers_pipe
+    base = diffusers_ip_adapter(pipe, image_embeds(encoder, subject), PROMPTS[0], 3, 64, 64, scale=0.7)
+    assert np.abs(arrays["baseline"] - base).max() <= 1e-4
+    assert (tmp_path / "out" / "grid.png").is_file() and (tmp_path / "out" / "ipadapter.png").is_file()
+    assert Image.open(tmp_path / "out" / "grid.png").size[0] >= 4 * 64
+
+
+def test_noise_file_equals_seed(tiny_model_dir, tmp_path, reference, subject):
+    req = Request(PROMPTS[1], 64, 64, seed=11)
+    plan = torch_noise_plan(11, req.latent_shape, 8)
+    save_noise_file(tmp_path / "noise.npz", plan)
+    a, rec = generate_cli(tiny_model_dir, tmp_path / "a", PROMPTS[1], 11)
+    b, rec_b = generate_cli(tiny_model_dir, tmp_path / "b", PROMPTS[1], 999, extra=("--noise", str(tmp_path / "noise.npz")))
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+    assert rec_b["seed"] is None and rec_b["noise_file"]["sha256"]
+
+
+def test_degenerate_map_gives_full_mask_and_is_recorded(reference, subject):
+    """Zero K_ip at the mask layer -> uniform softmax -> constant map -> full mask, warned and recorded."""
+    m = reference.m
+    layer = m.ip_layers.index(MonkeyConfig().mask_layer)
+    proc = m.unet.attn_processors[m.ip_layers[layer] + ".processor"]
+    saved = proc.to_k_ip.weight.detach().clone()
+    try:
+        proc.to_k_ip.weight.data.zero_()
+        req = Request(PROMPTS[0], 64, 64, seed=0)
+        out = reference(req, subject)
+        assert out.mask.degenerate and out.mask.degenerate_steps == (1, 2)
+        assert out.mask.mask.min() == 1.0
+        assert any("constant" in w for w in out.warnings)
+        # A full mask is plain IP-Adapter at the masked steps.
+        text, _ = reference.encode_prompt(req.prompt)
+        ip = reference.encode_subject(subject)
+        plain, _ = reference.run_pass(text, ip, reference.guidance(8.5), reference.noise_for(req), 8, MonkeyConfig().final_scales())
+        assert np.abs(reference.decode(plain) - out.image).max() <= 1e-5
+    finally:
+        proc.to_k_ip.weight.data.copy_(saved)
+
+
+def test_mask_pass_stops_early_without_changing_the_mask(reference, subject):
+    req = Request(PROMPTS[2], 64, 64, seed=4)
+    text, _ = reference.encode_prompt(req.prompt)
+    ip = reference.encode_subject(subject)
+    reference.prepare(req)
+    w = reference.guidance(8.5)
+    noise = reference.noise_for(req)
+    _, maps_full = reference.run_pass(text, ip, w, noise, 4, [1.0] * 4, map_steps=(1, 2))
+    _, maps_stop = reference.run_pass(text, ip, w, noise, 4, [1.0] * 4, map_steps=(1, 2), stop_after=2)
+    for s in (1, 2):
+        assert np.array_equal(maps_full[s], maps_stop[s])
+
+
+def test_lcm_step_matches_diffusers_scheduler(tiny_model_dir):
+    from diffusers import LCMScheduler
+
+    sched = LCMScheduler.from_pretrained(tiny_model_dir / "base", subfolder="scheduler")
+    for steps in (4, 8):
+        sched.set_timesteps(steps)
+        ts = sched.timesteps.clone()
+        g = torch.Generator().manual_seed(steps)
+        sample = torch.randn(1, 4, 8, 8, generator=g)
+        ours = sample.clone()
+        for i, t in enumerate(ts):
+            eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(100 + i))
+            g_state = g.get_state()
+            sample, denoised = sched.step(eps, t, sample, generator=g, return_dict=False)
+            g2 = torch.Generator()
+            g2.set_state(g_state)
+            noise = torch.randn(1, 4, 8, 8, generator=g2) if i < steps - 1 else None
+            ours, ours_denoised = lcm_step(sched, eps, i, ts, ours, noise)
+            assert torch.equal(ours, sample) and torch.equal(ours_denoised, denoised)
+    assert sched.timesteps.tolist() == [999, 879, 759, 639, 499, 379, 259, 139]
