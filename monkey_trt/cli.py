@@ -228,7 +228,7 @@ def build(
     cfg = BuildConfig(fp16=fp16, workspace_gib=workspace_gib, builder_optimization_level=opt_level,
                       profile=manifest.profile, static_shapes=static)
     with console.status("building TensorRT engines (minutes for SD1.5)") as status:
-        plans = build_engine_dir(engine_dir, manifest, cfg, force=force, progress=lambda msg: status.update(msg))
+        plans = build_engine_dir(engine_dir, manifest, cfg, force=force, progress=lambda net, msg: status.update(f"{net}: {msg}"))
     typer.echo(f"TensorRT plans: {plans}")
 
 

@@ -37,7 +37,7 @@ from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile
 from monkey_trt.engine.ort import validate_feeds
 from monkey_trt.engine.runner import Runner, TensorSpec
 from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
-from monkey_trt.runtime.manifest import write_json_atomic
+from monkey_trt.atomic import write_bytes_atomic, write_json_atomic
 
 KEY_VERSION = 1  # bump when the key material or the plan layout changes
 NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")
@@ -243,31 +243,6 @@ def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None) -> str
 
 
 # -- atomic files ------------------------------------------------------------------------
-def write_bytes_atomic(path: Path, data) -> Path:
-    """Write a bytes-like object (incl. TensorRT IHostMemory) to a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
-
-
 # -- building ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BuildInfo:
@@ -728,3 +703,34 @@ class TrtEngine(Runner):
             views[name] = host
         _cu(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return {name: v.copy() for name, v in views.items()}
+
+
+# -- runtime entry -------------------------------------------------------------------------
+def find_plan_dir(engine_dir: str | os.PathLike, manifest) -> Path:
+    """The newest ENGINE_DIR/trt/<key>/ built from these ONNX files by this TensorRT on this GPU."""
+    trt = require_tensorrt()
+    dev = require_cuda_device()
+    digest = manifest_onnx_digest(manifest)
+    candidates = []
+    for meta_path in (Path(engine_dir) / TRT_SUBDIR).glob(f"*/{BUILD_JSON}"):
+        try:
+            meta = json.loads(meta_path.read_text())
+            inputs = meta["inputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (inputs.get("onnx_sha256") == digest and inputs.get("tensorrt") == str(trt.__version__)
+                and inputs.get("device_name") == dev.name
+                and all((meta_path.parent / f"{n}.plan").is_file() for n in NETWORKS)):
+            candidates.append((meta_path.stat().st_mtime, meta_path.parent))
+    if not candidates:
+        raise EngineDirError(
+            f"{engine_dir} has no TensorRT plans for TensorRT {trt.__version__} on {dev.name}: "
+            f"run `monkey-trt build --engine-dir {engine_dir}`"
+        )
+    return max(candidates)[1]
+
+
+def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False) -> dict[str, "TrtEngine"]:
+    """One (not yet activated) TrtEngine per network; CUDA graphs only for the UNet's fixed-shape steps."""
+    folder = find_plan_dir(engine_dir, manifest)
+    return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet") for n in NETWORKS}
