@@ -247,6 +247,57 @@ def doctor():
     Console().print(table)
 
 
+@app.command()
+def bench(
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends)"),
+    backends: str = typer.Option("ort", "--backends", help="Comma-separated: torch, ort, trt (first = baseline of the ratios)"),
+    base: str = typer.Option(DEFAULT_BASE, help="torch backend: base model"),
+    ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="torch backend: IP-Adapter"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: a grey square)"),
+    height: int = typer.Option(512),
+    width: int = typer.Option(512),
+    runs: int = typer.Option(5, help="Timed runs per backend"),
+    warmup: int = typer.Option(1, help="Untimed runs first"),
+    device: str = typer.Option("cpu", help="torch backend device"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON"),
+):
+    """Median end-to-end and per-stage timings of MONKEY per backend, measured in one run, as ratios."""
+    from PIL import Image
+    from rich.table import Table
+
+    from monkey_trt.bench import bench_pipeline
+    from monkey_trt.generate import GenerateJob, load_backend
+    from monkey_trt.runtime.images import load_subject
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names or not 1 <= runs <= 1000 or not 0 <= warmup <= 100:
+        raise MonkeyError("--backends must name at least one backend; --runs in 1..1000, --warmup in 0..100")
+    request = Request(prompt="a dog on the beach", height=height, width=width, seed=0)
+    subject = load_subject(image) if image else Image.new("RGB", (256, 256), (128, 128, 128))
+    results = []
+    with _quiet_libraries():
+        for name in names:
+            job = GenerateJob(request=request, image=Path("-"), out=Path("-"), base=base, ip_adapter=ip_adapter,
+                              backend=name, engine_dir=engine_dir, device=device)
+            with console.status(f"{name}: loading"):
+                pipe = load_backend(job)
+            with console.status(f"{name}: {warmup} warm-up + {runs} timed runs at {width}x{height}"):
+                results.append(bench_pipeline(pipe, request, subject, runs=runs, warmup=warmup))
+    table = Table("backend", "total (s)", "speed-up", "mask pass", "final pass", "decode", "UNet step (ms)")
+    base_total = results[0].total_s
+    for r in results:
+        s = r.stages_s
+        passes = s.get("mask_pass", 0) + s.get("final_pass", 0)
+        table.add_row(r.backend, f"{r.total_s:.3f}", f"{base_total / r.total_s:.2f}x", f"{s.get('mask_pass', 0):.3f}",
+                      f"{s.get('final_pass', 0):.3f}", f"{s.get('decode', 0):.3f}", f"{1000 * passes / r.unet_steps:.1f}")
+    Console().print(table)
+    if json_out:
+        from monkey_trt.atomic import write_json_atomic
+        from monkey_trt.outputs import versions
+
+        write_json_atomic(json_out, {"height": height, "width": width, "results": [r.to_dict() for r in results], "versions": versions()})
+
+
 # -- entry point ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: MonkeyError -> one line on stderr, exit 2."""

@@ -50,7 +50,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         noise = load_noise_file(job.noise, req.latent_shape, max(c.steps_mask_pass, c.steps_final) - 1)
 
     with console.status(f"loading the {job.backend} backend"):
-        pipe = _load_backend(job)
+        pipe = load_backend(job)
     with console.status(f"generating {req.width}x{req.height} on {job.backend}"):
         result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True)
 
@@ -69,7 +69,8 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
     return write_outputs(job.out, result, subject, record, save_arrays=job.save_arrays), result
 
 
-def _load_backend(job: GenerateJob):
+def load_backend(job: GenerateJob):
+    """The pipeline object of `job.backend` (torch reference or the lean runtime)."""
     if job.backend == "torch":
         try:
             import torch

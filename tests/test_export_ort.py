@@ -1,0 +1,237 @@
+"""ONNX export + engine directory + the lean ONNX Runtime runtime, checked against the PyTorch reference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monkey_trt.cli import main
+from monkey_trt.config import MonkeyConfig, Request
+from monkey_trt.engine.compare import compare_outputs
+from monkey_trt.engine.ort import OrtRunner
+from monkey_trt.errors import EngineDirError, MonkeyError
+from monkey_trt.export.onnx_export import sample_inputs
+from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
+from monkey_trt.reference.pipeline import ReferencePipeline, torch_noise_plan
+from monkey_trt.runtime.manifest import MANIFEST, load_manifest
+from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+PROMPTS = ["a toy on the beach", "a toy in the jungle", "a toy with a city in the background"]
+IMAGE_ATOL = 2e-3
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engines") / "tiny-engine"
+    argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
+            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
+
+
+@pytest.fixture(scope="module")
+def runtime(engine_dir):
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
+        yield pipe
+
+
+@pytest.fixture(scope="module")
+def subject(tiny_model_dir):
+    return Image.open(tiny_model_dir / "subject.png").convert("RGB")
+
+
+def test_engine_dir_layout_and_manifest(engine_dir):
+    m = load_manifest(engine_dir)
+    assert set(m.networks) == {"text_encoder", "image_encoder", "unet", "vae_decoder"}
+    assert m.networks["unet"].desc.input_names == ["sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask"]
+    assert m.networks["unet"].desc.output_names == ["noise_pred", "ip_attn_map"]
+    assert m.mask_layer == MonkeyConfig().mask_layer and len(m.ip_layers) == 16
+    assert m.profile.height.as_list() == [64, 64, 128]
+    assert (engine_dir / "tokenizer" / "tokenizer.json").is_file()
+    assert len(m.scheduler.alphas_cumprod) == 1000
+    raw = json.loads((engine_dir / MANIFEST).read_text())
+    assert raw["schema_version"] == 1 and raw["exporter"]["torch"]
+
+
+@pytest.mark.parametrize("name", ["text_encoder", "image_encoder", "unet", "vae_decoder"])
+def test_each_network_matches_torch(engine_dir, reference, name):
+    m = load_manifest(engine_dir)
+    r = reference.m
+    module = {
+        "text_encoder": lambda: TextEncoderNet(r.text_encoder),
+        "image_encoder": lambda: ImageEncoderNet(r.image_encoder, r.image_proj),
+        "unet": lambda: UNetNet(r.unet, r.ctx, r.ip_layers.index(m.mask_layer)),
+        "vae_decoder": lambda: VaeDecoderNet(r.vae),
+    }[name]()
+    desc = m.networks[name].desc
+    for h, w in ((64, 64), (96, 128)):
+        args = sample_inputs(desc, m.dims, 1, h, w)
+        with torch.no_grad():
+            want = module(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        with OrtRunner(engine_dir / m.networks[name].file) as runner:
+            got = runner.infer({n: a.numpy() for n, a in zip(desc.input_names, args)})
+        rows = compare_outputs({n: t.numpy() for n, t in zip(desc.output_names, want)}, got, atol=1e-4)
+        assert all(row.ok and row.cosine > 0.99999 for row in rows), "\n".join(map(str, rows))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_ort_matches_reference_on_identical_noise(reference, runtime, subject, seed, prompt):
+    req = Request(prompt, 64, 64, seed=seed)
+    noise = torch_noise_plan(seed, req.latent_shape, 8)
+    want = reference(req, subject, noise=noise)
+    got = runtime(req, subject, noise=noise)
+    assert np.array_equal(got.mask.mask, want.mask.mask)
+    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+
+
+def test_ort_matches_reference_non_square(reference, runtime, subject):
+    req = Request(PROMPTS[0], 64, 96, seed=7)
+    noise = torch_noise_plan(7, req.latent_shape, 8)
+    want, got = reference(req, subject, noise=noise), runtime(req, subject, noise=noise)
+    assert got.mask.grid == (2, 3)
+    assert np.array_equal(got.mask.mask, want.mask.mask)
+    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+
+
+def test_seeded_runtime_matches_seeded_reference(reference, runtime, subject):
+    """Without a noise file the runtime's numpy RNG reproduces torch's CPU generator."""
+    req = Request(PROMPTS[1], 64, 64, seed=123)
+    want, got = reference(req, subject), runtime(req, subject)
+    assert np.array_equal(got.mask.mask, want.mask.mask)
+    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+
+
+def test_cli_generate_ort_writes_the_same_outputs(tiny_model_dir, engine_dir, tmp_path):
+    argv = ["generate", "--backend", "ort", "--engine-dir", str(engine_dir), "--image", str(tiny_model_dir / "subject.png"),
+            "--prompt", PROMPTS[0], "--height", "64", "--width", "64", "--seed", "0", "--out", str(tmp_path / "o"),
+            "--save-arrays", "--baseline"]
+    assert main(argv) == 0
+    names = {p.name for p in (tmp_path / "o").iterdir()}
+    assert {"monkey.png", "mask.png", "overlay.png", "result.json", "arrays.npz", "ipadapter.png", "grid.png"} <= names
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["backend"] == "ort"
+
+
+def test_runtime_never_imports_torch_or_diffusers(engine_dir, tiny_model_dir):
+    code = textwrap.dedent(f"""
+        import sys
+        from PIL import Image
+        from monkey_trt.config import Request
+        from monkey_trt.runtime.pipeline import MonkeyPipeline
+        pipe = MonkeyPipeline.from_engine_dir({str(engine_dir)!r}, backend="ort")
+        out = pipe(Request("a toy on the beach", 64, 64, seed=0), Image.open({str(tiny_model_dir / 'subject.png')!r}))
+        assert out.image.shape == (64, 64, 3)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers"))
+        print("HEAVY", heavy)
+        sys.exit(1 if heavy else 0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- engine-directory faults: one line, exit 2 ------------------------------------------------
+def _copy(engine_dir, tmp_path):
+    dst = tmp_path / "engine"
+    shutil.copytree(engine_dir, dst)
+    return dst
+
+
+def _generate_exit(engine, tiny_model_dir, tmp_path, capsys, *extra):
+    argv = ["generate", "--backend", "ort", "--engine-dir", str(engine), "--image", str(tiny_model_dir / "subject.png"),
+            "--prompt", "a toy", "--height", "64", "--width", "64", "--out", str(tmp_path / "out"), *extra]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert not (tmp_path / "out").exists()
+    return code, err
+
+
+def test_wrong_schema_version(engine_dir, tiny_model_dir, tmp_path, capsys):
+    eng = _copy(engine_dir, tmp_path)
+    raw = json.loads((eng / MANIFEST).read_text())
+    raw["schema_version"] = 999
+    (eng / MANIFEST).write_text(json.dumps(raw))
+    code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
+    assert code == 2 and "schema version 999" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_missing_and_altered_files(engine_dir, tiny_model_dir, tmp_path, capsys):
+    eng = _copy(engine_dir, tmp_path)
+    (eng / "vae_decoder.onnx").unlink()
+    code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
+    assert code == 2 and "missing" in err
+    shutil.rmtree(eng)
+    eng = _copy(engine_dir, tmp_path)
+    data = bytearray((eng / "text_encoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (eng / "text_encoder.onnx").write_bytes(bytes(data))
+    code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
+    assert code == 2 and "sha256" in err
+    (eng / MANIFEST).write_text("{not json")
+    code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
+    assert code == 2 and "corrupt" in err
+    with pytest.raises(EngineDirError):
+        load_manifest(tmp_path / "nowhere")
+
+
+def test_size_outside_profile(engine_dir, tiny_model_dir, tmp_path, capsys):
+    code, err = _generate_exit(engine_dir, tiny_model_dir, tmp_path, capsys, "--height", "256")
+    assert code == 2 and "outside the engine profile" in err
+
+
+def test_wrong_prompt_length_is_refused(engine_dir):
+    m = load_manifest(engine_dir)
+    with OrtRunner(engine_dir / m.networks["text_encoder"].file) as te:
+        with pytest.raises(MonkeyError, match="input_ids"):
+            te.infer({"input_ids": np.zeros((1, 70), np.int64)})
+
+
+def test_other_mask_layer_needs_reexport(runtime, subject):
+    cfg = MonkeyConfig(mask_layer="up_blocks.2.attentions.0.transformer_blocks.0.attn2")
+    with pytest.raises(MonkeyError, match="re-export"):
+        runtime(Request("a toy", 64, 64, config=cfg), subject)
+
+
+@pytest.mark.slow
+def test_sd15_export_at_256_and_one_unet_step(tmp_path):
+    """The real SD1.5 architecture (random weights) exports with external data; ORT matches torch on one step."""
+    import time
+
+    from monkey_trt.tiny_model import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "sd15", preset="sd15")
+    out = tmp_path / "engine"
+    assert main(["export", "--base", str(model.base), "--ip-adapter", str(model.ip_adapter), "--out", str(out),
+                 "--height", "256", "--width", "256", "--no-fold"]) == 0
+    m = load_manifest(out, verify="size")
+    assert m.networks["unet"].data_file == "unet.onnx.data"
+    ref = ReferencePipeline.from_pretrained(str(model.base), str(model.ip_adapter))
+    net = UNetNet(ref.m.unet, ref.m.ctx, ref.m.ip_layers.index(m.mask_layer))
+    args = sample_inputs(m.networks["unet"].desc, m.dims, 1, 256, 256)
+    with torch.no_grad():
+        net(*args)
+        t0 = time.perf_counter()
+        want = net(*args)
+        t_torch = time.perf_counter() - t0
+    with OrtRunner(out / "unet.onnx") as unet:
+        feeds = {n: a.numpy() for n, a in zip(m.networks["unet"].desc.input_names, args)}
+        unet.infer(feeds)
+        t0 = time.perf_counter()
+        got = unet.infer(feeds)
+        t_ort = time.perf_counter() - t0
+    rows = compare_outputs({"noise_pred": want[0].numpy(), "ip_attn_map": want[1].numpy()}, got, atol=1e-3)
+    print("\n".join(map(str, rows)), f"\nUNet step 256x256: torch {t_torch:.3f}s  ort {t_ort:.3f}s  ratio {t_torch / t_ort:.2f}x")
+    assert all(r.ok for r in rows)
