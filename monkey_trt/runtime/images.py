@@ -1,0 +1,199 @@
+"""Subject image I/O and CLIP preprocessing (PIL + numpy only).
+
+`clip_preprocess` is THE image-encoder preprocessing of this project: the PyTorch reference and the
+runtime both call it, so parity never depends on which backend transformers picks. It reproduces
+`CLIPImageProcessor`'s PIL path (shortest edge -> `size` with PIL bicubic, centre crop, x/255, CLIP
+mean/std) exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
+
+from monkey_trt.errors import MonkeyError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_IMAGE_SIDE = 8192  # px; larger subjects are refused before decoding
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def load_subject(path) -> Image.Image:
+    """Open, fully decode and normalise a subject image to 8-bit RGB (EXIF orientation applied)."""
+    p = Path(path)
+    name = repr(str(p))
+    if not p.exists():
+        raise MonkeyError(f"subject image {name} does not exist")
+    if p.is_dir():
+        raise MonkeyError(f"subject image {name} is a directory, not an image file")
+    if not p.is_file():
+        raise MonkeyError(f"subject image {name} is not a regular file")
+    old = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off file must fail, not decode to grey
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                w, h = img.size
+                if w <= 0 or h <= 0:
+                    raise MonkeyError(f"subject image {name} has zero size ({w}x{h})")
+                if max(w, h) > MAX_IMAGE_SIDE:
+                    raise MonkeyError(f"subject image {name} is {w}x{h}; at most {MAX_IMAGE_SIDE} px a side is accepted")
+                img.load()  # force the full decode here: truncation and corruption surface now
+                img = ImageOps.exif_transpose(img)  # a new, detached image
+                try:
+                    return to_rgb8(img)
+                except MonkeyError as e:
+                    raise MonkeyError(f"subject image {name}: {e}") from None
+    except MonkeyError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MonkeyError(f"subject image {name} is too large to decode safely ({_one_line(e)})") from None
+    except Image.UnidentifiedImageError:
+        raise MonkeyError(f"subject image {name} is not a readable image (unknown format or damaged header)") from None
+    except PermissionError:
+        raise MonkeyError(f"subject image {name} cannot be read (permission denied)") from None
+    except Exception as e:  # truncated / corrupt data: OSError, SyntaxError, ValueError, zlib.error, ...
+        raise MonkeyError(f"subject image {name} is corrupt or truncated ({type(e).__name__}: {_one_line(e)})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] or type(e).__name__
+
+
+def _scale_to_u8(a: np.ndarray, full_scale: float | None) -> np.ndarray:
+    """Map a single-channel numeric array to uint8: x * 255 / full_scale, or min-max if full_scale is None."""
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise MonkeyError("image holds NaN or infinite pixel values")
+    if full_scale is None:
+        lo, hi = float(a.min()), float(a.max())
+        a, full_scale = a - lo, (hi - lo) or 1.0
+    return np.clip(np.rint(a * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited over white (like transformers'
+    `convert_to_rgb`); 16-bit, 32-bit int and float greyscale are rescaled, not clipped."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(img)  # [H, W]
+        if mode.startswith("I;16"):
+            full = 65535.0
+        elif mode == "I":
+            lo, hi = int(a.min()), int(a.max())
+            full = 255.0 if 0 <= lo and hi <= 255 else 65535.0 if 0 <= lo and hi <= 65535 else None
+        else:
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+            full = 1.0 if 0.0 <= lo and hi <= 1.0 else 255.0 if 0.0 <= lo and hi <= 255.0 else None
+        return Image.fromarray(_scale_to_u8(a, full), "L").convert("RGB")
+    if "A" in img.getbands() or "a" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB") if mode != "RGB" else img.copy()
+
+
+# --------------------------------------------------------------------------------------- CLIP
+
+
+def clip_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_w, new_h): transformers' `get_resize_output_image_size(size, default_to_square=False)`."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def clip_preprocess(img: Image.Image, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """PIL image -> [1, 3, size, size] float32: CLIPImageProcessor's PIL path (bicubic shortest edge,
+    centre crop, x/255 in float64 then float32, (x - mean) / std in float32)."""
+    rgb = to_rgb8(img) if img.mode != "RGB" else img
+    new_w, new_h = clip_resize_size(rgb.width, rgb.height, size)
+    a = np.asarray(rgb.resize((new_w, new_h), resample=Image.Resampling.BICUBIC))  # [h, w, 3] uint8
+    top, left = (new_h - size) // 2, (new_w - size) // 2  # both >= 0: the short side equals `size`
+    a = a[top : top + size, left : left + size]  # [size, size, 3]
+    x = (a.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # [size, size, 3] float32
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])  # [1, 3, size, size]
+
+
+# --------------------------------------------------------------------------------------- output
+
+
+def _as_image(x) -> Image.Image:
+    if isinstance(x, Image.Image):
+        return x
+    a = np.asarray(x)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise MonkeyError("cannot save an image with NaN or infinite values")
+        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)  # floats are taken as [0, 1]
+    elif a.dtype != np.uint8:
+        raise MonkeyError(f"cannot save an array of dtype {a.dtype} as PNG (uint8, bool or float in [0, 1])")
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # CHW -> HWC
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
+        raise MonkeyError(f"cannot save an array of shape {list(a.shape)} as PNG (HxW, HxWx3 or HxWx4)")
+    return Image.fromarray(a)
+
+
+def save_png_atomic(path, array_or_image) -> Path:
+    """Write a PNG via a temp file in the same folder and an atomic rename; returns the path."""
+    p = Path(path)
+    img = _as_image(array_or_image)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def mask_overlay(image: Image.Image, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.45) -> Image.Image:
+    """Tint the subject region (mask [H, W] in {0, 1}; resized nearest if its size differs) of `image`."""
+    rgb = np.asarray(to_rgb8(image)).astype(np.float32)  # [H, W, 3]
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise MonkeyError(f"mask must be [H, W], got shape {list(m.shape)}")
+    if m.shape != rgb.shape[:2]:
+        m = np.asarray(Image.fromarray((m > 0).astype(np.uint8) * 255).resize(image.size, Image.Resampling.NEAREST))
+    sel = (m > 0)[..., None]  # [H, W, 1]
+    tinted = (1 - alpha) * rgb + alpha * np.asarray(color, np.float32)
+    return Image.fromarray(np.rint(np.where(sel, tinted, rgb)).astype(np.uint8), "RGB")
+
+
+def side_by_side(images: list[Image.Image], labels: list[str], height: int | None = None, gap: int = 6) -> Image.Image:
+    """One row of images, each scaled to a common height, with its label in a strip above it."""
+    if not images or len(images) != len(labels):
+        raise MonkeyError(f"side_by_side needs one label per image, got {len(images)} images and {len(labels)} labels")
+    h = height or max(im.height for im in images)
+    tiles = [to_rgb8(im).resize((max(1, round(im.width * h / im.height)), h), Image.Resampling.LANCZOS) for im in images]
+    font = ImageFont.load_default()
+    strip = 22
+    out = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) + 1), h + strip + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    x = gap
+    for tile, label in zip(tiles, labels):
+        out.paste(tile, (x, strip))
+        draw.text((x + 2, 4), str(label), fill=(0, 0, 0), font=font)
+        x += tile.width + gap
+    return out
