@@ -179,7 +179,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         tok.save(tmp / "tokenizer")
         manifest = Manifest(
             dims=dims, profile=p, mask_layer=opts.mask_layer, ip_layers=tuple(m.ip_layers),
-            scheduler=scheduler_consts(m.scheduler), preprocess=ImagePreprocess(size=dims.image_size),
+            scheduler=scheduler_consts(m.scheduler, dims.time_cond_dim), preprocess=ImagePreprocess(size=dims.image_size),
             vae_scaling_factor=float(m.vae.config.scaling_factor), networks=entries,
             source={**asdict(opts.source), **m.files, "tokenizer_sha256": {
                 f.name: sha256_file(f) for f in sorted((tmp / "tokenizer").iterdir())}},
@@ -195,10 +195,20 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
     return out
 
 
-def scheduler_consts(scheduler) -> SchedulerConsts:
+def scheduler_consts(scheduler, time_cond_dim: int) -> SchedulerConsts:
+    """The scheduler's constants as torch computes them, so the numpy runtime steps bit-exactly."""
     cfg = scheduler.config
+    ac = scheduler.alphas_cumprod.to(torch.float32)
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(torch.arange(len(ac)))
+    coeffs = torch.stack([ac.sqrt(), (1 - ac).sqrt(), c_skip.float(), c_out.float()], 1)  # [T, 4]
+    # the frequencies of diffusers' get_guidance_scale_embedding, in torch's float32 arithmetic
+    half = time_cond_dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -emb)
     return SchedulerConsts(
-        alphas_cumprod=tuple(float(a) for a in scheduler.alphas_cumprod.to(torch.float32).numpy()),
+        alphas_cumprod=tuple(float(a) for a in ac.numpy()),
+        coeffs=tuple(float(x) for x in coeffs.numpy().ravel()),
+        guidance_freqs=tuple(float(x) for x in freqs.numpy()),
         original_inference_steps=int(cfg.original_inference_steps),
         timestep_scaling=float(cfg.timestep_scaling),
         sigma_data=0.5,

@@ -155,6 +155,7 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
     from diffusers.models.embeddings import ImageProjection
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+    _quiet_progress_bars()
     base = resolve_base(source.base)
     ip_root = resolve_ip_adapter(source.ip_adapter, source.ip_weight)
     weight_path = ip_weight_file(ip_root, source.ip_weight)
@@ -184,3 +185,14 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)
     files = {"base": str(base), "ip_adapter": str(ip_root), "ip_weight": str(weight_path), "ip_weight_digest": file_digest(weight_path)}
     return ReferenceModels(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_proj, ctx, ip_layers, source, files)
+
+
+def _quiet_progress_bars() -> None:
+    """diffusers/transformers print per-file loading bars; the CLI shows its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

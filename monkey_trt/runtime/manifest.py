@@ -34,6 +34,8 @@ class SchedulerConsts:
     """What the numpy LCM scheduler needs, copied from the diffusers scheduler at export."""
 
     alphas_cumprod: tuple[float, ...]  # [num_train_timesteps] float32 values
+    coeffs: tuple[float, ...] = ()  # [T * 4] torch's (sqrt(ac), sqrt(1-ac), c_skip, c_out): bit-exact steps
+    guidance_freqs: tuple[float, ...] = ()  # [time_cond_dim // 2] torch's sinusoid frequencies
     original_inference_steps: int = 50
     timestep_scaling: float = 10.0
     sigma_data: float = 0.5
@@ -97,13 +99,15 @@ class Manifest:
             "source": self.source,
             "exporter": self.exporter,
         }
-        d["scheduler"]["alphas_cumprod"] = [float(a) for a in self.scheduler.alphas_cumprod]
+        for k in ("alphas_cumprod", "coeffs", "guidance_freqs"):
+            d["scheduler"][k] = [float(a) for a in getattr(self.scheduler, k)]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
         sch = dict(d["scheduler"])
-        sch["alphas_cumprod"] = tuple(float(a) for a in sch["alphas_cumprod"])
+        for k in ("alphas_cumprod", "coeffs", "guidance_freqs"):
+            sch[k] = tuple(float(a) for a in sch.get(k, ()))
         pre = dict(d["preprocess"])
         pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
         return cls(

@@ -81,7 +81,9 @@ class MonkeyPipeline:
         self.schedule = LCMSchedule(
             manifest.alphas_cumprod, original_inference_steps=s.original_inference_steps, timestep_scaling=s.timestep_scaling,
             sigma_data=s.sigma_data, final_alpha_cumprod=s.final_alpha_cumprod, num_train_timesteps=s.num_train_timesteps,
+            coeffs=np.asarray(s.coeffs, np.float32).reshape(-1, 4) if s.coeffs else None,
         )
+        self.guidance_freqs = np.asarray(s.guidance_freqs, np.float32) if s.guidance_freqs else None
         self.n_ip_layers = manifest.dims.n_ip_layers
 
     @classmethod
@@ -172,7 +174,8 @@ class MonkeyPipeline:
 
     def guidance(self, guidance_scale: float) -> np.ndarray:
         """LCM's embedded guidance w = guidance_scale - 1 -> timestep_cond [1, time_cond_dim]."""
-        return guidance_embedding(np.array([guidance_scale - 1.0], np.float32), self.manifest.dims.time_cond_dim)
+        w = np.array([guidance_scale - 1.0], np.float32)
+        return guidance_embedding(w, self.manifest.dims.time_cond_dim, freqs=self.guidance_freqs)
 
     def noise_for(self, request: Request) -> NoisePlan:
         c = request.config
