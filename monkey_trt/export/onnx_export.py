@@ -85,6 +85,16 @@ def sample_inputs(desc: NetworkDesc, dims: ModelDims, batch: int, height: int, w
     return tuple(out)
 
 
+def trace_size(name: str, height: int, width: int, dims: ModelDims) -> tuple[int, int]:
+    """The size to trace at. diffusers' UNet only forwards skip-connection sizes to its upsamplers when
+    a latent side is not a multiple of 2**n_upsamplers; tracing such a size keeps that path (exact for
+    every size) in the graph, so one engine serves 64x96 as well as 512x512."""
+    latent_h = height // dims.vae_factor
+    if name == "unet" and latent_h % 8 == 0 and (width // dims.vae_factor) % 8 == 0:
+        return height + dims.vae_factor, width
+    return height, width
+
+
 def export_network(module: torch.nn.Module, desc: NetworkDesc, args: tuple, path: Path, opset: int) -> None:
     """torch.onnx (TorchScript exporter: proven on SD UNets, symbolic shapes through Shape ops)."""
     with torch.no_grad(), warnings.catch_warnings():
@@ -162,7 +172,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             say(f"exporting {name}")
             net_dir = tmp / f".{name}"
             net_dir.mkdir()
-            args = sample_inputs(descs[name], dims, p.batch.opt, p.height.opt, p.width.opt)
+            args = sample_inputs(descs[name], dims, p.batch.opt, *trace_size(name, p.height.opt, p.width.opt, dims))
             export_network(module.eval(), descs[name], args, net_dir / f"{name}.onnx", opts.opset)
             say(f"checking and folding {name}")
             files = finalize_onnx(net_dir / f"{name}.onnx", opts.fold_constants)
