@@ -115,7 +115,9 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
     model = onnx.load(str(path), load_external_data=True)
     if fold:
         from polygraphy.backend.onnx import fold_constants
+        from polygraphy.logger import G_LOGGER
 
+        G_LOGGER.module_severity = G_LOGGER.ERROR
         model = fold_constants(model, error_ok=True, partitioning="basic")
     big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_protobuf(model) else True
     for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
