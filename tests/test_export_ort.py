@@ -235,3 +235,9 @@ def test_sd15_export_at_256_and_one_unet_step(tmp_path):
     rows = compare_outputs({"noise_pred": want[0].numpy(), "ip_attn_map": want[1].numpy()}, got, atol=1e-3)
     print("\n".join(map(str, rows)), f"\nUNet step 256x256: torch {t_torch:.3f}s  ort {t_ort:.3f}s  ratio {t_torch / t_ort:.2f}x")
     assert all(r.ok for r in rows)
+
+
+def test_python_api_generate(runtime, tiny_model_dir):
+    out = runtime.generate("a toy on the beach", tiny_model_dir / "subject.png", height=64, width=96, seed=1, threshold=0.4)
+    assert out.image.shape == (64, 96, 3) and out.mask.mask.shape == (64, 96) and out.backend == "ort"
+    assert set(out.timings) >= {"encode_prompt", "encode_subject", "mask_pass", "mask", "final_pass", "decode"}

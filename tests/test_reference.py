@@ -141,3 +141,21 @@ def test_lcm_step_matches_diffusers_scheduler(tiny_model_dir):
             ours, ours_denoised = lcm_step(sched, eps, i, ts, ours, noise)
             assert torch.equal(ours, sample) and torch.equal(ours_denoised, denoised)
     assert sched.timesteps.tolist() == [999, 879, 759, 639, 499, 379, 259, 139]
+
+
+def test_bin_ip_adapter_weights_load_like_safetensors(tiny_model_dir, tmp_path, reference, subject):
+    """h94 ships `.bin` too: a nested {"image_proj", "ip_adapter"} dict, loaded with weights_only=True."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    ip_dir = tmp_path / "ip-bin"
+    shutil.copytree(tiny_model_dir / "ip-adapter", ip_dir)
+    flat = load_file(ip_dir / "models" / "ip-adapter_sd15.safetensors")
+    nested = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}
+    torch.save(nested, ip_dir / "models" / "ip-adapter_sd15.bin")
+    (ip_dir / "models" / "ip-adapter_sd15.safetensors").unlink()
+    from_bin = ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(ip_dir))
+    req = Request(PROMPTS[0], 64, 64, seed=2)
+    a, b = reference(req, subject), from_bin(req, subject)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask.mask, b.mask.mask)

@@ -115,6 +115,14 @@ def load_ip_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     return proj, ip
 
 
+def weight_digests(base: Path, ip_root: Path, ip_weight: Path) -> dict[str, str]:
+    """file -> digest for every weight file that was loaded (the exporter records them in the manifest)."""
+    found = [f for c in ("unet", "vae", "text_encoder") for f in sorted((base / c).glob("*")) if f.suffix in (".safetensors", ".bin")]
+    found += [f for f in sorted((ip_root / "models" / "image_encoder").glob("*")) if f.suffix in (".safetensors", ".bin")]
+    found.append(ip_weight)
+    return {str(f.relative_to(f.parents[1] if f != ip_weight else ip_root)): file_digest(f) for f in found}
+
+
 def file_digest(path: Path, limit: int = 1 << 26) -> str:
     """sha256 of a weight file (first 64 MiB + size for big files: a fast, stable identity)."""
     h = hashlib.sha256()
@@ -183,7 +191,8 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
 
     for m in (unet, vae, text_encoder, image_encoder, image_proj):
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    files = {"base": str(base), "ip_adapter": str(ip_root), "ip_weight": str(weight_path), "ip_weight_digest": file_digest(weight_path)}
+    files = {"base": str(base), "ip_adapter": str(ip_root), "ip_weight": str(weight_path),
+             "weight_digests": weight_digests(base, ip_root, weight_path)}
     return ReferenceModels(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_proj, ctx, ip_layers, source, files)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from monkey_trt.config import MAX_TOKENS, Request
+from monkey_trt.config import MAX_TOKENS, MonkeyConfig, Request
 from monkey_trt.engine.runner import Runner
 from monkey_trt.errors import MonkeyError
-from monkey_trt.runtime.images import clip_preprocess
+from monkey_trt.runtime.images import clip_preprocess, load_subject
 from monkey_trt.runtime.manifest import Manifest, load_manifest
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan
@@ -180,6 +180,12 @@ class MonkeyPipeline:
     def noise_for(self, request: Request) -> NoisePlan:
         c = request.config
         return NoisePlan.from_seed(request.seed, request.latent_shape, max(c.steps_mask_pass, c.steps_final))
+
+    def generate(self, prompt: str, image: Image.Image | str | Path, height: int = 512, width: int = 512, seed: int = 0,
+                 **knobs) -> MonkeyOutput:
+        """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`."""
+        subject = image if isinstance(image, Image.Image) else load_subject(image)
+        return self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass (see run_monkey)."""
