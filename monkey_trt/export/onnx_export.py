@@ -112,6 +112,7 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
     """
     import onnx
 
+    exported_bytes = sum(f.stat().st_size for f in path.parent.iterdir())  # .onnx + any per-tensor files
     model = onnx.load(str(path), load_external_data=True)
     if fold:
         from polygraphy.backend.onnx import fold_constants
@@ -119,7 +120,7 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
 
         G_LOGGER.module_severity = G_LOGGER.ERROR
         model = fold_constants(model, error_ok=True, partitioning="basic")
-    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_protobuf(model) else True
+    big = exported_bytes > EXTERNAL_DATA_THRESHOLD
     for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
         if f != path and f.suffix != ".onnx":
             f.unlink()
@@ -133,13 +134,6 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
     onnx.checker.check_model(str(path))
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
     return files
-
-
-def _fits_protobuf(model) -> bool:
-    try:
-        return model.ByteSize() < (2**31 - 1)
-    except ValueError:
-        return False
 
 
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
