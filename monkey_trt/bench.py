@@ -31,7 +31,7 @@ class BenchResult:
 def bench_pipeline(pipe, request: Request, subject: Image.Image, runs: int = 5, warmup: int = 1) -> BenchResult:
     """`pipe` is any backend's pipeline (ReferencePipeline or MonkeyPipeline)."""
     c = request.config
-    noise = NoisePlan.from_seed(request.seed, request.latent_shape, max(c.steps_mask_pass, c.steps_final))
+    noise = NoisePlan.from_seed(request.seed, request.latent_shape, c.noise_steps)
     for _ in range(warmup):
         pipe(request, subject, noise=noise)
     totals, stages = [], []

@@ -85,6 +85,9 @@ def generate(
     backend: str = typer.Option("torch", help="torch (PyTorch reference) | ort | trt"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends)"),
     device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
+    providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
+    fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
     seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
     height: int = typer.Option(512, help="Image height, multiple of 8"),
     width: int = typer.Option(512, help="Image width, multiple of 8"),
@@ -113,6 +116,7 @@ def generate(
         request=request, image=image, out=out, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight,
         backend=backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
     )
     with _quiet_libraries():
         result_dir, result = run_generate(job, console)
@@ -132,14 +136,18 @@ def demo(
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
     from monkey_trt.generate import GenerateJob, run_generate
-    from monkey_trt.tiny_model import write_tiny_model
 
     model_dir, engine_dir = workdir / "tiny-model", workdir / "tiny-engine"
+    if backend not in ("ort", "torch"):
+        raise MonkeyError(f"demo --backend must be ort or torch, got {backend!r}")
+    lo, hi = DEMO_PROFILE
+    if not lo <= size <= hi or size % 8:
+        raise MonkeyError(f"demo --size must be a multiple of 8 in {lo}..{hi}, got {size}")
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
     with _quiet_libraries():
-        if not (model_dir / "base" / "model_index.json").is_file():
+        if not (model_dir / "subject.png").is_file():
             with console.status(f"writing the embedded tiny model to {model_dir}"):
-                write_tiny_model(model_dir, preset="tiny")
+                _write_tiny_model_atomic(model_dir)
         if backend != "torch" and not _engine_dir_usable(engine_dir, size):
             _export_tiny_engine(model_dir, engine_dir)
         job = GenerateJob(
@@ -150,7 +158,7 @@ def demo(
         result_dir, result = run_generate(job, console)
     for w in result.warnings:
         _warn(w)
-    total = sum(v for k, v in result.timings.items() if not k.endswith("baseline") and k != "baseline_pass")
+    total = sum(v for k, v in result.timings.items() if k not in ("baseline_pass", "decode_baseline", "decode_mask_pass"))
     typer.echo(f"demo on {result.backend}: MONKEY in {total:.2f}s, mask covers {100 * result.mask.coverage:.0f}% of the image")
     typer.echo(f"outputs in {result_dir}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
 
@@ -158,11 +166,30 @@ def demo(
 DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
 
 
+def _write_tiny_model_atomic(model_dir: Path) -> None:
+    """An interrupted first demo must not leave a half-written model cache behind."""
+    import shutil
+    import tempfile
+
+    from monkey_trt.atomic import replace_dir
+    from monkey_trt.tiny_model import write_tiny_model
+
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model.", dir=model_dir.parent))
+    try:
+        write_tiny_model(tmp, preset="tiny")
+        replace_dir(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _engine_dir_usable(engine_dir: Path, size: int) -> bool:
+    """The cached engine loads with the checks the run uses and serves this size."""
     from monkey_trt.runtime.manifest import load_manifest
 
     try:
-        return load_manifest(engine_dir, verify="size").profile.check(1, size, size) is None
+        return load_manifest(engine_dir).profile.check(1, size, size) is None
     except MonkeyError:
         return False
 
@@ -199,8 +226,8 @@ def _profile(height: int, width: int, min_size: Optional[str], max_size: Optiona
     lo = _size(min_size, "min") if min_size else (height, width)
     hi = _size(max_size, "max") if max_size else (height, width)
     for name, v in (("height", height), ("width", width), ("min", lo[0]), ("min", lo[1]), ("max", hi[0]), ("max", hi[1])):
-        if v % 8:
-            raise MonkeyError(f"--{name} sizes must be multiples of 8, got {v}")
+        if v <= 0 or v % 8:
+            raise MonkeyError(f"--{name} sizes must be positive multiples of 8, got {v}")
     if not (lo[0] <= height <= hi[0] and lo[1] <= width <= hi[1]):
         raise MonkeyError(f"need --min <= {height}x{width} <= --max, got {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}")
     if not 1 <= batch <= 64:

@@ -67,6 +67,11 @@ class MonkeyConfig:
         """Pass 1 may stop after its last mask step: later steps cannot change the mask."""
         return max(self.mask_steps) + 1
 
+    @property
+    def noise_steps(self) -> int:
+        """Steps of the longer pass: a noise plan holds its latents and noise_steps - 1 step noises."""
+        return max(self.steps_mask_pass, self.steps_final)
+
     def final_scales(self) -> list[float]:
         """IP-Adapter scale per step of pass 2: `scale_final` at masked steps, 0 elsewhere."""
         return [self.scale_final if i in self.masked_steps else 0.0 for i in range(self.steps_final)]

@@ -35,6 +35,9 @@ class GenerateJob:
     noise: Path | None = None
     save_arrays: bool = False
     baseline_scale: float | None = None
+    providers: tuple[str, ...] = ()  # ort backend: execution providers (default: best installed)
+    fp16: bool = False  # ort TensorRT EP: fp16 kernels (changes the math)
+    cuda_graph: bool = False  # ort CUDA/TensorRT EP and trt: replay UNet steps as CUDA graphs
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -47,7 +50,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
     req, c = job.request, job.request.config
     noise = None
     if job.noise is not None:
-        noise = load_noise_file(job.noise, req.latent_shape, max(c.steps_mask_pass, c.steps_final) - 1)
+        noise = load_noise_file(job.noise, req.latent_shape, c.noise_steps)
 
     with console.status(f"loading the {job.backend} backend"):
         pipe = load_backend(job)
@@ -63,8 +66,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         "config": c.to_dict(),
         "baseline_scale": job.baseline_scale,
         "subject": str(job.image),
-        "models": {"base": job.base, "ip_adapter": job.ip_adapter, "ip_weight": job.ip_weight,
-                   "engine_dir": str(job.engine_dir) if job.engine_dir else None},
+        "models": pipe.info(),
     }
     return write_outputs(job.out, result, subject, record, save_arrays=job.save_arrays), result
 
@@ -78,14 +80,23 @@ def load_backend(job: GenerateJob):
             from monkey_trt.reference.pipeline import ReferencePipeline
         except ImportError as e:
             raise MonkeyError(f"the torch backend needs the export extra ({e.name} missing): pip install 'monkey-trt[export]'") from None
-        if job.device.startswith("cuda") and not torch.cuda.is_available():
-            raise MonkeyError("--device cuda asked for, but torch sees no CUDA GPU here")
+        try:
+            device = torch.device(job.device)
+        except RuntimeError:
+            raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}")
+        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+            raise MonkeyError(f"--device {job.device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
         return ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device)
     if job.engine_dir is None:
         raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
-    return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend)
+    if job.backend == "trt" and job.providers:
+        raise MonkeyError("--providers applies to --backend ort only")
+    opts = {"providers": job.providers} if job.backend == "ort" else {}
+    return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph, **opts)
 
 
 def _sha256(path: Path) -> str:

@@ -129,12 +129,21 @@ def test_threshold_edges():
     assert norm0.ravel().tolist() == col.tolist()
 
 
-def test_degenerate_step_map_is_full():
+def test_degenerate_maps():
+    """All steps constant -> full mask; one constant step is skipped and the others decide."""
     flat = np.full((4, 4), 0.25, np.float32)
     res = extract_mask({1: flat, 2: flat}, 64, 64, token=1, threshold=0.5)
     assert res.degenerate_steps == (1, 2) and res.mask.min() == 1.0
-    one = extract_mask({1: flat, 2: np.eye(4, dtype=np.float32)}, 64, 64, token=1, threshold=0.5)
-    assert one.degenerate_steps == (1,) and one.mask.min() == 1.0
+    informative = np.eye(4, dtype=np.float32)  # column 1 peaks at query 1 only
+    one = extract_mask({1: flat, 2: informative}, 64, 64, token=1, threshold=0.5)
+    alone = extract_mask({2: informative}, 64, 64, token=1, threshold=0.5)
+    assert one.degenerate_steps == (1,) and np.array_equal(one.mask, alone.mask) and 0 < one.coverage < 1
+
+
+def test_non_finite_map_is_an_error():
+    bad = np.full((4, 4), np.nan, np.float32)
+    with pytest.raises(FloatingPointError):
+        extract_mask({1: bad}, 64, 64, token=1, threshold=0.5)
 
 
 def test_upsample_nearest_matches_torch():

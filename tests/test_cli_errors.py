@@ -50,19 +50,20 @@ def _text_file(tmp_path):
 
 
 IMAGE_CASES = {
-    "missing": (lambda tmp, tiny: tmp / "nope.png", "nope.png"),
-    "corrupt": (lambda tmp, tiny: _corrupt(tmp), "corrupt.png"),
-    "truncated": (lambda tmp, tiny: _truncated(tmp, tiny), "truncated.png"),
-    "not an image": (lambda tmp, tiny: _text_file(tmp), "notes.jpg"),
-    "a folder": (lambda tmp, tiny: tmp, str(0)),
+    "missing": lambda tmp, tiny: tmp / "nope.png",
+    "corrupt": lambda tmp, tiny: _corrupt(tmp),
+    "truncated": lambda tmp, tiny: _truncated(tmp, tiny),
+    "not an image": lambda tmp, tiny: _text_file(tmp),
+    "a folder": lambda tmp, tiny: tmp,
 }
 
 
 @pytest.mark.parametrize("case", sorted(IMAGE_CASES))
 def test_bad_images(case, args, tmp_path, tiny_model_dir, capsys):
-    make_path, _ = IMAGE_CASES[case]
-    err = run_cli(args(image=make_path(tmp_path, tiny_model_dir)), capsys, tmp_path / "out")
-    assert "image" in err.lower() or "file" in err.lower()
+    path = IMAGE_CASES[case](tmp_path, tiny_model_dir)
+    err = run_cli(args(image=path), capsys, tmp_path / "out")
+    assert str(path.name) in err, "the message names the offending image"
+
 
 
 @pytest.mark.parametrize(
@@ -133,12 +134,40 @@ def test_odd_but_valid_images_are_normalised(mode, args, tmp_path):
 
 
 def test_console_script_exit_code_and_one_line(tmp_path):
-    """The installed entry point, in a fresh process: exit 2 and a single stderr line."""
+    """The installed `monkey-trt` entry point in a fresh process: exit 2 and a single stderr line."""
+    import shutil
+
+    exe = shutil.which("monkey-trt")
+    cmd = [exe] if exe else [sys.executable, "-m", "monkey_trt.cli"]
     proc = subprocess.run(
-        [sys.executable, "-m", "monkey_trt.cli", "generate", "--image", str(tmp_path / "missing.png"), "--prompt", "x",
-         "--out", str(tmp_path / "o")],
+        [*cmd, "generate", "--image", str(tmp_path / "missing.png"), "--prompt", "x", "--out", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_noise_file_with_too_few_step_noises(args, tmp_path, capsys):
+    """An 8-step pass 2 needs 7 step noises: 6 is refused up front, not an IndexError mid-run."""
+    bad = tmp_path / "short.npz"
+    np.savez(bad, latents=np.zeros((1, 4, 8, 8), np.float32), step_noise=np.zeros((6, 1, 4, 8, 8), np.float32))
+    assert "step_noise" in run_cli(args("--noise", str(bad)), capsys, tmp_path / "out")
+
+
+@pytest.mark.parametrize("extra,needle", [(("--height", "0"), "positive multiples of 8"), (("--max", "0x0"), "--max"),
+                                          (("--min", "abc"), "--min"), (("--opset", "3"), "--opset")])
+def test_bad_export_options(extra, needle, tiny_model_dir, tmp_path, capsys):
+    argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
+            "--out", str(tmp_path / "eng"), "--height", "64", "--width", "64", *extra]
+    assert needle in run_cli(argv, capsys, tmp_path / "eng")
+
+
+def test_bad_device(args, tmp_path, capsys):
+    assert "--device" in run_cli(args("--device", "tpu:3"), capsys, tmp_path / "out")
+
+
+def test_demo_refuses_sizes_outside_its_profile_before_any_work(tmp_path, capsys):
+    assert "demo --size" in run_cli(["demo", "--size", "512", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "out")],
+                                    capsys, tmp_path / "out")
+    assert not (tmp_path / "w").exists()

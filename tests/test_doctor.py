@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import pytest
+
 from monkey_trt.doctor import CheckRow, doctor_report
 
 
@@ -35,14 +37,18 @@ def test_python_numpy_and_onnxruntime():
 
 
 def test_tensorrt_marked_not_installed_here():
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed on this machine")
     rows = _rows()
-    if importlib.util.find_spec("tensorrt") is None:
-        assert rows["tensorrt"].ok is None and "not installed" in rows["tensorrt"].detail
-        assert "tensorrt" not in rows["backends"].detail.split(", ")
+    assert rows["tensorrt"].ok is None and "not installed" in rows["tensorrt"].detail
+    assert "tensorrt" not in rows["backends"].detail.split(", ")
 
 
 def test_doctor_does_not_import_heavy_packages():
-    heavy = {"torch", "diffusers", "transformers"}
-    before = heavy & set(sys.modules)
-    doctor_report()
-    assert heavy & set(sys.modules) == before
+    """In a fresh process (the test session has torch loaded already)."""
+    import subprocess
+
+    code = ("import sys; from monkey_trt.doctor import doctor_report; doctor_report(); "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

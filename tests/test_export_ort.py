@@ -180,6 +180,12 @@ def test_missing_and_altered_files(engine_dir, tiny_model_dir, tmp_path, capsys)
     (eng / "text_encoder.onnx").write_bytes(bytes(data))
     code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
     assert code == 2 and "sha256" in err
+    shutil.rmtree(eng)
+    eng = _copy(engine_dir, tmp_path)
+    tok = eng / "tokenizer" / "tokenizer.json"
+    tok.write_text(tok.read_text().replace("beach", "bench", 1) if "beach" in tok.read_text() else tok.read_text() + " ")
+    code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
+    assert code == 2 and "tokenizer/tokenizer.json" in err and "sha256" in err
     (eng / MANIFEST).write_text("{not json")
     code, err = _generate_exit(eng, tiny_model_dir, tmp_path, capsys)
     assert code == 2 and "corrupt" in err
@@ -241,3 +247,14 @@ def test_python_api_generate(runtime, tiny_model_dir):
     out = runtime.generate("a toy on the beach", tiny_model_dir / "subject.png", height=64, width=96, seed=1, threshold=0.4)
     assert out.image.shape == (64, 96, 3) and out.mask.mask.shape == (64, 96) and out.backend == "ort"
     assert set(out.timings) >= {"encode_prompt", "encode_subject", "mask_pass", "mask", "final_pass", "decode"}
+
+
+def test_bench_command_writes_ratios(engine_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--engine-dir", str(engine_dir), "--backends", "torch,ort", "--base", str(tiny_model_dir / "base"),
+            "--ip-adapter", str(tiny_model_dir / "ip-adapter"), "--height", "64", "--width", "64", "--runs", "2",
+            "--warmup", "1", "--json", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert [r["backend"] for r in res["results"]] == ["torch", "ort"]
+    assert all(r["total_s"] > 0 and r["unet_steps"] == 11 for r in res["results"])

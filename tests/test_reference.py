@@ -109,16 +109,17 @@ def test_degenerate_map_gives_full_mask_and_is_recorded(reference, subject):
 
 
 def test_mask_pass_stops_early_without_changing_the_mask(reference, subject):
+    """The method stops pass 1 after its last mask step; a full 4-step pass 1 gives the same mask."""
+    from monkey_trt.runtime.mask import extract_mask
+
     req = Request(PROMPTS[2], 64, 64, seed=4)
+    out = reference(req, subject)
+    assert out.timings["mask_pass"] > 0
     text, _ = reference.encode_prompt(req.prompt)
     ip = reference.encode_subject(subject)
-    reference.prepare(req)
-    w = reference.guidance(8.5)
-    noise = reference.noise_for(req)
-    _, maps_full = reference.run_pass(text, ip, w, noise, 4, [1.0] * 4, map_steps=(1, 2))
-    _, maps_stop = reference.run_pass(text, ip, w, noise, 4, [1.0] * 4, map_steps=(1, 2), stop_after=2)
-    for s in (1, 2):
-        assert np.array_equal(maps_full[s], maps_stop[s])
+    _, maps_full = reference.run_pass(text, ip, reference.guidance(8.5), reference.noise_for(req), 4, [1.0] * 4, map_steps=(1, 2))
+    full = extract_mask(maps_full, 64, 64, token=1, threshold=0.5)
+    assert np.array_equal(full.mask, out.mask.mask)
 
 
 def test_lcm_step_matches_diffusers_scheduler(tiny_model_dir):
@@ -159,3 +160,47 @@ def test_bin_ip_adapter_weights_load_like_safetensors(tiny_model_dir, tmp_path, 
     req = Request(PROMPTS[0], 64, 64, seed=2)
     a, b = reference(req, subject), from_bin(req, subject)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.mask.mask, b.mask.mask)
+
+
+def test_hub_ids_fetch_only_what_is_needed(monkeypatch, tmp_path):
+    """Real-weights path: one weight format per component (no fp16 variants), safetensors preferred."""
+    import huggingface_hub
+
+    from monkey_trt.reference import loading
+
+    files = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.bin",
+             "safety_checker/model.safetensors", "models/ip-adapter_sd15.bin", "models/ip-adapter_sd15.safetensors",
+             "models/image_encoder/config.json", "models/image_encoder/model.safetensors", "models/ip-adapter-plus_sd15.bin"]
+    asked = {}
+
+    def snapshot_download(repo_id, allow_patterns=None, local_files_only=False):
+        asked[repo_id] = allow_patterns
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id: files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    loading.resolve_repo("owner/base", ("unet/", "vae/"), extra=(("model_index.json",),))
+    assert sorted(asked["owner/base"]) == ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                                           "vae/config.json", "vae/diffusion_pytorch_model.bin"]
+    (tmp_path / "models" / "image_encoder").mkdir(parents=True)
+    (tmp_path / "models" / "image_encoder" / "config.json").write_text("{}")
+    loading.resolve_ip_adapter("owner/ip", "ip-adapter_sd15")
+    assert "models/ip-adapter_sd15.safetensors" in asked["owner/ip"] and "models/ip-adapter_sd15.bin" not in asked["owner/ip"]
+    loading.resolve_ip_adapter("owner/ip", "ip-adapter_sd15.bin")
+    assert "models/ip-adapter_sd15.bin" in asked["owner/ip"]
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    import huggingface_hub
+
+    from monkey_trt.errors import MonkeyError
+    from monkey_trt.reference import loading
+
+    def offline(*a, **k):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(MonkeyError, match="not cached"):
+        loading.resolve_base("someone/missing-model")

@@ -78,6 +78,15 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def default_provider() -> str:
+    """The provider chain `generate` uses when none is named: CUDA when this onnxruntime has it, else CPU.
+
+    The TensorRT EP is opt-in (`--providers tensorrt`): it builds engines on first use and its fp16
+    mode changes the math.
+    """
+    return "cuda" if PROVIDER_NAMES["cuda"] in available_providers() else "cpu"
+
+
 def physical_cores() -> int:
     """Physical cores usable by this process (hyper-threads not counted); at least 1."""
     try:

@@ -187,8 +187,8 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             dims=dims, profile=p, mask_layer=opts.mask_layer, ip_layers=tuple(m.ip_layers),
             scheduler=scheduler_consts(m.scheduler, dims.time_cond_dim), preprocess=ImagePreprocess(size=dims.image_size),
             vae_scaling_factor=float(m.vae.config.scaling_factor), networks=entries,
-            source={**asdict(opts.source), **m.files, "tokenizer_sha256": {
-                f.name: sha256_file(f) for f in sorted((tmp / "tokenizer").iterdir())}},
+            files={f"tokenizer/{f.name}": sha256_file(f) for f in sorted((tmp / "tokenizer").iterdir())},
+            source={**asdict(opts.source), **m.files},
             exporter={"monkey_trt": __version__, "torch": torch.__version__, "onnx_opset": opts.opset,
                       "diffusers": _version("diffusers"), "transformers": _version("transformers"),
                       "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants},

@@ -46,8 +46,11 @@ def _pick_hub_files(files: list[str], prefixes: tuple[str, ...]) -> list[str]:
     return keep
 
 
-def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[str, ...] = ()) -> Path:
-    """A local folder as is; a hub id `owner/repo` downloaded (only the files we need) to the HF cache."""
+def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[tuple[str, ...], ...] = ()) -> Path:
+    """A local folder as is; a hub id `owner/repo` downloaded (only the files we need) to the HF cache.
+
+    `extra`: single files outside `prefixes`, each given as alternatives in order of preference.
+    """
     p = Path(name).expanduser()
     if p.is_dir():
         return p
@@ -59,7 +62,7 @@ def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[str, ...] = 
         raise MonkeyError("huggingface_hub is not installed: pip install 'monkey-trt[export]'") from None
     try:
         files = list_repo_files(name)
-        patterns = _pick_hub_files(files, prefixes) + [f for f in files if f in extra]
+        patterns = _pick_hub_files(files, prefixes) + [next(f for f in alts if f in files) for alts in extra if any(f in files for f in alts)]
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as online_error:  # offline, unknown repo, gated...
         try:
@@ -71,7 +74,7 @@ def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[str, ...] = 
 
 
 def resolve_base(base: str) -> Path:
-    root = resolve_repo(base, tuple(f"{c}/" for c in BASE_COMPONENTS) + ("feature_extractor/",), extra=("model_index.json",))
+    root = resolve_repo(base, tuple(f"{c}/" for c in BASE_COMPONENTS) + ("feature_extractor/",), extra=(("model_index.json",),))
     missing = [c for c in BASE_COMPONENTS if not (root / c).is_dir()]
     if missing:
         raise MonkeyError(f"{base} is not a diffusers SD1.5/LCM pipeline folder: missing {', '.join(missing)}")
@@ -89,8 +92,8 @@ def ip_weight_file(ip_root: Path, weight: str) -> Path:
 
 
 def resolve_ip_adapter(ip_adapter: str, weight: str) -> Path:
-    stem = weight.rsplit(".", 1)[0] if weight.endswith((".safetensors", ".bin")) else weight
-    root = resolve_repo(ip_adapter, ("models/image_encoder/",), extra=(f"models/{stem}.safetensors",))
+    names = (weight,) if weight.endswith((".safetensors", ".bin")) else (f"{weight}.safetensors", f"{weight}.bin")
+    root = resolve_repo(ip_adapter, ("models/image_encoder/",), extra=(tuple(f"models/{n}" for n in names),))
     if not (root / "models" / "image_encoder" / "config.json").is_file():
         raise MonkeyError(f"{ip_adapter} is not an IP-Adapter folder: models/image_encoder/config.json is missing")
     return root
@@ -183,11 +186,13 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
     embed_dim = proj_sd["proj.weight"].shape[-1]
     cross_dim = proj_sd["proj.weight"].shape[0] // 4
     image_proj = ImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross_dim, num_image_text_embeds=4)
-    image_proj.load_state_dict({k.replace("proj", "image_embeds"): v for k, v in proj_sd.items()})
     try:
+        image_proj.load_state_dict({k.replace("proj", "image_embeds"): v for k, v in proj_sd.items()})
         ctx, ip_layers = install_ip_processors(unet, ip_sd)
     except KeyError as e:
         raise MonkeyError(f"{weight_path} does not match this UNet: missing IP weight {e}") from None
+    except RuntimeError as e:  # shape mismatch: an adapter for another base model (SDXL, plus, ...)
+        raise MonkeyError(f"{weight_path} does not fit this model: {str(e).splitlines()[0]}") from None
 
     for m in (unet, vae, text_encoder, image_encoder, image_proj):
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)

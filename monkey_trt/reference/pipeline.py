@@ -74,6 +74,10 @@ class ReferencePipeline:
     ) -> "ReferencePipeline":
         return cls(load_reference_models(ModelSource(base, ip_adapter, ip_weight), device, dtype))
 
+    def info(self) -> dict:
+        """What ran: the loaded folders, weight digests, device and dtype."""
+        return {**self.m.files, "device": str(self.m.device), "dtype": str(self.m.dtype)}
+
     # -- encoders -------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, bool]:
@@ -155,8 +159,7 @@ class ReferencePipeline:
         return w_emb.to(self.m.device, self.m.dtype)
 
     def noise_for(self, request: Request) -> NoisePlan:
-        c = request.config
-        return torch_noise_plan(request.seed, request.latent_shape, max(c.steps_mask_pass, c.steps_final))
+        return torch_noise_plan(request.seed, request.latent_shape, request.config.noise_steps)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass (see runtime.method.run_monkey)."""

@@ -73,6 +73,7 @@ class Manifest:
     preprocess: ImagePreprocess
     vae_scaling_factor: float
     networks: dict[str, NetworkEntry]
+    files: dict[str, str] = field(default_factory=dict)  # other files (tokenizer/...) -> sha256
     source: dict = field(default_factory=dict)  # model ids/paths, weight hashes
     exporter: dict = field(default_factory=dict)  # versions, opset, precision
 
@@ -96,6 +97,7 @@ class Manifest:
             "preprocess": asdict(self.preprocess),
             "vae_scaling_factor": self.vae_scaling_factor,
             "networks": {name: _entry_to_json(e) for name, e in self.networks.items()},
+            "files": self.files,
             "source": self.source,
             "exporter": self.exporter,
         }
@@ -119,6 +121,7 @@ class Manifest:
             preprocess=ImagePreprocess(**pre),
             vae_scaling_factor=float(d["vae_scaling_factor"]),
             networks={name: _entry_from_json(name, e) for name, e in d["networks"].items()},
+            files=dict(d.get("files", {})),
             source=d.get("source", {}),
             exporter=d.get("exporter", {}),
         )
@@ -177,6 +180,12 @@ def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
         if name not in manifest.networks:
             raise EngineDirError(f"{mpath} lists no network {name!r}")
     if verify != "none":
+        for fname, digest in manifest.files.items():
+            f = root / fname
+            if not f.is_file():
+                raise EngineDirError(f"{root}: file {fname} is missing")
+            if verify == "sha256" and sha256_file(f) != digest:
+                raise EngineDirError(f"{root}: file {fname} fails its sha256 check (altered)")
         for name, entry in manifest.networks.items():
             for fname, digest in entry.sha256.items():
                 f = root / fname

@@ -53,13 +53,15 @@ def query_grid(num_queries: int, height: int, width: int, vae_factor: int = 8) -
 def normalized_step_map(attn_map: np.ndarray, grid: tuple[int, int], token: int, threshold: float) -> tuple[np.ndarray, bool]:
     """One step: column `token`, min-max to [0,1], values < threshold -> 0. Returns (map [gh,gw], degenerate).
 
-    A constant map (max == min) carries no location: it normalises to all ones (the whole image is
-    "subject"), which makes the final mask full, i.e. plain IP-Adapter at the masked steps.
+    A constant map (max == min) carries no location: it contributes nothing (zeros) and is reported
+    as degenerate; `extract_mask` falls back to a full mask only when every mask step is degenerate.
     """
     col = np.asarray(attn_map, dtype=np.float32)[:, token].reshape(grid)  # [gh, gw], row-major
+    if not np.isfinite(col).all():
+        raise FloatingPointError("the IP attention map holds NaN/inf: the backend's numerics failed (try fp32)")
     lo, hi = col.min(), col.max()
-    if not hi > lo:
-        return np.ones(grid, dtype=np.float32), True
+    if hi == lo:
+        return np.zeros(grid, dtype=np.float32), True
     norm = (col - lo) / (hi - lo)
     norm[norm < np.float32(threshold)] = 0.0
     return norm, False
@@ -92,5 +94,7 @@ def extract_mask(
         total += norm
         if is_constant:
             degenerate.append(step)
+    if len(degenerate) == len(steps):  # no step located anything: plain IP-Adapter at the masked steps
+        total[:] = 1.0
     mask = (upsample_nearest(total, height, width) > 0).astype(np.float32)
     return MaskResult(mask=mask, grid=grid, degenerate_steps=tuple(degenerate))

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.config import MAX_TOKENS, Request
+from monkey_trt.errors import MonkeyError
 from monkey_trt.runtime.mask import extract_mask
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
@@ -68,9 +69,14 @@ def run_monkey(
         "mask_pass", engine.run_pass, text, ip_tokens, w_emb, noise, c.steps_mask_pass,
         [c.scale_mask_pass] * c.steps_mask_pass, map_steps=c.mask_steps, stop_after=c.mask_pass_steps_needed - 1,
     )
-    mask = timed("mask", extract_mask, maps, request.height, request.width, c.mask_token, c.threshold)
-    if mask.degenerate:
-        notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: full mask (plain IP-Adapter)")
+    try:
+        mask = timed("mask", extract_mask, maps, request.height, request.width, c.mask_token, c.threshold)
+    except FloatingPointError as e:
+        raise MonkeyError(f"{engine.backend}: {e}") from None
+    if len(mask.degenerate_steps) == len(c.mask_steps):
+        notes.append(f"attention map was constant at every mask step {list(mask.degenerate_steps)}: full mask (plain IP-Adapter)")
+    elif mask.degenerate:
+        notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: those steps were skipped")
     latents2, _ = timed("final_pass", engine.run_pass, text, ip_tokens, w_emb, noise, c.steps_final, c.final_scales(), mask=mask.mask)
     image = timed("decode", engine.decode, latents2)
     mask_pass_image = timed("decode_mask_pass", engine.decode, latents1) if decode_mask_pass else None

@@ -34,7 +34,7 @@ class RuntimeOptions:
     """How to run an engine directory."""
 
     backend: str = "ort"  # ort | trt
-    providers: tuple[str, ...] = ("cpu",)  # ort: cpu | cuda | tensorrt, in priority order
+    providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
     fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
     verify: str = "sha256"  # engine-dir file check: sha256 | size | none
@@ -44,12 +44,13 @@ class RuntimeOptions:
 def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[str, Runner]:
     """One activated runner per network."""
     if opts.backend == "ort":
-        from monkey_trt.engine.ort import OrtRunner
+        from monkey_trt.engine.ort import OrtRunner, default_provider
 
+        providers = opts.providers or (default_provider(),)
         runners = {
             name: OrtRunner(
-                manifest.path(root, name), providers=opts.providers, name=name, fp16=opts.fp16,
-                trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in opts.providers else None,
+                manifest.path(root, name), providers=providers, name=name, fp16=opts.fp16,
+                trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in providers else None,
                 cuda_graph=opts.cuda_graph and name == "unet",
             )
             for name in NETWORKS
@@ -73,10 +74,10 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
 class MonkeyPipeline:
     """Both LCM passes of MONKEY on a backend's runners."""
 
-    def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], opts: RuntimeOptions):
+    def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], opts: RuntimeOptions, tokenizer: ClipTokenizer):
         self.root, self.manifest, self.runners, self.opts = Path(root), manifest, runners, opts
         self.backend = opts.backend
-        self.tokenizer = ClipTokenizer.from_dir(self.root / "tokenizer")
+        self.tokenizer = tokenizer
         s = manifest.scheduler
         self.schedule = LCMSchedule(
             manifest.alphas_cumprod, original_inference_steps=s.original_inference_steps, timestep_scaling=s.timestep_scaling,
@@ -90,7 +91,14 @@ class MonkeyPipeline:
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         opts = RuntimeOptions(backend=backend, **options)
         manifest = load_manifest(Path(root), verify=opts.verify)
-        return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts)
+        tokenizer = ClipTokenizer.from_dir(Path(root) / "tokenizer")  # before any session: nothing to leak
+        return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
+
+    def info(self) -> dict:
+        """What ran: the engine directory, its source models and each network's execution providers."""
+        providers = {n: r.session.get_providers() for n, r in self.runners.items() if getattr(r, "session", None) is not None}
+        return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers,
+                "options": {"fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph}}
 
     def close(self) -> None:
         for r in self.runners.values():
@@ -178,8 +186,7 @@ class MonkeyPipeline:
         return guidance_embedding(w, self.manifest.dims.time_cond_dim, freqs=self.guidance_freqs)
 
     def noise_for(self, request: Request) -> NoisePlan:
-        c = request.config
-        return NoisePlan.from_seed(request.seed, request.latent_shape, max(c.steps_mask_pass, c.steps_final))
+        return NoisePlan.from_seed(request.seed, request.latent_shape, request.config.noise_steps)
 
     def generate(self, prompt: str, image: Image.Image | str | Path, height: int = 512, width: int = 512, seed: int = 0,
                  **knobs) -> MonkeyOutput:

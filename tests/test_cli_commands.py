@@ -1,0 +1,49 @@
+"""The CLI commands end to end: tiny-model, demo (twice: the second run uses the cache), bench, doctor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monkey_trt.cli import main
+
+
+def test_tiny_model_command(tmp_path, capsys):
+    assert main(["tiny-model", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "base" / "model_index.json").is_file()
+    assert (tmp_path / "m" / "ip-adapter" / "models" / "ip-adapter_sd15.safetensors").is_file()
+    assert main(["tiny-model", str(tmp_path / "m2"), "--preset", "sd42"]) == 2
+
+
+def test_demo_runs_on_ort_and_reuses_its_cache(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--out", str(out), "--size", "64"]) == 0
+    said = capsys.readouterr().out
+    assert "demo on ort" in said and str(out) in said
+    names = {p.name for p in out.iterdir()}
+    assert {"monkey.png", "mask.png", "overlay.png", "ipadapter.png", "grid.png", "result.json"} <= names
+    record = json.loads((out / "result.json").read_text())
+    assert record["backend"] == "ort" and 0 < record["mask"]["coverage"] < 1
+    manifest_mtime = (work / "tiny-engine" / "manifest.json").stat().st_mtime_ns
+    assert main(["demo", "--workdir", str(work), "--out", str(out), "--size", "96", "--seed", "1"]) == 0
+    assert (work / "tiny-engine" / "manifest.json").stat().st_mtime_ns == manifest_mtime, "the engine is cached"
+    assert np.asarray(Image.open(out / "monkey.png")).shape == (96, 96, 3)
+
+
+def test_demo_torch_backend(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "d"), "--backend", "torch", "--size", "64"]) == 0
+    assert json.loads((tmp_path / "d" / "result.json").read_text())["backend"] == "torch"
+    assert not (tmp_path / "w" / "tiny-engine").exists()
+
+
+def test_doctor_command(capsys):
+    assert main(["doctor"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["export", "--help"]])
+def test_help_exits_zero(argv, capsys):
+    assert main(argv) == 0
+    assert "Usage" in capsys.readouterr().out
