@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")  # every engine directory has these
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask")
 UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
 

@@ -258,6 +258,7 @@ class OrtRunner(Runner):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = self.log_severity
+        ort.set_default_logger_severity(self.log_severity)  # graph-optimizer notices use the default logger
         return so
 
     def _cache_key(self) -> str:

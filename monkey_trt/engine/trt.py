@@ -33,14 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt import __version__ as monkey_version
-from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile
+from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile
 from monkey_trt.engine.ort import validate_feeds
 from monkey_trt.engine.runner import Runner, TensorSpec
 from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
 from monkey_trt.atomic import write_bytes_atomic, write_json_atomic
 
 KEY_VERSION = 1  # bump when the key material or the plan layout changes
-NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")
 TRT_SUBDIR = "trt"
 TIMING_CACHE = "timing.cache"
 BUILD_JSON = "build.json"

@@ -119,6 +119,9 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
         from polygraphy.logger import G_LOGGER
 
         G_LOGGER.module_severity = G_LOGGER.ERROR
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)  # folding runs ORT: keep its optimizer notices quiet
         model = fold_constants(model, error_ok=True, partitioning="basic")
     big = exported_bytes > EXTERNAL_DATA_THRESHOLD
     for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.atomic import write_json_atomic
-from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile, TensorDesc
+from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, TensorDesc
 from monkey_trt.errors import EngineDirError
 
 SCHEMA = "monkey-trt/engine-dir"
@@ -176,7 +176,7 @@ def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
         manifest = Manifest.from_json(raw)
     except (KeyError, TypeError, ValueError) as e:
         raise EngineDirError(f"{mpath} is malformed: {type(e).__name__}: {e}") from None
-    for name in ("text_encoder", "image_encoder", "unet", "vae_decoder"):
+    for name in NETWORKS:
         if name not in manifest.networks:
             raise EngineDirError(f"{mpath} lists no network {name!r}")
     if verify != "none":

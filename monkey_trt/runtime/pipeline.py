@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.config import MAX_TOKENS, MonkeyConfig, Request
+from monkey_trt.engine.networks import NETWORKS
 from monkey_trt.engine.runner import Runner
 from monkey_trt.errors import MonkeyError
 from monkey_trt.runtime.images import clip_preprocess, load_subject
@@ -25,7 +26,6 @@ from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
 from monkey_trt.runtime.tokenizer import ClipTokenizer
 
-NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")
 RUNTIME_BACKENDS = ("ort", "trt")
 
 
