@@ -204,7 +204,7 @@ def _export_tiny_engine(model_dir: Path, engine_dir: Path) -> None:
     opts = ExportOptions(ModelSource(str(model_dir / "base"), str(model_dir / "ip-adapter")), engine_dir,
                          Profile(ShapeRange(1, 1, 1), side, side), force=True)
     with console.status("exporting the tiny model to ONNX (once)") as status:
-        export_engine_dir(opts, progress=lambda msg: status.update(f"export: {msg}"))
+        export_engine_dir(opts, progress=lambda msg, done, total: status.update(f"export {done + 1}/{total}: {msg}"))
 
 
 def _size(text: str, name: str) -> tuple[int, int]:
@@ -252,7 +252,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing engine directory"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
     from monkey_trt.reference.loading import ModelSource
@@ -261,9 +261,11 @@ def export(
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, _profile(height, width, min_size, max_size, batch),
                          mask_layer=mask_layer, opset=opset, fold_constants=fold, force=force)
-    with _quiet_libraries(), Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with _quiet_libraries(), Progress(*columns, console=console) as bar:
         task = bar.add_task("export", total=None)
-        result = export_engine_dir(opts, progress=lambda msg: bar.update(task, description=msg))
+        result = export_engine_dir(opts, progress=lambda msg, done, total: bar.update(task, description=msg, completed=done, total=total))
+        bar.update(task, description="done", completed=bar.tasks[0].total)
     typer.echo(f"engine directory: {result}")
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from monkey_trt.config import DEFAULT_IP_WEIGHT, Request
 from monkey_trt.errors import MonkeyError
@@ -54,8 +55,14 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
 
     with console.status(f"loading the {job.backend} backend"):
         pipe = load_backend(job)
-    with console.status(f"generating {req.width}x{req.height} on {job.backend}"):
-        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"{job.backend} {req.width}x{req.height}", total=None)
+
+        def show(stage: str, index: int, total: int) -> None:
+            bar.update(task, description=f"{job.backend} {req.width}x{req.height}: {stage.replace('_', ' ')}", completed=index, total=total)
+
+        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True, progress=show)
 
     record = {
         "prompt": req.prompt,

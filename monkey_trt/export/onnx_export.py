@@ -22,7 +22,7 @@ import torch
 from monkey_trt import __version__
 from monkey_trt.atomic import replace_dir
 from monkey_trt.config import DEFAULT_MASK_LAYER
-from monkey_trt.engine.networks import ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
+from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
 from monkey_trt.errors import MonkeyError
 from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
 from monkey_trt.reference.loading import ModelSource, ReferenceModels, load_reference_models
@@ -37,7 +37,7 @@ from monkey_trt.runtime.manifest import (
 from monkey_trt.runtime.tokenizer import ClipTokenizer
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # networks above 1 GiB keep weights in one `<net>.onnx.data` file
-Progress = Callable[[str], None]
+Progress = Callable[[str, int, int], None]  # (what, steps done, steps in all)
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,15 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
 
 
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
-    say = progress or (lambda msg: None)
+    total = 2 + 2 * len(NETWORKS)  # load, export + check per network, manifest
+    done = 0
+
+    def say(msg: str) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(msg, done, total)
+        done += 1
+
     out = Path(opts.out).absolute()
     if out.exists() and not opts.force:
         raise MonkeyError(f"{out} exists: pass --force to replace it")

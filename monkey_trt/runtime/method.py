@@ -12,7 +12,7 @@ lean runtime differ only in how they run networks, never in the method.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from PIL import Image
@@ -45,15 +45,24 @@ def run_monkey(
     noise: NoisePlan | None = None,
     baseline_scale: float | None = None,
     decode_mask_pass: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> MonkeyOutput:
-    """Both passes (+ the optional plain IP-Adapter baseline from the same noise)."""
+    """Both passes (+ the optional plain IP-Adapter baseline from the same noise).
+
+    `progress(stage, index, total)` is called before each stage (for a CLI progress bar).
+    """
     engine.prepare(request)
     c = request.config
     noise = noise if noise is not None else engine.noise_for(request)
     timings: dict[str, float] = {}
     notes: list[str] = []
+    stages = ["encode_prompt", "encode_subject", "mask_pass", "mask", "final_pass", "decode"]
+    stages += ["decode_mask_pass"] if decode_mask_pass else []
+    stages += ["baseline_pass", "decode_baseline"] if baseline_scale is not None else []
 
     def timed(stage: str, fn, *args, **kwargs):
+        if progress is not None:
+            progress(stage, stages.index(stage), len(stages))
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
