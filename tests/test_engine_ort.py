@@ -182,3 +182,19 @@ def test_fixed_buffer_graph_mode_control_flow(mlp_path):
         kept = out["y"].copy()
         r.infer(_feeds(3))
         np.testing.assert_array_equal(out["y"], kept)  # results stay the caller's
+
+
+def test_static_inputs_merge_into_every_run(mlp_path):
+    """set_static_inputs: fixed inputs given once, per-run feeds only the rest; replacing the set works."""
+    with OrtRunner(mlp_path, providers="cpu") as r:
+        f1, f2 = _feeds(2), _feeds(2)
+        r.set_static_inputs({"ids": f1["ids"]})
+        for f in (f1, f2):
+            out = r.infer({"x": f["x"]})
+            np.testing.assert_allclose(out["y"], f["x"] @ W + BIAS, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(out["emb"], TABLE[f1["ids"]])
+        r.set_static_inputs({"ids": f2["ids"]})
+        np.testing.assert_array_equal(r.infer({"x": f1["x"]})["emb"], TABLE[f2["ids"]])
+        r.set_static_inputs({})
+        with pytest.raises(MonkeyError, match="ids"):
+            r.infer({"x": f1["x"]})

@@ -221,6 +221,7 @@ class OrtRunner(Runner):
         self._outputs: list[TensorSpec] = []
         self._binding = None
         # CUDA-graph mode: persistent device OrtValues (fixed addresses) for one set of shapes
+        self._static_device: dict = {}  # name -> OrtValue on the GPU (set_static_inputs on a GPU provider)
         self._graph_shapes: dict[str, tuple[int, ...]] | None = None
         self._graph_in: dict = {}
         self._graph_out: dict = {}
@@ -335,7 +336,16 @@ class OrtRunner(Runner):
         self._outputs = [_spec(a) for a in sess.get_outputs()]
         self._binding = sess.io_binding()
 
+    def set_static_inputs(self, feeds: dict[str, np.ndarray]) -> None:
+        """Fixed inputs for the coming runs; on a GPU provider they are uploaded to the device once."""
+        super().set_static_inputs(feeds)
+        self._static_device = {}
+        if self.session is not None and self.providers[0] != PROVIDER_NAMES["cpu"] and not self.cuda_graph:
+            ort = _import_ort()
+            self._static_device = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for n, a in self._static.items()}
+
     def deactivate(self) -> None:
+        self._static_device = {}
         self._graph_in.clear()
         self._graph_out.clear()
         self._graph_shapes = None
@@ -361,6 +371,7 @@ class OrtRunner(Runner):
     # -- inference -----------------------------------------------------------------------
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self._require_session()
+        feeds = self._with_static(feeds)
         validate_feeds(self.name, self._inputs, feeds)
         if self.cuda_graph:
             return self._infer_graph(feeds)
@@ -369,6 +380,10 @@ class OrtRunner(Runner):
         b.clear_binding_outputs()
         keep = []  # bind_cpu_input wraps the array's memory: keep it alive until the run is over
         for spec in self._inputs:
+            on_device = self._static_device.get(spec.name)
+            if on_device is not None:  # uploaded once by set_static_inputs
+                b.bind_ortvalue_input(spec.name, on_device)
+                continue
             arr = np.ascontiguousarray(feeds[spec.name])
             keep.append(arr)
             b.bind_cpu_input(spec.name, arr)

@@ -28,6 +28,7 @@ class Runner(ABC):
 
     name: str = "runner"
     backend: str = "?"
+    _static: dict[str, np.ndarray] = {}  # replaced per instance by set_static_inputs
 
     def __enter__(self) -> "Runner":
         self.activate()
@@ -44,7 +45,19 @@ class Runner(ABC):
 
     @abstractmethod
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once. Inputs are host numpy arrays; outputs are host numpy arrays owned by the caller."""
+        """Run once. Inputs are host numpy arrays; outputs are host numpy arrays owned by the caller.
+
+        `feeds` may leave out the inputs given to `set_static_inputs`.
+        """
+
+    def set_static_inputs(self, feeds: dict[str, np.ndarray]) -> None:
+        """Inputs that stay fixed over the coming infer() calls (e.g. one LCM pass: text embeddings,
+        IP tokens, timestep_cond, ip_mask); a device backend uploads them once. infer() then takes
+        only the remaining inputs. Calling it again replaces the set."""
+        self._static = {name: np.ascontiguousarray(a) for name, a in feeds.items()}
+
+    def _with_static(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**self._static, **feeds} if self._static else feeds
 
     @property
     @abstractmethod
