@@ -258,3 +258,12 @@ def test_bench_command_writes_ratios(engine_dir, tiny_model_dir, tmp_path, capsy
     res = json.loads(out.read_text())
     assert [r["backend"] for r in res["results"]] == ["torch", "ort"]
     assert all(r["total_s"] > 0 and r["unet_steps"] == 11 for r in res["results"])
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_trt_backend_and_build_refuse_cleanly_without_tensorrt(engine_dir, tiny_model_dir, tmp_path, capsys):
+    code, err = _generate_exit(engine_dir, tiny_model_dir, tmp_path, capsys, "--backend", "trt")
+    assert code == 2 and "TensorRT is not installed" in err and len(err.splitlines()) == 1
+    assert main(["build", "--engine-dir", str(engine_dir)]) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+    assert not (engine_dir / "trt").exists()
