@@ -277,6 +277,21 @@ def test_trt_engine_matches_numpy(tiny_plan, graph):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("graph", [False, True])
+def test_trt_engine_static_inputs(tiny_plan, graph):
+    """Static inputs (uploaded once) give the same results as full feeds; shape changes re-allocate."""
+    with TrtEngine(tiny_plan, use_cuda_graph=graph) as eng:
+        for batch in (2, 2, 3, 1):
+            x = _feeds(batch)["x"]
+            eng.set_static_inputs({"x": x})
+            for _ in range(3):
+                s = _feeds(1)["s"]
+                np.testing.assert_array_equal(eng.infer({"s": s})["y"], eng.infer({"x": x, "s": s})["y"])
+                np.testing.assert_allclose(eng.infer({"s": s})["y"], _ref({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_trt_engine_matches_ort(tiny_plan):
     from monkey_trt.engine.ort import OrtRunner
 
@@ -344,6 +359,7 @@ def test_build_engine_dir_skips_and_forces(tmp_path):
 class _Err(enum.Enum):
     cudaSuccess = 0
     cudaErrorNoDevice = 100
+    cudaErrorStreamCaptureInvalidated = 901
 
 
 OK = _Err.cudaSuccess
@@ -364,6 +380,8 @@ class FakeCudart:
         self.capturing: list | None = None
         self.captures = self.launches = self.graphs_alive = 0
         self.streams = 0
+        self.copies: list[tuple[str, int, int]] = []  # (kind name, device pointer, bytes) of every copy
+        self.instantiate_error: _Err | None = None  # make cudaGraphInstantiate fail with this error
 
     def cudaGetDeviceCount(self):
         return (OK, self.devices) if self.devices else (_Err.cudaErrorNoDevice, 0)
@@ -406,8 +424,22 @@ class FakeCudart:
 
     def cudaMemcpyAsync(self, dst, src, n, kind, stream):
         assert self.capturing is None, "copies are not part of the captured graph"
+        assert isinstance(kind, self.cudaMemcpyKind)
+        h2d = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
+        dev_ptr = int(dst) if h2d else int(src)
+        assert dev_ptr in self.dev and int(src if h2d else dst) not in self.dev  # pinned host <-> device
+        self.copies.append((kind.name, dev_ptr, int(n)))
         ctypes.memmove(int(dst), int(src), n)
         return (OK,)
+
+    def h2d_counts(self, eng) -> dict[str, int]:
+        """H2D copies per tensor name since the last `copies.clear()` (by the engine's current buffers)."""
+        names = {ptr: name for name, (ptr, _cap) in eng._dev.items()}
+        counts: dict[str, int] = {}
+        for kind, ptr, _n in self.copies:
+            if kind == "cudaMemcpyHostToDevice":
+                counts[names.get(ptr, "?")] = counts.get(names.get(ptr, "?"), 0) + 1
+        return counts
 
     def cudaStreamBeginCapture(self, stream, mode):
         self.capturing = []
@@ -419,7 +451,10 @@ class FakeCudart:
         self.graphs_alive += 1
         return OK, SimpleNamespace(ops=ops)
 
-    def cudaGraphInstantiate(self, graph, flags):
+    def cudaGraphInstantiate(self, graph, flags):  # cuda-python 12+: (graph, flags) -> (err, graphExec)
+        assert isinstance(flags, int)
+        if self.instantiate_error is not None:
+            return self.instantiate_error, None
         self.graphs_alive += 1
         return OK, SimpleNamespace(ops=list(graph.ops))
 
@@ -529,7 +564,9 @@ def _fake_trt(cudart: FakeCudart):
         def __init__(self):
             self.shapes = {}
 
-        def set_shape(self, name, mn, opt, mx):
+        def set_shape(self, name, mn, opt, mx):  # the binding raises RuntimeError unless min <= opt <= max
+            if not (len(mn) == len(opt) == len(mx) and all(a <= b <= c for a, b, c in zip(mn, opt, mx))):
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
             self.shapes[name] = (tuple(mn), tuple(opt), tuple(mx))
 
     class Builder:
@@ -564,7 +601,9 @@ def _fake_trt(cudart: FakeCudart):
             self.in_shapes[name] = tuple(shape)
             return True
 
-        def infer_shapes(self):
+        def infer_shapes(self):  # the binding: names of unresolved tensors; RuntimeError on an error code
+            if self.engine.infer_shapes_error:
+                raise RuntimeError("infer_shapes error code: -1")
             return [n for n in ("x", "s") if n not in self.in_shapes]
 
         def get_tensor_shape(self, name):
@@ -595,6 +634,7 @@ def _fake_trt(cudart: FakeCudart):
     class Engine:
         names = ("x", "s", "y")
         num_io_tensors = 3
+        infer_shapes_error = False
 
         def __init__(self, shapes):
             self.shapes = shapes
@@ -769,3 +809,129 @@ def test_fake_build_engine_dir(fakes, tmp_path):
         np.testing.assert_allclose(eng.infer(f)["y"], _ref(f), rtol=1e-5, atol=1e-5)
     with pytest.raises(MonkeyError, match="unknown network"):
         build_engine_dir(tmp_path, manifest, cfg, networks=["unet"])
+
+
+# -- static inputs (set_static_inputs): uploaded once, graphs kept across new values --------------
+@pytest.mark.parametrize("graph", [False, True])
+def test_fake_static_inputs_upload_once(fakes, fake_plan, graph):
+    cu = fakes.cudart
+    with TrtEngine(fake_plan, use_cuda_graph=graph) as eng:
+        x = _feeds(2)["x"]
+        eng.set_static_inputs({"x": x})  # nothing allocated yet: uploaded by the first infer()
+        assert cu.copies == []
+        for _ in range(5):
+            s = _feeds(1)["s"]
+            out = eng.infer({"s": s})["y"]
+            np.testing.assert_allclose(out, _ref({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
+        assert cu.h2d_counts(eng) == {"x": 1, "s": 5}  # the static input once, the other one per call
+        assert (cu.captures, cu.launches) == ((1, 4) if graph else (0, 0))
+
+        # new values, same shape: uploaded right away, the captured graph stays valid
+        cu.copies.clear()
+        x2 = _feeds(2)["x"]
+        eng.set_static_inputs({"x": x2})
+        assert cu.h2d_counts(eng) == {"x": 1}
+        for _ in range(3):
+            s = _feeds(1)["s"]
+            np.testing.assert_allclose(eng.infer({"s": s})["y"], _ref({"x": x2, "s": s}), rtol=1e-5, atol=1e-5)
+        assert cu.h2d_counts(eng) == {"x": 1, "s": 3}
+        assert (cu.captures, cu.launches) == ((1, 7) if graph else (0, 0))
+
+        # a new static shape: larger (x and y re-allocated) then smaller (buffers reused), re-captured each time
+        for batch, captures in ((3, 2), (1, 3)):
+            cu.copies.clear()
+            xb = _feeds(batch)["x"]
+            eng.set_static_inputs({"x": xb})
+            assert cu.copies == []  # deferred: the next infer() knows every input's shape
+            for _ in range(3):
+                s = _feeds(1)["s"]
+                np.testing.assert_allclose(eng.infer({"s": s})["y"], _ref({"x": xb, "s": s}), rtol=1e-5, atol=1e-5)
+            assert cu.h2d_counts(eng) == {"x": 1, "s": 3}
+            assert eng._shapes["y"] == (batch, 4) and len(cu.dev) == 3
+            if graph:
+                assert cu.captures == captures and cu.graphs_alive == 2
+    assert cu.dev == {} and cu.host == {} and cu.graphs_alive == 0
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_fake_static_inputs_match_plain_feeds(fakes, fake_plan, graph):
+    with TrtEngine(fake_plan, use_cuda_graph=graph) as eng, TrtEngine(fake_plan, use_cuda_graph=graph) as plain:
+        for batch in (2, 2, 4, 1):
+            f = _feeds(batch)
+            eng.set_static_inputs({"s": f["s"]})
+            for _ in range(2):
+                x = _feeds(batch)["x"]
+                np.testing.assert_array_equal(eng.infer({"x": x})["y"], plain.infer({"x": x, "s": f["s"]})["y"])
+
+
+def test_fake_static_inputs_validation_and_override(fakes, fake_plan):
+    cu = fakes.cudart
+    s1, s2 = _feeds(1)["s"], _feeds(1)["s"]
+    with TrtEngine(fake_plan) as eng:
+        with pytest.raises(MonkeyError, match="unknown input"):
+            eng.set_static_inputs({"z": s1})
+        with pytest.raises(MonkeyError, match="dtype float64"):
+            eng.set_static_inputs({"s": s1.astype(np.float64)})
+        with pytest.raises(MonkeyError, match=r"shape \(3,\)"):
+            eng.set_static_inputs({"s": s1[:3]})
+        eng.set_static_inputs({"s": s1})
+        x = _feeds(2)["x"]
+        np.testing.assert_allclose(eng.infer({"x": x})["y"], _ref({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
+        # a feed overrides the static value for that call; the static one is uploaded again afterwards
+        cu.copies.clear()
+        np.testing.assert_allclose(eng.infer({"x": x, "s": s2})["y"], _ref({"x": x, "s": s2}), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eng.infer({"x": x})["y"], _ref({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eng.infer({"x": x})["y"], _ref({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
+        assert cu.h2d_counts(eng) == {"x": 3, "s": 2}
+        with pytest.raises(MonkeyError, match="missing input.*'x'"):
+            eng.infer({})
+        with pytest.raises(MonkeyError, match="must be a dict"):
+            eng.infer([x])  # type: ignore[arg-type]
+        eng.set_static_inputs({})  # replaces the set: nothing static any more
+        with pytest.raises(MonkeyError, match="missing input.*'s'"):
+            eng.infer({"x": x})
+
+    # before activate(): kept and uploaded on first use; again after a deactivate/activate cycle
+    eng = TrtEngine(fake_plan)
+    eng.set_static_inputs({"s": s2})
+    for _ in range(2):
+        cu.copies.clear()
+        with eng:
+            for _ in range(3):
+                np.testing.assert_allclose(eng.infer({"x": x})["y"], _ref({"x": x, "s": s2}), rtol=1e-5, atol=1e-5)
+            assert cu.h2d_counts(eng) == {"x": 3, "s": 1}
+    assert cu.dev == {} and cu.host == {}
+
+
+# -- TensorRT / cuda-python error paths as the bindings report them ------------------------------
+def test_fake_graph_instantiate_failure_falls_back(fakes, fake_plan):
+    cu = fakes.cudart
+    cu.instantiate_error = _Err.cudaErrorStreamCaptureInvalidated
+    with TrtEngine(fake_plan, use_cuda_graph=True) as eng:
+        f = _feeds(2)
+        with pytest.warns(UserWarning, match="does not instantiate"):
+            np.testing.assert_allclose(eng.infer(f)["y"], _ref(f), rtol=1e-5, atol=1e-5)
+        assert cu.graphs_alive == 0  # the captured graph was destroyed, nothing half-kept
+        for batch in (2, 3):
+            f = _feeds(batch)
+            np.testing.assert_allclose(eng.infer(f)["y"], _ref(f), rtol=1e-5, atol=1e-5)
+        assert cu.captures == 1 and cu.launches == 0  # no capture retried: plain execution
+
+
+def test_fake_infer_shapes_error_is_one_line(fakes, fake_plan):
+    with TrtEngine(fake_plan) as eng:
+        eng.engine.infer_shapes_error = True
+        with pytest.raises(MonkeyError, match=r"cannot infer the output shapes for inputs x \[2, 8\], s \[4\]") as ei:
+            eng.infer(_feeds(2))
+        assert "\n" not in str(ei.value)
+        eng.engine.infer_shapes_error = False
+        f = _feeds(2)
+        np.testing.assert_allclose(eng.infer(f)["y"], _ref(f), rtol=1e-5, atol=1e-5)
+
+
+def test_fake_build_rejects_inconsistent_profile(fakes, tmp_path, monkeypatch):
+    onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
+    monkeypatch.setattr(BuildConfig, "input_shapes", lambda self, desc, dims: {"x": ((4, 8), (2, 8), (1, 8))})
+    with pytest.raises(MonkeyError, match=r"rejected the shape range \[4, 8\]\.\.\[1, 8\] of input 'x'") as ei:
+        build_engine(onnx_path, tmp_path / "t.plan", TINY_DESC, ModelDims(), BuildConfig(profile=TINY_PROFILE), None)
+    assert "\n" not in str(ei.value) and not (tmp_path / "t.plan").exists()

@@ -309,7 +309,10 @@ def build_engine(
             raise MonkeyError(f"{desc.name}: dynamic input {name!r} {list(net_shape)} has no shape range in the network descriptor")
         else:
             mn = opt = mx = net_shape
-        profile.set_shape(name, mn, opt, mx)
+        try:  # the binding raises RuntimeError when min <= opt <= max does not hold
+            profile.set_shape(name, mn, opt, mx)
+        except RuntimeError as e:
+            raise MonkeyError(f"{desc.name}: TensorRT rejected the shape range {list(mn)}..{list(mx)} of input {name!r}: {_first_line(e)}") from None
     if config.add_optimization_profile(profile) < 0:
         raise MonkeyError(f"{desc.name}: TensorRT rejected the optimisation profile {cfg.effective_profile.to_dict()}")
 
@@ -469,6 +472,11 @@ class TrtEngine(Runner):
     and caller-owned copies are returned. With `use_cuda_graph`, the enqueue is captured in a
     CUDA graph after a warm-up run and replayed while shapes stay the same (re-captured when
     they change; plain execution if the plan cannot be captured).
+
+    `set_static_inputs` (e.g. one LCM pass's text embeddings, IP tokens, timestep_cond, ip_mask)
+    puts those inputs in their device buffers once; each `infer` then copies only the remaining
+    inputs. The copies are outside the captured graph, so a graph stays valid across new static
+    values; it is re-captured only when a shape changes or a buffer is re-allocated.
     """
 
     backend = "tensorrt"
@@ -493,6 +501,8 @@ class TrtEngine(Runner):
         self._graph = None
         self._graph_exec = None
         self._graph_failed = False
+        self._static: dict[str, np.ndarray] = {}
+        self._static_on_device: set[str] = set()  # static inputs whose device buffer holds their current value
 
     # -- lifecycle -----------------------------------------------------------------------
     def load(self) -> None:
@@ -553,6 +563,7 @@ class TrtEngine(Runner):
         self._dev.clear()
         self._host.clear()
         self._shapes.clear()
+        self._static_on_device.clear()  # the host copies in self._static stay: uploaded again after activate()
         self._input_shapes = None
         self._stream = None
         self.context = None
@@ -594,8 +605,9 @@ class TrtEngine(Runner):
         missing = [s.name for s in self._inputs if s.name not in shapes]
         if missing:
             raise MonkeyError(f"{self.name}: allocate() needs shapes for input(s) {', '.join(missing)}")
+        want: dict[str, tuple[int, ...]] = {}
         for spec in self._inputs:
-            shape = tuple(int(d) for d in shapes[spec.name])
+            shape = want[spec.name] = tuple(int(d) for d in shapes[spec.name])
             if len(shape) != len(spec.shape):
                 raise MonkeyError(f"{self.name}: input {spec.name!r} needs rank {len(spec.shape)}, got shape {shape}")
             mn, _opt, mx = self.profile_range(spec.name) if any(d < 0 for d in spec.shape) else (shape, shape, shape)
@@ -606,7 +618,11 @@ class TrtEngine(Runner):
                 )
             if not ctx.set_input_shape(spec.name, shape):
                 raise MonkeyError(f"{self.name}: TensorRT rejected shape {list(shape)} for input {spec.name!r}")
-        unresolved = ctx.infer_shapes()
+        try:  # the binding raises RuntimeError when shape inference fails (e.g. inputs that disagree)
+            unresolved = ctx.infer_shapes()
+        except RuntimeError as e:
+            given = ", ".join(f"{n} {list(s)}" for n, s in want.items())
+            raise MonkeyError(f"{self.name}: TensorRT cannot infer the output shapes for inputs {given} ({_first_line(e)})") from None
         if unresolved:
             raise MonkeyError(f"{self.name}: TensorRT cannot infer the shapes of {', '.join(map(str, unresolved))}")
 
@@ -621,6 +637,7 @@ class TrtEngine(Runner):
             nbytes = max(int(np.prod(shape, dtype=np.int64)) * self._dtypes[name].itemsize, 1)
             ptr, cap = self._dev.get(name, (None, 0))
             if ptr is None or cap < nbytes:
+                self._static_on_device.discard(name)  # a new buffer holds no uploaded value
                 if ptr is not None:
                     cudart.cudaFree(ptr)
                     del self._dev[name]
@@ -663,30 +680,80 @@ class TrtEngine(Runner):
             ok = bool(self.context.execute_async_v3(int(self._stream)))
         finally:
             err, graph = cudart.cudaStreamEndCapture(self._stream)
+        why = None
         if not ok or _is_error(cudart, err) or graph is None:
             if graph is not None and not _is_error(cudart, err):
                 cudart.cudaGraphDestroy(graph)
-            cudart.cudaGetLastError()  # clear a sticky capture error, if any
+            why = "this plan cannot be captured in a CUDA graph"
+        else:
+            err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)  # cuda-python 12+: (graph, flags) -> (err, exec)
+            if _is_error(cudart, err):
+                cudart.cudaGraphDestroy(graph)
+                why = f"its CUDA graph does not instantiate ({_err_name(cudart, err)})"
+            else:
+                self._graph, self._graph_exec = graph, graph_exec
+        if why is not None:
+            cudart.cudaGetLastError()  # clear the error state a failed capture/instantiation leaves, if any
             self._graph_failed = True
-            warnings.warn(f"{self.name}: this plan cannot be captured in a CUDA graph; running without", stacklevel=3)
+            warnings.warn(f"{self.name}: {why}; running without", stacklevel=3)
+
+    def _upload(self, name: str, arr: np.ndarray) -> None:
+        """Stage `arr` in the pinned buffer of input `name` and queue its H2D copy on the stream."""
+        cudart = self._cudart
+        host = self._host[name].view(self._dtypes[name], self._shapes[name])
+        np.copyto(host, arr)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        _cu(cudart, cudart.cudaMemcpyAsync(self._dev[name][0], self._host[name].address, host.nbytes, h2d, self._stream), f"H2D {name}")
+
+    def set_static_inputs(self, feeds: dict[str, np.ndarray]) -> None:
+        """Inputs fixed over the coming infer() calls: copied to their device buffers once.
+
+        Uploaded here when the engine is active and the shapes match the current buffers; otherwise
+        (first use, a shape change, before activate()) at the next infer(), which knows every input's
+        shape and (re)allocates/re-captures as needed. Calling it again replaces the set.
+        """
+        if not isinstance(feeds, Mapping):
+            raise MonkeyError(f"{self.name}: static inputs must be a dict of name -> numpy array, got {type(feeds).__name__}")
+        if self.engine is not None:  # specs known: refuse bad names/dtypes/ranks now, not at the next infer
+            known = {s.name for s in self._inputs}
+            unknown = sorted(set(feeds) - known)
+            if unknown:
+                raise MonkeyError(f"{self.name}: unknown input(s) {', '.join(map(repr, unknown))} (inputs: {', '.join(sorted(known))})")
+            validate_feeds(self.name, [s for s in self._inputs if s.name in feeds], feeds)
+        super().set_static_inputs(feeds)
+        self._static_on_device = set()
+        if self.context is None or self._input_shapes is None or not self._static:
             return
-        self._graph = graph
-        self._graph_exec = _cu(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        if any(tuple(a.shape) != self._input_shapes.get(n) for n, a in self._static.items()):
+            return  # a shape changes: allocate at the next infer(), with every input's shape known
+        _cu(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")  # pinned staging is free
+        for name, arr in self._static.items():
+            self._upload(name, arr)
+        _cu(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        self._static_on_device = set(self._static)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; `feeds` may leave out the inputs given to `set_static_inputs` (a feed overrides one)."""
         self._require_context()
         cudart, stream = self._cudart, self._stream
-        validate_feeds(self.name, self._inputs, feeds)
-        shapes = {s.name: tuple(feeds[s.name].shape) for s in self._inputs}
+        if not isinstance(feeds, Mapping):
+            validate_feeds(self.name, self._inputs, feeds)  # raises its one-line error
+        merged = self._with_static(feeds)
+        validate_feeds(self.name, self._inputs, merged)
+        shapes = {s.name: tuple(merged[s.name].shape) for s in self._inputs}
         if shapes != self._input_shapes:
             self.allocate(shapes)
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for spec in self._inputs:
-            name, arr = spec.name, feeds[spec.name]
-            host = self._host[name].view(self._dtypes[name], self._shapes[name])
-            np.copyto(host, arr)
-            _cu(cudart, cudart.cudaMemcpyAsync(self._dev[name][0], self._host[name].address, host.nbytes, h2d, stream), f"H2D {name}")
+            name = spec.name
+            static = name in self._static and name not in feeds
+            if static and name in self._static_on_device:
+                continue  # uploaded once, still in its buffer
+            self._upload(name, merged[name])
+            if static:
+                self._static_on_device.add(name)
+            else:
+                self._static_on_device.discard(name)  # a feed replaced the static value on the device
         if self.use_cuda_graph and not self._graph_failed:
             if self._graph_exec is None:
                 self._capture()  # its warm-up run already produced this call's outputs
