@@ -7,7 +7,6 @@ no half-written output. Set MONKEY_TRT_DEBUG=1 to see tracebacks of unexpected f
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import warnings

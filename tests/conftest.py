@@ -19,3 +19,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     write_tiny_model(out, preset="tiny")
     return out
+
+
+@pytest.fixture(scope="session")
+def subject(tiny_model_dir):
+    """The tiny model's demo subject, RGB."""
+    from PIL import Image
+
+    return Image.open(tiny_model_dir / "subject.png").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir):
+    """The PyTorch reference on the tiny model (tests that change its weights restore them)."""
+    from monkey_trt.reference.pipeline import ReferencePipeline
+
+    return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))

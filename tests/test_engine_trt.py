@@ -323,16 +323,21 @@ def test_damaged_plan_advises_rebuild(tmp_path):
     assert "\n" not in str(ei.value)
 
 
-@pytest.mark.gpu
-@needs_gpu
-def test_build_engine_dir_skips_and_forces(tmp_path):
+def _tiny_manifest(tmp_path):
+    """A manifest stand-in with one network, the tiny ONNX graph written into tmp_path."""
     _tiny_onnx(tmp_path / "tiny.onnx")
     sha = hashlib.sha256((tmp_path / "tiny.onnx").read_bytes()).hexdigest()
-    manifest = SimpleNamespace(
+    return SimpleNamespace(
         networks={"tiny": SimpleNamespace(desc=TINY_DESC, sha256={"tiny.onnx": sha}, file="tiny.onnx")},
         dims=ModelDims(),
         path=lambda root, net: Path(root) / f"{net}.onnx",
     )
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_build_engine_dir_skips_and_forces(tmp_path):
+    manifest = _tiny_manifest(tmp_path)
     cfg = BuildConfig(profile=TINY_PROFILE, fp16=False, workspace_gib=1, builder_optimization_level=0)
     events: list[tuple[str, str]] = []
     out = build_engine_dir(tmp_path, manifest, cfg, networks=["tiny"], progress=lambda n, m: events.append((n, m)))
@@ -779,20 +784,14 @@ def test_fake_damaged_or_missing_plan(fakes, tmp_path):
 
 
 def test_fake_build_engine_dir(fakes, tmp_path):
-    _tiny_onnx(tmp_path / "tiny.onnx")
-    sha = hashlib.sha256((tmp_path / "tiny.onnx").read_bytes()).hexdigest()
-    manifest = SimpleNamespace(
-        networks={"tiny": SimpleNamespace(desc=TINY_DESC, sha256={"tiny.onnx": sha}, file="tiny.onnx")},
-        dims=ModelDims(),
-        path=lambda root, net: Path(root) / f"{net}.onnx",
-    )
+    manifest = _tiny_manifest(tmp_path)
     cfg = BuildConfig(profile=TINY_PROFILE, fp16=False)
     events: list[tuple[str, str]] = []
     out = build_engine_dir(tmp_path, manifest, cfg, networks=["tiny"], progress=lambda n, m: events.append((n, m)))
     assert out == tmp_path / "trt" / cache_key(manifest_onnx_digest(manifest), cfg, "10.99.0", "Fake GPU 80GB", "9.0")
     assert sorted(p.name for p in out.iterdir()) == ["build.json", "timing.cache", "tiny.plan"]
     meta = json.loads((out / "build.json").read_text())
-    assert meta["key"] == out.name and meta["inputs"]["onnx_files"] == {"tiny": {"tiny.onnx": sha}}
+    assert meta["key"] == out.name and meta["inputs"]["onnx_files"] == {"tiny": dict(manifest.networks["tiny"].sha256)}
     assert meta["inputs"]["device_name"] == "Fake GPU 80GB" and meta["versions"]["tensorrt"] == "10.99.0"
     first = meta["networks"]["tiny"]
     assert events[0] == ("tiny", "building") and "built in" in events[-1][1]

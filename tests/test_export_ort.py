@@ -11,7 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from monkey_trt.cli import main
 from monkey_trt.config import MonkeyConfig, Request
@@ -38,19 +37,9 @@ def engine_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
-
-
-@pytest.fixture(scope="module")
 def runtime(engine_dir):
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
         yield pipe
-
-
-@pytest.fixture(scope="module")
-def subject(tiny_model_dir):
-    return Image.open(tiny_model_dir / "subject.png").convert("RGB")
 
 
 def test_engine_dir_layout_and_manifest(engine_dir):

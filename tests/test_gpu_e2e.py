@@ -9,12 +9,11 @@ import importlib.util
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from monkey_trt.cli import main
 from monkey_trt.config import Request
 from monkey_trt.engine.compare import psnr
-from monkey_trt.reference.pipeline import ReferencePipeline, torch_noise_plan
+from monkey_trt.reference.pipeline import torch_noise_plan
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 
 FP32_ATOL = 2e-3
@@ -49,16 +48,6 @@ def engine_dir(tiny_model_dir, tmp_path_factory):
     assert main(["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
                  "--out", str(out), "--height", "128", "--width", "128", "--min", "64x64", "--max", "256x256"]) == 0
     return out
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
-
-
-@pytest.fixture(scope="module")
-def subject(tiny_model_dir):
-    return Image.open(tiny_model_dir / "subject.png").convert("RGB")
 
 
 def _compare(reference, pipe, subject, fp16: bool):

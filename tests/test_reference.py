@@ -23,16 +23,6 @@ def diffusers_pipe(tiny_model_dir):
     return load_diffusers_pipeline(tiny_model_dir / "base", tiny_model_dir / "ip-adapter")
 
 
-@pytest.fixture(scope="module")
-def subject(tiny_model_dir):
-    return Image.open(tiny_model_dir / "subject.png").convert("RGB")
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
-
-
 def generate_cli(tiny_model_dir, out, prompt, seed, height=64, width=64, extra=()):
     argv = ["generate", "--image", str(tiny_model_dir / "subject.png"), "--prompt", prompt, "--out", str(out),
             "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),

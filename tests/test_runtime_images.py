@@ -20,7 +20,6 @@ from monkey_trt.runtime.images import (
     clip_resize_size,
     load_subject,
     mask_overlay,
-    save_png_atomic,
     side_by_side,
     to_rgb8,
 )
@@ -247,21 +246,7 @@ def test_loaded_image_is_detached_and_rgb(tmp_path):
 # --------------------------------------------------------------------------------------- outputs
 
 
-def test_save_png_atomic_and_helpers(tmp_path):
-    arr = np.asarray(smooth_image(32, 24))
-    p = save_png_atomic(tmp_path / "sub" / "x.png", arr)
-    np.testing.assert_array_equal(np.asarray(Image.open(p)), arr)
-    save_png_atomic(tmp_path / "m.png", np.eye(8, dtype=bool))
-    assert np.asarray(Image.open(tmp_path / "m.png"))[0, 0] == 255
-    save_png_atomic(tmp_path / "f.png", np.full((4, 4, 3), 0.5, np.float32))
-    assert np.asarray(Image.open(tmp_path / "f.png"))[0, 0, 0] == 128
-    save_png_atomic(tmp_path / "x.png", Image.fromarray(arr))  # overwrite
-    assert sorted(q.name for q in tmp_path.iterdir()) == ["f.png", "m.png", "sub", "x.png"]  # no temp files left
-    with pytest.raises(MonkeyError):
-        save_png_atomic(tmp_path / "bad.png", np.zeros((2, 2, 2), np.uint8))
-    with pytest.raises(MonkeyError):
-        save_png_atomic(tmp_path / "bad.png", np.zeros((2, 2), np.int64))
-
+def test_overlay_and_grid_helpers(tmp_path):
     img = smooth_image(32, 24)
     mask = np.zeros((24, 32), np.uint8)
     mask[4:10, 5:20] = 1

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping

@@ -12,7 +12,6 @@ initial latents first, then one randn per step but the last; each pass re-seeds.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch

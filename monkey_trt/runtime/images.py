@@ -8,8 +8,6 @@ mean/std) exactly.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -129,43 +127,6 @@ def clip_preprocess(img: Image.Image, size: int = 224, mean=CLIP_MEAN, std=CLIP_
 
 
 # --------------------------------------------------------------------------------------- output
-
-
-def _as_image(x) -> Image.Image:
-    if isinstance(x, Image.Image):
-        return x
-    a = np.asarray(x)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype.kind == "f":
-        if not np.isfinite(a).all():
-            raise MonkeyError("cannot save an image with NaN or infinite values")
-        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)  # floats are taken as [0, 1]
-    elif a.dtype != np.uint8:
-        raise MonkeyError(f"cannot save an array of dtype {a.dtype} as PNG (uint8, bool or float in [0, 1])")
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-        a = a.transpose(1, 2, 0)  # CHW -> HWC
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise MonkeyError(f"cannot save an array of shape {list(a.shape)} as PNG (HxW, HxWx3 or HxWx4)")
-    return Image.fromarray(a)
-
-
-def save_png_atomic(path, array_or_image) -> Path:
-    """Write a PNG via a temp file in the same folder and an atomic rename; returns the path."""
-    p = Path(path)
-    img = _as_image(array_or_image)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
 
 
 def mask_overlay(image: Image.Image, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.45) -> Image.Image:
