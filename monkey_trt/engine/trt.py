@@ -319,9 +319,7 @@ def build_engine(
     if not onnx_path.is_file():
         raise EngineDirError(f"{desc.name}: ONNX file {onnx_path} does not exist")
     profile = pg.Profile()
-    for name, (mn, opt, mx) in cfg.input_shapes(desc, dims).items():
-        if not all(a <= b <= c for a, b, c in zip(mn, opt, mx)):
-            raise MonkeyError(f"{desc.name}: inconsistent shape range {list(mn)}..{list(mx)} (opt {list(opt)}) for input {name!r}")
+    for name, (mn, opt, mx) in _profile_shapes(onnx_path, desc, dims, cfg).items():
         profile.add(name, min=mn, opt=opt, max=mx)
     tc_final = Path(timing_cache_path) if timing_cache_path is not None else None
     tc_tmp = plan_tmp = None
@@ -356,6 +354,31 @@ def build_engine(
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
     return BuildInfo(desc.name, plan_path, time.perf_counter() - t0, plan_path.stat().st_size)
+
+
+def _profile_shapes(onnx_path: Path, desc: NetworkDesc, dims: ModelDims, cfg: BuildConfig) -> dict[str, tuple]:
+    """Input name -> (min, opt, max): the descriptor's ranges, checked against the ONNX graph's inputs;
+    an input the descriptor does not cover must be static and gets its fixed shape."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    ranges = cfg.input_shapes(desc, dims)
+    out = {}
+    for tensor in graph.input:
+        name = tensor.name
+        onnx_shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim)
+        if name in ranges:
+            mn, opt, mx = ranges[name]
+            if len(opt) != len(onnx_shape) or any(d >= 0 and d != o for d, o in zip(onnx_shape, opt)):
+                raise MonkeyError(f"{desc.name}: input {name!r} is {list(onnx_shape)} in the ONNX file but the descriptor gives {list(opt)}: re-export")
+            if not all(a <= b <= c for a, b, c in zip(mn, opt, mx)):
+                raise MonkeyError(f"{desc.name}: inconsistent shape range {list(mn)}..{list(mx)} (opt {list(opt)}) of input {name!r}")
+            out[name] = (tuple(mn), tuple(opt), tuple(mx))
+        elif any(d < 0 for d in onnx_shape):
+            raise MonkeyError(f"{desc.name}: dynamic input {name!r} {list(onnx_shape)} has no shape range in the network descriptor")
+        else:
+            out[name] = (onnx_shape, onnx_shape, onnx_shape)
+    return out
 
 
 def _temp_sibling(path: Path) -> Path:

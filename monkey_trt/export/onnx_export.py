@@ -227,6 +227,32 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
     return out
 
 
+def existing_export_matches(opts: ExportOptions) -> bool:
+    """`opts.out` is an engine directory exported from the same model, mask layer and profile (so only
+    missing precisions need adding); False when it does not exist. A directory from another model or
+    profile raises the usual "exists: pass --force" error."""
+    from monkey_trt.runtime.manifest import load_manifest
+
+    out = Path(opts.out).absolute()
+    if not (out / MANIFEST).is_file():
+        return False
+    m = load_manifest(out, verify="none")
+    src = opts.source
+    same = (m.profile == opts.profile and m.mask_layer == opts.mask_layer and m.exporter.get("onnx_opset") == opts.opset
+            and _same_model(m.source.get("base"), src.base) and _same_model(m.source.get("ip_adapter"), src.ip_adapter)
+            and Path(str(m.source.get("ip_weight"))).name == Path(src.ip_weight).name)
+    if not same:
+        raise MonkeyError(f"{out} holds an export of another model, mask layer or profile: pass --force to replace it")
+    return True
+
+
+def _same_model(recorded, given: str) -> bool:
+    """The manifest's resolved model location is what `given` (a folder or a hub id) names."""
+    recorded = str(recorded)
+    return (recorded == given or recorded == str(Path(given).absolute())
+            or f"models--{given.replace('/', '--')}" in Path(recorded).parts)
+
+
 def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None) -> tuple[str, ...]:
     """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
 
