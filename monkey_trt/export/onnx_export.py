@@ -240,7 +240,7 @@ def existing_export_matches(opts: ExportOptions) -> bool:
     src = opts.source
     same = (m.profile == opts.profile and m.mask_layer == opts.mask_layer and m.exporter.get("onnx_opset") == opts.opset
             and _same_model(m.source.get("base"), src.base) and _same_model(m.source.get("ip_adapter"), src.ip_adapter)
-            and Path(str(m.source.get("ip_weight"))).name == Path(src.ip_weight).name)
+            and Path(str(m.source.get("ip_weight"))).stem == Path(src.ip_weight).stem)  # "x" names x.safetensors or x.bin
     if not same:
         raise MonkeyError(f"{out} holds an export of another model, mask layer or profile: pass --force to replace it")
     return True
