@@ -776,6 +776,16 @@ def test_fake_failed_build_leaves_no_files(fakes, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["timing.cache", "tiny.onnx"] and (tmp_path / "timing.cache").read_bytes() == b"old"
 
 
+def test_fake_unparsable_onnx_is_one_line(fakes, tmp_path, monkeypatch):
+    onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
+    broken = _fake_polygraphy(fakes.trt, [])
+    broken.network_from_onnx_path = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("Failed to parse ONNX model.\ndetails"))
+    monkeypatch.setattr(trt_mod, "require_polygraphy", lambda: broken)
+    with pytest.raises(MonkeyError, match="cannot build tiny.onnx: Failed to parse ONNX model") as ei:
+        build_engine(onnx_path, tmp_path / "t.plan", TINY_DESC, ModelDims(), BuildConfig(profile=TINY_PROFILE), tmp_path / "tc")
+    assert "\n" not in str(ei.value) and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+
+
 def test_fake_build_rejects_descriptor_mismatch(fakes, tmp_path):
     onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
     wrong = NetworkDesc("tiny", inputs=(TensorDesc("x", "float32", ("B", 9)),), outputs=TINY_DESC.outputs)

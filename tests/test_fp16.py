@@ -81,7 +81,8 @@ def test_ort_runs_the_fp16_graphs(engine_dir, subject):
 
 
 def test_fp16_fidelity_one_seed(engine_dir, reference, subject):
-    (row,) = measure_fp16(engine_dir, reference, subject, seeds=(0,), size=128)
+    """The quick version for the default suite (64²); the slow one below is the issue's 3 seeds at 128²."""
+    (row,) = measure_fp16(engine_dir, reference, subject, seeds=(0,), size=64)
     assert row.mask_iou >= MIN_MASK_IOU and row.psnr_db >= MIN_PSNR_DB, row
 
 

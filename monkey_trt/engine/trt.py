@@ -336,10 +336,10 @@ def build_engine(
             builder_optimization_level=cfg.builder_optimization_level,
             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(cfg.workspace_gib * (1 << 30))},
         )
-        network = pg.network_from_onnx_path(str(onnx_path), strongly_typed=True)  # from a path: external data is found
-        try:
+        try:  # Polygraphy reports parse and build failures as PolygraphyException
+            network = pg.network_from_onnx_path(str(onnx_path), strongly_typed=True)  # from a path: external data is found
             engine = pg.engine_from_network(network, config=config, save_timing_cache=str(tc_tmp) if tc_tmp is not None else None)
-        except Exception as e:  # Polygraphy reports parse/build failures as PolygraphyException
+        except Exception as e:
             raise MonkeyError(f"{desc.name}: TensorRT cannot build {onnx_path.name}: {_first_line(e)} (see the TensorRT log above)") from None
         plan_tmp = _temp_sibling(plan_path)
         pg.save_engine(engine, path=str(plan_tmp))
