@@ -282,6 +282,8 @@ def build(
     engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
     precision: str = typer.Option("fp32", "--precision", help="Build from the fp32 or the fp16 ONNX graphs (export --precision fp16 first)"),
     tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 in fp32 layers (changes the math; opt-in)"),
+    old_fp16: bool = typer.Option(False, "--fp16", hidden=True),
+    old_fp32: bool = typer.Option(False, "--fp32", hidden=True),
     static: bool = typer.Option(False, "--static", help="Build for the opt shape only (fastest)"),
     workspace_gib: float = typer.Option(8.0, "--workspace-gib"),
     opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5"),
@@ -291,6 +293,9 @@ def build(
     from monkey_trt.engine.trt import BuildConfig, build_engine_dir
     from monkey_trt.runtime.manifest import load_manifest
 
+    if old_fp16 or old_fp32:  # the pre-strong-typing flags (TensorRT 11 has no FP16 builder flag)
+        p = "fp16" if old_fp16 else "fp32"
+        raise MonkeyError(f"--{p} is now --precision {p}: precision lives in the ONNX graphs (export --precision {p} first)")
     manifest = load_manifest(engine_dir)
     cfg = BuildConfig(precision=precision, workspace_gib=workspace_gib, builder_optimization_level=opt_level,
                       profile=manifest.profile, static_shapes=static, tf32=tf32)
