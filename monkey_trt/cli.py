@@ -87,6 +87,7 @@ def generate(
     providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    precision: str = typer.Option("fp32", "--precision", help="ort/trt: run the engine directory's fp32 or fp16 graphs"),
     seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
     height: int = typer.Option(512, help="Image height, multiple of 8"),
     width: int = typer.Option(512, help="Image width, multiple of 8"),
@@ -116,6 +117,7 @@ def generate(
         backend=backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
+        precision=precision,
     )
     with _quiet_libraries():
         result_dir, result = run_generate(job, console)
@@ -249,29 +251,39 @@ def export(
     mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Layer whose IP attention map is an output"),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Polygraphy constant folding"),
     force: bool = typer.Option(False, "--force", help="Replace an existing engine directory"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 and/or fp16 (comma list); fp16 is added to an existing directory"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
+    from monkey_trt.export.onnx_export import ExportOptions, add_precisions, existing_export_matches, export_engine_dir
     from monkey_trt.reference.loading import ModelSource
 
     if not 7 <= opset <= 21:
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
+    precisions = tuple(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, _profile(height, width, min_size, max_size, batch),
-                         mask_layer=mask_layer, opset=opset, fold_constants=fold, force=force)
+                         mask_layer=mask_layer, opset=opset, fold_constants=fold, force=force, precisions=precisions)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with _quiet_libraries(), Progress(*columns, console=console) as bar:
         task = bar.add_task("export", total=None)
-        result = export_engine_dir(opts, progress=lambda msg, done, total: bar.update(task, description=msg, completed=done, total=total))
+        show = lambda msg, done, total: bar.update(task, description=msg, completed=done, total=total)  # noqa: E731
+        if not force and existing_export_matches(opts):  # same model and profile: add the missing precisions only
+            added = add_precisions(out, precisions, progress=show)
+            result, note = out, (f"added {', '.join(added)}" if added else f"already has {', '.join(precisions)}")
+        else:
+            result, note = export_engine_dir(opts, progress=show), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))
         bar.update(task, description="done", completed=bar.tasks[0].total)
-    typer.echo(f"engine directory: {result}")
+    typer.echo(f"engine directory: {result} ({note})")
 
 
 @app.command()
 def build(
     engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
-    fp16: bool = typer.Option(True, "--fp16/--fp32", help="fp16 kernels (changes the math within the stated PSNR floor)"),
+    precision: str = typer.Option("fp32", "--precision", help="Build from the fp32 or the fp16 ONNX graphs (export --precision fp16 first)"),
+    tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 in fp32 layers (changes the math; opt-in)"),
+    old_fp16: bool = typer.Option(False, "--fp16", hidden=True),
+    old_fp32: bool = typer.Option(False, "--fp32", hidden=True),
     static: bool = typer.Option(False, "--static", help="Build for the opt shape only (fastest)"),
     workspace_gib: float = typer.Option(8.0, "--workspace-gib"),
     opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5"),
@@ -281,9 +293,12 @@ def build(
     from monkey_trt.engine.trt import BuildConfig, build_engine_dir
     from monkey_trt.runtime.manifest import load_manifest
 
+    if old_fp16 or old_fp32:  # the pre-strong-typing flags (TensorRT 11 has no FP16 builder flag)
+        p = "fp16" if old_fp16 else "fp32"
+        raise MonkeyError(f"--{p} is now --precision {p}: precision lives in the ONNX graphs (export --precision {p} first)")
     manifest = load_manifest(engine_dir)
-    cfg = BuildConfig(fp16=fp16, workspace_gib=workspace_gib, builder_optimization_level=opt_level,
-                      profile=manifest.profile, static_shapes=static)
+    cfg = BuildConfig(precision=precision, workspace_gib=workspace_gib, builder_optimization_level=opt_level,
+                      profile=manifest.profile, static_shapes=static, tf32=tf32)
     with console.status("building TensorRT engines (minutes for SD1.5)") as status:
         plans = build_engine_dir(engine_dir, manifest, cfg, force=force, progress=lambda net, msg: status.update(f"{net}: {msg}"))
     typer.echo(f"TensorRT plans: {plans}")
@@ -316,6 +331,7 @@ def bench(
     runs: int = typer.Option(5, help="Timed runs per backend"),
     warmup: int = typer.Option(1, help="Untimed runs first"),
     device: str = typer.Option("cpu", help="torch backend device"),
+    precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: fp32 or fp16 graphs"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON"),
 ):
     """Median end-to-end and per-stage timings of MONKEY per backend, measured in one run, as ratios."""
@@ -335,7 +351,8 @@ def bench(
     with _quiet_libraries():
         for name in names:
             job = GenerateJob(request=request, image=Path("-"), out=Path("-"), base=base, ip_adapter=ip_adapter,
-                              backend=name, engine_dir=engine_dir, device=device)
+                              backend=name, engine_dir=engine_dir, device=device,
+                              precision=precision if name in ("ort", "trt") else "fp32")
             with console.status(f"{name}: loading"):
                 pipe = load_backend(job)
             with console.status(f"{name}: {warmup} warm-up + {runs} timed runs at {width}x{height}"):

@@ -87,6 +87,31 @@ def _ort_row() -> tuple[CheckRow, list[str]]:
     return CheckRow("onnxruntime", True, f"{ort.__version__} ({', '.join(providers)}{device})"), providers
 
 
+def supported_range(dist: str, version: str | None) -> tuple[bool | None, str]:
+    """(inside the `gpu` extra's range?, "range >=a,<b") for an installed version; (None, ...) when unknown."""
+    from monkey_trt.engine.trt_api import SUPPORTED
+
+    lo, hi = SUPPORTED[dist]
+    spec = f"{lo},{hi}"
+    if version is None:
+        return None, spec
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import InvalidVersion, Version
+
+        return Version(version) in SpecifierSet(spec), spec
+    except (ImportError, InvalidVersion):
+        return None, spec
+
+
+def _in_range(dist: str, version: str) -> tuple[bool, str]:
+    """A doctor row's (ok, detail) for an installed GPU package: outside the supported range is not ok."""
+    inside, spec = supported_range(dist, version)
+    if inside is False:
+        return False, f"{version}: outside the supported range {spec} (pip install 'monkey-trt[gpu]')"
+    return True, f"{version} (supported {spec})" if inside else f"{version} (supported {spec}; not checked)"
+
+
 def _tensorrt_row() -> tuple[CheckRow, bool]:
     if importlib.util.find_spec("tensorrt") is None:
         return CheckRow("tensorrt", None, "not installed (for the TensorRT backend: pip install 'monkey-trt[gpu]')"), False
@@ -94,7 +119,8 @@ def _tensorrt_row() -> tuple[CheckRow, bool]:
         import tensorrt as trt
     except Exception as e:
         return CheckRow("tensorrt", False, f"installed but does not load: {_first_line(e)}"), False
-    return CheckRow("tensorrt", True, str(trt.__version__)), True
+    ok, detail = _in_range("tensorrt", str(trt.__version__))
+    return CheckRow("tensorrt", ok, detail), ok
 
 
 def _cuda_python_row() -> tuple[CheckRow, bool]:
@@ -102,7 +128,18 @@ def _cuda_python_row() -> tuple[CheckRow, bool]:
     found = importlib.util.find_spec("cuda") is not None
     if ver is None and not found:
         return CheckRow("cuda-python", None, "not installed (for the TensorRT backend: pip install 'monkey-trt[gpu]')"), False
-    return CheckRow("cuda-python", True, ver or "installed"), True
+    if ver is None:
+        return CheckRow("cuda-python", True, "installed (version unknown)"), True
+    ok, detail = _in_range("cuda-python", ver)
+    return CheckRow("cuda-python", ok, detail), ok
+
+
+def _gpu_package_row(name: str, dist: str, purpose: str) -> CheckRow:
+    ver = _dist_version(dist)
+    if ver is None:
+        return CheckRow(name, None, f"not installed (optional, {purpose})")
+    ok, detail = _in_range(dist, ver)
+    return CheckRow(name, ok, detail)
 
 
 def _optional(name: str, dist: str, purpose: str) -> CheckRow:
@@ -127,7 +164,9 @@ def doctor_report() -> list[CheckRow]:
     ort_row, providers = _ort_row()
     rows.append(ort_row)
     rows.append(_optional("onnx", "onnx", "for export"))
-    rows.append(_optional("polygraphy", "polygraphy", "for export and TensorRT checks"))
+    rows.append(_gpu_package_row("polygraphy", "polygraphy", "for export and TensorRT builds"))
+    if _dist_version("onnxruntime-gpu") is not None:
+        rows.append(_gpu_package_row("onnxruntime-gpu", "onnxruntime-gpu", "ONNX Runtime CUDA"))
     rows.append(_optional("torch", "torch", "for export and the reference"))
     rows.append(_optional("diffusers", "diffusers", "for export and the reference"))
     rows.append(_optional("transformers", "transformers", "for export and the reference"))

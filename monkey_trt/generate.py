@@ -16,6 +16,7 @@ from monkey_trt.config import DEFAULT_IP_WEIGHT, Request
 from monkey_trt.errors import MonkeyError
 from monkey_trt.outputs import check_out_dir, write_outputs
 from monkey_trt.runtime.images import load_subject
+from monkey_trt.runtime.manifest import PRECISIONS
 from monkey_trt.runtime.noise import load_noise_file
 from monkey_trt.runtime.result import MonkeyOutput
 
@@ -39,6 +40,7 @@ class GenerateJob:
     providers: tuple[str, ...] = ()  # ort backend: execution providers (default: best installed)
     fp16: bool = False  # ort TensorRT EP: fp16 kernels (changes the math)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP and trt: replay UNet steps as CUDA graphs
+    precision: str = "fp32"  # ort/trt: fp32 or fp16 graphs of the engine directory (fp16 changes the math: opt-in)
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -81,6 +83,8 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
 def load_backend(job: GenerateJob):
     """The pipeline object of `job.backend` (torch reference or the lean runtime)."""
     if job.backend == "torch":
+        if job.precision != "fp32":
+            raise MonkeyError("--precision applies to the ort and trt backends (the torch reference runs fp32)")
         try:
             import torch
 
@@ -103,7 +107,10 @@ def load_backend(job: GenerateJob):
     if job.backend == "trt" and job.providers:
         raise MonkeyError("--providers applies to --backend ort only")
     opts = {"providers": job.providers} if job.backend == "ort" else {}
-    return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph, **opts)
+    if job.precision not in PRECISIONS:
+        raise MonkeyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
+    return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph,
+                                          precision=job.precision, **opts)
 
 
 def _sha256(path: Path) -> str:

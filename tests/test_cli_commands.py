@@ -41,6 +41,10 @@ def test_demo_torch_backend(tmp_path, capsys):
 
 def test_doctor_command(capsys):
     assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 3}
+    assert {"python", "onnxruntime", "tensorrt", "backends"} <= set(rows), out
+    assert "ort-cpu" in rows["backends"] and "ok" in rows["onnxruntime"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["export", "--help"]])

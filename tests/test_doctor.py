@@ -52,3 +52,40 @@ def test_doctor_does_not_import_heavy_packages():
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("dist", "version", "inside"),
+    [("tensorrt", "10.0.1", True), ("tensorrt", "10.16.1.11", True), ("tensorrt", "11.4.0.106", True),
+     ("tensorrt", "9.3.0", False), ("tensorrt", "12.0.0", False), ("cuda-python", "12.9.4", True),
+     ("cuda-python", "13.4.4", True), ("cuda-python", "12.4.0", False), ("cuda-python", "14.0", False),
+     ("polygraphy", "0.53.6", True), ("polygraphy", "0.48.1", False), ("onnxruntime-gpu", "1.32.0", True)],
+)
+def test_supported_ranges(dist, version, inside):
+    from monkey_trt.doctor import supported_range
+
+    assert supported_range(dist, version)[0] is inside
+
+
+def test_gpu_extra_pins_the_same_ranges():
+    """pyproject's `gpu` extra and engine/trt_api.SUPPORTED (what doctor checks) agree."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from monkey_trt.engine.trt_api import SUPPORTED
+
+    extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    pins = {}
+    for req in extra:
+        name, spec = req.split(">", 1)[0].split("<", 1)[0].split("=", 1)[0], req
+        pins[name] = spec[len(name):]
+    for dist, (lo, hi) in SUPPORTED.items():
+        assert pins[dist] == f"{lo},{hi}", dist
+
+
+def test_installed_polygraphy_row_states_its_range():
+    rows = _rows()
+    if importlib.util.find_spec("polygraphy") is None:
+        pytest.skip("polygraphy not installed")
+    assert rows["polygraphy"].ok is True and "supported >=0.49.9,<1" in rows["polygraphy"].detail

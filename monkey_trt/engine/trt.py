@@ -10,8 +10,10 @@ version and the GPU (name + compute capability), so a plan is never reused acros
 them. TensorRT and cuda-python are imported lazily: on a machine without them every entry
 point raises `BackendUnavailable` with one line, never an ImportError.
 
-Written against the TensorRT 10.x Python API (explicit batch, name-based tensor I/O,
-`execute_async_v3`) and cuda-python's runtime bindings.
+One code path for TensorRT 10.x and 11.x: plans are built by Polygraphy from strongly typed
+networks (the ONNX graph's types decide fp32/fp16), run with name-based tensor I/O and
+`execute_async_v3`; cuda-python 12.x and 13.x runtime bindings. Every TensorRT, Polygraphy and
+cuda-python name used here is listed in `engine/trt_api.py` and checked by tests/test_trt_api.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -36,9 +39,10 @@ from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile
 from monkey_trt.engine.ort import validate_feeds
 from monkey_trt.engine.runner import Runner, TensorSpec
 from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
-from monkey_trt.atomic import write_bytes_atomic, write_json_atomic
+from monkey_trt.atomic import write_json_atomic
+from monkey_trt.runtime.manifest import PRECISIONS
 
-KEY_VERSION = 1  # bump when the key material or the plan layout changes
+KEY_VERSION = 2  # bump when the key material or the plan layout changes (2: precision = which ONNX graphs)
 TRT_SUBDIR = "trt"
 TIMING_CACHE = "timing.cache"
 BUILD_JSON = "build.json"
@@ -76,6 +80,22 @@ def require_cudart():
     except Exception as e:
         raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {_first_line(e)})") from None
     return cudart
+
+
+def native_handle(obj) -> int:
+    """The raw CUDA handle (an address) held by a cuda-python object such as a `cudaStream_t`.
+
+    cuda-python 13 deprecates `int(obj)` for this; `cuda.bindings.utils.get_cuda_native_handle`
+    (cuda-python >= 12.9) is the documented accessor. Older 12.x releases only have `int(obj)`.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    try:
+        return int(get_cuda_native_handle(obj))
+    except TypeError:  # not a cuda-python handle type (plain ints, test doubles)
+        return int(obj)
 
 
 def tensorrt_version() -> str | None:
@@ -152,7 +172,9 @@ class BuildConfig:
     """How plans are built. Part of the cache key: any change gives a new plan folder.
 
     profile: the request shapes the plans accept (batch, height, width ranges).
-    fp16: let TensorRT pick fp16 kernels (checked against fp32 with a PSNR floor).
+    precision: which ONNX graphs to build ("fp32" or "fp16", see export/fp16.py). The network is
+        always strongly typed: the types in the ONNX decide the kernels' precision (TensorRT 10.12
+        deprecated and 11 removed the FP16 builder flag).
     tf32: allow TF32 for fp32 matmuls/convs (changes the math: off by default, fp32 stays near-exact).
     workspace_gib: builder workspace memory pool limit.
     builder_optimization_level: 0..5 (TensorRT default 3; higher = longer builds, maybe faster plans).
@@ -160,7 +182,7 @@ class BuildConfig:
     """
 
     profile: Profile
-    fp16: bool = True
+    precision: str = "fp32"
     workspace_gib: float = 8.0
     builder_optimization_level: int = 3
     static_shapes: bool = False
@@ -169,7 +191,9 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.profile, Profile):
             raise MonkeyError(f"BuildConfig.profile must be a Profile, got {type(self.profile).__name__}")
-        for f in ("fp16", "static_shapes", "tf32"):
+        if self.precision not in PRECISIONS:
+            raise MonkeyError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for f in ("static_shapes", "tf32"):
             if not isinstance(getattr(self, f), bool):
                 raise MonkeyError(f"BuildConfig.{f} must be a bool, got {getattr(self, f)!r}")
         ws = self.workspace_gib
@@ -197,6 +221,20 @@ class BuildConfig:
         d["workspace_gib"] = float(self.workspace_gib)
         return d
 
+    def build_command(self, engine_dir) -> str:
+        """The `monkey-trt build` command line that makes plans for this config."""
+        parts = [f"monkey-trt build --engine-dir {engine_dir} --precision {self.precision}"]
+        default = BuildConfig(self.profile)
+        if self.static_shapes:
+            parts.append("--static")
+        if self.tf32:
+            parts.append("--tf32")
+        if self.builder_optimization_level != default.builder_optimization_level:
+            parts.append(f"--opt-level {self.builder_optimization_level}")
+        if self.workspace_gib != default.workspace_gib:
+            parts.append(f"--workspace-gib {self.workspace_gib:g}")
+        return " ".join(parts)
+
 
 def _norm_cc(cc) -> str:
     if isinstance(cc, (tuple, list)):
@@ -210,44 +248,52 @@ def _norm_cc(cc) -> str:
 
 
 def cache_key(onnx_sha256: str, build_config: BuildConfig, trt_version: str, device_name: str, compute_capability) -> str:
-    """A folder name unique to (ONNX content, build flags + profile, TensorRT version, GPU).
+    """A folder name unique to (ONNX content, precision, build flags + profile, TensorRT version, GPU).
 
-    Readable prefix (key version, TensorRT version, SM) + a digest over everything, e.g.
-    `v1-trt10.8.0.43-sm90-3f0c...`. Deterministic: same ingredients, same key.
+    Readable prefix (key version, precision, TensorRT version, SM) + a digest over everything, e.g.
+    `v2-fp16-trt11.4.0.106-sm90-3f0c...`. Deterministic: same ingredients, same key.
     """
     if not isinstance(onnx_sha256, str) or not onnx_sha256:
         raise MonkeyError("cache_key needs the ONNX sha256")
     if not isinstance(build_config, BuildConfig):
         raise MonkeyError(f"cache_key needs a BuildConfig, got {type(build_config).__name__}")
     cc = _norm_cc(compute_capability)
-    material = {
-        "key_version": KEY_VERSION,
-        "onnx_sha256": onnx_sha256,
-        "build": build_config.to_dict(),
-        "tensorrt": str(trt_version),
-        "device": str(device_name).strip(),
-        "compute_capability": cc,
-    }
-    digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    digest = hashlib.sha256(json.dumps(_key_material(onnx_sha256, build_config, trt_version, device_name, cc),
+                                       sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
     ver = re.sub(r"[^0-9A-Za-z.]+", "_", str(trt_version)) or "unknown"
-    return f"v{KEY_VERSION}-trt{ver}-sm{cc.replace('.', '')}-{digest}"
+    return f"v{KEY_VERSION}-{build_config.precision}-trt{ver}-sm{cc.replace('.', '')}-{digest}"
 
 
-def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None) -> str:
-    """One sha256 over the ONNX (+ external data) hashes the manifest records (all networks by default)."""
+def _key_material(onnx_sha256: str, cfg: BuildConfig, trt_version: str, device_name: str, cc: str) -> dict:
+    return {"key_version": KEY_VERSION, "onnx_sha256": onnx_sha256, "build": cfg.to_dict(), "tensorrt": str(trt_version),
+            "device": str(device_name).strip(), "compute_capability": cc}
+
+
+def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None, precision: str = "fp32") -> str:
+    """One sha256 over the ONNX (+ external data) hashes of one precision (all networks by default)."""
     names = sorted(networks) if networks is not None else sorted(manifest.networks)
-    material = {n: dict(sorted(manifest.networks[n].sha256.items())) for n in names}
+    material = {n: dict(sorted(manifest.networks[n].files(precision)[1].items())) for n in names}
+    if precision != "fp32":  # fp32 keeps the v1 material, so the digest of an fp32 engine directory is unchanged
+        material = {"precision": precision, "files": material}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-# -- atomic files ------------------------------------------------------------------------
-# -- building ----------------------------------------------------------------------------
+# -- building (Polygraphy, as NVIDIA's demo/Diffusion does) -------------------------------
 @dataclass(frozen=True)
 class BuildInfo:
     network: str
     plan: Path
     seconds: float
     bytes: int
+
+
+def require_polygraphy():
+    """polygraphy.backend.trt (its TensorRT import is lazy), or BackendUnavailable (one line)."""
+    try:
+        from polygraphy.backend import trt as pg_trt
+    except ImportError:
+        raise BackendUnavailable("polygraphy is not installed: pip install 'monkey-trt[gpu]'") from None
+    return pg_trt
 
 
 def build_engine(
@@ -258,95 +304,96 @@ def build_engine(
     cfg: BuildConfig,
     timing_cache_path: str | os.PathLike | None = None,
 ) -> BuildInfo:
-    """Parse `onnx_path`, build a plan for `cfg` and write it atomically to `plan_path`.
+    """Parse `onnx_path` strongly typed, build a plan for `cfg` and write it atomically to `plan_path`.
 
-    The optimisation profile comes from `desc.profile_shapes(cfg.effective_profile, dims)`;
-    network inputs that the descriptor does not cover must be static and get their fixed shape.
-    The timing cache at `timing_cache_path` is loaded (if present) and saved back, atomically.
+    network_from_onnx_path(strongly_typed=True) -> CreateConfig(profiles, timing cache, optimisation
+    level, workspace, tf32) -> engine_from_network(save_timing_cache) -> save_engine, all Polygraphy.
+    The optimisation profile comes from `desc.profile_shapes(cfg.effective_profile, dims)`. Plan and
+    timing cache are written to temporary siblings and renamed into place, so an interrupted build
+    never leaves a truncated file; the timing cache is read (if present) and saved back.
     """
     trt = require_tensorrt()
     require_cuda_device()
+    pg = require_polygraphy()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     if not onnx_path.is_file():
         raise EngineDirError(f"{desc.name}: ONNX file {onnx_path} does not exist")
-    logger = _logger(trt, trt.Logger.WARNING)
+    profile = pg.Profile()
+    for name, (mn, opt, mx) in _profile_shapes(onnx_path, desc, dims, cfg).items():
+        profile.add(name, min=mn, opt=opt, max=mx)
+    tc_final = Path(timing_cache_path) if timing_cache_path is not None else None
+    tc_tmp = plan_tmp = None
     t0 = time.perf_counter()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # from a path so external data is found
-        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        first = errs[0].strip().replace("\n", " ") if errs else "unknown error"
-        raise MonkeyError(f"{desc.name}: TensorRT cannot parse {onnx_path.name}: {first}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
-    config.builder_optimization_level = cfg.builder_optimization_level
-    if cfg.fp16:
-        flag = getattr(trt.BuilderFlag, "FP16", None)
-        if flag is None:
-            raise BackendUnavailable(f"TensorRT {trt.__version__} has no FP16 builder flag: build with fp16=False")
-        config.set_flag(flag)
-    if not cfg.tf32 and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
-
-    # optimisation profile: every input gets (min, opt, max)
-    shapes = cfg.input_shapes(desc, dims)
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        name, net_shape = tensor.name, tuple(tensor.shape)
-        if getattr(tensor, "is_shape_tensor", False):
-            raise MonkeyError(f"{desc.name}: input {name!r} is a shape tensor; monkey-trt networks take none")
-        if name in shapes:
-            mn, opt, mx = (tuple(int(d) for d in s) for s in shapes[name])
-            if len(mn) != len(net_shape) or any(d >= 0 and d != m for d, m in zip(net_shape, opt)):
-                raise MonkeyError(
-                    f"{desc.name}: input {name!r} is {list(net_shape)} in the ONNX file but the descriptor gives {list(opt)}: re-export"
-                )
-        elif any(d < 0 for d in net_shape):
-            raise MonkeyError(f"{desc.name}: dynamic input {name!r} {list(net_shape)} has no shape range in the network descriptor")
-        else:
-            mn = opt = mx = net_shape
-        try:  # the binding raises RuntimeError when min <= opt <= max does not hold
-            profile.set_shape(name, mn, opt, mx)
-        except RuntimeError as e:
-            raise MonkeyError(f"{desc.name}: TensorRT rejected the shape range {list(mn)}..{list(mx)} of input {name!r}: {_first_line(e)}") from None
-    if config.add_optimization_profile(profile) < 0:
-        raise MonkeyError(f"{desc.name}: TensorRT rejected the optimisation profile {cfg.effective_profile.to_dict()}")
-
-    # timing cache: load, attach, save back after the build
-    tc_path = Path(timing_cache_path) if timing_cache_path is not None else None
-    blob = b""
-    if tc_path is not None and tc_path.is_file():
-        blob = tc_path.read_bytes()
-    cache = None
     try:
-        cache = config.create_timing_cache(blob)
-        ok = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
-    except Exception:
-        ok = False
-    if not ok:  # unreadable or from another device/version: start empty
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if tc_final is not None:  # Polygraphy rewrites the cache in place: give it a private copy
+            tc_tmp = _temp_sibling(tc_final)
+            if tc_final.is_file():
+                tc_tmp.write_bytes(tc_final.read_bytes())
+        config = pg.CreateConfig(
+            tf32=cfg.tf32,
+            profiles=[profile],
+            load_timing_cache=str(tc_tmp) if tc_tmp is not None and tc_tmp.stat().st_size else None,
+            builder_optimization_level=cfg.builder_optimization_level,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(cfg.workspace_gib * (1 << 30))},
+        )
+        try:  # Polygraphy reports parse and build failures as PolygraphyException
+            network = pg.network_from_onnx_path(str(onnx_path), strongly_typed=True)  # from a path: external data is found
+            engine = pg.engine_from_network(network, config=config, save_timing_cache=str(tc_tmp) if tc_tmp is not None else None)
+        except Exception as e:
+            raise MonkeyError(f"{desc.name}: TensorRT cannot build {onnx_path.name}: {_first_line(e)} (see the TensorRT log above)") from None
+        plan_tmp = _temp_sibling(plan_path)
+        pg.save_engine(engine, path=str(plan_tmp))
+        del engine
+        os.replace(plan_tmp, plan_path)
+        plan_tmp = None
+        if tc_tmp is not None and tc_tmp.stat().st_size:
+            os.replace(tc_tmp, tc_final)
+            tc_tmp = None
+    finally:
+        for tmp in (plan_tmp, tc_tmp):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+    return BuildInfo(desc.name, plan_path, time.perf_counter() - t0, plan_path.stat().st_size)
 
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise MonkeyError(f"{desc.name}: TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
-    write_bytes_atomic(plan_path, serialized)
-    nbytes = plan_path.stat().st_size
-    if tc_path is not None:
-        final_cache = config.get_timing_cache()
-        if final_cache is not None:
-            write_bytes_atomic(tc_path, final_cache.serialize())
-    return BuildInfo(desc.name, plan_path, time.perf_counter() - t0, nbytes)
+
+def _profile_shapes(onnx_path: Path, desc: NetworkDesc, dims: ModelDims, cfg: BuildConfig) -> dict[str, tuple]:
+    """Input name -> (min, opt, max): the descriptor's ranges, checked against the ONNX graph's inputs;
+    an input the descriptor does not cover must be static and gets its fixed shape."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    ranges = cfg.input_shapes(desc, dims)
+    out = {}
+    for tensor in graph.input:
+        name = tensor.name
+        onnx_shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim)
+        if name in ranges:
+            mn, opt, mx = ranges[name]
+            if len(opt) != len(onnx_shape) or any(d >= 0 and d != o for d, o in zip(onnx_shape, opt)):
+                raise MonkeyError(f"{desc.name}: input {name!r} is {list(onnx_shape)} in the ONNX file but the descriptor gives {list(opt)}: re-export")
+            if not all(a <= b <= c for a, b, c in zip(mn, opt, mx)):
+                raise MonkeyError(f"{desc.name}: inconsistent shape range {list(mn)}..{list(mx)} (opt {list(opt)}) of input {name!r}")
+            out[name] = (tuple(mn), tuple(opt), tuple(mx))
+        elif any(d < 0 for d in onnx_shape):
+            raise MonkeyError(f"{desc.name}: dynamic input {name!r} {list(onnx_shape)} has no shape range in the network descriptor")
+        else:
+            out[name] = (onnx_shape, onnx_shape, onnx_shape)
+    return out
+
+
+def _temp_sibling(path: Path) -> Path:
+    """An empty, unique file next to `path` (same filesystem, so os.replace is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def plan_dir(engine_dir: str | os.PathLike, manifest, cfg: BuildConfig, device: CudaDevice | None = None) -> Path:
     """ENGINE_DIR/trt/<cache key> for this manifest, build config, TensorRT and GPU."""
     trt = require_tensorrt()
     dev = device or require_cuda_device()
-    key = cache_key(manifest_onnx_digest(manifest), cfg, trt.__version__, dev.name, dev.compute_capability)
+    key = cache_key(manifest_onnx_digest(manifest, precision=cfg.precision), cfg, trt.__version__, dev.name, dev.compute_capability)
     return Path(engine_dir) / TRT_SUBDIR / key
 
 
@@ -370,7 +417,9 @@ def build_engine_dir(
     unknown = [n for n in nets if n not in manifest.networks]
     if unknown:
         raise MonkeyError(f"unknown network(s) {', '.join(unknown)} (the engine directory has {', '.join(manifest.networks)})")
-    onnx_digest = manifest_onnx_digest(manifest)
+    if cfg.precision not in manifest.precisions:
+        raise EngineDirError(f"{engine_dir} has no {cfg.precision} ONNX: run `monkey-trt export --out {engine_dir} --precision {cfg.precision}`")
+    onnx_digest = manifest_onnx_digest(manifest, precision=cfg.precision)
     key = cache_key(onnx_digest, cfg, trt.__version__, dev.name, dev.compute_capability)
     out = engine_dir / TRT_SUBDIR / key
     out.mkdir(parents=True, exist_ok=True)
@@ -387,9 +436,11 @@ def build_engine_dir(
         if plan.is_file() and not force:
             say(net, f"up to date ({plan})")
             continue
-        say(net, "building")
-        info = build_engine(manifest.path(engine_dir, net), plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
-        built[net] = {"plan": plan.name, "seconds": round(info.seconds, 3), "bytes": info.bytes, "built_at": time.time()}
+        say(net, f"building ({cfg.precision})")
+        onnx_path = manifest.path(engine_dir, net, cfg.precision)
+        info = build_engine(onnx_path, plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
+        built[net] = {"plan": plan.name, "onnx": onnx_path.name, "seconds": round(info.seconds, 3), "bytes": info.bytes,
+                      "built_at": time.time()}
         say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
 
     meta = {
@@ -398,17 +449,27 @@ def build_engine_dir(
         "key": key,
         "inputs": {
             "onnx_sha256": onnx_digest,
-            "onnx_files": {n: dict(e.sha256) for n, e in sorted(manifest.networks.items())},
+            "precision": cfg.precision,
+            "onnx_files": {n: dict(e.files(cfg.precision)[1]) for n, e in sorted(manifest.networks.items())},
             "build_config": cfg.to_dict(),
             "tensorrt": str(trt.__version__),
             "device_name": dev.name,
             "compute_capability": dev.compute_capability,
         },
-        "versions": {"tensorrt": str(trt.__version__), "monkey_trt": monkey_version},
+        "versions": {"tensorrt": str(trt.__version__), "polygraphy": _dist_version("polygraphy"), "monkey_trt": monkey_version},
         "networks": built,
     }
     write_json_atomic(meta_path, meta)
     return out
+
+
+def _dist_version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 # -- running -----------------------------------------------------------------------------
@@ -490,6 +551,7 @@ class TrtEngine(Runner):
         self._runtime = None
         self._cudart = None
         self._stream = None
+        self._stream_handle = 0
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
         self._dtypes: dict[str, np.dtype] = {}
@@ -545,6 +607,7 @@ class TrtEngine(Runner):
             raise MonkeyError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
         self.context = context
         self._stream = _cu(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream_handle = native_handle(self._stream)  # the cudaStream_t value TensorRT's enqueue takes
 
     def deactivate(self) -> None:
         """Free graphs, buffers, stream, context and engine (best effort; never raises)."""
@@ -565,6 +628,7 @@ class TrtEngine(Runner):
         self._static_on_device.clear()  # the host copies in self._static stay: uploaded again after activate()
         self._input_shapes = None
         self._stream = None
+        self._stream_handle = 0
         self.context = None
         self.engine = None
         self._runtime = None
@@ -656,7 +720,7 @@ class TrtEngine(Runner):
 
     # -- execution -----------------------------------------------------------------------
     def _execute(self) -> None:
-        if not self.context.execute_async_v3(int(self._stream)):
+        if not self.context.execute_async_v3(self._stream_handle):
             raise MonkeyError(f"{self.name}: TensorRT execute_async_v3 failed (see the TensorRT log above)")
 
     def _drop_graph(self) -> None:
@@ -676,7 +740,7 @@ class TrtEngine(Runner):
         _cu(cudart, cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
         ok = False
         try:
-            ok = bool(self.context.execute_async_v3(int(self._stream)))
+            ok = bool(self.context.execute_async_v3(self._stream_handle))
         finally:
             err, graph = cudart.cudaStreamEndCapture(self._stream)
         why = None
@@ -771,31 +835,53 @@ class TrtEngine(Runner):
 
 
 # -- runtime entry -------------------------------------------------------------------------
-def find_plan_dir(engine_dir: str | os.PathLike, manifest) -> Path:
-    """The newest ENGINE_DIR/trt/<key>/ built from these ONNX files by this TensorRT on this GPU."""
+def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str = "fp32") -> Path:
+    """The plans for this engine directory's `precision` graphs, this TensorRT and this GPU, chosen by full key.
+
+    First the key of the default build of the manifest's profile (`monkey-trt build --precision P`);
+    otherwise the one plan folder whose build.json records the same ONNX digest, precision, TensorRT
+    version and GPU (e.g. a `--static` build). Never "the newest": fp16 and fp32 plans live side by side.
+    """
     trt = require_tensorrt()
     dev = require_cuda_device()
-    digest = manifest_onnx_digest(manifest)
-    candidates = []
-    for meta_path in (Path(engine_dir) / TRT_SUBDIR).glob(f"*/{BUILD_JSON}"):
+    root = Path(engine_dir)
+    if precision not in PRECISIONS:
+        raise MonkeyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    default = BuildConfig(profile=manifest.profile, precision=precision)
+    command = default.build_command(root)
+    if precision not in manifest.precisions:
+        raise EngineDirError(f"{root} has no {precision} ONNX: run `monkey-trt export --out {root} --precision {precision}` then `{command}`")
+    digest = manifest_onnx_digest(manifest, precision=precision)
+    folder = root / TRT_SUBDIR / cache_key(digest, default, trt.__version__, dev.name, dev.compute_capability)
+    if _complete(folder):
+        return folder
+    matches = []
+    for meta_path in sorted((root / TRT_SUBDIR).glob(f"*/{BUILD_JSON}")):
         try:
-            meta = json.loads(meta_path.read_text())
-            inputs = meta["inputs"]
-        except (OSError, ValueError, KeyError, TypeError):
+            inputs = json.loads(meta_path.read_text())["inputs"]
+            cfg = BuildConfig(profile=Profile.from_dict(inputs["build_config"]["profile"]),
+                              **{k: v for k, v in inputs["build_config"].items() if k != "profile"})
+            key = cache_key(inputs["onnx_sha256"], cfg, inputs["tensorrt"], inputs["device_name"], inputs["compute_capability"])
+        except (OSError, ValueError, KeyError, TypeError, MonkeyError):
             continue
-        if (inputs.get("onnx_sha256") == digest and inputs.get("tensorrt") == str(trt.__version__)
-                and inputs.get("device_name") == dev.name
-                and all((meta_path.parent / f"{n}.plan").is_file() for n in NETWORKS)):
-            candidates.append((meta_path.stat().st_mtime, meta_path.parent))
-    if not candidates:
-        raise EngineDirError(
-            f"{engine_dir} has no TensorRT plans for TensorRT {trt.__version__} on {dev.name}: "
-            f"run `monkey-trt build --engine-dir {engine_dir}`"
-        )
-    return max(candidates)[1]
+        if (key == meta_path.parent.name and inputs["onnx_sha256"] == digest and cfg.precision == precision
+                and inputs["tensorrt"] == str(trt.__version__) and inputs["device_name"] == dev.name
+                and _norm_cc(inputs["compute_capability"]) == dev.compute_capability and _complete(meta_path.parent)):
+            matches.append(meta_path.parent)
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise EngineDirError(f"{root} has {len(matches)} {precision} plan sets for TensorRT {trt.__version__} on {dev.name} "
+                             f"({', '.join(m.name for m in matches)}): keep one, or run `{command}`")
+    raise EngineDirError(f"{root} has no {precision} TensorRT plans for TensorRT {trt.__version__} on {dev.name} "
+                         f"(sm {dev.compute_capability}): run `{command}`")
 
 
-def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False) -> dict[str, "TrtEngine"]:
+def _complete(folder: Path) -> bool:
+    return (folder / BUILD_JSON).is_file() and all((folder / f"{n}.plan").is_file() for n in NETWORKS)
+
+
+def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, precision: str = "fp32") -> dict[str, "TrtEngine"]:
     """One (not yet activated) TrtEngine per network; CUDA graphs only for the UNet's fixed-shape steps."""
-    folder = find_plan_dir(engine_dir, manifest)
+    folder = find_plan_dir(engine_dir, manifest, precision)
     return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet") for n in NETWORKS}

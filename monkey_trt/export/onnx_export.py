@@ -24,10 +24,12 @@ from monkey_trt.atomic import replace_dir
 from monkey_trt.config import DEFAULT_MASK_LAYER
 from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
 from monkey_trt.errors import MonkeyError
+from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
 from monkey_trt.reference.loading import ModelSource, ReferenceModels, load_reference_models
 from monkey_trt.runtime.manifest import (
     MANIFEST,
+    PRECISIONS,
     ImagePreprocess,
     Manifest,
     NetworkEntry,
@@ -49,6 +51,12 @@ class ExportOptions:
     opset: int = 17
     fold_constants: bool = True
     force: bool = False  # replace an existing engine directory
+    precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written (the reference and the fp16 source)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise MonkeyError(f"--precision must list {' and/or '.join(PRECISIONS)}, got {','.join(self.precisions) or 'nothing'}")
 
 
 def model_dims(m: ReferenceModels) -> ModelDims:
@@ -140,7 +148,8 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
 
 
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
-    total = 2 + 2 * len(NETWORKS)  # load, export + check per network, manifest
+    fp16 = "fp16" in opts.precisions
+    total = 2 + (3 if fp16 else 2) * len(NETWORKS)  # load, export + check (+ fp16) per network, manifest
     done = 0
 
     def say(msg: str) -> None:
@@ -186,9 +195,14 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             for f in files:
                 os.replace(net_dir / f, tmp / f)
             net_dir.rmdir()
+            precisions = {}
+            if fp16:
+                say(f"converting {name} to fp16")
+                precisions["fp16"] = write_fp16_network(tmp / files[0], tmp, name)
             entries[name] = NetworkEntry(
                 desc=descs[name], file=files[0], data_file=files[1] if len(files) > 1 else None,
                 sha256={f: sha256_file(tmp / f) for f in files}, sizes={f: (tmp / f).stat().st_size for f in files},
+                precisions=precisions,
             )
         say("writing tokenizer and manifest")
         tok = ClipTokenizer.from_dir(Path(m.files["base"]) / "tokenizer")
@@ -202,7 +216,8 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             source={**asdict(opts.source), **m.files},
             exporter={"monkey_trt": __version__, "torch": torch.__version__, "onnx_opset": opts.opset,
                       "diffusers": _version("diffusers"), "transformers": _version("transformers"),
-                      "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants},
+                      "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants,
+                      **({"fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"} if fp16 else {})},
         )
         manifest.write(tmp)
         replace_dir(tmp, out)
@@ -210,6 +225,64 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def existing_export_matches(opts: ExportOptions) -> bool:
+    """`opts.out` is an engine directory exported from the same model, mask layer and profile (so only
+    missing precisions need adding); False when it does not exist. A directory from another model or
+    profile raises the usual "exists: pass --force" error."""
+    from monkey_trt.runtime.manifest import load_manifest
+
+    out = Path(opts.out).absolute()
+    if not (out / MANIFEST).is_file():
+        return False
+    m = load_manifest(out, verify="none")
+    src = opts.source
+    same = (m.profile == opts.profile and m.mask_layer == opts.mask_layer and m.exporter.get("onnx_opset") == opts.opset
+            and _same_model(m.source.get("base"), src.base) and _same_model(m.source.get("ip_adapter"), src.ip_adapter)
+            and Path(str(m.source.get("ip_weight"))).stem == Path(src.ip_weight).stem)  # "x" names x.safetensors or x.bin
+    if not same:
+        raise MonkeyError(f"{out} holds an export of another model, mask layer or profile: pass --force to replace it")
+    return True
+
+
+def _same_model(recorded, given: str) -> bool:
+    """The manifest's resolved model location is what `given` (a folder or a hub id) names."""
+    recorded = str(recorded)
+    return (recorded == given or recorded == str(Path(given).absolute())
+            or f"models--{given.replace('/', '--')}" in Path(recorded).parts)
+
+
+def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None) -> tuple[str, ...]:
+    """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
+
+    The new files are written to a staging folder inside the directory and moved into place, then the
+    manifest is replaced atomically: an interruption leaves the old manifest valid (at worst, unlisted
+    `*.fp16.onnx` files that the next run overwrites).
+    """
+    from monkey_trt.runtime.manifest import load_manifest
+
+    root = Path(engine_dir)
+    manifest = load_manifest(root)  # verifies the fp32 files the conversion reads
+    todo = [p for p in precisions if p not in manifest.precisions]
+    if not todo:
+        return ()
+    staging = Path(tempfile.mkdtemp(prefix=".precision.", dir=root))
+    try:
+        entries = dict(manifest.networks)
+        for i, name in enumerate(NETWORKS):
+            if progress is not None:
+                progress(f"converting {name} to fp16", i, len(NETWORKS))
+            files = write_fp16_network(manifest.path(root, name), staging, name)
+            for f in files.sha256:
+                os.replace(staging / f, root / f)
+            e = entries[name]
+            entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, "fp16": files})
+        exporter = {**manifest.exporter, "fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"}
+        Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter}).write(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return tuple(todo)
 
 
 def scheduler_consts(scheduler, time_cond_dim: int) -> SchedulerConsts:

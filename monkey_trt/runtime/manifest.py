@@ -4,6 +4,7 @@
       manifest.json            this file's schema (SCHEMA_VERSION)
       tokenizer/tokenizer.json CLIP BPE for `tokenizers`
       text_encoder.onnx  image_encoder.onnx  unet.onnx (+ unet.onnx.data)  vae_decoder.onnx
+      <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
       trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
 
 The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`, which
@@ -27,6 +28,7 @@ from monkey_trt.errors import EngineDirError
 SCHEMA = "monkey-trt/engine-dir"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+PRECISIONS = ("fp32", "fp16")  # fp32: the entry's own files; others: NetworkEntry.precisions (optional, additive)
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,42 @@ class ImagePreprocess:
 
 
 @dataclass(frozen=True)
+class PrecisionFiles:
+    """A network's graph in another precision (same inputs/outputs and dtypes as the entry declares)."""
+
+    file: str
+    data_file: str | None
+    sha256: dict[str, str]
+    sizes: dict[str, int]
+    fp32_ops: tuple[str, ...] = ()  # op types kept in fp32 (see export/fp16.py for why)
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "data_file": self.data_file, "sha256": self.sha256, "sizes": self.sizes,
+                "fp32_ops": list(self.fp32_ops)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PrecisionFiles":
+        return cls(d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()},
+                   tuple(d.get("fp32_ops", ())))
+
+
+@dataclass(frozen=True)
 class NetworkEntry:
-    """One network's files and signature."""
+    """One network's files and signature. `file`/`data_file`/`sha256`/`sizes` are the fp32 graph."""
 
     desc: NetworkDesc
     file: str
     data_file: str | None  # external weights, one file per network
     sha256: dict[str, str]  # file name -> hex digest, for every file of the network
     sizes: dict[str, int]  # file name -> bytes
+    precisions: dict[str, PrecisionFiles] = field(default_factory=dict)  # "fp16" -> its files (manifest key "precisions")
+
+    def files(self, precision: str = "fp32") -> tuple[str, dict[str, str], dict[str, int]]:
+        """(graph file, sha256 per file, size per file) of one precision; KeyError if not exported."""
+        if precision == "fp32":
+            return self.file, self.sha256, self.sizes
+        p = self.precisions[precision]
+        return p.file, p.sha256, p.sizes
 
 
 @dataclass(frozen=True)
@@ -81,8 +111,20 @@ class Manifest:
     def alphas_cumprod(self) -> np.ndarray:
         return np.asarray(self.scheduler.alphas_cumprod, dtype=np.float32)
 
-    def path(self, root: Path, network: str) -> Path:
-        return Path(root) / self.networks[network].file
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions every network has been exported in ("fp32" always)."""
+        return tuple(p for p in PRECISIONS if p == "fp32" or all(p in e.precisions for e in self.networks.values()))
+
+    def path(self, root: Path, network: str, precision: str = "fp32") -> Path:
+        """The ONNX file of `network` in `precision`; EngineDirError if that precision was not exported."""
+        try:
+            return Path(root) / self.networks[network].files(precision)[0]
+        except KeyError:
+            raise EngineDirError(
+                f"{root} has no {precision} ONNX for {network} (exported: {', '.join(self.precisions)}): "
+                f"run `monkey-trt export --out {root} --precision {precision}`"
+            ) from None
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_json(self) -> dict:
@@ -132,14 +174,22 @@ class Manifest:
 
 def _entry_to_json(e: NetworkEntry) -> dict:
     tensors = lambda ts: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]  # noqa: E731
-    return {"file": e.file, "data_file": e.data_file, "sha256": e.sha256, "sizes": e.sizes,
-            "inputs": tensors(e.desc.inputs), "outputs": tensors(e.desc.outputs)}
+    d = {"file": e.file, "data_file": e.data_file, "sha256": e.sha256, "sizes": e.sizes,
+         "inputs": tensors(e.desc.inputs), "outputs": tensors(e.desc.outputs)}
+    if e.precisions:  # optional and additive: manifests without it (fp32 only) stay valid
+        d["precisions"] = {p: f.to_json() for p, f in e.precisions.items()}
+    return d
 
 
 def _entry_from_json(name: str, d: dict) -> NetworkEntry:
     tensors = lambda ts: tuple(TensorDesc(t["name"], t["dtype"], tuple(t["shape"])) for t in ts)  # noqa: E731
     desc = NetworkDesc(name, tensors(d["inputs"]), tensors(d["outputs"]))
-    return NetworkEntry(desc, d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()})
+    precisions = {p: PrecisionFiles.from_json(f) for p, f in d.get("precisions", {}).items()}
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        raise ValueError(f"network {name}: unknown precision(s) {', '.join(unknown)}")
+    return NetworkEntry(desc, d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()},
+                        precisions)
 
 
 # -- files ------------------------------------------------------------------------------
@@ -187,12 +237,20 @@ def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
             if verify == "sha256" and sha256_file(f) != digest:
                 raise EngineDirError(f"{root}: file {fname} fails its sha256 check (altered)")
         for name, entry in manifest.networks.items():
-            for fname, digest in entry.sha256.items():
+            for fname, digest, size in _network_files(entry):
                 f = root / fname
                 if not f.is_file():
                     raise EngineDirError(f"{root}: file {fname} of network {name} is missing")
-                if f.stat().st_size != entry.sizes.get(fname, -1):
+                if f.stat().st_size != size:
                     raise EngineDirError(f"{root}: file {fname} of network {name} has the wrong size (altered or truncated)")
                 if verify == "sha256" and sha256_file(f) != digest:
                     raise EngineDirError(f"{root}: file {fname} of network {name} fails its sha256 check (altered)")
     return manifest
+
+
+def _network_files(entry: NetworkEntry):
+    """(file name, sha256, size) of every file of every precision of `entry`."""
+    for precision in ("fp32", *entry.precisions):
+        _file, digests, sizes = entry.files(precision)
+        for fname, digest in digests.items():
+            yield fname, digest, sizes.get(fname, -1)

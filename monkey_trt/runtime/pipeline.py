@@ -37,6 +37,7 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
     fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
+    precision: str = "fp32"  # which exported graphs run (ort: the ONNX files; trt: the plans built from them)
     verify: str = "sha256"  # engine-dir file check: sha256 | size | none
 
 
@@ -49,7 +50,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
         providers = opts.providers or (default_provider(),)
         runners = {
             name: OrtRunner(
-                manifest.path(root, name), providers=providers, name=name, fp16=opts.fp16,
+                manifest.path(root, name, opts.precision), providers=providers, name=name, fp16=opts.fp16,
                 trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in providers else None,
                 cuda_graph=opts.cuda_graph and name == "unet",
             )
@@ -58,7 +59,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
     elif opts.backend == "trt":
         from monkey_trt.engine.trt import open_trt_runners
 
-        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph)
+        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision)
     else:
         raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
     try:
@@ -98,7 +99,7 @@ class MonkeyPipeline:
         """What ran: the engine directory, its source models and each network's execution providers."""
         providers = {n: r.session.get_providers() for n, r in self.runners.items() if getattr(r, "session", None) is not None}
         return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers,
-                "options": {"fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph}}
+                "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph}}
 
     def close(self) -> None:
         for r in self.runners.values():

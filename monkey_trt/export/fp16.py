@@ -1,0 +1,159 @@
+"""fp16 ONNX from the exported fp32 ONNX, with fp32 islands where the numerics need them.
+
+    write_fp16_network(src_onnx, dst_dir, network) -> PrecisionFiles   (for the manifest)
+    convert_model_fp16(model, network, islands=ISLANDS) -> FP16Report  (in place)
+
+Precision lives in the ONNX file: the fp16 graph carries fp16 weights and activations, so a
+strongly typed TensorRT build (the only kind TensorRT 11 makes) and ONNX Runtime's CUDA provider
+run the same file with the same types. Inputs and outputs keep the manifest's declared dtypes
+(float32): the casts are inside the graph, the runtime does not change.
+
+What stays fp32, and why (README "TensorRT and precision" has the measurements):
+
+* the mask layer's attention-map path: `to_q`, `to_k_ip`, Q·K_ipᵀ, the softmax and the head
+  mean. The map has **no** 1/√d scale, so its logits are √d times larger than in attention and
+  fp16's ~1e-3 relative rounding moves them by a sizeable fraction of a unit; the map is min-max
+  normalised and thresholded at 0.5, so that shift flips mask pixels near the threshold.
+* every normalisation (`InstanceNormalization` = GroupNorm, `LayerNormalization`): means and
+  variances over thousands of fp16 activations lose digits and can overflow (x² > 65504).
+  Measured on the tiny model: with them in fp16, PSNR falls from ~55 dB to ~15 dB and mask IoU to 0.5.
+* the sinusoidal embeddings (the timestep embedding and its `Sin`/`Cos` inputs): `t · freq`
+  reaches ~1000 rad, where fp16 keeps only ~0.5 rad of resolution — the embedding would be noise.
+* `Resize` (the converter's default block list; here: the bicubic IP-mask downsampling,
+  which must reproduce PyTorch's resize of the binary mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+ISLANDS = ("map", "norms", "embedding")  # what stays fp32; measurements may drop one to show it matters
+# ops whose output is integer/shape data: a backward walk stops there (nothing float lies behind)
+_SHAPE_OPS = ("Shape", "Size")
+
+
+@dataclass(frozen=True)
+class FP16Report:
+    """What the conversion kept in fp32 (node counts; `fp32_ops` goes into the manifest)."""
+
+    network: str
+    nodes: int
+    fp32_nodes: int
+    fp32_ops: tuple[str, ...]
+    map_path_nodes: int
+    embedding_nodes: int
+
+
+def _producers(graph) -> dict:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def map_path_nodes(graph, output: str = "ip_attn_map") -> set[str]:
+    """Nodes computing `output` from the mask layer's projections (both linear layers included).
+
+    Walks producers backwards from `output`; a MatMul/Gemm with a weight initializer (a linear
+    layer: `to_q`, `to_k_ip`) is included and ends its branch, as do shape ops.
+    """
+    if output not in {o.name for o in graph.output}:
+        return set()
+    producers, weights = _producers(graph), {t.name for t in graph.initializer}
+    keep: set[str] = set()
+    todo = [output]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.add(node.name)
+        if node.op_type in _SHAPE_OPS:
+            continue
+        if node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input):
+            continue  # a linear layer: its input is an ordinary (fp16) activation
+        todo.extend(node.input)
+    return keep
+
+
+def embedding_nodes(graph) -> set[str]:
+    """Every node feeding a `Sin`/`Cos` (the sinusoidal timestep embedding), back to graph inputs."""
+    producers = _producers(graph)
+    keep: set[str] = set()
+    todo = [i for n in graph.node if n.op_type in ("Sin", "Cos") for i in n.input]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.add(node.name)
+        todo.extend(node.input)
+    return keep
+
+
+def _name_nodes(graph) -> None:
+    """Give unnamed nodes a unique name (the converter's node block list matches by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_monkey_{i}"
+        seen.add(node.name)
+
+
+def convert_model_fp16(model, network: str, extra_fp32_nodes: Iterable[str] = (), islands: Iterable[str] = ISLANDS) -> FP16Report:
+    """Convert `model` (an fp32 ModelProto with inferred shapes) to fp16 in place.
+
+    `islands`: which fp32 islands to keep (all by default; fewer only to measure what they buy).
+    """
+    # ONNX Runtime's converter (onnxruntime.transformers, shipped with onnxruntime and used for its
+    # own Stable Diffusion fp16 models): keeps initializers that only fp32 nodes read in fp32.
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    graph = model.graph
+    _name_nodes(graph)
+    islands = set(islands)
+    if islands - set(ISLANDS):
+        raise ValueError(f"unknown fp32 island(s) {sorted(islands - set(ISLANDS))}")
+    map_nodes = map_path_nodes(graph) if "map" in islands else set()
+    emb_nodes = embedding_nodes(graph) if "embedding" in islands else set()
+    block_nodes = map_nodes | emb_nodes | set(extra_fp32_nodes)
+    block_ops = set(DEFAULT_OP_BLOCK_LIST) | (set(NORM_OPS) if "norms" in islands else set())
+    block_ops = sorted(block_ops | ({"Sin", "Cos"} if "embedding" in islands else set()))
+    n_fp32 = sum(1 for n in graph.node if n.name in block_nodes or n.op_type in block_ops)
+    n_nodes = len(graph.node)
+    present = sorted({n.op_type for n in graph.node if n.op_type in block_ops})
+    # keep_io_types: inputs/outputs stay as the manifest declares them (float32); casts go inside.
+    # disable_shape_infer: finalize_onnx already inferred shapes (and >2 GiB models cannot re-infer in memory).
+    convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, op_block_list=block_ops,
+                             node_block_list=sorted(block_nodes))
+    OnnxModel(model).topological_sort()  # the converter appends its Cast nodes at the end of the graph
+    return FP16Report(network, n_nodes, n_fp32, tuple(present), len(map_nodes), len(emb_nodes))
+
+
+def fp16_file_name(network: str) -> str:
+    return f"{network}.fp16.onnx"
+
+
+def write_fp16_network(src: Path, dst_dir: Path, network: str):
+    """Convert the fp32 graph `src` (with inferred shapes) into DST_DIR/<network>.fp16.onnx (+ .data when
+    `src` keeps its weights outside). Returns the manifest's PrecisionFiles for it."""
+    import onnx
+
+    from monkey_trt.runtime.manifest import PrecisionFiles, sha256_file
+
+    src = Path(src)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(src), load_external_data=False).graph.initializer)
+    model = onnx.load(str(src), load_external_data=True)
+    report = convert_model_fp16(model, network)
+    dst = Path(dst_dir) / fp16_file_name(network)
+    files = [dst.name]
+    if external:
+        data = dst.name + ".data"
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+        files.append(data)
+    else:
+        onnx.save_model(model, str(dst))
+    del model
+    onnx.checker.check_model(str(dst))
+    paths = [Path(dst_dir) / f for f in files]
+    return PrecisionFiles(files[0], files[1] if external else None, {p.name: sha256_file(p) for p in paths},
+                          {p.name: p.stat().st_size for p in paths}, report.fp32_ops)

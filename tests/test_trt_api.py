@@ -1,0 +1,138 @@
+"""API conformance of the TensorRT backend: every TensorRT, Polygraphy and cuda-python name engine/trt.py
+touches is listed in engine/trt_api.py, and the list is checked against the published wheels' names
+(tests/data/api_names.json, everywhere), Polygraphy's real signatures (where installed) and the
+installed TensorRT / cuda-python (`gpu`)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from monkey_trt.engine import trt as trt_mod
+from monkey_trt.engine import trt_api
+
+NAMES = json.loads((Path(__file__).parent / "data" / "api_names.json").read_text())
+ROOTS = {"trt": "tensorrt", "cudart": "cuda runtime", "pg": "polygraphy"}
+
+
+def _touched(source: str) -> dict[str, set[str]]:
+    """Dotted names reached from the local names trt / cudart / pg in `source` (e.g. trt.DataType.HALF)."""
+    out: dict[str, set[str]] = {r: set() for r in ROOTS}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and not isinstance(getattr(node, "_parent", None), ast.Attribute):
+            parts, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id in ROOTS:
+                out[cur.id].add(".".join(reversed(parts)))
+        for child in ast.iter_child_nodes(node):
+            child._parent = node  # type: ignore[attr-defined]
+    return out
+
+
+def test_every_name_engine_code_touches_is_listed():
+    touched = _touched(Path(trt_mod.__file__).read_text())
+    listed = {"trt": set(trt_api.TENSORRT), "cudart": set(trt_api.CUDA_RUNTIME), "pg": {n.split(".")[0] for n in trt_api.POLYGRAPHY}}
+    for root, names in touched.items():
+        assert names, f"found no {root}.X use: the scan is broken"
+        unlisted = sorted(n for n in names if n not in listed[root])
+        assert not unlisted, f"engine/trt.py uses {ROOTS[root]} names missing from engine/trt_api.py: {unlisted}"
+
+
+def test_scan_finds_a_new_name():
+    assert _touched("def f(trt):\n    return trt.BuilderFlag.FP16\n")["trt"] == {"BuilderFlag.FP16"}
+
+
+def test_engine_code_never_uses_names_removed_in_tensorrt_11():
+    source = Path(trt_mod.__file__).read_text()
+    for name in trt_api.TENSORRT_REMOVED_IN_11:
+        assert name not in source, f"{name} is gone in TensorRT 11; strongly typed networks decide precision"
+
+
+@pytest.mark.parametrize("version", sorted(NAMES["tensorrt"]))
+def test_tensorrt_names_exist_in_published_wheels(version):
+    entry = NAMES["tensorrt"][version]
+    for name in trt_api.TENSORRT:
+        leaf = name.split(".")[-1]
+        assert leaf in entry["present"] + entry["absent"], f"{leaf} was never extracted: run tests/data/extract_api_names.py"
+        assert leaf in entry["present"], f"TensorRT {version} has no {name}"
+    if version.startswith("11."):  # why the engine code builds strongly typed networks without precision flags
+        assert {"FP16", "EXPLICIT_BATCH"} <= set(entry["absent"])
+    else:
+        assert "FP16" in entry["present"]
+
+
+def test_published_wheels_cover_tensorrt_10_and_11_and_cuda_python_12_and_13():
+    majors = {v.split(".")[0] for v in NAMES["tensorrt"]}
+    assert {"10", "11"} <= majors
+    assert {v.split(".")[0] for v in NAMES["cuda-bindings"]} >= {"12", "13"}
+
+
+@pytest.mark.parametrize("version", sorted(NAMES["cuda-bindings"]))
+def test_cuda_runtime_names_exist_in_published_wheels(version):
+    entry = NAMES["cuda-bindings"][version]
+    for name in trt_api.CUDA_RUNTIME + trt_api.CUDA_UTILS:
+        leaf = name.split(".")[-1]
+        assert leaf in entry["present"], f"cuda-bindings {version} has no {name}"
+
+
+def _params(obj) -> set[str]:
+    """Parameter names a callable accepts; a class's **kwargs are resolved through its bases' __init__."""
+    if inspect.isclass(obj):
+        names: set[str] = set()
+        for cls in obj.__mro__:
+            if "__init__" in vars(cls):
+                ps = inspect.signature(vars(cls)["__init__"]).parameters.values()
+                names |= {p.name for p in ps if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+        return names
+    return set(inspect.signature(obj).parameters)
+
+
+def test_polygraphy_calls_match_its_signatures():
+    pg = pytest.importorskip("polygraphy.backend.trt")
+    for name, kwargs in trt_api.POLYGRAPHY.items():
+        obj = pg
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        missing = sorted(set(kwargs) - _params(obj))
+        assert not missing, f"polygraphy.backend.trt.{name} takes no {missing}"
+
+
+def test_signature_check_can_fail():
+    pg = pytest.importorskip("polygraphy.backend.trt")
+    assert "fp16_flag" not in _params(pg.CreateConfig) and "strongly_typed" in _params(pg.network_from_onnx_path)
+
+
+def _resolve(module, dotted: str):
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.gpu
+def test_installed_tensorrt_has_every_name():
+    trt = pytest.importorskip("tensorrt")
+    missing = [n for n in trt_api.TENSORRT if not _has(trt, n)]
+    assert not missing, f"TensorRT {trt.__version__} lacks {missing}"
+
+
+@pytest.mark.gpu
+def test_installed_cuda_python_has_every_name():
+    pytest.importorskip("cuda")
+    cudart = trt_mod.require_cudart()
+    missing = [n for n in trt_api.CUDA_RUNTIME if not _has(cudart, n)]
+    assert not missing, f"cuda-python lacks {missing}"
+
+
+def _has(module, dotted: str) -> bool:
+    try:
+        _resolve(module, dotted)
+    except AttributeError:
+        return False
+    return True
