@@ -1,0 +1,45 @@
+"""One box: load the engine, bind the socket, run uvicorn until SIGTERM/SIGINT (graceful: exit 0)."""
+
+from __future__ import annotations
+
+import socket
+
+from monkey_trt.errors import MonkeyError
+from monkey_trt.serve.service import MonkeyService, ServeConfig
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before loading anything, so a taken port is a clean one-line error (port 0: any free port)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise MonkeyError(f"cannot listen on {host}:{port}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info") -> None:
+    try:
+        import uvicorn
+
+        from monkey_trt.serve.app import create_app
+    except ImportError as e:
+        raise MonkeyError(f"serve needs the serve extra ({e.name} missing): pip install 'monkey-trt[serve]'") from None
+    sock = bind(host, port)
+    try:
+        service = MonkeyService(config).load()  # a bad engine dir fails here, before serving
+        app = create_app(service)
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_level=log_level, timeout_graceful_shutdown=int(config.timeout_s) + 5,
+            timeout_keep_alive=5, access_log=log_level == "debug",
+        ))
+        bound_host, bound_port = sock.getsockname()[:2]
+        print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.backend})", flush=True)
+        server.run(sockets=[sock])  # SIGTERM/SIGINT: stop accepting, finish in-flight requests, lifespan shutdown
+        if not server.started:
+            raise MonkeyError("the server did not start (see the log above)")
+    finally:
+        sock.close()
