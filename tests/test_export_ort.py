@@ -28,12 +28,8 @@ IMAGE_ATOL = 2e-3
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "tiny-engine"
-    argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
-            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128"]
-    assert main(argv) == 0
-    return out
+def engine_dir(tiny_engine_dir):
+    return tiny_engine_dir  # conftest: one export per session, shared with the serve tests
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes
     """-> (fields without the image, image bytes); multipart/form-data or application/json."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=64)
+        form = await request.form(max_files=2, max_fields=64)
         fields: dict[str, Any] = {}
         image = None
         for key, value in form.multi_items():
@@ -199,6 +199,8 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
             files = await run_in_threadpool(encode_output, out)
         except ApiError:
             raise
+        except StarletteHTTPException as e:  # the form parser's own refusals (too many parts, bad multipart)
+            raise ApiError(e.status_code, str(e.detail)) from None
         except MonkeyError as e:
             raise ApiError(400, str(e)) from None
         except Exception:

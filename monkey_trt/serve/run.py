@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 
 from monkey_trt.errors import MonkeyError
 from monkey_trt.serve.service import MonkeyService, ServeConfig
@@ -38,7 +40,15 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
         ))
         bound_host, bound_port = sock.getsockname()[:2]
         print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.backend})", flush=True)
-        server.run(sockets=[sock])  # SIGTERM/SIGINT: stop accepting, finish in-flight requests, lifespan shutdown
+        # SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, runs the lifespan shutdown
+        # (which drains the inference queue), then re-raises the signal: a handled SIGTERM ends with exit 0.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+        try:
+            server.run(sockets=[sock])
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
         if not server.started:
             raise MonkeyError("the server did not start (see the log above)")
     finally:
