@@ -99,3 +99,24 @@ def test_two_replicas_share_the_load_and_survive_a_killed_one(ray_url, tiny_mode
     assert sum(1 for t, s, _, _ in ok if t > killed_at) >= 10  # served on after the kill
     with httpx.Client(base_url=ray_url, timeout=60) as c:  # and still (Serve replaces the dead replica)
         assert _generate(c, subject)[0] == 200
+
+
+def test_cluster_config_file_and_app_builder(tmp_path):
+    """examples/ray-serve.yaml is a valid Serve config whose import path builds our deployment."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from monkey_trt.errors import MonkeyError
+    from monkey_trt.serve.ray_app import app_builder
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "examples" / "ray-serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
+    app = schema.applications[0]
+    assert app.import_path == "monkey_trt.serve.ray_app:app_builder" and app.deployments[0].name == "monkey"
+    assert app_builder({**app.args, "engine_dir": str(tmp_path)}) is not None  # builds lazily: no engine needed yet
+    with pytest.raises(MonkeyError, match="max_queue|--max-queue"):
+        app_builder({"engine_dir": str(tmp_path), "max_queue": -1})
+    with pytest.raises(MonkeyError, match="engine_dir"):
+        app_builder({"replicas": 2})

@@ -9,6 +9,7 @@ traffic, and fails its health check if the engine is not ready.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,10 +109,17 @@ def run_ray(config: ServeConfig, opts: RayOptions, host: str, port: int, address
     print(f"monkey-trt serve (Ray): http://{host}:{port} ({opts.replicas} replica(s); config {asdict(config)})", flush=True)
     if not block:
         return
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        if address is None:  # our own local instance: take the deployment down with us
+            serve.shutdown()
+        ray.shutdown()
