@@ -374,6 +374,8 @@ def serve(
     replicas: int = typer.Option(1, "--replicas", help="--ray: replicas"),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="--ray: GPUs per replica"),
     cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", help="--ray: CPUs per replica"),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="--ray: autoscale between --min-replicas and --max-replicas"),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="--ray: autoscaling upper bound"),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: existing cluster (e.g. auto, ray://head:10001)"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
@@ -392,12 +394,12 @@ def serve(
     if ray:
         from monkey_trt.serve.ray_app import RayOptions, run_ray
 
-        run_ray(config, RayOptions(replicas, gpus_per_replica, cpus_per_replica), host, port, address)
+        run_ray(config, RayOptions(replicas, gpus_per_replica, cpus_per_replica, min_replicas, max_replicas), host, port, address)
     else:
         from monkey_trt.serve.run import run_single
 
-        if address is not None or replicas != 1 or gpus_per_replica:
-            raise MonkeyError("--replicas, --gpus-per-replica and --address need --ray")
+        if address is not None or replicas != 1 or gpus_per_replica or min_replicas is not None or max_replicas is not None:
+            raise MonkeyError("--replicas, --min/--max-replicas, --gpus-per-replica and --address need --ray")
         with _quiet_libraries():
             run_single(config, host, port, log_level)
 

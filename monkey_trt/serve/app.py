@@ -100,18 +100,20 @@ async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes
         form = await request.form(max_files=2, max_fields=64)
         fields: dict[str, Any] = {}
         image = None
-        for key, value in form.multi_items():
-            if key in fields or (key == IMAGE_FIELD and image is not None):
-                raise ApiError(400, f"field {key!r} is given more than once")
-            if key == IMAGE_FIELD:
-                if not isinstance(value, UploadFile):
-                    raise ApiError(400, "field 'image' must be a file upload (multipart file part)")
-                image = await value.read()
-            elif isinstance(value, UploadFile):
-                raise ApiError(400, f"field {key!r} must be a plain form value, not a file")
-            else:
-                fields[key] = value
-        await form.close()
+        try:
+            for key, value in form.multi_items():
+                if key in fields or (key == IMAGE_FIELD and image is not None):
+                    raise ApiError(400, f"field {key!r} is given more than once")
+                if key == IMAGE_FIELD:
+                    if not isinstance(value, UploadFile):
+                        raise ApiError(400, "field 'image' must be a file upload (multipart file part)")
+                    image = await value.read()
+                elif isinstance(value, UploadFile):
+                    raise ApiError(400, f"field {key!r} must be a plain form value, not a file")
+                else:
+                    fields[key] = value
+        finally:
+            await form.close()  # spooled uploads are temporary files
         if image is None:
             raise ApiError(400, "field 'image' (the subject image file) is required")
         return fields, image
@@ -193,7 +195,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         try:
             fields, image_bytes = await read_generate_request(request)
             params = parse_fields(fields, svc.default_size)
-            svc.check(params)
+            svc.check(params)  # engine limits (422) before the image is decoded
             subject = await run_in_threadpool(decode_subject, image_bytes, IMAGE_FIELD)
             out, hits, queue_s = await svc.generate(params, subject)
             files = await run_in_threadpool(encode_output, out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,8 @@ def run_ray(config: ServeConfig, opts: RayOptions, host: str, port: int, address
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_deployment(config, opts), name="monkey-trt", route_prefix="/")
-    print(f"monkey-trt serve (Ray): http://{host}:{port} ({opts.replicas} replica(s); config {asdict(config)})", flush=True)
+    scale = f"{opts.min_replicas}..{opts.max_replicas} replicas" if opts.min_replicas is not None else f"{opts.replicas} replica(s)"
+    print(f"monkey-trt serve (Ray): http://{host}:{port} ({scale}, engine {config.engine_dir}, backend {config.backend})", flush=True)
     if not block:
         return
 

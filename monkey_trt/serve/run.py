@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -31,6 +32,7 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
     except ImportError as e:
         raise MonkeyError(f"serve needs the serve extra ({e.name} missing): pip install 'monkey-trt[serve]'") from None
     sock = bind(host, port)
+    _log_to_stderr(log_level)
     try:
         service = MonkeyService(config).load()  # a bad engine dir fails here, before serving
         app = create_app(service)
@@ -53,3 +55,13 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
             raise MonkeyError("the server did not start (see the log above)")
     finally:
         sock.close()
+
+
+def _log_to_stderr(level: str) -> None:
+    """The service's own log lines (internal errors with their request id) next to uvicorn's."""
+    log = logging.getLogger("monkey_trt.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -155,13 +155,12 @@ class MonkeyService:
         return out, {name: after[name][0] > before[name][0] for name in after}
 
     async def generate(self, params: GenerateParams, subject: Image.Image) -> tuple[MonkeyOutput, dict[str, bool], float]:
-        """Queue one generation -> (output, cache hits, seconds waited in the queue).
+        """Queue one (already `check`ed) generation -> (output, cache hits, seconds waited in the queue).
 
         QueueFull -> 429, DeadlineExceeded -> 504, MonkeyError from the engine -> 422.
         """
         if not self.ready.is_set():
             raise ApiError(503, "the engine is still warming up; retry shortly", {"Retry-After": "1"})
-        self.check(params)
         queued = time.perf_counter()
         started: list[float] = []
 
