@@ -6,7 +6,6 @@ import base64
 import concurrent.futures as cf
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +19,9 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from monkey_trt.cli import main  # noqa: E402
+from monkey_trt.cli import main
 
 # few UNet steps: the load and memory tests send hundreds of requests
 FAST = {"steps_mask_pass": "2", "mask_steps": "1", "steps_final": "3", "masked_steps": "1,2"}
@@ -35,6 +34,7 @@ class Server:
     def __init__(self, engine_dir: Path, *args: str):
         cmd = [sys.executable, "-m", "monkey_trt.cli", "serve", "--engine-dir", str(engine_dir), "--port", "0",
                "--log-level", "warning", *args]
+        self.terminated = False
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("monkey-trt serve: http://"):
@@ -51,10 +51,16 @@ class Server:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one during the graceful shutdown would kill the process outright."""
+        if not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
         self.client.close()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
         try:
             return self.proc.wait(timeout=60)
         finally:
@@ -404,7 +410,7 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(tiny_engine_di
         inflight = [pool.submit(post, httpx.Client(base_url=s.url, timeout=120), subject_png, prompt="a toy", seed=i, **slow)
                     for i in range(3)]
         time.sleep(0.5)
-        s.proc.send_signal(signal.SIGTERM)
+        s.terminate()
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
             httpx.get(s.url + "/healthz", timeout=5)  # no longer accepting

@@ -31,7 +31,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monkey_trt import __version__
 from monkey_trt.errors import MonkeyError
 from monkey_trt.runtime.images import decode_subject
-from monkey_trt.serve.schema import IMAGE_FIELD, ApiError, image_from_json, parse_fields
+from monkey_trt.runtime.result import MonkeyOutput
+from monkey_trt.serve.schema import (
+    IMAGE_FIELD,
+    ApiError,
+    GenerateParams,
+    image_from_json,
+    parse_fields,
+)
 from monkey_trt.serve.service import MonkeyService, encode_output
 
 log = logging.getLogger("monkey_trt.serve")
@@ -210,21 +217,28 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
             raise ApiError(500, f"internal error (request id {rid}; see the server log)") from None
         total = time.perf_counter() - t0
         svc.metrics.latency.observe(total)
-        r = params.request
         if wants_png(request):
             return Response(files["image_png"], media_type="image/png",
-                            headers={"X-Seed": str(r.seed), "X-Mask-Coverage": f"{out.mask.coverage:.6f}"})
-        return {
-            "request_id": rid, "replica": svc.replica, "backend": out.backend, "prompt": r.prompt, "seed": r.seed,
-            "height": r.height, "width": r.width, "config": r.config.to_dict(), "baseline_scale": params.baseline_scale,
-            "mask": {"coverage": out.mask.coverage, "grid": list(out.mask.grid), "degenerate_steps": list(out.mask.degenerate_steps)},
-            "prompt_truncated": out.prompt_truncated, "warnings": list(out.warnings),
-            "cache": {name: "hit" if hit else "miss" for name, hit in hits.items()},
-            "timings_s": {**{k: round(v, 6) for k, v in out.timings.items()}, "queue": round(queue_s, 6), "total": round(total, 6)},
-            **{k: base64.b64encode(v).decode("ascii") for k, v in files.items()},
-        }
+                            headers={"X-Seed": str(params.request.seed), "X-Mask-Coverage": f"{out.mask.coverage:.6f}"})
+        timings = {**out.timings, "queue": queue_s, "total": total}
+        return result_json(rid, svc.replica, params, out, hits, timings, files)
 
     return app
+
+
+def result_json(request_id: str, replica: str, params: GenerateParams, out: MonkeyOutput, hits: dict[str, bool],
+                timings: dict[str, float], files: dict[str, bytes]) -> dict[str, Any]:
+    """The JSON answer of /v1/generate (the fields of `monkey-trt generate`'s result.json, plus the PNGs)."""
+    r = params.request
+    return {
+        "request_id": request_id, "replica": replica, "backend": out.backend, "prompt": r.prompt, "seed": r.seed,
+        "height": r.height, "width": r.width, "config": r.config.to_dict(), "baseline_scale": params.baseline_scale,
+        "mask": {"coverage": out.mask.coverage, "grid": list(out.mask.grid), "degenerate_steps": list(out.mask.degenerate_steps)},
+        "prompt_truncated": out.prompt_truncated, "warnings": list(out.warnings),
+        "cache": {name: "hit" if hit else "miss" for name, hit in hits.items()},
+        "timings_s": {k: round(v, 6) for k, v in timings.items()},
+        **{k: base64.b64encode(v).decode("ascii") for k, v in files.items()},  # image_png, mask_png[, baseline_png]
+    }
 
 
 _KNOB_SCHEMA = {"type": "string", "description": "a MONKEY knob, as the CLI option of the same name"}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from monkey_trt.config import MonkeyConfig, Request
 from monkey_trt.errors import MonkeyError

@@ -5,7 +5,6 @@ Framework-free (no FastAPI here): `app.py` maps HTTP onto it, `ray_app.py` puts 
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import os
@@ -93,7 +92,7 @@ class MonkeyService:
         self._warm_started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def load(self) -> "MonkeyService":
+    def load(self) -> MonkeyService:
         """Open the engine directory (MonkeyError on a bad one) and install the encoder caches."""
         from monkey_trt.runtime.pipeline import MonkeyPipeline
 

@@ -13,8 +13,9 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 
 class QueueFull(Exception):
