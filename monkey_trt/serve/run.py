@@ -18,6 +18,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them, never refused
     except (OSError, OverflowError) as e:
         raise MonkeyError(f"cannot listen on {host}:{port}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
     sock.set_inheritable(True)

@@ -77,7 +77,11 @@ def encode_output(out: MonkeyOutput) -> dict[str, bytes]:
 
 
 class MonkeyService:
-    """One loaded engine, its encoder caches, its inference thread and its metrics."""
+    """One loaded engine, its encoder caches, its inference thread and its metrics.
+
+    The engine is opened, run and closed on the inference thread only (CUDA contexts and ORT/TensorRT
+    sessions see one thread).
+    """
 
     def __init__(self, config: ServeConfig, replica: str | None = None):
         self.config = config
@@ -98,7 +102,8 @@ class MonkeyService:
 
         c = self.config
         opts = {"providers": c.providers} if c.backend == "ort" else {}
-        self.pipe = MonkeyPipeline.from_engine_dir(c.engine_dir, backend=c.backend, cuda_graph=c.cuda_graph, **opts)
+        self.pipe = self.worker.call(
+            lambda: MonkeyPipeline.from_engine_dir(c.engine_dir, backend=c.backend, cuda_graph=c.cuda_graph, **opts))
         self.caches = install_encoder_caches(self.pipe, c.subject_cache, c.prompt_cache)
         return self
 
@@ -130,11 +135,13 @@ class MonkeyService:
             fut.result()
 
     def close(self) -> None:
-        """Finish the accepted jobs, then release the engine."""
-        self.worker.close(wait=True)
-        if self.pipe is not None:
-            self.pipe.close()
-            self.pipe = None
+        """Finish the accepted jobs, then release the engine (on the inference thread, like every engine call)."""
+        def release() -> None:  # runs after every accepted job: they still need self.pipe
+            if self.pipe is not None:
+                self.pipe.close()
+                self.pipe = None
+
+        self.worker.close(wait=True, last=release)
 
     # -- one request -------------------------------------------------------------------------
     def check(self, params: GenerateParams) -> None:

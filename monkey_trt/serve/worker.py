@@ -94,8 +94,15 @@ class InferenceWorker:
         except CancelledError:
             raise DeadlineExceeded() from None
 
-    def close(self, wait: bool = True) -> None:
-        """Refuse new jobs; with `wait`, finish the accepted ones first."""
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the inference thread now (after the accepted jobs), outside the queue bound: loading
+        and closing the engine, so that every GPU call of an engine comes from the one thread."""
+        return self._pool.submit(fn).result()
+
+    def close(self, wait: bool = True, last: Callable[[], Any] | None = None) -> None:
+        """Refuse new jobs; with `wait`, finish the accepted ones first, then run `last` on the thread."""
         with self._lock:
             self._closed = True
+        if last is not None:
+            self._pool.submit(last)
         self._pool.shutdown(wait=wait)
