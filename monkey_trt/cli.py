@@ -372,6 +372,55 @@ def bench(
         write_json_atomic(json_out, {"height": height, "width": width, "results": [r.to_dict() for r in results], "versions": versions()})
 
 
+@app.command()
+def serve(
+    engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
+    backend: str = typer.Option("ort", help="ort | trt"),
+    providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: best installed)"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8000, help="Port (0: any free port, printed at start)"),
+    max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting behind the running one; more get 429"),
+    timeout: float = typer.Option(120.0, "--timeout", help="Per-request limit in seconds, queue wait included (504)"),
+    max_body_mb: float = typer.Option(20.0, "--max-body-mb", help="Largest request body (413)"),
+    subject_cache: int = typer.Option(64, "--subject-cache", help="Subjects whose IP tokens are cached (LRU; 0 = off)"),
+    prompt_cache: int = typer.Option(256, "--prompt-cache", help="Prompts whose embeddings are cached (LRU; 0 = off)"),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One generation before /readyz says ready"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve (one engine per replica)"),
+    replicas: int = typer.Option(1, "--replicas", help="--ray: replicas"),
+    gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="--ray: GPUs per replica"),
+    cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", help="--ray: CPUs per replica"),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="--ray: autoscale between --min-replicas and --max-replicas"),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="--ray: autoscaling upper bound"),
+    address: Optional[str] = typer.Option(None, "--address", help="--ray: existing cluster (e.g. auto, ray://head:10001)"),
+):
+    """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
+    from monkey_trt.serve.service import ServeConfig
+
+    if not 0 <= port <= 65535:
+        raise MonkeyError(f"--port must be in 0..65535, got {port}")
+    config = ServeConfig(
+        engine_dir=engine_dir, backend=backend, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+        cuda_graph=cuda_graph, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
+        subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup,
+    )
+    from monkey_trt.runtime.manifest import load_manifest
+
+    load_manifest(engine_dir)  # a wrong engine directory is one line, before any server starts
+    if ray:
+        from monkey_trt.serve.ray_app import RayOptions, run_ray
+
+        run_ray(config, RayOptions(replicas, gpus_per_replica, cpus_per_replica, min_replicas, max_replicas), host, port, address)
+    else:
+        from monkey_trt.serve.run import run_single
+
+        if address is not None or replicas != 1 or gpus_per_replica or min_replicas is not None or max_replicas is not None:
+            raise MonkeyError("--replicas, --min/--max-replicas, --gpus-per-replica and --address need --ray")
+        with _quiet_libraries():
+            run_single(config, host, port, log_level)
+
+
 # -- entry point ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: MonkeyError -> one line on stderr, exit 2."""

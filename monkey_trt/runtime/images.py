@@ -8,6 +8,7 @@ mean/std) exactly.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -34,12 +35,24 @@ def load_subject(path) -> Image.Image:
         raise MonkeyError(f"subject image {name} is a directory, not an image file")
     if not p.is_file():
         raise MonkeyError(f"subject image {name} is not a regular file")
+    return _decode_subject(p, name)
+
+
+def decode_subject(data: bytes, name: str = "upload") -> Image.Image:
+    """`load_subject` for bytes already in memory (an HTTP upload): the same checks and normalisation."""
+    if not data:
+        raise MonkeyError(f"subject image {name} is empty")
+    return _decode_subject(io.BytesIO(data), repr(name))
+
+
+def _decode_subject(source, name: str) -> Image.Image:
+    """Fully decode `source` (a path or a binary file object) to 8-bit RGB; every failure is a MonkeyError."""
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off file must fail, not decode to grey
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w <= 0 or h <= 0:
                     raise MonkeyError(f"subject image {name} has zero size ({w}x{h})")

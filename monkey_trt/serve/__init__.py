@@ -1,0 +1,6 @@
+"""`monkey-trt serve`: MONKEY over HTTP (FastAPI + uvicorn on one box, Ray Serve to scale out).
+
+Modules: schema (request fields), worker (one inference thread, bounded queue, deadlines),
+cache (encoder LRU caches), metrics (Prometheus), service (the loaded engine), app (HTTP),
+run (uvicorn on one box), ray_app (Ray Serve). Needs the `serve` extra (`ray` for --ray).
+"""

@@ -1,0 +1,32 @@
+"""Prometheus metrics of one service (own registry: several apps may live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("monkey_requests", "HTTP requests to /v1/generate by status code", ["status"], registry=r)
+        self.latency = Histogram("monkey_request_seconds", "End-to-end /v1/generate latency (200s)", buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("monkey_stage_seconds", "Time per MONKEY stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("monkey_queue_depth", "Inference jobs accepted and not finished (queued + running)", registry=r)
+        self.cache_hits = Counter("monkey_cache_hits", "Encoder cache hits", ["cache"], registry=r)
+        self.cache_misses = Counter("monkey_cache_misses", "Encoder cache misses", ["cache"], registry=r)
+        for cache in ("subject", "prompt"):  # present from the start, at 0
+            self.cache_hits.labels(cache)
+            self.cache_misses.labels(cache)
+
+    def observe_stages(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stage.labels(stage).observe(seconds)
+
+    def count_cache(self, cache: str, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).labels(cache).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,68 @@
+"""One box: load the engine, bind the socket, run uvicorn until SIGTERM/SIGINT (graceful: exit 0)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+
+from monkey_trt.errors import MonkeyError
+from monkey_trt.serve.service import MonkeyService, ServeConfig
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before loading anything, so a taken port is a clean one-line error (port 0: any free port)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them, never refused
+    except (OSError, OverflowError) as e:
+        raise MonkeyError(f"cannot listen on {host}:{port}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info") -> None:
+    try:
+        import uvicorn
+
+        from monkey_trt.serve.app import create_app
+    except ImportError as e:
+        raise MonkeyError(f"serve needs the serve extra ({e.name} missing): pip install 'monkey-trt[serve]'") from None
+    sock = bind(host, port)
+    _log_to_stderr(log_level)
+    try:
+        service = MonkeyService(config).load()  # a bad engine dir fails here, before serving
+        app = create_app(service)
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_level=log_level, timeout_graceful_shutdown=int(config.timeout_s) + 5,
+            timeout_keep_alive=5, access_log=log_level == "debug",
+        ))
+        bound_host, bound_port = sock.getsockname()[:2]
+        print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.backend})", flush=True)
+        # SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, runs the lifespan shutdown
+        # (which drains the inference queue), then re-raises the signal: a handled SIGTERM ends with exit 0.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+        try:
+            server.run(sockets=[sock])
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+        if not server.started:
+            raise MonkeyError("the server did not start (see the log above)")
+    finally:
+        sock.close()
+
+
+def _log_to_stderr(level: str) -> None:
+    """The service's own log lines (internal errors with their request id) next to uvicorn's."""
+    log = logging.getLogger("monkey_trt.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(getattr(logging, level.upper(), logging.INFO))

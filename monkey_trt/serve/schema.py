@@ -1,0 +1,129 @@
+"""Request fields of `POST /v1/generate`, shared by the multipart form and the JSON body.
+
+Field names follow the CLI options (`--mask-steps` -> `mask_steps`). Form values arrive as strings,
+JSON values typed; both go through one table of converters, then through the same validation as the
+CLI (`Request`, `MonkeyConfig`), so an HTTP client gets the CLI's messages. Every failure is an
+`ApiError` with one message; nothing here touches the engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from monkey_trt.config import MonkeyConfig, Request
+from monkey_trt.errors import MonkeyError
+
+
+class ApiError(Exception):
+    """A request the service refuses: HTTP `status` and one line of `message`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ApiError(400, f"field {name!r} must be an integer, got {v!r}")
+    try:
+        return int(v.strip()) if isinstance(v, str) else v
+    except ValueError:
+        raise ApiError(400, f"field {name!r} must be an integer, got {v!r}") from None
+
+
+def _float(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ApiError(400, f"field {name!r} must be a number, got {v!r}")
+    try:
+        x = float(v)
+    except ValueError:
+        raise ApiError(400, f"field {name!r} must be a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise ApiError(400, f"field {name!r} must be a finite number, got {v!r}")
+    return x
+
+
+def _str(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ApiError(400, f"field {name!r} must be a string, got {v!r}")
+    return v
+
+
+def _bool(name: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    raise ApiError(400, f"field {name!r} must be true or false, got {v!r}")
+
+
+def _int_list(name: str, v: Any) -> tuple[int, ...]:
+    """`[1, 2]` (JSON) or `"1,2"` (form, like the CLI)."""
+    if isinstance(v, str):
+        v = [x for x in v.replace(" ", "").split(",") if x != ""]
+    if not isinstance(v, list):
+        raise ApiError(400, f"field {name!r} must be a list of integers or '1,2', got {v!r}")
+    return tuple(_int(name, x) for x in v)
+
+
+# field -> converter; None default = take the engine's / MonkeyConfig's default
+KNOBS: dict[str, Callable[[str, Any], Any]] = {
+    "steps_mask_pass": _int, "mask_steps": _int_list, "mask_layer": _str, "mask_token": _int, "threshold": _float,
+    "scale_mask_pass": _float, "steps_final": _int, "masked_steps": _int_list, "scale_final": _float,
+    "guidance_scale": _float,
+}
+FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "prompt": _str, "seed": _int, "height": _int, "width": _int, "baseline": _bool, "baseline_scale": _float,
+    **KNOBS,
+}
+IMAGE_FIELD = "image"
+MAX_PROMPT_CHARS = 4096  # far beyond 77 tokens; longer prompts are truncated anyway, refuse absurd ones
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """A validated `POST /v1/generate`: the CLI's Request plus what to return."""
+
+    request: Request
+    baseline_scale: float | None  # plain IP-Adapter from the same noise (`baseline`), None = not asked
+
+
+def parse_fields(fields: dict[str, Any], default_size: tuple[int, int]) -> GenerateParams:
+    """Fields (image excluded) -> GenerateParams; `default_size` (height, width) is the engine's opt size."""
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}; known fields: image, {', '.join(FIELDS)}")
+    v = {k: FIELDS[k](k, x) for k, x in fields.items() if x is not None}
+    if "prompt" not in v:
+        raise ApiError(400, "field 'prompt' is required")
+    if len(v["prompt"]) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"field 'prompt' is {len(v['prompt'])} characters; at most {MAX_PROMPT_CHARS} are accepted")
+    try:
+        config = MonkeyConfig(**{k: v[k] for k in KNOBS if k in v})
+        request = Request(prompt=v["prompt"], height=v.get("height", default_size[0]), width=v.get("width", default_size[1]),
+                          seed=v.get("seed", 0), config=config)
+        baseline_scale = None
+        if v.get("baseline", False) or "baseline_scale" in v:
+            baseline_scale = v.get("baseline_scale", config.scale_final)
+            if not 0.0 <= baseline_scale <= 4.0:
+                raise MonkeyError(f"baseline_scale must be in [0, 4], got {baseline_scale}")
+    except MonkeyError as e:
+        raise ApiError(400, str(e)) from None
+    return GenerateParams(request, baseline_scale)
+
+
+def image_from_json(value: Any) -> bytes:
+    """The JSON body's `image`: base64 (standard alphabet, optional data: URL prefix) -> bytes."""
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "field 'image' must be the subject image as a base64 string")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "field 'image' is not valid base64") from None

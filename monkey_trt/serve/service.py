@@ -1,0 +1,189 @@
+"""The engine behind the HTTP app: load once, warm up, run one generation at a time.
+
+Framework-free (no FastAPI here): `app.py` maps HTTP onto it, `ray_app.py` puts one per Ray replica.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from monkey_trt.errors import MonkeyError
+from monkey_trt.runtime.result import MonkeyOutput, to_uint8
+from monkey_trt.serve.cache import EncoderCaches, install_encoder_caches
+from monkey_trt.serve.metrics import ServeMetrics
+from monkey_trt.serve.schema import ApiError, GenerateParams
+from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull
+
+log = logging.getLogger("monkey_trt.serve")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How to serve one engine directory."""
+
+    engine_dir: Path
+    backend: str = "ort"  # ort | trt
+    providers: tuple[str, ...] = ()  # ort: execution providers (default: best installed)
+    cuda_graph: bool = False
+    max_queue: int = 8  # requests waiting behind the running one; more -> 429
+    timeout_s: float = 120.0  # per request, queue wait included -> 504
+    max_body_mb: float = 20.0  # larger bodies -> 413, refused while reading
+    subject_cache: int = 64  # LRU entries of subject IP tokens (0 = off)
+    prompt_cache: int = 256  # LRU entries of prompt embeddings (0 = off)
+    warmup: bool = True  # one generation at the profile's smallest size before /readyz says ready
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise MonkeyError(msg)
+
+        need(self.backend in ("ort", "trt"), f"--backend must be ort or trt, got {self.backend!r}")
+        need(0 <= self.max_queue <= 10_000, f"--max-queue must be in 0..10000, got {self.max_queue}")
+        need(0 < self.timeout_s <= 86_400, f"--timeout must be in (0, 86400] seconds, got {self.timeout_s}")
+        need(0 < self.max_body_mb <= 1024, f"--max-body-mb must be in (0, 1024], got {self.max_body_mb}")
+        need(0 <= self.subject_cache <= 100_000 and 0 <= self.prompt_cache <= 100_000, "cache sizes must be in 0..100000")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MIB)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="png")
+    return buf.getvalue()
+
+
+def encode_output(out: MonkeyOutput) -> dict[str, bytes]:
+    """PNG files exactly as `monkey-trt generate` writes monkey.png / mask.png / ipadapter.png."""
+    files = {
+        "image_png": png_bytes(to_uint8(out.image)),
+        "mask_png": png_bytes((out.mask.mask > 0).astype(np.uint8) * 255, mode="L"),  # [H, W] 0/255
+    }
+    if out.baseline_image is not None:
+        files["baseline_png"] = png_bytes(to_uint8(out.baseline_image))
+    return files
+
+
+class MonkeyService:
+    """One loaded engine, its encoder caches, its inference thread and its metrics.
+
+    The engine is opened, run and closed on the inference thread only (CUDA contexts and ORT/TensorRT
+    sessions see one thread).
+    """
+
+    def __init__(self, config: ServeConfig, replica: str | None = None):
+        self.config = config
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+        self.metrics = ServeMetrics()
+        self.worker = InferenceWorker(config.max_queue)
+        self.metrics.queue_depth.set_function(lambda: self.worker.depth)
+        self.pipe = None
+        self.caches: EncoderCaches | None = None
+        self.ready = threading.Event()
+        self.warm_error: str | None = None
+        self._warm_started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> MonkeyService:
+        """Open the engine directory (MonkeyError on a bad one) and install the encoder caches."""
+        from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+        c = self.config
+        opts = {"providers": c.providers} if c.backend == "ort" else {}
+        self.pipe = self.worker.call(
+            lambda: MonkeyPipeline.from_engine_dir(c.engine_dir, backend=c.backend, cuda_graph=c.cuda_graph, **opts))
+        self.caches = install_encoder_caches(self.pipe, c.subject_cache, c.prompt_cache)
+        return self
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) when a request names none: the engine's optimal size."""
+        p = self.pipe.manifest.profile
+        return p.height.opt, p.width.opt
+
+    def _warm(self) -> None:
+        from monkey_trt.config import Request
+
+        try:
+            if self.config.warmup:
+                p = self.pipe.manifest.profile
+                self.pipe(Request("warm-up", p.height.min, p.width.min, 0), Image.new("RGB", (64, 64), (128, 128, 128)))
+            self.ready.set()
+        except Exception as e:  # a warm-up failure leaves /readyz at 503 with the reason
+            self.warm_error = f"{type(e).__name__}: {e}"
+            log.exception("warm-up failed")
+
+    def start_warmup(self, wait: bool = False) -> None:
+        """Warm up on the inference thread (the first job); `ready` is set when done."""
+        if self._warm_started:
+            return
+        self._warm_started = True
+        fut = self.worker.submit_sync(self._warm)
+        if wait:
+            fut.result()
+
+    def close(self) -> None:
+        """Finish the accepted jobs, then release the engine (on the inference thread, like every engine call)."""
+        def release() -> None:  # runs after every accepted job: they still need self.pipe
+            if self.pipe is not None:
+                self.pipe.close()
+                self.pipe = None
+
+        self.worker.close(wait=True, last=release)
+
+    # -- one request -------------------------------------------------------------------------
+    def check(self, params: GenerateParams) -> None:
+        """Engine-specific limits, before queueing: 422 for sizes outside the profile / another mask layer."""
+        r = params.request
+        why = self.pipe.manifest.profile.check(1, r.height, r.width)
+        if why:
+            raise ApiError(422, f"this engine cannot serve {r.height}x{r.width}: {why}")
+        if r.config.mask_layer != self.pipe.manifest.mask_layer:
+            raise ApiError(422, f"this engine exports the attention map of {self.pipe.manifest.mask_layer}, not {r.config.mask_layer}")
+
+    def _generate(self, params: GenerateParams, subject: Image.Image) -> tuple[MonkeyOutput, dict[str, bool]]:
+        """On the inference thread: MONKEY + which encoder caches hit."""
+        before = self.caches.counters()
+        out = self.pipe(params.request, subject, baseline_scale=params.baseline_scale)
+        after = self.caches.counters()
+        return out, {name: after[name][0] > before[name][0] for name in after}
+
+    async def generate(self, params: GenerateParams, subject: Image.Image) -> tuple[MonkeyOutput, dict[str, bool], float]:
+        """Queue one (already `check`ed) generation -> (output, cache hits, seconds waited in the queue).
+
+        QueueFull -> 429, DeadlineExceeded -> 504, MonkeyError from the engine -> 422.
+        """
+        if not self.ready.is_set():
+            raise ApiError(503, "the engine is still warming up; retry shortly", {"Retry-After": "1"})
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def job():
+            started.append(time.perf_counter())
+            return self._generate(params, subject)
+
+        try:
+            out, hits = await self.worker.run(job, self.config.timeout_s)
+        except QueueFull as e:
+            raise ApiError(429, f"server busy: {self.worker.max_queue} requests already queued; retry later",
+                           {"Retry-After": str(e.retry_after_s)}) from None
+        except DeadlineExceeded:
+            raise ApiError(504, f"request did not finish within the {self.config.timeout_s:g}s timeout") from None
+        except MonkeyError as e:
+            raise ApiError(422, str(e)) from None
+        self.metrics.observe_stages(out.timings)
+        for name, hit in hits.items():
+            self.metrics.count_cache(name, hit)
+        return out, hits, started[0] - queued
