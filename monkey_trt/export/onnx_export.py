@@ -2,15 +2,14 @@
 
     export_engine_dir(ExportOptions(...)) -> ENGINE_DIR
 
-Everything is written into a temporary sibling folder and renamed into place at the end, so a
-failed export never leaves a half-written engine directory. torch/diffusers are used here only.
+Everything is written into a staging folder and committed at the end (atomic.OutputStage), so a
+failed export never leaves a half-written engine directory, and `--force` replaces only the files
+the earlier manifest lists. torch/diffusers are used here only.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from monkey_trt import __version__
-from monkey_trt.atomic import replace_dir
+from monkey_trt.atomic import OutputStage, check_target, staged_files
 from monkey_trt.config import DEFAULT_MASK_LAYER
 from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
 from monkey_trt.errors import MonkeyError
@@ -32,6 +31,7 @@ from monkey_trt.runtime.manifest import (
     Manifest,
     NetworkEntry,
     SchedulerConsts,
+    manifest_files,
     sha256_file,
 )
 from monkey_trt.runtime.tokenizer import ClipTokenizer
@@ -149,12 +149,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             progress(msg, done, total)
         done += 1
 
-    out = Path(opts.out).absolute()
-    if out.exists() and not opts.force:
-        raise MonkeyError(f"{out} exists: pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise MonkeyError(f"{out} is a non-empty folder that is not an engine directory; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_export_out(opts.out, opts.force)
 
     say("loading models")
     m = load_reference_models(opts.source)
@@ -172,8 +167,8 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files()) as stage:
+        tmp = stage.path
         entries = {}
         for name, module in modules.items():
             say(f"exporting {name}")
@@ -205,10 +200,21 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
                       "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants},
         )
         manifest.write(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return stage.commit(staged_files(tmp))
+
+
+def expected_files() -> list[str]:
+    """The files every engine directory has (big networks add `<net>.onnx.data`)."""
+    return [f"{n}.onnx" for n in NETWORKS] + ["tokenizer/tokenizer.json", MANIFEST]
+
+
+def check_export_out(out: Path, force: bool) -> Path:
+    """Before any work: `out` is new (or an empty folder), or `force` and an earlier engine directory
+    whose own files may be replaced (a user's files there are kept; one in the way is refused)."""
+    out = Path(out).absolute()
+    check_target(out, MANIFEST, manifest_files, expected_files())
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise MonkeyError(f"{out} exists: pass --force to replace the engine directory's files")
     return out
 
 
