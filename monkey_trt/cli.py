@@ -69,7 +69,9 @@ def _quiet_libraries():
 
 
 def _warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+    from rich.text import Text
+
+    console.print(Text.assemble(("warning: ", "yellow"), msg), highlight=False)  # msg is never read as markup
 
 
 # -- commands -------------------------------------------------------------------------------

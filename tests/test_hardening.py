@@ -294,6 +294,37 @@ def test_bit_flip_in_the_unet(engine_dir, tmp_path, capsys, subject):
     assert "--verify" in run_main([*argv, "--verify", "none"], capsys)
 
 
+def test_tensorrt_plans_are_covered_by_digests(tmp_path):
+    """What `build` records in build.json is checked before a plan is deserialised (no TensorRT needed)."""
+    import hashlib
+
+    from monkey_trt.engine.networks import NETWORKS
+    from monkey_trt.engine.trt import BUILD_JSON, verify_plans
+
+    folder = tmp_path / "trt" / "key"
+    folder.mkdir(parents=True)
+    nets = {}
+    for n in NETWORKS:
+        (folder / f"{n}.plan").write_bytes(n.encode() * 10)
+        nets[n] = {"plan": f"{n}.plan", "bytes": len(n) * 10, "sha256": hashlib.sha256(n.encode() * 10).hexdigest()}
+    (folder / BUILD_JSON).write_text(json.dumps({"networks": nets}))
+    verify_plans(tmp_path, folder)
+    (folder / "unet.plan").write_bytes(b"UNET" * 10)  # same size, other bytes
+    verify_plans(tmp_path, folder, verify="size")
+    with pytest.raises(EngineDirError, match="unet.plan fails its sha256"):
+        verify_plans(tmp_path, folder)
+    (folder / "unet.plan").unlink()
+    (folder / "unet.plan").symlink_to(tmp_path / "elsewhere.plan")
+    with pytest.raises(EngineDirError, match="not a plain file inside"):
+        verify_plans(tmp_path, folder)
+    (folder / "unet.plan").unlink()
+    (folder / "unet.plan").write_bytes(b"unet" * 10)
+    nets["unet"].pop("sha256")
+    (folder / BUILD_JSON).write_text(json.dumps({"networks": nets}))
+    with pytest.raises(EngineDirError, match="no digest recorded for"):
+        verify_plans(tmp_path, folder)
+
+
 # -- one line, exit 2 ----------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,needle", [
     (["generat"], "Did you mean 'generate'"),

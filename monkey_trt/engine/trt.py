@@ -389,7 +389,8 @@ def build_engine_dir(
             continue
         say(net, "building")
         info = build_engine(manifest.path(engine_dir, net), plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
-        built[net] = {"plan": plan.name, "seconds": round(info.seconds, 3), "bytes": info.bytes, "built_at": time.time()}
+        built[net] = {"plan": plan.name, "seconds": round(info.seconds, 3), "bytes": plan.stat().st_size,
+                      "sha256": _sha256_file(plan), "built_at": time.time()}
         say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
 
     meta = {
@@ -795,7 +796,36 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest) -> Path:
     return max(candidates)[1]
 
 
-def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False) -> dict[str, "TrtEngine"]:
-    """One (not yet activated) TrtEngine per network; CUDA graphs only for the UNet's fixed-shape steps."""
+def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256") -> None:
+    """Every plan the runtime will open is a regular file inside the engine directory whose size (and,
+    for verify="sha256", digest) is what `build` recorded in build.json; no digest is an error."""
+    from monkey_trt.atomic import inside
+
+    try:
+        networks = json.loads((folder / BUILD_JSON).read_text())["networks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EngineDirError(f"{folder / BUILD_JSON} is unreadable: run `monkey-trt build --force`") from None
+    for n in NETWORKS:
+        plan, entry = folder / f"{n}.plan", networks.get(n) if isinstance(networks, dict) else None
+        if plan.is_symlink() or not plan.is_relative_to(engine_dir) or not inside(Path(engine_dir), str(plan.relative_to(engine_dir))):
+            raise EngineDirError(f"{engine_dir}: TensorRT plan {plan} is not a plain file inside the engine directory")
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or not isinstance(entry.get("bytes"), int):
+            raise EngineDirError(f"{folder}: no digest recorded for {n}.plan: run `monkey-trt build --force`")
+        if plan.stat().st_size != entry["bytes"] or (verify == "sha256" and _sha256_file(plan) != digest):
+            raise EngineDirError(f"{folder}: {n}.plan fails its {'sha256' if verify == 'sha256' else 'size'} check (altered)")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, verify: str = "sha256") -> dict[str, "TrtEngine"]:
+    """One (not yet activated) TrtEngine per network, plans verified; CUDA graphs only for the UNet's fixed-shape steps."""
     folder = find_plan_dir(engine_dir, manifest)
+    verify_plans(Path(engine_dir), folder, verify)
     return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet") for n in NETWORKS}

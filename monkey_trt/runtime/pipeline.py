@@ -59,7 +59,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
     elif opts.backend == "trt":
         from monkey_trt.engine.trt import open_trt_runners
 
-        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph)
+        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, verify=opts.verify)
     else:
         raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
     try:
