@@ -144,9 +144,13 @@ def load_backend(job: GenerateJob):
 
 def summary(result: MonkeyOutput, out: Path, seconds: float) -> str:
     """The one line `generate` ends with."""
+    from monkey_trt.atomic import record_files
+    from monkey_trt.outputs import MARKER
+
     h, w = result.image.shape[:2]
+    names = sorted(record_files()(Path(out) / MARKER), key=lambda n: (n == MARKER, n))
     return (f"{result.backend} {w}x{h}: mask covers {100 * result.mask.coverage:.0f}% of the image, "
-            f"{seconds:.2f}s in all; wrote {out}/ (monkey.png, mask.png, overlay.png, result.json)")
+            f"{seconds:.2f}s in all; wrote {out}/ ({', '.join(names)})")
 
 
 def _sha256(path: Path) -> str:
