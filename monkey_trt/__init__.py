@@ -26,7 +26,8 @@ _EXPORTS = {
     "load_manifest": "monkey_trt.runtime.manifest",
     "load_subject": "monkey_trt.runtime.images",
 }
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "MonkeyPipeline", "RuntimeOptions", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",
+           "EngineDirError", "BackendUnavailable", "load_manifest", "load_subject"]
 
 
 def __getattr__(name: str):
