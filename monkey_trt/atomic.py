@@ -13,8 +13,9 @@ next to its target and committed under a lock:
 * An existing folder: only files recorded by the previous output's record are removed or
   replaced; anything else stays. A new file whose name a user's file already holds is refused
   with one line, before anything changes.
-* Staging folders of dead processes (kill -9, power loss) on the same target are removed by the
-  next run on it, and never look like outputs (dot-names with a recognisable tag).
+* Staging folders (`.<name>.monkey-staging-<pid>@<host>-<random>`) of dead processes on this host
+  (kill -9, power loss) are removed by the next run on the same target; they are dot-names with a
+  recognisable tag and never look like outputs.
 * Concurrent writers to one target take turns on an flock of the parent folder: the last one
   wins, both succeed.
 * Folders get the user's umask (mkdtemp alone would make them 0700).
@@ -29,6 +30,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -129,6 +131,15 @@ def staging_prefix(target: Path) -> str:
     return f".{Path(target).name}{STAGING_TAG}"
 
 
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in socket.gethostname()) or "localhost"
+
+
+def staging_owner(pid: int | None = None) -> str:
+    """`<pid>@<host>`: the part of a staging name that says which process made it."""
+    return f"{os.getpid() if pid is None else pid}@{_host()}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -140,7 +151,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_staging(target: Path) -> list[Path]:
-    """Remove staging folders for `target` whose owning process is gone. Returns what was removed."""
+    """Remove staging folders for `target` whose owning process on this host is gone (another host's or
+    container's, on a shared volume, are left alone). Returns what was removed."""
     target = Path(target)
     prefix = staging_prefix(target)
     removed = []
@@ -151,8 +163,9 @@ def clean_stale_staging(target: Path) -> list[Path]:
     for p in siblings:
         if not p.name.startswith(prefix):
             continue
-        pid_text = p.name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+        owner = p.name[len(prefix):].rsplit("-", 1)[0]  # <pid>@<host>-<mkdtemp random, no '-'>
+        pid_text, _, host = owner.partition("@")
+        if not pid_text.isdigit() or host != _host() or _pid_alive(int(pid_text)):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -225,7 +238,7 @@ class OutputStage:
         check_target(target, record, recorded or record_files(), names)
         make_dirs(target.parent)
         clean_stale_staging(target)
-        path = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{os.getpid()}-", dir=target.parent))
+        path = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{staging_owner()}-", dir=target.parent))
         os.chmod(path, 0o777 & ~current_umask())
         return cls(target, path, record, recorded or record_files())
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monkey_trt.atomic import OutputStage, clean_stale_staging, record_files, staging_prefix
+from monkey_trt.atomic import OutputStage, clean_stale_staging, record_files, staging_owner, staging_prefix
 from monkey_trt.cli import main
 from monkey_trt.errors import EngineDirError
 from monkey_trt.outputs import write_outputs
@@ -138,7 +138,7 @@ def test_export_force_keeps_a_web_apps_files(engine_dir, tmp_path):
     load_manifest(eng)
 
 
-def test_export_force_refuses_to_overwrite_a_users_file(engine_dir, tmp_path, tiny_model_dir, capsys):
+def test_export_force_refuses_to_overwrite_a_users_file(tmp_path, tiny_model_dir, capsys):
     eng = tmp_path / "eng"
     eng.mkdir()
     (eng / "unet.onnx").write_text("mine")
@@ -151,15 +151,17 @@ def test_export_force_refuses_to_overwrite_a_users_file(engine_dir, tmp_path, ti
 # -- interrupted writes ------------------------------------------------------------------------
 def test_stale_staging_of_a_dead_process_is_removed_and_a_live_ones_kept(tmp_path):
     out = tmp_path / "out"
-    stale = tmp_path / f"{staging_prefix(out)}{dead_pid()}-abc"
+    pid = dead_pid()
+    stale = tmp_path / f"{staging_prefix(out)}{staging_owner(pid)}-abc"
     stale.mkdir()
     (stale / "result.json").write_text("{}")
-    live = tmp_path / f"{staging_prefix(out)}1-xyz"  # pid 1 is always alive
-    live.mkdir()
-    other = tmp_path / ".other.monkey-staging-999999-x"  # another target's: not ours to judge
-    other.mkdir()
+    live = tmp_path / f"{staging_prefix(out)}{staging_owner(1)}-xyz"  # pid 1 is always alive
+    other_host = tmp_path / f"{staging_prefix(out)}{pid}@elsewhere.example-x"  # a container sharing the volume
+    other = tmp_path / f".other.monkey-staging-{staging_owner(pid)}-x"  # another target's: not ours to judge
+    for p in (live, other_host, other):
+        p.mkdir()
     write_outputs(out, fake_output(), None, {})
-    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert not stale.exists() and live.is_dir() and other.is_dir() and other_host.is_dir()
     assert {p.name for p in out.iterdir()} == {"monkey.png", "mask.png", "overlay.png", "result.json"}
 
 
