@@ -216,12 +216,18 @@ def record_files(key: str = "files") -> RecordReader:
             raw = json.loads(record_path.read_text())
         except (OSError, UnicodeDecodeError, ValueError):
             return set()
-        if not isinstance(raw, dict) or raw.get("written_by") != WRITTEN_BY:
+        if not isinstance(raw, dict) or not _written_by_us(raw):
             return set()
         names = raw.get(key)
         return {n for n in (safe_relpath(x) for x in names) if n} if isinstance(names, list) else set()
 
     return read
+
+
+def _written_by_us(raw: dict) -> bool:
+    """Our mark, or (result.json of monkey-trt 0.1.0, before the mark) our versions block."""
+    versions = raw.get("versions")
+    return raw.get("written_by") == WRITTEN_BY or (isinstance(versions, dict) and "monkey_trt" in versions)
 
 
 class OutputStage:

@@ -90,6 +90,15 @@ def test_rerun_replaces_only_recorded_files_and_keeps_users_files(tmp_path):
     assert no_staging_left(out)
 
 
+def test_an_output_of_the_previous_release_is_recognised(tmp_path):
+    out = write_outputs(tmp_path / "out", fake_output(baseline=True), Image.new("RGB", (8, 8)), {})
+    record = json.loads((out / "result.json").read_text())
+    del record["written_by"]  # 0.1.0 wrote no mark, but its versions block
+    (out / "result.json").write_text(json.dumps(record))
+    write_outputs(out, fake_output(), None, {})
+    assert not (out / "grid.png").exists()
+
+
 def test_users_file_of_an_output_name_is_refused_and_kept(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
