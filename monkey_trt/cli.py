@@ -1,7 +1,8 @@
 """`monkey-trt` command line (typer + rich).
 
-Every user error is a MonkeyError: printed as one line `error: ...`, exit code 2, no traceback,
-no half-written output. Set MONKEY_TRT_DEBUG=1 to see tracebacks of unexpected failures.
+Every user error is printed as one plain line `error: ...` on stderr with exit code 2, no traceback,
+no half-written output: MonkeyError, click usage errors (with click's hints), OSError (permissions,
+a full disk, ...) and undecodable text. Set MONKEY_TRT_DEBUG=1 to see tracebacks of unexpected failures.
 """
 
 from __future__ import annotations
@@ -16,12 +17,26 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from monkey_trt import __version__
 from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER, MonkeyConfig, Request
 from monkey_trt.errors import MonkeyError
+from monkey_trt.progress import status
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) inference engine.")
 console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"monkey-trt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit")) -> None:
+    """MONKEY (masked IP-Adapter personalization, SD1.5/LCM) inference engine."""
 
 DEMO_PROMPT = "a toy on the beach"
 
@@ -54,7 +69,9 @@ def _quiet_libraries():
 
 
 def _warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+    from rich.text import Text
+
+    console.print(Text.assemble(("warning: ", "yellow"), msg), highlight=False)  # msg is never read as markup
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -64,11 +81,16 @@ def tiny_model(
     preset: str = typer.Option("tiny", help="tiny (CPU tests/demo) or sd15 (real sizes, random weights)"),
 ):
     """Write the embedded model (random weights, hub layouts) for offline tests, demos and benchmarks."""
-    from monkey_trt.tiny_model import write_tiny_model
+    from monkey_trt.atomic import check_target, record_files
+    from monkey_trt.extras import require_extra
 
     if preset not in ("tiny", "sd15"):
         raise MonkeyError(f"--preset must be tiny or sd15, got {preset!r}")
-    with _quiet_libraries(), console.status(f"writing the {preset} model to {out_dir}"):
+    check_target(out_dir.absolute(), "tiny-model.json", record_files(), ["subject.png", "tiny-model.json"])
+    require_extra("export", "tiny-model")
+    from monkey_trt.tiny_model import write_tiny_model
+
+    with _quiet_libraries(), status(console, f"writing the {preset} model to {out_dir}"):
         paths = write_tiny_model(out_dir, preset=preset)
     typer.echo(f"base:       {paths.base}\nip-adapter: {paths.ip_adapter}\nsubject:    {paths.subject}")
 
@@ -77,66 +99,78 @@ def tiny_model(
 def generate(
     image: Path = typer.Option(..., "--image", help="Subject image (any PIL format)"),
     prompt: str = typer.Option(..., "--prompt", help="Text prompt; it owns the background"),
-    out: Path = typer.Option(..., "--out", help="Output folder (created or replaced atomically)"),
-    base: str = typer.Option(DEFAULT_BASE, help="Base LCM model: hub id or diffusers folder"),
-    ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="IP-Adapter: hub id or folder (h94 layout)"),
+    out: Path = typer.Option(..., "--out", help="Output folder (missing parents are created; a re-run replaces only the files it wrote)"),
+    base: Optional[str] = typer.Option(None, help=f"Base LCM model: hub id or diffusers folder [default: the engine's source, else {DEFAULT_BASE}]"),
+    ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"IP-Adapter: hub id or folder (h94 layout) [default: the engine's source, else {DEFAULT_IP_ADAPTER}]"),
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
-    backend: str = typer.Option("torch", help="torch (PyTorch reference) | ort | trt"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends)"),
+    backend: Optional[str] = typer.Option(None, help="torch (PyTorch reference) | ort | trt [default: ort with --engine-dir, else torch]"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends); also the default size and models"),
+    verify: str = typer.Option("sha256", "--verify", help="Engine-dir check before loading: sha256 (every file hashed) | size (sizes; small files hashed)"),
     device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
     providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
     precision: str = typer.Option("fp32", "--precision", help="ort/trt: run the engine directory's fp32 or fp16 graphs"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
     seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
-    height: int = typer.Option(512, help="Image height, multiple of 8"),
-    width: int = typer.Option(512, help="Image width, multiple of 8"),
-    noise: Optional[Path] = typer.Option(None, "--noise", help=".npz with latents [1,4,h,w] and step_noise [K,1,4,h,w]"),
+    height: Optional[int] = typer.Option(None, help="Image height, multiple of 8 [default: the engine's opt size, else 512]"),
+    width: Optional[int] = typer.Option(None, help="Image width, multiple of 8 [default: the engine's opt size, else 512]"),
+    noise: Optional[Path] = typer.Option(None, "--noise", help=".npz with latents [1,4,H/8,W/8] and step_noise [K,1,4,H/8,W/8] (K = longer pass's steps - 1); replaces --seed"),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write arrays.npz (float image and mask)"),
     baseline: bool = typer.Option(False, "--baseline", help="Also run plain IP-Adapter: ipadapter.png, grid.png"),
     baseline_scale: Optional[float] = typer.Option(None, "--baseline-scale", help="IP scale of the baseline (default: scale_final)"),
-    steps_mask_pass: int = typer.Option(4, "--steps-mask-pass"),
+    steps_mask_pass: int = typer.Option(4, "--steps-mask-pass", help="LCM steps of pass 1 (the mask pass)"),
     mask_steps: str = typer.Option("1,2", "--mask-steps", help="0-based steps of pass 1 whose maps are combined"),
-    mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer"),
-    mask_token: int = typer.Option(1, "--mask-token"),
-    threshold: float = typer.Option(0.5, "--threshold"),
-    scale_mask_pass: float = typer.Option(1.0, "--scale-mask-pass"),
-    steps_final: int = typer.Option(8, "--steps-final"),
+    mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Cross-attention layer whose IP attention map gives the mask"),
+    mask_token: int = typer.Option(1, "--mask-token", help="0-based IP token whose attention column is the subject map"),
+    threshold: float = typer.Option(0.5, "--threshold", help="Threshold on the min-max normalised map, in [0, 1)"),
+    scale_mask_pass: float = typer.Option(1.0, "--scale-mask-pass", help="IP-Adapter scale at every step of pass 1"),
+    steps_final: int = typer.Option(8, "--steps-final", help="LCM steps of pass 2 (the final pass)"),
     masked_steps: str = typer.Option("2,3,4,5", "--masked-steps", help="0-based steps of pass 2 with IP on (masked)"),
-    scale_final: float = typer.Option(1.0, "--scale-final"),
-    guidance_scale: float = typer.Option(8.5, "--guidance-scale"),
+    scale_final: float = typer.Option(1.0, "--scale-final", help="IP-Adapter scale at the masked steps of pass 2"),
+    guidance_scale: float = typer.Option(8.5, "--guidance-scale", help="LCM embedded guidance (w = guidance_scale - 1)"),
 ):
     """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
-    from monkey_trt.generate import GenerateJob, run_generate
+    import time
 
+    from monkey_trt.generate import GenerateJob, resolve_defaults, run_generate, summary
+
+    t0 = time.perf_counter()
+    if verify not in ("sha256", "size"):
+        raise MonkeyError(f"--verify must be sha256 or size, got {verify!r}")
     config = _build_config(steps_mask_pass, mask_steps, mask_layer, mask_token, threshold, scale_mask_pass,
                            steps_final, masked_steps, scale_final, guidance_scale)
-    request = Request(prompt=prompt, height=height, width=width, seed=seed, config=config)
+    d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
+    request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
     job = GenerateJob(
-        request=request, image=image, out=out, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight,
-        backend=backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
+        request=request, image=image, out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
+        backend=d.backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
         precision=precision,
+        threads=threads, verify=verify,
     )
     with _quiet_libraries():
         result_dir, result = run_generate(job, console)
     for w in result.warnings:
         _warn(w)
-    typer.echo(f"wrote {result_dir}")
+    typer.echo(summary(result, result_dir, time.perf_counter() - t0))
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("monkey-demo"), "--out", help="Output folder"),
+    out: Path = typer.Option(Path("monkey-demo"), "--out", help="Output folder (missing parents are created)"),
     workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Where the tiny model and its engine are cached"),
-    prompt: str = typer.Option(DEMO_PROMPT, "--prompt"),
+    prompt: str = typer.Option(DEMO_PROMPT, "--prompt", help="Text prompt; it owns the background"),
     size: int = typer.Option(128, "--size", help="Image side (the tiny model is fast at 64..256)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed (diffusers LCM semantics)"),
     backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference)"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
+    from monkey_trt.atomic import check_target
     from monkey_trt.generate import GenerateJob, run_generate
+    from monkey_trt.outputs import check_out_dir
 
     model_dir, engine_dir = workdir / "tiny-model", workdir / "tiny-engine"
     if backend not in ("ort", "torch"):
@@ -144,17 +178,24 @@ def demo(
     lo, hi = DEMO_PROFILE
     if not lo <= size <= hi or size % 8:
         raise MonkeyError(f"demo --size must be a multiple of 8 in {lo}..{hi}, got {size}")
+    if threads < 0:
+        raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {threads}")
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
+    check_out_dir(out, baseline=True)  # before minutes of first-run work
+    for d in (workdir, model_dir, engine_dir):
+        check_target(d.absolute(), "-", lambda _p: set())
     with _quiet_libraries():
-        if not (model_dir / "subject.png").is_file():
-            with console.status(f"writing the embedded tiny model to {model_dir}"):
+        if not _tiny_model_ready(model_dir):
+            _need_export_extra()
+            with status(console, f"writing the embedded tiny model to {model_dir} (once)"):
                 _write_tiny_model_atomic(model_dir)
         if backend != "torch" and not _engine_dir_usable(engine_dir, size):
+            _need_export_extra()
             _export_tiny_engine(model_dir, engine_dir)
         job = GenerateJob(
             request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
             ip_adapter=str(model_dir / "ip-adapter"), backend=backend, baseline_scale=request.config.scale_final,
-            engine_dir=engine_dir if backend != "torch" else None,
+            engine_dir=engine_dir if backend != "torch" else None, threads=threads,
         )
         result_dir, result = run_generate(job, console)
     for w in result.warnings:
@@ -167,22 +208,26 @@ def demo(
 DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
 
 
-def _write_tiny_model_atomic(model_dir: Path) -> None:
-    """An interrupted first demo must not leave a half-written model cache behind."""
-    import shutil
-    import tempfile
+def _need_export_extra() -> None:
+    from monkey_trt.extras import require_extra
 
-    from monkey_trt.atomic import replace_dir
+    require_extra("export", "the first demo (writing and exporting the tiny model)")
+
+
+def _tiny_model_ready(model_dir: Path) -> bool:
+    """Every file the tiny model's record lists is there (write_tiny_model commits atomically)."""
+    from monkey_trt.atomic import record_files
+    from monkey_trt.tiny_model import TINY_MODEL_RECORD
+
+    names = record_files()(model_dir / TINY_MODEL_RECORD)
+    return bool(names) and all((model_dir / n).is_file() for n in names)
+
+
+def _write_tiny_model_atomic(model_dir: Path) -> None:
+    """write_tiny_model is atomic itself: an interrupted first demo leaves no half-written cache."""
     from monkey_trt.tiny_model import write_tiny_model
 
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model.", dir=model_dir.parent))
-    try:
-        write_tiny_model(tmp, preset="tiny")
-        replace_dir(tmp, model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_tiny_model(model_dir, preset="tiny")
 
 
 def _engine_dir_usable(engine_dir: Path, size: int) -> bool:
@@ -204,8 +249,8 @@ def _export_tiny_engine(model_dir: Path, engine_dir: Path) -> None:
     side = ShapeRange(lo, 128, hi)
     opts = ExportOptions(ModelSource(str(model_dir / "base"), str(model_dir / "ip-adapter")), engine_dir,
                          Profile(ShapeRange(1, 1, 1), side, side), force=True)
-    with console.status("exporting the tiny model to ONNX (once)") as status:
-        export_engine_dir(opts, progress=lambda msg, done, total: status.update(f"export {done + 1}/{total}: {msg}"))
+    with status(console, "exporting the tiny model to ONNX (once)") as update:
+        export_engine_dir(opts, progress=lambda msg, done, total: update(f"export {done + 1}/{total}: {msg}"))
 
 
 def _size(text: str, name: str) -> tuple[int, int]:
@@ -241,39 +286,44 @@ def export(
     out: Path = typer.Option(..., "--out", help="Engine directory to write"),
     base: str = typer.Option(DEFAULT_BASE, help="Base LCM model: hub id or diffusers folder"),
     ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="IP-Adapter: hub id or folder"),
-    ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight"),
+    ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
     height: int = typer.Option(512, help="Optimal (profile opt) height"),
     width: int = typer.Option(512, help="Optimal (profile opt) width"),
     min_size: Optional[str] = typer.Option(None, "--min", help="Smallest HxW the engine accepts (default: the opt size)"),
     max_size: Optional[str] = typer.Option(None, "--max", help="Largest HxW the engine accepts (default: the opt size)"),
     batch: int = typer.Option(1, "--batch", help="Largest batch the engines accept"),
-    opset: int = typer.Option(17, "--opset"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset, 7..21"),
     mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Layer whose IP attention map is an output"),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Polygraphy constant folding"),
-    force: bool = typer.Option(False, "--force", help="Replace an existing engine directory"),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier engine directory's own files (other files are kept)"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 and/or fp16 (comma list); fp16 is added to an existing directory"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from monkey_trt.export.onnx_export import ExportOptions, add_precisions, existing_export_matches, export_engine_dir
-    from monkey_trt.reference.loading import ModelSource
+    from monkey_trt.extras import require_extra
+    from monkey_trt.progress import steps
+    from monkey_trt.runtime.manifest import PRECISIONS
 
     if not 7 <= opset <= 21:
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
     precisions = tuple(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
-    opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, _profile(height, width, min_size, max_size, batch),
-                         mask_layer=mask_layer, opset=opset, fold_constants=fold, force=force, precisions=precisions)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with _quiet_libraries(), Progress(*columns, console=console) as bar:
-        task = bar.add_task("export", total=None)
-        show = lambda msg, done, total: bar.update(task, description=msg, completed=done, total=total)  # noqa: E731
-        if not force and existing_export_matches(opts):  # same model and profile: add the missing precisions only
-            added = add_precisions(out, precisions, progress=show)
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        raise MonkeyError(f"--precision must be a comma list of {', '.join(PRECISIONS)}, got {precision!r}")
+    profile = _profile(height, width, min_size, max_size, batch)
+    require_extra("export", "export")
+    from monkey_trt.export.onnx_export import ExportOptions, add_precisions, check_export_out, existing_export_matches, export_engine_dir
+    from monkey_trt.reference.loading import ModelSource
+
+    opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
+                         fold_constants=fold, force=force, precisions=precisions)
+    add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
+    if not add_only:
+        check_export_out(out, force)
+    with _quiet_libraries(), steps(console, "export") as step:
+        if add_only:
+            added = add_precisions(out, precisions, progress=step)
             result, note = out, (f"added {', '.join(added)}" if added else f"already has {', '.join(precisions)}")
         else:
-            result, note = export_engine_dir(opts, progress=show), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))
-        bar.update(task, description="done", completed=bar.tasks[0].total)
+            result, note = export_engine_dir(opts, progress=step), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))
     typer.echo(f"engine directory: {result} ({note})")
 
 
@@ -285,7 +335,7 @@ def build(
     old_fp16: bool = typer.Option(False, "--fp16", hidden=True),
     old_fp32: bool = typer.Option(False, "--fp32", hidden=True),
     static: bool = typer.Option(False, "--static", help="Build for the opt shape only (fastest)"),
-    workspace_gib: float = typer.Option(8.0, "--workspace-gib"),
+    workspace_gib: float = typer.Option(8.0, "--workspace-gib", help="TensorRT builder workspace (GiB)"),
     opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5"),
     force: bool = typer.Option(False, "--force", help="Rebuild even if a plan for this key exists"),
 ):
@@ -299,8 +349,8 @@ def build(
     manifest = load_manifest(engine_dir)
     cfg = BuildConfig(precision=precision, workspace_gib=workspace_gib, builder_optimization_level=opt_level,
                       profile=manifest.profile, static_shapes=static, tf32=tf32)
-    with console.status("building TensorRT engines (minutes for SD1.5)") as status:
-        plans = build_engine_dir(engine_dir, manifest, cfg, force=force, progress=lambda net, msg: status.update(f"{net}: {msg}"))
+    with status(console, "building TensorRT engines (minutes for SD1.5)") as update:
+        plans = build_engine_dir(engine_dir, manifest, cfg, force=force, progress=lambda net, msg: update(f"{net}: {msg}"))
     typer.echo(f"TensorRT plans: {plans}")
 
 
@@ -326,8 +376,8 @@ def bench(
     base: str = typer.Option(DEFAULT_BASE, help="torch backend: base model"),
     ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="torch backend: IP-Adapter"),
     image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: a grey square)"),
-    height: int = typer.Option(512),
-    width: int = typer.Option(512),
+    height: int = typer.Option(512, help="Image height"),
+    width: int = typer.Option(512, help="Image width"),
     runs: int = typer.Option(5, help="Timed runs per backend"),
     warmup: int = typer.Option(1, help="Untimed runs first"),
     device: str = typer.Option("cpu", help="torch backend device"),
@@ -422,29 +472,67 @@ def serve(
 
 
 # -- entry point ------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry: MonkeyError -> one line on stderr, exit 2."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except MonkeyError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
-    except (typer.Abort, KeyboardInterrupt):
-        console.print("[red]aborted[/]")
-        return 130
-    except Exception as e:  # click usage errors and unexpected failures
-        import click
+def _fail(message: str, code: int = 2) -> int:
+    """One plain line on stderr (no rich markup: `[gpu]` stays `[gpu]`)."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    return code
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
+
+def _os_error_line(e: OSError) -> str:
+    what = e.strerror or str(e) or type(e).__name__
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{what}: {where}" if where else what
+
+
+def _usage_error_line(e) -> str:
+    """click's message (with its 'Did you mean' hints) plus where to look for help, as one line."""
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"{e.format_message()}{hint}"
+
+
+def _click_exceptions():
+    """The click exceptions typer raises: typer >= 0.20 vendors click as typer._click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer on the real click
+        from click import exceptions
+    return exceptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: every user error is one line on stderr and exit code 2."""
+    click = _click_exceptions()
+    try:
+        app(args=argv, prog_name="monkey-trt", standalone_mode=False)
+    except MonkeyError as e:
+        return _fail(str(e))
+    except click.NoArgsIsHelpError as e:  # bare `monkey-trt` (or a group without a command)
+        typer.echo(e.ctx.get_help(), err=True)
+        return 2
+    except click.UsageError as e:  # bad option values, missing options, unknown commands
+        return _fail(_usage_error_line(e))
+    except typer.Exit as e:  # --help, --version
+        return e.exit_code
+    except click.ClickException as e:  # click's file errors etc.
+        return _fail(e.format_message())
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("aborted\n")
+        return 130
+    except OSError as e:  # permissions, a full disk, /proc, a folder where a file was expected ...
         if os.environ.get("MONKEY_TRT_DEBUG"):
             raise
-        console.print(f"[red]internal error:[/] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                      "(set MONKEY_TRT_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
-        return 1
+        return _fail(_os_error_line(e))
+    except UnicodeError as e:  # text that is not valid UTF-8 (prompts, paths, files)
+        if os.environ.get("MONKEY_TRT_DEBUG"):
+            raise
+        return _fail(f"text is not valid UTF-8 ({type(e).__name__}: {e.reason})")
+    except Exception as e:  # unexpected: a bug, reported as such
+        if os.environ.get("MONKEY_TRT_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        return _fail(f"internal error: {type(e).__name__}: {first} (set MONKEY_TRT_DEBUG=1 for a traceback)", code=1)
     return 0
 
 

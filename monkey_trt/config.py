@@ -94,8 +94,12 @@ class Request:
     config: MonkeyConfig = field(default_factory=MonkeyConfig)
 
     def __post_init__(self) -> None:
-        if not self.prompt or not self.prompt.strip():
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise MonkeyError("prompt is empty: MONKEY needs a text prompt for the background")
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes from the command line arrive as lone surrogates
+            raise MonkeyError("prompt is not valid UTF-8 text") from None
         for name, side in (("height", self.height), ("width", self.width)):
             if side % 8 != 0:
                 raise MonkeyError(f"{name} must be a multiple of 8, got {side}")

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from monkey_trt.config import DEFAULT_IP_WEIGHT, Request
+from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, Request
 from monkey_trt.errors import MonkeyError
 from monkey_trt.outputs import check_out_dir, write_outputs
+from monkey_trt.progress import status, steps
 from monkey_trt.runtime.images import load_subject
 from monkey_trt.runtime.manifest import PRECISIONS
 from monkey_trt.runtime.noise import load_noise_file
@@ -41,6 +41,43 @@ class GenerateJob:
     fp16: bool = False  # ort TensorRT EP: fp16 kernels (changes the math)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP and trt: replay UNet steps as CUDA graphs
     precision: str = "fp32"  # ort/trt: fp32 or fp16 graphs of the engine directory (fp16 changes the math: opt-in)
+    threads: int = 0  # CPU threads (torch intra-op / ORT intra-op per session); 0 = library default
+    verify: str = "sha256"  # engine-dir file check: sha256 | size
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What `generate` uses for the options the user left out."""
+
+    backend: str
+    height: int
+    width: int
+    base: str
+    ip_adapter: str
+
+
+def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height: int | None = None, width: int | None = None,
+                     base: str | None = None, ip_adapter: str | None = None) -> Defaults:
+    """Options left as None: from the engine directory's manifest when there is one (backend ort,
+    its profile's opt size, its source models), else torch at 512x512 from the hub defaults."""
+    if engine_dir is None:
+        return Defaults(backend or "torch", height or 512, width or 512, base or DEFAULT_BASE, ip_adapter or DEFAULT_IP_ADAPTER)
+    from monkey_trt.runtime.manifest import read_manifest
+
+    m = read_manifest(engine_dir)
+    src = lambda key, default: m.source[key] if isinstance(m.source.get(key), str) else default  # noqa: E731
+    return Defaults(backend or "ort", height or m.profile.height.opt, width or m.profile.width.opt,
+                    base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER))
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op thread count (0 = leave torch's default). ORT takes RuntimeOptions.threads."""
+    if threads < 0:
+        raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -48,23 +85,20 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
     if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
         raise MonkeyError(f"baseline scale must be in [0, 4], got {job.baseline_scale}")
-    check_out_dir(job.out)
+    check_out_dir(job.out, baseline=job.baseline_scale is not None, save_arrays=job.save_arrays)
+    if job.threads < 0:
+        raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {job.threads}")
     subject = load_subject(job.image)
     req, c = job.request, job.request.config
     noise = None
     if job.noise is not None:
         noise = load_noise_file(job.noise, req.latent_shape, c.noise_steps)
 
-    with console.status(f"loading the {job.backend} backend"):
+    with status(console, f"loading the {job.backend} backend"):
         pipe = load_backend(job)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"{job.backend} {req.width}x{req.height}", total=None)
-
-        def show(stage: str, index: int, total: int) -> None:
-            bar.update(task, description=f"{job.backend} {req.width}x{req.height}: {stage.replace('_', ' ')}", completed=index, total=total)
-
-        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True, progress=show)
+    with steps(console, f"{job.backend} {req.width}x{req.height}") as step:
+        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True,
+                      progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
 
     record = {
         "prompt": req.prompt,
@@ -85,12 +119,12 @@ def load_backend(job: GenerateJob):
     if job.backend == "torch":
         if job.precision != "fp32":
             raise MonkeyError("--precision applies to the ort and trt backends (the torch reference runs fp32)")
-        try:
-            import torch
+        from monkey_trt.extras import require_extra
 
-            from monkey_trt.reference.pipeline import ReferencePipeline
-        except ImportError as e:
-            raise MonkeyError(f"the torch backend needs the export extra ({e.name} missing): pip install 'monkey-trt[export]'") from None
+        require_extra("export", "the torch backend")
+        import torch
+
+        from monkey_trt.reference.pipeline import ReferencePipeline
         try:
             device = torch.device(job.device)
         except RuntimeError:
@@ -99,6 +133,7 @@ def load_backend(job: GenerateJob):
             raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}")
         if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
             raise MonkeyError(f"--device {job.device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+        set_torch_threads(job.threads)
         return ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device)
     if job.engine_dir is None:
         raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
@@ -110,7 +145,18 @@ def load_backend(job: GenerateJob):
     if job.precision not in PRECISIONS:
         raise MonkeyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
     return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph,
-                                          precision=job.precision, **opts)
+                                          precision=job.precision, threads=job.threads, verify=job.verify, **opts)
+
+
+def summary(result: MonkeyOutput, out: Path, seconds: float) -> str:
+    """The one line `generate` ends with."""
+    from monkey_trt.atomic import record_files
+    from monkey_trt.outputs import MARKER
+
+    h, w = result.image.shape[:2]
+    names = sorted(record_files()(Path(out) / MARKER), key=lambda n: (n == MARKER, n))
+    return (f"{result.backend} {w}x{h}: mask covers {100 * result.mask.coverage:.0f}% of the image, "
+            f"{seconds:.2f}s in all; wrote {out}/ ({', '.join(names)})")
 
 
 def _sha256(path: Path) -> str:

@@ -4,24 +4,22 @@
         arrays.npz (--save-arrays: image [H,W,3] f32 in [0,1], mask [H,W] f32 {0,1})
         ipadapter.png  grid.png (--baseline)
 
-Files are written into a temporary sibling folder which then replaces OUT, so an error never
-leaves a half-written folder behind. Lean: numpy + PIL.
+Written through atomic.OutputStage: staged next to OUT, then committed; an error never leaves a
+half-written folder, and a re-run replaces only the files result.json recorded (anything else in
+OUT is kept). Lean: numpy + PIL.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from monkey_trt import __version__
-from monkey_trt.atomic import replace_dir
+from monkey_trt.atomic import WRITTEN_BY, OutputStage, check_target, record_files
 from monkey_trt.errors import MonkeyError
 from monkey_trt.runtime.images import mask_overlay, side_by_side
 from monkey_trt.runtime.result import MonkeyOutput, to_uint8
@@ -29,30 +27,30 @@ from monkey_trt.runtime.result import MonkeyOutput, to_uint8
 MARKER = "result.json"
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse before any work: OUT must be new, empty, or an earlier monkey-trt output folder."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MonkeyError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise MonkeyError(f"--out {out} is a non-empty folder that is not a monkey-trt output; choose another")
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise MonkeyError(f"--out {out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise MonkeyError(f"--out {out}: cannot write in {parent}")
+def output_names(baseline: bool = False, save_arrays: bool = False) -> list[str]:
+    """The files a generation writes (result.json, the record, last)."""
+    names = ["monkey.png", "mask.png", "overlay.png"]
+    names += ["ipadapter.png", "grid.png"] if baseline else []
+    names += ["arrays.npz"] if save_arrays else []
+    return names + [MARKER]
+
+
+def check_out_dir(out: Path, baseline: bool = False, save_arrays: bool = False) -> None:
+    """Refuse before any work: OUT is a file, cannot be created, or holds a user's file of an output's name."""
+    check_target(Path(out).absolute(), MARKER, record_files(), output_names(baseline, save_arrays))
 
 
 def _pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(to_uint8(image))
 
 
-def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image, record: dict, save_arrays: bool = False) -> Path:
-    """Write the folder described above; `record` is merged into result.json."""
-    out = Path(out).absolute()
-    check_out_dir(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image | None, record: dict, save_arrays: bool = False) -> Path:
+    """Write the folder described above; `record` is merged into result.json. Without a subject
+    the baseline's grid.png is left out."""
+    baseline = result.baseline_image is not None
+    names = [n for n in output_names(baseline, save_arrays) if subject is not None or n != "grid.png"]
+    with OutputStage.open(out, MARKER, names=names) as stage:
+        tmp = stage.path
         image = _pil(result.image)
         mask_u8 = (result.mask.mask > 0).astype(np.uint8) * 255  # [H, W]
         image.save(tmp / "monkey.png")
@@ -60,22 +58,20 @@ def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image, record:
         under = _pil(result.mask_pass_image) if result.mask_pass_image is not None else image
         overlay = mask_overlay(under, result.mask.mask)
         overlay.save(tmp / "overlay.png")
-        files = ["monkey.png", "mask.png", "overlay.png"]
-        if result.baseline_image is not None:
-            baseline = _pil(result.baseline_image)
-            baseline.save(tmp / "ipadapter.png")
+        if baseline:
+            _pil(result.baseline_image).save(tmp / "ipadapter.png")
+        if baseline and subject is not None:
             side_by_side(
-                [subject.resize(image.size, Image.Resampling.BICUBIC), overlay, baseline, image],
+                [subject.resize(image.size, Image.Resampling.BICUBIC), overlay, _pil(result.baseline_image), image],
                 ["subject", "mask", "IP-Adapter", "MONKEY"],
             ).save(tmp / "grid.png")
-            files += ["ipadapter.png", "grid.png"]
         if save_arrays:
             arrays = {"image": result.image.astype(np.float32), "mask": result.mask.mask.astype(np.float32)}
-            if result.baseline_image is not None:
+            if baseline:
                 arrays["baseline"] = result.baseline_image.astype(np.float32)
             np.savez(tmp / "arrays.npz", **arrays)
-            files.append("arrays.npz")
         info = {
+            "written_by": WRITTEN_BY,
             **record,
             "backend": result.backend,
             "mask": {
@@ -86,16 +82,11 @@ def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image, record:
             "prompt_truncated": result.prompt_truncated,
             "warnings": list(result.warnings),
             "timings_s": {k: round(v, 6) for k, v in result.timings.items()},
-            "files": files + [MARKER],
+            "files": names,
             "versions": versions(),
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
+        return stage.commit(names)
 
 
 def versions() -> dict[str, str]:

@@ -924,23 +924,36 @@ class TinyModelPaths:
     subject: Path  # 256x256 RGB demo subject
 
 
+TINY_MODEL_RECORD = "tiny-model.json"  # lists the files written, so a re-run replaces only those
+
+
 def write_tiny_model(out_dir: Path, preset: str = "tiny", progress: Progress = None) -> TinyModelPaths:
     """Write ``base/``, ``ip-adapter/`` and ``subject.png`` under ``out_dir``; return their paths.
 
     Deterministic: every weight file has the same bytes on every machine and run. ``preset``
     is ``"tiny"`` (fast tests) or ``"sd15"`` (real sizes, random weights; several GB).
     ``progress`` receives short human-readable status lines.
-    """
-    p = get_preset(preset)
-    out = Path(out_dir)
-    paths = TinyModelPaths(base=out / "base", ip_adapter=out / "ip-adapter", subject=out / "subject.png")
-    say = progress or (lambda _msg: None)
-    bpe = build_clip_bpe()
-    models = meta_models(p, bpe)
-    say(f"writing preset {p.name!r} to {out}")
-    write_base(paths.base, p, models, bpe, progress)
-    write_ip_adapter(paths.ip_adapter, p, models, progress)
-    draw_subject().save(paths.subject)
-    say("done")
-    return paths
 
+    Atomic (monkey_trt.atomic.OutputStage): written into a staging folder next to ``out_dir`` and
+    committed at the end, so an interrupted run never leaves truncated weights; the staging folder
+    of a killed run is removed by the next. An existing ``out_dir`` keeps files it did not get from
+    here; ``tiny-model.json`` records what was written.
+    """
+    from monkey_trt.atomic import WRITTEN_BY, OutputStage, staged_files
+
+    p = get_preset(preset)
+    out = Path(out_dir).absolute()
+    names = ["subject.png", "base/model_index.json", TINY_MODEL_RECORD]
+    with OutputStage.open(out, TINY_MODEL_RECORD, names=names) as stage:
+        say = progress or (lambda _msg: None)
+        bpe = build_clip_bpe()
+        models = meta_models(p, bpe)
+        say(f"writing preset {p.name!r} to {out}")
+        write_base(stage.path / "base", p, models, bpe, progress)
+        write_ip_adapter(stage.path / "ip-adapter", p, models, progress)
+        draw_subject().save(stage.path / "subject.png")
+        files = staged_files(stage.path) + [TINY_MODEL_RECORD]
+        _write_json(stage.path / TINY_MODEL_RECORD, {"written_by": WRITTEN_BY, "preset": p.name, "files": files})
+        stage.commit(files)
+    say("done")
+    return TinyModelPaths(base=out / "base", ip_adapter=out / "ip-adapter", subject=out / "subject.png")

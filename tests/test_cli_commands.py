@@ -18,8 +18,14 @@ def test_tiny_model_command(tmp_path, capsys):
     assert main(["tiny-model", str(tmp_path / "m2"), "--preset", "sd42"]) == 2
 
 
-def test_demo_runs_on_ort_and_reuses_its_cache(tmp_path, capsys):
+def test_demo_runs_on_ort_and_reuses_its_cache(tmp_path, capsys, tiny_model_dir, engine_dir):
+    """The cache seeded from the session's tiny model and export (64..128 covers 64 and 96);
+    the first run that writes and exports it is test_demo_first_run (slow)."""
+    import shutil
+
     work, out = tmp_path / "work", tmp_path / "demo"
+    shutil.copytree(tiny_model_dir, work / "tiny-model")
+    shutil.copytree(engine_dir, work / "tiny-engine")
     assert main(["demo", "--workdir", str(work), "--out", str(out), "--size", "64"]) == 0
     said = capsys.readouterr().out
     assert "demo on ort" in said and str(out) in said
@@ -33,7 +39,19 @@ def test_demo_runs_on_ort_and_reuses_its_cache(tmp_path, capsys):
     assert np.asarray(Image.open(out / "monkey.png")).shape == (96, 96, 3)
 
 
-def test_demo_torch_backend(tmp_path, capsys):
+@pytest.mark.slow
+def test_demo_first_run_writes_the_model_and_exports_once(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--out", str(out), "--size", "64"]) == 0
+    assert "exporting the tiny model" in capsys.readouterr().out  # progress (plain lines off a terminal)
+    assert (work / "tiny-model" / "tiny-model.json").is_file() and (work / "tiny-engine" / "manifest.json").is_file()
+    assert not [p for p in work.iterdir() if "monkey-staging" in p.name]
+
+
+def test_demo_torch_backend(tmp_path, capsys, tiny_model_dir):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "w" / "tiny-model")
     assert main(["demo", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "d"), "--backend", "torch", "--size", "64"]) == 0
     assert json.loads((tmp_path / "d" / "result.json").read_text())["backend"] == "torch"
     assert not (tmp_path / "w" / "tiny-engine").exists()

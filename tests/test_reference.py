@@ -170,6 +170,7 @@ def test_hub_ids_fetch_only_what_is_needed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id: files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)  # the tests run with HF_HUB_OFFLINE=1
     loading.resolve_repo("owner/base", ("unet/", "vae/"), extra=(("model_index.json",),))
     assert sorted(asked["owner/base"]) == ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                                            "vae/config.json", "vae/diffusion_pytorch_model.bin"]
@@ -192,5 +193,8 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(MonkeyError, match="not in the Hugging Face cache"):
+        loading.resolve_base("someone/missing-model")  # HF_HUB_OFFLINE=1: straight to the cache, no retries
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)
     with pytest.raises(MonkeyError, match="not cached"):
-        loading.resolve_base("someone/missing-model")
+        loading.resolve_base("someone/missing-model")  # online, but the hub fails

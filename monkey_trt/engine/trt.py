@@ -40,7 +40,7 @@ from monkey_trt.engine.ort import validate_feeds
 from monkey_trt.engine.runner import Runner, TensorSpec
 from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
 from monkey_trt.atomic import write_json_atomic
-from monkey_trt.runtime.manifest import PRECISIONS
+from monkey_trt.runtime.manifest import PRECISIONS, sha256_file
 
 KEY_VERSION = 2  # bump when the key material or the plan layout changes (2: precision = which ONNX graphs)
 TRT_SUBDIR = "trt"
@@ -439,8 +439,8 @@ def build_engine_dir(
         say(net, f"building ({cfg.precision})")
         onnx_path = manifest.path(engine_dir, net, cfg.precision)
         info = build_engine(onnx_path, plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
-        built[net] = {"plan": plan.name, "onnx": onnx_path.name, "seconds": round(info.seconds, 3), "bytes": info.bytes,
-                      "built_at": time.time()}
+        built[net] = {"plan": plan.name, "onnx": onnx_path.name, "seconds": round(info.seconds, 3), "bytes": plan.stat().st_size,
+                      "sha256": sha256_file(plan), "built_at": time.time()}
         say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
 
     meta = {
@@ -881,7 +881,29 @@ def _complete(folder: Path) -> bool:
     return (folder / BUILD_JSON).is_file() and all((folder / f"{n}.plan").is_file() for n in NETWORKS)
 
 
-def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, precision: str = "fp32") -> dict[str, "TrtEngine"]:
-    """One (not yet activated) TrtEngine per network; CUDA graphs only for the UNet's fixed-shape steps."""
+def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256") -> None:
+    """Every plan the runtime will open is a regular file inside the engine directory whose size (and,
+    for verify="sha256", digest) is what `build` recorded in build.json; no digest is an error."""
+    from monkey_trt.atomic import inside
+
+    try:
+        networks = json.loads((folder / BUILD_JSON).read_text())["networks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EngineDirError(f"{folder / BUILD_JSON} is unreadable: run `monkey-trt build --force`") from None
+    for n in NETWORKS:
+        plan, entry = folder / f"{n}.plan", networks.get(n) if isinstance(networks, dict) else None
+        if plan.is_symlink() or not plan.is_relative_to(engine_dir) or not inside(Path(engine_dir), str(plan.relative_to(engine_dir))):
+            raise EngineDirError(f"{engine_dir}: TensorRT plan {plan} is not a plain file inside the engine directory")
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or not isinstance(entry.get("bytes"), int):
+            raise EngineDirError(f"{folder}: no digest recorded for {n}.plan: run `monkey-trt build --force`")
+        if plan.stat().st_size != entry["bytes"] or (verify == "sha256" and sha256_file(plan) != digest):
+            raise EngineDirError(f"{folder}: {n}.plan fails its {'sha256' if verify == 'sha256' else 'size'} check (altered)")
+
+
+def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, precision: str = "fp32",
+                     verify: str = "sha256") -> dict[str, "TrtEngine"]:
+    """One (not yet activated) TrtEngine per network, plans verified; CUDA graphs only for the UNet's fixed-shape steps."""
     folder = find_plan_dir(engine_dir, manifest, precision)
+    verify_plans(Path(engine_dir), folder, verify)
     return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet") for n in NETWORKS}

@@ -2,15 +2,14 @@
 
     export_engine_dir(ExportOptions(...)) -> ENGINE_DIR
 
-Everything is written into a temporary sibling folder and renamed into place at the end, so a
-failed export never leaves a half-written engine directory. torch/diffusers are used here only.
+Everything is written into a staging folder and committed at the end (atomic.OutputStage), so a
+failed export never leaves a half-written engine directory, and `--force` replaces only the files
+the earlier manifest lists. torch/diffusers are used here only.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from monkey_trt import __version__
-from monkey_trt.atomic import replace_dir
+from monkey_trt.atomic import OutputStage, check_target, staged_files
 from monkey_trt.config import DEFAULT_MASK_LAYER
 from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
 from monkey_trt.errors import MonkeyError
@@ -34,6 +33,7 @@ from monkey_trt.runtime.manifest import (
     Manifest,
     NetworkEntry,
     SchedulerConsts,
+    manifest_files,
     sha256_file,
 )
 from monkey_trt.runtime.tokenizer import ClipTokenizer
@@ -158,12 +158,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             progress(msg, done, total)
         done += 1
 
-    out = Path(opts.out).absolute()
-    if out.exists() and not opts.force:
-        raise MonkeyError(f"{out} exists: pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise MonkeyError(f"{out} is a non-empty folder that is not an engine directory; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_export_out(opts.out, opts.force)
 
     say("loading models")
     m = load_reference_models(opts.source)
@@ -181,8 +176,8 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files()) as stage:
+        tmp = stage.path
         entries = {}
         for name, module in modules.items():
             say(f"exporting {name}")
@@ -220,10 +215,21 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
                       **({"fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"} if fp16 else {})},
         )
         manifest.write(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return stage.commit(staged_files(tmp))
+
+
+def expected_files() -> list[str]:
+    """The files every engine directory has (big networks add `<net>.onnx.data`)."""
+    return [f"{n}.onnx" for n in NETWORKS] + ["tokenizer/tokenizer.json", MANIFEST]
+
+
+def check_export_out(out: Path, force: bool) -> Path:
+    """Before any work: `out` is new (or an empty folder), or `force` and an earlier engine directory
+    whose own files may be replaced (a user's files there are kept; one in the way is refused)."""
+    out = Path(out).absolute()
+    check_target(out, MANIFEST, manifest_files, expected_files())
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise MonkeyError(f"{out} exists: pass --force to replace the engine directory's files")
     return out
 
 
@@ -231,12 +237,12 @@ def existing_export_matches(opts: ExportOptions) -> bool:
     """`opts.out` is an engine directory exported from the same model, mask layer and profile (so only
     missing precisions need adding); False when it does not exist. A directory from another model or
     profile raises the usual "exists: pass --force" error."""
-    from monkey_trt.runtime.manifest import load_manifest
+    from monkey_trt.runtime.manifest import read_manifest
 
     out = Path(opts.out).absolute()
     if not (out / MANIFEST).is_file():
         return False
-    m = load_manifest(out, verify="none")
+    m = read_manifest(out)
     src = opts.source
     same = (m.profile == opts.profile and m.mask_layer == opts.mask_layer and m.exporter.get("onnx_opset") == opts.opset
             and _same_model(m.source.get("base"), src.base) and _same_model(m.source.get("ip_adapter"), src.ip_adapter)
@@ -256,32 +262,30 @@ def _same_model(recorded, given: str) -> bool:
 def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None) -> tuple[str, ...]:
     """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
 
-    The new files are written to a staging folder inside the directory and moved into place, then the
-    manifest is replaced atomically: an interruption leaves the old manifest valid (at worst, unlisted
-    `*.fp16.onnx` files that the next run overwrites).
+    Through atomic.OutputStage like every output: the new graphs and manifest are staged next to the
+    directory and committed under its lock; the fp32 files stay where they are (`keep`), a file in the
+    way that monkey-trt did not write is refused, and an interruption leaves the old directory intact.
     """
     from monkey_trt.runtime.manifest import load_manifest
 
-    root = Path(engine_dir)
+    root = Path(engine_dir).absolute()
     manifest = load_manifest(root)  # verifies the fp32 files the conversion reads
     todo = [p for p in precisions if p not in manifest.precisions]
     if not todo:
         return ()
-    staging = Path(tempfile.mkdtemp(prefix=".precision.", dir=root))
-    try:
+    kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
+    new_names = [f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + [MANIFEST]
+    with OutputStage.open(root, MANIFEST, manifest_files, names=new_names) as stage:
         entries = dict(manifest.networks)
         for i, name in enumerate(NETWORKS):
             if progress is not None:
                 progress(f"converting {name} to fp16", i, len(NETWORKS))
-            files = write_fp16_network(manifest.path(root, name), staging, name)
-            for f in files.sha256:
-                os.replace(staging / f, root / f)
+            files = write_fp16_network(manifest.path(root, name), stage.path, name)
             e = entries[name]
             entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, "fp16": files})
         exporter = {**manifest.exporter, "fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"}
-        Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter}).write(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter}).write(stage.path)
+        stage.commit(staged_files(stage.path), keep=kept)
     return tuple(todo)
 
 

@@ -60,6 +60,13 @@ def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[tuple[str, .
         from huggingface_hub import list_repo_files, snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub ships with the export extra
         raise MonkeyError("huggingface_hub is not installed: pip install 'monkey-trt[export]'") from None
+    offline = hub_unreachable()
+    if offline:
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:
+            raise MonkeyError(f"{name} is not in the Hugging Face cache and the hub cannot be used ({offline}): "
+                              "pass a local folder") from None
     try:
         files = list_repo_files(name)
         patterns = _pick_hub_files(files, prefixes) + [next(f for f in alts if f in files) for alts in extra if any(f in files for f in alts)]
@@ -71,6 +78,25 @@ def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[tuple[str, .
             raise MonkeyError(
                 f"cannot get {name} from the Hugging Face hub ({type(online_error).__name__}) and it is not cached: pass a local folder"
             ) from None
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the hub cannot be used right now (offline mode, or no TCP connection to it within
+    `timeout_s`), or None. A quick probe, so no network fails in seconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"cannot connect to {host}:{port}: {e.strerror or type(e).__name__}"
+    return None
 
 
 def resolve_base(base: str) -> Path:
@@ -164,6 +190,7 @@ class ReferenceModels:
 def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ReferenceModels:
     from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
     from diffusers.models.embeddings import ImageProjection
+    from safetensors import SafetensorError
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     _quiet_progress_bars()
@@ -178,8 +205,9 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
         tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
         scheduler = LCMScheduler.from_pretrained(base, subfolder="scheduler")
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(ip_root / "models" / "image_encoder")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise MonkeyError(f"cannot load the models from {base} / {ip_root}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # missing, truncated or corrupt files
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MonkeyError(f"cannot load the models from {base} / {ip_root}: {type(e).__name__}: {first}") from None
     if unet.config.time_cond_proj_dim is None:
         raise MonkeyError(f"{source.base} is not an LCM UNet (time_cond_proj_dim is unset)")
 

@@ -7,9 +7,16 @@
       <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
       trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
 
-The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`, which
-checks the schema version and every file's size and sha256 before anything runs.
-Lean: stdlib + numpy.
+The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`. The
+directory is a sealed contract (the README's "Trust model"):
+
+* the manifest is validated against MANIFEST_SCHEMA (types, not only keys) before it is used;
+* every path in it is a plain relative name that stays inside the directory (no absolute path,
+  no `..`, no symlink leaving it) and no two entries share a file;
+* every file the runtime opens (each network's `.onnx` and `.onnx.data`, `tokenizer/tokenizer.json`)
+  has a digest and a size, and is checked before anything runs: `verify="sha256"` hashes all of
+  them, `verify="size"` checks the sizes of the networks and hashes the small files.
+Lean: stdlib + numpy + jsonschema.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monkey_trt.atomic import write_json_atomic
+from monkey_trt.atomic import inside, safe_relpath, write_json_atomic
 from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, TensorDesc
 from monkey_trt.errors import EngineDirError
 
@@ -29,6 +36,53 @@ SCHEMA = "monkey-trt/engine-dir"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16")  # fp32: the entry's own files; others: NetworkEntry.precisions (optional, additive)
+TOKENIZER_FILE = "tokenizer/tokenizer.json"  # the one tokenizer file the runtime opens
+VERIFY_MODES = ("sha256", "size")
+
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_NUMS = {"type": "array", "items": _NUM}
+_SIDE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3}
+_TENSORS = {"type": "array", "items": {
+    "type": "object", "required": ["name", "dtype", "shape"],
+    "properties": {"name": {"type": "string"}, "dtype": {"type": "string"},
+                   "shape": {"type": "array", "items": {"type": ["integer", "string"]}}}}}
+_DIGESTS = {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_FILES = {"file": {"type": "string"}, "data_file": {"type": ["string", "null"]}, "sha256": _DIGESTS,
+          "sizes": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 0}}}
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "required": ["schema", "schema_version", "dims", "profile", "mask_layer", "ip_layers", "scheduler", "preprocess",
+                 "vae_scaling_factor", "networks", "files"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "schema_version": {"const": SCHEMA_VERSION},
+        "dims": {"type": "object", "required": list(ModelDims.__dataclass_fields__),
+                 "additionalProperties": False, "properties": {k: {"type": "integer", "minimum": 1} for k in ModelDims.__dataclass_fields__}},
+        "profile": {"type": "object", "required": ["batch", "height", "width"],
+                    "properties": {"batch": _SIDE, "height": _SIDE, "width": _SIDE}},
+        "mask_layer": {"type": "string"},
+        "ip_layers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "scheduler": {"type": "object", "required": ["alphas_cumprod"], "additionalProperties": False, "properties": {
+            "alphas_cumprod": {**_NUMS, "minItems": 1}, "coeffs": _NUMS, "guidance_freqs": _NUMS,
+            "original_inference_steps": _INT, "timestep_scaling": _NUM, "sigma_data": _NUM,
+            "final_alpha_cumprod": _NUM, "num_train_timesteps": _INT}},
+        "preprocess": {"type": "object", "required": ["size", "mean", "std"], "additionalProperties": False, "properties": {
+            "size": {"type": "integer", "minimum": 1},
+            "mean": {**_NUMS, "minItems": 3, "maxItems": 3}, "std": {**_NUMS, "minItems": 3, "maxItems": 3}}},
+        "vae_scaling_factor": _NUM,
+        "networks": {"type": "object", "required": list(NETWORKS), "additionalProperties": {
+            "type": "object", "required": ["file", "data_file", "sha256", "sizes", "inputs", "outputs"],
+            "properties": {**_FILES, "inputs": _TENSORS, "outputs": _TENSORS,
+                           "precisions": {"type": "object", "additionalProperties": False, "properties": {
+                               p: {"type": "object", "required": ["file", "data_file", "sha256", "sizes"],
+                                   "properties": {**_FILES, "fp32_ops": {"type": "array", "items": {"type": "string"}}}}
+                               for p in PRECISIONS if p != "fp32"}}}}},
+        "files": {**_DIGESTS, "required": [TOKENIZER_FILE]},
+        "source": {"type": "object"},
+        "exporter": {"type": "object"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -201,8 +255,27 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
-    """Read and validate ENGINE_DIR/manifest.json. `verify`: "sha256" (default), "size" or "none".
+def manifest_files(record_path: Path) -> set[str]:
+    """The files an engine directory's manifest lists (itself included); empty if it is not one.
+
+    Used by atomic.OutputStage to know what `export --force` may replace. Tolerant: never raises.
+    """
+    try:
+        raw = json.loads(Path(record_path).read_text())
+        if raw.get("schema") != SCHEMA:
+            return set()
+        names = set(raw.get("files", {}))
+        for entry in raw.get("networks", {}).values():
+            names |= set(entry.get("sha256", {}))
+            for other in entry.get("precisions", {}).values():
+                names |= set(other.get("sha256", {}))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        return set()
+    return {n for n in (safe_relpath(x) for x in names) if n} | {MANIFEST}
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Read ENGINE_DIR/manifest.json and check its schema and paths (no file contents).
 
     Every fault is an EngineDirError with one line naming the directory and what is wrong.
     """
@@ -218,33 +291,79 @@ def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
         raise EngineDirError(f"{mpath} is corrupt: {e}") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise EngineDirError(f"{mpath} is not a monkey-trt manifest")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise EngineDirError(
-            f"{mpath} has schema version {raw.get('schema_version')}, this monkey-trt reads {SCHEMA_VERSION}: re-export the engine directory"
-        )
+    version = raw.get("schema_version")
+    if type(version) is int and version != SCHEMA_VERSION:
+        raise EngineDirError(f"{mpath} has schema version {version}, this monkey-trt reads {SCHEMA_VERSION}: re-export the engine directory")
+    _validate_schema(raw, mpath)
     try:
         manifest = Manifest.from_json(raw)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:  # the schema should have caught it; keep it one line anyway
         raise EngineDirError(f"{mpath} is malformed: {type(e).__name__}: {e}") from None
-    for name in NETWORKS:
-        if name not in manifest.networks:
-            raise EngineDirError(f"{mpath} lists no network {name!r}")
-    if verify != "none":
-        for fname, digest in manifest.files.items():
+    check_paths(root, manifest)
+    return manifest
+
+
+def _validate_schema(raw: dict, mpath: Path) -> None:
+    import jsonschema
+
+    e = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(raw))
+    if e is not None:
+        where = "/".join(str(p) for p in e.absolute_path) or "top level"
+        raise EngineDirError(f"{mpath} is malformed at {where}: {' '.join(e.message.split())[:200]}")
+
+
+def check_paths(root: Path, manifest: Manifest) -> None:
+    """Every listed file: a plain relative name inside `root`, owned by one entry, with a digest and a size."""
+    owner: dict[str, str] = {}
+
+    def claim(fname: str, who: str) -> None:
+        if safe_relpath(fname) != fname or not inside(root, fname):
+            raise EngineDirError(f"{root}: {who} names {fname!r}, which is not a plain relative path inside the engine directory")
+        if fname in owner or fname == MANIFEST:
+            raise EngineDirError(f"{root}: {who} and {owner.get(fname, 'the manifest')} share the file {fname!r}")
+        owner[fname] = who
+
+    for name, entry in manifest.networks.items():
+        for precision in ("fp32", *entry.precisions):
+            file, digests, sizes = entry.files(precision)
+            data_file = entry.data_file if precision == "fp32" else entry.precisions[precision].data_file
+            wanted = {file} | ({data_file} if data_file else set())
+            who = f"network {name}" + ("" if precision == "fp32" else f" ({precision})")
+            if set(digests) != wanted or set(sizes) != wanted:
+                raise EngineDirError(f"{root}: {who} must list a sha256 and a size for exactly {sorted(wanted)}, "
+                                     f"got digests for {sorted(digests)} and sizes for {sorted(sizes)}")
+            for fname in sorted(wanted):
+                claim(fname, who)
+    for fname in manifest.files:
+        claim(fname, "files")
+
+
+def verify_files(root: Path, manifest: Manifest, verify: str = "sha256") -> None:
+    """Check every listed file's contents: "sha256" hashes all; "size" checks the networks' sizes and
+    hashes the small ones (`files`: the tokenizer)."""
+    if verify not in VERIFY_MODES:
+        raise EngineDirError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+    for fname, digest in manifest.files.items():
+        f = root / fname
+        if not f.is_file():
+            raise EngineDirError(f"{root}: file {fname} is missing")
+        if sha256_file(f) != digest:
+            raise EngineDirError(f"{root}: file {fname} fails its sha256 check (altered)")
+    for name, entry in manifest.networks.items():
+        for fname, digest, size in _network_files(entry):
             f = root / fname
             if not f.is_file():
-                raise EngineDirError(f"{root}: file {fname} is missing")
+                raise EngineDirError(f"{root}: file {fname} of network {name} is missing")
+            if f.stat().st_size != size:
+                raise EngineDirError(f"{root}: file {fname} of network {name} has the wrong size (altered or truncated)")
             if verify == "sha256" and sha256_file(f) != digest:
-                raise EngineDirError(f"{root}: file {fname} fails its sha256 check (altered)")
-        for name, entry in manifest.networks.items():
-            for fname, digest, size in _network_files(entry):
-                f = root / fname
-                if not f.is_file():
-                    raise EngineDirError(f"{root}: file {fname} of network {name} is missing")
-                if f.stat().st_size != size:
-                    raise EngineDirError(f"{root}: file {fname} of network {name} has the wrong size (altered or truncated)")
-                if verify == "sha256" and sha256_file(f) != digest:
-                    raise EngineDirError(f"{root}: file {fname} of network {name} fails its sha256 check (altered)")
+                raise EngineDirError(f"{root}: file {fname} of network {name} fails its sha256 check (altered)")
+
+
+def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
+    """Read and validate ENGINE_DIR/manifest.json, then check every file it lists (`verify`: sha256 | size)."""
+    manifest = read_manifest(root)
+    verify_files(Path(root), manifest, verify)
     return manifest
 
 

@@ -19,7 +19,7 @@ from monkey_trt.engine.networks import NETWORKS
 from monkey_trt.engine.runner import Runner
 from monkey_trt.errors import MonkeyError
 from monkey_trt.runtime.images import clip_preprocess, load_subject
-from monkey_trt.runtime.manifest import Manifest, load_manifest
+from monkey_trt.runtime.manifest import TOKENIZER_FILE, Manifest, load_manifest
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
@@ -38,7 +38,8 @@ class RuntimeOptions:
     fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
     precision: str = "fp32"  # which exported graphs run (ort: the ONNX files; trt: the plans built from them)
-    verify: str = "sha256"  # engine-dir file check: sha256 | size | none
+    verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
+    threads: int = 0  # CPU threads per ORT session (intra-op); 0 = the library default (physical cores)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -52,14 +53,14 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
             name: OrtRunner(
                 manifest.path(root, name, opts.precision), providers=providers, name=name, fp16=opts.fp16,
                 trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in providers else None,
-                cuda_graph=opts.cuda_graph and name == "unet",
+                cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
             )
             for name in NETWORKS
         }
     elif opts.backend == "trt":
         from monkey_trt.engine.trt import open_trt_runners
 
-        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision)
+        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision, verify=opts.verify)
     else:
         raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
     try:
@@ -91,8 +92,10 @@ class MonkeyPipeline:
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         opts = RuntimeOptions(backend=backend, **options)
+        if opts.threads < 0:
+            raise MonkeyError(f"threads must be >= 0 (0 = library default), got {opts.threads}")
         manifest = load_manifest(Path(root), verify=opts.verify)
-        tokenizer = ClipTokenizer.from_dir(Path(root) / "tokenizer")  # before any session: nothing to leak
+        tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
         return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
 
     def info(self) -> dict:
@@ -187,10 +190,14 @@ class MonkeyPipeline:
     def noise_for(self, request: Request) -> NoisePlan:
         return NoisePlan.from_seed(request.seed, request.latent_shape, request.config.noise_steps)
 
-    def generate(self, prompt: str, image: Image.Image | str | Path, height: int = 512, width: int = 512, seed: int = 0,
-                 **knobs) -> MonkeyOutput:
-        """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`."""
+    def generate(self, prompt: str, image: Image.Image | str | Path, height: int | None = None, width: int | None = None,
+                 seed: int = 0, **knobs) -> MonkeyOutput:
+        """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`.
+
+        The size defaults to the engine's optimal size (its profile's opt)."""
         subject = image if isinstance(image, Image.Image) else load_subject(image)
+        height = self.manifest.profile.height.opt if height is None else height
+        width = self.manifest.profile.width.opt if width is None else width
         return self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:

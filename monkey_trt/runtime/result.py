@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,25 @@ class MonkeyOutput:
     baseline_image: np.ndarray | None = None  # [H, W, 3] plain IP-Adapter from the same noise
     prompt_truncated: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def image_pil(self):
+        """The MONKEY image as an 8-bit RGB PIL image."""
+        from PIL import Image
+
+        return Image.fromarray(to_uint8(self.image))
+
+    def mask_pil(self):
+        """The subject mask as an 8-bit greyscale PIL image (0 background, 255 subject)."""
+        from PIL import Image
+
+        return Image.fromarray((self.mask.mask > 0).astype(np.uint8) * 255, mode="L")
+
+    def save(self, out: str | Path, subject=None, save_arrays: bool = False, record: dict | None = None) -> Path:
+        """Write the CLI's output folder (monkey.png, mask.png, overlay.png, result.json, ...) to `out`;
+        same rules as `generate --out` (a re-run replaces only what the earlier one wrote)."""
+        from monkey_trt.outputs import write_outputs
+
+        return write_outputs(Path(out), self, subject, dict(record or {}), save_arrays=save_arrays)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -72,6 +72,16 @@ class ClipTokenizer:
         tokenizer.no_padding()
 
     @classmethod
+    def from_file(cls, path) -> "ClipTokenizer":
+        """Load one `tokenizer.json` as `save` writes it (pad token recorded in its padding)."""
+        p = Path(path)
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as e:  # tokenizers raises plain Exception on bad JSON
+            raise MonkeyError(f"cannot load {str(p)!r}: {' '.join(str(e).split())[:200]}") from None
+        return cls(tok, (tok.padding or {}).get("pad_token") or EOS)
+
+    @classmethod
     def from_dir(cls, folder) -> "ClipTokenizer":
         """Load `tokenizer.json` if present, else build CLIP's BPE from `vocab.json` + `merges.txt`."""
         d = Path(folder)
