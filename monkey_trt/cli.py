@@ -87,6 +87,8 @@ def generate(
     providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes",
+                                                help="Run the mask-independent leading steps of both passes as one batch-2 UNet call (exact; default: on for GPUs, off on CPU)"),
     seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
     height: int = typer.Option(512, help="Image height, multiple of 8"),
     width: int = typer.Option(512, help="Image width, multiple of 8"),
@@ -116,6 +118,7 @@ def generate(
         backend=backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
+        batch_passes=batch_passes,
     )
     with _quiet_libraries():
         result_dir, result = run_generate(job, console)

@@ -39,6 +39,7 @@ class GenerateJob:
     providers: tuple[str, ...] = ()  # ort backend: execution providers (default: best installed)
     fp16: bool = False  # ort TensorRT EP: fp16 kernels (changes the math)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP and trt: replay UNet steps as CUDA graphs
+    batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -62,7 +63,8 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         def show(stage: str, index: int, total: int) -> None:
             bar.update(task, description=f"{job.backend} {req.width}x{req.height}: {stage.replace('_', ' ')}", completed=index, total=total)
 
-        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True, progress=show)
+        result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True,
+                      batch_passes=job.batch_passes, progress=show)
 
     record = {
         "prompt": req.prompt,
@@ -71,6 +73,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         "height": req.height,
         "width": req.width,
         "config": c.to_dict(),
+        "batched_steps": result.batched_steps,
         "baseline_scale": job.baseline_scale,
         "subject": str(job.image),
         "models": pipe.info(),

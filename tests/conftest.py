@@ -35,3 +35,15 @@ def reference(tiny_model_dir):
     from monkey_trt.reference.pipeline import ReferencePipeline
 
     return ReferencePipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
+
+
+@pytest.fixture(scope="session")
+def engine_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported once per session: 64x64 opt, 64..128 sides, UNet batch 1..2 (pass batching)."""
+    from monkey_trt.cli import main
+
+    out = tmp_path_factory.mktemp("engines") / "tiny-engine"
+    argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
+            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128", "--batch", "2"]
+    assert main(argv) == 0
+    return out

@@ -28,15 +28,6 @@ IMAGE_ATOL = 2e-3
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "tiny-engine"
-    argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
-            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128"]
-    assert main(argv) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def runtime(engine_dir):
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
         yield pipe
