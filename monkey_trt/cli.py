@@ -139,7 +139,8 @@ def demo(
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
     from monkey_trt.generate import GenerateJob, run_generate
 
-    model_dir, engine_dir = workdir / "tiny-model", workdir / "tiny-engine"
+    from monkey_trt.presets import DEMO_PROFILE, ensure_preset
+
     if backend not in ("ort", "torch"):
         raise MonkeyError(f"demo --backend must be ort or torch, got {backend!r}")
     lo, hi = DEMO_PROFILE
@@ -147,11 +148,8 @@ def demo(
         raise MonkeyError(f"demo --size must be a multiple of 8 in {lo}..{hi}, got {size}")
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
     with _quiet_libraries():
-        if not (model_dir / "subject.png").is_file():
-            with console.status(f"writing the embedded tiny model to {model_dir}"):
-                _write_tiny_model_atomic(model_dir)
-        if backend != "torch" and not _engine_dir_usable(engine_dir, size):
-            _export_tiny_engine(model_dir, engine_dir)
+        with console.status("preparing the embedded tiny model") as status:
+            model_dir, engine_dir = ensure_preset("tiny", workdir, size, size, engine=backend != "torch", status=status.update)
         job = GenerateJob(
             request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
             ip_adapter=str(model_dir / "ip-adapter"), backend=backend, baseline_scale=request.config.scale_final,
@@ -163,50 +161,6 @@ def demo(
     total = sum(v for k, v in result.timings.items() if k not in ("baseline_pass", "decode_baseline", "decode_mask_pass"))
     typer.echo(f"demo on {result.backend}: MONKEY in {total:.2f}s, mask covers {100 * result.mask.coverage:.0f}% of the image")
     typer.echo(f"outputs in {result_dir}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
-
-
-DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
-
-
-def _write_tiny_model_atomic(model_dir: Path) -> None:
-    """An interrupted first demo must not leave a half-written model cache behind."""
-    import shutil
-    import tempfile
-
-    from monkey_trt.atomic import replace_dir
-    from monkey_trt.tiny_model import write_tiny_model
-
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model.", dir=model_dir.parent))
-    try:
-        write_tiny_model(tmp, preset="tiny")
-        replace_dir(tmp, model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _engine_dir_usable(engine_dir: Path, size: int) -> bool:
-    """The cached engine loads with the checks the run uses and serves this size."""
-    from monkey_trt.runtime.manifest import load_manifest
-
-    try:
-        return load_manifest(engine_dir).profile.check(1, size, size) is None
-    except MonkeyError:
-        return False
-
-
-def _export_tiny_engine(model_dir: Path, engine_dir: Path) -> None:
-    from monkey_trt.engine.networks import Profile, ShapeRange
-    from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
-    from monkey_trt.reference.loading import ModelSource
-
-    lo, hi = DEMO_PROFILE
-    side = ShapeRange(lo, 128, hi)
-    opts = ExportOptions(ModelSource(str(model_dir / "base"), str(model_dir / "ip-adapter")), engine_dir,
-                         Profile(ShapeRange(1, 1, 1), side, side), force=True)
-    with console.status("exporting the tiny model to ONNX (once)") as status:
-        export_engine_dir(opts, progress=lambda msg, done, total: status.update(f"export {done + 1}/{total}: {msg}"))
 
 
 def _size(text: str, name: str) -> tuple[int, int]:
@@ -309,53 +263,37 @@ def doctor():
 
 @app.command()
 def bench(
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends)"),
-    backends: str = typer.Option("ort", "--backends", help="Comma-separated: torch, ort, trt (first = baseline of the ratios)"),
-    base: str = typer.Option(DEFAULT_BASE, help="torch backend: base model"),
-    ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="torch backend: IP-Adapter"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: a grey square)"),
-    height: int = typer.Option(512),
-    width: int = typer.Option(512),
-    runs: int = typer.Option(5, help="Timed runs per backend"),
-    warmup: int = typer.Option(1, help="Untimed runs first"),
-    device: str = typer.Option("cpu", help="torch backend device"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny | sd15: write the embedded model and export its engine (cached in --workdir)"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); model source and size default to its manifest"),
+    backends: str = typer.Option("published,torch,ort", "--backends", help="Comma list of published, torch, ort, trt"),
+    base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
+    ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: the preset's subject, else a grey square)"),
+    height: Optional[int] = typer.Option(None, help="Default: the manifest's opt size, 128 (tiny), 256 (sd15), else 512"),
+    width: Optional[int] = typer.Option(None),
+    runs: int = typer.Option(3, help="Timed runs per backend (and as many plain IP-Adapter runs)"),
+    warmup: int = typer.Option(1, help="Untimed runs after the first image"),
+    soak: int = typer.Option(0, "--soak", help="N more generations per backend: host/GPU memory drift"),
+    device: str = typer.Option("cpu", help="torch/published backends: cpu | cuda"),
+    dtype: str = typer.Option("fp32", help="torch/published backends: fp32 | fp16"),
+    batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes", help="Exact pass batching (default: per backend)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench_schema.json)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
+    workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
 ):
-    """Median end-to-end and per-stage timings of MONKEY per backend, measured in one run, as ratios."""
-    from PIL import Image
-    from rich.table import Table
+    """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
+    from monkey_trt.bench import BenchSettings
+    from monkey_trt.bench_cli import check_output_path, run_bench
 
-    from monkey_trt.bench import bench_pipeline
-    from monkey_trt.generate import GenerateJob, load_backend
-    from monkey_trt.runtime.images import load_subject
-
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    if not names or not 1 <= runs <= 1000 or not 0 <= warmup <= 100:
-        raise MonkeyError("--backends must name at least one backend; --runs in 1..1000, --warmup in 0..100")
-    request = Request(prompt="a dog on the beach", height=height, width=width, seed=0)
-    subject = load_subject(image) if image else Image.new("RGB", (256, 256), (128, 128, 128))
-    results = []
+    check_output_path(json_out, "--json", "json")
+    check_output_path(plot, "--plot", "png")
+    names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    if preset is not None and engine_dir is not None:
+        raise MonkeyError("give --preset or --engine-dir, not both")
     with _quiet_libraries():
-        for name in names:
-            job = GenerateJob(request=request, image=Path("-"), out=Path("-"), base=base, ip_adapter=ip_adapter,
-                              backend=name, engine_dir=engine_dir, device=device)
-            with console.status(f"{name}: loading"):
-                pipe = load_backend(job)
-            with console.status(f"{name}: {warmup} warm-up + {runs} timed runs at {width}x{height}"):
-                results.append(bench_pipeline(pipe, request, subject, runs=runs, warmup=warmup))
-    table = Table("backend", "total (s)", "speed-up", "mask pass", "final pass", "decode", "UNet step (ms)")
-    base_total = results[0].total_s
-    for r in results:
-        s = r.stages_s
-        passes = s.get("mask_pass", 0) + s.get("final_pass", 0)
-        table.add_row(r.backend, f"{r.total_s:.3f}", f"{base_total / r.total_s:.2f}x", f"{s.get('mask_pass', 0):.3f}",
-                      f"{s.get('final_pass', 0):.3f}", f"{s.get('decode', 0):.3f}", f"{1000 * passes / r.unet_steps:.1f}")
-    Console().print(table)
-    if json_out:
-        from monkey_trt.atomic import write_json_atomic
-        from monkey_trt.outputs import versions
-
-        write_json_atomic(json_out, {"height": height, "width": width, "results": [r.to_dict() for r in results], "versions": versions()})
+        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console,
+                  lambda h, w: BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype,
+                                             batch_passes=batch_passes))
 
 
 # -- entry point ------------------------------------------------------------------------------

@@ -90,14 +90,7 @@ def load_backend(job: GenerateJob):
             from monkey_trt.reference.pipeline import ReferencePipeline
         except ImportError as e:
             raise MonkeyError(f"the torch backend needs the export extra ({e.name} missing): pip install 'monkey-trt[export]'") from None
-        try:
-            device = torch.device(job.device)
-        except RuntimeError:
-            raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}") from None
-        if device.type not in ("cpu", "cuda"):
-            raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}")
-        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-            raise MonkeyError(f"--device {job.device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+        check_torch_device(job.device)
         return ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device)
     if job.engine_dir is None:
         raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
@@ -107,6 +100,20 @@ def load_backend(job: GenerateJob):
         raise MonkeyError("--providers applies to --backend ort only")
     opts = {"providers": job.providers} if job.backend == "ort" else {}
     return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph, **opts)
+
+
+def check_torch_device(device: str) -> None:
+    """cpu, cuda or cuda:N that torch can use here; MonkeyError otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise MonkeyError(f"--device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
 
 
 def _sha256(path: Path) -> str:

@@ -25,7 +25,7 @@ from monkey_trt.config import DEFAULT_IP_WEIGHT, Request
 from monkey_trt.errors import MonkeyError
 from monkey_trt.reference.loading import ip_weight_file, resolve_base, resolve_ip_adapter
 from monkey_trt.runtime.images import clip_preprocess
-from monkey_trt.runtime.mask import extract_mask
+from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming
 
 
@@ -188,6 +188,24 @@ class PublishedPipeline:
         self.store.clear()
         return MonkeyOutput(image=image.astype(np.float32), mask=mask, backend=self.backend,
                             **self._timings(total, t_mask, c.steps_mask_pass))
+
+    @torch.no_grad()
+    def ip_adapter(self, request: Request, subject: Image.Image, scale: float) -> MonkeyOutput:
+        """Plain IP-Adapter the same way (one full pass: `steps_final` steps + decode): the two-pass overhead's denominator."""
+        c = request.config
+        self.timer.events.clear()
+        self.store.clear()
+        t0 = time.perf_counter()
+        pixels = torch.from_numpy(clip_preprocess(subject)).to(self.device, self.dtype)
+        embeds = self.image_encoder(pixels).image_embeds[:, None]
+        self.pipe.set_ip_adapter_scale(scale)
+        image = self.pipe(request.prompt, ip_adapter_image_embeds=[embeds], guidance_scale=c.guidance_scale, height=request.height,
+                          width=request.width, output_type="np", num_inference_steps=c.steps_final,
+                          generator=torch.Generator("cpu").manual_seed(request.seed)).images[0]
+        self.store.clear()
+        full = MaskResult(np.ones((request.height, request.width), np.float32), (0, 0), ())
+        return MonkeyOutput(image=image.astype(np.float32), mask=full, backend=self.backend,
+                            **self._timings(time.perf_counter() - t0, 0.0, 0))
 
     def _timings(self, total: float, t_mask: float, steps1: int) -> dict:
         timings: dict[str, float] = {"mask": t_mask}
