@@ -95,7 +95,10 @@ def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
             return PublishedPipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
         from monkey_trt.reference.pipeline import ReferencePipeline
 
-        return ReferencePipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
+        pipe = ReferencePipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
+        if s.cuda_graph:
+            pipe.enable_cuda_graphs()
+        return pipe
 
     return load
 

@@ -86,7 +86,8 @@ def generate(
     device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
     providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    dtype: str = typer.Option("fp32", "--dtype", help="torch backend: fp32 | fp16 (fp16 changes the math; opt-in)"),
     batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes",
                                                 help="Run the mask-independent leading steps of both passes as one batch-2 UNet call (exact; default: on for GPUs, off on CPU)"),
     seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
@@ -118,7 +119,7 @@ def generate(
         backend=backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
-        batch_passes=batch_passes,
+        batch_passes=batch_passes, dtype=dtype,
     )
     with _quiet_libraries():
         result_dir, result = run_generate(job, console)
@@ -276,6 +277,7 @@ def bench(
     soak: int = typer.Option(0, "--soak", help="N more generations per backend: host/GPU memory drift"),
     device: str = typer.Option("cpu", help="torch/published backends: cpu | cuda"),
     dtype: str = typer.Option("fp32", help="torch/published backends: fp32 | fp16"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch backend on cuda: CUDA-graph replay of UNet calls"),
     batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes", help="Exact pass batching (default: per backend)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench_schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
@@ -293,7 +295,7 @@ def bench(
     with _quiet_libraries():
         run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console,
                   lambda h, w: BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype,
-                                             batch_passes=batch_passes))
+                                             cuda_graph=cuda_graph, batch_passes=batch_passes))
 
 
 # -- entry point ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class GenerateJob:
     fp16: bool = False  # ort TensorRT EP: fp16 kernels (changes the math)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP and trt: replay UNet steps as CUDA graphs
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
+    dtype: str = "fp32"  # torch backend: fp32 | fp16 (fp16 changes the math: PSNR floor vs fp32)
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -91,7 +92,13 @@ def load_backend(job: GenerateJob):
         except ImportError as e:
             raise MonkeyError(f"the torch backend needs the export extra ({e.name} missing): pip install 'monkey-trt[export]'") from None
         check_torch_device(job.device)
-        return ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device)
+        if job.dtype not in ("fp32", "fp16"):
+            raise MonkeyError(f"--dtype must be fp32 or fp16, got {job.dtype!r}")
+        pipe = ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device,
+                                                 dtype=torch.float16 if job.dtype == "fp16" else torch.float32)
+        if job.cuda_graph:
+            pipe.enable_cuda_graphs()
+        return pipe
     if job.engine_dir is None:
         raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
     from monkey_trt.runtime.pipeline import MonkeyPipeline

@@ -62,6 +62,7 @@ class ReferencePipeline:
         self.m = models
         self.map_layer: int | None = None  # IP-layer index of the mask layer, set by prepare()
         self.schedule = lcm_schedule(models.scheduler)
+        self.graphed = None  # GraphedUNet when CUDA-graph replay is on (enable_cuda_graphs)
         self.vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
 
     @classmethod
@@ -128,6 +129,8 @@ class ReferencePipeline:
 
         @torch.no_grad()
         def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            if self.graphed is not None:
+                return graphed_call(latents, timesteps, scale, want_map)
             m.ctx.ip_tokens, m.ctx.scales, m.ctx.masks = tokens, [float(scale)] * len(m.ip_layers), level_masks
             m.ctx.map_layer = self.map_layer if want_map else None
             try:
@@ -139,7 +142,22 @@ class ReferencePipeline:
                 m.ctx.ip_tokens, m.ctx.masks, m.ctx.map_layer, m.ctx.attn_map = None, None, None, None
             return eps.float().cpu().numpy(), attn_map
 
+        def graphed_call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            x = {"sample": torch.from_numpy(latents).to(m.device, m.dtype), "t": torch.from_numpy(np.asarray(timesteps, np.int64)).to(m.device),
+                 "text": texts, "cond": conds, "tokens": tokens,
+                 "scales": torch.full((len(m.ip_layers),), float(scale), device=m.device, dtype=m.dtype)}
+            eps, attn_map = self.graphed(x, level_masks, self.map_layer if want_map else None)
+            return eps.float().cpu().numpy(), None if attn_map is None else attn_map.float().cpu().numpy()
+
         return call
+
+    def enable_cuda_graphs(self) -> None:
+        """Replay UNet calls as CUDA graphs (CUDA only; one capture per batch layout, then replays)."""
+        if self.m.device.type != "cuda":
+            raise MonkeyError("--cuda-graph with the torch backend needs --device cuda")
+        from monkey_trt.reference.cuda_graphs import GraphedUNet
+
+        self.graphed = GraphedUNet(self.m)
 
     def sync(self) -> None:
         if self.m.device.type == "cuda":
