@@ -45,6 +45,7 @@ class BenchSettings:
     device: str = "cpu"  # torch/published backends
     dtype: str = "fp32"  # torch/published backends: fp32 | fp16
     cuda_graph: bool = False  # torch backend on cuda: CUDA-graph replay of the UNet calls
+    ort_cache: bool = True  # ort: load ORT's optimised graphs from (and save them to) <workdir>/ort-optimized
     batch_passes: bool | None = None  # None: each backend's default
     prompt: str = "a dog on the beach"
     seed: int = 0

@@ -73,7 +73,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
             raise MonkeyError("--backends ort/trt need --engine-dir or --preset")
         height, width = height or 512, width or 512
         src.update(base=src["base"] or DEFAULT_BASE, ip_adapter=src["ip_adapter"] or DEFAULT_IP_ADAPTER)
-    src.update(height=height, width=width)
+    src.update(height=height, width=width, workdir=str(workdir))
     return src
 
 
@@ -82,7 +82,8 @@ def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
         if name in ("ort", "trt"):
             from monkey_trt.runtime.pipeline import MonkeyPipeline
 
-            return MonkeyPipeline.from_engine_dir(src["engine_dir"], backend=name)
+            cache = {"ort_cache": Path(src["workdir"]) / "ort-optimized"} if name == "ort" and s.ort_cache else {}
+            return MonkeyPipeline.from_engine_dir(src["engine_dir"], backend=name, **cache)
         import torch
 
         from monkey_trt.generate import check_torch_device

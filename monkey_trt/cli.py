@@ -278,6 +278,7 @@ def bench(
     device: str = typer.Option("cpu", help="torch/published backends: cpu | cuda"),
     dtype: str = typer.Option("fp32", help="torch/published backends: fp32 | fp16"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch backend on cuda: CUDA-graph replay of UNet calls"),
+    ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start)"),
     batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes", help="Exact pass batching (default: per backend)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench_schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
@@ -295,7 +296,7 @@ def bench(
     with _quiet_libraries():
         run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console,
                   lambda h, w: BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype,
-                                             cuda_graph=cuda_graph, batch_passes=batch_passes))
+                                             cuda_graph=cuda_graph, ort_cache=ort_cache, batch_passes=batch_passes))
 
 
 # -- entry point ------------------------------------------------------------------------------

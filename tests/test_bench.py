@@ -40,12 +40,17 @@ def test_bench_preset_tiny_one_run(tmp_path):
 def test_bench_engine_dir_defaults_from_manifest(engine_dir, tmp_path):
     """Model source and size come from the manifest (64x64 opt); --soak reports memory drift."""
     out = tmp_path / "b.json"
-    assert main(["bench", "--engine-dir", str(engine_dir), "--backends", "ort,torch", "--runs", "1", "--warmup", "0",
-                 "--soak", "2", "--json", str(out)]) == 0
+    argv = ["bench", "--engine-dir", str(engine_dir), "--backends", "ort,torch", "--runs", "1", "--warmup", "0",
+            "--soak", "2", "--workdir", str(tmp_path / "cache"), "--json", str(out)]
+    assert main(argv) == 0
     doc = json.loads(out.read_text())
     _check_report(doc, ["ort", "torch"])
     assert doc["settings"]["height"] == 64 and doc["results"][0]["soak"]["generations"] == 2
     assert doc["results"][1]["image_max_abs_diff_vs_first"] <= 2e-3
+    assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 4  # ORT's optimised graphs, cached atomically
+    assert main(argv[:5] + ["ort"] + argv[6:]) == 0  # second load from the cache: same figures, same mask
+    again = json.loads(out.read_text())["results"][0]
+    assert again["mask_sha256"] == doc["results"][0]["mask_sha256"]
 
 
 @pytest.mark.parametrize("make", ["dir", "missing", "foreign"])

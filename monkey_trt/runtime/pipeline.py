@@ -39,6 +39,7 @@ class RuntimeOptions:
     fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
     verify: str = "sha256"  # engine-dir file check: sha256 | size | none
+    ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here (owned by monkey-trt; faster cold start)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -53,6 +54,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
                 manifest.path(root, name), providers=providers, name=name, fp16=opts.fp16,
                 trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in providers else None,
                 cuda_graph=opts.cuda_graph and name == "unet",
+                optimized_model_cache=opts.ort_cache,
             )
             for name in NETWORKS
         }
