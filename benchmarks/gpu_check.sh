@@ -48,8 +48,7 @@ probe "import onnxruntime as o, sys; sys.exit(0 if 'CUDAExecutionProvider' in o.
 if [[ $has_gpu == 0 ]]; then has_torch_cuda=0; has_trt=0; has_ort_cuda=0; fi
 gpu_name=$( [[ $has_gpu == 1 ]] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo "none")
 
-backends=(); [[ $has_torch_cuda == 1 ]] && backends+=(torch); [[ $has_ort_cuda == 1 ]] && backends+=(ort); [[ $has_trt == 1 ]] && backends+=(trt)
-engine_backends=(); [[ $has_ort_cuda == 1 ]] && engine_backends+=(ort); [[ $has_trt == 1 ]] && engine_backends+=(trt)
+backends=(); [[ $has_torch_cuda == 1 ]] && backends+=(published torch); [[ $has_ort_cuda == 1 ]] && backends+=(ort); [[ $has_trt == 1 ]] && backends+=(trt)
 join() { local IFS=,; echo "$*"; }
 
 # -- steps -------------------------------------------------------------------------------------
@@ -96,13 +95,15 @@ for p in fp32 fp16; do
   else run "build-$p" monkey-trt build --engine-dir "$engine" --precision "$p" --opt-level "$OPT_LEVEL" || true; fi
 done
 
+# fp32: every backend in fp32; fp16: published/torch with --dtype fp16 (+ CUDA graphs for ours), ort/trt on the fp16 graphs
 for p in fp32 fp16; do
-  if [[ $p == fp32 ]]; then list=("${backends[@]}"); else list=("${engine_backends[@]}"); fi  # torch runs fp32 only
+  list=("${backends[@]}")
   if [[ ${#list[@]} == 0 ]]; then skip "bench-$p" "no GPU backend can run $p here"; continue; fi
   if [[ $exported == 0 && $dry_run == 0 ]]; then skip "bench-$p" "the export did not succeed"; continue; fi
+  graphs=(); [[ $p == fp16 ]] && graphs=(--cuda-graph)
   run "bench-$p" monkey-trt bench --engine-dir "$engine" --backends "$(join "${list[@]}")" --base "$model/base" \
       --ip-adapter "$model/ip-adapter" --height "$SIZE" --width "$SIZE" --runs "$RUNS" --warmup 1 --device cuda \
-      --precision "$p" --json "$work/bench-$p.json" || true
+      --precision "$p" --dtype "$p" "${graphs[@]}" --json "$work/bench-$p.json" || true
 done
 
 # -- summary -----------------------------------------------------------------------------------
@@ -120,10 +121,11 @@ for p in fp32 fp16; do
   [[ -f "$work/bench-$p.json" ]] && "$PY" - "$work/bench-$p.json" "$p" <<'PYEOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-rows = d.get("results", [])
+rows, s = d.get("results", []), d.get("settings", {})
 if rows:
-    base = rows[0]["total_s"]
-    print(f"bench {sys.argv[2]} {d.get('width')}x{d.get('height')}: " + ", ".join(f"{r['backend']} {r['total_s']:.3f}s ({base / r['total_s']:.2f}x)" for r in rows))
+    base = rows[0]["end_to_end_s"]["p50"]
+    print(f"bench {sys.argv[2]} {s.get('width')}x{s.get('height')} (p50, ratio to {rows[0]['backend']}; mask equal): " + ", ".join(
+        f"{r['backend']} {r['end_to_end_s']['p50']:.3f}s ({base / r['end_to_end_s']['p50']:.2f}x; {r['mask_equals_first']})" for r in rows))
 PYEOF
 done
 if [[ $dry_run == 1 ]]; then echo "dry run: nothing heavy ran"; fi

@@ -1,44 +1,311 @@
-"""Time whole MONKEY generations per backend, in one process, on identical noise.
+"""`monkey-trt bench`: whole MONKEY generations per backend, in one process, every figure a user picks an engine by.
 
-Speed is measured here and in `benchmarks/`, never asserted in tests. Results are medians over
-`runs` after `warmup` runs, per stage (runtime.method's stage names) and end to end.
+Per backend: load + first image (cold start), `warmup` untimed runs, `runs` timed runs (end-to-end
+min/p50/p90, images/s, per-stage p50, every UNet call), the same number of plain 8-step IP-Adapter
+runs on the same backend (two-pass overhead = MONKEY p50 / IP-Adapter p50), peak host RSS (VmHWM,
+reset per backend where the kernel allows) and peak GPU memory (torch's allocator: torch and
+published backends only), then `soak` more generations for memory drift. Stage timings are wall
+time around each stage with a device synchronise (GPU) or plain perf counters (CPU).
+
+The JSON written by `--json` follows `bench_schema.json` (shipped in this package). Speed is
+measured here, never asserted in tests.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 from monkey_trt.config import Request
-from monkey_trt.runtime.noise import NoisePlan
+from monkey_trt.errors import MonkeyError
+
+BENCH_BACKENDS = ("published", "torch", "ort", "trt")
+SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
+SCHEMA_VERSION = 1
+REQUIRED_STAGES = ("encode_prompt", "encode_subject", "mask", "decode")  # + every UNet call in `unet_calls`
 
 
 @dataclass(frozen=True)
-class BenchResult:
+class BenchSettings:
+    backends: tuple[str, ...]
+    height: int
+    width: int
+    runs: int = 3
+    warmup: int = 1
+    soak: int = 0
+    device: str = "cpu"  # torch/published backends
+    dtype: str = "fp32"  # torch/published backends: fp32 | fp16
+    cuda_graph: bool = False  # torch backend on cuda: CUDA-graph replay of the UNet calls
+    ort_cache: bool = True  # ort: load ORT's optimised graphs from (and save them to) <workdir>/ort-optimized
+    batch_passes: bool | None = None  # None: each backend's default
+    precision: str = "fp32"  # ort/trt backends: the engine directory's fp32 or fp16 graphs
+    threads: int = 0  # CPU threads for torch / each ORT session; 0 = the library default
+    prompt: str = "a dog on the beach"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
+        if not self.backends or unknown:
+            raise MonkeyError(f"--backends must be a comma list of {', '.join(BENCH_BACKENDS)}, got {','.join(self.backends) or '(none)'}")
+        if len(set(self.backends)) != len(self.backends):
+            raise MonkeyError("--backends names a backend twice")
+        if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
+            raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
+        if self.dtype not in ("fp32", "fp16") or self.precision not in ("fp32", "fp16"):
+            raise MonkeyError(f"--dtype and --precision must be fp32 or fp16, got {self.dtype!r}, {self.precision!r}")
+        if self.threads < 0:
+            raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Spread:
+    min: float
+    p50: float
+    p90: float
+
+    @classmethod
+    def of(cls, xs: list[float]) -> "Spread":
+        return cls(min(xs), statistics.median(xs), float(np.percentile(xs, 90)))
+
+
+@dataclass
+class BackendResult:
     backend: str
-    runs: int
-    total_s: float  # median end-to-end seconds
-    stages_s: dict[str, float]  # median seconds per stage
-    unet_steps: int  # UNet evaluations per generation (both passes)
+    info: dict
+    cold_start_s: float  # load + first image
+    load_s: float
+    end_to_end_s: Spread
+    images_per_s: float
+    stages_s: dict[str, float]  # p50 per stage
+    unet_calls: list[dict]  # [{label, passes, step, batch, p50_s}]
+    ip_adapter_s: Spread  # plain IP-Adapter, steps_final steps + decode, same backend
+    two_pass_overhead: float  # MONKEY p50 / IP-Adapter p50
+    peak_rss_mib: float
+    peak_gpu_mib: float | None
+    batched_steps: int
+    mask_sha256: str
+    ratio_to_published: float | None = None  # published p50 / this p50 (>1: faster)
+    mask_equals_first: bool | None = None
+    image_max_abs_diff_vs_first: float | None = None
+    soak: dict | None = None
 
-    def to_dict(self) -> dict:
-        return {"backend": self.backend, "runs": self.runs, "total_s": self.total_s, "stages_s": self.stages_s, "unet_steps": self.unet_steps}
+
+# -- memory ----------------------------------------------------------------------------------
+def _proc_status_mib(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
-def bench_pipeline(pipe, request: Request, subject: Image.Image, runs: int = 5, warmup: int = 1) -> BenchResult:
-    """`pipe` is any backend's pipeline (ReferencePipeline or MonkeyPipeline)."""
-    c = request.config
-    noise = NoisePlan.from_seed(request.seed, request.latent_shape, c.noise_steps)
-    for _ in range(warmup):
-        pipe(request, subject, noise=noise)
-    totals, stages = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = pipe(request, subject, noise=noise)
-        totals.append(time.perf_counter() - t0)
-        stages.append(out.timings)
-    median = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-    return BenchResult(pipe.backend, runs, statistics.median(totals), median, c.mask_pass_steps_needed + c.steps_final)
+def reset_peak_rss() -> bool:
+    """Reset VmHWM (Linux: write 5 to /proc/self/clear_refs). False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process (VmHWM; ru_maxrss elsewhere). Process-wide, not per backend."""
+    v = _proc_status_mib("VmHWM")
+    if v is None:
+        import resource
+
+        v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return float(v)
+
+
+def rss_mib() -> float:
+    return float(_proc_status_mib("VmRSS") or 0.0)
+
+
+def _torch_cuda():
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_available() else None
+
+
+def _gpu_mib(peak: bool) -> float | None:
+    torch = _torch_cuda()
+    if torch is None:
+        return None
+    return (torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()) / 2**20
+
+
+# -- one backend -----------------------------------------------------------------------------
+def _plain_ip_adapter(pipe, request: Request, subject: Image.Image):
+    if hasattr(pipe, "ip_adapter"):
+        return pipe.ip_adapter(request, subject, request.config.scale_final)
+    from monkey_trt.runtime.method import run_ip_adapter
+
+    return run_ip_adapter(pipe, request, subject, request.config.scale_final)
+
+
+def _call_labels(out) -> list[str]:
+    return [f"unet {c.passes} s{c.step}" for c in out.unet_calls]
+
+
+def bench_backend(name: str, load: Callable[[], object], request: Request, subject: Image.Image, s: BenchSettings,
+                  status: Callable[[str], None] = lambda msg: None) -> tuple[BackendResult, object]:
+    """Everything measured for one backend. Returns (result, the first timed output)."""
+    import hashlib
+
+    reset_peak_rss()
+    torch = _torch_cuda()
+    if torch is not None:
+        torch.cuda.reset_peak_memory_stats()
+    kwargs = {} if name == "published" else {"batch_passes": s.batch_passes}
+    status(f"{name}: loading + first image")
+    t0 = time.perf_counter()
+    pipe = load()
+    load_s = time.perf_counter() - t0
+    pipe(request, subject, **kwargs)
+    cold = time.perf_counter() - t0
+    for i in range(s.warmup):
+        status(f"{name}: warm-up {i + 1}/{s.warmup}")
+        pipe(request, subject, **kwargs)
+    totals, outs = [], []
+    for i in range(s.runs):
+        status(f"{name}: run {i + 1}/{s.runs}")
+        t = time.perf_counter()
+        outs.append(pipe(request, subject, **kwargs))
+        totals.append(time.perf_counter() - t)
+    ip_totals = []
+    for i in range(s.runs):
+        status(f"{name}: plain IP-Adapter {i + 1}/{s.runs}")
+        t = time.perf_counter()
+        _plain_ip_adapter(pipe, request, subject)
+        ip_totals.append(time.perf_counter() - t)
+    stage_names = sorted({k for o in outs for k in o.timings})
+    stages = {k: statistics.median(o.timings.get(k, 0.0) for o in outs) for k in stage_names}
+    calls = []
+    for j, c in enumerate(outs[0].unet_calls):
+        calls.append({"label": c.label, "passes": c.passes, "step": c.step, "batch": c.batch,
+                      "p50_s": statistics.median(o.unet_calls[j].seconds for o in outs)})
+    e2e, ip = Spread.of(totals), Spread.of(ip_totals)
+    result = BackendResult(
+        backend=name, info=pipe.info() if hasattr(pipe, "info") else {}, cold_start_s=cold, load_s=load_s,
+        end_to_end_s=e2e, images_per_s=1.0 / e2e.p50, stages_s=stages, unet_calls=calls, ip_adapter_s=ip,
+        two_pass_overhead=e2e.p50 / ip.p50, peak_rss_mib=peak_rss_mib(), peak_gpu_mib=_gpu_mib(peak=True),
+        batched_steps=outs[0].batched_steps, mask_sha256=hashlib.sha256(outs[0].mask.mask.tobytes()).hexdigest(),
+    )
+    if s.soak:
+        result.soak = _soak(name, pipe, request, subject, s.soak, kwargs, status)
+    close = getattr(pipe, "close", None)
+    if close is not None:
+        close()
+    return result, outs[0]
+
+
+def _soak(name, pipe, request, subject, n, kwargs, status) -> dict:
+    rss0, gpu0 = rss_mib(), _gpu_mib(peak=False)
+    t = time.perf_counter()
+    for i in range(n):
+        if i % 10 == 0:
+            status(f"{name}: soak {i + 1}/{n}")
+        pipe(request, subject, **kwargs)
+    rss1, gpu1 = rss_mib(), _gpu_mib(peak=False)
+    return {"generations": n, "seconds": time.perf_counter() - t, "rss_start_mib": rss0, "rss_end_mib": rss1,
+            "rss_drift_mib": rss1 - rss0, "gpu_start_mib": gpu0, "gpu_end_mib": gpu1,
+            "gpu_drift_mib": None if gpu0 is None else gpu1 - gpu0}
+
+
+def compare_to_first(results: list[BackendResult], outputs: list) -> None:
+    """Ratios to `published` (when it ran) and mask/image agreement with the first backend."""
+    pub = next((r for r in results if r.backend == "published"), None)
+    first = outputs[0]
+    for r, out in zip(results, outputs):
+        if pub is not None:
+            r.ratio_to_published = pub.end_to_end_s.p50 / r.end_to_end_s.p50
+        r.mask_equals_first = bool(np.array_equal(out.mask.mask, first.mask.mask))
+        r.image_max_abs_diff_vs_first = float(np.abs(out.image - first.image).max())
+
+
+# -- report ------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    def version(mod: str) -> str | None:
+        try:
+            return md.version(mod)
+        except md.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    torch = _torch_cuda()
+    mem = _proc_meminfo_gib()
+    return {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": mem, "os": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch is not None else None,
+        "versions": {m: version(m) for m in ("monkey-trt", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "diffusers",
+                                              "transformers", "tensorrt")},
+    }
+
+
+def _proc_meminfo_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def report(settings: BenchSettings, results: list[BackendResult], source: dict) -> dict:
+    """The JSON document (bench_schema.json)."""
+    return {
+        "schema": "monkey-trt-bench", "schema_version": SCHEMA_VERSION, "created_unix": time.time(),
+        "machine": machine_info(), "settings": {**asdict(settings), "backends": list(settings.backends)},
+        "source": source, "results": [_jsonable(asdict(r)) for r in results],
+    }
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def validate_report(doc: dict) -> None:
+    """Raise jsonschema.ValidationError if `doc` does not follow bench_schema.json (needs jsonschema)."""
+    import jsonschema
+
+    jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
+
+
+def stage_groups(r: BackendResult) -> dict[str, float]:
+    """p50 seconds per chart group: text enc, image enc, UNet (all calls), mask, decode, other."""
+    st = r.stages_s
+    unet = sum(c["p50_s"] for c in r.unet_calls)
+    groups = {"text encoder": st.get("encode_prompt", 0.0), "image encoder": st.get("encode_subject", 0.0), "UNet": unet,
+              "mask": st.get("mask", 0.0), "VAE decode": st.get("decode", 0.0) + st.get("decode_mask_pass", 0.0)}
+    groups["other"] = max(r.end_to_end_s.p50 - sum(groups.values()), 0.0)
+    return groups

@@ -109,9 +109,12 @@ def generate(
     device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
     providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
     precision: str = typer.Option("fp32", "--precision", help="ort/trt: run the engine directory's fp32 or fp16 graphs"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
+    dtype: str = typer.Option("fp32", "--dtype", help="torch backend: fp32 | fp16 (fp16 changes the math; opt-in)"),
+    batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes",
+                                                help="Run the mask-independent leading steps of both passes as one batch-2 UNet call (exact; default: on for GPUs, off on CPU)"),
     seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
     height: Optional[int] = typer.Option(None, help="Image height, multiple of 8 [default: the engine's opt size, else 512]"),
     width: Optional[int] = typer.Option(None, help="Image width, multiple of 8 [default: the engine's opt size, else 512]"),
@@ -147,8 +150,7 @@ def generate(
         backend=d.backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
-        precision=precision,
-        threads=threads, verify=verify,
+        precision=precision, threads=threads, verify=verify, batch_passes=batch_passes, dtype=dtype,
     )
     with _quiet_libraries():
         result_dir, result = run_generate(job, console)
@@ -171,8 +173,8 @@ def demo(
     from monkey_trt.atomic import check_target
     from monkey_trt.generate import GenerateJob, run_generate
     from monkey_trt.outputs import check_out_dir
+    from monkey_trt.presets import DEMO_PROFILE, ensure_preset, preset_dirs
 
-    model_dir, engine_dir = workdir / "tiny-model", workdir / "tiny-engine"
     if backend not in ("ort", "torch"):
         raise MonkeyError(f"demo --backend must be ort or torch, got {backend!r}")
     lo, hi = DEMO_PROFILE
@@ -182,16 +184,11 @@ def demo(
         raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {threads}")
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
     check_out_dir(out, baseline=True)  # before minutes of first-run work
-    for d in (workdir, model_dir, engine_dir):
+    for d in (workdir, *preset_dirs("tiny", workdir, size, size)):
         check_target(d.absolute(), "-", lambda _p: set())
     with _quiet_libraries():
-        if not _tiny_model_ready(model_dir):
-            _need_export_extra()
-            with status(console, f"writing the embedded tiny model to {model_dir} (once)"):
-                _write_tiny_model_atomic(model_dir)
-        if backend != "torch" and not _engine_dir_usable(engine_dir, size):
-            _need_export_extra()
-            _export_tiny_engine(model_dir, engine_dir)
+        with status(console, "preparing the embedded tiny model") as update:
+            model_dir, engine_dir = ensure_preset("tiny", workdir, size, size, engine=backend != "torch", status=update)
         job = GenerateJob(
             request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
             ip_adapter=str(model_dir / "ip-adapter"), backend=backend, baseline_scale=request.config.scale_final,
@@ -203,54 +200,6 @@ def demo(
     total = sum(v for k, v in result.timings.items() if k not in ("baseline_pass", "decode_baseline", "decode_mask_pass"))
     typer.echo(f"demo on {result.backend}: MONKEY in {total:.2f}s, mask covers {100 * result.mask.coverage:.0f}% of the image")
     typer.echo(f"outputs in {result_dir}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
-
-
-DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
-
-
-def _need_export_extra() -> None:
-    from monkey_trt.extras import require_extra
-
-    require_extra("export", "the first demo (writing and exporting the tiny model)")
-
-
-def _tiny_model_ready(model_dir: Path) -> bool:
-    """Every file the tiny model's record lists is there (write_tiny_model commits atomically)."""
-    from monkey_trt.atomic import record_files
-    from monkey_trt.tiny_model import TINY_MODEL_RECORD
-
-    names = record_files()(model_dir / TINY_MODEL_RECORD)
-    return bool(names) and all((model_dir / n).is_file() for n in names)
-
-
-def _write_tiny_model_atomic(model_dir: Path) -> None:
-    """write_tiny_model is atomic itself: an interrupted first demo leaves no half-written cache."""
-    from monkey_trt.tiny_model import write_tiny_model
-
-    write_tiny_model(model_dir, preset="tiny")
-
-
-def _engine_dir_usable(engine_dir: Path, size: int) -> bool:
-    """The cached engine loads with the checks the run uses and serves this size."""
-    from monkey_trt.runtime.manifest import load_manifest
-
-    try:
-        return load_manifest(engine_dir).profile.check(1, size, size) is None
-    except MonkeyError:
-        return False
-
-
-def _export_tiny_engine(model_dir: Path, engine_dir: Path) -> None:
-    from monkey_trt.engine.networks import Profile, ShapeRange
-    from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
-    from monkey_trt.reference.loading import ModelSource
-
-    lo, hi = DEMO_PROFILE
-    side = ShapeRange(lo, 128, hi)
-    opts = ExportOptions(ModelSource(str(model_dir / "base"), str(model_dir / "ip-adapter")), engine_dir,
-                         Profile(ShapeRange(1, 1, 1), side, side), force=True)
-    with status(console, "exporting the tiny model to ONNX (once)") as update:
-        export_engine_dir(opts, progress=lambda msg, done, total: update(f"export {done + 1}/{total}: {msg}"))
 
 
 def _size(text: str, name: str) -> tuple[int, int]:
@@ -371,55 +320,42 @@ def doctor():
 
 @app.command()
 def bench(
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends)"),
-    backends: str = typer.Option("ort", "--backends", help="Comma-separated: torch, ort, trt (first = baseline of the ratios)"),
-    base: str = typer.Option(DEFAULT_BASE, help="torch backend: base model"),
-    ip_adapter: str = typer.Option(DEFAULT_IP_ADAPTER, "--ip-adapter", help="torch backend: IP-Adapter"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: a grey square)"),
-    height: int = typer.Option(512, help="Image height"),
-    width: int = typer.Option(512, help="Image width"),
-    runs: int = typer.Option(5, help="Timed runs per backend"),
-    warmup: int = typer.Option(1, help="Untimed runs first"),
-    device: str = typer.Option("cpu", help="torch backend device"),
-    precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: fp32 or fp16 graphs"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny | sd15: write the embedded model and export its engine (cached in --workdir)"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); model source and size default to its manifest"),
+    backends: str = typer.Option("published,torch,ort", "--backends", help="Comma list of published, torch, ort, trt"),
+    base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
+    ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: the preset's subject, else a grey square)"),
+    height: Optional[int] = typer.Option(None, help="Default: the manifest's opt size, 128 (tiny), 256 (sd15), else 512"),
+    width: Optional[int] = typer.Option(None),
+    runs: int = typer.Option(3, help="Timed runs per backend (and as many plain IP-Adapter runs)"),
+    warmup: int = typer.Option(1, help="Untimed runs after the first image"),
+    soak: int = typer.Option(0, "--soak", help="N more generations per backend: host/GPU memory drift"),
+    device: str = typer.Option("cpu", help="torch/published backends: cpu | cuda"),
+    dtype: str = typer.Option("fp32", help="torch/published backends: fp32 | fp16"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch backend on cuda: CUDA-graph replay of UNet calls"),
+    ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start)"),
+    batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes", help="Exact pass batching (default: per backend)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench_schema.json)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
+    workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
+    precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: the engine directory's fp32 or fp16 graphs"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
 ):
-    """Median end-to-end and per-stage timings of MONKEY per backend, measured in one run, as ratios."""
-    from PIL import Image
-    from rich.table import Table
+    """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
+    from monkey_trt.bench import BenchSettings
+    from monkey_trt.bench_cli import check_output_path, run_bench
 
-    from monkey_trt.bench import bench_pipeline
-    from monkey_trt.generate import GenerateJob, load_backend
-    from monkey_trt.runtime.images import load_subject
-
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    if not names or not 1 <= runs <= 1000 or not 0 <= warmup <= 100:
-        raise MonkeyError("--backends must name at least one backend; --runs in 1..1000, --warmup in 0..100")
-    request = Request(prompt="a dog on the beach", height=height, width=width, seed=0)
-    subject = load_subject(image) if image else Image.new("RGB", (256, 256), (128, 128, 128))
-    results = []
+    check_output_path(json_out, "--json", "json")
+    check_output_path(plot, "--plot", "png")
+    names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    if preset is not None and engine_dir is not None:
+        raise MonkeyError("give --preset or --engine-dir, not both")
     with _quiet_libraries():
-        for name in names:
-            job = GenerateJob(request=request, image=Path("-"), out=Path("-"), base=base, ip_adapter=ip_adapter,
-                              backend=name, engine_dir=engine_dir, device=device,
-                              precision=precision if name in ("ort", "trt") else "fp32")
-            with console.status(f"{name}: loading"):
-                pipe = load_backend(job)
-            with console.status(f"{name}: {warmup} warm-up + {runs} timed runs at {width}x{height}"):
-                results.append(bench_pipeline(pipe, request, subject, runs=runs, warmup=warmup))
-    table = Table("backend", "total (s)", "speed-up", "mask pass", "final pass", "decode", "UNet step (ms)")
-    base_total = results[0].total_s
-    for r in results:
-        s = r.stages_s
-        passes = s.get("mask_pass", 0) + s.get("final_pass", 0)
-        table.add_row(r.backend, f"{r.total_s:.3f}", f"{base_total / r.total_s:.2f}x", f"{s.get('mask_pass', 0):.3f}",
-                      f"{s.get('final_pass', 0):.3f}", f"{s.get('decode', 0):.3f}", f"{1000 * passes / r.unet_steps:.1f}")
-    Console().print(table)
-    if json_out:
-        from monkey_trt.atomic import write_json_atomic
-        from monkey_trt.outputs import versions
-
-        write_json_atomic(json_out, {"height": height, "width": width, "results": [r.to_dict() for r in results], "versions": versions()})
+        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console,
+                  lambda h, w: BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype,
+                                             cuda_graph=cuda_graph, ort_cache=ort_cache, batch_passes=batch_passes,
+                                             precision=precision, threads=threads))
 
 
 @app.command()

@@ -78,6 +78,8 @@ def set_torch_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
+    dtype: str = "fp32"  # torch backend: fp32 | fp16 (fp16 changes the math: PSNR floor vs fp32)
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -98,7 +100,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         pipe = load_backend(job)
     with steps(console, f"{job.backend} {req.width}x{req.height}") as step:
         result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True,
-                      progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
+                      batch_passes=job.batch_passes, progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
 
     record = {
         "prompt": req.prompt,
@@ -107,6 +109,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         "height": req.height,
         "width": req.width,
         "config": c.to_dict(),
+        "batched_steps": result.batched_steps,
         "baseline_scale": job.baseline_scale,
         "subject": str(job.image),
         "models": pipe.info(),
@@ -118,23 +121,23 @@ def load_backend(job: GenerateJob):
     """The pipeline object of `job.backend` (torch reference or the lean runtime)."""
     if job.backend == "torch":
         if job.precision != "fp32":
-            raise MonkeyError("--precision applies to the ort and trt backends (the torch reference runs fp32)")
+            raise MonkeyError("--precision picks the engine directory's graphs (ort, trt); the torch backend takes --dtype fp32|fp16")
         from monkey_trt.extras import require_extra
 
         require_extra("export", "the torch backend")
         import torch
 
         from monkey_trt.reference.pipeline import ReferencePipeline
-        try:
-            device = torch.device(job.device)
-        except RuntimeError:
-            raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}") from None
-        if device.type not in ("cpu", "cuda"):
-            raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {job.device!r}")
-        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-            raise MonkeyError(f"--device {job.device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+
+        check_torch_device(job.device)
         set_torch_threads(job.threads)
-        return ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device)
+        if job.dtype not in ("fp32", "fp16"):
+            raise MonkeyError(f"--dtype must be fp32 or fp16, got {job.dtype!r}")
+        pipe = ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device,
+                                                 dtype=torch.float16 if job.dtype == "fp16" else torch.float32)
+        if job.cuda_graph:
+            pipe.enable_cuda_graphs()
+        return pipe
     if job.engine_dir is None:
         raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
     from monkey_trt.runtime.pipeline import MonkeyPipeline
@@ -157,6 +160,20 @@ def summary(result: MonkeyOutput, out: Path, seconds: float) -> str:
     names = sorted(record_files()(Path(out) / MARKER), key=lambda n: (n == MARKER, n))
     return (f"{result.backend} {w}x{h}: mask covers {100 * result.mask.coverage:.0f}% of the image, "
             f"{seconds:.2f}s in all; wrote {out}/ ({', '.join(names)})")
+
+
+def check_torch_device(device: str) -> None:
+    """cpu, cuda or cuda:N that torch can use here; MonkeyError otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise MonkeyError(f"--device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
 
 
 def _sha256(path: Path) -> str:

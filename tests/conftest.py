@@ -39,11 +39,11 @@ def reference(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def engine_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model exported once (64² opt, 64..128 profile) in both precisions, through the CLI."""
+    """The tiny model exported once per session through the CLI: 64² opt, 64..128 sides, UNet batch 1..2 (pass batching), fp32 + fp16."""
     from monkey_trt.cli import main
 
     out = tmp_path_factory.mktemp("engines") / "tiny-engine"
     argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
-            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128", "--precision", "fp32,fp16"]
+            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128", "--batch", "2", "--precision", "fp32,fp16"]
     assert main(argv) == 0
     return out

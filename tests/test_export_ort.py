@@ -229,17 +229,6 @@ def test_python_api_generate(runtime, tiny_model_dir):
     assert set(out.timings) >= {"encode_prompt", "encode_subject", "mask_pass", "mask", "final_pass", "decode"}
 
 
-def test_bench_command_writes_ratios(engine_dir, tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    argv = ["bench", "--engine-dir", str(engine_dir), "--backends", "torch,ort", "--base", str(tiny_model_dir / "base"),
-            "--ip-adapter", str(tiny_model_dir / "ip-adapter"), "--height", "64", "--width", "64", "--runs", "2",
-            "--warmup", "1", "--json", str(out)]
-    assert main(argv) == 0
-    res = json.loads(out.read_text())
-    assert [r["backend"] for r in res["results"]] == ["torch", "ort"]
-    assert all(r["total_s"] > 0 and r["unet_steps"] == 11 for r in res["results"])
-
-
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_trt_backend_and_build_refuse_cleanly_without_tensorrt(engine_dir, tiny_model_dir, tmp_path, capsys):
     code, err = _generate_exit(engine_dir, tiny_model_dir, tmp_path, capsys, "--backend", "trt")

@@ -11,7 +11,8 @@ from PIL import Image
 
 from monkey_trt.cli import main
 from monkey_trt.config import MonkeyConfig, Request
-from monkey_trt.reference.pipeline import ReferencePipeline, lcm_step, torch_noise_plan
+from monkey_trt.reference.pipeline import ReferencePipeline, lcm_schedule, torch_noise_plan
+from monkey_trt.runtime.method import run_pass
 from monkey_trt.runtime.noise import save_noise_file
 from tests.diffusers_monkey import diffusers_ip_adapter, diffusers_monkey, image_embeds, load_diffusers_pipeline
 
@@ -92,7 +93,7 @@ def test_degenerate_map_gives_full_mask_and_is_recorded(reference, subject):
         # A full mask is plain IP-Adapter at the masked steps.
         text, _ = reference.encode_prompt(req.prompt)
         ip = reference.encode_subject(subject)
-        plain, _ = reference.run_pass(text, ip, reference.guidance(8.5), reference.noise_for(req), 8, MonkeyConfig().final_scales())
+        plain, _ = run_pass(reference, text, ip, reference.guidance(8.5), reference.noise_for(req), 8, MonkeyConfig().final_scales())
         assert np.abs(reference.decode(plain) - out.image).max() <= 1e-5
     finally:
         proc.to_k_ip.weight.data.copy_(saved)
@@ -107,21 +108,23 @@ def test_mask_pass_stops_early_without_changing_the_mask(reference, subject):
     assert out.timings["mask_pass"] > 0
     text, _ = reference.encode_prompt(req.prompt)
     ip = reference.encode_subject(subject)
-    _, maps_full = reference.run_pass(text, ip, reference.guidance(8.5), reference.noise_for(req), 4, [1.0] * 4, map_steps=(1, 2))
+    _, maps_full = run_pass(reference, text, ip, reference.guidance(8.5), reference.noise_for(req), 4, [1.0] * 4, map_steps=(1, 2))
     full = extract_mask(maps_full, 64, 64, token=1, threshold=0.5)
     assert np.array_equal(full.mask, out.mask.mask)
 
 
 def test_lcm_step_matches_diffusers_scheduler(tiny_model_dir):
+    """The numpy LCM step the method uses, with torch's coefficient table, equals diffusers' step bit for bit."""
     from diffusers import LCMScheduler
 
     sched = LCMScheduler.from_pretrained(tiny_model_dir / "base", subfolder="scheduler")
+    schedule = lcm_schedule(sched)
     for steps in (4, 8):
         sched.set_timesteps(steps)
         ts = sched.timesteps.clone()
         g = torch.Generator().manual_seed(steps)
         sample = torch.randn(1, 4, 8, 8, generator=g)
-        ours = sample.clone()
+        ours = sample.numpy().copy()
         for i, t in enumerate(ts):
             eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(100 + i))
             g_state = g.get_state()
@@ -129,8 +132,9 @@ def test_lcm_step_matches_diffusers_scheduler(tiny_model_dir):
             g2 = torch.Generator()
             g2.set_state(g_state)
             noise = torch.randn(1, 4, 8, 8, generator=g2) if i < steps - 1 else None
-            ours, ours_denoised = lcm_step(sched, eps, i, ts, ours, noise)
-            assert torch.equal(ours, sample) and torch.equal(ours_denoised, denoised)
+            assert np.array_equal(schedule.timesteps(steps), ts.numpy())
+            ours, ours_denoised = schedule.step(eps.numpy(), i, ts.numpy(), ours, None if noise is None else noise.numpy())
+            assert np.array_equal(ours, sample.numpy()) and np.array_equal(ours_denoised, denoised.numpy())
     assert sched.timesteps.tolist() == [999, 879, 759, 639, 499, 379, 259, 139]
 
 

@@ -12,6 +12,7 @@ initial latents first, then one randn per step but the last; each pass re-seeds.
 
 from __future__ import annotations
 
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,21 +26,20 @@ from monkey_trt.runtime.images import clip_preprocess
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
+from monkey_trt.runtime.scheduler import LCMSchedule
 
 
-def lcm_step(scheduler, eps: torch.Tensor, step: int, timesteps: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None):
-    """diffusers LCMScheduler.step (epsilon prediction) with the noise passed in. Returns (prev_sample, denoised)."""
-    t = timesteps[step]
-    prev_t = timesteps[step + 1] if step + 1 < len(timesteps) else t
-    alpha_t = scheduler.alphas_cumprod[t]
-    alpha_prev = scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
-    beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
-    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
-    x0 = (sample - beta_t.sqrt() * eps) / alpha_t.sqrt()
-    denoised = c_out * x0 + c_skip * sample
-    if step == len(timesteps) - 1:
-        return denoised, denoised
-    return alpha_prev.sqrt() * denoised + beta_prev.sqrt() * noise.to(denoised), denoised
+def lcm_schedule(scheduler) -> LCMSchedule:
+    """diffusers' LCMScheduler as a numpy LCMSchedule with torch's own coefficient table (bit-exact steps)."""
+    cfg = scheduler.config
+    ac = scheduler.alphas_cumprod.to(torch.float32)  # [T]
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(torch.arange(len(ac)))
+    coeffs = torch.stack([ac.sqrt(), (1 - ac).sqrt(), c_skip.float(), c_out.float()], 1)  # [T, 4]
+    return LCMSchedule(
+        ac.numpy(), original_inference_steps=int(cfg.original_inference_steps), timestep_scaling=float(cfg.timestep_scaling),
+        final_alpha_cumprod=float(np.float32(scheduler.final_alpha_cumprod)), num_train_timesteps=int(cfg.num_train_timesteps),
+        coeffs=coeffs.numpy(),
+    )
 
 
 def torch_noise_plan(seed: int, latent_shape: tuple[int, ...], steps: int) -> NoisePlan:
@@ -61,6 +61,9 @@ class ReferencePipeline:
     def __init__(self, models: ReferenceModels):
         self.m = models
         self.map_layer: int | None = None  # IP-layer index of the mask layer, set by prepare()
+        self.schedule = lcm_schedule(models.scheduler)
+        self.graphed = None  # GraphedUNet when CUDA-graph replay is on (enable_cuda_graphs)
+        self.vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
 
     @classmethod
     def from_pretrained(
@@ -94,53 +97,78 @@ class ReferencePipeline:
         embeds = self.m.image_encoder(pixels).image_embeds  # [1, E]
         return self.m.image_proj(embeds)  # [1, 4, D]
 
-    # -- one LCM pass ---------------------------------------------------------------------
+    # -- the UNet -------------------------------------------------------------------------
+    max_unet_batch = 64
+
+    @property
+    def batch_passes_default(self) -> bool:
+        """Batching fills a GPU's idle parallelism; on a 2-core CPU it measured no faster (README)."""
+        return self.m.device.type == "cuda"
+
+    def unet_session(self, text: torch.Tensor, ip_tokens: torch.Tensor, w_emb: torch.Tensor,
+                     masks: Sequence[np.ndarray | None]):
+        """Calls of one batch layout. masks[b]: sample b's pixel mask [H, W], None = unmasked.
+
+        An unmasked sample's level masks are exact ones (no resize), so a batched pass-1 sample
+        computes exactly what the sequential, unmasked pass 1 does.
+        """
+        m, n = self.m, len(masks)
+        texts, tokens, conds = (x.expand(n, *x.shape[1:]) for x in (text, ip_tokens, w_emb))  # [B, ...]
+        level_masks = None
+        if any(mk is not None for mk in masks):
+            h, w = masks[0].shape if masks[0] is not None else masks[-1].shape
+            grids = level_grids(h // self.vae_factor, w // self.vae_factor, len(m.unet.config.block_out_channels))
+            level_masks = {}
+            for level, grid in enumerate(grids):
+                per_sample = [
+                    torch.ones(1, grid[0] * grid[1], 1, device=m.device, dtype=m.dtype) if mk is None
+                    else downsample_mask(torch.from_numpy(mk)[None, None].to(m.device, m.dtype), grid)  # [1, Q_level, 1]
+                    for mk in masks
+                ]
+                level_masks[level] = torch.cat(per_sample)  # [B, Q_level, 1]
+
+        @torch.no_grad()
+        def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            if self.graphed is not None:
+                return graphed_call(latents, timesteps, scale, want_map)
+            m.ctx.ip_tokens, m.ctx.scales, m.ctx.masks = tokens, [float(scale)] * len(m.ip_layers), level_masks
+            m.ctx.map_layer = self.map_layer if want_map else None
+            try:
+                sample = torch.from_numpy(latents).to(m.device, m.dtype)  # [B, 4, h, w]
+                t = torch.from_numpy(np.asarray(timesteps, np.int64)).to(m.device)  # [B]
+                eps = m.unet(sample, t, encoder_hidden_states=texts, timestep_cond=conds).sample
+                attn_map = m.ctx.attn_map.float().cpu().numpy() if want_map else None  # [B, Q, 4]
+            finally:
+                m.ctx.ip_tokens, m.ctx.masks, m.ctx.map_layer, m.ctx.attn_map = None, None, None, None
+            return eps.float().cpu().numpy(), attn_map
+
+        def graphed_call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            x = {"sample": torch.from_numpy(latents).to(m.device, m.dtype), "t": torch.from_numpy(np.asarray(timesteps, np.int64)).to(m.device),
+                 "text": texts, "cond": conds, "tokens": tokens,
+                 "scales": torch.full((len(m.ip_layers),), float(scale), device=m.device, dtype=m.dtype)}
+            eps, attn_map = self.graphed(x, level_masks, self.map_layer if want_map else None)
+            return eps.float().cpu().numpy(), None if attn_map is None else attn_map.float().cpu().numpy()
+
+        return call
+
+    def enable_cuda_graphs(self) -> None:
+        """Replay UNet calls as CUDA graphs (CUDA only; one capture per batch layout, then replays)."""
+        if self.m.device.type != "cuda":
+            raise MonkeyError("--cuda-graph with the torch backend needs --device cuda")
+        from monkey_trt.reference.cuda_graphs import GraphedUNet
+
+        self.graphed = GraphedUNet(self.m)
+
+    def sync(self) -> None:
+        if self.m.device.type == "cuda":
+            torch.cuda.synchronize(self.m.device)
+
     @torch.no_grad()
-    def run_pass(
-        self,
-        text: torch.Tensor,
-        ip_tokens: torch.Tensor,
-        w_emb: torch.Tensor,
-        noise: NoisePlan,
-        steps: int,
-        scales: list[float],
-        mask: np.ndarray | None = None,
-        map_steps: tuple[int, ...] = (),
-        stop_after: int | None = None,
-    ) -> tuple[torch.Tensor, dict[int, np.ndarray]]:
-        """Run `steps` LCM steps (or stop after step `stop_after`). Returns (last denoised latents, maps)."""
-        m, dev = self.m, self.m.device
-        sched = m.scheduler
-        sched.set_timesteps(steps)
-        timesteps = sched.timesteps  # int64 [steps]
-        latents = torch.tensor(noise.latents).to(dev, m.dtype)  # [1, 4, h, w]
-
-        masks = None
-        if mask is not None:
-            pix = torch.from_numpy(mask)[None, None].to(dev, m.dtype)  # [1, 1, H, W]
-            grids = level_grids(latents.shape[2], latents.shape[3], len(m.unet.config.block_out_channels))
-            masks = {level: downsample_mask(pix, grid) for level, grid in enumerate(grids)}
-
-        maps: dict[int, np.ndarray] = {}
-        last = steps - 1 if stop_after is None else stop_after
-        denoised = latents
-        for i in range(last + 1):
-            m.ctx.ip_tokens, m.ctx.scales, m.ctx.masks = ip_tokens, [scales[i]] * len(m.ip_layers), masks
-            m.ctx.map_layer = self.map_layer if i in map_steps else None
-            eps = m.unet(latents, timesteps[i], encoder_hidden_states=text, timestep_cond=w_emb).sample
-            if m.ctx.map_layer is not None:
-                maps[i] = m.ctx.attn_map[0].float().cpu().numpy()  # [Q, 4], batch item 0
-            step_noise = torch.tensor(noise.step_noise[i]) if i < steps - 1 else None
-            latents, denoised = lcm_step(sched, eps.float(), i, timesteps, latents.float(), step_noise)
-            latents = latents.to(m.dtype)
-        m.ctx.ip_tokens, m.ctx.masks, m.ctx.map_layer, m.ctx.attn_map = None, None, None, None
-        return denoised, maps
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [1, 4, h, w] -> image [H, W, 3] float32 in [0, 1]."""
         vae = self.m.vae
-        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # [1, 3, H, W] in [-1, 1]
+        latents = torch.from_numpy(np.asarray(latents, np.float32)).to(self.m.device, vae.dtype)
+        image = vae.decode(latents / vae.config.scaling_factor).sample  # [1, 3, H, W] in [-1, 1]
         return (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
 
     # -- the method ------------------------------------------------------------------------
@@ -161,5 +189,5 @@ class ReferencePipeline:
         return torch_noise_plan(request.seed, request.latent_shape, request.config.noise_steps)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
-        """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass (see runtime.method.run_monkey)."""
+        """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""
         return run_monkey(self, request, subject, **kwargs)

@@ -1,99 +1,249 @@
 """MONKEY's two passes, written once for every backend (SPEC.md).
 
-A backend provides five operations (the `PassEngine` protocol): the PyTorch reference and the
-lean runtime differ only in how they run networks, never in the method.
+A backend provides only networks (the `Networks` protocol): encoders, the guidance embedding, a UNet
+call that may take a batch, and the VAE decode. The LCM steps (numpy, `runtime.scheduler`), the
+pass schedule, mask extraction and every exact speed-up live here, so each backend gets them all.
 
     pass 1: IP scale `scale_mask_pass` at every step; record the mask layer's map at `mask_steps`;
             stop after the last mask step (later steps cannot change the mask)
     mask:   runtime.mask.extract_mask
     pass 2: the same noise; IP on (scale_final, masked) at `masked_steps`, scale 0 elsewhere
+
+Exact pass batching (`batch_passes`): pass 2's steps before its first masked step do not depend on
+the mask and both passes start from the same latents, so pass-1 step i and pass-2 step i (i below
+both the first masked step and pass 1's stop) run as one batch-2 UNet call: per-sample timestep,
+`ip_scale = scale_mask_pass` shared by the batch, and a per-sample mask: none (= ones) for pass 1,
+zeros for pass 2 (`text + s * (ip * 0) = text`, exact).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
-from monkey_trt.config import MAX_TOKENS, Request
+from monkey_trt.config import MAX_TOKENS, MonkeyConfig, Request
 from monkey_trt.errors import MonkeyError
-from monkey_trt.runtime.mask import extract_mask
+from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.noise import NoisePlan
-from monkey_trt.runtime.result import MonkeyOutput
+from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming
+from monkey_trt.runtime.scheduler import LCMSchedule
 
 
-class PassEngine(Protocol):
+class UNetSession(Protocol):
+    """UNet calls sharing text, IP tokens, guidance and per-sample masks (a GPU backend uploads them once)."""
+
+    def __call__(self, latents: np.ndarray, timesteps: np.ndarray, ip_scale: float, want_map: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """latents [B,4,h,w] f32, timesteps [B] -> (noise_pred [B,4,h,w] f32, map [B,Q,n_tokens] f32 or None)."""
+
+
+class Networks(Protocol):
+    """What a backend provides. Text, IP tokens and guidance stay in the backend's own type ([1, ...])."""
+
     backend: str
+    schedule: LCMSchedule  # the LCM constants of this model (numpy steps)
+    max_unet_batch: int  # largest UNet batch the backend accepts (1: no pass batching)
+    batch_passes_default: bool  # whether batching pays off here (measured: GPUs yes, 2-core CPU no)
 
     def prepare(self, request: Request) -> None: ...  # validate the request for this backend
     def encode_prompt(self, prompt: str) -> tuple[Any, bool]: ...  # (text [1,77,D], truncated)
     def encode_subject(self, subject: Image.Image) -> Any: ...  # IP tokens [1,4,D]
     def guidance(self, guidance_scale: float) -> Any: ...  # timestep_cond [1, time_cond_dim]
-    def run_pass(self, text, ip_tokens, w_emb, noise: NoisePlan, steps: int, scales: list[float],
-                 mask: np.ndarray | None = None, map_steps: tuple[int, ...] = (),
-                 stop_after: int | None = None) -> tuple[Any, dict[int, np.ndarray]]: ...
-    def decode(self, latents) -> np.ndarray: ...  # [H, W, 3] float32 in [0, 1]
+    def unet_session(self, text: Any, ip_tokens: Any, w_emb: Any, masks: Sequence[np.ndarray | None]) -> UNetSession:
+        """One session per batch layout: masks[b] is sample b's pixel mask [H, W] {0,1}, None = unmasked."""
+    def decode(self, latents: np.ndarray) -> np.ndarray: ...  # [1,4,h,w] -> [H, W, 3] float32 in [0, 1]
     def noise_for(self, request: Request) -> NoisePlan: ...
+    def sync(self) -> None: ...  # wait for queued device work (timings); no-op on CPU
+
+
+@dataclass
+class _Pass:
+    """One pass's trajectory: its schedule, per-step scales and masks, and where it is."""
+
+    name: str  # "p1" | "p2" | "ip"
+    timesteps: np.ndarray  # [steps] int64
+    scales: list[float]
+    last: int  # index of the last step to run
+    latents: np.ndarray  # [1,4,h,w] float32: the input of step `step`
+    map_steps: tuple[int, ...] = ()
+    step: int = 0
+    denoised: np.ndarray | None = None
+    maps: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.step > self.last
+
+
+class _Clock:
+    """Per-stage wall time; `sync` makes device work count against the stage that queued it."""
+
+    def __init__(self, engine: Networks, progress: Callable[[str, int, int], None] | None, stages: list[str]):
+        self.engine, self.progress, self.stages = engine, progress, stages
+        self.timings: dict[str, float] = {}
+        self.calls: list[UNetCallTiming] = []
+
+    def __call__(self, stage: str, fn, *args, **kwargs):
+        if self.progress is not None and stage in self.stages:
+            self.progress(stage, self.stages.index(stage), len(self.stages))
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.engine.sync()
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+
+def pairable_steps(c: MonkeyConfig) -> int:
+    """How many leading steps of the two passes can share one batch-2 UNet call (exactly)."""
+    first_masked = min(c.masked_steps) if c.masked_steps else c.steps_final
+    return min(c.mask_pass_steps_needed, first_masked, c.steps_final)
+
+
+def _advance(engine: Networks, p: _Pass, noise: NoisePlan, eps: np.ndarray) -> None:
+    """One LCM step of pass `p` with its noise_pred [1,4,h,w]."""
+    steps = len(p.timesteps)
+    step_noise = noise.step_noise[p.step] if p.step < steps - 1 else None
+    p.latents, p.denoised = engine.schedule.step(eps, p.step, p.timesteps, p.latents, step_noise)
+    p.step += 1
+
+
+def _run_batched(engine: Networks, clock: _Clock, session: UNetSession, passes: list[_Pass], noise: NoisePlan,
+                 stage: str, until: int) -> None:
+    """Steps of `passes` in lockstep (one UNet call per step, batch = len(passes)) while step < until."""
+    while all(not p.done and p.step < until for p in passes):
+        i = passes[0].step
+        want_map = any(i in p.map_steps for p in passes)
+        latents = np.concatenate([p.latents for p in passes]) if len(passes) > 1 else passes[0].latents
+        timesteps = np.array([p.timesteps[p.step] for p in passes], np.float32)  # [B]
+        scale = passes[0].scales[i]
+        t0 = time.perf_counter()
+        eps, maps = session(latents, timesteps, scale, want_map)
+        engine.sync()
+        seconds = time.perf_counter() - t0
+        clock.calls.append(UNetCallTiming("+".join(p.name for p in passes), i, len(passes), seconds))
+        clock.timings[stage] = clock.timings.get(stage, 0.0) + seconds
+        t0 = time.perf_counter()
+        for b, p in enumerate(passes):
+            if i in p.map_steps:
+                p.maps[i] = maps[b]  # [Q, n_tokens]
+            _advance(engine, p, noise, eps[b : b + 1])
+        clock.timings["scheduler"] = clock.timings.get("scheduler", 0.0) + time.perf_counter() - t0
 
 
 def run_monkey(
-    engine: PassEngine,
+    engine: Networks,
     request: Request,
     subject: Image.Image,
     noise: NoisePlan | None = None,
     baseline_scale: float | None = None,
     decode_mask_pass: bool = False,
+    batch_passes: bool | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> MonkeyOutput:
     """Both passes (+ the optional plain IP-Adapter baseline from the same noise).
 
-    `progress(stage, index, total)` is called before each stage (for a CLI progress bar).
+    baseline_scale: also run plain IP-Adapter (no mask) at this scale; decode_mask_pass: also decode
+    pass 1's prediction at its last mask step; batch_passes: exact pass batching (None: the backend's
+    measured default). `progress(stage, index, total)` is called before each stage (CLI progress bar).
     """
     engine.prepare(request)
     c = request.config
     noise = noise if noise is not None else engine.noise_for(request)
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    stages = ["encode_prompt", "encode_subject", "mask_pass", "mask", "final_pass", "decode"]
+    batch = engine.batch_passes_default if batch_passes is None else batch_passes
+    paired = pairable_steps(c) if batch else 0
+    if paired and c.scale_mask_pass == 0.0:
+        paired = 0  # both passes are plain text steps: nothing masked to batch for (and scale 0 is cheaper)
+    if paired and engine.max_unet_batch < 2:
+        raise MonkeyError(f"{engine.backend}: this engine takes UNet batch 1 only; pass batching needs batch 2 "
+                          "(re-export with --batch 2, or use --no-batch-passes)")
+    stages = ["encode_prompt", "encode_subject"] + (["batched_passes"] if paired else [])
+    stages += ["mask_pass", "mask", "final_pass", "decode"]
     stages += ["decode_mask_pass"] if decode_mask_pass else []
     stages += ["baseline_pass", "decode_baseline"] if baseline_scale is not None else []
+    clock = _Clock(engine, progress, stages)
+    notes: list[str] = []
 
-    def timed(stage: str, fn, *args, **kwargs):
-        if progress is not None:
-            progress(stage, stages.index(stage), len(stages))
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
-        return out
-
-    text, truncated = timed("encode_prompt", engine.encode_prompt, request.prompt)
+    text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
     if truncated:
         notes.append(f"prompt is longer than {MAX_TOKENS} tokens and was truncated")
-    ip_tokens = timed("encode_subject", engine.encode_subject, subject)
+    ip_tokens = clock("encode_subject", engine.encode_subject, subject)
     w_emb = engine.guidance(c.guidance_scale)
 
-    latents1, maps = timed(
-        "mask_pass", engine.run_pass, text, ip_tokens, w_emb, noise, c.steps_mask_pass,
-        [c.scale_mask_pass] * c.steps_mask_pass, map_steps=c.mask_steps, stop_after=c.mask_pass_steps_needed - 1,
-    )
+    def new_pass(name: str, steps: int, scales: list[float], last: int, map_steps=()) -> _Pass:
+        return _Pass(name, engine.schedule.timesteps(steps), scales, last, noise.latents.astype(np.float32, copy=True), map_steps)
+
+    p1 = new_pass("p1", c.steps_mask_pass, [c.scale_mask_pass] * c.steps_mask_pass, c.mask_pass_steps_needed - 1, c.mask_steps)
+    p2 = new_pass("p2", c.steps_final, c.final_scales(), c.steps_final - 1)
+    if paired:
+        if progress is not None:
+            progress("batched_passes", stages.index("batched_passes"), len(stages))
+        H, W = request.height, request.width
+        session = engine.unet_session(text, ip_tokens, w_emb, [None, np.zeros((H, W), np.float32)])
+        _run_batched(engine, clock, session, [p1, p2], noise, "batched_passes", until=paired)
+
+    if progress is not None:
+        progress("mask_pass", stages.index("mask_pass"), len(stages))
+    _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [None]), [p1], noise, "mask_pass", until=p1.last + 1)
     try:
-        mask = timed("mask", extract_mask, maps, request.height, request.width, c.mask_token, c.threshold)
+        mask = clock("mask", extract_mask, p1.maps, request.height, request.width, c.mask_token, c.threshold)
     except FloatingPointError as e:
         raise MonkeyError(f"{engine.backend}: {e}") from None
     if len(mask.degenerate_steps) == len(c.mask_steps):
         notes.append(f"attention map was constant at every mask step {list(mask.degenerate_steps)}: full mask (plain IP-Adapter)")
     elif mask.degenerate:
         notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: those steps were skipped")
-    latents2, _ = timed("final_pass", engine.run_pass, text, ip_tokens, w_emb, noise, c.steps_final, c.final_scales(), mask=mask.mask)
-    image = timed("decode", engine.decode, latents2)
-    mask_pass_image = timed("decode_mask_pass", engine.decode, latents1) if decode_mask_pass else None
+
+    if progress is not None:
+        progress("final_pass", stages.index("final_pass"), len(stages))
+    session = engine.unet_session(text, ip_tokens, w_emb, [mask.mask])
+    _run_batched(engine, clock, session, [p2], noise, "final_pass", until=p2.last + 1)
+    image = clock("decode", engine.decode, p2.denoised)
+    mask_pass_image = clock("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
+
     baseline = None
     if baseline_scale is not None:
-        latents_b, _ = timed("baseline_pass", engine.run_pass, text, ip_tokens, w_emb, noise, c.steps_final, [baseline_scale] * c.steps_final)
-        baseline = timed("decode_baseline", engine.decode, latents_b)
+        if progress is not None:
+            progress("baseline_pass", stages.index("baseline_pass"), len(stages))
+        pb = new_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, c.steps_final - 1)
+        session = engine.unet_session(text, ip_tokens, w_emb, [None])
+        _run_batched(engine, clock, session, [pb], noise, "baseline_pass", until=pb.last + 1)
+        baseline = clock("decode_baseline", engine.decode, pb.denoised)
     return MonkeyOutput(
-        image=image, mask=mask, timings=timings, backend=engine.backend, mask_pass_image=mask_pass_image,
-        baseline_image=baseline, prompt_truncated=truncated, warnings=tuple(notes),
+        image=image, mask=mask, timings=clock.timings, backend=engine.backend, mask_pass_image=mask_pass_image,
+        baseline_image=baseline, prompt_truncated=truncated, warnings=tuple(notes), unet_calls=tuple(clock.calls),
+        batched_steps=paired,
     )
+
+
+def run_pass(engine: Networks, text: Any, ip_tokens: Any, w_emb: Any, noise: NoisePlan, steps: int, scales: list[float],
+             mask: np.ndarray | None = None, map_steps: tuple[int, ...] = (), stop_after: int | None = None
+             ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """One plain LCM pass (no batching): (last denoised latents [1,4,h,w], maps step -> [Q, n_tokens])."""
+    p = _Pass("p", engine.schedule.timesteps(steps), list(scales), steps - 1 if stop_after is None else stop_after,
+              noise.latents.astype(np.float32, copy=True), tuple(map_steps))
+    clock = _Clock(engine, None, [])
+    _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [mask]), [p], noise, "pass", until=p.last + 1)
+    return p.denoised, p.maps
+
+
+def run_ip_adapter(engine: Networks, request: Request, subject: Image.Image, scale: float,
+                   noise: NoisePlan | None = None) -> MonkeyOutput:
+    """Plain IP-Adapter (`steps_final` steps at `scale`, no mask) + decode: the denominator of the two-pass overhead."""
+    engine.prepare(request)
+    c = request.config
+    noise = noise if noise is not None else engine.noise_for(request)
+    clock = _Clock(engine, None, [])
+    text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
+    ip_tokens = clock("encode_subject", engine.encode_subject, subject)
+    w_emb = engine.guidance(c.guidance_scale)
+    p = _Pass("ip", engine.schedule.timesteps(c.steps_final), [scale] * c.steps_final, c.steps_final - 1,
+              noise.latents.astype(np.float32, copy=True))
+    _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [None]), [p], noise, "baseline_pass", until=p.last + 1)
+    image = clock("decode", engine.decode, p.denoised)
+    full = MaskResult(np.ones((request.height, request.width), np.float32), (0, 0), ())
+    return MonkeyOutput(image=image, mask=full, timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
+                        unet_calls=tuple(clock.calls))

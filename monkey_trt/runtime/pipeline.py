@@ -3,13 +3,14 @@
     pipe = MonkeyPipeline.from_engine_dir("engine/", backend="ort")
     out = pipe(Request(prompt="a dog on the beach", height=512, width=512, seed=0), subject)
 
-Sections: loading, encoders, one LCM pass (the hot loop), the method.
+Sections: loading, encoders, the UNet (the hot loop), the method (runtime.method drives the passes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -40,6 +41,7 @@ class RuntimeOptions:
     precision: str = "fp32"  # which exported graphs run (ort: the ONNX files; trt: the plans built from them)
     verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
     threads: int = 0  # CPU threads per ORT session (intra-op); 0 = the library default (physical cores)
+    ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here (owned by monkey-trt; faster cold start)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -54,6 +56,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
                 manifest.path(root, name, opts.precision), providers=providers, name=name, fp16=opts.fp16,
                 trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in providers else None,
                 cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
+                optimized_model_cache=opts.ort_cache,
             )
             for name in NETWORKS
         }
@@ -88,6 +91,7 @@ class MonkeyPipeline:
         )
         self.guidance_freqs = np.asarray(s.guidance_freqs, np.float32) if s.guidance_freqs else None
         self.n_ip_layers = manifest.dims.n_ip_layers
+        self._size = (manifest.profile.height.opt, manifest.profile.width.opt)  # set per request by prepare()
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
@@ -131,48 +135,52 @@ class MonkeyPipeline:
         images = self.runners["vae_decoder"].infer({"latents": latents})["images"]  # [1, 3, H, W]
         return np.ascontiguousarray(images[0].transpose(1, 2, 0))
 
-    # -- one LCM pass (the hot loop) -------------------------------------------------------
-    def run_pass(
-        self,
-        text: np.ndarray,
-        ip_tokens: np.ndarray,
-        w_emb: np.ndarray,
-        noise: NoisePlan,
-        steps: int,
-        scales: list[float],
-        mask: np.ndarray | None = None,
-        map_steps: tuple[int, ...] = (),
-        stop_after: int | None = None,
-    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """`steps` LCM steps (or up to `stop_after`). Returns (last denoised latents [1,4,h,w], maps step -> [Q,4])."""
+    # -- the UNet (the hot loop) ------------------------------------------------------------
+    @property
+    def max_unet_batch(self) -> int:
+        """ORT on the CPU/CUDA EPs runs the ONNX graph's dynamic batch; TensorRT is bound to the profile."""
+        providers = self.opts.providers or ()
+        if self.backend == "trt" or "tensorrt" in providers:
+            return self.manifest.profile.batch.max
+        return 64
+
+    @property
+    def batch_passes_default(self) -> bool:
+        """Batching pays off where the device has idle parallelism (GPUs), not on a busy CPU (measured)."""
         unet = self.runners["unet"]
-        timesteps = self.schedule.timesteps(steps)
-        latents = noise.latents.astype(np.float32, copy=True)  # [1, 4, h, w]
-        H, W = latents.shape[2] * self.manifest.dims.vae_factor, latents.shape[3] * self.manifest.dims.vae_factor
-        ip_mask = (mask if mask is not None else np.ones((H, W), np.float32))[None, None].astype(np.float32)  # [1, 1, H, W]
-        # Fixed for the whole pass: a GPU backend uploads these once, not per step.
-        unet.set_static_inputs({"encoder_hidden_states": text, "timestep_cond": w_emb, "ip_tokens": ip_tokens, "ip_mask": ip_mask})
-        feeds = {
-            "sample": latents,  # [1, 4, h, w]
-            "timestep": np.zeros((1,), np.float32),  # [1]
-            "ip_scale": np.zeros((self.n_ip_layers,), np.float32),  # [n_ip_layers]
-        }
-        maps: dict[int, np.ndarray] = {}
-        last = steps - 1 if stop_after is None else stop_after
-        denoised = latents
-        for i in range(last + 1):
-            feeds["sample"] = latents
-            feeds["timestep"][0] = timesteps[i]
-            feeds["ip_scale"][:] = scales[i]
-            out = unet.infer(feeds)
-            if i in map_steps:
-                maps[i] = out["ip_attn_map"][0]  # [Q, 4], batch item 0
-            step_noise = noise.step_noise[i] if i < steps - 1 else None
-            latents, denoised = self.schedule.step(out["noise_pred"], i, timesteps, latents, step_noise)
-        return denoised, maps
+        providers = unet.session.get_providers() if getattr(unet, "session", None) is not None else []
+        on_gpu = self.backend == "trt" or any(p != "CPUExecutionProvider" for p in providers)
+        return on_gpu and self.max_unet_batch >= 2
+
+    def unet_session(self, text: np.ndarray, ip_tokens: np.ndarray, w_emb: np.ndarray,
+                     masks: Sequence[np.ndarray | None]) -> Callable:
+        """Calls of one batch layout; masks[b]: sample b's pixel mask [H, W] (None: ones, i.e. unmasked)."""
+        unet, n = self.runners["unet"], len(masks)
+        H, W = self._size
+        ip_mask = np.stack([np.ones((H, W), np.float32) if m is None else np.asarray(m, np.float32) for m in masks])[:, None]  # [B,1,H,W]
+        # Fixed for the session: a GPU backend uploads these once, not per step.
+        unet.set_static_inputs({
+            "encoder_hidden_states": np.repeat(text, n, axis=0),  # [B, 77, D]
+            "timestep_cond": np.repeat(w_emb, n, axis=0),  # [B, time_cond_dim]
+            "ip_tokens": np.repeat(ip_tokens, n, axis=0),  # [B, n_ip_tokens, D]
+            "ip_mask": np.ascontiguousarray(ip_mask),
+        })
+        ip_scale = np.zeros((self.n_ip_layers,), np.float32)  # [n_ip_layers], shared by the batch
+
+        def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            ip_scale[:] = scale
+            out = unet.infer({"sample": np.ascontiguousarray(latents, np.float32),
+                              "timestep": np.asarray(timesteps, np.float32), "ip_scale": ip_scale})
+            return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,4]
+
+        return call
+
+    def sync(self) -> None:
+        """Runners return host arrays: their work is done when infer() returns."""
 
     # -- the method ------------------------------------------------------------------------
     def prepare(self, request: Request) -> None:
+        self._size = (request.height, request.width)
         why = self.manifest.profile.check(1, request.height, request.width)
         if why:
             raise MonkeyError(f"engine directory {self.root}: {why}")
@@ -201,5 +209,5 @@ class MonkeyPipeline:
         return self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
-        """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass (see run_monkey)."""
+        """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey)."""
         return run_monkey(self, request, subject, **kwargs)

@@ -11,6 +11,20 @@ from monkey_trt.runtime.mask import MaskResult
 
 
 @dataclass(frozen=True)
+class UNetCallTiming:
+    """One UNet call: which passes it served ("p1", "p2", "p1+p2" when batched, "ip" = baseline), at which step."""
+
+    passes: str
+    step: int  # 0-based step index within the pass(es)
+    batch: int
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"unet {self.passes} s{self.step}"
+
+
+@dataclass(frozen=True)
 class MonkeyOutput:
     image: np.ndarray  # [H, W, 3] float32 in [0, 1]: pass 2 decoded, before quantisation
     mask: MaskResult  # mask.mask: [H, W] float32 {0, 1}
@@ -20,6 +34,8 @@ class MonkeyOutput:
     baseline_image: np.ndarray | None = None  # [H, W, 3] plain IP-Adapter from the same noise
     prompt_truncated: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    unet_calls: tuple[UNetCallTiming, ...] = ()  # every UNet call, in order
+    batched_steps: int = 0  # leading steps that ran as one batch-2 call for both passes
 
     def image_pil(self):
         """The MONKEY image as an 8-bit RGB PIL image."""

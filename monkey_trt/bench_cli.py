@@ -1,0 +1,152 @@
+"""The `bench` command's plumbing: where models come from, loading each backend, the table and the files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from monkey_trt.bench import BackendResult, BenchSettings, bench_backend, compare_to_first, report, stage_groups
+from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, Request
+from monkey_trt.errors import MonkeyError
+
+PNG_TAG = "monkey-trt bench"  # tEXt Software of our charts: only those are overwritten
+
+
+def check_output_path(path: Path | None, flag: str, kind: str) -> None:
+    """Before any work: the folder exists and is writable; an existing file there must be an earlier bench output."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise MonkeyError(f"{flag} {path} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MonkeyError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MonkeyError(f"{flag} {path}: folder {parent} is not writable")
+    if path.exists() and not _is_our_output(path, kind):
+        raise MonkeyError(f"{flag} {path} exists and was not written by monkey-trt bench; choose another name")
+
+
+def _is_our_output(path: Path, kind: str) -> bool:
+    try:
+        if kind == "json":
+            return json.loads(path.read_text()).get("schema") == "monkey-trt-bench"
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == PNG_TAG
+    except Exception:
+        return False
+
+
+def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console) -> dict:
+    """-> {base, ip_adapter, ip_weight, engine_dir, subject, height, width, preset}."""
+    src = {"preset": preset, "engine_dir": None, "base": base, "ip_adapter": ip_adapter, "ip_weight": DEFAULT_IP_WEIGHT,
+           "subject": str(image) if image else None}
+    needs_engine = any(n in ("ort", "trt") for n in names)
+    if preset is not None:
+        from monkey_trt.presets import PRESETS, ensure_preset
+
+        if preset not in PRESETS:
+            raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        default = 128 if preset == "tiny" else 256
+        height, width = height or default, width or default
+        with console.status(f"preparing the {preset} preset") as status:
+            model_dir, edir = ensure_preset(preset, Path(workdir), height, width, engine=needs_engine, status=status.update)
+        src.update(base=src["base"] or str(model_dir / "base"), ip_adapter=src["ip_adapter"] or str(model_dir / "ip-adapter"),
+                   engine_dir=str(edir) if needs_engine else None, subject=src["subject"] or str(model_dir / "subject.png"))
+    elif engine_dir is not None:
+        from monkey_trt.runtime.manifest import load_manifest
+
+        m = load_manifest(Path(engine_dir), verify="size")
+        height, width = height or m.profile.height.opt, width or m.profile.width.opt
+        src.update(engine_dir=str(engine_dir), base=src["base"] or m.source.get("base") or DEFAULT_BASE,
+                   ip_adapter=src["ip_adapter"] or m.source.get("ip_adapter") or DEFAULT_IP_ADAPTER,
+                   ip_weight=m.source.get("ip_weight", DEFAULT_IP_WEIGHT))
+    else:
+        if needs_engine:
+            raise MonkeyError("--backends ort/trt need --engine-dir or --preset")
+        height, width = height or 512, width or 512
+        src.update(base=src["base"] or DEFAULT_BASE, ip_adapter=src["ip_adapter"] or DEFAULT_IP_ADAPTER)
+    src.update(height=height, width=width, workdir=str(workdir))
+    return src
+
+
+def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
+    def load():
+        if name in ("ort", "trt"):
+            from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+            cache = {"ort_cache": Path(src["workdir"]) / "ort-optimized"} if name == "ort" and s.ort_cache else {}
+            return MonkeyPipeline.from_engine_dir(src["engine_dir"], backend=name, precision=s.precision, threads=s.threads, **cache)
+        import torch
+
+        from monkey_trt.generate import check_torch_device, set_torch_threads
+
+        check_torch_device(s.device)
+        set_torch_threads(s.threads)
+        dtype = torch.float16 if s.dtype == "fp16" else torch.float32
+        if name == "published":
+            from monkey_trt.baselines.published import PublishedPipeline
+
+            return PublishedPipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
+        from monkey_trt.reference.pipeline import ReferencePipeline
+
+        pipe = ReferencePipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
+        if s.cuda_graph:
+            pipe.enable_cuda_graphs()
+        return pipe
+
+    return load
+
+
+def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot,
+              console: Console, settings: Callable[[int, int], BenchSettings]) -> list[BackendResult]:
+    from monkey_trt.runtime.images import load_subject
+
+    BenchSettings(names, 64, 64)  # validate the backend list before any work
+    src = _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console)
+    s = settings(src["height"], src["width"])
+    request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
+    subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
+    results, outputs = [], []
+    with console.status("bench") as status:
+        for name in s.backends:
+            r, out = bench_backend(name, _loader(name, src, s), request, subject, s, status=status.update)
+            results.append(r)
+            outputs.append(out)
+    compare_to_first(results, outputs)
+    Console(width=max(Console().width, 130)).print(results_table(results, s))
+    doc = report(s, results, src)
+    if json_out is not None:
+        from monkey_trt.atomic import write_json_atomic
+
+        write_json_atomic(json_out, doc)
+    if plot is not None:
+        from monkey_trt.bench_chart import write_chart
+
+        write_chart(plot, results, f"MONKEY {s.width}x{s.height}, p50 per stage ({doc['machine']['gpu'] or doc['machine']['cpu']})")
+    return results
+
+
+def results_table(results: list[BackendResult], s: BenchSettings) -> Table:
+    """One row per backend: end-to-end figures, then p50 seconds per stage."""
+    t = Table(title=f"MONKEY {s.width}x{s.height}, {s.runs} run(s), seconds (p50 unless noted)")
+    for col in ("backend", "p50", "min/p90", "img/s", "vs pub", "2-pass", "cold", "RSS MiB",
+                "text", "image", "UNet", "mask", "VAE", "mask="):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    for r in results:
+        g = stage_groups(r)
+        e = r.end_to_end_s
+        t.add_row(
+            r.backend, f"{e.p50:.3f}", f"{e.min:.2f}/{e.p90:.2f}", f"{r.images_per_s:.2f}",
+            "-" if r.ratio_to_published is None else f"{r.ratio_to_published:.2f}x", f"{r.two_pass_overhead:.2f}x",
+            f"{r.cold_start_s:.1f}", f"{r.peak_rss_mib:.0f}", f"{g['text encoder']:.3f}", f"{g['image encoder']:.3f}",
+            f"{g['UNet']:.3f}", f"{g['mask']:.4f}", f"{g['VAE decode']:.3f}", "yes" if r.mask_equals_first else "NO",
+        )
+    return t
