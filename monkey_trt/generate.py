@@ -43,6 +43,8 @@ class GenerateJob:
     precision: str = "fp32"  # ort/trt: fp32 or fp16 graphs of the engine directory (fp16 changes the math: opt-in)
     threads: int = 0  # CPU threads (torch intra-op / ORT intra-op per session); 0 = library default
     verify: str = "sha256"  # engine-dir file check: sha256 | size
+    batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
+    dtype: str = "fp32"  # torch backend: fp32 | fp16 (fp16 changes the math: PSNR floor vs fp32)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,6 @@ def set_torch_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
-    dtype: str = "fp32"  # torch backend: fp32 | fp16 (fp16 changes the math: PSNR floor vs fp32)
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
