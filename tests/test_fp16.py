@@ -110,7 +110,7 @@ def test_export_adds_fp16_to_an_existing_directory(engine_dir, tiny_model_dir, t
     out = _fp32_only_copy(engine_dir, tmp_path)
     fp32_files = {f.name: f.stat().st_mtime_ns for f in out.glob("*.onnx")}
     argv = ["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
-            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128"]
+            "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128", "--batch", "2"]  # the session export's profile
     assert main([*argv, "--precision", "fp16"]) == 0
     assert "added fp16" in capsys.readouterr().out
     m = load_manifest(out)
