@@ -175,6 +175,44 @@ def clean_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
+# monkey-trt 0.1.0 staged into `.<name>.<mkdtemp random>` and set the old output aside as
+# `.<name>.old-<pid>`. Such a folder is ours only if it holds nothing but what 0.1.0 wrote there.
+_LEGACY_STAGING = r"^\.{name}\.(?:old-(?P<pid>\d+)|[a-z0-9_]{{8}})$"
+_LEGACY_OUTPUT_NAMES = frozenset(
+    ["monkey.png", "mask.png", "overlay.png", "ipadapter.png", "grid.png", "arrays.npz", "result.json",  # generate
+     "manifest.json", "tokenizer", "base", "ip-adapter", "subject.png"]  # export, tiny model
+    + [f for n in ("text_encoder", "image_encoder", "unet", "vae_decoder") for f in (f"{n}.onnx", f"{n}.onnx.data", f".{n}")]
+)
+
+
+def clean_legacy_staging(target: Path) -> list[Path]:
+    """Remove what an interrupted monkey-trt 0.1.0 left next to `target` (`.out.XXXXXXXX`,
+    `.out.old-PID` of a dead PID): only folders holding nothing but 0.1.0's own output names."""
+    import re
+
+    target = Path(target)
+    pattern = re.compile(_LEGACY_STAGING.format(name=re.escape(target.name)))
+    removed = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        m = pattern.match(p.name)
+        if m is None or p.is_symlink() or not p.is_dir():
+            continue
+        if m.group("pid") and _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            if not {c.name for c in p.iterdir()} <= _LEGACY_OUTPUT_NAMES:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def make_dirs(folder: Path) -> None:
     """mkdir -p with the user's umask (what mkdir does anyway; named for clarity)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -244,6 +282,7 @@ class OutputStage:
         check_target(target, record, recorded or record_files(), names)
         make_dirs(target.parent)
         clean_stale_staging(target)
+        clean_legacy_staging(target)
         path = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{staging_owner()}-", dir=target.parent))
         os.chmod(path, 0o777 & ~current_umask())
         return cls(target, path, record, recorded or record_files())

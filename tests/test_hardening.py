@@ -174,6 +174,24 @@ def test_stale_staging_of_a_dead_process_is_removed_and_a_live_ones_kept(tmp_pat
     assert {p.name for p in out.iterdir()} == {"monkey.png", "mask.png", "overlay.png", "result.json"}
 
 
+def test_staging_left_by_monkey_trt_0_1_is_removed_and_look_alikes_kept(tmp_path):
+    out = tmp_path / "out"
+    partial = tmp_path / ".out.k2x_9qam"  # 0.1.0's mkdtemp staging, killed mid-write
+    partial.mkdir()
+    (partial / "monkey.png").write_bytes(b"partial")
+    set_aside = tmp_path / f".out.old-{dead_pid()}"  # 0.1.0 set the old output aside, then was killed
+    (set_aside / "tokenizer").mkdir(parents=True)
+    (set_aside / "manifest.json").write_text("{}")
+    users = tmp_path / ".out.notes123"  # same shape, but holds a file 0.1.0 never wrote
+    users.mkdir()
+    (users / "todo.txt").write_text("mine")
+    live = tmp_path / ".out.old-1"  # pid 1 is alive: may still be committing
+    live.mkdir()
+    write_outputs(out, fake_output(), None, {})
+    assert not partial.exists() and not set_aside.exists()
+    assert (users / "todo.txt").read_text() == "mine" and live.is_dir()
+
+
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "out"
 
