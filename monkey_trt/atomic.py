@@ -150,17 +150,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _siblings(target: Path) -> list[Path]:
+    """Everything next to `target` (nothing if its folder cannot be listed)."""
+    try:
+        return list(Path(target).parent.iterdir())
+    except OSError:
+        return []
+
+
 def clean_stale_staging(target: Path) -> list[Path]:
     """Remove staging folders for `target` whose owning process on this host is gone (another host's or
     container's, on a shared volume, are left alone). Returns what was removed."""
     target = Path(target)
     prefix = staging_prefix(target)
     removed = []
-    try:
-        siblings = list(target.parent.iterdir())
-    except OSError:
-        return removed
-    for p in siblings:
+    for p in _siblings(target):
         if not p.name.startswith(prefix):
             continue
         owner = p.name[len(prefix):].rsplit("-", 1)[0]  # <pid>@<host>-<mkdtemp random, no '-'>
@@ -193,11 +197,7 @@ def clean_legacy_staging(target: Path) -> list[Path]:
     target = Path(target)
     pattern = re.compile(_LEGACY_STAGING.format(name=re.escape(target.name)))
     removed = []
-    try:
-        siblings = list(target.parent.iterdir())
-    except OSError:
-        return removed
-    for p in siblings:
+    for p in _siblings(target):
         m = pattern.match(p.name)
         if m is None or p.is_symlink() or not p.is_dir():
             continue
