@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import inspect
 import enum
 import hashlib
 import json
@@ -19,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from monkey_trt.engine import trt as trt_mod
+from tests.test_trt_api import _params  # parameter names a Polygraphy callable accepts
 from monkey_trt.engine.networks import (
     ModelDims,
     NetworkDesc,
@@ -694,17 +694,6 @@ def _fake_polygraphy(trt, log: list):
         engine_from_network=checked("engine_from_network", engine_from_network),
         save_engine=checked("save_engine", save_engine),
     )
-
-
-def _params(obj) -> set[str]:
-    if inspect.isclass(obj):
-        names: set[str] = set()
-        for cls in obj.__mro__:
-            if "__init__" in vars(cls):
-                ps = inspect.signature(vars(cls)["__init__"]).parameters.values()
-                names |= {p.name for p in ps if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
-        return names
-    return set(inspect.signature(obj).parameters)
 
 
 @pytest.fixture

@@ -138,6 +138,7 @@ def write_fp16_network(src: Path, dst_dir: Path, network: str):
     `src` keeps its weights outside). Returns the manifest's PrecisionFiles for it."""
     import onnx
 
+    from monkey_trt.export.onnx_files import save_onnx
     from monkey_trt.runtime.manifest import PrecisionFiles, sha256_file
 
     src = Path(src)
@@ -145,13 +146,7 @@ def write_fp16_network(src: Path, dst_dir: Path, network: str):
     model = onnx.load(str(src), load_external_data=True)
     report = convert_model_fp16(model, network)
     dst = Path(dst_dir) / fp16_file_name(network)
-    files = [dst.name]
-    if external:
-        data = dst.name + ".data"
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
-        files.append(data)
-    else:
-        onnx.save_model(model, str(dst))
+    files = save_onnx(model, dst, external)
     del model
     onnx.checker.check_model(str(dst))
     paths = [Path(dst_dir) / f for f in files]

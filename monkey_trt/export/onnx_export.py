@@ -24,6 +24,7 @@ from monkey_trt.config import DEFAULT_MASK_LAYER
 from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
 from monkey_trt.errors import MonkeyError
 from monkey_trt.export.fp16 import write_fp16_network
+from monkey_trt.export.onnx_files import save_onnx
 from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
 from monkey_trt.reference.loading import ModelSource, ReferenceModels, load_reference_models
 from monkey_trt.runtime.manifest import (
@@ -135,13 +136,7 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
     for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
         if f != path and f.suffix != ".onnx":
             f.unlink()
-    files = [path.name]
-    if big:
-        data = path.name + ".data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
-        files.append(data)
-    else:
-        onnx.save_model(model, str(path))
+    files = save_onnx(model, path, external=big)
     onnx.checker.check_model(str(path))
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
     return files
