@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from monkey_trt.config import Request
-from monkey_trt.engine.networks import Profile, ShapeRange
+from monkey_trt.core.config import Request
+from monkey_trt.enginedir.networks import Profile, ShapeRange
 from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
+from monkey_trt.models.tiny import write_tiny_model
 from monkey_trt.reference.loading import ModelSource
 from monkey_trt.reference.pipeline import ReferencePipeline
 from monkey_trt.runtime.pipeline import MonkeyPipeline
-from monkey_trt.tiny_model import write_tiny_model
 
 PROMPTS = ["a toy on the beach", "a toy in the jungle", "a toy in the snow"]
 SIZES = [(128, 128), (64, 96), (96, 64)]

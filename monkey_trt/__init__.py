@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from monkey_trt.core import __version__
 
 _EXPORTS = {
     "MonkeyPipeline": "monkey_trt.runtime.pipeline",
     "RuntimeOptions": "monkey_trt.runtime.pipeline",
     "MonkeyOutput": "monkey_trt.runtime.result",
-    "MonkeyConfig": "monkey_trt.config",
-    "Request": "monkey_trt.config",
-    "MonkeyError": "monkey_trt.errors",
-    "EngineDirError": "monkey_trt.errors",
-    "BackendUnavailable": "monkey_trt.errors",
-    "load_manifest": "monkey_trt.runtime.manifest",
+    "MonkeyConfig": "monkey_trt.core.config",
+    "Request": "monkey_trt.core.config",
+    "MonkeyError": "monkey_trt.core.errors",
+    "EngineDirError": "monkey_trt.core.errors",
+    "BackendUnavailable": "monkey_trt.core.errors",
+    "load_manifest": "monkey_trt.enginedir.manifest",
     "load_subject": "monkey_trt.runtime.images",
 }
 __all__ = ["__version__", "MonkeyPipeline", "RuntimeOptions", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",

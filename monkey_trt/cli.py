@@ -17,10 +17,18 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from monkey_trt import __version__
-from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER, MonkeyConfig, Request
-from monkey_trt.errors import MonkeyError
-from monkey_trt.progress import status
+from monkey_trt.core import __version__
+from monkey_trt.core.config import (
+    DEFAULT_BASE,
+    DEFAULT_IP_ADAPTER,
+    DEFAULT_IP_WEIGHT,
+    DEFAULT_MASK_LAYER,
+    MonkeyConfig,
+    Request,
+    check_threads,
+)
+from monkey_trt.core.errors import MonkeyError, first_line
+from monkey_trt.jobs.progress import status
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) inference engine.")
@@ -81,14 +89,14 @@ def tiny_model(
     preset: str = typer.Option("tiny", help="tiny (CPU tests/demo) or sd15 (real sizes, random weights)"),
 ):
     """Write the embedded model (random weights, hub layouts) for offline tests, demos and benchmarks."""
-    from monkey_trt.atomic import check_target, record_files
-    from monkey_trt.extras import require_extra
+    from monkey_trt.core.extras import require_extra
+    from monkey_trt.core.files import check_target, record_files
 
     if preset not in ("tiny", "sd15"):
         raise MonkeyError(f"--preset must be tiny or sd15, got {preset!r}")
     check_target(out_dir.absolute(), "tiny-model.json", record_files(), ["subject.png", "tiny-model.json"])
     require_extra("export", "tiny-model")
-    from monkey_trt.tiny_model import write_tiny_model
+    from monkey_trt.models.tiny import write_tiny_model
 
     with _quiet_libraries(), status(console, f"writing the {preset} model to {out_dir}"):
         paths = write_tiny_model(out_dir, preset=preset)
@@ -136,7 +144,12 @@ def generate(
     """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
     import time
 
-    from monkey_trt.generate import GenerateJob, resolve_defaults, run_generate, summary
+    from monkey_trt.jobs.generate import (
+        GenerateJob,
+        resolve_defaults,
+        run_generate,
+        summary,
+    )
 
     t0 = time.perf_counter()
     if verify not in ("sha256", "size"):
@@ -170,18 +183,17 @@ def demo(
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
-    from monkey_trt.atomic import check_target
-    from monkey_trt.generate import GenerateJob, run_generate
-    from monkey_trt.outputs import check_out_dir
-    from monkey_trt.presets import DEMO_PROFILE, ensure_preset, preset_dirs
+    from monkey_trt.core.files import check_target
+    from monkey_trt.jobs.generate import GenerateJob, run_generate
+    from monkey_trt.models.cache import DEMO_PROFILE, ensure_preset, preset_dirs
+    from monkey_trt.runtime.outputs import check_out_dir
 
     if backend not in ("ort", "torch"):
         raise MonkeyError(f"demo --backend must be ort or torch, got {backend!r}")
     lo, hi = DEMO_PROFILE
     if not lo <= size <= hi or size % 8:
         raise MonkeyError(f"demo --size must be a multiple of 8 in {lo}..{hi}, got {size}")
-    if threads < 0:
-        raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {threads}")
+    check_threads(threads)
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
     check_out_dir(out, baseline=True)  # before minutes of first-run work
     for d in (workdir, *preset_dirs("tiny", workdir, size, size)):
@@ -216,7 +228,7 @@ def _size(text: str, name: str) -> tuple[int, int]:
 
 
 def _profile(height: int, width: int, min_size: Optional[str], max_size: Optional[str], batch: int):
-    from monkey_trt.engine.networks import Profile, ShapeRange
+    from monkey_trt.enginedir.networks import Profile, ShapeRange
 
     lo = _size(min_size, "min") if min_size else (height, width)
     hi = _size(max_size, "max") if max_size else (height, width)
@@ -248,18 +260,22 @@ def export(
     precision: str = typer.Option("fp32", "--precision", help="fp32 and/or fp16 (comma list); fp16 is added to an existing directory"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
-    from monkey_trt.extras import require_extra
-    from monkey_trt.progress import steps
-    from monkey_trt.runtime.manifest import PRECISIONS
+    from monkey_trt.core.extras import require_extra
+    from monkey_trt.enginedir.manifest import parse_precisions
+    from monkey_trt.jobs.progress import steps
 
     if not 7 <= opset <= 21:
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
-    precisions = tuple(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
-    if not precisions or any(p not in PRECISIONS for p in precisions):
-        raise MonkeyError(f"--precision must be a comma list of {', '.join(PRECISIONS)}, got {precision!r}")
+    precisions = parse_precisions(precision)
     profile = _profile(height, width, min_size, max_size, batch)
     require_extra("export", "export")
-    from monkey_trt.export.onnx_export import ExportOptions, add_precisions, check_export_out, existing_export_matches, export_engine_dir
+    from monkey_trt.export.onnx_export import (
+        ExportOptions,
+        add_precisions,
+        check_export_out,
+        existing_export_matches,
+        export_engine_dir,
+    )
     from monkey_trt.reference.loading import ModelSource
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
@@ -290,7 +306,7 @@ def build(
 ):
     """Build TensorRT engines (profiles, timing cache, versioned cache key) for an engine directory."""
     from monkey_trt.engine.trt import BuildConfig, build_engine_dir
-    from monkey_trt.runtime.manifest import load_manifest
+    from monkey_trt.enginedir.manifest import load_manifest
 
     if old_fp16 or old_fp32:  # the pre-strong-typing flags (TensorRT 11 has no FP16 builder flag)
         p = "fp16" if old_fp16 else "fp32"
@@ -309,7 +325,7 @@ def doctor():
     from rich.markup import escape
     from rich.table import Table
 
-    from monkey_trt.doctor import doctor_report
+    from monkey_trt.jobs.doctor import doctor_report
 
     table = Table("check", "status", "detail")
     for row in doctor_report():
@@ -336,15 +352,15 @@ def bench(
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch backend on cuda: CUDA-graph replay of UNet calls"),
     ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start)"),
     batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes", help="Exact pass batching (default: per backend)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench_schema.json)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
     workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
     precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: the engine directory's fp32 or fp16 graphs"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
-    from monkey_trt.bench import BenchSettings
-    from monkey_trt.bench_cli import check_output_path, run_bench
+    from monkey_trt.bench.cli import check_output_path, run_bench
+    from monkey_trt.bench.job import BenchSettings
 
     check_output_path(json_out, "--json", "json")
     check_output_path(plot, "--plot", "png")
@@ -391,7 +407,7 @@ def serve(
         cuda_graph=cuda_graph, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
         subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup,
     )
-    from monkey_trt.runtime.manifest import load_manifest
+    from monkey_trt.enginedir.manifest import load_manifest
 
     load_manifest(engine_dir)  # a wrong engine directory is one line, before any server starts
     if ray:
@@ -467,8 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # unexpected: a bug, reported as such
         if os.environ.get("MONKEY_TRT_DEBUG"):
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
-        return _fail(f"internal error: {type(e).__name__}: {first} (set MONKEY_TRT_DEBUG=1 for a traceback)", code=1)
+        return _fail(f"internal error: {type(e).__name__}: {str(e) and first_line(e)} (set MONKEY_TRT_DEBUG=1 for a traceback)", code=1)
     return 0
 
 

@@ -9,8 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monkey_trt.reference.attention import IPContext, MonkeyIPAttnProcessor, downsample_mask, layer_level, level_grids
-from monkey_trt.runtime.mask import extract_mask, normalized_step_map, query_grid, upsample_nearest
+from monkey_trt.reference.attention import (
+    IPContext,
+    MonkeyIPAttnProcessor,
+    downsample_mask,
+    layer_level,
+    level_grids,
+)
+from monkey_trt.runtime.mask import (
+    extract_mask,
+    normalized_step_map,
+    query_grid,
+    upsample_nearest,
+)
 
 
 def make_attention(dim=32, cross=16, heads=4, seed=0):

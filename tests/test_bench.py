@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from monkey_trt.bench import REQUIRED_STAGES, validate_report
+from monkey_trt.bench.job import REQUIRED_STAGES, validate_report
 from monkey_trt.cli import main
 
 

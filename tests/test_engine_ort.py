@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from monkey_trt.core.errors import BackendUnavailable, MonkeyError
 from monkey_trt.engine.ort import (
     OrtRunner,
     available_providers,
@@ -18,7 +19,6 @@ from monkey_trt.engine.ort import (
     resolve_providers,
 )
 from monkey_trt.engine.runner import TensorSpec
-from monkey_trt.errors import BackendUnavailable, MonkeyError
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((8, 4)).astype(np.float32)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import functools
 import enum
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -17,16 +17,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from monkey_trt.core.errors import BackendUnavailable, EngineDirError, MonkeyError
 from monkey_trt.engine import trt as trt_mod
-from tests.test_trt_api import _params  # parameter names a Polygraphy callable accepts
-from monkey_trt.engine.networks import (
-    ModelDims,
-    NetworkDesc,
-    Profile,
-    ShapeRange,
-    TensorDesc,
-    network_descs,
-)
 from monkey_trt.engine.trt import (
     BuildConfig,
     TrtEngine,
@@ -37,8 +29,16 @@ from monkey_trt.engine.trt import (
     require_cuda_device,
     require_tensorrt,
 )
-from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
-from monkey_trt.runtime.manifest import NetworkEntry, PrecisionFiles
+from monkey_trt.enginedir.manifest import NetworkEntry, PrecisionFiles
+from monkey_trt.enginedir.networks import (
+    ModelDims,
+    NetworkDesc,
+    Profile,
+    ShapeRange,
+    TensorDesc,
+    network_descs,
+)
+from tests.test_trt_api import _params  # parameter names a Polygraphy callable accepts
 
 PROFILE = Profile(ShapeRange(1, 1, 2), ShapeRange(256, 512, 768), ShapeRange(256, 512, 768))
 

@@ -13,14 +13,19 @@ import pytest
 import torch
 
 from monkey_trt.cli import main
-from monkey_trt.config import MonkeyConfig, Request
+from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.core.errors import EngineDirError, MonkeyError
 from monkey_trt.engine.compare import compare_outputs
 from monkey_trt.engine.ort import OrtRunner
-from monkey_trt.errors import EngineDirError, MonkeyError
+from monkey_trt.enginedir.manifest import MANIFEST, load_manifest
 from monkey_trt.export.onnx_export import sample_inputs
-from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
+from monkey_trt.export.wrappers import (
+    ImageEncoderNet,
+    TextEncoderNet,
+    UNetNet,
+    VaeDecoderNet,
+)
 from monkey_trt.reference.pipeline import ReferencePipeline, torch_noise_plan
-from monkey_trt.runtime.manifest import MANIFEST, load_manifest
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 
 PROMPTS = ["a toy on the beach", "a toy in the jungle", "a toy with a city in the background"]
@@ -110,7 +115,7 @@ def test_runtime_never_imports_torch_or_diffusers(engine_dir, tiny_model_dir):
     code = textwrap.dedent(f"""
         import sys
         from PIL import Image
-        from monkey_trt.config import Request
+        from monkey_trt.core.config import Request
         from monkey_trt.runtime.pipeline import MonkeyPipeline
         pipe = MonkeyPipeline.from_engine_dir({str(engine_dir)!r}, backend="ort")
         out = pipe(Request("a toy on the beach", 64, 64, seed=0), Image.open({str(tiny_model_dir / 'subject.png')!r}))
@@ -196,7 +201,7 @@ def test_sd15_export_at_256_and_one_unet_step(tmp_path):
     """The real SD1.5 architecture (random weights) exports with external data; ORT matches torch on one step."""
     import time
 
-    from monkey_trt.tiny_model import write_tiny_model
+    from monkey_trt.models.tiny import write_tiny_model
 
     model = write_tiny_model(tmp_path / "sd15", preset="sd15")
     out = tmp_path / "engine"

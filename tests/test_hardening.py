@@ -29,12 +29,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monkey_trt.atomic import OutputStage, clean_stale_staging, record_files, staging_owner, staging_prefix
 from monkey_trt.cli import main
-from monkey_trt.errors import EngineDirError
-from monkey_trt.outputs import write_outputs
-from monkey_trt.runtime.manifest import MANIFEST, load_manifest
+from monkey_trt.core.errors import EngineDirError
+from monkey_trt.core.files import (
+    OutputStage,
+    clean_stale_staging,
+    record_files,
+    staging_owner,
+    staging_prefix,
+)
+from monkey_trt.enginedir.manifest import MANIFEST, load_manifest
 from monkey_trt.runtime.mask import MaskResult
+from monkey_trt.runtime.outputs import write_outputs
 from monkey_trt.runtime.result import MonkeyOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,8 +132,8 @@ def test_recorded_names_that_escape_or_are_not_regular_files_are_never_removed(t
 
 def test_export_force_keeps_a_web_apps_files(engine_dir, tmp_path):
     """--force replaces only the files the earlier manifest lists (driven through the commit step of export)."""
+    from monkey_trt.enginedir.manifest import manifest_files
     from monkey_trt.export.onnx_export import check_export_out
-    from monkey_trt.runtime.manifest import manifest_files
 
     eng = tmp_path / "site"
     shutil.copytree(engine_dir, eng)
@@ -206,7 +212,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_kill_9_while_writing_the_tiny_model_leaves_no_output_and_is_cleaned_up(tmp_path):
     out = tmp_path / "model"
-    code = f"from monkey_trt.tiny_model import write_tiny_model; write_tiny_model({str(out)!r})"
+    code = f"from monkey_trt.models.tiny import write_tiny_model; write_tiny_model({str(out)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any((tmp_path.glob(f"{staging_prefix(out)}*/base"))):
@@ -225,7 +231,7 @@ def test_concurrent_writers_to_one_out_all_succeed(tmp_path):
         import sys
         sys.path.insert(0, {str(REPO)!r})
         from tests.test_hardening import fake_output
-        from monkey_trt.outputs import write_outputs
+        from monkey_trt.runtime.outputs import write_outputs
         for i in range(3):
             write_outputs({str(out)!r}, fake_output(baseline=i % 2 == 0), None, {{"writer": sys.argv[1]}})
     """)
@@ -327,8 +333,8 @@ def test_tensorrt_plans_are_covered_by_digests(tmp_path):
     """What `build` records in build.json is checked before a plan is deserialised (no TensorRT needed)."""
     import hashlib
 
-    from monkey_trt.engine.networks import NETWORKS
     from monkey_trt.engine.trt import BUILD_JSON, verify_plans
+    from monkey_trt.enginedir.networks import NETWORKS
 
     folder = tmp_path / "trt" / "key"
     folder.mkdir(parents=True)

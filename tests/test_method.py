@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monkey_trt.config import MonkeyConfig, Request
+from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.runtime.method import pairable_steps
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monkey_trt.config import Request
+from monkey_trt.core.config import Request
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,20 @@ import torch
 from PIL import Image
 
 from monkey_trt.cli import main
-from monkey_trt.config import MonkeyConfig, Request
-from monkey_trt.reference.pipeline import ReferencePipeline, lcm_schedule, torch_noise_plan
+from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.reference.pipeline import (
+    ReferencePipeline,
+    lcm_schedule,
+    torch_noise_plan,
+)
 from monkey_trt.runtime.method import run_pass
 from monkey_trt.runtime.noise import save_noise_file
-from tests.diffusers_monkey import diffusers_ip_adapter, diffusers_monkey, image_embeds, load_diffusers_pipeline
+from tests.diffusers_monkey import (
+    diffusers_ip_adapter,
+    diffusers_monkey,
+    image_embeds,
+    load_diffusers_pipeline,
+)
 
 PROMPTS = ["a toy on the beach", "a toy in the jungle", "a toy on top of a wooden floor"]
 
@@ -189,7 +198,7 @@ def test_hub_ids_fetch_only_what_is_needed(monkeypatch, tmp_path):
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
     import huggingface_hub
 
-    from monkey_trt.errors import MonkeyError
+    from monkey_trt.core.errors import MonkeyError
     from monkey_trt.reference import loading
 
     def offline(*a, **k):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.images import (
     clip_preprocess,
     clip_resize_size,
@@ -43,7 +43,9 @@ def pil_clip_processor():
     """transformers' CLIP processor on its PIL backend, whatever the installed version prefers."""
     pytest.importorskip("transformers")
     try:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from transformers.models.clip.image_processing_pil_clip import (
+            CLIPImageProcessorPil,
+        )
 
         return CLIPImageProcessorPil(**SD_FEATURE_EXTRACTOR)
     except ImportError:  # older transformers: the slow CLIPImageProcessor is the PIL path

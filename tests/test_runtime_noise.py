@@ -15,9 +15,14 @@ import sys
 import numpy as np
 import pytest
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime import noise as N
-from monkey_trt.runtime.noise import NoisePlan, TorchCPURandn, load_noise_file, save_noise_file
+from monkey_trt.runtime.noise import (
+    NoisePlan,
+    TorchCPURandn,
+    load_noise_file,
+    save_noise_file,
+)
 
 torch = pytest.importorskip("torch")
 

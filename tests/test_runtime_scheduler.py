@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding, guidance_freqs
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.tokenizer import BOS, EOS, ClipTokenizer
 
 regex = pytest.importorskip("regex")
@@ -193,6 +193,6 @@ def test_bad_folders(tmp_path, small_dir):
 
 
 def test_tiny_model_tokenizer_matches_transformers(tiny_model_dir):
-    pytest.importorskip("monkey_trt.tiny_model")
+    pytest.importorskip("monkey_trt.models.tiny")
     _, n_trunc = check_folder(tiny_model_dir / "base" / "tokenizer")
     assert n_trunc >= 1

@@ -266,7 +266,7 @@ def test_repeated_subject_skips_the_image_encoder(server, tiny_model_dir):
 
 
 def test_cached_encoders_equal_uncached(engine_dir, subject):
-    from monkey_trt.config import MonkeyConfig, Request
+    from monkey_trt.core.config import MonkeyConfig, Request
     from monkey_trt.runtime.pipeline import MonkeyPipeline
     from monkey_trt.serve.cache import install_encoder_caches
 

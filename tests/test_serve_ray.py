@@ -125,7 +125,7 @@ def test_cluster_config_file_and_app_builder(tmp_path):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from monkey_trt.errors import MonkeyError
+    from monkey_trt.core.errors import MonkeyError
     from monkey_trt.serve.ray_app import app_builder
 
     doc = yaml.safe_load((Path(__file__).parents[1] / "examples" / "ray-serve.yaml").read_text())

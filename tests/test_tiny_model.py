@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from monkey_trt.config import DEFAULT_MASK_LAYER
-from monkey_trt.tiny_model import (
+from monkey_trt.core.config import DEFAULT_MASK_LAYER
+from monkey_trt.models.tiny import (
     PRESETS,
     SPECIAL_BOS,
     SPECIAL_EOS,
-    bytes_to_unicode,
     build_clip_bpe,
+    bytes_to_unicode,
     ip_adapter_tensor_specs,
     meta_models,
     scheduler_config,

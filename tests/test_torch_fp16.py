@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from monkey_trt.config import Request
+from monkey_trt.core.config import Request
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,9 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from monkey_trt.config import DEFAULT_IP_WEIGHT, Request
-from monkey_trt.errors import MonkeyError
-from monkey_trt.reference.loading import ip_weight_file, resolve_base, resolve_ip_adapter
+from monkey_trt.core.config import DEFAULT_IP_WEIGHT, Request
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.reference.loading import (
+    ip_weight_file,
+    resolve_base,
+    resolve_ip_adapter,
+)
 from monkey_trt.runtime.images import clip_preprocess
 from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming

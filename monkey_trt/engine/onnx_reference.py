@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from monkey_trt.core.errors import BackendUnavailable, MonkeyError
 from monkey_trt.engine.ort import validate_feeds
 from monkey_trt.engine.runner import Runner, TensorSpec
-from monkey_trt.errors import BackendUnavailable, MonkeyError
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.engine.runner import Runner, TensorSpec
-from monkey_trt.errors import BackendUnavailable, MonkeyError
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -283,7 +283,7 @@ class OrtRunner(Runner):
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self.providers, provider_options=self._provider_options())
         except Exception as e:  # ORT raises Fail/InvalidGraph/NoSuchFile/RuntimeException...
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime cannot load {path}: {msg}") from None
 
     def _open_session(self):
@@ -397,7 +397,7 @@ class OrtRunner(Runner):
         try:
             sess.run_with_iobinding(binding)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime run failed: {msg}") from None
 
     def _infer_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

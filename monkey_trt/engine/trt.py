@@ -34,13 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from monkey_trt import __version__ as monkey_version
-from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile
+from monkey_trt.core import __version__ as monkey_version
+from monkey_trt.core.errors import (
+    BackendUnavailable,
+    EngineDirError,
+    MonkeyError,
+    first_line,
+)
+from monkey_trt.core.files import write_json_atomic
 from monkey_trt.engine.ort import validate_feeds
 from monkey_trt.engine.runner import Runner, TensorSpec
-from monkey_trt.errors import BackendUnavailable, EngineDirError, MonkeyError
-from monkey_trt.atomic import write_json_atomic
-from monkey_trt.runtime.manifest import PRECISIONS, sha256_file
+from monkey_trt.enginedir.digests import sha256_file
+from monkey_trt.enginedir.manifest import check_precision
+from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc, Profile
 
 KEY_VERSION = 2  # bump when the key material or the plan layout changes (2: precision = which ONNX graphs)
 TRT_SUBDIR = "trt"
@@ -60,9 +66,9 @@ def require_tensorrt():
     except ImportError as e:
         if importlib.util.find_spec("tensorrt") is None:
             raise BackendUnavailable(TRT_MISSING) from None
-        raise BackendUnavailable(f"TensorRT is installed but does not load ({type(e).__name__}: {_first_line(e)})") from None
+        raise BackendUnavailable(f"TensorRT is installed but does not load ({type(e).__name__}: {first_line(e)})") from None
     except Exception as e:  # broken install: missing libnvinfer, wrong CUDA, ...
-        raise BackendUnavailable(f"TensorRT is installed but does not load ({type(e).__name__}: {_first_line(e)})") from None
+        raise BackendUnavailable(f"TensorRT is installed but does not load ({type(e).__name__}: {first_line(e)})") from None
     return trt
 
 
@@ -76,9 +82,9 @@ def require_cudart():
         except ImportError:
             raise BackendUnavailable(CUDA_PYTHON_MISSING) from None
         except Exception as e:
-            raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {_first_line(e)})") from None
+            raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {first_line(e)})") from None
     except Exception as e:
-        raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {_first_line(e)})") from None
+        raise BackendUnavailable(f"cuda-python does not load ({type(e).__name__}: {first_line(e)})") from None
     return cudart
 
 
@@ -120,7 +126,7 @@ def require_cuda_device(index: int = 0) -> CudaDevice:
     try:
         err, count = cudart.cudaGetDeviceCount()
     except Exception as e:  # driver library missing entirely
-        raise BackendUnavailable(f"no NVIDIA GPU is visible (CUDA: {_first_line(e)})") from None
+        raise BackendUnavailable(f"no NVIDIA GPU is visible (CUDA: {first_line(e)})") from None
     if _is_error(cudart, err) or count == 0:
         why = _err_name(cudart, err) if _is_error(cudart, err) else "0 devices"
         raise BackendUnavailable(f"no NVIDIA GPU is visible ({why}): TensorRT needs an NVIDIA GPU and its driver")
@@ -131,11 +137,6 @@ def require_cuda_device(index: int = 0) -> CudaDevice:
     if isinstance(name, (bytes, bytearray)):
         name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
     return CudaDevice(index, str(name).strip(), f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem))
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _is_error(cudart, err) -> bool:
@@ -191,8 +192,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.profile, Profile):
             raise MonkeyError(f"BuildConfig.profile must be a Profile, got {type(self.profile).__name__}")
-        if self.precision not in PRECISIONS:
-            raise MonkeyError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         for f in ("static_shapes", "tf32"):
             if not isinstance(getattr(self, f), bool):
                 raise MonkeyError(f"BuildConfig.{f} must be a bool, got {getattr(self, f)!r}")
@@ -340,7 +340,7 @@ def build_engine(
             network = pg.network_from_onnx_path(str(onnx_path), strongly_typed=True)  # from a path: external data is found
             engine = pg.engine_from_network(network, config=config, save_timing_cache=str(tc_tmp) if tc_tmp is not None else None)
         except Exception as e:
-            raise MonkeyError(f"{desc.name}: TensorRT cannot build {onnx_path.name}: {_first_line(e)} (see the TensorRT log above)") from None
+            raise MonkeyError(f"{desc.name}: TensorRT cannot build {onnx_path.name}: {first_line(e)} (see the TensorRT log above)") from None
         plan_tmp = _temp_sibling(plan_path)
         pg.save_engine(engine, path=str(plan_tmp))
         del engine
@@ -685,7 +685,7 @@ class TrtEngine(Runner):
             unresolved = ctx.infer_shapes()
         except RuntimeError as e:
             given = ", ".join(f"{n} {list(s)}" for n, s in want.items())
-            raise MonkeyError(f"{self.name}: TensorRT cannot infer the output shapes for inputs {given} ({_first_line(e)})") from None
+            raise MonkeyError(f"{self.name}: TensorRT cannot infer the output shapes for inputs {given} ({first_line(e)})") from None
         if unresolved:
             raise MonkeyError(f"{self.name}: TensorRT cannot infer the shapes of {', '.join(map(str, unresolved))}")
 
@@ -845,8 +845,7 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str = "fp3
     trt = require_tensorrt()
     dev = require_cuda_device()
     root = Path(engine_dir)
-    if precision not in PRECISIONS:
-        raise MonkeyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     default = BuildConfig(profile=manifest.profile, precision=precision)
     command = default.build_command(root)
     if precision not in manifest.precisions:
@@ -884,7 +883,7 @@ def _complete(folder: Path) -> bool:
 def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256") -> None:
     """Every plan the runtime will open is a regular file inside the engine directory whose size (and,
     for verify="sha256", digest) is what `build` recorded in build.json; no digest is an error."""
-    from monkey_trt.atomic import inside
+    from monkey_trt.core.files import inside
 
     try:
         networks = json.loads((folder / BUILD_JSON).read_text())["networks"]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monkey_trt.config import Request
-from monkey_trt.engine.networks import NETWORKS
-from monkey_trt.runtime.manifest import load_manifest
+from monkey_trt.core.config import Request
+from monkey_trt.enginedir.manifest import load_manifest
+from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.noise import NoisePlan
 
 MIN_MASK_IOU = 0.98

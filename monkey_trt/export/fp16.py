@@ -105,7 +105,10 @@ def convert_model_fp16(model, network: str, extra_fp32_nodes: Iterable[str] = ()
     """
     # ONNX Runtime's converter (onnxruntime.transformers, shipped with onnxruntime and used for its
     # own Stable Diffusion fp16 models): keeps initializers that only fp32 nodes read in fp32.
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     graph = model.graph
@@ -138,8 +141,9 @@ def write_fp16_network(src: Path, dst_dir: Path, network: str):
     `src` keeps its weights outside). Returns the manifest's PrecisionFiles for it."""
     import onnx
 
+    from monkey_trt.enginedir.digests import sha256_file
+    from monkey_trt.enginedir.manifest import PrecisionFiles
     from monkey_trt.export.onnx_files import save_onnx
-    from monkey_trt.runtime.manifest import PrecisionFiles, sha256_file
 
     src = Path(src)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(src), load_external_data=False).graph.initializer)

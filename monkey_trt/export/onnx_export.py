@@ -18,24 +18,40 @@ from typing import Callable
 import numpy as np
 import torch
 
-from monkey_trt import __version__
-from monkey_trt.atomic import OutputStage, check_target, staged_files
-from monkey_trt.config import DEFAULT_MASK_LAYER
-from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, network_descs, symbol_sizes
-from monkey_trt.errors import MonkeyError
-from monkey_trt.export.fp16 import write_fp16_network
-from monkey_trt.export.onnx_files import save_onnx
-from monkey_trt.export.wrappers import ImageEncoderNet, TextEncoderNet, UNetNet, VaeDecoderNet
-from monkey_trt.reference.loading import ModelSource, ReferenceModels, load_reference_models
-from monkey_trt.runtime.manifest import (
+from monkey_trt.core import __version__
+from monkey_trt.core.config import DEFAULT_MASK_LAYER
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.files import OutputStage, check_target, staged_files
+from monkey_trt.enginedir.digests import sha256_file
+from monkey_trt.enginedir.manifest import (
     MANIFEST,
-    PRECISIONS,
     ImagePreprocess,
     Manifest,
     NetworkEntry,
     SchedulerConsts,
     manifest_files,
-    sha256_file,
+    parse_precisions,
+)
+from monkey_trt.enginedir.networks import (
+    NETWORKS,
+    ModelDims,
+    NetworkDesc,
+    Profile,
+    network_descs,
+    symbol_sizes,
+)
+from monkey_trt.export.fp16 import write_fp16_network
+from monkey_trt.export.onnx_files import save_onnx
+from monkey_trt.export.wrappers import (
+    ImageEncoderNet,
+    TextEncoderNet,
+    UNetNet,
+    VaeDecoderNet,
+)
+from monkey_trt.reference.loading import (
+    ModelSource,
+    ReferenceModels,
+    load_reference_models,
 )
 from monkey_trt.runtime.tokenizer import ClipTokenizer
 
@@ -55,9 +71,7 @@ class ExportOptions:
     precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written (the reference and the fp16 source)
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.precisions if p not in PRECISIONS]
-        if bad or not self.precisions:
-            raise MonkeyError(f"--precision must list {' and/or '.join(PRECISIONS)}, got {','.join(self.precisions) or 'nothing'}")
+        object.__setattr__(self, "precisions", parse_precisions(self.precisions))
 
 
 def model_dims(m: ReferenceModels) -> ModelDims:
@@ -232,7 +246,7 @@ def existing_export_matches(opts: ExportOptions) -> bool:
     """`opts.out` is an engine directory exported from the same model, mask layer and profile (so only
     missing precisions need adding); False when it does not exist. A directory from another model or
     profile raises the usual "exists: pass --force" error."""
-    from monkey_trt.runtime.manifest import read_manifest
+    from monkey_trt.enginedir.manifest import read_manifest
 
     out = Path(opts.out).absolute()
     if not (out / MANIFEST).is_file():
@@ -261,7 +275,7 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
     directory and committed under its lock; the fp32 files stay where they are (`keep`), a file in the
     way that monkey-trt did not write is refused, and an interruption leaves the old directory intact.
     """
-    from monkey_trt.runtime.manifest import load_manifest
+    from monkey_trt.enginedir.manifest import load_manifest
 
     root = Path(engine_dir).absolute()
     manifest = load_manifest(root)  # verifies the fp32 files the conversion reads

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from monkey_trt.config import DEFAULT_IP_WEIGHT
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.config import DEFAULT_IP_WEIGHT
+from monkey_trt.core.errors import MonkeyError, first_line
 from monkey_trt.reference.attention import IPContext, install_ip_processors
 
 BASE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -138,7 +138,7 @@ def load_ip_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.
             nested = torch.load(path, map_location="cpu", weights_only=True)
             proj, ip = nested["image_proj"], nested["ip_adapter"]
     except Exception as e:
-        raise MonkeyError(f"cannot read IP-Adapter weights {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise MonkeyError(f"cannot read IP-Adapter weights {path}: {type(e).__name__}: {str(e) and first_line(e)}") from None
     if "proj.weight" not in proj or not ip:
         raise MonkeyError(f"{path} is not an IP-Adapter (sd15, non-plus) checkpoint: no image_proj.proj / ip_adapter keys")
     return proj, ip
@@ -206,7 +206,7 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
         scheduler = LCMScheduler.from_pretrained(base, subfolder="scheduler")
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(ip_root / "models" / "image_encoder")
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # missing, truncated or corrupt files
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise MonkeyError(f"cannot load the models from {base} / {ip_root}: {type(e).__name__}: {first}") from None
     if unet.config.time_cond_proj_dim is None:
         raise MonkeyError(f"{source.base} is not an LCM UNet (time_cond_proj_dim is unset)")
@@ -220,7 +220,7 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
     except KeyError as e:
         raise MonkeyError(f"{weight_path} does not match this UNet: missing IP weight {e}") from None
     except RuntimeError as e:  # shape mismatch: an adapter for another base model (SDXL, plus, ...)
-        raise MonkeyError(f"{weight_path} does not fit this model: {str(e).splitlines()[0]}") from None
+        raise MonkeyError(f"{weight_path} does not fit this model: {first_line(e)}") from None
 
     for m in (unet, vae, text_encoder, image_encoder, image_proj):
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)

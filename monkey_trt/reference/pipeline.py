@@ -18,10 +18,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, MAX_TOKENS, Request
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.config import (
+    DEFAULT_BASE,
+    DEFAULT_IP_ADAPTER,
+    DEFAULT_IP_WEIGHT,
+    MAX_TOKENS,
+    Request,
+)
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.reference.attention import downsample_mask, level_grids
-from monkey_trt.reference.loading import ModelSource, ReferenceModels, load_reference_models
+from monkey_trt.reference.loading import (
+    ModelSource,
+    ReferenceModels,
+    load_reference_models,
+)
 from monkey_trt.runtime.images import clip_preprocess
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.networks import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_IMAGE_SIDE = 8192  # px; larger subjects are refused before decoding
 
 
@@ -171,3 +170,8 @@ def side_by_side(images: list[Image.Image], labels: list[str], height: int | Non
         draw.text((x + 2, 4), str(label), fill=(0, 0, 0), font=font)
         x += tile.width + gap
     return out
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] float in [0,1] -> uint8, rounding like diffusers' numpy_to_pil ((x * 255).round())."""
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)

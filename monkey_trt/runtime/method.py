@@ -25,8 +25,8 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from monkey_trt.config import MAX_TOKENS, MonkeyConfig, Request
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.config import MAX_TOKENS, MonkeyConfig, Request
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 
 f32 = np.float32
 _VARIANTS = ("avx2", "scalar")

@@ -15,12 +15,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from monkey_trt.config import MAX_TOKENS, MonkeyConfig, Request
-from monkey_trt.engine.networks import NETWORKS
+from monkey_trt.core.config import MAX_TOKENS, MonkeyConfig, Request, check_threads
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.runner import Runner
-from monkey_trt.errors import MonkeyError
+from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest, load_manifest
+from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.images import clip_preprocess, load_subject
-from monkey_trt.runtime.manifest import TOKENIZER_FILE, Manifest, load_manifest
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
@@ -96,8 +96,7 @@ class MonkeyPipeline:
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         opts = RuntimeOptions(backend=backend, **options)
-        if opts.threads < 0:
-            raise MonkeyError(f"threads must be >= 0 (0 = library default), got {opts.threads}")
+        check_threads(opts.threads, "threads")
         manifest = load_manifest(Path(root), verify=opts.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
         return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)

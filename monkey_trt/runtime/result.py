@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.mask import MaskResult
+from monkey_trt.runtime.outputs import write_outputs
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,5 @@ class MonkeyOutput:
     def save(self, out: str | Path, subject=None, save_arrays: bool = False, record: dict | None = None) -> Path:
         """Write the CLI's output folder (monkey.png, mask.png, overlay.png, result.json, ...) to `out`;
         same rules as `generate --out` (a re-run replaces only what the earlier one wrote)."""
-        from monkey_trt.outputs import write_outputs
-
         return write_outputs(Path(out), self, subject, dict(record or {}), save_arrays=save_arrays)
 
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[H, W, 3] float in [0,1] -> uint8, rounding like diffusers' numpy_to_pil ((x * 255).round())."""
-    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 
 f32 = np.float32
 

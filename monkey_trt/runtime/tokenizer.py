@@ -7,10 +7,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from tokenizers.models import BPE
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's pre-tokenizer pattern (what transformers' CLIPTokenizer uses).

@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from monkey_trt import __version__
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core import __version__
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.images import decode_subject
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.schema import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.serve.service import MonkeyService, ServeConfig
 
 DEPLOYMENT = "monkey"

@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.serve.service import MonkeyService, ServeConfig
 
 

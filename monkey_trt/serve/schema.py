@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monkey_trt.config import MonkeyConfig, Request
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.core.errors import MonkeyError
 
 
 class ApiError(Exception):

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from monkey_trt.errors import MonkeyError
-from monkey_trt.runtime.result import MonkeyOutput, to_uint8
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.runtime.images import to_uint8
+from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.cache import EncoderCaches, install_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
 from monkey_trt.serve.schema import ApiError, GenerateParams
@@ -114,7 +115,7 @@ class MonkeyService:
         return p.height.opt, p.width.opt
 
     def _warm(self) -> None:
-        from monkey_trt.config import Request
+        from monkey_trt.core.config import Request
 
         try:
             if self.config.warmup:

@@ -7,7 +7,7 @@ reset per backend where the kernel allows) and peak GPU memory (torch's allocato
 published backends only), then `soak` more generations for memory drift. Stage timings are wall
 time around each stage with a device synchronise (GPU) or plain perf counters (CPU).
 
-The JSON written by `--json` follows `bench_schema.json` (shipped in this package). Speed is
+The JSON written by `--json` follows `schema.json` (shipped in this package). Speed is
 measured here, never asserted in tests.
 """
 
@@ -25,11 +25,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from monkey_trt.config import Request
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.config import Request, check_threads
+from monkey_trt.core.errors import MonkeyError
 
 BENCH_BACKENDS = ("published", "torch", "ort", "trt")
-SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_VERSION = 1
 REQUIRED_STAGES = ("encode_prompt", "encode_subject", "mask", "decode")  # + every UNet call in `unet_calls`
 
@@ -62,8 +62,7 @@ class BenchSettings:
             raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
         if self.dtype not in ("fp32", "fp16") or self.precision not in ("fp32", "fp16"):
             raise MonkeyError(f"--dtype and --precision must be fp32 or fp16, got {self.dtype!r}, {self.precision!r}")
-        if self.threads < 0:
-            raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {self.threads}")
+        check_threads(self.threads)
 
 
 @dataclass(frozen=True)
@@ -276,7 +275,7 @@ def _proc_meminfo_gib() -> float | None:
 
 
 def report(settings: BenchSettings, results: list[BackendResult], source: dict) -> dict:
-    """The JSON document (bench_schema.json)."""
+    """The JSON document (schema.json)."""
     return {
         "schema": "monkey-trt-bench", "schema_version": SCHEMA_VERSION, "created_unix": time.time(),
         "machine": machine_info(), "settings": {**asdict(settings), "backends": list(settings.backends)},
@@ -295,7 +294,7 @@ def _jsonable(x):
 
 
 def validate_report(doc: dict) -> None:
-    """Raise jsonschema.ValidationError if `doc` does not follow bench_schema.json (needs jsonschema)."""
+    """Raise jsonschema.ValidationError if `doc` does not follow schema.json (needs jsonschema)."""
     import jsonschema
 
     jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")  # every engine directory has these
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask")
 UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
+# CLIP's image normalisation (the image encoder's preprocessing; the manifest records the values used)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)

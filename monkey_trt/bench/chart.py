@@ -7,9 +7,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from monkey_trt.atomic import write_bytes_atomic
-from monkey_trt.bench import BackendResult, stage_groups
+from monkey_trt.bench.job import BackendResult, stage_groups
+from monkey_trt.core.files import write_bytes_atomic
 
+PNG_TAG = "monkey-trt bench"  # tEXt Software of our charts: only those are overwritten
 COLOURS = {"text encoder": (86, 180, 233), "image encoder": (0, 158, 115), "UNet": (230, 159, 0), "mask": (204, 121, 167),
            "VAE decode": (0, 114, 178), "other": (170, 170, 170)}
 
@@ -49,8 +50,6 @@ def render_chart(results: list[BackendResult], title: str) -> Image.Image:
 
 def write_chart(path: Path, results: list[BackendResult], title: str) -> Path:
     from PIL.PngImagePlugin import PngInfo
-
-    from monkey_trt.bench_cli import PNG_TAG
 
     meta = PngInfo()
     meta.add_text("Software", PNG_TAG)

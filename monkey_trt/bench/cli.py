@@ -11,11 +11,22 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from monkey_trt.bench import BackendResult, BenchSettings, bench_backend, compare_to_first, report, stage_groups
-from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, Request
-from monkey_trt.errors import MonkeyError
-
-PNG_TAG = "monkey-trt bench"  # tEXt Software of our charts: only those are overwritten
+from monkey_trt.bench.chart import PNG_TAG
+from monkey_trt.bench.job import (
+    BackendResult,
+    BenchSettings,
+    bench_backend,
+    compare_to_first,
+    report,
+    stage_groups,
+)
+from monkey_trt.core.config import (
+    DEFAULT_BASE,
+    DEFAULT_IP_ADAPTER,
+    DEFAULT_IP_WEIGHT,
+    Request,
+)
+from monkey_trt.core.errors import MonkeyError
 
 
 def check_output_path(path: Path | None, flag: str, kind: str) -> None:
@@ -50,7 +61,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
            "subject": str(image) if image else None}
     needs_engine = any(n in ("ort", "trt") for n in names)
     if preset is not None:
-        from monkey_trt.presets import PRESETS, ensure_preset
+        from monkey_trt.models.cache import PRESETS, ensure_preset
 
         if preset not in PRESETS:
             raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -61,7 +72,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
         src.update(base=src["base"] or str(model_dir / "base"), ip_adapter=src["ip_adapter"] or str(model_dir / "ip-adapter"),
                    engine_dir=str(edir) if needs_engine else None, subject=src["subject"] or str(model_dir / "subject.png"))
     elif engine_dir is not None:
-        from monkey_trt.runtime.manifest import load_manifest
+        from monkey_trt.enginedir.manifest import load_manifest
 
         m = load_manifest(Path(engine_dir), verify="size")
         height, width = height or m.profile.height.opt, width or m.profile.width.opt
@@ -86,7 +97,7 @@ def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
             return MonkeyPipeline.from_engine_dir(src["engine_dir"], backend=name, precision=s.precision, threads=s.threads, **cache)
         import torch
 
-        from monkey_trt.generate import check_torch_device, set_torch_threads
+        from monkey_trt.reference.device import check_torch_device, set_torch_threads
 
         check_torch_device(s.device)
         set_torch_threads(s.threads)
@@ -124,11 +135,11 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     Console(width=max(Console().width, 130)).print(results_table(results, s))
     doc = report(s, results, src)
     if json_out is not None:
-        from monkey_trt.atomic import write_json_atomic
+        from monkey_trt.core.files import write_json_atomic
 
         write_json_atomic(json_out, doc)
     if plot is not None:
-        from monkey_trt.bench_chart import write_chart
+        from monkey_trt.bench.chart import write_chart
 
         write_chart(plot, results, f"MONKEY {s.width}x{s.height}, p50 per stage ({doc['machine']['gpu'] or doc['machine']['cpu']})")
     return results

@@ -21,23 +21,49 @@ Lean: stdlib + numpy + jsonschema.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from monkey_trt.atomic import inside, safe_relpath, write_json_atomic
-from monkey_trt.engine.networks import NETWORKS, ModelDims, NetworkDesc, Profile, TensorDesc
-from monkey_trt.errors import EngineDirError
+from monkey_trt.core.errors import EngineDirError
+from monkey_trt.core.files import inside, safe_relpath, write_json_atomic
+from monkey_trt.enginedir.digests import verify_files
+from monkey_trt.enginedir.networks import (
+    CLIP_MEAN,
+    CLIP_STD,
+    NETWORKS,
+    ModelDims,
+    NetworkDesc,
+    Profile,
+    TensorDesc,
+)
 
 SCHEMA = "monkey-trt/engine-dir"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16")  # fp32: the entry's own files; others: NetworkEntry.precisions (optional, additive)
 TOKENIZER_FILE = "tokenizer/tokenizer.json"  # the one tokenizer file the runtime opens
-VERIFY_MODES = ("sha256", "size")
+
+
+
+def check_precision(precision: str) -> str:
+    """One precision an engine directory can hold (`--precision` of generate, build, bench, serve)."""
+    if precision not in PRECISIONS:
+        raise EngineDirError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def parse_precisions(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    """`export --precision fp32,fp16`: a comma list (or tuple) of known precisions, unique, in order."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    precisions = tuple(dict.fromkeys(p.strip() for p in items if p.strip()))
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        shown = text if isinstance(text, str) else ",".join(text)
+        raise EngineDirError(f"--precision must be a comma list of {', '.join(PRECISIONS)}, got {shown!r}")
+    return precisions
+
 
 _INT = {"type": "integer"}
 _NUM = {"type": "number"}
@@ -104,8 +130,8 @@ class ImagePreprocess:
     """CLIP image preprocessing constants (see runtime.images.clip_preprocess)."""
 
     size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
 
 
 @dataclass(frozen=True)
@@ -247,14 +273,6 @@ def _entry_from_json(name: str, d: dict) -> NetworkEntry:
 
 
 # -- files ------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def manifest_files(record_path: Path) -> set[str]:
     """The files an engine directory's manifest lists (itself included); empty if it is not one.
 
@@ -338,38 +356,8 @@ def check_paths(root: Path, manifest: Manifest) -> None:
         claim(fname, "files")
 
 
-def verify_files(root: Path, manifest: Manifest, verify: str = "sha256") -> None:
-    """Check every listed file's contents: "sha256" hashes all; "size" checks the networks' sizes and
-    hashes the small ones (`files`: the tokenizer)."""
-    if verify not in VERIFY_MODES:
-        raise EngineDirError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
-    for fname, digest in manifest.files.items():
-        f = root / fname
-        if not f.is_file():
-            raise EngineDirError(f"{root}: file {fname} is missing")
-        if sha256_file(f) != digest:
-            raise EngineDirError(f"{root}: file {fname} fails its sha256 check (altered)")
-    for name, entry in manifest.networks.items():
-        for fname, digest, size in _network_files(entry):
-            f = root / fname
-            if not f.is_file():
-                raise EngineDirError(f"{root}: file {fname} of network {name} is missing")
-            if f.stat().st_size != size:
-                raise EngineDirError(f"{root}: file {fname} of network {name} has the wrong size (altered or truncated)")
-            if verify == "sha256" and sha256_file(f) != digest:
-                raise EngineDirError(f"{root}: file {fname} of network {name} fails its sha256 check (altered)")
-
-
 def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
     """Read and validate ENGINE_DIR/manifest.json, then check every file it lists (`verify`: sha256 | size)."""
     manifest = read_manifest(root)
     verify_files(Path(root), manifest, verify)
     return manifest
-
-
-def _network_files(entry: NetworkEntry):
-    """(file name, sha256, size) of every file of every precision of `entry`."""
-    for precision in ("fp32", *entry.precisions):
-        _file, digests, sizes = entry.files(precision)
-        for fname, digest in digests.items():
-            yield fname, digest, sizes.get(fname, -1)

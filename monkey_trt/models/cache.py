@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from monkey_trt.errors import MonkeyError
-from monkey_trt.extras import require_extra
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.extras import require_extra
 
 PRESETS = ("tiny", "sd15")
 DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
@@ -44,7 +44,7 @@ def ensure_preset(preset: str, workdir: Path, height: int, width: int, engine: b
     model_dir, engine_dir = preset_dirs(preset, workdir, height, width)
     if not model_ready(model_dir):
         require_extra("export", f"the first run of the {preset} preset (writing and exporting its model)")
-        from monkey_trt.tiny_model import write_tiny_model
+        from monkey_trt.models.tiny import write_tiny_model
 
         status(f"writing the embedded {preset} model to {model_dir} (once)")
         write_tiny_model(model_dir, preset=preset)  # atomic itself (atomic.OutputStage)
@@ -57,8 +57,8 @@ def ensure_preset(preset: str, workdir: Path, height: int, width: int, engine: b
 
 def model_ready(model_dir: Path) -> bool:
     """Every file the model's record lists is there (write_tiny_model commits atomically)."""
-    from monkey_trt.atomic import record_files
-    from monkey_trt.tiny_model import TINY_MODEL_RECORD
+    from monkey_trt.core.files import record_files
+    from monkey_trt.models.tiny import TINY_MODEL_RECORD
 
     names = record_files()(model_dir / TINY_MODEL_RECORD)
     return bool(names) and all((model_dir / n).is_file() for n in names)
@@ -66,7 +66,7 @@ def model_ready(model_dir: Path) -> bool:
 
 def engine_dir_usable(engine_dir: Path, height: int, width: int) -> bool:
     """The cached engine loads with the checks the run uses and serves this size."""
-    from monkey_trt.runtime.manifest import load_manifest
+    from monkey_trt.enginedir.manifest import load_manifest
 
     try:
         return load_manifest(engine_dir).profile.check(1, height, width) is None
@@ -76,7 +76,7 @@ def engine_dir_usable(engine_dir: Path, height: int, width: int) -> bool:
 
 def export_preset_engine(preset: str, model_dir: Path, engine_dir: Path, height: int, width: int,
                          status: Status = lambda msg: None) -> None:
-    from monkey_trt.engine.networks import Profile, ShapeRange
+    from monkey_trt.enginedir.networks import Profile, ShapeRange
     from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
     from monkey_trt.reference.loading import ModelSource
 

@@ -11,13 +11,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from monkey_trt.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, Request
-from monkey_trt.errors import MonkeyError
-from monkey_trt.outputs import check_out_dir, write_outputs
-from monkey_trt.progress import status, steps
+from monkey_trt.core.config import (
+    DEFAULT_BASE,
+    DEFAULT_IP_ADAPTER,
+    DEFAULT_IP_WEIGHT,
+    Request,
+    check_threads,
+)
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.manifest import check_precision
+from monkey_trt.jobs.progress import status, steps
 from monkey_trt.runtime.images import load_subject
-from monkey_trt.runtime.manifest import PRECISIONS
 from monkey_trt.runtime.noise import load_noise_file
+from monkey_trt.runtime.outputs import check_out_dir, write_outputs
 from monkey_trt.runtime.result import MonkeyOutput
 
 BACKENDS = ("torch", "ort", "trt")
@@ -64,22 +70,12 @@ def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height
     its profile's opt size, its source models), else torch at 512x512 from the hub defaults."""
     if engine_dir is None:
         return Defaults(backend or "torch", height or 512, width or 512, base or DEFAULT_BASE, ip_adapter or DEFAULT_IP_ADAPTER)
-    from monkey_trt.runtime.manifest import read_manifest
+    from monkey_trt.enginedir.manifest import read_manifest
 
     m = read_manifest(engine_dir)
     src = lambda key, default: m.source[key] if isinstance(m.source.get(key), str) else default  # noqa: E731
     return Defaults(backend or "ort", height or m.profile.height.opt, width or m.profile.width.opt,
                     base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER))
-
-
-def set_torch_threads(threads: int) -> None:
-    """torch's intra-op thread count (0 = leave torch's default). ORT takes RuntimeOptions.threads."""
-    if threads < 0:
-        raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
@@ -88,8 +84,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
     if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
         raise MonkeyError(f"baseline scale must be in [0, 4], got {job.baseline_scale}")
     check_out_dir(job.out, baseline=job.baseline_scale is not None, save_arrays=job.save_arrays)
-    if job.threads < 0:
-        raise MonkeyError(f"--threads must be >= 0 (0 = library default), got {job.threads}")
+    check_threads(job.threads)
     subject = load_subject(job.image)
     req, c = job.request, job.request.config
     noise = None
@@ -122,11 +117,12 @@ def load_backend(job: GenerateJob):
     if job.backend == "torch":
         if job.precision != "fp32":
             raise MonkeyError("--precision picks the engine directory's graphs (ort, trt); the torch backend takes --dtype fp32|fp16")
-        from monkey_trt.extras import require_extra
+        from monkey_trt.core.extras import require_extra
 
         require_extra("export", "the torch backend")
         import torch
 
+        from monkey_trt.reference.device import check_torch_device, set_torch_threads
         from monkey_trt.reference.pipeline import ReferencePipeline
 
         check_torch_device(job.device)
@@ -145,35 +141,20 @@ def load_backend(job: GenerateJob):
     if job.backend == "trt" and job.providers:
         raise MonkeyError("--providers applies to --backend ort only")
     opts = {"providers": job.providers} if job.backend == "ort" else {}
-    if job.precision not in PRECISIONS:
-        raise MonkeyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
+    check_precision(job.precision)
     return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph,
                                           precision=job.precision, threads=job.threads, verify=job.verify, **opts)
 
 
 def summary(result: MonkeyOutput, out: Path, seconds: float) -> str:
     """The one line `generate` ends with."""
-    from monkey_trt.atomic import record_files
-    from monkey_trt.outputs import MARKER
+    from monkey_trt.core.files import record_files
+    from monkey_trt.runtime.outputs import MARKER
 
     h, w = result.image.shape[:2]
     names = sorted(record_files()(Path(out) / MARKER), key=lambda n: (n == MARKER, n))
     return (f"{result.backend} {w}x{h}: mask covers {100 * result.mask.coverage:.0f}% of the image, "
             f"{seconds:.2f}s in all; wrote {out}/ ({', '.join(names)})")
-
-
-def check_torch_device(device: str) -> None:
-    """cpu, cuda or cuda:N that torch can use here; MonkeyError otherwise."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise MonkeyError(f"--device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
 
 
 def _sha256(path: Path) -> str:

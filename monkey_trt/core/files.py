@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 
 STAGING_TAG = ".monkey-staging-"
 LOCK_TIMEOUT_S = 120.0

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
+from monkey_trt.core.errors import first_line
+
 
 @dataclass(frozen=True)
 class CheckRow:
@@ -42,11 +44,6 @@ def _dist_version(*dists: str) -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 def nvidia_gpus(timeout: float = 10.0) -> list[GpuInfo] | None:
@@ -76,7 +73,7 @@ def _ort_row() -> tuple[CheckRow, list[str]]:
         import onnxruntime as ort
     except Exception as e:
         ok_missing = isinstance(e, ImportError)
-        detail = "not installed: pip install onnxruntime" if ok_missing else f"does not load: {_first_line(e)}"
+        detail = "not installed: pip install onnxruntime" if ok_missing else f"does not load: {first_line(e)}"
         return CheckRow("onnxruntime", False, detail), []
     providers = list(ort.get_available_providers())
     device = ""
@@ -118,7 +115,7 @@ def _tensorrt_row() -> tuple[CheckRow, bool]:
     try:
         import tensorrt as trt
     except Exception as e:
-        return CheckRow("tensorrt", False, f"installed but does not load: {_first_line(e)}"), False
+        return CheckRow("tensorrt", False, f"installed but does not load: {first_line(e)}"), False
     ok, detail = _in_range("tensorrt", str(trt.__version__))
     return CheckRow("tensorrt", ok, detail), ok
 
@@ -159,7 +156,7 @@ def doctor_report() -> list[CheckRow]:
 
         rows.append(CheckRow("numpy", True, str(np.__version__)))
     except Exception as e:
-        rows.append(CheckRow("numpy", False, f"does not load: {_first_line(e)}"))
+        rows.append(CheckRow("numpy", False, f"does not load: {first_line(e)}"))
 
     ort_row, providers = _ort_row()
     rows.append(ort_row)

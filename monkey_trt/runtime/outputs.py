@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from monkey_trt import __version__
-from monkey_trt.atomic import WRITTEN_BY, OutputStage, check_target, record_files
-from monkey_trt.errors import MonkeyError
-from monkey_trt.runtime.images import mask_overlay, side_by_side
-from monkey_trt.runtime.result import MonkeyOutput, to_uint8
+from monkey_trt.core import __version__
+from monkey_trt.core.files import WRITTEN_BY, OutputStage, check_target, record_files
+from monkey_trt.runtime.images import mask_overlay, side_by_side, to_uint8
+
+if TYPE_CHECKING:  # the caller's type only: result.py imports this module
+    from monkey_trt.runtime.result import MonkeyOutput
 
 MARKER = "result.json"
 

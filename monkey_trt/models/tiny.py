@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from monkey_trt.enginedir.networks import CLIP_MEAN, CLIP_STD
+
 __all__ = [
     "PRESETS",
     "ClipBpe",
@@ -63,8 +65,6 @@ Progress = Callable[[str], None] | None
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sd15.safetensors"
 N_IP_TOKENS = 4  # IP-Adapter (non-plus): one image embedding -> 4 context tokens
 CLIP_MAX_LENGTH = 77
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SD15_VOCAB_SIZE = 49408  # CLIP's vocab size; the sd15 text encoder keeps it (our tokenizer uses a prefix)
 
 
@@ -934,12 +934,12 @@ def write_tiny_model(out_dir: Path, preset: str = "tiny", progress: Progress = N
     is ``"tiny"`` (fast tests) or ``"sd15"`` (real sizes, random weights; several GB).
     ``progress`` receives short human-readable status lines.
 
-    Atomic (monkey_trt.atomic.OutputStage): written into a staging folder next to ``out_dir`` and
+    Atomic (monkey_trt.core.files.OutputStage): written into a staging folder next to ``out_dir`` and
     committed at the end, so an interrupted run never leaves truncated weights; the staging folder
     of a killed run is removed by the next. An existing ``out_dir`` keeps files it did not get from
     here; ``tiny-model.json`` records what was written.
     """
-    from monkey_trt.atomic import WRITTEN_BY, OutputStage, staged_files
+    from monkey_trt.core.files import WRITTEN_BY, OutputStage, staged_files
 
     p = get_preset(preset)
     out = Path(out_dir).absolute()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 
 DEFAULT_BASE = "SimianLuo/LCM_Dreamshaper_v7"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
@@ -16,6 +16,13 @@ DEFAULT_MASK_LAYER = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
 N_IP_TOKENS = 4  # IP-Adapter (non-plus) projects one image embedding to 4 tokens
 MAX_TOKENS = 77  # CLIP text context
 MIN_SIDE, MAX_SIDE = 64, 2048
+
+
+def check_threads(threads: int, flag: str = "--threads") -> int:
+    """CPU threads for torch / each ORT session: 0 (the library default) or a positive count."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise MonkeyError(f"{flag} must be >= 0 (0 = library default), got {threads}")
+    return threads
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from monkey_trt.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError
 
 EXTRAS = {
     "export": ("torch", "diffusers", "transformers", "safetensors", "onnx", "huggingface_hub"),

@@ -11,3 +11,9 @@ class EngineDirError(MonkeyError):
 
 class BackendUnavailable(MonkeyError):
     """The requested backend (TensorRT, CUDA, ...) is not installed or has no device here."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): one-line errors."""
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__

@@ -1,0 +1,52 @@
+"""Digests of an engine directory's files and their verification before anything runs.
+
+`verify="sha256"` hashes every listed file; `verify="size"` checks the networks' sizes and hashes the
+small files (the tokenizer). Lean: stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from monkey_trt.core.errors import EngineDirError
+
+VERIFY_MODES = ("sha256", "size")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_files(root: Path, manifest, verify: str = "sha256") -> None:
+    """Check every listed file's contents: "sha256" hashes all; "size" checks the networks' sizes and
+    hashes the small ones (`files`: the tokenizer)."""
+    if verify not in VERIFY_MODES:
+        raise EngineDirError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+    for fname, digest in manifest.files.items():
+        f = root / fname
+        if not f.is_file():
+            raise EngineDirError(f"{root}: file {fname} is missing")
+        if sha256_file(f) != digest:
+            raise EngineDirError(f"{root}: file {fname} fails its sha256 check (altered)")
+    for name, entry in manifest.networks.items():
+        for fname, digest, size in _network_files(entry):
+            f = root / fname
+            if not f.is_file():
+                raise EngineDirError(f"{root}: file {fname} of network {name} is missing")
+            if f.stat().st_size != size:
+                raise EngineDirError(f"{root}: file {fname} of network {name} has the wrong size (altered or truncated)")
+            if verify == "sha256" and sha256_file(f) != digest:
+                raise EngineDirError(f"{root}: file {fname} of network {name} fails its sha256 check (altered)")
+
+
+def _network_files(entry):
+    """(file name, sha256, size) of every file of every precision of `entry`."""
+    for precision in ("fp32", *entry.precisions):
+        _file, digests, sizes = entry.files(precision)
+        for fname, digest in digests.items():
+            yield fname, digest, sizes.get(fname, -1)

@@ -1,0 +1,29 @@
+"""Where the PyTorch backends run: the torch device and thread count a user asked for, checked."""
+
+from __future__ import annotations
+
+from monkey_trt.core.config import check_threads
+from monkey_trt.core.errors import MonkeyError
+
+
+def check_torch_device(device: str) -> None:
+    """cpu, cuda or cuda:N that torch can use here; MonkeyError otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MonkeyError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise MonkeyError(f"--device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op thread count (0 = leave torch's default). ORT takes RuntimeOptions.threads."""
+    check_threads(threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
