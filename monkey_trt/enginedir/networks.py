@@ -15,6 +15,8 @@ from dataclasses import dataclass
 NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")  # every engine directory has these
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask")
 UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
+TEXT_LEN = 77  # CLIP text context (tokens)
+N_IP_TOKENS = 4  # IP-Adapter (non-plus): one image embedding -> 4 context tokens
 # CLIP's image normalisation (the image encoder's preprocessing; the manifest records the values used)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -24,10 +26,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class ModelDims:
     """Sizes that fix the static dims of every network (read from the model configs at export)."""
 
-    text_len: int = 77
+    text_len: int = TEXT_LEN
     text_dim: int = 768  # CLIP text hidden == UNet cross_attention_dim
     time_cond_dim: int = 256
-    n_ip_tokens: int = 4
+    n_ip_tokens: int = N_IP_TOKENS
     n_ip_layers: int = 16
     latent_channels: int = 4
     vae_factor: int = 8
