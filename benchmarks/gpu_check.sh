@@ -43,7 +43,7 @@ probe() { "$PY" -c "$1" >/dev/null 2>&1; }
 has_gpu=0; has_torch_cuda=0; has_trt=0; has_ort_cuda=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then has_gpu=1; fi
 probe "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && has_torch_cuda=1
-probe "from monkey_trt.engine.trt import require_tensorrt, require_cuda_device; require_tensorrt(); require_cuda_device()" && has_trt=1
+probe "from monkey_trt.engine.trt.lib import require_tensorrt; from monkey_trt.engine.trt.cuda import require_cuda_device; require_tensorrt(); require_cuda_device()" && has_trt=1
 probe "import onnxruntime as o, sys; sys.exit(0 if 'CUDAExecutionProvider' in o.get_available_providers() else 1)" && has_ort_cuda=1
 if [[ $has_gpu == 0 ]]; then has_torch_cuda=0; has_trt=0; has_ort_cuda=0; fi
 gpu_name=$( [[ $has_gpu == 1 ]] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo "none")

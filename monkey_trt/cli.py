@@ -305,8 +305,9 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even if a plan for this key exists"),
 ):
     """Build TensorRT engines (profiles, timing cache, versioned cache key) for an engine directory."""
-    from monkey_trt.engine.trt import BuildConfig, build_engine_dir
+    from monkey_trt.engine.trt.build import build_engine_dir
     from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.plans import BuildConfig
 
     if old_fp16 or old_fp32:  # the pre-strong-typing flags (TensorRT 11 has no FP16 builder flag)
         p = "fp16" if old_fp16 else "fp32"

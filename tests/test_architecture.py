@@ -139,8 +139,8 @@ def test_lean_layers_name_no_heavy_library():
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("module", ["monkey_trt.runtime.pipeline", "monkey_trt.runtime.outputs", "monkey_trt.engine.trt",
-                                    "monkey_trt.enginedir.manifest", "monkey_trt"])
+@pytest.mark.parametrize("module", ["monkey_trt.runtime.pipeline", "monkey_trt.runtime.outputs", "monkey_trt.engine.trt.engine",
+                                    "monkey_trt.engine.trt.build", "monkey_trt.enginedir.manifest", "monkey_trt"])
 def test_lean_modules_load_without_torch(module):
     """The same rule at run time: importing the lean runtime loads none of the heavy libraries."""
     code = (f"import sys, {module}, monkey_trt.runtime.method, monkey_trt.engine.ort\n"

@@ -68,12 +68,12 @@ def test_supported_ranges(dist, version, inside):
 
 
 def test_gpu_extra_pins_the_same_ranges():
-    """pyproject's `gpu` extra and engine/trt_api.SUPPORTED (what doctor checks) agree."""
+    """pyproject's `gpu` extra and engine/trt/api.SUPPORTED (what doctor checks) agree."""
     from pathlib import Path
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-    from monkey_trt.engine.trt_api import SUPPORTED
+    from monkey_trt.engine.trt.api import SUPPORTED
 
     extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     pins = {}

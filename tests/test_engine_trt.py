@@ -3,9 +3,7 @@ whole build/run control flow against honest fakes. With both (marked gpu): build
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import enum
 import functools
 import hashlib
 import json
@@ -18,19 +16,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from monkey_trt.core.errors import BackendUnavailable, EngineDirError, MonkeyError
-from monkey_trt.engine import trt as trt_mod
-from monkey_trt.engine.trt import (
-    BuildConfig,
-    TrtEngine,
-    build_engine,
-    build_engine_dir,
-    cache_key,
-    manifest_onnx_digest,
-    require_cuda_device,
-    require_tensorrt,
-)
+from monkey_trt.engine.trt import build as trt_build
+from monkey_trt.engine.trt import cuda as trt_cuda
+from monkey_trt.engine.trt import engine as trt_engine
+from monkey_trt.engine.trt import lib as trt_lib
+from monkey_trt.engine.trt.build import build_engine, build_engine_dir
+from monkey_trt.engine.trt.cuda import require_cuda_device
+from monkey_trt.engine.trt.engine import TrtEngine
+from monkey_trt.engine.trt.lib import require_tensorrt
+from monkey_trt.enginedir import plans
 from monkey_trt.enginedir.manifest import NetworkEntry, PrecisionFiles
 from monkey_trt.enginedir.networks import (
+    NETWORKS,
     ModelDims,
     NetworkDesc,
     Profile,
@@ -38,7 +35,15 @@ from monkey_trt.enginedir.networks import (
     TensorDesc,
     network_descs,
 )
-from tests.test_trt_api import _params  # parameter names a Polygraphy callable accepts
+from monkey_trt.enginedir.plans import BuildConfig, cache_key, manifest_onnx_digest
+from tests.fakes.trt import (
+    OK,
+    Err,
+    FakeCudart,
+    FakeStream,
+    fake_polygraphy,
+    fake_tensorrt,
+)
 
 PROFILE = Profile(ShapeRange(1, 1, 2), ShapeRange(256, 512, 768), ShapeRange(256, 512, 768))
 
@@ -71,10 +76,10 @@ def test_require_tensorrt_refuses_in_one_line():
     with pytest.raises(BackendUnavailable) as ei:
         require_tensorrt()
     msg = str(ei.value)
-    assert msg == trt_mod.TRT_MISSING
+    assert msg == trt_lib.TRT_MISSING
     assert "\n" not in msg and "pip install 'monkey-trt[gpu]'" in msg
     assert ei.value.__cause__ is None and ei.value.__suppress_context__  # no ImportError chained into the traceback
-    assert trt_mod.tensorrt_version() is None
+    assert trt_lib.tensorrt_version() is None
 
 
 @pytest.mark.skipif(GPU_READY, reason="a GPU is visible here")
@@ -112,7 +117,7 @@ def test_cache_key_is_stable_and_readable():
     assert k == cache_key(**BASE)
     assert k == cache_key(**{**BASE, "build_config": BuildConfig(profile=Profile.from_dict(PROFILE.to_dict()))})
     assert k == cache_key(**{**BASE, "compute_capability": (9, 0)})
-    assert k.startswith(f"v{trt_mod.KEY_VERSION}-fp32-trt10.8.0.43-sm90-")
+    assert k.startswith(f"v{plans.KEY_VERSION}-fp32-trt10.8.0.43-sm90-")
     assert cache_key(**{**BASE, "build_config": BuildConfig(profile=PROFILE, precision="fp16")}).startswith("v2-fp16-")
     assert "/" not in k and " " not in k
 
@@ -139,7 +144,7 @@ def test_cache_key_changes_with_every_ingredient(change):
 
 def test_cache_key_changes_with_key_version(monkeypatch):
     k = cache_key(**BASE)
-    monkeypatch.setattr(trt_mod, "KEY_VERSION", trt_mod.KEY_VERSION + 1)
+    monkeypatch.setattr(plans, "KEY_VERSION", plans.KEY_VERSION + 1)
     assert cache_key(**BASE) != k
 
 
@@ -370,342 +375,16 @@ def test_build_engine_dir_skips_and_forces(tmp_path):
 
 
 # -- the same control flow against in-process fakes of tensorrt, polygraphy + cuda-python (runs everywhere) --
-# The fakes follow the bindings' conventions as engine/trt_api.py lists them: (err, value) tuples,
-# stream objects whose native handle TensorRT's enqueue takes, name-based tensor I/O, work queued
-# on a stream and done only when that stream is synchronised, graphs that bake in the device
-# addresses seen at capture time. The fake engine runs the plan's ONNX graph with onnx's reference
-# evaluator, reading and writing device memory in the dtypes the graph declares (HALF = float16);
-# the tests compare against ONNX Runtime on the same graph, so neither side reuses the other's formula.
-class _Err(enum.Enum):
-    cudaSuccess = 0
-    cudaErrorNoDevice = 100
-    cudaErrorStreamCaptureInvalidated = 901
-
-
-OK = _Err.cudaSuccess
-
-
-class FakeStream:
-    """Like cuda-python's `cudaStream_t`: an object holding the native handle (`int()` gives it)."""
-
-    def __init__(self, handle: int) -> None:
-        self.handle = handle
-
-    def __int__(self) -> int:
-        return self.handle
-
-
-class FakeCudart:
-    cudaError_t = _Err
-
-    class cudaMemcpyKind(enum.Enum):
-        cudaMemcpyHostToDevice = 1
-        cudaMemcpyDeviceToHost = 2
-
-    class cudaStreamCaptureMode(enum.Enum):
-        cudaStreamCaptureModeGlobal = 0
-
-    def __init__(self, devices: int = 1) -> None:
-        self.devices, self.dev, self.host = devices, {}, {}
-        self.queues: dict[int, list] = {}  # native stream handle -> work not yet done
-        self.capturing: tuple[int, list] | None = None  # (stream handle, captured ops)
-        self.captures = self.launches = self.graphs_alive = self.syncs = 0
-        self.copies: list[tuple[str, int, int]] = []  # (kind name, device pointer, bytes) of every copy queued
-        self.instantiate_error: _Err | None = None  # make cudaGraphInstantiate fail with this error
-
-    def cudaGetDeviceCount(self):
-        return (OK, self.devices) if self.devices else (_Err.cudaErrorNoDevice, 0)
-
-    def cudaGetDeviceProperties(self, i):
-        return OK, SimpleNamespace(name=b"Fake GPU 80GB\0\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
-
-    def cudaSetDevice(self, i):
-        return (OK,)
-
-    def _alloc(self, table, n):
-        buf = np.full(n, 0xAB, np.uint8)  # garbage, like fresh device memory
-        table[buf.ctypes.data] = buf
-        return OK, buf.ctypes.data
-
-    def cudaMalloc(self, n):
-        return self._alloc(self.dev, n)
-
-    def cudaMallocHost(self, n):
-        return self._alloc(self.host, n)
-
-    def cudaFree(self, p):
-        del self.dev[p]
-        return (OK,)
-
-    def cudaFreeHost(self, p):
-        del self.host[p]
-        return (OK,)
-
-    def cudaStreamCreate(self):
-        stream = FakeStream(0x5000 + 16 * len(self.queues) + 1)
-        self.queues[stream.handle] = []
-        return OK, stream
-
-    def _handle(self, stream) -> int:
-        """cuda-python takes a cudaStream_t (or its int handle); anything else is a wrong handle."""
-        handle = stream.handle if isinstance(stream, FakeStream) else stream
-        assert isinstance(handle, int) and handle in self.queues, f"not a live stream: {stream!r}"
-        return handle
-
-    def enqueue(self, stream, op) -> None:
-        handle = self._handle(stream)
-        if self.capturing is not None and self.capturing[0] == handle:
-            self.capturing[1].append(op)
-        else:
-            self.queues[handle].append(op)
-
-    def cudaStreamDestroy(self, s):
-        assert not self.queues.pop(self._handle(s)), "stream destroyed with work pending"
-        return (OK,)
-
-    def cudaStreamSynchronize(self, s):
-        queue = self.queues[self._handle(s)]
-        self.syncs += 1
-        while queue:
-            queue.pop(0)()
-        return (OK,)
-
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
-        assert isinstance(kind, self.cudaMemcpyKind)
-        assert self.capturing is None, "copies are not part of the captured graph"
-        h2d = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
-        dev_ptr, host_ptr = (int(dst), int(src)) if h2d else (int(src), int(dst))
-        assert dev_ptr in self.dev and host_ptr not in self.dev  # pinned host <-> device
-        self.copies.append((kind.name, dev_ptr, int(n)))
-        self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), n))  # done at the stream's next sync
-        return (OK,)
-
-    def h2d_counts(self, eng) -> dict[str, int]:
-        """H2D copies per tensor name since the last `copies.clear()` (by the engine's current buffers)."""
-        names = {ptr: name for name, (ptr, _cap) in eng._dev.items()}
-        counts: dict[str, int] = {}
-        for kind, ptr, _n in self.copies:
-            if kind == "cudaMemcpyHostToDevice":
-                counts[names.get(ptr, "?")] = counts.get(names.get(ptr, "?"), 0) + 1
-        return counts
-
-    def cudaStreamBeginCapture(self, stream, mode):
-        assert isinstance(mode, self.cudaStreamCaptureMode)
-        self.capturing = (self._handle(stream), [])
-        return (OK,)
-
-    def cudaStreamEndCapture(self, stream):
-        assert self.capturing is not None and self.capturing[0] == self._handle(stream)
-        (_h, ops), self.capturing = self.capturing, None
-        self.captures += 1
-        self.graphs_alive += 1
-        return OK, SimpleNamespace(ops=ops)
-
-    def cudaGraphInstantiate(self, graph, flags):  # cuda-python 12+: (graph, flags) -> (err, graphExec)
-        assert isinstance(flags, int)
-        if self.instantiate_error is not None:
-            return self.instantiate_error, None
-        self.graphs_alive += 1
-        return OK, SimpleNamespace(ops=list(graph.ops))
-
-    def cudaGraphLaunch(self, exe, stream):
-        self.launches += 1
-        for op in exe.ops:
-            self.enqueue(stream, op)
-        return (OK,)
-
-    def cudaGraphExecDestroy(self, e):
-        self.graphs_alive -= 1
-        return (OK,)
-
-    def cudaGraphDestroy(self, g):
-        self.graphs_alive -= 1
-        return (OK,)
-
-    def cudaGetLastError(self):
-        return (OK,)
-
-
-def _fake_trt(cudart: FakeCudart, version: str = "11.4.0.106"):
-    """A TensorRT 11 look-alike runtime: a plan is b"FAKEPLAN" + JSON header (profile) + the ONNX graph it runs."""
-    from onnx.reference import ReferenceEvaluator
-
-    class DataType(enum.Enum):  # TensorRT's members; HALF is float16
-        FLOAT, HALF, INT8, INT32, BOOL, UINT8, FP8, BF16, INT64, INT4 = range(10)
-
-    to_np = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT32: np.int32, DataType.INT64: np.int64}
-    from_onnx = {TensorProto.FLOAT: DataType.FLOAT, TensorProto.FLOAT16: DataType.HALF, TensorProto.INT64: DataType.INT64}
-
-    class TensorIOMode(enum.Enum):
-        NONE, INPUT, OUTPUT = range(3)
-
-    class MemoryPoolType(enum.Enum):
-        WORKSPACE = 0
-
-    class Logger:
-        ERROR, WARNING = 1, 2
-
-        def __init__(self, sev):
-            self.sev = sev
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.in_shapes, self.addr = engine, {}, {}
-
-        def set_input_shape(self, name, shape):
-            mn, _, mx = self.engine.get_tensor_profile_shape(name, 0)
-            if not all(a <= d <= b for d, a, b in zip(shape, mn, mx)):
-                return False
-            self.in_shapes[name] = tuple(shape)
-            return True
-
-        def infer_shapes(self):  # the binding: names of unresolved tensors; RuntimeError on an error code
-            if self.engine.infer_shapes_error:
-                raise RuntimeError("infer_shapes error code: -1")
-            return [n for n in self.engine.inputs if n not in self.in_shapes]
-
-        def get_tensor_shape(self, name):
-            if name in self.engine.inputs:
-                return self.in_shapes.get(name, self.engine.get_tensor_shape(name))
-            sizes = {sym: self.in_shapes[n][i] for n, dims in self.engine.inputs.items() for i, sym in enumerate(dims[1])
-                     if isinstance(sym, str) and n in self.in_shapes}
-            return tuple(sizes.get(d, -1) if isinstance(d, str) else d for d in self.engine.outputs[name][1])
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = int(ptr)
-            return True
-
-        def execute_async_v3(self, stream_handle):
-            assert type(stream_handle) is int, f"execute_async_v3 takes the native stream handle (int), got {stream_handle!r}"
-            eng, addr = self.engine, dict(self.addr)  # addresses baked in, like a CUDA graph
-            shapes = {n: self.get_tensor_shape(n) for n in (*eng.inputs, *eng.outputs)}
-
-            def device(name):
-                dt = np.dtype(to_np[eng.dtypes[name]])
-                n = int(np.prod(shapes[name])) * dt.itemsize
-                return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(addr[name])).view(dt).reshape(shapes[name])
-
-            def run():
-                outs = eng.evaluator.run(None, {n: device(n).copy() for n in eng.inputs})
-                for name, value in zip(eng.outputs, outs):
-                    device(name)[...] = value
-
-            cudart.enqueue(stream_handle, run)
-            return True
-
-    class Engine:
-        infer_shapes_error = False
-
-        def __init__(self, profile, model):
-            self.profile, self.evaluator = profile, ReferenceEvaluator(model)
-
-            def info(v):
-                t = v.type.tensor_type
-                return from_onnx[t.elem_type], tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim)
-
-            self.inputs = {v.name: info(v) for v in model.graph.input}
-            self.outputs = {v.name: info(v) for v in model.graph.output}
-            self.dtypes = {n: i[0] for n, i in {**self.inputs, **self.outputs}.items()}
-            self.names = [*self.inputs, *self.outputs]
-
-        @property
-        def num_io_tensors(self):
-            return len(self.names)
-
-        def get_tensor_name(self, i):
-            return self.names[i]
-
-        def get_tensor_mode(self, name):
-            return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
-
-        def get_tensor_dtype(self, name):
-            return self.dtypes[name]
-
-        def get_tensor_shape(self, name):
-            return tuple(-1 if isinstance(d, str) else d for d in {**self.inputs, **self.outputs}[name][1])
-
-        def get_tensor_profile_shape(self, name, i):
-            assert i == 0
-            return [tuple(s) for s in self.profile[name]]
-
-        def create_execution_context(self):
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            data = bytes(data)
-            if not data.startswith(b"FAKEPLAN"):
-                return None
-            n = int.from_bytes(data[8:12], "little")
-            return Engine(json.loads(data[12:12 + n]), onnx.load_model_from_string(data[12 + n:]))
-
-    return SimpleNamespace(
-        __version__=version, DataType=DataType, TensorIOMode=TensorIOMode, MemoryPoolType=MemoryPoolType,
-        Logger=Logger, Runtime=Runtime, nptype=lambda dt: to_np[dt],
-    )
-
-
-def _fake_polygraphy(trt, log: list):
-    """polygraphy.backend.trt look-alikes; every call is bound to the real Polygraphy signature first
-    (a renamed or unknown keyword fails), and recorded in `log` as (name, kwargs)."""
-    from polygraphy.backend import trt as real
-
-    def checked(name, fake):
-        def call(*args, **kwargs):
-            obj = real
-            for part in name.split("."):
-                obj = getattr(obj, part)
-            allowed = _params(obj)
-            unknown = sorted(set(kwargs) - allowed)
-            assert not unknown, f"polygraphy {name} takes no {unknown}"
-            log.append((name, kwargs))
-            return fake(*args, **kwargs)
-        return call
-
-    def network_from_onnx_path(path, strongly_typed=None):
-        return SimpleNamespace(path=path, strongly_typed=strongly_typed, model=onnx.load(path))
-
-    def engine_from_network(network, config=None, save_timing_cache=None):
-        assert network.strongly_typed is True, "networks are always strongly typed"
-        (profile,) = config.profiles
-        assert isinstance(profile, real.Profile)
-        assert set(config.memory_pool_limits) == {trt.MemoryPoolType.WORKSPACE}
-        graph_inputs = [v.name for v in network.model.graph.input]
-        assert list(profile.keys()) == graph_inputs, "one shape range per network input"
-        shapes = {n: [list(profile[n].min), list(profile[n].opt), list(profile[n].max)] for n in graph_inputs}
-        old = Path(config.load_timing_cache).read_bytes() if config.load_timing_cache else b""
-        if save_timing_cache:
-            Path(save_timing_cache).write_bytes(old + b"+")  # Polygraphy writes it in place
-        header = json.dumps(shapes).encode()
-        return SimpleNamespace(plan=b"FAKEPLAN" + len(header).to_bytes(4, "little") + header + network.model.SerializeToString(),
-                               timing_cache_loaded=old)
-
-    def save_engine(engine, path):
-        Path(path).write_bytes(engine.plan)
-        return engine
-
-    return SimpleNamespace(
-        Profile=real.Profile,
-        CreateConfig=checked("CreateConfig", lambda **kw: SimpleNamespace(**{"load_timing_cache": None, **kw})),
-        network_from_onnx_path=checked("network_from_onnx_path", network_from_onnx_path),
-        engine_from_network=checked("engine_from_network", engine_from_network),
-        save_engine=checked("save_engine", save_engine),
-    )
-
-
 @pytest.fixture
 def fakes(monkeypatch):
     pytest.importorskip("polygraphy.backend.trt")
     cudart = FakeCudart()
-    fake_trt = _fake_trt(cudart)
+    fake_trt = fake_tensorrt(cudart)
     log: list = []
-    monkeypatch.setattr(trt_mod, "require_tensorrt", lambda: fake_trt)
-    monkeypatch.setattr(trt_mod, "require_cudart", lambda: cudart)
-    monkeypatch.setattr(trt_mod, "require_polygraphy", lambda: _fake_polygraphy(fake_trt, log))
-    monkeypatch.setattr(trt_mod, "_LOGGERS", {})
+    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake_trt, log))
+    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
     return SimpleNamespace(trt=fake_trt, cudart=cudart, polygraphy_calls=log)
 
 
@@ -756,9 +435,9 @@ def test_fake_build_uses_polygraphy_strongly_typed_with_profile_and_timing_cache
 def test_fake_failed_build_leaves_no_files(fakes, tmp_path, monkeypatch):
     onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
     (tmp_path / "timing.cache").write_bytes(b"old")
-    broken = _fake_polygraphy(fakes.trt, [])
+    broken = fake_polygraphy(fakes.trt, [])
     broken.engine_from_network = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("Invalid Engine.\nmore"))
-    monkeypatch.setattr(trt_mod, "require_polygraphy", lambda: broken)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: broken)
     with pytest.raises(MonkeyError, match="cannot build tiny.onnx: Invalid Engine") as ei:
         build_engine(onnx_path, tmp_path / "t.plan", TINY_DESC, ModelDims(), BuildConfig(profile=TINY_PROFILE), tmp_path / "timing.cache")
     assert "\n" not in str(ei.value)
@@ -767,9 +446,9 @@ def test_fake_failed_build_leaves_no_files(fakes, tmp_path, monkeypatch):
 
 def test_fake_unparsable_onnx_is_one_line(fakes, tmp_path, monkeypatch):
     onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
-    broken = _fake_polygraphy(fakes.trt, [])
+    broken = fake_polygraphy(fakes.trt, [])
     broken.network_from_onnx_path = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("Failed to parse ONNX model.\ndetails"))
-    monkeypatch.setattr(trt_mod, "require_polygraphy", lambda: broken)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: broken)
     with pytest.raises(MonkeyError, match="cannot build tiny.onnx: Failed to parse ONNX model") as ei:
         build_engine(onnx_path, tmp_path / "t.plan", TINY_DESC, ModelDims(), BuildConfig(profile=TINY_PROFILE), tmp_path / "tc")
     assert "\n" not in str(ei.value) and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
@@ -824,8 +503,8 @@ def test_fake_half_outputs_come_back_as_float16(fakes, tmp_path, graph):
 def test_fake_half_mapped_to_float32_fails(fakes, tmp_path, monkeypatch):
     """The fakes catch a wrong HALF mapping: read as float32, the output is garbage."""
     plan = _build(tmp_path, half=True)
-    real = trt_mod._np_dtype
-    monkeypatch.setattr(trt_mod, "_np_dtype", lambda trt, dt: np.dtype(np.float32) if dt == trt.DataType.HALF else real(trt, dt))
+    real = trt_engine._np_dtype
+    monkeypatch.setattr(trt_engine, "_np_dtype", lambda trt, dt: np.dtype(np.float32) if dt == trt.DataType.HALF else real(trt, dt))
     with TrtEngine(plan) as eng:
         f = _feeds(2)
         y = eng.infer(f)["y"]
@@ -871,10 +550,10 @@ def test_native_handle_prefers_cuda_python_accessor(monkeypatch):
     utils.get_cuda_native_handle = lambda obj: 0x1234 if isinstance(obj, Handle) else (_ for _ in ()).throw(TypeError("Unknown type"))
     for name, mod in (("cuda", types.ModuleType("cuda")), ("cuda.bindings", types.ModuleType("cuda.bindings")), ("cuda.bindings.utils", utils)):
         monkeypatch.setitem(sys.modules, name, mod)
-    assert trt_mod.native_handle(Handle()) == 0x1234
-    assert trt_mod.native_handle(FakeStream(77)) == 77  # not a cuda-python type: int()
+    assert trt_cuda.native_handle(Handle()) == 0x1234
+    assert trt_cuda.native_handle(FakeStream(77)) == 77  # not a cuda-python type: int()
     monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # cuda-python < 12.9: no accessor
-    assert trt_mod.native_handle(FakeStream(78)) == 78
+    assert trt_cuda.native_handle(FakeStream(78)) == 78
 
 
 def test_fake_engine_rejects_out_of_profile_and_bad_feeds(fakes, fake_plan):
@@ -934,34 +613,34 @@ def _networks_manifest(tmp_path, precisions=("fp32", "fp16")):
     """A stand-in for the four networks, each the tiny graph, for plan selection."""
     tiny = _tiny_manifest(tmp_path)
     entry = tiny.networks["tiny"]
-    nets = {n: entry for n in trt_mod.NETWORKS}
+    nets = {n: entry for n in NETWORKS}
     return SimpleNamespace(networks=nets, dims=ModelDims(), profile=TINY_PROFILE, precisions=precisions, path=tiny.path)
 
 
 def test_fake_plan_selection_by_full_key(fakes, tmp_path, monkeypatch):
     manifest = _networks_manifest(tmp_path)
-    monkeypatch.setattr(trt_mod, "_profile_shapes", lambda onnx_path, desc, dims, cfg: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
+    monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
     with pytest.raises(EngineDirError, match=r"no fp16 TensorRT plans .* run `monkey-trt build --engine-dir .* --precision fp16`") as ei:
-        trt_mod.find_plan_dir(tmp_path, manifest, "fp16")
+        trt_engine.find_plan_dir(tmp_path, manifest, "fp16")
     assert "\n" not in str(ei.value)
     fp32 = build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE))
     fp16 = build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE, precision="fp16"))
     (fp32 / "build.json").touch()  # the newest: must not matter
-    assert trt_mod.find_plan_dir(tmp_path, manifest, "fp16") == fp16
-    assert trt_mod.find_plan_dir(tmp_path, manifest, "fp32") == fp32
+    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp16") == fp16
+    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp32") == fp32
     # a non-default build (static shapes) is found when it is the only one for the key's other parts
     static = build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE, precision="fp16", static_shapes=True))
-    assert trt_mod.find_plan_dir(tmp_path, manifest, "fp16") == fp16  # the default build wins
+    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp16") == fp16  # the default build wins
     import shutil
 
     shutil.rmtree(fp16)
-    assert trt_mod.find_plan_dir(tmp_path, manifest, "fp16") == static
+    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp16") == static
     # another TensorRT version or GPU: none of these plans
     monkeypatch.setattr(fakes.trt, "__version__", "11.5.0.1")
     with pytest.raises(EngineDirError, match="TensorRT 11.5.0.1"):
-        trt_mod.find_plan_dir(tmp_path, manifest, "fp32")
+        trt_engine.find_plan_dir(tmp_path, manifest, "fp32")
     with pytest.raises(EngineDirError, match="export --out .* --precision fp16"):
-        trt_mod.find_plan_dir(tmp_path, _networks_manifest(tmp_path, precisions=("fp32",)), "fp16")
+        trt_engine.find_plan_dir(tmp_path, _networks_manifest(tmp_path, precisions=("fp32",)), "fp16")
 
 
 # -- static inputs (set_static_inputs): uploaded once, graphs kept across new values --------------
@@ -1059,7 +738,7 @@ def test_fake_static_inputs_validation_and_override(fakes, fake_plan):
 # -- TensorRT / cuda-python error paths as the bindings report them ------------------------------
 def test_fake_graph_instantiate_failure_falls_back(fakes, fake_plan):
     cu = fakes.cudart
-    cu.instantiate_error = _Err.cudaErrorStreamCaptureInvalidated
+    cu.instantiate_error = Err.cudaErrorStreamCaptureInvalidated
     with TrtEngine(fake_plan, use_cuda_graph=True) as eng:
         f = _feeds(2)
         with pytest.warns(UserWarning, match="does not instantiate"):

@@ -26,7 +26,7 @@ def _trt_ready() -> bool:
     if importlib.util.find_spec("tensorrt") is None:
         return False
     try:
-        from monkey_trt.engine.trt import require_cuda_device
+        from monkey_trt.engine.trt.cuda import require_cuda_device
 
         require_cuda_device()
         return True

@@ -333,8 +333,8 @@ def test_tensorrt_plans_are_covered_by_digests(tmp_path):
     """What `build` records in build.json is checked before a plan is deserialised (no TensorRT needed)."""
     import hashlib
 
-    from monkey_trt.engine.trt import BUILD_JSON, verify_plans
     from monkey_trt.enginedir.networks import NETWORKS
+    from monkey_trt.enginedir.plans import BUILD_JSON, verify_plans
 
     folder = tmp_path / "trt" / "key"
     folder.mkdir(parents=True)

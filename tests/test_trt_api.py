@@ -1,5 +1,5 @@
-"""API conformance of the TensorRT backend: every TensorRT, Polygraphy and cuda-python name engine/trt.py
-touches is listed in engine/trt_api.py, and the list is checked against the published wheels' names
+"""API conformance of the TensorRT backend: every TensorRT, Polygraphy and cuda-python name engine/trt/
+touches is listed in engine/trt/api.py, and the list is checked against the published wheels' names
 (tests/data/api_names.json, everywhere), Polygraphy's real signatures (where installed) and the
 installed TensorRT / cuda-python (`gpu`)."""
 
@@ -12,11 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from monkey_trt.engine import trt as trt_mod
-from monkey_trt.engine import trt_api
+from monkey_trt.engine.trt import api as trt_api
+from monkey_trt.engine.trt.cuda import require_cudart
 
 NAMES = json.loads((Path(__file__).parent / "data" / "api_names.json").read_text())
 ROOTS = {"trt": "tensorrt", "cudart": "cuda runtime", "pg": "polygraphy"}
+# the backend's code: every module of engine/trt/ but the list itself
+BACKEND = sorted(p for p in Path(trt_api.__file__).parent.glob("*.py") if p.name != "api.py")
+
+
+def _backend_touched() -> dict[str, set[str]]:
+    """_touched over every backend module, each parsed on its own."""
+    out: dict[str, set[str]] = {r: set() for r in ROOTS}
+    for path in BACKEND:
+        for root, names in _touched(path.read_text()).items():
+            out[root] |= names
+    return out
 
 
 def _touched(source: str) -> dict[str, set[str]]:
@@ -36,12 +47,12 @@ def _touched(source: str) -> dict[str, set[str]]:
 
 
 def test_every_name_engine_code_touches_is_listed():
-    touched = _touched(Path(trt_mod.__file__).read_text())
+    touched = _backend_touched()
     listed = {"trt": set(trt_api.TENSORRT), "cudart": set(trt_api.CUDA_RUNTIME), "pg": {n.split(".")[0] for n in trt_api.POLYGRAPHY}}
     for root, names in touched.items():
         assert names, f"found no {root}.X use: the scan is broken"
         unlisted = sorted(n for n in names if n not in listed[root])
-        assert not unlisted, f"engine/trt.py uses {ROOTS[root]} names missing from engine/trt_api.py: {unlisted}"
+        assert not unlisted, f"engine/trt/ uses {ROOTS[root]} names missing from engine/trt/api.py: {unlisted}"
 
 
 def test_scan_finds_a_new_name():
@@ -49,9 +60,8 @@ def test_scan_finds_a_new_name():
 
 
 def test_engine_code_never_uses_names_removed_in_tensorrt_11():
-    source = Path(trt_mod.__file__).read_text()
     for name in trt_api.TENSORRT_REMOVED_IN_11:
-        assert name not in source, f"{name} is gone in TensorRT 11; strongly typed networks decide precision"
+        assert not any(name in p.read_text() for p in BACKEND), f"{name} is gone in TensorRT 11; strongly typed networks decide precision"
 
 
 @pytest.mark.parametrize("version", sorted(NAMES["tensorrt"]))
@@ -125,7 +135,7 @@ def test_installed_tensorrt_has_every_name():
 @pytest.mark.gpu
 def test_installed_cuda_python_has_every_name():
     pytest.importorskip("cuda")
-    cudart = trt_mod.require_cudart()
+    cudart = require_cudart()
     missing = [n for n in trt_api.CUDA_RUNTIME if not _has(cudart, n)]
     assert not missing, f"cuda-python lacks {missing}"
 

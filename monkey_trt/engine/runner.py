@@ -3,7 +3,7 @@
     with OrtRunner(onnx_path, providers=...) as unet:
         outputs = unet.infer({"sample": x, ...})   # name -> np.ndarray
 
-Lean: numpy only. Backends live in sibling modules (ort.py, trt.py).
+Lean: numpy only. Backends live beside it (ort.py, the trt/ package).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
             for name in NETWORKS
         }
     elif opts.backend == "trt":
-        from monkey_trt.engine.trt import open_trt_runners
+        from monkey_trt.engine.trt.engine import open_trt_runners
 
         runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision, verify=opts.verify)
     else:

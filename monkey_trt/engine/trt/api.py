@@ -1,6 +1,6 @@
-"""Every TensorRT, Polygraphy and cuda-python name the TensorRT backend (engine/trt.py) relies on, in one place.
+"""Every TensorRT, Polygraphy and cuda-python name the TensorRT backend (engine/trt/) relies on, in one place.
 
-tests/test_trt_api.py checks this list three ways: against engine/trt.py's source (every `trt.X`,
+tests/test_trt_api.py checks this list three ways: against engine/trt/'s sources (every `trt.X`,
 `cudart.X` and `pg.X` it touches is listed here), against the installed packages where they exist
 (`gpu` tests), and, everywhere, against the names extracted from the published TensorRT 10.x/11.x
 and cuda-bindings 12.x/13.x wheels (tests/data/api_names.json, made by tests/data/extract_api_names.py).
@@ -23,7 +23,7 @@ TENSORRT = (
     "ICudaEngine.create_execution_context",
     "IExecutionContext.set_input_shape", "IExecutionContext.infer_shapes", "IExecutionContext.get_tensor_shape",
     "IExecutionContext.set_tensor_address", "IExecutionContext.execute_async_v3",
-    # reached through Polygraphy with the arguments engine/trt.py passes it
+    # reached through Polygraphy with the arguments engine/trt/build.py passes it
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "BuilderFlag.TF32", "OnnxParser", "Builder",
     "IBuilderConfig.builder_optimization_level", "IBuilderConfig.set_memory_pool_limit",
     "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
@@ -45,7 +45,7 @@ CUDA_RUNTIME = (
 # cuda-python >= 12.9: the documented native-handle accessor (13.x deprecates int(handle)); optional before
 CUDA_UTILS = ("get_cuda_native_handle",)
 
-# polygraphy.backend.trt: callable -> the keyword arguments engine/trt.py passes
+# polygraphy.backend.trt: callable -> the keyword arguments engine/trt/build.py passes
 POLYGRAPHY = {
     "network_from_onnx_path": ("path", "strongly_typed"),
     "CreateConfig": ("tf32", "profiles", "load_timing_cache", "builder_optimization_level", "memory_pool_limits"),
