@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 
 
 def _run(tmp_path, *args, path_prefix: Path | None = None):
-    env = {**os.environ, "PYTHON": sys.executable}
+    # the interpreter's own bin folder first: the script's `monkey-trt` is this install's, venv activated or not
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
     return subprocess.run(["bash", str(SCRIPT), "--work", str(tmp_path / "work"), *args], capture_output=True, text=True,
