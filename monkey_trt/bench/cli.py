@@ -61,7 +61,8 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
            "subject": str(image) if image else None}
     needs_engine = any(n in ("ort", "trt") for n in names)
     if preset is not None:
-        from monkey_trt.models.cache import PRESETS, ensure_preset
+        from monkey_trt.models.cache import ensure_preset
+        from monkey_trt.models.presets import PRESETS
 
         if preset not in PRESETS:
             raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")

@@ -16,8 +16,8 @@ from typing import Callable
 
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.core.extras import require_extra
+from monkey_trt.models.presets import PRESETS
 
-PRESETS = ("tiny", "sd15")
 DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
 Status = Callable[[str], None]
 
