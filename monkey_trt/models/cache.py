@@ -4,7 +4,7 @@
 
 `tiny` serves 64..256 px (one engine, dynamic sides); `sd15` (real SD1.5 sizes, random weights,
 ~6 GB on disk, minutes to export) is exported for the requested size only. Both accept UNet batch 1..2
-(exact pass batching). Model and engine are written through atomic.OutputStage (staged, then
+(exact pass batching). Model and engine are written through core.files.OutputStage (staged, then
 committed), so an interrupted run leaves no half-written cache; nothing outside `workdir/<preset>-*`
 is touched.
 """
@@ -47,7 +47,7 @@ def ensure_preset(preset: str, workdir: Path, height: int, width: int, engine: b
         from monkey_trt.models.tiny import write_tiny_model
 
         status(f"writing the embedded {preset} model to {model_dir} (once)")
-        write_tiny_model(model_dir, preset=preset)  # atomic itself (atomic.OutputStage)
+        write_tiny_model(model_dir, preset=preset)  # atomic itself (core.files.OutputStage)
     if engine and not engine_dir_usable(engine_dir, height, width):
         require_extra("export", f"the first run of the {preset} preset (writing and exporting its model)")
         status(f"exporting the {preset} model to ONNX (once{', minutes' if preset == 'sd15' else ''})")
