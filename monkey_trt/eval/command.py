@@ -88,7 +88,7 @@ def run_command(o: EvalOptions, console: Console, warn: Callable[[str], None]) -
     n_sub, n_prompt = len(plan.subjects), len(plan.templates)
     title = (f"{job.spec.backend} {job.width}x{job.height}: {n_sub} subject(s) x {n_prompt} prompt(s) x {len(job.seeds)} seed(s); "
              "mean ±95% CI")
-    Console(width=max(Console().width, 150)).print(summary_table(result.summary, title))
+    Console(width=max(Console().width, 180)).print(summary_table(result.summary, title))
     return result
 
 

@@ -28,6 +28,13 @@ PALETTE = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 15
 PAPER_COLOUR = (150, 150, 150)
 
 
+def _font():
+    try:
+        return ImageFont.load_default(size=13)  # Pillow >= 10.1 with FreeType
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def _nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     span = max(hi - lo, 1e-9)
     raw = span / target
@@ -49,7 +56,7 @@ def _dashed(d: ImageDraw.ImageDraw, a, b, fill, dash: int = 7, width: int = 2) -
 def render_pareto(points: list[Point], paper: dict[str, tuple[float, float]],
                   title: str = "CLIP-T vs CLIP-I (mean, 95% CI)") -> bytes:
     """The chart as PNG bytes (tagged as ours); `paper`: name -> (CLIP-I, CLIP-T) reference points."""
-    font = ImageFont.load_default()
+    font = _font()
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     ours = [p for p in points if not math.isnan(p.x.mean) and not math.isnan(p.y.mean)]
@@ -75,7 +82,7 @@ def render_pareto(points: list[Point], paper: dict[str, tuple[float, float]],
         d.text((px0 - 44, y - 6), f"{t:.3g}", fill="black", font=font)
     d.rectangle([px0, py0, px1, py1], outline="black")
     d.text(((px0 + px1) / 2 - 80, py1 + 28), "CLIP-I: subject similarity ->", fill="black", font=font)
-    label = Image.new("RGB", (220, 14), "white")
+    label = Image.new("RGB", (220, 16), "white")
     ImageDraw.Draw(label).text((0, 0), "CLIP-T: prompt similarity ->", fill="black", font=font)
     img.paste(label.rotate(90, expand=True), (12, (py0 + py1) // 2 - 110))
 

@@ -184,7 +184,7 @@ def summary_table(summary: list[SummaryRow], title: str):
     t = Table(title=title)
     for col in ("method", "precision", "n", "CLIP-T", "CLIP-I", "DINO", "IoU vs fp32", "PSNR vs fp32", "Δ vs fp32 (T/I/D)",
                 "verdict", "paper T/D/I"):
-        t.add_column(col, justify="left" if col in ("method", "precision", "verdict") else "right")
+        t.add_column(col, justify="left" if col in ("method", "precision", "verdict") else "right", no_wrap=True)
     for s in summary:
         psnr = "-" if s.psnr is None else ("identical" if math.isinf(s.psnr.mean) else f"{s.psnr.mean:.1f} dB (min {s.psnr.min:.1f})")
         delta = "-" if s.deltas is None else "/".join(f"{s.deltas[k].mean:+.3f}" for k in METRICS)
