@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +263,7 @@ def test_judge_folders_are_checked(judges, tmp_path):
 # -- the protocol ----------------------------------------------------------------------------------------
 def test_protocol_end_to_end_noise_fixed_and_compared_with_fp32(subjects, prompts, judges, tmp_path):
     FakeGenerator.calls = []
-    out = tmp_path / "out"
+    out = subjects / "out"  # inside the subject folder: never taken for a subject
     result = _run(_job(subjects, out, judges, prompts))
     n = 2 * 2 * 2 * 3 * 2  # subjects x prompts x seeds x methods x precisions
     assert (result.generated, result.reused, result.rescored, len(result.rows)) == (n, 0, 0, n)

@@ -143,7 +143,7 @@ def prepare(job: EvalJob, warn: Callable[[str], None] = lambda msg: None) -> Pla
     Request("x", job.height, job.width, 0, job.config)  # size checks
     templates = load_prompts(job.prompts)
     warnings: list[str] = []
-    subjects = discover_subjects(job.subjects_dir, warn=lambda m: (warnings.append(m), warn(m)))
+    subjects = discover_subjects(job.subjects_dir, warn=lambda m: (warnings.append(m), warn(m)), exclude=job.out)
     models, precision_digests = _model_settings(job, warnings)
     clip, dino = resolve_judge(job.clip, "clip"), resolve_judge(job.dino, "dino")
     judge_device(job.judge_device)

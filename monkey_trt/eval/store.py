@@ -130,17 +130,10 @@ def row_from_cells(cells: list[str]) -> Row:
     return Row(**d)
 
 
-def normalise(row: Row) -> Row:
-    """The row as rows.csv will give it back (numbers rounded as written)."""
-    return row_from_cells(row_cells(row))
-
-
-def write_rows_csv(rows) -> bytes:
+def csv_line(cells) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(ROW_FIELDS)
-    w.writerows(row_cells(r) for r in rows)
-    return buf.getvalue().encode("utf-8")
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
 
 
 def read_rows_csv(path: Path) -> dict[Key, Row]:
@@ -193,6 +186,7 @@ class EvalStore:
 
     def __init__(self, out: Path, record: dict, rows: dict[Key, Row], stage: Path, stack: contextlib.ExitStack):
         self.out, self.record, self.rows, self.stage, self._stack = out, record, rows, stage, stack
+        self._lines = {k: csv_line(row_cells(r)) for k, r in rows.items()}  # rows.csv, one text line per row
         self.tag = _h(json.dumps(record["settings"], sort_keys=True), 16)  # in every image we write
 
     # opening -----------------------------------------------------------------------------------
@@ -270,8 +264,9 @@ class EvalStore:
     def add_rows(self, rows: list[Row]) -> None:
         """Rows become done together: rows.csv is rewritten (atomically) with them."""
         for r in rows:
-            self.rows[r.key] = normalise(r)
-        self.write_file(ROWS, write_rows_csv(self.rows.values()))
+            cells = row_cells(r)
+            self.rows[r.key], self._lines[r.key] = row_from_cells(cells), csv_line(cells)
+        self.write_file(ROWS, "".join([csv_line(ROW_FIELDS), *self._lines.values()]).encode("utf-8"))
 
     # images ------------------------------------------------------------------------------------
     def _meta(self, key: Key, kind: str, extra: dict) -> str:

@@ -61,11 +61,12 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _visible(p)
 
 
-def _candidates(folder: Path) -> list[tuple[str, Path]]:
-    """(subject id, image path) in name order."""
+def _candidates(folder: Path, exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """(subject id, image path) in name order; `exclude` (the --out folder, if it is inside) is skipped."""
     out = []
+    skip = Path(exclude).resolve() if exclude is not None else None
     for p in sorted(folder.iterdir(), key=lambda q: q.name):
-        if not _visible(p) or p.name in SIDECARS:
+        if not _visible(p) or p.name in SIDECARS or (skip is not None and p.resolve() == skip):
             continue
         if p.is_dir():
             images = sorted((q for q in p.iterdir() if _is_image(q)), key=lambda q: q.name)
@@ -118,13 +119,13 @@ def read_sidecar(folder: Path) -> dict[str, str]:
     return words
 
 
-def discover_subjects(folder: Path, warn=lambda msg: None) -> list[Subject]:
+def discover_subjects(folder: Path, warn=lambda msg: None, exclude: Path | None = None) -> list[Subject]:
     """Every subject of `folder`, decoded (RGB) and hashed; MonkeyError on an empty folder or a bad image."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MonkeyError(f"--subjects {folder} is not a folder")
     sidecar = read_sidecar(folder)
-    found = _candidates(folder)
+    found = _candidates(folder, exclude)
     if not found:
         raise MonkeyError(f"--subjects {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, or subfolders of them)")
     if len(found) > MAX_SUBJECTS:
