@@ -60,6 +60,7 @@ PNG_SOFTWARE = "monkey-trt eval"
 PNG_KEY = "monkey-trt-eval"
 STAGE_NAME = "eval"  # staging folders: OUT/.eval.monkey-staging-<pid>@<host>-<random>
 LOCK_WAIT_S = 1.0
+PNG_LEVEL = 1  # zlib level: 4x faster than PIL's default 6 at 512², files ~15% larger
 
 Key = tuple  # (subject, prompt, seed, method, precision)
 
@@ -291,7 +292,7 @@ class EvalStore:
         info.add_text("Software", PNG_SOFTWARE)
         info.add_text(PNG_KEY, self._meta(key, kind, extra))
         buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", pnginfo=info)
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", pnginfo=info, compress_level=PNG_LEVEL)
         self._atomic(name, buf.getvalue(), sync_dir=False)
 
     def read_png(self, name: str, key: Key, kind: str) -> tuple[np.ndarray, dict] | None:
