@@ -244,6 +244,28 @@ def test_judges_give_hand_computed_cosines(judges, subjects):
     assert cosines(dino.image_embeds(imgs[:1]), dino.image_embeds(imgs[1:])) == pytest.approx([cos], abs=1e-5)
 
 
+def test_judge_hub_ids_come_from_the_cache_offline(judges, tmp_path, monkeypatch):
+    """A hub id is read from huggingface_hub's cache when the hub cannot be used (HF_HUB_OFFLINE)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from monkey_trt.eval.judges import ClipJudge, resolve_judge
+
+    commit = "0" * 40
+    snapshot = tmp_path / "hub" / "models--tiny-org--tiny-clip" / "snapshots" / commit
+    shutil.copytree(judges[0], snapshot)
+    (tmp_path / "hub" / "models--tiny-org--tiny-clip" / "refs").mkdir()
+    (tmp_path / "hub" / "models--tiny-org--tiny-clip" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    src = resolve_judge("tiny-org/tiny-clip", "clip")
+    assert src.folder == snapshot.resolve() and src.digest == resolve_judge(str(judges[0]), "clip").digest
+    assert ClipJudge.load(src).text_embeds(["a dog"]).shape == (1, 16)
+    with pytest.raises(MonkeyError, match="not in the Hugging Face cache"):
+        resolve_judge("tiny-org/not-cached", "dino")
+
+
 def test_judge_folders_are_checked(judges, tmp_path):
     from monkey_trt.eval.judges import resolve_judge
 
