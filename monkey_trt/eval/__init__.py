@@ -15,4 +15,5 @@ Modules, one job each:
   plots       CLIP-T vs CLIP-I scatter with the Pareto front (PIL)
   contact     the HTML contact sheet
   progress    progress with an ETA
+  command     the `eval` command's options -> job, run, printed summary
 """

@@ -86,10 +86,17 @@ def render_pareto(points: list[Point], paper: dict[str, tuple[float, float]],
     ImageDraw.Draw(label).text((0, 0), "CLIP-T: prompt similarity ->", fill="black", font=font)
     img.paste(label.rotate(90, expand=True), (12, (py0 + py1) // 2 - 110))
 
-    for name, (px, py) in paper.items():  # hollow grey diamonds
+    taken: list[tuple[float, float, float, float]] = []
+    for name, (px, py) in paper.items():  # hollow grey diamonds, labels placed where they overlap no other label
         x, y = at(px, py)
         d.polygon([(x, y - 6), (x + 6, y), (x, y + 6), (x - 6, y)], outline=PAPER_COLOUR)
-        d.text((x + 8, y - 6), name, fill=PAPER_COLOUR, font=font)
+        w = d.textlength(name, font=font)
+        for dx, dy in ((8, -8), (8, 6), (-w - 8, -8), (-w / 2, -24), (-w / 2, 8)):
+            box = (x + dx, y + dy, x + dx + w, y + dy + 14)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                break
+        taken.append(box)
+        d.text(box[:2], name, fill=PAPER_COLOUR, font=font)
 
     line = sorted((p for p in ours if p.front), key=lambda p: (p.x.mean, p.y.mean))
     for a, b in zip(line, line[1:]):

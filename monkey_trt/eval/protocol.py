@@ -258,10 +258,10 @@ def run_eval(plan: Plan, progress: Progress | None = None, open_gen=open_generat
                         scorer.add(_read_back(store, u))
                         result.rescored += 1
                         continue
+                    request = Request(u.prompt, job.height, job.width, u.seed, job.config)
                     if gen is None:
                         progress.note(f"loading the {job.spec.backend} backend ({precision})")
-                        gen = open_gen(job.spec, precision, Request(u.prompt, job.height, job.width, u.seed, job.config))
-                    request = Request(u.prompt, job.height, job.width, u.seed, job.config)
+                        gen = open_gen(job.spec, precision, request)
                     if u.seed not in noises:
                         noises[u.seed] = NoisePlan.from_seed(u.seed, request.latent_shape, job.config.noise_steps)
                     g = gen(u.method, request, u.subject.image, noises[u.seed])
