@@ -131,7 +131,9 @@ def summary_csv(summary: list[SummaryRow]) -> bytes:
         cells += [_n(v) for k in METRICS for v in (s.stats[k].mean, s.stats[k].lo, s.stats[k].hi)]
         cells += [_n(s.iou.mean) if s.iou else "", _n(s.iou.min) if s.iou else "",
                   _n(s.psnr.mean, 3) if s.psnr else "", _n(s.psnr.min, 3) if s.psnr else "", str(s.psnr_identical) if s.psnr else ""]
-        cells += [_n(v) if s.deltas else "" for k in METRICS for v in ((s.deltas[k].mean, s.deltas[k].lo, s.deltas[k].hi) if s.deltas else (None,) * 3)]
+        for k in METRICS:
+            d = s.deltas[k] if s.deltas else None
+            cells += [_n(d.mean), _n(d.lo), _n(d.hi)] if d else ["", "", ""]
         cells += [s.verdict or ""] + [_n(s.paper[k], 3) if s.paper else "" for k in METRICS]
         w.writerow(cells)
     return buf.getvalue().encode("utf-8")
