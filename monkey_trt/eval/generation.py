@@ -61,9 +61,6 @@ class Generator:
         image = to_uint8(out.image)
         return Generated(image, mask, coverage, time.perf_counter() - t0, tuple(out.warnings))
 
-    def info(self) -> dict:
-        return self.pipe.info() if hasattr(self.pipe, "info") else {}
-
     def close(self) -> None:
         close = getattr(self.pipe, "close", None)
         if close is not None:

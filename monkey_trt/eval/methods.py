@@ -59,12 +59,6 @@ def parse_methods(text: str) -> tuple[Method, ...]:
     return tuple(methods)
 
 
-def parse_method_name(name: str) -> Method:
-    """The `method` column back to a Method (rows.csv on resume)."""
-    (m,) = parse_methods(name)
-    return m
-
-
 def parse_precisions(text: str) -> tuple[str, ...]:
     """Known names, unique, fp32 first (the other precisions are compared with it)."""
     items = list(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
