@@ -424,6 +424,46 @@ def serve(
             run_single(config, host, port, log_level)
 
 
+@app.command("eval")
+def eval_(
+    subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names"),
+    out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
+    prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
+    methods: str = typer.Option("monkey,ipadapter@1.0", "--methods", help="Comma list of monkey, ipadapter@SCALE"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); also the default size and models"),
+    backend: Optional[str] = typer.Option(None, help="torch | ort | trt [default: ort with --engine-dir, else torch]"),
+    precision: str = typer.Option("fp32", "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32"),
+    base: Optional[str] = typer.Option(None, help=f"torch backend: base LCM model [default: {DEFAULT_BASE}]"),
+    ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"torch backend: IP-Adapter [default: {DEFAULT_IP_ADAPTER}]"),
+    ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="torch backend: weight file under models/"),
+    clip: str = typer.Option("openai/clip-vit-base-patch32", "--clip", help="CLIP judge (CLIP-T, CLIP-I): hub id or folder"),
+    dino: str = typer.Option("facebook/dino-vits16", "--dino", help="DINO judge: hub id or folder"),
+    seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; each (subject, prompt, seed) has one noise for every method and precision"),
+    height: Optional[int] = typer.Option(None, help="Image height [default: the engine's opt size, else 512]"),
+    width: Optional[int] = typer.Option(None, help="Image width [default: the engine's opt size, else 512]"),
+    device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
+    providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list)"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
+    verify: str = typer.Option("sha256", "--verify", help="Engine-dir check before loading: sha256 | size"),
+    judge_device: str = typer.Option("auto", "--judge-device", help="Where the judges run: auto (cuda if present) | cpu | cuda"),
+    judge_batch: int = typer.Option(32, "--judge-batch", help="Images scored per judge batch"),
+):
+    """The paper's evaluation: CLIP-T, CLIP-I, DINO per image (+ mask IoU and PSNR vs fp32); summary beside Table 1."""
+    from monkey_trt.core.extras import require_extra
+
+    require_extra("export", "eval (the CLIP and DINO judges)")
+    from monkey_trt.eval.command import EvalOptions, result_lines, run_command
+
+    opts = EvalOptions(subjects=subjects, out=out, prompts=prompts, methods=methods, engine_dir=engine_dir, backend=backend,
+                       precision=precision, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight, clip=clip, dino=dino,
+                       seeds=seeds, height=height, width=width, device=device, providers=providers, threads=threads,
+                       verify=verify, judge_device=judge_device, judge_batch=judge_batch)
+    with _quiet_libraries():
+        result = run_command(opts, console, _warn)
+    for line in result_lines(result):
+        typer.echo(line)
+
+
 # -- entry point ------------------------------------------------------------------------------
 def _fail(message: str, code: int = 2) -> int:
     """One plain line on stderr (no rich markup: `[gpu]` stays `[gpu]`)."""

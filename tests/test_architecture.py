@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "jobs": {"core", "enginedir", "engine", "runtime", "reference", "models"},
     "bench": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "models"},
     "serve": {"core", "enginedir", "engine", "runtime"},
-    "cli": {"core", "enginedir", "engine", "runtime", "reference", "export", "models", "jobs", "bench", "serve"},
+    "eval": {"core", "enginedir", "engine", "runtime", "reference", "jobs"},
+    "cli": {"core", "enginedir", "engine", "runtime", "reference", "export", "models", "jobs", "bench", "serve", "eval"},
 }
 LEAN = ("core", "enginedir", "engine", "runtime")  # the lean runtime and what it stands on
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "huggingface_hub", "accelerate")

@@ -1,0 +1,99 @@
+"""`monkey-trt eval`'s plumbing: options -> an EvalJob (defaults from the engine directory like
+`generate`), the run with progress, and what is printed at the end."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+from monkey_trt.core.config import DEFAULT_IP_WEIGHT, check_threads
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.eval.generation import BackendSpec
+from monkey_trt.eval.judges import DEFAULT_CLIP, DEFAULT_DINO
+from monkey_trt.eval.methods import parse_methods, parse_precisions, parse_seeds
+from monkey_trt.eval.protocol import EvalJob, EvalResult, prepare, run_eval
+
+BACKENDS = ("torch", "ort", "trt")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The command line, as given (None: not given)."""
+
+    subjects: Path
+    out: Path
+    prompts: str = "paper"
+    methods: str = "monkey,ipadapter@1.0"
+    engine_dir: Path | None = None
+    backend: str | None = None
+    precision: str = "fp32"
+    base: str | None = None
+    ip_adapter: str | None = None
+    ip_weight: str = DEFAULT_IP_WEIGHT
+    clip: str = DEFAULT_CLIP
+    dino: str = DEFAULT_DINO
+    seeds: str = "0"
+    height: int | None = None
+    width: int | None = None
+    device: str = "cpu"
+    providers: str = ""
+    threads: int = 0
+    verify: str = "sha256"
+    judge_device: str = "auto"
+    judge_batch: int = 32
+
+
+def build_job(o: EvalOptions) -> EvalJob:
+    from monkey_trt.jobs.generate import resolve_defaults
+
+    methods, precisions, seeds = parse_methods(o.methods), parse_precisions(o.precision), parse_seeds(o.seeds)
+    if o.backend is not None and o.backend not in BACKENDS:
+        raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {o.backend!r}")
+    if o.verify not in ("sha256", "size"):
+        raise MonkeyError(f"--verify must be sha256 or size, got {o.verify!r}")
+    check_threads(o.threads)
+    d = resolve_defaults(o.engine_dir, o.backend, o.height, o.width, o.base, o.ip_adapter)
+    providers = tuple(p.strip() for p in o.providers.split(",") if p.strip())
+    if providers and d.backend != "ort":
+        raise MonkeyError("--providers applies to --backend ort only")
+    spec = BackendSpec(d.backend, o.engine_dir if d.backend != "torch" else None, d.base, d.ip_adapter, o.ip_weight,
+                       device=o.device, providers=providers, threads=o.threads, verify=o.verify)
+    return EvalJob(subjects_dir=o.subjects, out=o.out, spec=spec, height=d.height, width=d.width, methods=methods,
+                   precisions=precisions, seeds=seeds, prompts=o.prompts, clip=o.clip, dino=o.dino,
+                   judge_device=o.judge_device, judge_batch=o.judge_batch)
+
+
+def run_command(o: EvalOptions, console: Console, warn: Callable[[str], None]) -> EvalResult:
+    """Check, run, print the summary table; a Ctrl-C says how to continue."""
+    from monkey_trt.eval.progress import EtaProgress
+    from monkey_trt.eval.report import summary_table
+
+    job = build_job(o)
+    plan = prepare(job, warn=warn)
+    progress = EtaProgress(console)
+    try:
+        result = run_eval(plan, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        sys.stderr.write(f"interrupted: everything finished so far is kept in {job.out}; run the same command to continue\n")
+        raise
+    finally:
+        progress.close()
+    for w in result.warnings[len(plan.warnings):]:
+        warn(w)
+    n_sub, n_prompt = len(plan.subjects), len(plan.templates)
+    title = (f"{job.spec.backend} {job.width}x{job.height}: {n_sub} subject(s) x {n_prompt} prompt(s) x {len(job.seeds)} seed(s); "
+             "mean ±95% CI")
+    Console(width=max(Console().width, 180)).print(summary_table(result.summary, title))
+    return result
+
+
+def result_lines(result: EvalResult) -> list[str]:
+    """The lines eval ends with (stdout)."""
+    return [f"{len(result.rows)} rows: {result.generated} generated, {result.rescored} scored from images an interrupted run "
+            f"left, {result.reused} already done; {result.seconds:.1f} s",
+            f"wrote {result.out}/: rows.csv, {', '.join(result.files)}, images/"]

@@ -1,0 +1,81 @@
+"""One backend at one precision, loaded once: MONKEY or plain IP-Adapter images from a given noise plan.
+
+The backend comes from jobs.generate.load_backend (the torch reference, or the lean runtime on an
+engine directory), so eval runs exactly what `generate` runs. The torch backend's precisions are
+its dtypes (fp32, fp16); ort/trt run the engine directory's graphs of that precision.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from monkey_trt.core.config import Request
+from monkey_trt.eval.methods import MONKEY, Method
+from monkey_trt.runtime.images import to_uint8
+from monkey_trt.runtime.method import run_ip_adapter
+from monkey_trt.runtime.noise import NoisePlan
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What to load (the same fields `generate` takes)."""
+
+    backend: str  # torch | ort | trt
+    engine_dir: Path | None
+    base: str
+    ip_adapter: str
+    ip_weight: str
+    device: str = "cpu"
+    providers: tuple[str, ...] = ()
+    threads: int = 0
+    verify: str = "sha256"
+
+
+@dataclass(frozen=True)
+class Generated:
+    image: np.ndarray  # [H, W, 3] uint8, exactly what is written and scored
+    mask: np.ndarray | None  # [H, W] uint8 {0, 255} (MONKEY only)
+    coverage: float | None
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+class Generator:
+    def __init__(self, pipe, precision: str):
+        self.pipe, self.precision = pipe, precision
+
+    def __call__(self, method: Method, request: Request, subject: Image.Image, noise: NoisePlan) -> Generated:
+        t0 = time.perf_counter()
+        if method.kind == MONKEY:
+            out = self.pipe(request, subject, noise=noise)
+            mask = (out.mask.mask > 0).astype(np.uint8) * 255
+            coverage = out.mask.coverage
+        else:
+            out = run_ip_adapter(self.pipe, request, subject, method.scale, noise=noise)
+            mask, coverage = None, None
+        image = to_uint8(out.image)
+        return Generated(image, mask, coverage, time.perf_counter() - t0, tuple(out.warnings))
+
+    def close(self) -> None:
+        close = getattr(self.pipe, "close", None)
+        if close is not None:
+            close()
+
+
+def open_generator(spec: BackendSpec, precision: str, request: Request) -> Generator:
+    """Load the backend once for `precision` (torch: dtype fp32|fp16; ort/trt: the engine's graphs)."""
+    from monkey_trt.jobs.generate import GenerateJob, load_backend
+
+    torch_backend = spec.backend == "torch"
+    job = GenerateJob(  # image/out are generate's; load_backend reads only the backend fields
+        request=request, image=Path(), out=Path(), base=spec.base, ip_adapter=spec.ip_adapter, ip_weight=spec.ip_weight,
+        backend=spec.backend, engine_dir=spec.engine_dir, device=spec.device, providers=spec.providers,
+        precision="fp32" if torch_backend else precision, dtype=precision if torch_backend else "fp32",
+        threads=spec.threads, verify=spec.verify,
+    )
+    return Generator(load_backend(job), precision)

@@ -1,0 +1,92 @@
+"""`--methods`, `--precision` and `--seeds`: parsed and checked before any work.
+
+Methods: `monkey` (both passes, the paper's defaults) and `ipadapter@SCALE` (plain IP-Adapter,
+`steps_final` steps at SCALE, no mask: the paper's baseline; `ipadapter` alone is scale 1.0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from monkey_trt.core.errors import MonkeyError
+
+MONKEY = "monkey"
+IPADAPTER = "ipadapter"
+# Names a precision can have; which ones run depends on the backend and the engine directory.
+KNOWN_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+TORCH_PRECISIONS = ("fp32", "fp16")  # the torch backend: its --dtype
+MAX_SEEDS = 1000
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str  # monkey | ipadapter
+    scale: float | None = None  # ipadapter: the IP-Adapter scale at every step
+
+    @property
+    def name(self) -> str:
+        """The `method` column: monkey, ipadapter@1.0, ipadapter@0.5 ..."""
+        return MONKEY if self.kind == MONKEY else f"{IPADAPTER}@{float(self.scale)!r}"
+
+    @property
+    def file_tag(self) -> str:
+        return self.name.replace("@", "-")
+
+
+def parse_methods(text: str) -> tuple[Method, ...]:
+    methods: list[Method] = []
+    for item in (x.strip().lower() for x in text.split(",")):
+        if not item:
+            continue
+        if item == MONKEY:
+            m = Method(MONKEY)
+        elif item == IPADAPTER or item.startswith(IPADAPTER + "@"):
+            raw = item.partition("@")[2] or "1.0"
+            try:
+                scale = float(raw)
+            except ValueError:
+                raise MonkeyError(f"--methods: {item!r} needs a number after @, e.g. ipadapter@0.5") from None
+            if not math.isfinite(scale) or not 0.0 <= scale <= 4.0:
+                raise MonkeyError(f"--methods: the IP-Adapter scale of {item!r} must be in [0, 4]")
+            m = Method(IPADAPTER, scale)
+        else:
+            raise MonkeyError(f"--methods: unknown method {item!r} (known: monkey, ipadapter@SCALE)")
+        if m not in methods:
+            methods.append(m)
+    if not methods:
+        raise MonkeyError("--methods names no method (e.g. monkey,ipadapter@1.0)")
+    return tuple(methods)
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """Known names, unique, fp32 first (the other precisions are compared with it)."""
+    items = list(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    unknown = [p for p in items if p not in KNOWN_PRECISIONS]
+    if not items or unknown:
+        raise MonkeyError(f"--precision must be a comma list of {', '.join(KNOWN_PRECISIONS)}, got {text!r}")
+    return tuple(sorted(items, key=lambda p: p != "fp32"))
+
+
+def check_precisions(precisions: tuple[str, ...], backend: str, exported: tuple[str, ...] = (), engine_dir=None) -> None:
+    """Refuse what the backend cannot run, naming the command that makes it possible."""
+    if backend == "torch":
+        bad = [p for p in precisions if p not in TORCH_PRECISIONS]
+        if bad:
+            raise MonkeyError(f"the torch backend runs {' and '.join(TORCH_PRECISIONS)} only, not {', '.join(bad)}: export an engine "
+                              f"directory (monkey-trt export --precision fp32,{bad[0]} --out DIR) and pass --engine-dir DIR")
+        return
+    missing = [p for p in precisions if p not in exported]
+    if missing:
+        raise MonkeyError(f"engine directory {engine_dir} has no {', '.join(missing)} graphs (it has {', '.join(exported)}): "
+                          f"monkey-trt export --precision {','.join(dict.fromkeys(('fp32', *missing)))} --out {engine_dir}")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(x) for x in text.replace(" ", "").split(",") if x != ""))
+    except ValueError:
+        raise MonkeyError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(seeds) > MAX_SEEDS or any(not 0 <= s < 2**63 for s in seeds):
+        raise MonkeyError(f"--seeds must name 1..{MAX_SEEDS} seeds in 0..2**63-1, got {text!r}")
+    return seeds

@@ -1,0 +1,78 @@
+"""The evaluation prompts: the paper's 20 location/background prompts, or a prompt file.
+
+The paper appends each location to the subject word: "a dog" + " on the beach" -> "a dog on the beach".
+A prompt file holds one prompt per line (blank lines and lines starting with `#` are skipped); a line
+with `{subject}` has the subject phrase put there ("a photo of {subject} at night"), any other line is
+appended to it like the paper's prompts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monkey_trt.core.errors import MonkeyError
+
+# The paper's appendix A.1, in its order (two OCR slips of the published text fixed: "Eiffel Tower").
+PAPER_PROMPTS: tuple[str, ...] = (
+    "in the jungle",
+    "in the snow",
+    "on the beach",
+    "on a cobblestone street",
+    "on top of pink fabric",
+    "on top of a wooden floor",
+    "with a city in the background",
+    "with a mountain in the background",
+    "with a blue house in the background",
+    "on top of a purple rug in a forest",
+    "with a wheat field in the background",
+    "with a tree and autumn leaves in the background",
+    "with the Eiffel Tower in the background",
+    "floating on top of water",
+    "floating in an ocean of milk",
+    "on top of green grass with sunflowers around it",
+    "on top of a mirror",
+    "on top of the sidewalk in a crowded street",
+    "on top of a dirt road",
+    "on top of a white rug",
+)
+SLOT = "{subject}"
+MAX_PROMPTS = 10_000
+
+
+def load_prompts(spec: str) -> tuple[str, ...]:
+    """`paper` -> PAPER_PROMPTS; otherwise a UTF-8 text file of prompt templates (see the module doc)."""
+    if spec == "paper":
+        return PAPER_PROMPTS
+    path = Path(spec)
+    if not path.is_file():
+        raise MonkeyError(f"--prompts must be 'paper' or a text file, got {spec!r} (no such file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MonkeyError(f"--prompts {spec}: not UTF-8 text") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = list(dict.fromkeys(p for p in prompts if p and not p.startswith("#")))
+    if not prompts:
+        raise MonkeyError(f"--prompts {spec}: no prompts in the file (one per line; # starts a comment)")
+    if len(prompts) > MAX_PROMPTS:
+        raise MonkeyError(f"--prompts {spec}: {len(prompts)} prompts, at most {MAX_PROMPTS}")
+    for p in prompts:
+        if p.count(SLOT) > 1:
+            raise MonkeyError(f"--prompts {spec}: {p!r} names {SLOT} more than once")
+    return tuple(prompts)
+
+
+def subject_phrase(word: str) -> str:
+    """The subject word as a noun phrase: "dog" -> "a dog", "apple" -> "an apple"; a word that
+    already starts with an article ("a", "an", "the") or a number is kept as it is."""
+    w = " ".join(word.split())
+    first = w.split(" ", 1)[0].lower()
+    if first in ("a", "an", "the") or first[:1].isdigit():
+        return w
+    return f"{'an' if first[:1] and first[0] in 'aeiou' else 'a'} {w}"
+
+
+def build_prompt(word: str, template: str) -> str:
+    """The exact text generated from and scored against."""
+    phrase = subject_phrase(word)
+    return template.replace(SLOT, phrase) if SLOT in template else f"{phrase} {template}"
