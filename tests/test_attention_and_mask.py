@@ -84,6 +84,38 @@ def test_map_is_unscaled_head_mean_softmax():
     assert not torch.allclose(ctx.attn_map, scaled)
 
 
+
+def test_fp16_model_computes_the_mask_map_in_fp32():
+    """SD1.5's head dim is 40 and the map's logits are unscaled: fp16 logits lose the precision the
+    threshold needs. Weights and inputs exactly representable in fp16, so the fp32 model sees the same
+    numbers: the fp16 model's map must then be the fp32 map (fp32 arithmetic), and its mask the same."""
+    heads, head_dim, cross = 8, 40, 64
+    g = torch.Generator().manual_seed(4)
+    fp16_exact = lambda t: t.half().float()  # noqa: E731
+    hidden = fp16_exact(8.0 * torch.randn(1, 16 * 16, heads * head_dim, generator=g))  # [B, Q, C]
+    text, ip = fp16_exact(torch.randn(1, 77, cross, generator=g)), fp16_exact(8.0 * torch.randn(1, 4, cross, generator=g))
+    k_ip, v_ip = (fp16_exact(torch.randn(heads * head_dim, cross, generator=g) / 8) for _ in range(2))
+    maps = {}
+    for dtype in (torch.float32, torch.float16):
+        attn = make_attention(dim=heads * head_dim, cross=cross, heads=heads, seed=3)
+        for prm in attn.parameters():
+            prm.data = fp16_exact(prm.data)
+        attn = attn.to(dtype)
+        ctx = IPContext(ip_tokens=ip.to(dtype), scales=[1.0], map_layer=0)
+        proc = MonkeyIPAttnProcessor(heads * head_dim, cross, index=0, level=0, ctx=ctx).to(dtype)
+        proc.to_k_ip.weight.data.copy_(k_ip.to(dtype))
+        proc.to_v_ip.weight.data.copy_(v_ip.to(dtype))
+        attn.set_processor(proc)
+        with torch.no_grad():
+            attn(hidden.to(dtype), encoder_hidden_states=text.to(dtype))
+        maps[dtype] = ctx.attn_map
+    full, half = maps[torch.float32].float().numpy(), maps[torch.float16].float().numpy()
+    assert np.abs(full - half).max() < 1e-5  # fp16 logits: ~5e-3
+    m32, m16 = (extract_mask({0: m}, 128, 128, 1, 0.5).mask for m in (full[0], half[0]))
+    assert np.array_equal(m32, m16)
+    assert maps[torch.float16].dtype == torch.float32
+
+
 def test_layer_levels_and_grids():
     assert layer_level("down_blocks.0.attentions.1.transformer_blocks.0.attn2", 4) == 0
     assert layer_level("mid_block.attentions.0.transformer_blocks.0.attn2", 4) == 3

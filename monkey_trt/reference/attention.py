@@ -99,8 +99,7 @@ class MonkeyIPAttnProcessor(nn.Module):
             ip_k = self.to_k_ip(ctx.ip_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, 4, d]
             ip_v = self.to_v_ip(ctx.ip_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             if want_map:
-                # SPEC.md: softmax(Q K_ip^T) without the 1/sqrt(d) factor, mean over heads.
-                ctx.attn_map = torch.softmax(q @ ip_k.transpose(-1, -2), dim=-1).mean(dim=1)  # [B, Q, 4]
+                ctx.attn_map = self._map(attn, hidden_states, q, ip_k, batch_size, head_dim)  # [B, Q, 4]
             if not (isinstance(scale, (int, float)) and scale == 0):
                 ip_out = F.scaled_dot_product_attention(q, ip_k, ip_v, dropout_p=0.0, is_causal=False)
                 ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, Q, C]
@@ -113,6 +112,22 @@ class MonkeyIPAttnProcessor(nn.Module):
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+    def _map(self, attn, hidden_states, q, ip_k, batch_size: int, head_dim: int) -> torch.Tensor:
+        """softmax(Q K_ip^T) without the 1/sqrt(d) factor, mean over heads -> [B, Q, n_ip_tokens] (docs/method.md).
+
+        Always in fp32, like the fp16 ONNX graphs keep it: unscaled logits over SD1.5's head dim of 40
+        leave fp16's range and precision, and the thresholded mask then moves. On an fp32 model this is
+        exactly `q @ ip_k^T` on the tensors above (nothing recomputed, so the fp32 export is unchanged).
+        """
+        if q.dtype != torch.float32:
+            q = F.linear(hidden_states.float(), attn.to_q.weight.float(),
+                         None if attn.to_q.bias is None else attn.to_q.bias.float())
+            q = q.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, Q, d] fp32
+            ip_k = F.linear(self.ctx.ip_tokens.float(), self.to_k_ip.weight.float())
+            ip_k = ip_k.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, 4, d] fp32
+        return torch.softmax(q @ ip_k.transpose(-1, -2), dim=-1).mean(dim=1)
 
 
 def install_ip_processors(unet, ip_state_dict: dict[str, torch.Tensor]) -> tuple[IPContext, list[str]]:
