@@ -8,11 +8,14 @@ a full disk, ...) and undecodable text. Set MONKEY_TRT_DEBUG=1 to see tracebacks
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sys
+import typing
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -23,9 +26,11 @@ from monkey_trt.core.config import (
     DEFAULT_IP_ADAPTER,
     DEFAULT_IP_WEIGHT,
     DEFAULT_MASK_LAYER,
+    Knob,
     MonkeyConfig,
     Request,
     check_threads,
+    knobs,
 )
 from monkey_trt.core.errors import MonkeyError, first_line
 from monkey_trt.jobs.progress import status
@@ -49,21 +54,55 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 DEMO_PROMPT = "a toy on the beach"
 
 
-# -- shared option parsing -------------------------------------------------------------------
-def _int_list(text: str, name: str) -> tuple[int, ...]:
+# -- options from the Knobs of core.config ---------------------------------------------------
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.replace(" ", "").split(",") if x != "")
     except ValueError:
-        raise MonkeyError(f"--{name} must be comma-separated integers, got {text!r}") from None
+        raise MonkeyError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
-def _build_config(steps_mask_pass, mask_steps, mask_layer, mask_token, threshold, scale_mask_pass,
-                  steps_final, masked_steps, scale_final, guidance_scale) -> MonkeyConfig:
-    return MonkeyConfig(
-        steps_mask_pass=steps_mask_pass, mask_steps=_int_list(mask_steps, "mask-steps"), mask_layer=mask_layer,
-        mask_token=mask_token, threshold=threshold, scale_mask_pass=scale_mask_pass, steps_final=steps_final,
-        masked_steps=_int_list(masked_steps, "masked-steps"), scale_final=scale_final, guidance_scale=guidance_scale,
-    )
+def _cli_type(k: Knob) -> type:
+    """A list of ints is typed as text on the command line (`1,2`)."""
+    return str if k.kind is tuple else k.kind
+
+
+_KNOB_DEFAULT = object()
+
+
+def _knob_option(k: Knob, default: Any = _KNOB_DEFAULT, help_suffix: str = "") -> Any:
+    """typer.Option of a Knob: its flag, help (+ `help_suffix`) and default (`...` when required) unless `default` is given."""
+    if default is _KNOB_DEFAULT:
+        default = ... if k.required else (",".join(map(str, k.default)) if k.kind is tuple else k.default)
+    return typer.Option(default, k.flag, help=k.help + help_suffix)
+
+
+def with_config_options(command: Callable) -> Callable:
+    """Append one option per MonkeyConfig knob (in field order) to `command`'s options; the command
+    receives them as `knob_values`, a dict of the raw option values, and builds the config with `config_from_options`.
+
+    typer reads a command's options from inspect.signature, so the wrapper carries the extended signature."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "knob_values"]
+    config_knobs = knobs(MonkeyConfig)
+    params += [inspect.Parameter(k.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=_knob_option(k), annotation=_cli_type(k))
+               for k in config_knobs.values()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in config_knobs}
+        return command(knob_values=values, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def config_from_options(values: dict[str, Any]) -> MonkeyConfig:
+    """The raw option values of `with_config_options` -> MonkeyConfig (lists parsed from `1,2`)."""
+    k = knobs(MonkeyConfig)
+    return MonkeyConfig(**{name: _int_list(v, k[name].flag) if k[name].kind is tuple else v for name, v in values.items()})
 
 
 @contextlib.contextmanager
@@ -103,10 +142,15 @@ def tiny_model(
     typer.echo(f"base:       {paths.base}\nip-adapter: {paths.ip_adapter}\nsubject:    {paths.subject}")
 
 
+_REQUEST = knobs(Request)
+_OR_ENGINE_SIZE = " [default: the engine's opt size, else {}]"
+
+
 @app.command()
+@with_config_options
 def generate(
     image: Path = typer.Option(..., "--image", help="Subject image (any PIL format)"),
-    prompt: str = typer.Option(..., "--prompt", help="Text prompt; it owns the background"),
+    prompt: str = _knob_option(_REQUEST["prompt"]),
     out: Path = typer.Option(..., "--out", help="Output folder (missing parents are created; a re-run replaces only the files it wrote)"),
     base: Optional[str] = typer.Option(None, help=f"Base LCM model: hub id or diffusers folder [default: the engine's source, else {DEFAULT_BASE}]"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"IP-Adapter: hub id or folder (h94 layout) [default: the engine's source, else {DEFAULT_IP_ADAPTER}]"),
@@ -123,23 +167,14 @@ def generate(
     dtype: str = typer.Option("fp32", "--dtype", help="torch backend: fp32 | fp16 (fp16 changes the math; opt-in)"),
     batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes",
                                                 help="Run the mask-independent leading steps of both passes as one batch-2 UNet call (exact; default: on for GPUs, off on CPU)"),
-    seed: int = typer.Option(0, help="Seed (diffusers LCM semantics: torch CPU generator)"),
-    height: Optional[int] = typer.Option(None, help="Image height, multiple of 8 [default: the engine's opt size, else 512]"),
-    width: Optional[int] = typer.Option(None, help="Image width, multiple of 8 [default: the engine's opt size, else 512]"),
+    seed: int = _knob_option(_REQUEST["seed"]),
+    height: Optional[int] = _knob_option(_REQUEST["height"], None, _OR_ENGINE_SIZE.format(_REQUEST["height"].default)),
+    width: Optional[int] = _knob_option(_REQUEST["width"], None, _OR_ENGINE_SIZE.format(_REQUEST["width"].default)),
     noise: Optional[Path] = typer.Option(None, "--noise", help=".npz with latents [1,4,H/8,W/8] and step_noise [K,1,4,H/8,W/8] (K = longer pass's steps - 1); replaces --seed"),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write arrays.npz (float image and mask)"),
     baseline: bool = typer.Option(False, "--baseline", help="Also run plain IP-Adapter: ipadapter.png, grid.png"),
     baseline_scale: Optional[float] = typer.Option(None, "--baseline-scale", help="IP scale of the baseline (default: scale_final)"),
-    steps_mask_pass: int = typer.Option(4, "--steps-mask-pass", help="LCM steps of pass 1 (the mask pass)"),
-    mask_steps: str = typer.Option("1,2", "--mask-steps", help="0-based steps of pass 1 whose maps are combined"),
-    mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Cross-attention layer whose IP attention map gives the mask"),
-    mask_token: int = typer.Option(1, "--mask-token", help="0-based IP token whose attention column is the subject map"),
-    threshold: float = typer.Option(0.5, "--threshold", help="Threshold on the min-max normalised map, in [0, 1)"),
-    scale_mask_pass: float = typer.Option(1.0, "--scale-mask-pass", help="IP-Adapter scale at every step of pass 1"),
-    steps_final: int = typer.Option(8, "--steps-final", help="LCM steps of pass 2 (the final pass)"),
-    masked_steps: str = typer.Option("2,3,4,5", "--masked-steps", help="0-based steps of pass 2 with IP on (masked)"),
-    scale_final: float = typer.Option(1.0, "--scale-final", help="IP-Adapter scale at the masked steps of pass 2"),
-    guidance_scale: float = typer.Option(8.5, "--guidance-scale", help="LCM embedded guidance (w = guidance_scale - 1)"),
+    knob_values: Optional[dict] = None,  # the MonkeyConfig options (appended by with_config_options)
 ):
     """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
     import time
@@ -154,22 +189,23 @@ def generate(
     t0 = time.perf_counter()
     if verify not in ("sha256", "size"):
         raise MonkeyError(f"--verify must be sha256 or size, got {verify!r}")
-    config = _build_config(steps_mask_pass, mask_steps, mask_layer, mask_token, threshold, scale_mask_pass,
-                           steps_final, masked_steps, scale_final, guidance_scale)
+    config = config_from_options(knob_values)
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
+    if d.dims is not None:  # the engine directory's model: its limits before any work
+        config.check_model(d.dims)
     request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
     job = GenerateJob(
         request=request, image=image, out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
         backend=d.backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
-        baseline_scale=(baseline_scale if baseline_scale is not None else scale_final) if baseline else None,
+        baseline_scale=(baseline_scale if baseline_scale is not None else config.scale_final) if baseline else None,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
-        precision=precision, threads=threads, verify=verify, batch_passes=batch_passes, dtype=dtype,
+        precision=precision, threads=threads, verify=verify, batch_passes=batch_passes, dtype=dtype, dims=d.dims,
     )
     with _quiet_libraries():
-        result_dir, result = run_generate(job, console)
-    for w in result.warnings:
+        done = run_generate(job, console)
+    for w in done.output.warnings:
         _warn(w)
-    typer.echo(summary(result, result_dir, time.perf_counter() - t0))
+    typer.echo(summary(done, time.perf_counter() - t0))
 
 
 @app.command()
@@ -206,12 +242,13 @@ def demo(
             ip_adapter=str(model_dir / "ip-adapter"), backend=backend, baseline_scale=request.config.scale_final,
             engine_dir=engine_dir if backend != "torch" else None, threads=threads,
         )
-        result_dir, result = run_generate(job, console)
+        done = run_generate(job, console)
+    result = done.output
     for w in result.warnings:
         _warn(w)
     total = sum(v for k, v in result.timings.items() if k not in ("baseline_pass", "decode_baseline", "decode_mask_pass"))
     typer.echo(f"demo on {result.backend}: MONKEY in {total:.2f}s, mask covers {100 * result.mask.coverage:.0f}% of the image")
-    typer.echo(f"outputs in {result_dir}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
+    typer.echo(f"outputs in {done.out}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
 
 
 def _size(text: str, name: str) -> tuple[int, int]:

@@ -75,9 +75,9 @@ def test_fp16_unet_keeps_the_mask_map_and_embeddings_fp32(engine_dir):
 def test_ort_runs_the_fp16_graphs(engine_dir, subject):
     """The same files ONNX Runtime's CUDA provider runs; on CPU ORT inserts casts, so this checks loading and I/O."""
     req = Request("a toy on the beach", 64, 64, seed=0)
-    noise = NoisePlan.from_seed(0, req.latent_shape, req.config.noise_steps)
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", precision="fp16") as p16, \
             MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as p32:
+        noise = NoisePlan.from_seed(0, req.latent_shape(p32.dims), req.config.noise_steps)
         assert {r.model_path.name for r in p16.runners.values()} == {f"{n}.fp16.onnx" for n in p16.runners}
         assert p16.info()["options"]["precision"] == "fp16"
         a, b = p16(req, subject, noise=noise), p32(req, subject, noise=noise)

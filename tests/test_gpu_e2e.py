@@ -55,7 +55,7 @@ def engine_dir(tiny_model_dir, tmp_path_factory):
 def _compare(reference, pipe, subject, fp16: bool):
     for prompt, seed, h, w in CASES:
         req = Request(prompt, h, w, seed=seed)
-        noise = torch_noise_plan(seed, req.latent_shape, req.config.noise_steps)
+        noise = torch_noise_plan(seed, req.latent_shape(reference.dims), req.config.noise_steps)
         want, got = reference(req, subject, noise=noise), pipe(req, subject, noise=noise)
         if fp16:
             assert mask_iou(got.mask.mask, want.mask.mask) >= MIN_MASK_IOU, f"mask IoU for {prompt!r} seed {seed} {h}x{w}"

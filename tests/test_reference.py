@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -78,12 +79,12 @@ def test_baseline_equals_diffusers_ip_adapter(tiny_model_dir, tmp_path, diffuser
 
 def test_noise_file_equals_seed(tiny_model_dir, tmp_path, reference, subject):
     req = Request(PROMPTS[1], 64, 64, seed=11)
-    plan = torch_noise_plan(11, req.latent_shape, 8)
+    plan = torch_noise_plan(11, req.latent_shape(reference.dims), 8)
     save_noise_file(tmp_path / "noise.npz", plan)
     a, rec = generate_cli(tiny_model_dir, tmp_path / "a", PROMPTS[1], 11)
     b, rec_b = generate_cli(tiny_model_dir, tmp_path / "b", PROMPTS[1], 999, extra=("--noise", str(tmp_path / "noise.npz")))
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
-    assert rec_b["seed"] is None and rec_b["noise_file"]["sha256"]
+    assert rec_b["seed"] is None and rec_b["noise_file"]["sha256"] == hashlib.sha256((tmp_path / "noise.npz").read_bytes()).hexdigest()
 
 
 def test_degenerate_map_gives_full_mask_and_is_recorded(reference, subject):

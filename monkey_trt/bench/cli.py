@@ -96,13 +96,15 @@ def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
 
             cache = {"ort_cache": Path(src["workdir"]) / "ort-optimized"} if name == "ort" and s.ort_cache else {}
             return MonkeyPipeline.from_engine_dir(src["engine_dir"], backend=name, precision=s.precision, threads=s.threads, **cache)
-        import torch
-
-        from monkey_trt.reference.device import check_torch_device, set_torch_threads
+        from monkey_trt.reference.device import (
+            check_torch_device,
+            set_torch_threads,
+            torch_dtype,
+        )
 
         check_torch_device(s.device)
         set_torch_threads(s.threads)
-        dtype = torch.float16 if s.dtype == "fp16" else torch.float32
+        dtype = torch_dtype(s.dtype)
         if name == "published":
             from monkey_trt.baselines.published import PublishedPipeline
 

@@ -27,6 +27,8 @@ from PIL import Image
 
 from monkey_trt.core.config import Request, check_threads
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.manifest import check_precision
+from monkey_trt.reference.device import check_dtype
 
 BENCH_BACKENDS = ("published", "torch", "ort", "trt")
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -60,8 +62,8 @@ class BenchSettings:
             raise MonkeyError("--backends names a backend twice")
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
             raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
-        if self.dtype not in ("fp32", "fp16") or self.precision not in ("fp32", "fp16"):
-            raise MonkeyError(f"--dtype and --precision must be fp32 or fp16, got {self.dtype!r}, {self.precision!r}")
+        check_dtype(self.dtype)
+        check_precision(self.precision)
         check_threads(self.threads)
 
 

@@ -1,11 +1,18 @@
 """MONKEY's knobs (SPEC.md defaults) and the generation request, as frozen dataclasses.
 
+Every user-facing field carries a `Knob` (dataclasses field metadata): its type, range and help.
+The one list drives the range checks here, the `generate` command's options (`monkey_trt.cli`), the
+HTTP fields and their OpenAPI schema (`monkey_trt.serve.schema`). A range the model sets (the IP
+token count bounds `mask_token`) is checked where the model is known: `MonkeyConfig.check_model`.
+
 Pure Python: imported by the reference, the exporter and the lean runtime alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import lru_cache
+from typing import Any, Protocol
 
 from monkey_trt.core.errors import MonkeyError
 
@@ -13,9 +20,76 @@ DEFAULT_BASE = "SimianLuo/LCM_Dreamshaper_v7"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DEFAULT_IP_WEIGHT = "ip-adapter_sd15"  # .safetensors preferred, .bin accepted
 DEFAULT_MASK_LAYER = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
-N_IP_TOKENS = 4  # IP-Adapter (non-plus) projects one image embedding to 4 tokens
-MAX_TOKENS = 77  # CLIP text context
 MIN_SIDE, MAX_SIDE = 64, 2048
+
+
+class ModelSizes(Protocol):
+    """The model sizes a request depends on: enginedir.networks.ModelDims (core cannot import it)."""
+
+    latent_channels: int
+    vae_factor: int
+    n_ip_tokens: int
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One user-facing field: `name` is the HTTP field and, dashed, the CLI option (`--mask-steps`).
+
+    kind: int, float, str, or tuple (a list of ints; `1,2` on the command line and in forms).
+    lo/hi: the valid range (both ends included unless `hi_open`), None = unchecked here;
+    `shown` replaces the range's text in messages; `model_bound` names the ModelSizes count that
+    sets the upper end instead of `hi` (checked by `MonkeyConfig.check_model`).
+    """
+
+    name: str
+    kind: type
+    default: Any  # dataclasses.MISSING: required
+    help: str
+    lo: int | float | None = None
+    hi: int | float | None = None
+    hi_open: bool = False
+    shown: str | None = None
+    model_bound: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+    def range_text(self, hi: int | float | None = None) -> str:
+        """`1..50` (ints), `[0, 1)` (floats), or `shown`."""
+        hi = self.hi if hi is None else hi
+        if self.shown is not None:
+            return self.shown
+        if self.kind is int:
+            return f"{self.lo}..{hi}"
+        return f"[{self.lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+
+    def check(self, value: Any, hi: int | float | None = None) -> None:
+        """MonkeyError `<name> must be in <range>, got <value>` when `value` is outside [lo, hi] (hi: `self.hi`)."""
+        hi = self.hi if hi is None else hi
+        if self.lo is None or hi is None:
+            return
+        ok = self.lo <= value < hi if self.hi_open else self.lo <= value <= hi
+        if not ok:
+            raise MonkeyError(f"{self.name} must be in {self.range_text(hi)}, got {value}")
+
+
+def knob(default: Any = MISSING, *, help: str, kind: type | None = None, lo: int | float | None = None,
+         hi: int | float | None = None, hi_open: bool = False, shown: str | None = None, model_bound: str | None = None):
+    """A dataclass field with a Knob (kind: the default's type unless given)."""
+    spec = {"kind": kind or type(default), "help": help, "lo": lo, "hi": hi, "hi_open": hi_open, "shown": shown,
+            "model_bound": model_bound}
+    return field(default=default, metadata={"knob": spec})
+
+
+@lru_cache(maxsize=None)
+def knobs(cls: type) -> dict[str, Knob]:
+    """The Knobs of a dataclass (MonkeyConfig, Request), in field order."""
+    return {f.name: Knob(f.name, default=f.default, **f.metadata["knob"]) for f in fields(cls) if "knob" in f.metadata}
 
 
 def check_threads(threads: int, flag: str = "--threads") -> int:
@@ -29,16 +103,16 @@ def check_threads(threads: int, flag: str = "--threads") -> int:
 class MonkeyConfig:
     """Every knob of the method. Steps are 0-based indices into each pass's LCM schedule."""
 
-    steps_mask_pass: int = 4
-    mask_steps: tuple[int, ...] = (1, 2)
-    mask_layer: str = DEFAULT_MASK_LAYER
-    mask_token: int = 1
-    threshold: float = 0.5
-    scale_mask_pass: float = 1.0
-    steps_final: int = 8
-    masked_steps: tuple[int, ...] = (2, 3, 4, 5)
-    scale_final: float = 1.0
-    guidance_scale: float = 8.5
+    steps_mask_pass: int = knob(4, lo=1, hi=50, help="LCM steps of pass 1 (the mask pass)")
+    mask_steps: tuple[int, ...] = knob((1, 2), help="0-based steps of pass 1 whose maps are combined")
+    mask_layer: str = knob(DEFAULT_MASK_LAYER, help="Cross-attention layer whose IP attention map gives the mask")
+    mask_token: int = knob(1, lo=0, model_bound="n_ip_tokens", help="0-based IP token whose attention column is the subject map")
+    threshold: float = knob(0.5, lo=0.0, hi=1.0, hi_open=True, help="Threshold on the min-max normalised map, in [0, 1)")
+    scale_mask_pass: float = knob(1.0, lo=0.0, hi=4.0, help="IP-Adapter scale at every step of pass 1")
+    steps_final: int = knob(8, lo=1, hi=50, help="LCM steps of pass 2 (the final pass)")
+    masked_steps: tuple[int, ...] = knob((2, 3, 4, 5), help="0-based steps of pass 2 with IP on (masked)")
+    scale_final: float = knob(1.0, lo=0.0, hi=4.0, help="IP-Adapter scale at the masked steps of pass 2")
+    guidance_scale: float = knob(8.5, lo=1.0, hi=30.0, help="LCM embedded guidance (w = guidance_scale - 1)")
 
     def __post_init__(self) -> None:
         # Normalise list inputs (CLI, JSON) to sorted unique tuples; dataclass is frozen.
@@ -47,12 +121,16 @@ class MonkeyConfig:
         self.validate()
 
     def validate(self) -> None:
+        """The model-independent rules: the Knob ranges (step counts first: the step lists are checked
+        against them), then the rules between fields."""
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise MonkeyError(msg)
 
-        need(1 <= self.steps_mask_pass <= 50, f"steps_mask_pass must be in 1..50, got {self.steps_mask_pass}")
-        need(1 <= self.steps_final <= 50, f"steps_final must be in 1..50, got {self.steps_final}")
+        ranged = [k for k in knobs(MonkeyConfig).values() if k.model_bound is None]
+        for k in ranged:
+            if k.kind is int:
+                k.check(getattr(self, k.name))
         need(len(self.mask_steps) > 0, "mask_steps must name at least one step")
         need(
             all(0 <= s < self.steps_mask_pass for s in self.mask_steps),
@@ -62,12 +140,17 @@ class MonkeyConfig:
             all(0 <= s < self.steps_final for s in self.masked_steps),
             f"masked_steps {list(self.masked_steps)} must lie in 0..{self.steps_final - 1} (steps_final={self.steps_final})",
         )
-        need(0 <= self.mask_token < N_IP_TOKENS, f"mask_token must be in 0..{N_IP_TOKENS - 1}, got {self.mask_token}")
-        need(0.0 <= self.threshold < 1.0, f"threshold must be in [0, 1), got {self.threshold}")
-        need(0.0 <= self.scale_mask_pass <= 4.0, f"scale_mask_pass must be in [0, 4], got {self.scale_mask_pass}")
-        need(0.0 <= self.scale_final <= 4.0, f"scale_final must be in [0, 4], got {self.scale_final}")
-        need(1.0 <= self.guidance_scale <= 30.0, f"guidance_scale must be in [1, 30], got {self.guidance_scale}")
+        for k in ranged:
+            if k.kind is not int:
+                k.check(getattr(self, k.name))
         need(self.mask_layer.endswith("attn2"), f"mask_layer must be a cross-attention (attn2) layer, got {self.mask_layer!r}")
+
+    def check_model(self, dims: ModelSizes) -> None:
+        """The ranges the model sets (`mask_token` in 0..n_ip_tokens-1), where the model is known:
+        the pipelines' prepare(), or earlier from an engine directory's manifest."""
+        for k in knobs(MonkeyConfig).values():
+            if k.model_bound is not None:
+                k.check(getattr(self, k.name), hi=getattr(dims, k.model_bound) - 1)
 
     @property
     def mask_pass_steps_needed(self) -> int:
@@ -94,10 +177,10 @@ class MonkeyConfig:
 class Request:
     """One generation: what to draw, from which subject, at which size, with which noise."""
 
-    prompt: str
-    height: int = 512
-    width: int = 512
-    seed: int = 0
+    prompt: str = knob(kind=str, help="Text prompt; it owns the background")
+    height: int = knob(512, lo=MIN_SIDE, hi=MAX_SIDE, help="Image height, multiple of 8")
+    width: int = knob(512, lo=MIN_SIDE, hi=MAX_SIDE, help="Image width, multiple of 8")
+    seed: int = knob(0, lo=0, hi=2**63 - 1, shown="0..2**63-1", help="Seed (diffusers LCM semantics: torch CPU generator)")
     config: MonkeyConfig = field(default_factory=MonkeyConfig)
 
     def __post_init__(self) -> None:
@@ -107,14 +190,14 @@ class Request:
             self.prompt.encode("utf-8")
         except UnicodeEncodeError:  # undecodable bytes from the command line arrive as lone surrogates
             raise MonkeyError("prompt is not valid UTF-8 text") from None
-        for name, side in (("height", self.height), ("width", self.width)):
+        k = knobs(Request)
+        for name in ("height", "width"):
+            side = getattr(self, name)
             if side % 8 != 0:
                 raise MonkeyError(f"{name} must be a multiple of 8, got {side}")
-            if not MIN_SIDE <= side <= MAX_SIDE:
-                raise MonkeyError(f"{name} must be in {MIN_SIDE}..{MAX_SIDE}, got {side}")
-        if not 0 <= self.seed < 2**63:
-            raise MonkeyError(f"seed must be in 0..2**63-1, got {self.seed}")
+            k[name].check(side)
+        k["seed"].check(self.seed)
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        return (1, 4, self.height // 8, self.width // 8)
+    def latent_shape(self, dims: ModelSizes) -> tuple[int, int, int, int]:
+        """[1, C, h, w] of this request's latents for a model of `dims` (latent channels, VAE factor)."""
+        return (1, dims.latent_channels, self.height // dims.vae_factor, self.width // dims.vae_factor)

@@ -72,7 +72,7 @@ def measure_fp16(engine_dir, reference, subject, seeds=(0, 1, 2), prompts=("a to
     for seed in seeds:
         for prompt in prompts:
             req = Request(prompt=prompt, height=size, width=size, seed=seed)
-            noise = NoisePlan.from_seed(seed, req.latent_shape, req.config.noise_steps)
+            noise = NoisePlan.from_seed(seed, req.latent_shape(fp16.dims), req.config.noise_steps)
             ref, got = reference(req, subject, noise=noise), fp16(req, subject, noise=noise)
             out.append(Fidelity(seed, prompt, mask_iou(ref.mask.mask, got.mask.mask), psnr(ref.image, got.image),
                                 float(np.abs(ref.image - got.image).max())))

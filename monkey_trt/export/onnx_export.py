@@ -50,7 +50,6 @@ from monkey_trt.export.wrappers import (
 )
 from monkey_trt.reference.loading import (
     ModelSource,
-    ReferenceModels,
     load_reference_models,
 )
 from monkey_trt.runtime.tokenizer import ClipTokenizer
@@ -72,20 +71,6 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
-
-
-def model_dims(m: ReferenceModels) -> ModelDims:
-    unet, vae = m.unet.config, m.vae.config
-    return ModelDims(
-        text_len=m.text_encoder.config.max_position_embeddings,
-        text_dim=unet.cross_attention_dim,
-        time_cond_dim=unet.time_cond_proj_dim,
-        n_ip_tokens=m.image_proj.num_image_text_embeds,
-        n_ip_layers=len(m.ip_layers),
-        latent_channels=unet.in_channels,
-        vae_factor=2 ** (len(vae.block_out_channels) - 1),
-        image_size=m.image_encoder.config.image_size,
-    )
 
 
 def sample_inputs(desc: NetworkDesc, dims: ModelDims, batch: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
@@ -173,7 +158,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
     m = load_reference_models(opts.source)
     if opts.mask_layer not in m.ip_layers:
         raise MonkeyError(f"--mask-layer {opts.mask_layer!r} is not an IP-Adapter layer; choose one of: {', '.join(m.ip_layers)}")
-    dims = model_dims(m)
+    dims = m.dims
     for side in (opts.profile.height, opts.profile.width):
         if any(v % dims.vae_factor for v in side.as_list()):
             raise MonkeyError(f"profile sizes must be multiples of {dims.vae_factor}, got {side.as_list()}")

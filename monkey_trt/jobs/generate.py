@@ -5,7 +5,6 @@ Backends: `torch` (the PyTorch reference), `ort` / `trt` (the lean runtime on an
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +18,16 @@ from monkey_trt.core.config import (
     check_threads,
 )
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.manifest import check_precision
+from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.jobs.progress import status, steps
 from monkey_trt.runtime.images import load_subject
-from monkey_trt.runtime.noise import load_noise_file
-from monkey_trt.runtime.outputs import check_out_dir, write_outputs
+from monkey_trt.runtime.noise import read_noise_file
+from monkey_trt.runtime.outputs import (
+    MARKER,
+    check_out_dir,
+    output_files,
+    write_outputs,
+)
 from monkey_trt.runtime.result import MonkeyOutput
 
 BACKENDS = ("torch", "ort", "trt")
@@ -51,6 +55,7 @@ class GenerateJob:
     verify: str = "sha256"  # engine-dir file check: sha256 | size
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
     dtype: str = "fp32"  # torch backend: fp32 | fp16 (fp16 changes the math: PSNR floor vs fp32)
+    dims: ModelDims | None = None  # the model's sizes when known before loading (the engine directory's manifest)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,16 @@ class Defaults:
     width: int
     base: str
     ip_adapter: str
+    dims: ModelDims | None = None  # the engine directory's model sizes, when the backend runs it (ort, trt)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A finished `generate`: its output folder, the files written there, and the output."""
+
+    out: Path
+    files: list[str]
+    output: MonkeyOutput
 
 
 def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height: int | None = None, width: int | None = None,
@@ -74,11 +89,13 @@ def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height
 
     m = read_manifest(engine_dir)
     src = lambda key, default: m.source[key] if isinstance(m.source.get(key), str) else default  # noqa: E731
-    return Defaults(backend or "ort", height or m.profile.height.opt, width or m.profile.width.opt,
-                    base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER))
+    backend = backend or "ort"
+    return Defaults(backend, height or m.profile.height.opt, width or m.profile.width.opt,
+                    base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER),
+                    m.dims if backend != "torch" else None)
 
 
-def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput]:
+def run_generate(job: GenerateJob, console: Console) -> Generated:
     if job.backend not in BACKENDS:
         raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
     if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
@@ -87,12 +104,15 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
     check_threads(job.threads)
     subject = load_subject(job.image)
     req, c = job.request, job.request.config
+    noise_file = read_noise_file(job.noise) if job.noise is not None else None
     noise = None
-    if job.noise is not None:
-        noise = load_noise_file(job.noise, req.latent_shape, c.noise_steps)
+    if noise_file is not None and job.dims is not None:  # the model's sizes are known: check before loading
+        noise = noise_file.plan(req.latent_shape(job.dims), c.noise_steps)
 
     with status(console, f"loading the {job.backend} backend"):
         pipe = load_backend(job)
+    if noise_file is not None and noise is None:  # the torch reference: its sizes are known once loaded
+        noise = noise_file.plan(req.latent_shape(pipe.dims), c.noise_steps)
     with steps(console, f"{job.backend} {req.width}x{req.height}") as step:
         result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True,
                       batch_passes=job.batch_passes, progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
@@ -100,7 +120,7 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
     record = {
         "prompt": req.prompt,
         "seed": None if noise is not None else req.seed,
-        "noise_file": None if job.noise is None else {"path": str(job.noise), "sha256": _sha256(job.noise)},
+        "noise_file": None if noise_file is None else {"path": str(job.noise), "sha256": noise_file.sha256},
         "height": req.height,
         "width": req.width,
         "config": c.to_dict(),
@@ -109,7 +129,8 @@ def run_generate(job: GenerateJob, console: Console) -> tuple[Path, MonkeyOutput
         "subject": str(job.image),
         "models": pipe.info(),
     }
-    return write_outputs(job.out, result, subject, record, save_arrays=job.save_arrays), result
+    out = write_outputs(job.out, result, subject, record, save_arrays=job.save_arrays)
+    return Generated(out, output_files(result, subject, job.save_arrays), result)
 
 
 def load_backend(job: GenerateJob):
@@ -120,17 +141,17 @@ def load_backend(job: GenerateJob):
         from monkey_trt.core.extras import require_extra
 
         require_extra("export", "the torch backend")
-        import torch
-
-        from monkey_trt.reference.device import check_torch_device, set_torch_threads
+        from monkey_trt.reference.device import (
+            check_torch_device,
+            set_torch_threads,
+            torch_dtype,
+        )
         from monkey_trt.reference.pipeline import ReferencePipeline
 
         check_torch_device(job.device)
         set_torch_threads(job.threads)
-        if job.dtype not in ("fp32", "fp16"):
-            raise MonkeyError(f"--dtype must be fp32 or fp16, got {job.dtype!r}")
-        pipe = ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device,
-                                                 dtype=torch.float16 if job.dtype == "fp16" else torch.float32)
+        dtype = torch_dtype(job.dtype)
+        pipe = ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device, dtype=dtype)
         if job.cuda_graph:
             pipe.enable_cuda_graphs()
         return pipe
@@ -141,21 +162,13 @@ def load_backend(job: GenerateJob):
     if job.backend == "trt" and job.providers:
         raise MonkeyError("--providers applies to --backend ort only")
     opts = {"providers": job.providers} if job.backend == "ort" else {}
-    check_precision(job.precision)
     return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph,
                                           precision=job.precision, threads=job.threads, verify=job.verify, **opts)
 
 
-def summary(result: MonkeyOutput, out: Path, seconds: float) -> str:
+def summary(done: Generated, seconds: float) -> str:
     """The one line `generate` ends with."""
-    from monkey_trt.core.files import record_files
-    from monkey_trt.runtime.outputs import MARKER
-
-    h, w = result.image.shape[:2]
-    names = sorted(record_files()(Path(out) / MARKER), key=lambda n: (n == MARKER, n))
-    return (f"{result.backend} {w}x{h}: mask covers {100 * result.mask.coverage:.0f}% of the image, "
-            f"{seconds:.2f}s in all; wrote {out}/ ({', '.join(names)})")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    h, w = done.output.image.shape[:2]
+    names = sorted(done.files, key=lambda n: (n == MARKER, n))
+    return (f"{done.output.backend} {w}x{h}: mask covers {100 * done.output.mask.coverage:.0f}% of the image, "
+            f"{seconds:.2f}s in all; wrote {done.out}/ ({', '.join(names)})")

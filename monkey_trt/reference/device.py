@@ -1,4 +1,4 @@
-"""Where the PyTorch backends run: the torch device and thread count a user asked for, checked."""
+"""Where the PyTorch backends run: the torch device, dtype and thread count a user asked for, checked."""
 
 from __future__ import annotations
 
@@ -27,3 +27,20 @@ def set_torch_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+TORCH_DTYPES = ("fp32", "fp16")  # fp16 changes the math: opt-in
+
+
+def check_dtype(dtype: str) -> str:
+    """`--dtype` of the torch and published backends: fp32 or fp16."""
+    if dtype not in TORCH_DTYPES:
+        raise MonkeyError(f"--dtype must be fp32 or fp16, got {dtype!r}")
+    return dtype
+
+
+def torch_dtype(dtype: str):
+    """`--dtype` (checked) -> torch.float32 | torch.float16."""
+    import torch
+
+    return torch.float16 if check_dtype(dtype) == "fp16" else torch.float32

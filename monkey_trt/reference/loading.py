@@ -15,6 +15,7 @@ import torch
 
 from monkey_trt.core.config import DEFAULT_IP_WEIGHT
 from monkey_trt.core.errors import MonkeyError, first_line
+from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import IPContext, install_ip_processors
 
 BASE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -185,6 +186,21 @@ class ReferenceModels:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
+
+    @property
+    def dims(self) -> ModelDims:
+        """The sizes that fix every network's static dims, from the loaded models' configs."""
+        unet, vae = self.unet.config, self.vae.config
+        return ModelDims(
+            text_len=self.text_encoder.config.max_position_embeddings,
+            text_dim=unet.cross_attention_dim,
+            time_cond_dim=unet.time_cond_proj_dim,
+            n_ip_tokens=self.image_proj.num_image_text_embeds,
+            n_ip_layers=len(self.ip_layers),
+            latent_channels=unet.in_channels,
+            vae_factor=2 ** (len(vae.block_out_channels) - 1),
+            image_size=self.image_encoder.config.image_size,
+        )
 
 
 def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ReferenceModels:

@@ -22,10 +22,10 @@ from monkey_trt.core.config import (
     DEFAULT_BASE,
     DEFAULT_IP_ADAPTER,
     DEFAULT_IP_WEIGHT,
-    MAX_TOKENS,
     Request,
 )
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import downsample_mask, level_grids
 from monkey_trt.reference.loading import (
     ModelSource,
@@ -93,10 +93,10 @@ class ReferencePipeline:
     # -- encoders -------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, bool]:
-        """-> (text embeddings [1, 77, D], truncated). Truncates like diffusers, with a warning."""
-        tok = self.m.tokenizer
-        ids = tok(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
-        truncated = len(tok(prompt, truncation=False).input_ids) > MAX_TOKENS
+        """-> (text embeddings [1, text_len, D], truncated). Truncates like diffusers, with a warning."""
+        tok, text_len = self.m.tokenizer, self.dims.text_len
+        ids = tok(prompt, padding="max_length", max_length=text_len, truncation=True, return_tensors="pt").input_ids
+        truncated = len(tok(prompt, truncation=False).input_ids) > text_len
         embeds = self.m.text_encoder(ids.to(self.m.device))[0]  # [1, 77, D]
         return embeds, truncated
 
@@ -182,7 +182,13 @@ class ReferencePipeline:
         return (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
 
     # -- the method ------------------------------------------------------------------------
+    @property
+    def dims(self) -> ModelDims:
+        """The loaded models' sizes (latents, text and IP token counts)."""
+        return self.m.dims
+
     def prepare(self, request: Request) -> None:
+        request.config.check_model(self.dims)
         if request.config.mask_layer not in self.m.ip_layers:
             raise MonkeyError(f"mask_layer {request.config.mask_layer!r} is not an IP-Adapter layer of this UNet")
         self.map_layer = self.m.ip_layers.index(request.config.mask_layer)
@@ -196,7 +202,7 @@ class ReferencePipeline:
         return w_emb.to(self.m.device, self.m.dtype)
 
     def noise_for(self, request: Request) -> NoisePlan:
-        return torch_noise_plan(request.seed, request.latent_shape, request.config.noise_steps)
+        return torch_noise_plan(request.seed, request.latent_shape(self.dims), request.config.noise_steps)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""

@@ -25,8 +25,9 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.config import MAX_TOKENS, MonkeyConfig, Request
+from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming
@@ -45,6 +46,7 @@ class Networks(Protocol):
     """What a backend provides. Text, IP tokens and guidance stay in the backend's own type ([1, ...])."""
 
     backend: str
+    dims: ModelDims  # the model's sizes (latents, text and IP token counts)
     schedule: LCMSchedule  # the LCM constants of this model (numpy steps)
     max_unet_batch: int  # largest UNet batch the backend accepts (1: no pass batching)
     batch_passes_default: bool  # whether batching pays off here (measured: GPUs yes, 2-core CPU no)
@@ -169,7 +171,7 @@ def run_monkey(
 
     text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
     if truncated:
-        notes.append(f"prompt is longer than {MAX_TOKENS} tokens and was truncated")
+        notes.append(f"prompt is longer than {engine.dims.text_len} tokens and was truncated")
     ip_tokens = clock("encode_subject", engine.encode_subject, subject)
     w_emb = engine.guidance(c.guidance_scale)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import io
 import math
 import os
 import platform
@@ -229,36 +231,57 @@ def _check_latent_shape(latent_shape) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def load_noise_file(path, latent_shape, steps_needed: int) -> NoisePlan:
-    """Read an `.npz` with `latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (K >= steps_needed-1)."""
-    shape = _check_latent_shape(latent_shape)
+@dataclass(frozen=True, eq=False)
+class NoiseFile:
+    """An `.npz` noise file, read once: its arrays by name and the SHA-256 of its bytes (result.json records it)."""
+
+    path: Path
+    sha256: str
+    arrays: dict[str, np.ndarray]
+
+    def plan(self, latent_shape, steps_needed: int) -> NoisePlan:
+        """`latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (K >= steps_needed-1) as a NoisePlan; MonkeyError otherwise."""
+        shape = _check_latent_shape(latent_shape)
+        p, out = self.path, {}
+        for key, want in (("latents", shape), ("step_noise", (None, *shape))):
+            a = self.arrays[key]
+            if a.dtype.kind != "f":
+                raise MonkeyError(f"noise file {str(p)!r}: {key} must be a float array, got dtype {a.dtype}")
+            if a.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, a.shape)):
+                shown = ["K" if w is None else w for w in want]
+                raise MonkeyError(f"noise file {str(p)!r}: {key} has shape {list(a.shape)}, expected {shown}")
+            a = a.astype(np.float32)
+            if not np.isfinite(a).all():
+                raise MonkeyError(f"noise file {str(p)!r}: {key} holds NaN or infinite values")
+            out[key] = a
+        k = out["step_noise"].shape[0]
+        if k < steps_needed - 1:
+            raise MonkeyError(f"noise file {str(p)!r}: step_noise has {k} entries, a {steps_needed}-step pass needs {steps_needed - 1}")
+        return NoisePlan(out["latents"], out["step_noise"])
+
+
+def read_noise_file(path) -> NoiseFile:
+    """Read an `.npz` with `latents` and `step_noise` once (bytes -> digest and arrays); the shapes are
+    checked by `NoiseFile.plan` once the model's latent shape is known."""
     p = Path(path)
     if not p.is_file():
         raise MonkeyError(f"noise file {str(p)!r} does not exist or is not a file")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        data = p.read_bytes()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zip/npy format errors come in many types
         raise MonkeyError(f"noise file {str(p)!r} is not a readable .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
     missing = [k for k in ("latents", "step_noise") if k not in arrays]
     if missing:
         raise MonkeyError(f"noise file {str(p)!r} lacks {missing}; it needs 'latents' and 'step_noise'")
-    out = {}
-    for key, want in (("latents", shape), ("step_noise", (None, *shape))):
-        a = arrays[key]
-        if a.dtype.kind != "f":
-            raise MonkeyError(f"noise file {str(p)!r}: {key} must be a float array, got dtype {a.dtype}")
-        if a.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, a.shape)):
-            shown = ["K" if w is None else w for w in want]
-            raise MonkeyError(f"noise file {str(p)!r}: {key} has shape {list(a.shape)}, expected {shown}")
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise MonkeyError(f"noise file {str(p)!r}: {key} holds NaN or infinite values")
-        out[key] = a
-    k = out["step_noise"].shape[0]
-    if k < steps_needed - 1:
-        raise MonkeyError(f"noise file {str(p)!r}: step_noise has {k} entries, a {steps_needed}-step pass needs {steps_needed - 1}")
-    return NoisePlan(out["latents"], out["step_noise"])
+    return NoiseFile(p, hashlib.sha256(data).hexdigest(), arrays)
+
+
+def load_noise_file(path, latent_shape, steps_needed: int) -> NoisePlan:
+    """Read an `.npz` with `latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (K >= steps_needed-1)."""
+    _check_latent_shape(latent_shape)
+    return read_noise_file(path).plan(latent_shape, steps_needed)
 
 
 def save_noise_file(path, plan: NoisePlan) -> None:

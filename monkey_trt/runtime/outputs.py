@@ -46,11 +46,17 @@ def _pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(to_uint8(image))
 
 
+def output_files(result: MonkeyOutput, subject: Image.Image | None, save_arrays: bool = False) -> list[str]:
+    """The files `write_outputs` writes for `result` (grid.png needs the subject)."""
+    names = output_names(result.baseline_image is not None, save_arrays)
+    return [n for n in names if subject is not None or n != "grid.png"]
+
+
 def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image | None, record: dict, save_arrays: bool = False) -> Path:
     """Write the folder described above; `record` is merged into result.json. Without a subject
     the baseline's grid.png is left out."""
     baseline = result.baseline_image is not None
-    names = [n for n in output_names(baseline, save_arrays) if subject is not None or n != "grid.png"]
+    names = output_files(result, subject, save_arrays)
     with OutputStage.open(out, MARKER, names=names) as stage:
         tmp = stage.path
         image = _pil(result.image)

@@ -15,10 +15,15 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.config import MAX_TOKENS, MonkeyConfig, Request, check_threads
+from monkey_trt.core.config import MonkeyConfig, Request, check_threads
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.runner import Runner
-from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest, load_manifest
+from monkey_trt.enginedir.manifest import (
+    TOKENIZER_FILE,
+    Manifest,
+    check_precision,
+    load_manifest,
+)
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.images import clip_preprocess, load_subject
 from monkey_trt.runtime.method import run_monkey
@@ -42,6 +47,10 @@ class RuntimeOptions:
     verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
     threads: int = 0  # CPU threads per ORT session (intra-op); 0 = the library default (physical cores)
     ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here (owned by monkey-trt; faster cold start)
+
+    def __post_init__(self) -> None:
+        check_threads(self.threads, "threads")
+        check_precision(self.precision)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -90,13 +99,13 @@ class MonkeyPipeline:
             coeffs=np.asarray(s.coeffs, np.float32).reshape(-1, 4) if s.coeffs else None,
         )
         self.guidance_freqs = np.asarray(s.guidance_freqs, np.float32) if s.guidance_freqs else None
+        self.dims = manifest.dims  # the model's sizes: latents, text and IP token counts
         self.n_ip_layers = manifest.dims.n_ip_layers
         self._size = (manifest.profile.height.opt, manifest.profile.width.opt)  # set per request by prepare()
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         opts = RuntimeOptions(backend=backend, **options)
-        check_threads(opts.threads, "threads")
         manifest = load_manifest(Path(root), verify=opts.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
         return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
@@ -119,8 +128,8 @@ class MonkeyPipeline:
 
     # -- encoders --------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, bool]:
-        """-> (text embeddings [1, 77, D] float32, truncated)."""
-        ids, truncated = self.tokenizer.encode(prompt, max_length=MAX_TOKENS)  # [1, 77] int64
+        """-> (text embeddings [1, text_len, D] float32, truncated)."""
+        ids, truncated = self.tokenizer.encode(prompt, max_length=self.dims.text_len)  # [1, text_len] int64
         return self.runners["text_encoder"].infer({"input_ids": ids})["text_embeds"], truncated
 
     def encode_subject(self, subject: Image.Image) -> np.ndarray:
@@ -179,6 +188,7 @@ class MonkeyPipeline:
 
     # -- the method ------------------------------------------------------------------------
     def prepare(self, request: Request) -> None:
+        request.config.check_model(self.dims)
         self._size = (request.height, request.width)
         why = self.manifest.profile.check(1, request.height, request.width)
         if why:
@@ -195,7 +205,7 @@ class MonkeyPipeline:
         return guidance_embedding(w, self.manifest.dims.time_cond_dim, freqs=self.guidance_freqs)
 
     def noise_for(self, request: Request) -> NoisePlan:
-        return NoisePlan.from_seed(request.seed, request.latent_shape, request.config.noise_steps)
+        return NoisePlan.from_seed(request.seed, request.latent_shape(self.dims), request.config.noise_steps)
 
     def generate(self, prompt: str, image: Image.Image | str | Path, height: int | None = None, width: int | None = None,
                  seed: int = 0, **knobs) -> MonkeyOutput:

@@ -38,6 +38,7 @@ from monkey_trt.serve.schema import (
     GenerateParams,
     image_from_json,
     parse_fields,
+    request_body_schema,
 )
 from monkey_trt.serve.service import MonkeyService, encode_output
 
@@ -241,23 +242,8 @@ def result_json(request_id: str, replica: str, params: GenerateParams, out: Monk
     }
 
 
-_KNOB_SCHEMA = {"type": "string", "description": "a MONKEY knob, as the CLI option of the same name"}
 _OPENAPI_GENERATE = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image", "prompt"], "properties": {
-                "image": {"type": "string", "format": "binary", "description": "subject image (any PIL format)"},
-                "prompt": {"type": "string"}, "seed": {"type": "integer"}, "height": {"type": "integer"},
-                "width": {"type": "integer"}, "baseline": {"type": "boolean"}, "baseline_scale": {"type": "number"},
-                **{k: _KNOB_SCHEMA for k in ("steps_mask_pass", "mask_steps", "mask_token", "threshold", "scale_mask_pass",
-                                             "steps_final", "masked_steps", "scale_final", "guidance_scale", "mask_layer")},
-            }}},
-            "application/json": {"schema": {"type": "object", "required": ["image", "prompt"], "properties": {
-                "image": {"type": "string", "description": "subject image, base64"}, "prompt": {"type": "string"},
-            }, "additionalProperties": True}},
-        },
-    },
+    "requestBody": request_body_schema(),  # from the Knobs of core.config, like the CLI's options
     "responses": {"200": {"description": "JSON (image_png, mask_png base64, seed, timings_s, mask, warnings, cache) "
                                          "or image/png when Accept: image/png"}},
 }

@@ -1,9 +1,10 @@
 """Request fields of `POST /v1/generate`, shared by the multipart form and the JSON body.
 
-Field names follow the CLI options (`--mask-steps` -> `mask_steps`). Form values arrive as strings,
-JSON values typed; both go through one table of converters, then through the same validation as the
-CLI (`Request`, `MonkeyConfig`), so an HTTP client gets the CLI's messages. Every failure is an
-`ApiError` with one message; nothing here touches the engine.
+Field names follow the CLI options (`--mask-steps` -> `mask_steps`): both come from the Knobs of
+`core.config` (`Request`, `MonkeyConfig`), as do each field's converter and its OpenAPI schema. Form
+values arrive as strings, JSON values typed; both go through one table of converters, then through the
+same validation as the CLI, so an HTTP client gets the CLI's messages. Every failure is an `ApiError`
+with one message; nothing here touches the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.core.config import Knob, MonkeyConfig, Request, knobs
 from monkey_trt.core.errors import MonkeyError
 
 
@@ -71,16 +72,23 @@ def _int_list(name: str, v: Any) -> tuple[int, ...]:
     return tuple(_int(name, x) for x in v)
 
 
-# field -> converter; None default = take the engine's / MonkeyConfig's default
-KNOBS: dict[str, Callable[[str, Any], Any]] = {
-    "steps_mask_pass": _int, "mask_steps": _int_list, "mask_layer": _str, "mask_token": _int, "threshold": _float,
-    "scale_mask_pass": _float, "steps_final": _int, "masked_steps": _int_list, "scale_final": _float,
-    "guidance_scale": _float,
+_CONVERTERS: dict[type, Callable[[str, Any], Any]] = {int: _int, float: _float, str: _str, bool: _bool, tuple: _int_list}
+_SCALE = knobs(MonkeyConfig)["scale_final"]
+# What to return besides MONKEY's image: the plain IP-Adapter image from the same noise.
+BASELINE_KNOBS = {
+    "baseline": Knob("baseline", bool, False, help="Also run plain IP-Adapter from the same noise (baseline_png)"),
+    "baseline_scale": Knob("baseline_scale", float, None, lo=_SCALE.lo, hi=_SCALE.hi,
+                           help="IP scale of the baseline (default: scale_final); implies baseline"),
 }
-FIELDS: dict[str, Callable[[str, Any], Any]] = {
-    "prompt": _str, "seed": _int, "height": _int, "width": _int, "baseline": _bool, "baseline_scale": _float,
-    **KNOBS,
+# Every field but the image, in the order of the 'known fields' message; a field left out takes the
+# engine's opt size (height, width) or the Knob's default.
+FIELD_KNOBS: dict[str, Knob] = {
+    **{name: knobs(Request)[name] for name in ("prompt", "seed", "height", "width")},
+    **BASELINE_KNOBS,
+    **knobs(MonkeyConfig),
 }
+KNOBS: dict[str, Callable[[str, Any], Any]] = {name: _CONVERTERS[k.kind] for name, k in knobs(MonkeyConfig).items()}
+FIELDS: dict[str, Callable[[str, Any], Any]] = {name: _CONVERTERS[k.kind] for name, k in FIELD_KNOBS.items()}
 IMAGE_FIELD = "image"
 MAX_PROMPT_CHARS = 4096  # far beyond 77 tokens; longer prompts are truncated anyway, refuse absurd ones
 
@@ -110,8 +118,7 @@ def parse_fields(fields: dict[str, Any], default_size: tuple[int, int]) -> Gener
         baseline_scale = None
         if v.get("baseline", False) or "baseline_scale" in v:
             baseline_scale = v.get("baseline_scale", config.scale_final)
-            if not 0.0 <= baseline_scale <= 4.0:
-                raise MonkeyError(f"baseline_scale must be in [0, 4], got {baseline_scale}")
+            BASELINE_KNOBS["baseline_scale"].check(baseline_scale)
     except MonkeyError as e:
         raise ApiError(400, str(e)) from None
     return GenerateParams(request, baseline_scale)
@@ -127,3 +134,44 @@ def image_from_json(value: Any) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "field 'image' is not valid base64") from None
+
+
+# -- OpenAPI ----------------------------------------------------------------------------------
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+_ENGINE_SIZE = ("height", "width")
+
+
+def field_schema(k: Knob, form: bool) -> dict[str, Any]:
+    """The OpenAPI schema of one field: type, range, default and help from its Knob."""
+    if k.kind is tuple:  # `[1, 2]` in JSON, `1,2` in both
+        schema: dict[str, Any] = {"type": "string"} if form else \
+            {"oneOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}]}
+    else:
+        schema = {"type": _JSON_TYPES[k.kind]}
+    if k.lo is not None:
+        schema["minimum"] = k.lo
+    if k.hi is not None:
+        schema["exclusiveMaximum" if k.hi_open else "maximum"] = k.hi
+    if k.name in _ENGINE_SIZE:
+        schema["description"] = f"{k.help} [default: the engine's opt size]"
+    else:
+        schema["description"] = k.help + (f", at most {MAX_PROMPT_CHARS} characters" if k.name == "prompt" else "") + \
+            (f" [maximum: the engine model's {k.model_bound} - 1]" if k.model_bound else "")
+        if not k.required and k.default is not None:
+            schema["default"] = ",".join(map(str, k.default)) if k.kind is tuple and form else \
+                (list(k.default) if k.kind is tuple else k.default)
+    return schema
+
+
+def request_body_schema() -> dict[str, Any]:
+    """`requestBody` of POST /v1/generate: multipart (the image as a file) or JSON (the image as base64)."""
+    def body(form: bool) -> dict[str, Any]:
+        image = {"type": "string", "format": "binary", "description": "subject image (any PIL format)"} if form else \
+            {"type": "string", "description": "subject image (any PIL format), base64 (a data: URL prefix is accepted)"}
+        return {"schema": {
+            "type": "object", "required": [IMAGE_FIELD, *[n for n, k in FIELD_KNOBS.items() if k.required]],
+            "properties": {IMAGE_FIELD: image, **{n: field_schema(k, form) for n, k in FIELD_KNOBS.items()}},
+            "additionalProperties": False,
+        }}
+
+    return {"required": True, "content": {"multipart/form-data": body(True), "application/json": body(False)}}

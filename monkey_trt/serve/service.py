@@ -146,8 +146,13 @@ class MonkeyService:
 
     # -- one request -------------------------------------------------------------------------
     def check(self, params: GenerateParams) -> None:
-        """Engine-specific limits, before queueing: 422 for sizes outside the profile / another mask layer."""
+        """Engine-specific limits, before queueing: 400 for knobs outside the model's range (like any bad knob),
+        422 for sizes outside the profile / another mask layer."""
         r = params.request
+        try:
+            r.config.check_model(self.pipe.manifest.dims)
+        except MonkeyError as e:
+            raise ApiError(400, str(e)) from None
         why = self.pipe.manifest.profile.check(1, r.height, r.width)
         if why:
             raise ApiError(422, f"this engine cannot serve {r.height}x{r.width}: {why}")
