@@ -74,7 +74,9 @@ class FakeGenerator:
     calls: list[tuple] = []
 
     def __init__(self, spec, precision, request):
-        self.precision = precision
+        from monkey_trt.enginedir.networks import ModelDims
+
+        self.precision, self.dims = precision, ModelDims()
 
     def __call__(self, method, request, subject, noise) -> Generated:
         h, w = request.height, request.width

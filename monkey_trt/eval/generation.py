@@ -48,6 +48,7 @@ class Generated:
 class Generator:
     def __init__(self, pipe, precision: str):
         self.pipe, self.precision = pipe, precision
+        self.dims = pipe.dims  # the model's sizes: the noise plan's latent shape
 
     def __call__(self, method: Method, request: Request, subject: Image.Image, noise: NoisePlan) -> Generated:
         t0 = time.perf_counter()

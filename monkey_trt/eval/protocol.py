@@ -263,7 +263,7 @@ def run_eval(plan: Plan, progress: Progress | None = None, open_gen=open_generat
                         progress.note(f"loading the {job.spec.backend} backend ({precision})")
                         gen = open_gen(job.spec, precision, request)
                     if u.seed not in noises:
-                        noises[u.seed] = NoisePlan.from_seed(u.seed, request.latent_shape, job.config.noise_steps)
+                        noises[u.seed] = NoisePlan.from_seed(u.seed, request.latent_shape(gen.dims), job.config.noise_steps)
                     g = gen(u.method, request, u.subject.image, noises[u.seed])
                     _write_images(store, u, g)
                     result.generated += 1
