@@ -131,8 +131,10 @@ def tiny_model(
     from monkey_trt.core.extras import require_extra
     from monkey_trt.core.files import check_target, record_files
 
-    if preset not in ("tiny", "sd15"):
-        raise MonkeyError(f"--preset must be tiny or sd15, got {preset!r}")
+    from monkey_trt.models.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     check_target(out_dir.absolute(), "tiny-model.json", record_files(), ["subject.png", "tiny-model.json"])
     require_extra("export", "tiny-model")
     from monkey_trt.models.tiny import write_tiny_model

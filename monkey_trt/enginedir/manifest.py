@@ -276,7 +276,7 @@ def _entry_from_json(name: str, d: dict) -> NetworkEntry:
 def manifest_files(record_path: Path) -> set[str]:
     """The files an engine directory's manifest lists (itself included); empty if it is not one.
 
-    Used by atomic.OutputStage to know what `export --force` may replace. Tolerant: never raises.
+    Used by core.files.OutputStage to know what `export --force` may replace. Tolerant: never raises.
     """
     try:
         raw = json.loads(Path(record_path).read_text())

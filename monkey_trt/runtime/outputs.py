@@ -4,7 +4,7 @@
         arrays.npz (--save-arrays: image [H,W,3] f32 in [0,1], mask [H,W] f32 {0,1})
         ipadapter.png  grid.png (--baseline)
 
-Written through atomic.OutputStage: staged next to OUT, then committed; an error never leaves a
+Written through core.files.OutputStage: staged next to OUT, then committed; an error never leaves a
 half-written folder, and a re-run replaces only the files result.json recorded (anything else in
 OUT is kept). Lean: numpy + PIL.
 """
