@@ -167,6 +167,18 @@ def test_missing_or_bad_model_file(tmp_path):
     assert "\n" not in str(ei.value)
 
 
+def _mlp(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"y": f["x"] @ W + BIAS, "emb": TABLE[f["ids"]]}
+
+
+def _check(out: dict[str, np.ndarray], f: dict[str, np.ndarray], names=("y", "emb")) -> None:
+    want = _mlp(f)
+    assert set(out) == set(names)
+    for n in names:
+        assert np.isfinite(out[n]).all(), f"{n}: a buffer nobody wrote"
+        np.testing.assert_allclose(out[n], want[n], rtol=1e-5, atol=1e-5)
+
+
 def test_optimized_model_cache(mlp_path, tmp_path):
     cache = tmp_path / "ortcache"
     f = _feeds(3)
@@ -182,33 +194,246 @@ def test_optimized_model_cache(mlp_path, tmp_path):
     assert len([p for p in cache.iterdir()]) == 1  # no temp folders left behind
 
 
-def test_fixed_buffer_graph_mode_control_flow(mlp_path):
-    """The CUDA-graph path (fixed I/O OrtValues, rebuilt on shape change) exercised on CPU buffers."""
-    r = OrtRunner(mlp_path)
-    assert r.cuda_graph is False  # never on for a CPU-only provider chain
-    r.cuda_graph, r._graph_device = True, "cpu"
-    with r:
-        for batch in (2, 2, 2, 3, 3):
-            f = _feeds(batch)
-            out = r.infer(f)
-            np.testing.assert_allclose(out["y"], f["x"] @ W + BIAS, rtol=1e-5, atol=1e-5)
-            np.testing.assert_array_equal(out["emb"], TABLE[f["ids"]])
-        kept = out["y"].copy()
-        r.infer(_feeds(3))
-        np.testing.assert_array_equal(out["y"], kept)  # results stay the caller's
+def test_optimized_model_cache_is_keyed_by_content(mlp_path, tmp_path):
+    """The key is the graph's digest (+ ORT version, providers, machine), not its path, size or mtime:
+    the same bytes elsewhere (a copied engine directory, a touched file) reuse the entry; other bytes get their own."""
+    cache = tmp_path / "ortcache"
+    with OrtRunner(mlp_path, optimized_model_cache=cache, name="mlp"):
+        pass
+    copy = tmp_path / "elsewhere" / "mlp.onnx"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(mlp_path).read_bytes())
+    os.utime(copy, ns=(1, 1))
+    with OrtRunner(copy, optimized_model_cache=cache, name="mlp") as r:
+        f = _feeds(2)
+        _check(r.infer(f), f)
+    assert len(list(cache.iterdir())) == 1
+    m = onnx.load(mlp_path)
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(BIAS + 1, "bias"))
+    other = _save(m, tmp_path / "elsewhere" / "mlp2.onnx")
+    with OrtRunner(other, optimized_model_cache=cache, name="mlp") as r:
+        f = _feeds(2)
+        np.testing.assert_allclose(r.infer(f)["y"], f["x"] @ W + BIAS + 1, rtol=1e-5, atol=1e-5)
+    assert len(list(cache.iterdir())) == 2
+    # a given digest wins over the file's: two runners naming the same digest share an entry
+    with OrtRunner(other, optimized_model_cache=tmp_path / "c2", source_digest="abc", name="mlp"):
+        pass
+    with OrtRunner(mlp_path, optimized_model_cache=tmp_path / "c2", source_digest="abc"):
+        pass
+    assert len(list((tmp_path / "c2").iterdir())) == 1
 
 
-def test_static_inputs_merge_into_every_run(mlp_path):
-    """set_static_inputs: fixed inputs given once, per-run feeds only the rest; replacing the set works."""
-    with OrtRunner(mlp_path, providers="cpu") as r:
+# -- static inputs and outputs (runner.py's interface) --------------------------------------
+def test_bind_static_handles_are_owned_by_the_caller(mlp_path):
+    """bind_static: fixed inputs bound once into a handle; two handles never see each other's values;
+    a feed overrides a static value; a handle of another runner, or a released one, is refused."""
+    from monkey_trt.engine.runner import StaticInputs
+
+    with OrtRunner(mlp_path, providers="cpu") as r, OrtRunner(mlp_path, name="other") as other:
         f1, f2 = _feeds(2), _feeds(2)
-        r.set_static_inputs({"ids": f1["ids"]})
-        for f in (f1, f2):
-            out = r.infer({"x": f["x"]})
-            np.testing.assert_allclose(out["y"], f["x"] @ W + BIAS, rtol=1e-5, atol=1e-5)
-            np.testing.assert_array_equal(out["emb"], TABLE[f1["ids"]])
-        r.set_static_inputs({"ids": f2["ids"]})
-        np.testing.assert_array_equal(r.infer({"x": f1["x"]})["emb"], TABLE[f2["ids"]])
-        r.set_static_inputs({})
+        ids1 = f1["ids"].copy()
+        h1 = r.bind_static({"ids": f1["ids"]})
+        h2 = r.bind_static({"ids": f2["ids"]})
+        assert isinstance(h1, StaticInputs) and h1.shapes() == {"ids": (2, 5)}
+        f1["ids"][:] = 0  # the caller reusing its array does not change the bound handle
+        for h, ids in ((h1, ids1), (h2, f2["ids"]), (h1, ids1)):
+            out = r.infer({"x": f1["x"]}, static=h)
+            np.testing.assert_array_equal(out["emb"], TABLE[ids])
+            np.testing.assert_allclose(out["y"], f1["x"] @ W + BIAS, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(r.infer({"x": f1["x"], "ids": f2["ids"]}, static=h1)["emb"], TABLE[f2["ids"]])
         with pytest.raises(MonkeyError, match="ids"):
             r.infer({"x": f1["x"]})
+        with pytest.raises(MonkeyError, match="bind_static"):
+            r.infer({"x": f1["x"]}, static=other.bind_static({"ids": ids1}))
+        h2.release()
+        with pytest.raises(MonkeyError, match="released"):
+            r.infer({"x": f1["x"]}, static=h2)
+        with pytest.raises(MonkeyError, match="unknown input"):
+            r.bind_static({"nope": ids1})
+        with pytest.raises(MonkeyError, match="dtype int32"):
+            r.bind_static({"ids": ids1.astype(np.int32)})
+
+
+def test_outputs_names_what_comes_back(mlp_path):
+    with OrtRunner(mlp_path) as r:
+        f = _feeds(3)
+        _check(r.infer(f, outputs=("emb",)), f, names=("emb",))
+        _check(r.infer(f, outputs=["y", "emb"]), f)
+        with pytest.raises(MonkeyError, match="unknown output"):
+            r.infer(f, outputs=("z",))
+
+
+def test_runner_reports_providers_device_and_max_batch(mlp_path):
+    r = OrtRunner(mlp_path)
+    assert r.providers == ("CPUExecutionProvider",) and r.device == "cpu" and r.max_batch is None
+    with r:
+        assert r.providers == ("CPUExecutionProvider",) and r.device == "cpu"
+
+
+# -- the GPU paths, on tests/fakes/ort.py (a simulated device around the real CPU math) -------------
+@pytest.fixture
+def fake_ort(monkeypatch, tmp_path):
+    from tests.fakes import ort as fakes
+
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "user-cache"))
+    return fakes.install(monkeypatch)
+
+
+def test_cuda_graph_returns_fresh_outputs_every_call(mlp_path, fake_ort):
+    """Issue defect 1: every call after the first returned buffers the graph never wrote (outputs were
+    re-bound after the capturing run). Fixed buffers are bound before capture; each call's inputs land in them."""
+    with OrtRunner(mlp_path, providers="cuda", cuda_graph=True) as r:
+        assert r.device == "cuda" and r.providers[0] == "CUDAExecutionProvider"
+        for _ in range(5):
+            f = _feeds(2)
+            _check(r.infer(f), f)
+        assert fake_ort.stats.captures == 1 and fake_ort.stats.replays == 4
+
+
+def test_cuda_graph_one_capture_per_shape_set_over_a_soak(mlp_path, fake_ort):
+    """Issue defect 2: the UNet batch goes 2 -> 1 inside every generation (pass batching) and each change
+    rebuilt the session and re-captured. One graph per input-shape set (gpu_graph_id), captured once."""
+    with OrtRunner(mlp_path, providers="cuda", cuda_graph=True) as r:
+        for generation in range(50):
+            for batch in (2, 2, 1, 1, 1):
+                f = _feeds(batch)
+                _check(r.infer(f), f)
+        assert r.graphs_captured == 2
+    s = fake_ort.stats
+    assert s.sessions == 1 and s.captures == 2 and s.replays == 50 * 5 - 2
+
+
+def test_cuda_graph_without_graph_ids_uses_a_session_per_shape_set(mlp_path, monkeypatch, tmp_path):
+    """ORT < 1.18 has no gpu_graph_id (one graph per session): one graph session per shape set, still captured once."""
+    from tests.fakes import ort as fakes
+
+    fake = fakes.install(monkeypatch, version="1.17.3")
+    with OrtRunner(mlp_path, providers="cuda", cuda_graph=True) as r:
+        for _ in range(10):
+            for batch in (2, 1):
+                f = _feeds(batch)
+                _check(r.infer(f), f)
+    assert fake.stats.captures == 2 and fake.stats.sessions == 1 + 2
+
+
+def test_cuda_graph_static_handles_interleave(mlp_path, fake_ort):
+    """Issue defect 3 at the runner: in graph mode a handle's values are copied into the graph's fixed buffers
+    when the buffer holds another handle's, so interleaved sessions each run with their own inputs."""
+    with OrtRunner(mlp_path, providers="cuda", cuda_graph=True) as r:
+        fa, fb = _feeds(2), _feeds(2)
+        ha, hb = r.bind_static({"ids": fa["ids"]}), r.bind_static({"ids": fb["ids"]})
+        for h, f in ((ha, fa), (hb, fb), (hb, fb), (ha, fa), (hb, fb)):
+            x = RNG.standard_normal((2, 8)).astype(np.float32)
+            _check(r.infer({"x": x}, static=h), {"x": x, "ids": f["ids"]})
+    with OrtRunner(mlp_path, providers="cuda") as r:  # no graph: each handle holds its own device copy
+        fa, fb = _feeds(2), _feeds(2)
+        ha, hb = r.bind_static({"ids": fa["ids"]}), r.bind_static({"ids": fb["ids"]})
+        assert set(ha.device) == {"ids"} and ha.device["ids"].data_ptr() != hb.device["ids"].data_ptr()
+        before = fake_ort.stats.h2d_bytes
+        for h, f in ((ha, fa), (hb, fb), (ha, fa)):
+            _check(r.infer({"x": fa["x"]}, static=h), {"x": fa["x"], "ids": f["ids"]})
+        assert fake_ort.stats.h2d_bytes - before == 3 * fa["x"].nbytes  # the static ids are not copied again
+    assert not ha.device and ha.released  # deactivate released the handles' device copies
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_only_requested_outputs_come_to_the_host(mlp_path, fake_ort, graph):
+    with OrtRunner(mlp_path, providers="cuda", cuda_graph=graph) as r:
+        f = _feeds(4)
+        _check(r.infer(f), f)  # first call (capture in graph mode) fetches everything
+        before = fake_ort.stats.d2h_bytes
+        out = r.infer(f, outputs=("y",))
+        _check(out, f, names=("y",))
+        assert fake_ort.stats.d2h_bytes - before == out["y"].nbytes  # emb stayed on the device
+
+
+def _trt_profile(lo=1, opt=2, hi=4):
+    return {"x": ((lo, 8), (opt, 8), (hi, 8)), "ids": ((lo, 5), (opt, 5), (hi, 5))}
+
+
+def test_tensorrt_ep_builds_one_engine_for_the_profile(mlp_path, fake_ort):
+    """Issue defect 6: without trt_profile_*_shapes the TensorRT EP rebuilds its engine whenever a shape leaves
+    the range it has seen; with the engine directory's profile it builds once and serves every batch in it."""
+    from tests.fakes.ort import parse_profile_shapes
+
+    with OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile()) as r:
+        assert r.max_batch == 4 and r.device == "cuda"
+        for batch in (1, 2, 3, 4, 2, 1):
+            f = _feeds(batch)
+            _check(r.infer(f), f)
+        with pytest.raises(MonkeyError, match="outside the explicit profile"):
+            r.infer(_feeds(5))
+    s = fake_ort.stats
+    assert s.trt_engine_builds == 1 and not s.warnings
+    _, providers, opts = s.session_log[-1]
+    trt = opts["TensorrtExecutionProvider"]
+    assert parse_profile_shapes(trt["trt_profile_min_shapes"]) == {"x": [[1, 8]], "ids": [[1, 5]]}
+    assert parse_profile_shapes(trt["trt_profile_opt_shapes"]) == {"x": [[2, 8]], "ids": [[2, 5]]}
+    assert parse_profile_shapes(trt["trt_profile_max_shapes"]) == {"x": [[4, 8]], "ids": [[4, 5]]}
+    assert trt["trt_fp16_enable"] == "0" and trt["trt_timing_cache_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
+    with OrtRunner(mlp_path, providers="tensorrt") as r:  # what the EP does without a profile
+        for batch in (1, 2, 3):
+            r.infer(_feeds(batch))
+    assert s.trt_engine_builds == 1 + 3
+
+
+@pytest.mark.parametrize("precision, fp16, want", [("fp32", False, "0"), ("fp32", True, "1"), ("fp16", False, "1")])
+def test_tensorrt_ep_precision_options(mlp_path, fake_ort, precision, fp16, want):
+    """fp32 graphs: fp16 kernels only when asked (they change the math); fp16 graphs: fp16 kernels allowed (ORT's
+    TensorRT EP builds weakly typed networks, so without the flag TensorRT would run the fp16 layers in fp32),
+    LayerNorm reductions kept in fp32."""
+    with OrtRunner(mlp_path, providers="tensorrt", precision=precision, fp16=fp16, trt_profile=_trt_profile()):
+        pass
+    trt = fake_ort.stats.session_log[-1][2]["TensorrtExecutionProvider"]
+    assert trt["trt_fp16_enable"] == want
+    assert trt.get("trt_layer_norm_fp32_fallback", "0") == want
+
+
+def test_tensorrt_ep_caches_live_in_the_user_cache_keyed_by_digest(mlp_path, fake_ort, tmp_path):
+    """Issue defect 5 at the runner: engine + timing caches go to $MONKEY_TRT_CACHE/ort-trt/<key>, written through a
+    staging copy; the next start loads the engine; another digest or other options get another folder."""
+    model_dir = Path(mlp_path).parent
+    before = {p.name for p in model_dir.iterdir()}
+    r = OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile(), source_digest="d1")
+    folder = r.trt_cache_folder()
+    assert folder.parent == tmp_path / "user-cache" / "ort-trt"
+    with r:
+        r.infer(_feeds(2))
+    names = sorted(p.name for p in folder.iterdir())
+    assert any(n.endswith(".engine") for n in names) and any(n.endswith(".profile") for n in names)
+    assert any(n.endswith(".timing") for n in names)
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no staging folder left behind
+    assert {p.name for p in model_dir.iterdir()} == before
+    s = fake_ort.stats
+    with OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile(), source_digest="d1") as r2:
+        _check(r2.infer(f := _feeds(3)), f)
+    assert (s.trt_engine_builds, s.trt_engine_loads) == (1, 1)
+    other = [OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile(), source_digest="d2"),
+             OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile(), source_digest="d1", fp16=True),
+             OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile(hi=3), source_digest="d1")]
+    assert len({folder, *(o.trt_cache_folder() for o in other)}) == 4
+
+
+def test_tensorrt_ep_cuda_graph_one_session_per_shape_set(mlp_path, fake_ort):
+    """ORT's TensorRT EP keeps one CUDA graph per session (no gpu_graph_id): one graph session per shape set,
+    each captured once; they load the engine the first session built."""
+    with OrtRunner(mlp_path, providers="tensorrt", trt_profile=_trt_profile(), cuda_graph=True) as r:
+        for _ in range(20):
+            for batch in (2, 1):
+                f = _feeds(batch)
+                _check(r.infer(f), f)
+        assert r.graphs_captured == 2
+    s = fake_ort.stats
+    assert s.captures == 2 and s.sessions == 1 + 2 and s.trt_engine_builds == 1 and s.trt_engine_loads == 2
+
+
+def test_profile_shape_strings_parse_as_ort_parses_them():
+    from monkey_trt.engine.ort import _shape_text
+    from tests.fakes.ort import parse_profile_shapes, validate_profile_shapes
+
+    text = _shape_text({"sample": (1, 4, 8, 8), "ip_scale": (16,)})
+    assert text == "sample:1x4x8x8,ip_scale:16"
+    assert parse_profile_shapes(text) == {"sample": [[1, 4, 8, 8]], "ip_scale": [[16]]}
+    assert parse_profile_shapes("x:1xa") is None and parse_profile_shapes(":1x2") is None
+    assert parse_profile_shapes("x:2x3,x:4x3") == {"x": [[2, 3], [4, 3]]}  # a repeated name: a second profile
+    assert not validate_profile_shapes({"x": [[1]]}, {"y": [[1]]}, {"x": [[1]]})

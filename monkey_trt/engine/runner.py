@@ -116,7 +116,8 @@ class Runner(ABC):
         if unknown:
             raise MonkeyError(f"{self.name}: unknown input(s) {', '.join(map(repr, unknown))} (inputs: {', '.join(known)})")
         validate_feeds(self.name, [known[n] for n in feeds], feeds)
-        handle = StaticInputs(self.name, {n: np.ascontiguousarray(a) for n, a in feeds.items()})
+        # copies: the handle owns its values (a caller reusing its arrays cannot change a bound session)
+        handle = StaticInputs(self.name, {n: np.array(a, order="C", copy=True) for n, a in feeds.items()})
         self._upload_static(handle)
         return handle
 
