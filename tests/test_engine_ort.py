@@ -437,3 +437,208 @@ def test_profile_shape_strings_parse_as_ort_parses_them():
     assert parse_profile_shapes("x:1xa") is None and parse_profile_shapes(":1x2") is None
     assert parse_profile_shapes("x:2x3,x:4x3") == {"x": [[2, 3], [4, 3]]}  # a repeated name: a second profile
     assert not validate_profile_shapes({"x": [[1]]}, {"y": [[1]]}, {"x": [[1]]})
+
+
+# -- the lean runtime on ORT (tiny engine directory: tests/conftest.py) -------------------------------
+def _unet_call_inputs(pipe, subject):
+    """Two different sets of session inputs (prompt, subject, guidance, masks) and one latent/timestep."""
+    from PIL import ImageOps
+
+    from monkey_trt.core.config import Request
+
+    pipe.prepare(Request("a toy", 64, 64))
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, :32] = 1
+    a = (pipe.encode_prompt("a toy on the beach")[0], pipe.encode_subject(subject), pipe.guidance(1.5), [None])
+    b = (pipe.encode_prompt("a red car in the jungle")[0], pipe.encode_subject(ImageOps.mirror(subject)), pipe.guidance(3.0), [mask])
+    c = (a[0], a[1], a[2], [None, np.zeros((64, 64), np.float32)])  # a batch-2 layout (pass batching)
+    lat = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    return a, b, c, lat
+
+
+def _session_results(pipe, subject, interleave: bool) -> list:
+    a, b, c, lat = _unet_call_inputs(pipe, subject)
+    t1, t2 = np.array([999.0], np.float32), np.array([999.0, 999.0], np.float32)
+    lat2 = np.concatenate([lat, lat])
+    plan = [("a", lat, t1, 0.8, True), ("b", lat, t1, 1.0, True), ("c", lat2, t2, 0.8, True), ("a", lat, t1, 0.8, False),
+            ("b", lat, t1, 0.5, False), ("c", lat2, t2, 0.8, True), ("a", lat, t1, 0.8, True)]
+    if interleave:  # all sessions open at once, calls interleaved
+        sessions = {k: pipe.unet_session(*v) for k, v in (("a", a), ("b", b), ("c", c))}
+        return [(k, sessions[k](*args)) for k, *args in plan]
+    out = []
+    for k, *args in plan:  # one session at a time: each call on a session made just before it
+        out.append((k, pipe.unet_session(*{"a": a, "b": b, "c": c}[k])(*args)))
+    return out
+
+
+def _assert_same_results(got: list, want: list, atol=1e-6) -> None:
+    for (k, (eps, amap)), (k2, (eps2, amap2)) in zip(got, want):
+        assert k == k2
+        np.testing.assert_allclose(eps, eps2, rtol=0, atol=atol, err_msg=f"session {k}: noise_pred")
+        assert (amap is None) == (amap2 is None)
+        if amap is not None:
+            np.testing.assert_allclose(amap, amap2, rtol=0, atol=atol, err_msg=f"session {k}: ip_attn_map")
+
+
+@pytest.fixture(scope="module")
+def cpu_pipe(engine_dir):
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
+        yield pipe
+
+
+def test_unet_sessions_do_not_share_inputs_cpu(cpu_pipe, subject):
+    """Issue defect 3: unet_session wrote the runner's shared static inputs, so an earlier session silently ran
+    with a later session's text / IP tokens / mask. Interleaved sessions must each equal a solo run."""
+    solo = _session_results(cpu_pipe, subject, interleave=False)
+    eps = {k: r[0] for k, r in solo}
+    assert np.abs(eps["a"] - eps["b"]).max() > 1e-3  # the two sessions really differ
+    _assert_same_results(_session_results(cpu_pipe, subject, interleave=True), solo, atol=0)
+
+
+@pytest.mark.parametrize("providers, graph", [(("cuda",), False), (("cuda",), True), (("tensorrt",), True)])
+def test_unet_sessions_do_not_share_inputs_gpu(engine_dir, cpu_pipe, subject, fake_ort, providers, graph):
+    """Issue defect 3 on the (simulated) GPU: each session's inputs live in its own device buffers, or are
+    copied into the graph's fixed buffers per call from the session's own handle."""
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    solo = _session_results(cpu_pipe, subject, interleave=False)
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=providers, cuda_graph=graph) as pipe:
+        assert pipe.runners["unet"].device == "cuda"
+        _assert_same_results(_session_results(pipe, subject, interleave=True), solo)
+        if graph:
+            assert pipe.runners["unet"].graphs_captured == 2  # batch 1 and batch 2
+
+
+def test_gpu_soak_captures_one_graph_per_shape_set(engine_dir, cpu_pipe, subject, fake_ort):
+    """Issue defect 2 end to end: 50 generations with pass batching (UNet batch 2 -> 1 in each) at two sizes:
+    as many captures as distinct UNet input shapes, no session rebuilt, results equal to the CPU runtime."""
+    from monkey_trt.core.config import Request
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    sizes = [(64, 64), (96, 64)]
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cuda",), cuda_graph=True) as pipe:
+        assert pipe.batch_passes_default
+        unet_shapes = set()
+        unet = pipe.runners["unet"]
+        real_infer = unet.infer
+
+        def spy(feeds, static=None, outputs=None):
+            unet_shapes.add(tuple(feeds["sample"].shape))
+            return real_infer(feeds, static=static, outputs=outputs)
+
+        unet.infer = spy
+        for i in range(50):
+            h, w = sizes[i % 2]
+            req = Request("a toy on the beach", h, w, seed=i % 3)
+            out = pipe(req, subject)
+            assert out.batched_steps == 2
+            if i in (0, 1, 48, 49):
+                want = cpu_pipe(req, subject, batch_passes=True)
+                assert np.array_equal(out.mask.mask, want.mask.mask)
+                np.testing.assert_allclose(out.image, want.image, rtol=0, atol=1e-5)
+        assert len(unet_shapes) == 4 and unet.graphs_captured == 4
+    assert fake_ort.stats.captures == 4 and fake_ort.stats.sessions == 4  # one per network, none rebuilt
+
+
+def _read_only(root: Path, on: bool) -> None:
+    for p in [root, *root.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o555 if on else 0o755)
+        else:
+            p.chmod(0o444 if on else 0o644)
+
+
+def test_engine_dir_is_never_written(engine_dir, subject, fake_ort, tmp_path):
+    """Issue defect 5: the ORT TensorRT EP's engine cache went to <engine dir>/ort-trt-cache. A read-only engine
+    directory (chmod does not stop root: every file's listing and mtime is compared) stays untouched; the caches
+    land under $MONKEY_TRT_CACHE, one keyed folder per network, with nothing half-written left behind."""
+    import shutil
+
+    from monkey_trt.core.config import Request
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+    from tests.fakes.ort import engine_dir_snapshot
+
+    root = tmp_path / "engine"
+    shutil.copytree(engine_dir, root)
+    _read_only(root, True)
+    try:
+        before = engine_dir_snapshot(root)
+        with MonkeyPipeline.from_engine_dir(root, backend="ort", providers=("tensorrt",)) as pipe:
+            pipe(Request("a toy", 64, 64, seed=1), subject)
+        with MonkeyPipeline.from_engine_dir(root, backend="ort", providers=("tensorrt",), ort_cache=tmp_path / "ortc") as pipe:
+            pipe(Request("a toy", 64, 64, seed=1), subject)
+        assert engine_dir_snapshot(root) == before
+    finally:
+        _read_only(root, False)
+    cache = tmp_path / "user-cache" / "ort-trt"
+    folders = sorted(cache.iterdir())
+    assert len(folders) == 4 and all(not f.name.startswith(".") for f in folders)  # no staging folders left
+    for f in folders:
+        assert sorted(p.suffix for p in f.iterdir()) == [".engine", ".profile", ".timing"]
+    assert fake_ort.stats.trt_engine_builds == 4 and fake_ort.stats.trt_engine_loads == 4  # the second start loaded them
+
+
+def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
+    """Issue defect 6 end to end: every network's TensorRT EP session gets the manifest's profile (min/opt/max per
+    input), so sizes and batches inside it build nothing more; fp16 options follow the precision asked for."""
+    from monkey_trt.core.config import Request
+    from monkey_trt.engine.ort import _shape_text
+    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    m = load_manifest(engine_dir)
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("tensorrt",)) as pipe:
+        assert pipe.max_unet_batch == m.profile.batch.max == 2 and pipe.batch_passes_default
+        for h, w in ((64, 64), (96, 64), (128, 128), (64, 64)):
+            pipe(Request("a toy", h, w, seed=2), subject)
+        assert pipe.info()["providers"]["unet"][0] == "TensorrtExecutionProvider"
+    s = fake_ort.stats
+    assert s.trt_engine_builds == 4 and not s.warnings
+    logged = {f: o["TensorrtExecutionProvider"] for f, _, o in s.session_log}
+    for name, entry in m.networks.items():
+        ranges = entry.desc.profile_shapes(m.profile, m.dims)
+        trt = logged[Path(entry.file).name]
+        for i, kind in enumerate(("min", "opt", "max")):
+            assert trt[f"trt_profile_{kind}_shapes"] == _shape_text({n: r[i] for n, r in ranges.items()})
+        assert trt["trt_fp16_enable"] == "0"
+    s.session_log.clear()
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("tensorrt",), precision="fp16"):
+        pass
+    assert all(o["TensorrtExecutionProvider"]["trt_fp16_enable"] == "1" for _, _, o in s.session_log)
+
+
+class _StubRunner:
+    """A runner with no ORT session behind it (the TensorRT backend's kind): only the interface."""
+
+    def __init__(self, device: str, providers: tuple, max_batch):
+        self.device, self.providers, self.max_batch = device, providers, max_batch
+
+    def deactivate(self) -> None:
+        pass
+
+
+def test_pipeline_reads_the_runner_interface(engine_dir):
+    """Issue defect 9: info() and batch_passes_default read `runner.session.get_providers()`; a runner without an
+    ORT session (TensorRT plans, a stub) reported no providers and never batched. They use providers/device/max_batch."""
+    from monkey_trt.enginedir.manifest import TOKENIZER_FILE, load_manifest
+    from monkey_trt.enginedir.networks import NETWORKS
+    from monkey_trt.runtime.pipeline import MonkeyPipeline, RuntimeOptions
+    from monkey_trt.runtime.tokenizer import ClipTokenizer
+
+    m = load_manifest(engine_dir)
+    tok = ClipTokenizer.from_file(engine_dir / TOKENIZER_FILE)
+
+    def pipe(device, providers, max_batch):
+        runners = {n: _StubRunner(device, providers, max_batch) for n in NETWORKS}
+        return MonkeyPipeline(engine_dir, m, runners, RuntimeOptions(backend="ort"), tok)
+
+    gpu = pipe("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), None)
+    assert gpu.info()["providers"]["unet"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert gpu.info()["devices"]["unet"] == "cuda"
+    assert gpu.batch_passes_default and gpu.max_unet_batch == 64
+    plan = pipe("cuda", ("TensorRT",), 1)
+    assert plan.max_unet_batch == 1 and not plan.batch_passes_default
+    assert pipe("cuda", ("TensorRT",), 2).batch_passes_default
+    assert not pipe("cpu", ("CPUExecutionProvider",), None).batch_passes_default
