@@ -283,24 +283,26 @@ def test_cuda_graph_returns_fresh_outputs_every_call(mlp_path, fake_ort):
     """Issue defect 1: every call after the first returned buffers the graph never wrote (outputs were
     re-bound after the capturing run). Fixed buffers are bound before capture; each call's inputs land in them."""
     with OrtRunner(mlp_path, providers="cuda", cuda_graph=True) as r:
-        assert r.device == "cuda" and r.providers[0] == "CUDAExecutionProvider"
         for _ in range(5):
             f = _feeds(2)
             _check(r.infer(f), f)
         assert fake_ort.stats.captures == 1 and fake_ort.stats.replays == 4
+        assert r.device == "cuda" and r.providers[0] == "CUDAExecutionProvider"
 
 
 def test_cuda_graph_one_capture_per_shape_set_over_a_soak(mlp_path, fake_ort):
     """Issue defect 2: the UNet batch goes 2 -> 1 inside every generation (pass batching) and each change
     rebuilt the session and re-captured. One graph per input-shape set (gpu_graph_id), captured once."""
+    results = []
     with OrtRunner(mlp_path, providers="cuda", cuda_graph=True) as r:
         for generation in range(50):
             for batch in (2, 2, 1, 1, 1):
                 f = _feeds(batch)
-                _check(r.infer(f), f)
-        assert r.graphs_captured == 2
+                results.append((f, r.infer(f)))
     s = fake_ort.stats
-    assert s.sessions == 1 and s.captures == 2 and s.replays == 50 * 5 - 2
+    assert (s.sessions, s.captures, s.replays) == (1, 2, 50 * 5 - 2)
+    for f, out in results:
+        _check(out, f)
 
 
 def test_cuda_graph_without_graph_ids_uses_a_session_per_shape_set(mlp_path, monkeypatch, tmp_path):
@@ -462,8 +464,8 @@ def _session_results(pipe, subject, interleave: bool) -> list:
     lat2 = np.concatenate([lat, lat])
     plan = [("a", lat, t1, 0.8, True), ("b", lat, t1, 1.0, True), ("c", lat2, t2, 0.8, True), ("a", lat, t1, 0.8, False),
             ("b", lat, t1, 0.5, False), ("c", lat2, t2, 0.8, True), ("a", lat, t1, 0.8, True)]
-    if interleave:  # all sessions open at once, calls interleaved
-        sessions = {k: pipe.unet_session(*v) for k, v in (("a", a), ("b", b), ("c", c))}
+    if interleave:  # all sessions open at once (the last one made has the first call's batch), calls interleaved
+        sessions = {k: pipe.unet_session(*v) for k, v in (("c", c), ("a", a), ("b", b))}
         return [(k, sessions[k](*args)) for k, *args in plan]
     out = []
     for k, *args in plan:  # one session at a time: each call on a session made just before it
@@ -505,8 +507,8 @@ def test_unet_sessions_do_not_share_inputs_gpu(engine_dir, cpu_pipe, subject, fa
 
     solo = _session_results(cpu_pipe, subject, interleave=False)
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=providers, cuda_graph=graph) as pipe:
-        assert pipe.runners["unet"].device == "cuda"
         _assert_same_results(_session_results(pipe, subject, interleave=True), solo)
+        assert pipe.runners["unet"].device == "cuda"
         if graph:
             assert pipe.runners["unet"].graphs_captured == 2  # batch 1 and batch 2
 
@@ -524,9 +526,9 @@ def test_gpu_soak_captures_one_graph_per_shape_set(engine_dir, cpu_pipe, subject
         unet = pipe.runners["unet"]
         real_infer = unet.infer
 
-        def spy(feeds, static=None, outputs=None):
+        def spy(feeds, *args, **kwargs):
             unet_shapes.add(tuple(feeds["sample"].shape))
-            return real_infer(feeds, static=static, outputs=outputs)
+            return real_infer(feeds, *args, **kwargs)
 
         unet.infer = spy
         for i in range(50):
@@ -584,7 +586,6 @@ def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
     """Issue defect 6 end to end: every network's TensorRT EP session gets the manifest's profile (min/opt/max per
     input), so sizes and batches inside it build nothing more; fp16 options follow the precision asked for."""
     from monkey_trt.core.config import Request
-    from monkey_trt.engine.ort import _shape_text
     from monkey_trt.enginedir.manifest import load_manifest
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
@@ -601,7 +602,7 @@ def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
         ranges = entry.desc.profile_shapes(m.profile, m.dims)
         trt = logged[Path(entry.file).name]
         for i, kind in enumerate(("min", "opt", "max")):
-            assert trt[f"trt_profile_{kind}_shapes"] == _shape_text({n: r[i] for n, r in ranges.items()})
+            assert trt.get(f"trt_profile_{kind}_shapes") == ",".join(f"{n}:{'x'.join(map(str, r[i]))}" for n, r in ranges.items())
         assert trt["trt_fp16_enable"] == "0"
     s.session_log.clear()
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("tensorrt",), precision="fp16"):
@@ -635,8 +636,8 @@ def test_pipeline_reads_the_runner_interface(engine_dir):
         return MonkeyPipeline(engine_dir, m, runners, RuntimeOptions(backend="ort"), tok)
 
     gpu = pipe("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), None)
-    assert gpu.info()["providers"]["unet"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert gpu.info()["devices"]["unet"] == "cuda"
+    assert gpu.info()["providers"].get("unet") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert gpu.info().get("devices", {}).get("unet") == "cuda"
     assert gpu.batch_passes_default and gpu.max_unet_batch == 64
     plan = pipe("cuda", ("TensorRT",), 1)
     assert plan.max_unet_batch == 1 and not plan.batch_passes_default

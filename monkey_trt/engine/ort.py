@@ -1,7 +1,14 @@
 """ONNX Runtime backend: one InferenceSession per network file, run through IO binding.
 
     with OrtRunner("unet.onnx", providers="cpu") as unet:
-        out = unet.infer({"sample": x, ...})        # name -> np.ndarray (caller-owned copies)
+        fixed = unet.bind_static({"encoder_hidden_states": text, ...})    # the caller's handle
+        out = unet.infer({"sample": x, ...}, static=fixed, outputs=("noise_pred",))  # caller-owned copies
+
+On a GPU provider a handle keeps its own device copies; `outputs` names the outputs fetched to the host
+(the others are not bound, or stay in device memory). CUDA-graph mode keeps one captured graph per
+input-shape set, each with fixed device buffers bound before its capturing run (see `OrtRunner`).
+Derived caches (the TensorRT EP's engines, ORT's optimised graphs) are keyed by the graph's digest and
+never written next to the model (engine/cache.py).
 
 Providers are named "cpu", "cuda" or "tensorrt". A single name expands to its usual fallback
 chain ("tensorrt" -> TensorRT, CUDA, CPU; "cuda" -> CUDA, CPU); a sequence is taken as given
@@ -263,10 +270,16 @@ class OrtRunner(Runner):
         """TensorRT EP with a profile: the profile's largest batch; else None (the ONNX graph's batch is dynamic)."""
         if PROVIDER_NAMES["tensorrt"] not in self._chain or not self.trt_profile:
             return None
-        specs = {s.name: s for s in self._inputs}
-        batch = [mx[0] for n, (mn, _, mx) in self.trt_profile.items() if mx and (
-            (n in specs and specs[n].shape and not isinstance(specs[n].shape[0], int)) or
-            (n in specs and specs[n].shape and specs[n].shape[0] == -1) or (n not in specs and mn[0] != mx[0]))]
+        shapes = {s.name: s.shape for s in self._inputs}  # known once active
+        batch = []
+        for n, (mn, _, mx) in self.trt_profile.items():
+            shape = shapes.get(n)
+            if shape is not None:  # the graph says which inputs have a dynamic first (batch) axis
+                dynamic = bool(shape) and not (isinstance(shape[0], int) and shape[0] >= 0)
+            else:
+                dynamic = bool(mn) and mn[0] != mx[0]
+            if dynamic:
+                batch.append(mx[0])
         return min(batch) if batch else None
 
     @property

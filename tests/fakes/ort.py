@@ -34,8 +34,10 @@ GPU build adds around it, following ONNX Runtime's own documentation, tests and 
       each id has its own count and its own graph; id -1 is a regular run that captures nothing;
     - a replay reads the input addresses and writes the output addresses bound at capture: an output
       re-bound after capture receives nothing, an input re-bound after capture is not read;
-    - capture needs every input and output in device memory (a host copy inside a capture is illegal
-      CUDA); a model with If/Loop/Scan cannot use graphs.
+    - capture needs inputs in device memory (a host input is copied when bound, before the run) and
+      outputs in device memory (pre-allocated, or allocated by ORT from its warmed-up arena: the graph
+      then keeps writing into that block); an output bound to the host cannot be captured (its copy
+      is a synchronous cudaMemcpy); a model with If/Loop/Scan cannot use graphs.
   With gpu_graph_id (ORT >= 1.18, microsoft/onnxruntime PR #19636, docs PR #19818) and
   `min_runs_before_capture` = 2 (CUDA EP, PR #15005). An older `version` ignores gpu_graph_id:
   one graph per session, as before that PR.
@@ -528,14 +530,13 @@ def make_fake_ort(providers=(TRT, CUDA, CPU), version: str = "1.20.1", min_runs_
             return values
 
         def _capture(self, b: IOBinding, gid: int) -> None:
-            for kind, table in (("input", b._inputs), ("output", b._outputs)):
-                for name, v in table.items():
-                    if v is None or v.device_name() != "cuda":
-                        raise Fail(f"CUDA graph capture: {kind} {name!r} is not bound to a pre-allocated device "
-                                   "buffer (a host copy or an allocation inside a capture is illegal)")
-            missing = [n for n in self._outputs if n not in b._outputs]
-            if missing:
-                raise Fail(f"CUDA graph capture: outputs {missing} are not bound")
+            for name, v in b._inputs.items():  # a host input was copied to the device when it was bound
+                if v.device_name() != "cuda":
+                    raise Fail(f"CUDA graph capture: input {name!r} is not in device memory")
+            for name, v in b._outputs.items():  # ORT may allocate a device output (from its warmed-up arena)
+                if (v.device_name() if v is not None else b._output_device[name]) != "cuda":
+                    raise Fail(f"CUDA graph capture: output {name!r} is bound to host memory (the copy to the host "
+                               "is a synchronous cudaMemcpy, illegal inside a capture)")
             # inside this one call: the warm-up regular runs, then the capturing run (+ its replay)
             need = min_runs_before_capture if self._graph_ep == CUDA else 1
             while self._run_counts.get(gid, 0) < need:
@@ -545,7 +546,9 @@ def make_fake_ort(providers=(TRT, CUDA, CPU), version: str = "1.20.1", min_runs_
             stats.regular_runs -= 1
             self._graphs[gid] = {
                 "inputs": {n: (v._addr, tuple(v.shape()), v._dtype) for n, v in b._inputs.items()},
-                "outputs": {n: (v._addr, tuple(v.shape()), v._dtype) for n, v in b._outputs.items()},
+                "outputs": {n: (b._results[n]._addr, tuple(b._results[n].shape()), b._results[n]._dtype) for n in b._outputs},
+                # ORT-allocated outputs come from its arena, which keeps the block: the graph keeps writing there
+                "arena": [b._results[n] for n, v in b._outputs.items() if v is None],
             }
             stats.captures += 1
 
