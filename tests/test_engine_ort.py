@@ -643,3 +643,48 @@ def test_pipeline_reads_the_runner_interface(engine_dir):
     assert plan.max_unet_batch == 1 and not plan.batch_passes_default
     assert pipe("cuda", ("TensorRT",), 2).batch_passes_default
     assert not pipe("cpu", ("CPUExecutionProvider",), None).batch_passes_default
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    from monkey_trt.engine.cache import cache_root, keyed_folder
+
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    monkeypatch.delenv("MONKEY_TRT_CACHE")
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "monkey-trt"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: only absolute paths count
+    assert cache_root() == Path.home() / ".cache" / "monkey-trt"
+    a, b = keyed_folder("k", {"x": 1}, root=tmp_path), keyed_folder("k", {"x": 2}, root=tmp_path)
+    assert a.parent == b.parent == tmp_path / "k" and a != b and a == keyed_folder("k", {"x": 1}, root=tmp_path)
+
+
+def test_staged_folder_publishes_only_whole_new_files(tmp_path):
+    """A library writing into the stage (plain ofstreams) never exposes a half-written file: new or changed files
+    are copied next to the target and renamed over it; untouched copies are not republished; a failed run
+    publishes nothing; a dead process's staging folder is removed by the next one."""
+    from monkey_trt.core.files import staging_owner, staging_prefix
+    from monkey_trt.engine.cache import StagedFolder
+
+    final = tmp_path / "cache" / "key"
+    with StagedFolder(final) as st:
+        (st.path / "a.engine").write_bytes(b"A" * 100)
+        assert not final.exists()  # nothing visible before the commit
+    assert (final / "a.engine").read_bytes() == b"A" * 100
+    mtime = (final / "a.engine").stat().st_mtime_ns
+    with StagedFolder(final) as st:
+        assert (st.path / "a.engine").read_bytes() == b"A" * 100  # seeded with the committed files
+        (st.path / "b.timing").write_bytes(b"T")
+        assert st.commit() == ["b.timing"]
+    assert (final / "a.engine").stat().st_mtime_ns == mtime and (final / "b.timing").read_bytes() == b"T"
+    with pytest.raises(RuntimeError):
+        with StagedFolder(final) as st:
+            (st.path / "c.engine").write_bytes(b"half")
+            raise RuntimeError("the build failed")
+    assert not (final / "c.engine").exists()
+    dead = final.parent / f"{staging_prefix(final)}{staging_owner(999999999)}-abc"
+    dead.mkdir()
+    with StagedFolder(final):
+        pass
+    assert sorted(p.name for p in final.parent.iterdir()) == ["key"]

@@ -139,12 +139,21 @@ class StagedFolder:
                 shutil.rmtree(self.path, ignore_errors=True)
                 self.path = None
 
+    def discard(self) -> None:
+        """Remove the staging folder without publishing anything (the library failed midway)."""
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
     def __enter__(self) -> "StagedFolder":
         self.open()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def _copy(src: Path, dst: Path) -> None:

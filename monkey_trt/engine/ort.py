@@ -414,7 +414,9 @@ class OrtRunner(Runner):
                     "check the CUDA/cuDNN/TensorRT libraries (monkey-trt doctor)"
                 )
         except BaseException:
-            self._close_stage()
+            if self._trt_stage is not None:  # nothing of a failed start is published
+                self._trt_stage.discard()
+                self._trt_stage = None
             raise
         self.session = sess
         self._inputs = [_spec(a) for a in sess.get_inputs()]
