@@ -9,13 +9,13 @@ silently run fp16 nodes it has no kernel for in fp32, via inserted casts).
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError
-from monkey_trt.engine.ort import validate_feeds
-from monkey_trt.engine.runner import Runner, TensorSpec
+from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -56,13 +56,15 @@ class OnnxReferenceRunner(Runner):
     def output_specs(self) -> list[TensorSpec]:
         return list(self._outputs)
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
+              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
         if self._ev is None:
             raise MonkeyError(f"{self.name}: the runner is not active")
-        merged = self._with_static(feeds)
+        merged = self._merged(feeds, static)
         validate_feeds(self.name, self._inputs, merged)
-        outs = self._ev.run(None, {s.name: merged[s.name] for s in self._inputs})
-        return {s.name: np.array(o, copy=True) for s, o in zip(self._outputs, outs)}
+        wanted = self._wanted(outputs)
+        outs = self._ev.run([s.name for s in wanted], {s.name: merged[s.name] for s in self._inputs})
+        return {s.name: np.array(o, copy=True) for s, o in zip(wanted, outs)}
 
 
 def _spec(value_info) -> TensorSpec:

@@ -1,7 +1,14 @@
 """ONNX Runtime backend: one InferenceSession per network file, run through IO binding.
 
     with OrtRunner("unet.onnx", providers="cpu") as unet:
-        out = unet.infer({"sample": x, ...})        # name -> np.ndarray (caller-owned copies)
+        fixed = unet.bind_static({"encoder_hidden_states": text, ...})    # the caller's handle
+        out = unet.infer({"sample": x, ...}, static=fixed, outputs=("noise_pred",))  # caller-owned copies
+
+On a GPU provider a handle keeps its own device copies; `outputs` names the outputs fetched to the host
+(the others are not bound, or stay in device memory). CUDA-graph mode keeps one captured graph per
+input-shape set, each with fixed device buffers bound before its capturing run (see `OrtRunner`).
+Derived caches (the TensorRT EP's engines, ORT's optimised graphs) are keyed by the graph's digest and
+never written next to the model (engine/cache.py).
 
 Providers are named "cpu", "cuda" or "tensorrt". A single name expands to its usual fallback
 chain ("tensorrt" -> TensorRT, CUDA, CPU; "cuda" -> CUDA, CPU); a sequence is taken as given
@@ -13,19 +20,24 @@ Lean: numpy + onnxruntime only.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
-from monkey_trt.engine.runner import Runner, TensorSpec
+from monkey_trt.engine.cache import StagedFolder, digest, file_digest, keyed_folder
+from monkey_trt.engine.cache import source_digest as files_digest
+from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
+
+__all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "ort_version", "physical_cores",
+           "resolve_providers", "validate_feeds"]  # validate_feeds lives in runner.py; importable here as before
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -127,43 +139,41 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
     return chain
 
 
-def validate_feeds(name: str, specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
-    """Names, dtypes, ranks and static dims of `feeds` against `specs`; MonkeyError (one line) on a mismatch."""
-    if not isinstance(feeds, Mapping):
-        raise MonkeyError(f"{name}: feeds must be a dict of name -> numpy array, got {type(feeds).__name__}")
-    want = {s.name: s for s in specs}
-    unknown = sorted(set(feeds) - set(want))
-    if unknown:
-        raise MonkeyError(f"{name}: unknown input(s) {', '.join(map(repr, unknown))} (inputs: {', '.join(want)})")
-    missing = [n for n in want if n not in feeds]
-    if missing:
-        raise MonkeyError(f"{name}: missing input(s) {', '.join(map(repr, missing))}")
-    for n, spec in want.items():
-        arr = feeds[n]
-        if not isinstance(arr, np.ndarray):
-            raise MonkeyError(f"{name}: input {n!r} must be a numpy array, got {type(arr).__name__}")
-        if arr.dtype.name != spec.dtype:
-            raise MonkeyError(f"{name}: input {n!r} has dtype {arr.dtype.name}, the network wants {spec.dtype}")
-        if arr.ndim != len(spec.shape):
-            raise MonkeyError(
-                f"{name}: input {n!r} has rank {arr.ndim} (shape {tuple(arr.shape)}), the network wants rank "
-                f"{len(spec.shape)} {_fmt_shape(spec.shape)}"
-            )
-        for axis, (got, dim) in enumerate(zip(arr.shape, spec.shape)):
-            if isinstance(dim, int) and dim >= 0 and got != dim:
-                raise MonkeyError(
-                    f"{name}: input {n!r} has shape {tuple(arr.shape)}, the network wants {_fmt_shape(spec.shape)} (axis {axis})"
-                )
-
-
-def _fmt_shape(shape: Sequence[int | str]) -> str:
-    return "[" + ", ".join("?" if (isinstance(d, int) and d < 0) else str(d) for d in shape) + "]"
-
-
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, (int, str)) and d != "" else -1 for d in (arg.shape or ()))
     shape = tuple(-1 if (isinstance(d, int) and d < 0) else d for d in shape)
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+def _shape_text(shapes: Mapping[str, Sequence[int]]) -> str:
+    """{"x": (1, 8)} -> "x:1x8": the TensorRT EP's trt_profile_*_shapes format."""
+    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in shapes.items())
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    out = []
+    for part in (text or "0").split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+# ONNX Runtime versions from which one session keeps one CUDA graph per RunOptions "gpu_graph_id" (CUDA EP)
+GRAPH_IDS_SINCE = (1, 18)
+
+
+@dataclass(eq=False)
+class _Graph:
+    """One captured CUDA graph: its session, binding, run options and fixed device buffers (ORT requirement)."""
+
+    key: tuple
+    session: object
+    binding: object
+    run_options: object
+    inputs: dict
+    outputs: dict
+    graph_id: int | None = None
+    loaded: dict = field(default_factory=dict)  # static input name -> id of the StaticInputs its buffer holds
 
 
 class OrtRunner(Runner):
@@ -173,20 +183,30 @@ class OrtRunner(Runner):
         model_path: the .onnx file (external data next to it is found by ORT).
         providers: "cpu" | "cuda" | "tensorrt", or a sequence of those (priority order).
         name: label used in error messages (default: the file stem).
-        fp16: TensorRT EP only: allow fp16 kernels.
-        trt_cache_dir: TensorRT EP only: engine + timing cache folder (enables both caches).
-        cuda_graph: CUDA/TensorRT EP: capture a CUDA graph (needs fixed shapes; the session is
-            rebuilt when input shapes change).
+        fp16: TensorRT EP only: allow fp16 kernels in an fp32 graph (changes the math: opt-in).
+        precision: the graph's precision ("fp32" | "fp16"). TensorRT EP: an fp16 graph runs with fp16 kernels
+            allowed (ORT's TensorRT EP builds weakly typed networks: without the flag TensorRT would run the
+            fp16 layers in fp32), with LayerNorm reductions kept in fp32.
+        trt_profile: TensorRT EP: input name -> (min, opt, max) shapes (the engine directory's profile,
+            `NetworkDesc.profile_shapes`): one engine covers them all; without it the EP rebuilds its engine
+            whenever a shape leaves the range it has seen.
+        trt_cache_dir: TensorRT EP: the root of its engine + timing caches (default: the user cache folder,
+            `engine.cache.cache_root()`); the files go to a sub-folder keyed by `source_digest`, the ORT version,
+            the providers and the options, written through a staging copy (never half-written).
+        cuda_graph: CUDA/TensorRT EP: replay each input-shape set as a captured CUDA graph: CUDA EP with ORT >=
+            1.18: one session, one graph per shape set (RunOptions "gpu_graph_id"); TensorRT EP (one graph per
+            session) or older ORT: one extra session per shape set. Each graph has its own fixed device buffers.
         cudnn_conv_algo_search: CUDA EP: "EXHAUSTIVE" | "HEURISTIC" | "DEFAULT".
         device_id: CUDA device.
         intra_op_threads: default = physical cores.
-        optimized_model_cache: a folder to keep the ORT_ENABLE_ALL-optimised graph in, keyed by
-            the source file, ORT version, providers and machine; reused on the next start
-            (CPU/CUDA only; ignored for TensorRT, which wants the original graph).
+        optimized_model_cache: a folder to keep the ORT_ENABLE_ALL-optimised graph in, keyed by `source_digest`,
+            ORT version, providers and machine; reused on the next start (CPU/CUDA only; ignored for TensorRT,
+            which wants the original graph).
+        source_digest: the digest of the graph files (the manifest's sha256s, `engine.cache.source_digest`);
+            default: the files are hashed when a cache needs it.
     """
 
     backend = "onnxruntime"
-    _graph_device = "cuda"  # where CUDA-graph mode keeps its fixed I/O buffers
 
     def __init__(
         self,
@@ -195,58 +215,107 @@ class OrtRunner(Runner):
         *,
         name: str | None = None,
         fp16: bool = False,
+        precision: str = "fp32",
+        trt_profile: Mapping[str, tuple] | None = None,
         trt_cache_dir: str | os.PathLike | None = None,
         cuda_graph: bool = False,
         cudnn_conv_algo_search: str = "EXHAUSTIVE",
         device_id: int = 0,
         intra_op_threads: int | None = None,
         optimized_model_cache: str | os.PathLike | None = None,
+        source_digest: str | None = None,
         log_severity: int = 3,
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
-        self.providers = resolve_providers(providers)
+        self._chain = resolve_providers(providers)
         if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise MonkeyError(f"cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
+        if precision not in ("fp32", "fp16"):
+            raise MonkeyError(f"precision must be fp32 or fp16, got {precision!r}")
         self.fp16 = bool(fp16)
+        self.precision = precision
+        self.trt_profile = {n: tuple(tuple(int(d) for d in s) for s in mmo) for n, mmo in (trt_profile or {}).items()}
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
-        self.cuda_graph = bool(cuda_graph) and any(p != PROVIDER_NAMES["cpu"] for p in self.providers)
+        self.cuda_graph = bool(cuda_graph) and self._chain[0] != PROVIDER_NAMES["cpu"]
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
         self.device_id = int(device_id)
         self.intra_op_threads = intra_op_threads if intra_op_threads else physical_cores()
         self.optimized_model_cache = Path(optimized_model_cache) if optimized_model_cache is not None else None
         self.log_severity = log_severity
+        self._source_digest = source_digest
         self.session = None
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
         self._binding = None
-        # CUDA-graph mode: persistent device OrtValues (fixed addresses) for one set of shapes
-        self._static_device: dict = {}  # name -> OrtValue on the GPU (set_static_inputs on a GPU provider)
-        self._graph_shapes: dict[str, tuple[int, ...]] | None = None
-        self._graph_in: dict = {}
-        self._graph_out: dict = {}
+        self._trt_stage: StagedFolder | None = None
+        self._graph_mode: str | None = None  # None | "ids" (one session, gpu_graph_id per shape set) | "sessions"
+        self._graphs: dict[tuple, _Graph] = {}
+        self._next_graph_id = 1  # gpu_graph_id 0 is ORT's default (reserved), -1 disables capture for a run
+        self._handles: weakref.WeakSet = weakref.WeakSet()
+
+    # -- what callers may ask --------------------------------------------------------------
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The execution providers of the session (the requested chain before activation)."""
+        return tuple(self.session.get_providers()) if self.session is not None else tuple(self._chain)
+
+    @property
+    def device(self) -> str:
+        p = self.providers
+        return "cuda" if p and p[0] in (PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]) else "cpu"
+
+    @property
+    def max_batch(self) -> int | None:
+        """TensorRT EP with a profile: the profile's largest batch; else None (the ONNX graph's batch is dynamic)."""
+        if PROVIDER_NAMES["tensorrt"] not in self._chain or not self.trt_profile:
+            return None
+        shapes = {s.name: s.shape for s in self._inputs}  # known once active
+        batch = []
+        for n, (mn, _, mx) in self.trt_profile.items():
+            shape = shapes.get(n)
+            if shape is not None:  # the graph says which inputs have a dynamic first (batch) axis
+                dynamic = bool(shape) and not (isinstance(shape[0], int) and shape[0] >= 0)
+            else:
+                dynamic = bool(mn) and mn[0] != mx[0]
+            if dynamic:
+                batch.append(mx[0])
+        return min(batch) if batch else None
+
+    @property
+    def graphs_captured(self) -> int:
+        """CUDA-graph mode: how many graphs (input-shape sets) this runner has captured."""
+        return len(self._graphs)
 
     # -- session -------------------------------------------------------------------------
-    def _provider_options(self) -> list[dict]:
+    def _trt_fp16(self) -> bool:
+        return self.fp16 or self.precision == "fp16"
+
+    def _trt_options(self, graph: bool) -> dict:
+        fp16 = self._trt_fp16()
+        o: dict = {"device_id": str(self.device_id), "trt_fp16_enable": _flag(fp16),
+                   "trt_cuda_graph_enable": _flag(graph and self._chain[0] == PROVIDER_NAMES["tensorrt"])}
+        if fp16:
+            o["trt_layer_norm_fp32_fallback"] = "1"  # Pow + Reduce of LayerNorm in fp32 (the graph's own fp32 island)
+        if self.trt_profile:
+            for i, kind in enumerate(("min", "opt", "max")):
+                o[f"trt_profile_{kind}_shapes"] = _shape_text({n: mmo[i] for n, mmo in self.trt_profile.items()})
+        return o
+
+    def _provider_options(self, graph: bool) -> list[dict]:
         opts = []
-        for p in self.providers:
+        for p in self._chain:
             if p == PROVIDER_NAMES["tensorrt"]:
-                o: dict = {"device_id": self.device_id, "trt_fp16_enable": self.fp16, "trt_cuda_graph_enable": self.cuda_graph}
-                if self.trt_cache_dir is not None:
-                    self.trt_cache_dir.mkdir(parents=True, exist_ok=True)
-                    o.update(
-                        trt_engine_cache_enable=True,
-                        trt_engine_cache_path=str(self.trt_cache_dir),
-                        trt_timing_cache_enable=True,
-                        trt_timing_cache_path=str(self.trt_cache_dir),
-                    )
+                o = self._trt_options(graph)
+                if self._trt_stage is not None and self._trt_stage.path is not None:
+                    stage = str(self._trt_stage.path)
+                    o.update(trt_engine_cache_enable="1", trt_engine_cache_path=stage,
+                             trt_timing_cache_enable="1", trt_timing_cache_path=stage)
                 opts.append(o)
             elif p == PROVIDER_NAMES["cuda"]:
                 # With the TensorRT EP in front, the CUDA graph (if any) belongs to TensorRT.
-                graph = self.cuda_graph and PROVIDER_NAMES["tensorrt"] not in self.providers
-                opts.append(
-                    {"device_id": self.device_id, "cudnn_conv_algo_search": self.cudnn_conv_algo_search, "enable_cuda_graph": graph}
-                )
+                opts.append({"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+                             "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"])})
             else:
                 opts.append({})
         return opts
@@ -262,26 +331,31 @@ class OrtRunner(Runner):
         ort.set_default_logger_severity(self.log_severity)  # graph-optimizer notices use the default logger
         return so
 
-    def _cache_key(self) -> str:
-        st = self.model_path.stat()
-        data = self.model_path.with_name(self.model_path.name + ".data")
-        material = {
-            "v": 1,
-            "model": str(self.model_path.resolve()),
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-            "data": [data.stat().st_size, data.stat().st_mtime_ns] if data.is_file() else None,
-            "ort": ort_version(),
-            "providers": self.providers,
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        }
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    def source_digest(self) -> str:
+        """The digest of the graph file and its external data (given, or hashed once)."""
+        if self._source_digest is None:
+            files = {self.model_path.name: file_digest(self.model_path)}
+            data = self.model_path.with_name(self.model_path.name + ".data")
+            if data.is_file():
+                files[data.name] = file_digest(data)
+            self._source_digest = files_digest(files)
+        return self._source_digest
 
-    def _create(self, path: Path, so):
+    def _cache_material(self) -> dict:
+        return {"v": 2, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
+                "machine": platform.machine(), "processor": platform.processor()}
+
+    def trt_cache_folder(self) -> Path:
+        """Where this runner's TensorRT EP engines and timing cache are kept (keyed; see `trt_cache_dir`)."""
+        material = {**self._cache_material(), "trt": self._trt_options(graph=False)}
+        return keyed_folder("ort-trt", material, root=self.trt_cache_dir)
+
+    def _create(self, path: Path, so, graph: bool | None = None):
         ort = _import_ort()
+        graph = self._graph_mode == "ids" if graph is None else graph
         try:
-            return ort.InferenceSession(str(path), sess_options=so, providers=self.providers, provider_options=self._provider_options())
+            return ort.InferenceSession(str(path), sess_options=so, providers=self._chain,
+                                        provider_options=self._provider_options(graph))
         except Exception as e:  # ORT raises Fail/InvalidGraph/NoSuchFile/RuntimeException...
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime cannot load {path}: {msg}") from None
@@ -291,9 +365,9 @@ class OrtRunner(Runner):
         if not self.model_path.is_file():
             raise MonkeyError(f"{self.name}: model file {self.model_path} does not exist")
         cache = self.optimized_model_cache
-        if cache is None or PROVIDER_NAMES["tensorrt"] in self.providers:
+        if cache is None or PROVIDER_NAMES["tensorrt"] in self._chain:
             return self._create(self.model_path, self._session_options())
-        final = cache / f"{self.name}-{self._cache_key()}"
+        final = cache / f"{self.name}-{digest(self._cache_material())[:24]}"
         cached = final / "model.onnx"
         if cached.is_file():
             try:
@@ -323,34 +397,51 @@ class OrtRunner(Runner):
     def activate(self) -> None:
         if self.session is not None:
             return
-        sess = self._open_session()
-        got = sess.get_providers()
-        lost = [p for p in self.providers if p not in got]
-        if lost:
-            raise BackendUnavailable(
-                f"{self.name}: onnxruntime could not start {', '.join(lost)} (got {', '.join(got)}): "
-                "check the CUDA/cuDNN/TensorRT libraries (monkey-trt doctor)"
-            )
+        self._graph_mode = None
+        if self.cuda_graph:
+            ids = self._chain[0] == PROVIDER_NAMES["cuda"] and _version_tuple(ort_version()) >= GRAPH_IDS_SINCE
+            self._graph_mode = "ids" if ids else "sessions"
+        if PROVIDER_NAMES["tensorrt"] in self._chain:
+            self._trt_stage = StagedFolder(self.trt_cache_folder())
+            self._trt_stage.open()
+        try:
+            sess = self._open_session()
+            got = sess.get_providers()
+            lost = [p for p in self._chain if p not in got]
+            if lost:
+                raise BackendUnavailable(
+                    f"{self.name}: onnxruntime could not start {', '.join(lost)} (got {', '.join(got)}): "
+                    "check the CUDA/cuDNN/TensorRT libraries (monkey-trt doctor)"
+                )
+        except BaseException:
+            if self._trt_stage is not None:  # nothing of a failed start is published
+                self._trt_stage.discard()
+                self._trt_stage = None
+            raise
         self.session = sess
         self._inputs = [_spec(a) for a in sess.get_inputs()]
         self._outputs = [_spec(a) for a in sess.get_outputs()]
         self._binding = sess.io_binding()
+        self._commit_stage()
 
-    def set_static_inputs(self, feeds: dict[str, np.ndarray]) -> None:
-        """Fixed inputs for the coming runs; on a GPU provider they are uploaded to the device once."""
-        super().set_static_inputs(feeds)
-        self._static_device = {}
-        if self.session is not None and self.providers[0] != PROVIDER_NAMES["cpu"] and not self.cuda_graph:
-            ort = _import_ort()
-            self._static_device = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for n, a in self._static.items()}
+    def _commit_stage(self) -> None:
+        if self._trt_stage is not None:
+            self._trt_stage.commit()
+
+    def _close_stage(self) -> None:
+        if self._trt_stage is not None:
+            stage, self._trt_stage = self._trt_stage, None
+            stage.close()
 
     def deactivate(self) -> None:
-        self._static_device = {}
-        self._graph_in.clear()
-        self._graph_out.clear()
-        self._graph_shapes = None
+        for h in list(self._handles):
+            h.release()
+        self._handles = weakref.WeakSet()
+        self._graphs.clear()
+        self._next_graph_id = 1
         self._binding = None
         self.session = None
+        self._close_stage()
 
     # -- specs ---------------------------------------------------------------------------
     def _require_session(self):
@@ -368,79 +459,123 @@ class OrtRunner(Runner):
         self._require_session()
         return list(self._outputs)
 
+    # -- inputs bound once -----------------------------------------------------------------
+    def bind_static(self, feeds: Mapping[str, np.ndarray]) -> StaticInputs:
+        self._require_session()
+        handle = super().bind_static(feeds)
+        self._handles.add(handle)
+        return handle
+
+    def _upload_static(self, handle: StaticInputs) -> None:
+        """GPU provider, no CUDA graph: the handle's own device copies, uploaded once. CUDA-graph mode copies the
+        host values into a graph's fixed input buffers when a call needs them (graph buffers cannot be rebound)."""
+        if self.device == "cpu" or self._graph_mode is not None:
+            return
+        ort = _import_ort()
+        handle.device.update({n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for n, a in handle.host.items()})
+
     # -- inference -----------------------------------------------------------------------
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sess = self._require_session()
-        feeds = self._with_static(feeds)
-        validate_feeds(self.name, self._inputs, feeds)
-        if self.cuda_graph:
-            return self._infer_graph(feeds)
+    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
+              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        self._require_session()
+        merged = self._merged(feeds, static)
+        validate_feeds(self.name, self._inputs, merged)
+        wanted = self._wanted(outputs)
+        if self._graph_mode is not None:
+            return self._infer_graph(merged, feeds, static, wanted)
         b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         keep = []  # bind_cpu_input wraps the array's memory: keep it alive until the run is over
         for spec in self._inputs:
-            on_device = self._static_device.get(spec.name)
-            if on_device is not None:  # uploaded once by set_static_inputs
+            on_device = static.device.get(spec.name) if static is not None and spec.name not in feeds else None
+            if on_device is not None:  # the handle's own device copy (bind_static)
                 b.bind_ortvalue_input(spec.name, on_device)
                 continue
-            arr = np.ascontiguousarray(feeds[spec.name])
+            arr = np.ascontiguousarray(merged[spec.name])
             keep.append(arr)
             b.bind_cpu_input(spec.name, arr)
-        for spec in self._outputs:
+        for spec in wanted:  # only what was asked is fetched (and copied to the host)
             b.bind_output(spec.name, "cpu")
-        self._run(sess, b)
+        self._run(self.session, b)
         values = b.copy_outputs_to_cpu()
-        return {spec.name: np.asarray(v) for spec, v in zip(self._outputs, values)}
+        return {spec.name: np.asarray(v) for spec, v in zip(wanted, values)}
 
-    def _run(self, sess, binding) -> None:
+    def _run(self, sess, binding, run_options=None) -> None:
         try:
-            sess.run_with_iobinding(binding)
+            sess.run_with_iobinding(binding, run_options)
         except Exception as e:
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime run failed: {msg}") from None
 
-    def _infer_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """CUDA-graph mode: inputs/outputs live at fixed device addresses (ORT requirement).
+    def _infer_graph(self, merged: dict, feeds: Mapping, static: StaticInputs | None, wanted: list[TensorSpec]) -> dict:
+        """CUDA-graph mode: one captured graph per input-shape set, each with fixed device buffers bound before
+        its capturing run (ORT replays read and write the addresses bound at capture). A call copies its inputs
+        into the graph's input buffers (a static input only when the buffer holds another handle's values),
+        replays, and copies back the outputs asked for."""
+        key = tuple((s.name, tuple(merged[s.name].shape)) for s in self._inputs)
+        g = self._graphs.get(key)
+        if g is None:
+            self._graphs[key] = self._capture(key, merged, static, feeds)
+        else:
+            for s in self._inputs:
+                n = s.name
+                if static is not None and n in static.host and n not in feeds:
+                    if g.loaded.get(n) == static.id:
+                        continue
+                    g.inputs[n].update_inplace(static.host[n])
+                    g.loaded[n] = static.id
+                else:
+                    g.inputs[n].update_inplace(np.ascontiguousarray(merged[n]))
+                    g.loaded.pop(n, None)
+            self._run(g.session, g.binding, g.run_options)
+        g = self._graphs[key]
+        return {s.name: np.array(g.outputs[s.name].numpy(), copy=True) for s in wanted}
 
-        ORT's CUDA EP runs one regular run before it captures; that first run lets ORT allocate the
-        outputs, whose shapes we then use to pin fixed output buffers. A new set of input shapes
-        needs a new graph: the session is rebuilt.
-        """
+    def _capture(self, key: tuple, merged: dict, static: StaticInputs | None, feeds: Mapping) -> _Graph:
         ort = _import_ort()
-        shapes = {s.name: tuple(feeds[s.name].shape) for s in self._inputs}
-        if self._graph_shapes is not None and shapes != self._graph_shapes:
-            self.deactivate()
-            self.activate()
-        sess, b = self.session, self._binding
-        first = self._graph_shapes is None
-        if first:
-            self._graph_in = {
-                s.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[s.name]), self._graph_device, self.device_id)
-                for s in self._inputs
-            }
-            b.clear_binding_inputs()
-            b.clear_binding_outputs()
-            for n, v in self._graph_in.items():
-                b.bind_ortvalue_input(n, v)
-            for s in self._outputs:
-                b.bind_output(s.name, self._graph_device, self.device_id)
-            self._run(sess, b)  # regular run: ORT allocates the outputs
-            outs = b.get_outputs()
-            result = {s.name: np.array(v.numpy(), copy=True) for s, v in zip(self._outputs, outs)}
-            self._graph_out = {
-                s.name: ort.OrtValue.ortvalue_from_shape_and_type(
-                    v.shape(), result[s.name].dtype, self._graph_device, self.device_id
-                )
-                for s, v in zip(self._outputs, outs)
-            }
-            b.clear_binding_outputs()
-            for n, v in self._graph_out.items():
-                b.bind_ortvalue_output(n, v)
-            self._graph_shapes = shapes
-            return result
+        dev = ("cuda", self.device_id)
+        # 1. the output shapes, from a regular run that captures nothing (gpu_graph_id -1, or the graph-less session)
+        probe_opts = None
+        if self._graph_mode == "ids":
+            probe_opts = ort.RunOptions()
+            probe_opts.add_run_config_entry("gpu_graph_id", "-1")
+        probe = self.session.io_binding()
+        keep = []
         for s in self._inputs:
-            self._graph_in[s.name].update_inplace(np.ascontiguousarray(feeds[s.name]))
-        self._run(sess, b)  # captures on the first call after the warm-up, replays afterwards
-        # .numpy() of a host OrtValue is a view of its buffer: copy so the next run cannot overwrite it
-        return {n: np.array(v.numpy(), copy=True) for n, v in self._graph_out.items()}
+            arr = np.ascontiguousarray(merged[s.name])
+            keep.append(arr)
+            probe.bind_cpu_input(s.name, arr)
+        for s in self._outputs:
+            probe.bind_output(s.name, *dev)
+        self._run(self.session, probe, probe_opts)
+        shapes = {s.name: tuple(v.shape()) for s, v in zip(self._outputs, probe.get_outputs())}
+        del probe
+        # 2. fixed device buffers for every input and output, sized from those shapes
+        inputs = {s.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(merged[s.name]), *dev) for s in self._inputs}
+        outputs = {s.name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[s.name], np.dtype(s.dtype), *dev)
+                   for s in self._outputs}
+        # 3. the graph's session and binding: the shared session with a new gpu_graph_id, or a session of its own
+        graph_id = None
+        if self._graph_mode == "ids":
+            sess, graph_id = self.session, self._next_graph_id
+            self._next_graph_id += 1
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        else:
+            sess, run_options = self._create(self.model_path, self._session_options(), graph=True), None
+            self._commit_stage()
+        binding = sess.io_binding()
+        for n, v in inputs.items():
+            binding.bind_ortvalue_input(n, v)
+        for n, v in outputs.items():
+            binding.bind_ortvalue_output(n, v)
+        # 4. the first run of this graph: ORT's warm-up runs and the capture happen inside it (then a replay)
+        self._run(sess, binding, run_options)
+        loaded = {n: static.id for n in static.host if n not in feeds} if static is not None else {}
+        return _Graph(key, sess, binding, run_options, inputs, outputs, graph_id, loaded)
+
+
+def _flag(on: bool) -> str:
+    """Provider option booleans as ORT parses them ("1"/"0": every version accepts these)."""
+    return "1" if on else "0"

@@ -1,17 +1,27 @@
 """The runner interface: one network on one backend (Polygraphy-style, a context manager).
 
     with OrtRunner(onnx_path, providers=...) as unet:
-        outputs = unet.infer({"sample": x, ...})   # name -> np.ndarray
+        fixed = unet.bind_static({"encoder_hidden_states": text, ...})   # owned by the caller
+        outputs = unet.infer({"sample": x, ...}, static=fixed, outputs=("noise_pred",))
 
-Lean: numpy only. Backends live beside it (ort.py, the trt/ package).
+Inputs that stay fixed over many calls (one LCM pass: text embeddings, IP tokens, guidance, mask) are
+bound once into a `StaticInputs` handle that the caller owns: a device backend keeps them in device
+buffers of that handle, so two handles (two UNet sessions) never share or overwrite each other's
+inputs. `outputs` names what to bring back to the host (a device backend skips the other copies).
+
+Lean: numpy only. Backends live in sibling modules (ort.py, trt/, onnx_reference.py).
 """
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from monkey_trt.core.errors import MonkeyError
 
 
 @dataclass(frozen=True)
@@ -23,12 +33,38 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
+_HANDLE_IDS = itertools.count(1)
+
+
+@dataclass(eq=False)
+class StaticInputs:
+    """Inputs bound once for many `infer` calls, owned by whoever called `bind_static`.
+
+    host: name -> C-contiguous host array (the values, always kept).
+    device: backend-owned device copies (name -> buffer), filled by a device backend; never shared
+        with another handle. `release()` frees them (the runner does it on deactivate too).
+    """
+
+    runner: str
+    host: dict[str, np.ndarray]
+    device: dict = field(default_factory=dict)
+    id: int = field(default_factory=lambda: next(_HANDLE_IDS))
+    released: bool = False
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(a.shape) for n, a in self.host.items()}
+
+    def release(self) -> None:
+        """Drop the device copies (the backend frees them through its finaliser); host values stay."""
+        self.device.clear()
+        self.released = True
+
+
 class Runner(ABC):
     """Runs one network. `activate` loads it (session/engine + buffers); `infer` maps names to arrays."""
 
     name: str = "runner"
     backend: str = "?"
-    _static: dict[str, np.ndarray] = {}  # replaced per instance by set_static_inputs
 
     def __enter__(self) -> "Runner":
         self.activate()
@@ -43,21 +79,21 @@ class Runner(ABC):
     def deactivate(self) -> None:  # pragma: no cover - default is a no-op
         pass
 
-    @abstractmethod
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once. Inputs are host numpy arrays; outputs are host numpy arrays owned by the caller.
+    # -- what callers may ask ----------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where the network runs: "cpu" or "cuda"."""
+        return "cpu"
 
-        `feeds` may leave out the inputs given to `set_static_inputs`.
-        """
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The execution providers that actually run the network (ORT names; ("TensorRT",) for plans)."""
+        return ()
 
-    def set_static_inputs(self, feeds: dict[str, np.ndarray]) -> None:
-        """Inputs that stay fixed over the coming infer() calls (e.g. one LCM pass: text embeddings,
-        IP tokens, timestep_cond, ip_mask); a device backend uploads them once. infer() then takes
-        only the remaining inputs. Calling it again replaces the set."""
-        self._static = {name: np.ascontiguousarray(a) for name, a in feeds.items()}
-
-    def _with_static(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {**self._static, **feeds} if self._static else feeds
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the network accepts (None: any; a TensorRT profile bounds it)."""
+        return None
 
     @property
     @abstractmethod
@@ -66,3 +102,81 @@ class Runner(ABC):
     @property
     @abstractmethod
     def output_specs(self) -> list[TensorSpec]: ...
+
+    # -- inputs bound once -------------------------------------------------------------------
+    def bind_static(self, feeds: Mapping[str, np.ndarray]) -> StaticInputs:
+        """Inputs fixed over the coming `infer(..., static=handle)` calls; the caller owns the handle.
+
+        The default keeps host copies; device backends override `_upload_static` to put them on the device once.
+        """
+        if not isinstance(feeds, Mapping):
+            raise MonkeyError(f"{self.name}: static inputs must be a dict of name -> numpy array, got {type(feeds).__name__}")
+        known = {s.name: s for s in self.input_specs}
+        unknown = sorted(set(feeds) - set(known))
+        if unknown:
+            raise MonkeyError(f"{self.name}: unknown input(s) {', '.join(map(repr, unknown))} (inputs: {', '.join(known)})")
+        validate_feeds(self.name, [known[n] for n in feeds], feeds)
+        # copies: the handle owns its values (a caller reusing its arrays cannot change a bound session)
+        handle = StaticInputs(self.name, {n: np.array(a, order="C", copy=True) for n, a in feeds.items()})
+        self._upload_static(handle)
+        return handle
+
+    def _upload_static(self, handle: StaticInputs) -> None:
+        """Device backends: copy `handle.host` into device buffers owned by `handle.device`."""
+
+    def _merged(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None) -> dict[str, np.ndarray]:
+        """`feeds` over the static host values; checks that the handle belongs to this runner and is live."""
+        if static is None:
+            return dict(feeds) if isinstance(feeds, Mapping) else feeds
+        if not isinstance(static, StaticInputs) or static.runner != self.name or static.released:
+            raise MonkeyError(f"{self.name}: static inputs must come from this runner's bind_static() and not be released")
+        return {**static.host, **feeds} if isinstance(feeds, Mapping) else feeds
+
+    def _wanted(self, outputs: Collection[str] | None) -> list[TensorSpec]:
+        specs = self.output_specs
+        if outputs is None:
+            return specs
+        names = {s.name for s in specs}
+        unknown = sorted(set(outputs) - names)
+        if unknown:
+            raise MonkeyError(f"{self.name}: unknown output(s) {', '.join(map(repr, unknown))} (outputs: {', '.join(names)})")
+        return [s for s in specs if s.name in outputs]
+
+    @abstractmethod
+    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
+              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run once. Inputs are host numpy arrays (`static` supplies the bound ones; a feed overrides one);
+        returns the `outputs` asked for (default: all) as host arrays owned by the caller."""
+
+
+def validate_feeds(name: str, specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
+    """Names, dtypes, ranks and static dims of `feeds` against `specs`; MonkeyError (one line) on a mismatch."""
+    if not isinstance(feeds, Mapping):
+        raise MonkeyError(f"{name}: feeds must be a dict of name -> numpy array, got {type(feeds).__name__}")
+    want = {s.name: s for s in specs}
+    unknown = sorted(set(feeds) - set(want))
+    if unknown:
+        raise MonkeyError(f"{name}: unknown input(s) {', '.join(map(repr, unknown))} (inputs: {', '.join(want)})")
+    missing = [n for n in want if n not in feeds]
+    if missing:
+        raise MonkeyError(f"{name}: missing input(s) {', '.join(map(repr, missing))}")
+    for n, spec in want.items():
+        arr = feeds[n]
+        if not isinstance(arr, np.ndarray):
+            raise MonkeyError(f"{name}: input {n!r} must be a numpy array, got {type(arr).__name__}")
+        if arr.dtype.name != spec.dtype:
+            raise MonkeyError(f"{name}: input {n!r} has dtype {arr.dtype.name}, the network wants {spec.dtype}")
+        if arr.ndim != len(spec.shape):
+            raise MonkeyError(
+                f"{name}: input {n!r} has rank {arr.ndim} (shape {tuple(arr.shape)}), the network wants rank "
+                f"{len(spec.shape)} {_fmt_shape(spec.shape)}"
+            )
+        for axis, (got, dim) in enumerate(zip(arr.shape, spec.shape)):
+            if isinstance(dim, int) and dim >= 0 and got != dim:
+                raise MonkeyError(
+                    f"{name}: input {n!r} has shape {tuple(arr.shape)}, the network wants {_fmt_shape(spec.shape)} (axis {axis})"
+                )
+
+
+def _fmt_shape(shape: Sequence[int | str]) -> str:
+    return "[" + ", ".join("?" if (isinstance(d, int) and d < 0) else str(d) for d in shape) + "]"

@@ -46,7 +46,7 @@ class RuntimeOptions:
     precision: str = "fp32"  # which exported graphs run (ort: the ONNX files; trt: the plans built from them)
     verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
     threads: int = 0  # CPU threads per ORT session (intra-op); 0 = the library default (physical cores)
-    ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here (owned by monkey-trt; faster cold start)
+    ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here, keyed by digest (monkey-trt's; faster cold start)
 
     def __post_init__(self) -> None:
         check_threads(self.threads, "threads")
@@ -55,20 +55,24 @@ class RuntimeOptions:
 
 # -- loading ---------------------------------------------------------------------------------
 def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[str, Runner]:
-    """One activated runner per network."""
+    """One activated runner per network. Nothing is written into `root` (a sealed engine directory): derived
+    caches (ORT's TensorRT EP engines, ORT's optimised graphs) go to the user cache folder, keyed by the
+    manifest's digests of the files they come from."""
     if opts.backend == "ort":
+        from monkey_trt.engine.cache import source_digest
         from monkey_trt.engine.ort import OrtRunner, default_provider
 
         providers = opts.providers or (default_provider(),)
-        runners = {
-            name: OrtRunner(
+        runners = {}
+        for name in NETWORKS:
+            entry = manifest.networks[name]
+            _, sha256, _ = entry.files(opts.precision)
+            runners[name] = OrtRunner(
                 manifest.path(root, name, opts.precision), providers=providers, name=name, fp16=opts.fp16,
-                trt_cache_dir=root / "ort-trt-cache" if "tensorrt" in providers else None,
+                precision=opts.precision, trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
                 cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
-                optimized_model_cache=opts.ort_cache,
+                optimized_model_cache=opts.ort_cache, source_digest=source_digest(sha256),
             )
-            for name in NETWORKS
-        }
     elif opts.backend == "trt":
         from monkey_trt.engine.trt.engine import open_trt_runners
 
@@ -111,9 +115,10 @@ class MonkeyPipeline:
         return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
 
     def info(self) -> dict:
-        """What ran: the engine directory, its source models and each network's execution providers."""
-        providers = {n: r.session.get_providers() for n, r in self.runners.items() if getattr(r, "session", None) is not None}
-        return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers,
+        """What ran: the engine directory, its source models and each network's execution providers and device."""
+        providers = {n: list(r.providers) for n, r in self.runners.items()}
+        devices = {n: r.device for n, r in self.runners.items()}
+        return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers, "devices": devices,
                 "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph}}
 
     def close(self) -> None:
@@ -130,57 +135,57 @@ class MonkeyPipeline:
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, bool]:
         """-> (text embeddings [1, text_len, D] float32, truncated)."""
         ids, truncated = self.tokenizer.encode(prompt, max_length=self.dims.text_len)  # [1, text_len] int64
-        return self.runners["text_encoder"].infer({"input_ids": ids})["text_embeds"], truncated
+        return self.runners["text_encoder"].infer({"input_ids": ids}, outputs=("text_embeds",))["text_embeds"], truncated
 
     def encode_subject(self, subject: Image.Image) -> np.ndarray:
         """Subject -> IP tokens [1, n_ip_tokens, D]."""
         p = self.manifest.preprocess
         pixels = clip_preprocess(subject, size=p.size, mean=p.mean, std=p.std)  # [1, 3, 224, 224]
-        return self.runners["image_encoder"].infer({"pixel_values": pixels})["ip_tokens"]
+        return self.runners["image_encoder"].infer({"pixel_values": pixels}, outputs=("ip_tokens",))["ip_tokens"]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [1, 4, h, w] -> image [H, W, 3] float32 in [0, 1] (scaling and clamp are in the graph)."""
-        images = self.runners["vae_decoder"].infer({"latents": latents})["images"]  # [1, 3, H, W]
+        images = self.runners["vae_decoder"].infer({"latents": latents}, outputs=("images",))["images"]  # [1, 3, H, W]
         return np.ascontiguousarray(images[0].transpose(1, 2, 0))
 
     # -- the UNet (the hot loop) ------------------------------------------------------------
     @property
     def max_unet_batch(self) -> int:
-        """ORT on the CPU/CUDA EPs runs the ONNX graph's dynamic batch; TensorRT is bound to the profile."""
-        providers = self.opts.providers or ()
-        if self.backend == "trt" or "tensorrt" in providers:
-            return self.manifest.profile.batch.max
-        return 64
+        """The UNet runner's limit (a TensorRT profile bounds it); 64 where the graph's batch is dynamic."""
+        limit = self.runners["unet"].max_batch
+        return 64 if limit is None else int(limit)
 
     @property
     def batch_passes_default(self) -> bool:
         """Batching pays off where the device has idle parallelism (GPUs), not on a busy CPU (measured)."""
-        unet = self.runners["unet"]
-        providers = unet.session.get_providers() if getattr(unet, "session", None) is not None else []
-        on_gpu = self.backend == "trt" or any(p != "CPUExecutionProvider" for p in providers)
-        return on_gpu and self.max_unet_batch >= 2
+        return self.runners["unet"].device != "cpu" and self.max_unet_batch >= 2
 
     def unet_session(self, text: np.ndarray, ip_tokens: np.ndarray, w_emb: np.ndarray,
                      masks: Sequence[np.ndarray | None]) -> Callable:
-        """Calls of one batch layout; masks[b]: sample b's pixel mask [H, W] (None: ones, i.e. unmasked)."""
+        """Calls of one batch layout; masks[b]: sample b's pixel mask [H, W] (None: ones, i.e. unmasked).
+
+        The session owns its fixed inputs (`bind_static`: on a GPU, its own device buffers), so sessions can be
+        interleaved: each call runs with this session's text, IP tokens, guidance and masks."""
         unet, n = self.runners["unet"], len(masks)
         H, W = self._size
         ip_mask = np.stack([np.ones((H, W), np.float32) if m is None else np.asarray(m, np.float32) for m in masks])[:, None]  # [B,1,H,W]
-        # Fixed for the session: a GPU backend uploads these once, not per step.
-        unet.set_static_inputs({
+        fixed = unet.bind_static({
             "encoder_hidden_states": np.repeat(text, n, axis=0),  # [B, 77, D]
             "timestep_cond": np.repeat(w_emb, n, axis=0),  # [B, time_cond_dim]
             "ip_tokens": np.repeat(ip_tokens, n, axis=0),  # [B, n_ip_tokens, D]
             "ip_mask": np.ascontiguousarray(ip_mask),
         })
         ip_scale = np.zeros((self.n_ip_layers,), np.float32)  # [n_ip_layers], shared by the batch
+        only_noise, with_map = ("noise_pred",), ("noise_pred", "ip_attn_map")
 
         def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
             ip_scale[:] = scale
             out = unet.infer({"sample": np.ascontiguousarray(latents, np.float32),
-                              "timestep": np.asarray(timesteps, np.float32), "ip_scale": ip_scale})
+                              "timestep": np.asarray(timesteps, np.float32), "ip_scale": ip_scale},
+                             static=fixed, outputs=with_map if want_map else only_noise)
             return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,4]
 
+        call.static = fixed  # the session's own inputs (released with the session)
         return call
 
     def sync(self) -> None:
