@@ -97,6 +97,15 @@ class FakeCudart:
         self.instantiate_error: Err | None = None  # make cudaGraphInstantiate fail with this error
         self.peak_bytes = 0  # the most device memory (cudaMalloc + TensorRT's own) live at once
 
+    def cudaGetDeviceCount(self):
+        return (OK, self.devices) if self.devices else (Err.cudaErrorNoDevice, 0)
+
+    def cudaGetDeviceProperties(self, i):
+        return OK, SimpleNamespace(name=b"Fake GPU 80GB\0\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
+
+    def cudaSetDevice(self, i):
+        return (OK,)
+
     # -- memory --------------------------------------------------------------------------------
     def live_bytes(self) -> int:
         return sum(a.nbytes for a in self.dev.values()) + sum(a.nbytes for a in self.internal.values())
@@ -337,6 +346,8 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             if len(shape) != len(mn) or not all(a <= d <= b for d, a, b in zip(shape, mn, mx)):
                 log.append(f"IExecutionContext::setInputShape: {name} {shape} is outside the profile")
                 return False
+            if self.in_shapes.get(name) != shape:
+                self.state = None  # the next enqueue updates the internal state; graphs captured before are stale
             self.in_shapes[name] = shape
             return True
 
