@@ -683,6 +683,7 @@ def test_fake_static_inputs_stay_on_the_device(fakes, fake_plan, graph):
         assert cu.count("H2D", _dev_ptrs(eng, "x") | _handle_ptrs(fixed, "x")) == 0  # never from the host again
         assert cu.count("D2D", _dev_ptrs(eng, "x")) == 1  # into the shape set's buffer, once
         assert cu.count("H2D", _dev_ptrs(eng, "s")) == 5
+        assert all("x" not in ss.host for ss in eng._sets.values())  # no pinned staging for an input always bound
         assert (cu.captures, cu.launches) == ((1, 4) if graph else (0, 0))
         # a new handle (next session), same shape: uploaded once, copied in once, the graph kept
         cu.copies.clear()
