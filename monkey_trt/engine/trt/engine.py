@@ -70,7 +70,9 @@ def set_context_memory(context, ptr: int, nbytes: int) -> None:
 class ActivationMemory:
     """One device buffer for the activations of every TensorRT engine that shares it (a pipeline's networks).
 
-    TensorRT's user-managed execution-context memory, as NVIDIA's demo/Diffusion does: each engine's
+    TensorRT's user-managed execution-context memory, as NVIDIA's demo/Diffusion does (NVIDIA/TensorRT
+    demo/Diffusion/demo_diffusion/pipeline/stable_diffusion_pipeline.py: calculateMaxDeviceMemory,
+    activateEngines - one buffer for every engine, CUDA graphs replayed on it): each engine's
     contexts are created with `ExecutionContextAllocationStrategy.USER_MANAGED` and all point at this
     buffer, sized for the largest engine (`device_memory_size_v2`), so peak GPU memory for activations
     is the largest network's, not the sum. Safe because the engines never run at the same time: each
