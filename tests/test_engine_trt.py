@@ -3,6 +3,7 @@ whole build/run control flow against honest fakes. With both (marked gpu): build
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -43,6 +44,8 @@ from tests.fakes.trt import (
     FakeStream,
     fake_polygraphy,
     fake_tensorrt,
+    plan_header,
+    set_plan_header,
 )
 
 PROFILE = Profile(ShapeRange(1, 1, 2), ShapeRange(256, 512, 768), ShapeRange(256, 512, 768))
@@ -225,10 +228,11 @@ TINY_DESC = NetworkDesc("tiny", inputs=(TensorDesc("x", "float32", ("B", 8)),), 
 TINY_PROFILE = Profile(ShapeRange(1, 2, 4), ShapeRange(64, 64, 64), ShapeRange(64, 64, 64))
 
 
-def _tiny_onnx(path: Path | None, half: bool = False):
+def _tiny_onnx(path: Path | None, half: bool = False, extra: bool = False):
     """y = (x @ W + b) * s: x [B, 8] dynamic (in the descriptor), s [4] static (not in it).
 
-    half: y is float16 (a Cast at the end), as in a strongly typed fp16 graph's outputs."""
+    half: y is float16 (a Cast at the end), as in a strongly typed fp16 graph's outputs.
+    extra: a second output m = x @ W [B, 4] (like the UNet's ip_attn_map next to noise_pred)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])
     s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT16 if half else TensorProto.FLOAT, ["B", 4])
@@ -236,7 +240,11 @@ def _tiny_onnx(path: Path | None, half: bool = False):
              helper.make_node("Mul", ["z", "s"], ["y32" if half else "y"])]
     if half:
         nodes.append(helper.make_node("Cast", ["y32"], ["y"], to=TensorProto.FLOAT16))
-    graph = helper.make_graph(nodes, "tiny", [x, s], [y], initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(BIAS, "bias")])
+    outs = [y]
+    if extra:
+        nodes.append(helper.make_node("Identity", ["xw"], ["m"]))
+        outs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, ["B", 4]))
+    graph = helper.make_graph(nodes, "tiny", [x, s], outs, initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(BIAS, "bias")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if path is None:
@@ -250,15 +258,15 @@ def _feeds(batch: int) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def _session(half: bool):
+def _session(half: bool, extra: bool = False):
     import onnxruntime as ort
 
-    return ort.InferenceSession(_tiny_onnx(None, half=half).SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(_tiny_onnx(None, half=half, extra=extra).SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _expected(f, half: bool = False) -> np.ndarray:
+def _expected(f, half: bool = False, name: str = "y") -> np.ndarray:
     """The tiny graph's output from ONNX Runtime: an executor independent of the engine under test and its fakes."""
-    return _session(half).run(None, f)[0]
+    return _session(half, name == "m").run([name], f)[0]
 
 
 @pytest.fixture(scope="module")
@@ -294,15 +302,16 @@ def test_trt_engine_matches_numpy(tiny_plan, graph):
 @needs_gpu
 @pytest.mark.parametrize("graph", [False, True])
 def test_trt_engine_static_inputs(tiny_plan, graph):
-    """Static inputs (uploaded once) give the same results as full feeds; shape changes re-allocate."""
+    """Static inputs (bound once, on the device) give the same results as full feeds, at every shape."""
     with TrtEngine(tiny_plan, use_cuda_graph=graph) as eng:
         for batch in (2, 2, 3, 1):
             x = _feeds(batch)["x"]
-            eng.set_static_inputs({"x": x})
+            fixed = eng.bind_static({"x": x})
             for _ in range(3):
                 s = _feeds(1)["s"]
-                np.testing.assert_array_equal(eng.infer({"s": s})["y"], eng.infer({"x": x, "s": s})["y"])
-                np.testing.assert_allclose(eng.infer({"s": s})["y"], _expected({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(eng.infer({"s": s}, static=fixed)["y"], eng.infer({"x": x, "s": s})["y"])
+                np.testing.assert_allclose(eng.infer({"s": s}, static=fixed)["y"], _expected({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
+            fixed.release()
 
 
 @pytest.mark.gpu
@@ -375,11 +384,10 @@ def test_build_engine_dir_skips_and_forces(tmp_path):
 
 
 # -- the same control flow against in-process fakes of tensorrt, polygraphy + cuda-python (runs everywhere) --
-@pytest.fixture
-def fakes(monkeypatch):
+def _install_fakes(monkeypatch, version: str = "11.4.0.106"):
     pytest.importorskip("polygraphy.backend.trt")
     cudart = FakeCudart()
-    fake_trt = fake_tensorrt(cudart)
+    fake_trt = fake_tensorrt(cudart, version)
     log: list = []
     monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake_trt)
     monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
@@ -388,8 +396,13 @@ def fakes(monkeypatch):
     return SimpleNamespace(trt=fake_trt, cudart=cudart, polygraphy_calls=log)
 
 
-def _build(tmp_path, half=False, name="tiny", **cfg):
-    onnx_path = _tiny_onnx(tmp_path / f"{name}.onnx", half=half)
+@pytest.fixture
+def fakes(monkeypatch):
+    return _install_fakes(monkeypatch)
+
+
+def _build(tmp_path, half=False, name="tiny", extra=False, **cfg):
+    onnx_path = _tiny_onnx(tmp_path / f"{name}.onnx", half=half, extra=extra)
     config = BuildConfig(**{"profile": TINY_PROFILE, "workspace_gib": 1, "builder_optimization_level": 1, **cfg})
     return build_engine(onnx_path, tmp_path / f"{name}.plan", TINY_DESC, ModelDims(), config, tmp_path / "timing.cache").plan
 
@@ -476,13 +489,14 @@ def test_fake_engine_runs_and_reuses_buffers(fakes, fake_plan, graph):
             f = _feeds(batch)
             np.testing.assert_allclose(eng.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
         n_dev = len(cu.dev)
-        assert n_dev == 3 and len(cu.host) == 3  # one device + one pinned buffer per tensor
-        f = _feeds(2)  # smaller again: buffers reused, not re-allocated
+        assert n_dev == 3 * 3 + 1 and len(cu.host) == 3 * 3  # per shape set: a device + a pinned buffer per tensor; + activations
+        assert eng.shape_sets == [{"x": (b, 8), "s": (4,)} for b in (2, 3, 1)]
+        f = _feeds(2)  # a shape seen before: its buffers (and graph) reused, nothing allocated
         np.testing.assert_allclose(eng.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
-        assert len(cu.dev) == n_dev
+        assert len(cu.dev) == n_dev and eng.engine.contexts == 3
     if graph:
-        assert cu.captures == 4  # batch 2, 3, 1, 2: one capture per shape change
-        assert cu.launches == 3  # replays of batch 2 (x2) and batch 3 (x1)
+        assert cu.captures == 3  # batch 2, 3, 1: one capture per shape, kept
+        assert cu.launches == 4  # replays of batch 2 (x3) and batch 3 (x1)
     else:
         assert cu.captures == 0 and cu.launches == 0
     assert cu.dev == {} and cu.host == {} and cu.graphs_alive == 0 and cu.queues == {}  # everything freed
@@ -520,7 +534,7 @@ def test_fake_outputs_need_the_stream_synchronised(fakes, fake_plan, monkeypatch
         real_sync = fakes.cudart.cudaStreamSynchronize
         monkeypatch.setattr(fakes.cudart, "cudaStreamSynchronize", lambda s: (OK,))  # a forgotten sync
         g = _feeds(2)
-        assert not np.allclose(eng.infer(g)["y"], _expected(g), rtol=1e-5, atol=1e-5)
+        assert np.isnan(eng.infer(g)["y"]).all()  # the host buffer holds nothing valid yet
         monkeypatch.setattr(fakes.cudart, "cudaStreamSynchronize", real_sync)
     assert syncs > 0
 
@@ -643,46 +657,46 @@ def test_fake_plan_selection_by_full_key(fakes, tmp_path, monkeypatch):
         trt_engine.find_plan_dir(tmp_path, _networks_manifest(tmp_path, precisions=("fp32",)), "fp16")
 
 
-# -- static inputs (set_static_inputs): uploaded once, graphs kept across new values --------------
+# -- static inputs (bind_static): owned by the caller's handle, on the device -------------------------
+def _dev_ptrs(eng, name: str) -> set[int]:
+    """Device pointers of input/output `name` in every shape set of `eng`."""
+    return {ss.dev[name].ptr for ss in eng._sets.values()}
+
+
+def _handle_ptrs(handle, name: str) -> set[int]:
+    return {handle.device[name].ptr} if name in handle.device else set()
+
+
 @pytest.mark.parametrize("graph", [False, True])
-def test_fake_static_inputs_upload_once(fakes, fake_plan, graph):
+def test_fake_static_inputs_stay_on_the_device(fakes, fake_plan, graph):
+    """bind_static uploads once into the handle's buffers; calls copy them device-to-device (once per handle and
+    shape set), never host-to-device again; the per-call input goes host-to-device every call."""
     cu = fakes.cudart
     with TrtEngine(fake_plan, use_cuda_graph=graph) as eng:
         x = _feeds(2)["x"]
-        eng.set_static_inputs({"x": x})  # nothing allocated yet: uploaded by the first infer()
-        assert cu.copies == []
+        fixed = eng.bind_static({"x": x})
+        assert cu.count("H2D", _handle_ptrs(fixed, "x")) == 1 and set(fixed.device) == {"x"}
+        cu.copies.clear()
         for _ in range(5):
             s = _feeds(1)["s"]
-            out = eng.infer({"s": s})["y"]
-            np.testing.assert_allclose(out, _expected({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
-        assert cu.h2d_counts(eng) == {"x": 1, "s": 5}  # the static input once, the other one per call
+            np.testing.assert_allclose(eng.infer({"s": s}, static=fixed)["y"], _expected({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
+        assert cu.count("H2D", _dev_ptrs(eng, "x") | _handle_ptrs(fixed, "x")) == 0  # never from the host again
+        assert cu.count("D2D", _dev_ptrs(eng, "x")) == 1  # into the shape set's buffer, once
+        assert cu.count("H2D", _dev_ptrs(eng, "s")) == 5
+        assert all("x" not in ss.host for ss in eng._sets.values())  # no pinned staging for an input always bound
         assert (cu.captures, cu.launches) == ((1, 4) if graph else (0, 0))
-
-        # new values, same shape: uploaded right away, the captured graph stays valid
+        # a new handle (next session), same shape: uploaded once, copied in once, the graph kept
         cu.copies.clear()
         x2 = _feeds(2)["x"]
-        eng.set_static_inputs({"x": x2})
-        assert cu.h2d_counts(eng) == {"x": 1}
+        fixed2 = eng.bind_static({"x": x2})
         for _ in range(3):
             s = _feeds(1)["s"]
-            np.testing.assert_allclose(eng.infer({"s": s})["y"], _expected({"x": x2, "s": s}), rtol=1e-5, atol=1e-5)
-        assert cu.h2d_counts(eng) == {"x": 1, "s": 3}
+            np.testing.assert_allclose(eng.infer({"s": s}, static=fixed2)["y"], _expected({"x": x2, "s": s}), rtol=1e-5, atol=1e-5)
+        assert cu.count("H2D", _handle_ptrs(fixed2, "x")) == 1 and cu.count("D2D", _dev_ptrs(eng, "x")) == 1
         assert (cu.captures, cu.launches) == ((1, 7) if graph else (0, 0))
-
-        # a new static shape: larger (x and y re-allocated) then smaller (buffers reused), re-captured each time
-        for batch, captures in ((3, 2), (1, 3)):
-            cu.copies.clear()
-            xb = _feeds(batch)["x"]
-            eng.set_static_inputs({"x": xb})
-            assert cu.copies == []  # deferred: the next infer() knows every input's shape
-            for _ in range(3):
-                s = _feeds(1)["s"]
-                np.testing.assert_allclose(eng.infer({"s": s})["y"], _expected({"x": xb, "s": s}), rtol=1e-5, atol=1e-5)
-            assert cu.h2d_counts(eng) == {"x": 1, "s": 3}
-            assert eng._shapes["y"] == (batch, 4) and len(cu.dev) == 3
-            if graph:
-                assert cu.captures == captures and cu.graphs_alive == 2
-    assert cu.dev == {} and cu.host == {} and cu.graphs_alive == 0
+        fixed.release()
+        assert fixed.device == {} and fixed.released
+    assert cu.dev == {} and cu.host == {} and cu.graphs_alive == 0 and fixed2.device == {}  # deactivate freed the handles' copies
 
 
 @pytest.mark.parametrize("graph", [False, True])
@@ -690,49 +704,356 @@ def test_fake_static_inputs_match_plain_feeds(fakes, fake_plan, graph):
     with TrtEngine(fake_plan, use_cuda_graph=graph) as eng, TrtEngine(fake_plan, use_cuda_graph=graph) as plain:
         for batch in (2, 2, 4, 1):
             f = _feeds(batch)
-            eng.set_static_inputs({"s": f["s"]})
+            fixed = eng.bind_static({"s": f["s"]})
             for _ in range(2):
                 x = _feeds(batch)["x"]
-                np.testing.assert_array_equal(eng.infer({"x": x})["y"], plain.infer({"x": x, "s": f["s"]})["y"])
+                np.testing.assert_array_equal(eng.infer({"x": x}, static=fixed)["y"], plain.infer({"x": x, "s": f["s"]})["y"])
+            fixed.release()
 
 
 def test_fake_static_inputs_validation_and_override(fakes, fake_plan):
     cu = fakes.cudart
     s1, s2 = _feeds(1)["s"], _feeds(1)["s"]
-    with TrtEngine(fake_plan) as eng:
+    with TrtEngine(fake_plan) as eng, TrtEngine(fake_plan, name="other") as other:
         with pytest.raises(MonkeyError, match="unknown input"):
-            eng.set_static_inputs({"z": s1})
+            eng.bind_static({"z": s1})
         with pytest.raises(MonkeyError, match="dtype float64"):
-            eng.set_static_inputs({"s": s1.astype(np.float64)})
+            eng.bind_static({"s": s1.astype(np.float64)})
         with pytest.raises(MonkeyError, match=r"shape \(3,\)"):
-            eng.set_static_inputs({"s": s1[:3]})
-        eng.set_static_inputs({"s": s1})
+            eng.bind_static({"s": s1[:3]})
+        fixed = eng.bind_static({"s": s1})
         x = _feeds(2)["x"]
-        np.testing.assert_allclose(eng.infer({"x": x})["y"], _expected({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
-        # a feed overrides the static value for that call; the static one is uploaded again afterwards
+        np.testing.assert_allclose(eng.infer({"x": x}, static=fixed)["y"], _expected({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
+        # a feed overrides the static value for that call; the static one is copied in again afterwards (on the device)
         cu.copies.clear()
-        np.testing.assert_allclose(eng.infer({"x": x, "s": s2})["y"], _expected({"x": x, "s": s2}), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(eng.infer({"x": x})["y"], _expected({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(eng.infer({"x": x})["y"], _expected({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
-        assert cu.h2d_counts(eng) == {"x": 3, "s": 2}
+        np.testing.assert_allclose(eng.infer({"x": x, "s": s2}, static=fixed)["y"], _expected({"x": x, "s": s2}), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eng.infer({"x": x}, static=fixed)["y"], _expected({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eng.infer({"x": x}, static=fixed)["y"], _expected({"x": x, "s": s1}), rtol=1e-5, atol=1e-5)
+        assert cu.count("H2D", _dev_ptrs(eng, "s")) == 1 and cu.count("D2D", _dev_ptrs(eng, "s")) == 1
+        assert cu.count("H2D", _dev_ptrs(eng, "x")) == 3
         with pytest.raises(MonkeyError, match="missing input.*'x'"):
-            eng.infer({})
+            eng.infer({}, static=fixed)
         with pytest.raises(MonkeyError, match="must be a dict"):
             eng.infer([x])  # type: ignore[arg-type]
-        eng.set_static_inputs({})  # replaces the set: nothing static any more
         with pytest.raises(MonkeyError, match="missing input.*'s'"):
-            eng.infer({"x": x})
+            eng.infer({"x": x})  # no handle: nothing static
+        with pytest.raises(MonkeyError, match="this runner's bind_static"):
+            other.infer({"x": x}, static=fixed)  # another runner's handle
+        fixed.release()
+        with pytest.raises(MonkeyError, match="not be released"):
+            eng.infer({"x": x}, static=fixed)
 
-    # before activate(): kept and uploaded on first use; again after a deactivate/activate cycle
+    # bound before activate(): kept on the host, uploaded on first use; again after a deactivate/activate cycle
     eng = TrtEngine(fake_plan)
-    eng.set_static_inputs({"s": s2})
+    fixed = eng.bind_static({"s": s2})
+    assert fixed.device == {}
     for _ in range(2):
         cu.copies.clear()
         with eng:
             for _ in range(3):
-                np.testing.assert_allclose(eng.infer({"x": x})["y"], _expected({"x": x, "s": s2}), rtol=1e-5, atol=1e-5)
-            assert cu.h2d_counts(eng) == {"x": 3, "s": 1}
+                np.testing.assert_allclose(eng.infer({"x": x}, static=fixed)["y"], _expected({"x": x, "s": s2}), rtol=1e-5, atol=1e-5)
+            assert cu.count("H2D", _handle_ptrs(fixed, "s")) == 1 and cu.count("H2D", _dev_ptrs(eng, "x")) == 3
+        assert fixed.device == {} and not fixed.released
     assert cu.dev == {} and cu.host == {}
+
+
+# -- issue: graphs per shape, kept across generations (pass batching: UNet batch 2 then 1 every generation) --
+@pytest.mark.parametrize("graph", [False, True])
+def test_fake_graph_per_shape_survives_batch_changes(fakes, fake_plan, graph):
+    """Batch 2 -> 1 -> 2 -> ...: one context, buffer set and graph per shape, captured once and replayed."""
+    cu = fakes.cudart
+    with TrtEngine(fake_plan, use_cuda_graph=graph) as eng:
+        for i in range(20):
+            f = _feeds(2 if i % 2 == 0 else 1)
+            np.testing.assert_allclose(eng.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
+        assert cu.captures == (2 if graph else 0) and cu.launches == (18 if graph else 0)
+        assert cu.graphs_alive == (4 if graph else 0)  # graph + instance per shape, none dropped
+        assert eng.engine.contexts == 2 and len(eng.shape_sets) == 2
+
+
+@pytest.mark.parametrize("static_name", ["x", "s"])  # batch-shaped (like the text embeddings) or not (like ip_scale)
+def test_fake_soak_captures_one_graph_per_shape(fakes, fake_plan, static_name):
+    """50 generations, each: a batch-2 session then a batch-1 session, each with a new static handle."""
+    cu = fakes.cudart
+    with TrtEngine(fake_plan, use_cuda_graph=True) as eng:
+        allocated = None
+        for gen in range(50):
+            for batch in (2, 1):
+                f = _feeds(batch)
+                fixed = eng.bind_static({static_name: f[static_name]})
+                dyn = "s" if static_name == "x" else "x"
+                for _step in range(3):
+                    feed = {dyn: _feeds(batch)[dyn]}
+                    out = eng.infer(feed, static=fixed, outputs=("y",))
+                    np.testing.assert_allclose(out["y"], _expected({**feed, static_name: f[static_name]}), rtol=1e-5, atol=1e-5)
+                fixed.release()
+            if gen == 0:
+                allocated = len(cu.dev)
+            assert len(cu.dev) == allocated  # no growth: handles' buffers freed on release, shape sets kept
+        assert cu.captures == 2 and len(eng.shape_sets) == 2 and eng.engine.contexts == 2
+        assert cu.launches == 50 * 2 * 3 - 2
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_fake_two_live_handles_never_interfere(fakes, fake_plan, graph):
+    """Two sessions interleaved (A, B, A, B, and a third of another shape) give exactly their solo results."""
+    cu = fakes.cudart
+    xa, xb, xc = _feeds(2)["x"], _feeds(2)["x"], _feeds(1)["x"]
+    steps = [_feeds(1)["s"] for _ in range(4)]
+    with TrtEngine(fake_plan, use_cuda_graph=graph) as solo:
+        want = {}
+        for tag, x in (("a", xa), ("b", xb), ("c", xc)):
+            h = solo.bind_static({"x": x})
+            want[tag] = [solo.infer({"s": s}, static=h)["y"] for s in steps]
+            h.release()
+    captured_solo = cu.captures
+    with TrtEngine(fake_plan, use_cuda_graph=graph) as eng:
+        ha, hb, hc = eng.bind_static({"x": xa}), eng.bind_static({"x": xb}), eng.bind_static({"x": xc})
+        assert not (_handle_ptrs(ha, "x") & _handle_ptrs(hb, "x"))  # each handle owns its device copy
+        got = {"a": [], "b": [], "c": []}
+        for s in steps:
+            for tag, h in (("a", ha), ("b", hb), ("c", hc), ("a", ha)):
+                got[tag].append(eng.infer({"s": s}, static=h)["y"])
+        for tag in "abc":
+            expect = want[tag] if tag != "a" else [y for y in want["a"] for _ in range(2)]
+            for g, w in zip(got[tag], expect):
+                np.testing.assert_array_equal(g, w)
+        if graph:
+            assert cu.captures - captured_solo == 2  # batch 2 and 1; both sessions of batch 2 replay the same graph
+        # a handle released mid-way: the others (and the graph) keep working, nothing points at its memory
+        ha.release()
+        for i, s in enumerate(steps):
+            np.testing.assert_array_equal(eng.infer({"s": s}, static=hb)["y"], want["b"][i])
+            np.testing.assert_array_equal(eng.infer({"s": s}, static=hc)["y"], want["c"][i])
+
+
+def test_fake_graph_does_not_bake_in_handle_addresses(fakes, fake_plan):
+    """The replayed graph reads the shape set's own buffers: freeing a session's copies never breaks a replay."""
+    cu = fakes.cudart
+    with TrtEngine(fake_plan, use_cuda_graph=True) as eng:
+        for _session in range(4):
+            x = _feeds(2)["x"]
+            h = eng.bind_static({"x": x})
+            handle_mem = _handle_ptrs(h, "x")
+            for _ in range(2):
+                s = _feeds(1)["s"]
+                np.testing.assert_allclose(eng.infer({"s": s}, static=h)["y"], _expected({"x": x, "s": s}), rtol=1e-5, atol=1e-5)
+            h.release()
+            assert not (handle_mem & set(cu.dev))  # freed right away
+        assert cu.captures == 1
+
+
+# -- issue: copy back only what is asked; one activation buffer per pipeline; memory by TensorRT's numbers --
+def test_fake_outputs_copied_back_only_when_asked(fakes, tmp_path):
+    cu = fakes.cudart
+    plan = _build(tmp_path, extra=True)
+    with TrtEngine(plan, use_cuda_graph=True) as eng:
+        assert [s.name for s in eng.output_specs] == ["y", "m"]
+        f = _feeds(2)
+        both = eng.infer(f)
+        assert set(both) == {"y", "m"}
+        np.testing.assert_allclose(both["m"], _expected(f, name="m"), rtol=1e-5, atol=1e-5)
+        cu.copies.clear()
+        for _ in range(3):
+            f = _feeds(2)
+            out = eng.infer(f, outputs=("y",))
+            assert set(out) == {"y"}
+            np.testing.assert_allclose(out["y"], _expected(f), rtol=1e-5, atol=1e-5)
+        assert cu.count("D2H", _dev_ptrs(eng, "m")) == 0 and cu.count("D2H", _dev_ptrs(eng, "y")) == 3
+        out = eng.infer(f, outputs=("m",))
+        assert set(out) == {"m"}
+        np.testing.assert_allclose(out["m"], _expected(f, name="m"), rtol=1e-5, atol=1e-5)
+        assert eng.infer(f, outputs=()) == {}
+        with pytest.raises(MonkeyError, match="unknown output"):
+            eng.infer(f, outputs=("noise",))
+
+
+def _open_pipeline(fakes, tmp_path, monkeypatch, sizes: dict[str, int]):
+    """open_trt_runners over four tiny networks whose contexts need `sizes` bytes of activation memory."""
+    manifest = _networks_manifest(tmp_path)
+    monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
+    build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE))
+    real = fakes.trt.Runtime.deserialize_cuda_engine
+    order = iter(NETWORKS)
+
+    def deserialize(self, data):  # the plans are alike: give each network its own activation need
+        engine = real(self, data)
+        engine.required_memory = sizes[next(order)]
+        return engine
+
+    monkeypatch.setattr(fakes.trt.Runtime, "deserialize_cuda_engine", deserialize)
+    return trt_engine.open_trt_runners(tmp_path, manifest, cuda_graph=True)
+
+
+def test_fake_pipeline_shares_one_activation_buffer(fakes, tmp_path, monkeypatch):
+    """Every network's contexts use one user-managed buffer, sized by the largest: peak = max, not the sum."""
+    cu = fakes.cudart
+    sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
+    runners = _open_pipeline(fakes, tmp_path, monkeypatch, sizes)
+    try:
+        for r in runners.values():
+            r.activate()
+        for _gen in range(3):
+            for r in runners.values():
+                for batch in (2, 1):
+                    f = _feeds(batch)
+                    np.testing.assert_allclose(r.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
+        assert cu.internal == {}  # TensorRT allocated no activation memory of its own
+        assert cu.peak_bytes < sum(sizes.values())
+        assert len({id(r.activation_memory) for r in runners.values()}) == 1
+        pool = runners["unet"].activation_memory
+        assert pool.nbytes == pool.required == 5 << 20
+        io = sum(r.memory()["io_bytes"] for r in runners.values())
+        assert cu.peak_bytes <= (5 << 20) + io < sum(sizes.values())
+        report = trt_engine.memory_report(runners)
+        assert report["activation_shared_bytes"] == report["activation_allocated_bytes"] == 5 << 20
+        assert report["activation_sum_bytes"] == sum(sizes.values())
+        assert {n: m["activation_bytes"] for n, m in report["networks"].items()} == sizes
+    finally:
+        for r in runners.values():
+            r.deactivate()
+    assert cu.dev == {} and cu.host == {} and pool.nbytes == 0
+
+
+def test_fake_activation_memory_grows_and_rebinds(fakes, tmp_path):
+    """An engine joining later with a larger need: one bigger buffer, every context re-pointed, graphs re-captured."""
+    cu = fakes.cudart
+    small, big = _build(tmp_path, name="small"), _build(tmp_path, name="big")
+    set_plan_header(small, device_memory=1 << 16)
+    set_plan_header(big, device_memory=1 << 18)
+    pool = trt_engine.ActivationMemory()
+    with TrtEngine(small, use_cuda_graph=True, activation_memory=pool) as a:
+        f = _feeds(2)
+        np.testing.assert_allclose(a.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
+        assert pool.nbytes == 1 << 16 and cu.captures == 1
+        with TrtEngine(big, use_cuda_graph=True, activation_memory=pool) as b:
+            assert pool.nbytes == 1 << 18
+            for eng in (a, b, a):
+                f = _feeds(2)
+                np.testing.assert_allclose(eng.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
+            assert cu.captures == 3  # a's graph baked the old buffer: captured again; b's first
+        assert pool.nbytes == 1 << 18  # b detached: a still uses the buffer
+    assert pool.nbytes == 0 and cu.dev == {}
+
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.8.0.43", "11.4.0.106"])
+def test_fake_context_memory_by_tensorrt_version(monkeypatch, tmp_path, version):
+    """10.0: device_memory_size + the device_memory setter; 10.1+: the v2 size + set_device_memory(ptr, size);
+    TOTAL_WEIGHTS_SIZE where the version has get_engine_stat (10.14+)."""
+    fk = _install_fakes(monkeypatch, version)
+    plan = _build(tmp_path)
+    with TrtEngine(plan, use_cuda_graph=True) as eng:
+        for batch in (2, 1, 2):
+            f = _feeds(batch)
+            np.testing.assert_allclose(eng.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
+        mem = eng.memory()
+        header = plan_header(plan)
+        assert mem["activation_bytes"] == header["device_memory"] == eng.activation_memory.nbytes
+        assert mem["plan_bytes"] == plan.stat().st_size
+        assert mem["weights_bytes"] == (header["weights"] if version.startswith("11.") else None)
+        assert mem["io_bytes"] == sum(ss.io_bytes for ss in eng._sets.values()) > 0
+    assert fk.cudart.internal == {} and fk.cudart.dev == {}
+
+
+def test_fake_runner_properties(fakes, tmp_path, fake_plan):
+    with TrtEngine(fake_plan) as eng:
+        assert (eng.device, eng.providers, eng.max_batch) == ("cuda", ("TensorRT",), 4)
+    static = _build(tmp_path, name="static", static_shapes=True)
+    assert TrtEngine(static).max_batch == 2  # a static-shape plan runs its one (opt) batch
+
+
+def test_fake_shape_sets_are_bounded(fakes, fake_plan):
+    """At most max_shapes shape sets (context + buffers + graph); the least recently used one goes first."""
+    cu = fakes.cudart
+    with TrtEngine(fake_plan, use_cuda_graph=True, max_shapes=2) as eng:
+        for batch in (1, 2, 1, 3, 1):
+            f = _feeds(batch)
+            np.testing.assert_allclose(eng.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)
+        assert [s["x"][0] for s in eng.shape_sets] == [3, 1] and cu.graphs_alive == 4
+        assert cu.captures == 3  # 1, 2, 3 (batch 2 was dropped when 3 came; 1 stayed in use)
+    with pytest.raises(MonkeyError, match="max_shapes"):
+        TrtEngine(fake_plan, max_shapes=0)
+
+
+def test_fake_doctor_reports_tensorrt_memory(fakes, tmp_path, monkeypatch):
+    from monkey_trt.jobs import doctor
+
+    sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
+    _open_pipeline(fakes, tmp_path, monkeypatch, sizes)
+    manifest = _networks_manifest(tmp_path)
+    rows = {r.name: r for r in doctor.tensorrt_memory_rows(tmp_path, manifest)}
+    assert set(rows) == {"tensorrt memory"} and rows["tensorrt memory"].ok is True
+    detail = rows["tensorrt memory"].detail
+    assert "unet" in detail and "activations shared 5.0 MiB (sum 11.0 MiB)" in detail and "\n" not in detail
+    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: (_ for _ in ()).throw(trt_lib.BackendUnavailable(trt_lib.TRT_MISSING)))
+    assert doctor.tensorrt_memory_rows(tmp_path, manifest) == []  # nothing to show without TensorRT
+
+
+# -- the fakes are strict where TensorRT and CUDA are ------------------------------------------------
+def test_fake_tensorrt_refuses_what_tensorrt_refuses(fakes, fake_plan):
+    trt, cu = fakes.trt, fakes.cudart
+    engine = trt.Runtime(None).deserialize_cuda_engine(fake_plan.read_bytes())
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    _err, stream = cu.cudaStreamCreate()
+    assert ctx.set_input_shape("x", (5, 8)) is False and ctx.set_input_shape("x", (2, 8, 1)) is False  # outside profile / rank
+    assert ctx.set_input_shape("x", (2, 8)) and ctx.set_input_shape("s", (4,))
+    bufs = {n: cu.cudaMalloc(64)[1] for n in ("x", "s")}
+    for n, p in bufs.items():
+        ctx.set_tensor_address(n, p)
+    assert ctx.execute_async_v3(int(stream)) is False and "address" in trt.log[-1]  # y has no address
+    ctx.set_tensor_address("y", cu.cudaMalloc(32)[1])
+    assert ctx.execute_async_v3(int(stream)) is False and "device memory" in trt.log[-1]  # user-managed memory not set
+    small = cu.cudaMalloc(engine.required_memory // 2)[1]
+    ctx.set_device_memory(small, engine.required_memory // 2)
+    assert ctx.execute_async_v3(int(stream)) is False  # too small
+    mem = cu.cudaMalloc(engine.required_memory)[1]
+    with pytest.raises(AssertionError, match="aligned"):
+        ctx.set_device_memory(mem + 8, engine.required_memory)
+    ctx.set_device_memory(mem, engine.required_memory)
+    cu.cudaStreamBeginCapture(stream, cu.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+    assert ctx.execute_async_v3(int(stream)) is False  # capture before the enqueue that updates the internal state
+    _err, g = cu.cudaStreamEndCapture(stream)
+    assert ctx.execute_async_v3(int(stream)) is True  # warm-up
+    cu.cudaStreamBeginCapture(stream, cu.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+    assert ctx.execute_async_v3(int(stream)) is True
+    _err, g = cu.cudaStreamEndCapture(stream)
+    _err, exe = cu.cudaGraphInstantiate(g, 0)
+    cu.cudaStreamSynchronize(stream)
+    ctx.set_input_shape("x", (1, 8))  # same context, other shape: its graph is no longer valid
+    cu.cudaGraphLaunch(exe, stream)
+    with pytest.raises(AssertionError, match="shapes changed"):
+        cu.cudaStreamSynchronize(stream)
+    with pytest.raises(AttributeError):
+        ctx.device_memory  # write-only, as in the bindings  # noqa: B018
+
+
+def test_fake_cudart_host_reads_wait_for_the_queuing_stream(fakes):
+    cu = fakes.cudart
+    _e, s1 = cu.cudaStreamCreate()
+    _e, s2 = cu.cudaStreamCreate()
+    _e, d = cu.cudaMalloc(16)
+    _e, h_in = cu.cudaMallocHost(16)
+    _e, h = cu.cudaMallocHost(16)
+    src = np.arange(4, dtype=np.float32)
+    np.ctypeslib.as_array((ctypes.c_uint8 * 16).from_address(h_in))[:] = src.view(np.uint8)
+    pinned = np.ctypeslib.as_array((ctypes.c_uint8 * 16).from_address(h))
+    K = cu.cudaMemcpyKind
+    cu.cudaMemcpyAsync(d, h_in, 16, K.cudaMemcpyHostToDevice, s1)
+    cu.cudaMemcpyAsync(h, d, 16, K.cudaMemcpyDeviceToHost, s1)
+    assert np.isnan(pinned.view(np.float32)).all()  # nothing there before the sync
+    cu.cudaStreamSynchronize(s2)  # another stream: still nothing
+    assert np.isnan(pinned.view(np.float32)).all()
+    cu.cudaStreamSynchronize(s1)
+    np.testing.assert_array_equal(pinned.view(np.float32), src)
+    with pytest.raises(AssertionError, match="page-locked"):
+        cu.cudaMemcpyAsync(d, src.ctypes.data, 16, K.cudaMemcpyHostToDevice, s1)  # pageable numpy memory
+    with pytest.raises(AssertionError, match="not live device memory"):
+        cu.cudaMemcpyAsync(d, d, 32, K.cudaMemcpyDeviceToDevice, s1)  # past the allocation
+    cu.cudaMemcpyAsync(h, d, 16, K.cudaMemcpyDeviceToHost, s1)
+    cu.cudaFree(d)
+    with pytest.raises(AssertionError, match="not live device memory"):
+        cu.cudaStreamSynchronize(s1)  # the copy runs after its source was freed
+    assert d % 256 == 0
 
 
 # -- TensorRT / cuda-python error paths as the bindings report them ------------------------------

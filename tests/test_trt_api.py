@@ -48,7 +48,9 @@ def _touched(source: str) -> dict[str, set[str]]:
 
 def test_every_name_engine_code_touches_is_listed():
     touched = _backend_touched()
-    listed = {"trt": set(trt_api.TENSORRT), "cudart": set(trt_api.CUDA_RUNTIME), "pg": {n.split(".")[0] for n in trt_api.POLYGRAPHY}}
+    versioned = {n for name, (_since, before) in trt_api.TENSORRT_VERSIONED.items() for n in (name, before) if n}
+    listed = {"trt": set(trt_api.TENSORRT) | versioned, "cudart": set(trt_api.CUDA_RUNTIME),
+              "pg": {n.split(".")[0] for n in trt_api.POLYGRAPHY}}
     for root, names in touched.items():
         assert names, f"found no {root}.X use: the scan is broken"
         unlisted = sorted(n for n in names if n not in listed[root])
@@ -75,6 +77,34 @@ def test_tensorrt_names_exist_in_published_wheels(version):
         assert {"FP16", "EXPLICIT_BATCH"} <= set(entry["absent"])
     else:
         assert "FP16" in entry["present"]
+
+
+def _release(version: str) -> tuple[int, int]:
+    """'10.13.3.9 (cu12)' or '10.1' -> (10, 13) / (10, 1)."""
+    major, minor = version.split()[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+@pytest.mark.parametrize("version", sorted(NAMES["tensorrt"]))
+def test_versioned_tensorrt_names_exist_where_used(version):
+    """A name of some versions only is in every wheel from its first version on; before, its stand-in is."""
+    entry = NAMES["tensorrt"][version]
+    for name, (since, before) in trt_api.TENSORRT_VERSIONED.items():
+        for n in (name, before):
+            if n:
+                assert n.split(".")[-1] in entry["present"] + entry["absent"], f"{n} was never extracted: run tests/data/extract_api_names.py"
+        if _release(version) >= _release(since):
+            assert name.split(".")[-1] in entry["present"], f"TensorRT {version} has no {name} (listed as there since {since})"
+        elif before is not None:
+            assert before.split(".")[-1] in entry["present"], f"TensorRT {version} has neither {name} nor its stand-in {before}"
+
+
+def test_versioned_names_cover_the_oldest_and_newest_wheels():
+    """The stand-ins are needed: 10.0 lacks the v2 memory API, 11 lacks device_memory_size."""
+    oldest = NAMES["tensorrt"][min(NAMES["tensorrt"], key=_release)]
+    newest = NAMES["tensorrt"][max(NAMES["tensorrt"], key=_release)]
+    assert {"device_memory_size_v2", "set_device_memory"} <= set(oldest["absent"])
+    assert "device_memory_size" in newest["absent"]
 
 
 def test_published_wheels_cover_tensorrt_10_and_11_and_cuda_python_12_and_13():
@@ -130,6 +160,11 @@ def test_installed_tensorrt_has_every_name():
     trt = pytest.importorskip("tensorrt")
     missing = [n for n in trt_api.TENSORRT if not _has(trt, n)]
     assert not missing, f"TensorRT {trt.__version__} lacks {missing}"
+    for name, (since, before) in trt_api.TENSORRT_VERSIONED.items():
+        if _release(trt.__version__) >= _release(since):
+            assert _has(trt, name), f"TensorRT {trt.__version__} lacks {name} (listed as there since {since})"
+        elif before is not None:
+            assert _has(trt, before), f"TensorRT {trt.__version__} lacks {before}, the stand-in for {name}"
 
 
 @pytest.mark.gpu

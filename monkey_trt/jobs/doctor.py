@@ -146,8 +146,40 @@ def _optional(name: str, dist: str, purpose: str) -> CheckRow:
     return CheckRow(name, True, ver)
 
 
-def doctor_report() -> list[CheckRow]:
-    """One row per check; never raises, never prints."""
+def tensorrt_memory_rows(engine_dir, manifest=None, precision: str = "fp32") -> list[CheckRow]:
+    """TensorRT's own memory numbers for an engine directory's plans, in one row: per network the plan,
+    weights (TensorRT >= 10.14) and activation memory, and the activations the pipeline shares (the
+    largest network's) against their sum. Nothing without TensorRT, cuda-python or a GPU."""
+    from pathlib import Path
+
+    from monkey_trt.core.errors import BackendUnavailable
+
+    try:
+        from monkey_trt.engine.trt.engine import plan_memory
+
+        if manifest is None:
+            from monkey_trt.enginedir.manifest import load_manifest
+
+            manifest = load_manifest(Path(engine_dir))
+        report = plan_memory(engine_dir, manifest, precision)
+    except BackendUnavailable:
+        return []
+    except Exception as e:
+        return [CheckRow("tensorrt memory", False, first_line(e))]
+
+    def mib(b: int) -> str:
+        return f"{b / 2**20:.1f} MiB"
+
+    parts = []
+    for net, m in report["networks"].items():
+        weights = f", weights {mib(m['weights_bytes'])}" if m["weights_bytes"] is not None else ""
+        parts.append(f"{net}: plan {mib(m['plan_bytes'])}{weights}, activations {mib(m['activation_bytes'])}")
+    parts.append(f"activations shared {mib(report['activation_shared_bytes'])} (sum {mib(report['activation_sum_bytes'])})")
+    return [CheckRow("tensorrt memory", True, "; ".join(parts))]
+
+
+def doctor_report(engine_dir=None) -> list[CheckRow]:
+    """One row per check; never raises, never prints. `engine_dir`: also TensorRT's memory numbers for its plans."""
     rows: list[CheckRow] = []
     py_ok = sys.version_info >= (3, 10)
     rows.append(CheckRow("python", py_ok, f"{platform.python_version()} ({sys.executable})" + ("" if py_ok else ": need >= 3.10")))
@@ -192,4 +224,6 @@ def doctor_report() -> list[CheckRow]:
     if has_gpu and have_trt and have_cuda_python:
         backends.append("tensorrt")
     rows.append(CheckRow("backends", bool(backends), ", ".join(backends) if backends else "none: install onnxruntime"))
+    if engine_dir is not None and "tensorrt" in backends:
+        rows.extend(tensorrt_memory_rows(engine_dir))
     return rows

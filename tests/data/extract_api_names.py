@@ -4,7 +4,8 @@
     pip download --no-deps -d W/cb-13.4.4 cuda-bindings==13.4.4
     python tests/data/extract_api_names.py W > tests/data/api_names.json
 
-For each wheel it records which leaf names of engine/trt/api.py (plus the names removed in 11)
+For each wheel it records which leaf names of engine/trt/api.py (plus the names removed in 11 and the
+versioned names with their stand-ins)
 are defined by the bindings (whole strings of `tensorrt.so` + its `__init__.py`; `cuda/bindings/runtime*.so` and
 `cuda/bindings/utils/*.py`): "present" and "absent", so a name nobody extracted is "unknown".
 """
@@ -39,7 +40,8 @@ def has(name: str, found: set[str]) -> bool:
 
 def main(folder: str) -> None:
     out: dict = {"tensorrt": {}, "cuda-bindings": {}}
-    want_trt = leaves(trt_api.TENSORRT + trt_api.TENSORRT_REMOVED_IN_11)
+    versioned = [n for name, (_since, before) in trt_api.TENSORRT_VERSIONED.items() for n in (name, before) if n]
+    want_trt = leaves(trt_api.TENSORRT + trt_api.TENSORRT_REMOVED_IN_11 + tuple(versioned))
     want_cuda = leaves(trt_api.CUDA_RUNTIME + trt_api.CUDA_UTILS)
     for whl in sorted(Path(folder).rglob("*.whl")):
         with zipfile.ZipFile(whl) as z:

@@ -1,12 +1,16 @@
 """In-process fakes of tensorrt, polygraphy + cuda-python, so the TensorRT backend's whole build/run
 control flow runs everywhere (tests/test_engine_trt.py).
 
-The fakes follow the bindings' conventions as engine/trt/api.py lists them: (err, value) tuples,
-stream objects whose native handle TensorRT's enqueue takes, name-based tensor I/O, work queued
-on a stream and done only when that stream is synchronised, graphs that bake in the device
-addresses seen at capture time. The fake engine runs the plan's ONNX graph with onnx's reference
-evaluator, reading and writing device memory in the dtypes the graph declares (HALF = float16);
-the tests compare against ONNX Runtime on the same graph, so neither side reuses the other's formula.
+They model the real APIs, not ours, and are strict where those are (each class says where from):
+(err, value) tuples; stream objects whose native handle TensorRT's enqueue takes; work queued on a
+stream and done only when that stream is synchronised (a host buffer a device->host copy targets
+reads as NaN garbage until then); graphs that replay exactly the device addresses (and shapes) seen
+at capture; name-based tensor I/O where every I/O tensor needs an address before an enqueue; input
+shapes outside the optimisation profile refused; user-managed context memory that must be set, live,
+256-byte aligned and at least the engine's device memory size before an enqueue. The fake engine runs
+the plan's ONNX graph with onnx's reference evaluator, reading and writing device memory in the
+dtypes the graph declares (HALF = float16); the tests compare against ONNX Runtime on the same graph,
+so neither side reuses the other's formula.
 """
 
 from __future__ import annotations
@@ -19,13 +23,19 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from tests.test_trt_api import _params  # parameter names a Polygraphy callable accepts
 
+ALIGN = 256  # cudaMalloc's alignment; TensorRT wants user-managed context memory 256-byte aligned
+POISON = 0xFF  # what a host buffer holds while a device->host copy into it is still pending (NaN as float)
+
 
 class Err(enum.Enum):
+    """cuda-python's `cudaError_t` members the backend meets (NVIDIA/cuda-python cuda_bindings/docs/source/module/runtime.rst)."""
+
     cudaSuccess = 0
+    cudaErrorInvalidValue = 1
     cudaErrorNoDevice = 100
     cudaErrorStreamCaptureInvalidated = 901
 
@@ -34,7 +44,11 @@ OK = Err.cudaSuccess
 
 
 class FakeStream:
-    """Like cuda-python's `cudaStream_t`: an object holding the native handle (`int()` gives it)."""
+    """Like cuda-python's `cudaStream_t`: an object holding the native handle (`int()` gives it).
+
+    Upstream: NVIDIA/cuda-python cuda_bindings/docs/source/module/runtime.rst (cudaStream_t; `getPtr()` /
+    `cuda.bindings.utils.get_cuda_native_handle` give the handle TensorRT's `execute_async_v3(stream_handle: int)` takes).
+    """
 
     def __init__(self, handle: int) -> None:
         self.handle = handle
@@ -44,22 +58,44 @@ class FakeStream:
 
 
 class FakeCudart:
+    """cuda-python's runtime bindings as the backend calls them.
+
+    Upstream: NVIDIA/cuda-python cuda_bindings/docs/source/module/runtime.rst and the CUDA Runtime API reference
+    (docs.nvidia.com/cuda/cuda-runtime-api: group__CUDART__MEMORY cudaMalloc/cudaMallocHost/cudaMemcpyAsync,
+    group__CUDART__STREAM cudaStreamSynchronize/cudaStreamBeginCapture/cudaStreamEndCapture,
+    group__CUDART__GRAPH cudaGraphInstantiate/cudaGraphLaunch). Strict where CUDA is:
+    - cudaMemcpyAsync is asynchronous: the bytes move when the stream that queued the copy is synchronised;
+      until then the host destination of a device->host copy holds garbage (POISON), so a host read before
+      `cudaStreamSynchronize` on *that* stream sees NaNs. Pointers must lie in live allocations of the
+      direction's kind (device / page-locked host), `count` bytes included.
+    - stream capture records work instead of running it; a graph replays the recorded work with the
+      addresses captured (TensorRT's enqueue bakes them in); replaying onto freed memory fails.
+    - cudaMalloc memory is 256-byte aligned (CUDA guarantees at least that).
+    """
+
     cudaError_t = Err
 
-    class cudaMemcpyKind(enum.Enum):
+    class cudaMemcpyKind(enum.Enum):  # the runtime's values
+        cudaMemcpyHostToHost = 0
         cudaMemcpyHostToDevice = 1
         cudaMemcpyDeviceToHost = 2
+        cudaMemcpyDeviceToDevice = 3
 
     class cudaStreamCaptureMode(enum.Enum):
         cudaStreamCaptureModeGlobal = 0
 
     def __init__(self, devices: int = 1) -> None:
-        self.devices, self.dev, self.host = devices, {}, {}
+        self.devices = devices
+        self.dev: dict[int, np.ndarray] = {}  # device pointer -> its bytes
+        self.host: dict[int, np.ndarray] = {}  # page-locked host pointer -> its bytes
+        self.internal: dict[int, np.ndarray] = {}  # memory TensorRT allocates by itself (STATIC contexts)
+        self._keep: dict[int, np.ndarray] = {}  # the over-allocated backing arrays (alignment)
         self.queues: dict[int, list] = {}  # native stream handle -> work not yet done
         self.capturing: tuple[int, list] | None = None  # (stream handle, captured ops)
         self.captures = self.launches = self.graphs_alive = self.syncs = 0
-        self.copies: list[tuple[str, int, int]] = []  # (kind name, device pointer, bytes) of every copy queued
+        self.copies: list[tuple[str, int, int]] = []  # (kind name, device pointer (dst for D2D), bytes) of every copy queued
         self.instantiate_error: Err | None = None  # make cudaGraphInstantiate fail with this error
+        self.peak_bytes = 0  # the most device memory (cudaMalloc + TensorRT's own) live at once
 
     def cudaGetDeviceCount(self):
         return (OK, self.devices) if self.devices else (Err.cudaErrorNoDevice, 0)
@@ -70,9 +106,18 @@ class FakeCudart:
     def cudaSetDevice(self, i):
         return (OK,)
 
+    # -- memory --------------------------------------------------------------------------------
+    def live_bytes(self) -> int:
+        return sum(a.nbytes for a in self.dev.values()) + sum(a.nbytes for a in self.internal.values())
+
     def _alloc(self, table, n):
-        buf = np.full(n, 0xAB, np.uint8)  # garbage, like fresh device memory
+        n = int(n)
+        raw = np.full(n + ALIGN, 0xAB, np.uint8)  # garbage, like fresh device memory
+        off = (-raw.ctypes.data) % ALIGN
+        buf = raw[off:off + n]
         table[buf.ctypes.data] = buf
+        self._keep[buf.ctypes.data] = raw
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes())
         return OK, buf.ctypes.data
 
     def cudaMalloc(self, n):
@@ -82,15 +127,36 @@ class FakeCudart:
         return self._alloc(self.host, n)
 
     def cudaFree(self, p):
-        del self.dev[p]
+        assert int(p) in self.dev, f"cudaFree of {p:#x}: not a live device allocation"
+        del self.dev[int(p)], self._keep[int(p)]
         return (OK,)
 
     def cudaFreeHost(self, p):
-        del self.host[p]
+        assert int(p) in self.host, f"cudaFreeHost of {p:#x}: not a live page-locked allocation"
+        del self.host[int(p)], self._keep[int(p)]
         return (OK,)
 
+    @staticmethod
+    def find(table: dict, ptr: int, n: int) -> int | None:
+        """The base of the allocation in `table` holding [ptr, ptr + n), or None."""
+        for base, arr in table.items():
+            if base <= ptr and ptr + n <= base + arr.nbytes:
+                return base
+        return None
+
+    def device_array(self, ptr: int, n: int, why: str) -> np.ndarray:
+        """A byte view of live device memory [ptr, ptr + n) (AssertionError when it is not all live)."""
+        for table in (self.dev, self.internal):
+            base = self.find(table, ptr, n)
+            if base is not None:
+                return table[base][ptr - base:ptr - base + n]
+        raise AssertionError(f"{why}: {n} bytes at {ptr:#x} are not live device memory")
+
+    # -- streams -------------------------------------------------------------------------------
     def cudaStreamCreate(self):
-        stream = FakeStream(0x5000 + 16 * len(self.queues) + 1)
+        stream = FakeStream(0x5000 + 16 * (len(self.queues) + self.syncs % 7) + 1)
+        while stream.handle in self.queues:
+            stream.handle += 16
         self.queues[stream.handle] = []
         return OK, stream
 
@@ -112,33 +178,61 @@ class FakeCudart:
         return (OK,)
 
     def cudaStreamSynchronize(self, s):
-        queue = self.queues[self._handle(s)]
+        handle = self._handle(s)
+        assert self.capturing is None or self.capturing[0] != handle, "cudaStreamSynchronize on a capturing stream"
+        queue = self.queues[handle]
         self.syncs += 1
         while queue:
             queue.pop(0)()
         return (OK,)
 
+    def pending(self, stream) -> int:
+        return len(self.queues[self._handle(stream)])
+
+    # -- copies --------------------------------------------------------------------------------
     def cudaMemcpyAsync(self, dst, src, n, kind, stream):
         assert isinstance(kind, self.cudaMemcpyKind)
         assert self.capturing is None, "copies are not part of the captured graph"
-        h2d = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
-        dev_ptr, host_ptr = (int(dst), int(src)) if h2d else (int(src), int(dst))
-        assert dev_ptr in self.dev and host_ptr not in self.dev  # pinned host <-> device
-        self.copies.append((kind.name, dev_ptr, int(n)))
-        self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), n))  # done at the stream's next sync
+        dst, src, n = int(dst), int(src), int(n)
+        K = self.cudaMemcpyKind
+        if kind == K.cudaMemcpyHostToDevice:
+            self.device_array(dst, n, "H2D destination")
+            assert self.find(self.host, src, n) is not None, f"H2D source {src:#x}: not page-locked host memory (cudaMallocHost)"
+            dev_ptr = dst
+        elif kind == K.cudaMemcpyDeviceToHost:
+            self.device_array(src, n, "D2H source")
+            base = self.find(self.host, dst, n)
+            assert base is not None, f"D2H destination {dst:#x}: not page-locked host memory (cudaMallocHost)"
+            self.host[base][dst - base:dst - base + n] = POISON  # nothing valid there until the stream is synchronised
+            dev_ptr = src
+        elif kind == K.cudaMemcpyDeviceToDevice:
+            self.device_array(src, n, "D2D source")
+            self.device_array(dst, n, "D2D destination")
+            dev_ptr = dst
+        else:
+            raise AssertionError(f"{kind.name} is not a copy the backend makes")
+        self.copies.append((kind.name, dev_ptr, n))
+
+        def run():  # done at the stream's next synchronisation; the memory must still be there
+            if kind != K.cudaMemcpyHostToDevice:
+                self.device_array(src, n, "copy source at execution")
+            if kind != K.cudaMemcpyDeviceToHost:
+                self.device_array(dst, n, "copy destination at execution")
+            ctypes.memmove(dst, src, n)
+
+        self.enqueue(stream, run)
         return (OK,)
 
-    def h2d_counts(self, eng) -> dict[str, int]:
-        """H2D copies per tensor name since the last `copies.clear()` (by the engine's current buffers)."""
-        names = {ptr: name for name, (ptr, _cap) in eng._dev.items()}
-        counts: dict[str, int] = {}
-        for kind, ptr, _n in self.copies:
-            if kind == "cudaMemcpyHostToDevice":
-                counts[names.get(ptr, "?")] = counts.get(names.get(ptr, "?"), 0) + 1
-        return counts
+    def count(self, kind: str, ptrs) -> int:
+        """Copies of `kind` ("H2D", "D2H", "D2D") whose device side is one of `ptrs` since the last `copies.clear()`."""
+        name = {"H2D": "cudaMemcpyHostToDevice", "D2H": "cudaMemcpyDeviceToHost", "D2D": "cudaMemcpyDeviceToDevice"}[kind]
+        ptrs = set(ptrs)
+        return sum(1 for k, p, _n in self.copies if k == name and p in ptrs)
 
+    # -- graphs --------------------------------------------------------------------------------
     def cudaStreamBeginCapture(self, stream, mode):
         assert isinstance(mode, self.cudaStreamCaptureMode)
+        assert self.capturing is None, "a capture is already under way"
         self.capturing = (self._handle(stream), [])
         return (OK,)
 
@@ -174,9 +268,24 @@ class FakeCudart:
         return (OK,)
 
 
+def _version(v: str) -> tuple[int, int]:
+    major, minor = v.split(".")[:2]
+    return int(major), int(minor)
+
+
 def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
-    """A TensorRT 11 look-alike runtime: a plan is b"FAKEPLAN" + JSON header (profile) + the ONNX graph it runs."""
+    """A TensorRT look-alike runtime: a plan is b"FAKEPLAN" + JSON header (profile, device memory) + the ONNX graph it runs.
+
+    Upstream: NVIDIA/TensorRT python/src/infer/pyCore.cpp (the bindings) and python/docstrings/infer/pyCoreDoc.h
+    (docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Engine.html, ExecutionContext.html),
+    include/NvInferRuntime.h (IExecutionContext::setDeviceMemoryV2, enqueueV3). Names follow `version`:
+    10.0 has `device_memory_size` and the `device_memory` setter only; 10.1 adds `device_memory_size_v2` and
+    `set_device_memory(memory, size)`; 10.14 adds `get_engine_stat`; 11 removes `device_memory_size` and
+    `create_execution_context_without_device_memory` (checked against the wheels: tests/data/api_names.json).
+    """
     from onnx.reference import ReferenceEvaluator
+
+    ver = _version(version)
 
     class DataType(enum.Enum):  # TensorRT's members; HALF is float16
         FLOAT, HALF, INT8, INT32, BOOL, UINT8, FP8, BF16, INT64, INT4 = range(10)
@@ -190,21 +299,56 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
     class MemoryPoolType(enum.Enum):
         WORKSPACE = 0
 
+    class ExecutionContextAllocationStrategy(enum.Enum):  # pyCore.cpp: STATIC (default), ON_PROFILE_CHANGE, USER_MANAGED
+        STATIC, ON_PROFILE_CHANGE, USER_MANAGED = range(3)
+
+    class EngineStat(enum.Enum):  # TensorRT >= 10.14
+        TOTAL_WEIGHTS_SIZE, STRIPPED_WEIGHTS_SIZE = range(2)
+
     class Logger:
         ERROR, WARNING = 1, 2
 
         def __init__(self, sev):
             self.sev = sev
 
+    log: list[str] = []  # what TensorRT's logger would print (enqueue failures return False and log)
+
     class Context:
-        def __init__(self, engine):
-            self.engine, self.in_shapes, self.addr = engine, {}, {}
+        """IExecutionContext (pyCoreDoc.h IExecutionContextDoc; NvInferRuntime.h):
+        - set_input_shape returns False for a shape outside profile 0 (or of the wrong rank);
+        - execute_async_v3 fails (False + a log line) unless every I/O tensor has an address and, for a
+          USER_MANAGED context, live device memory of at least the engine's size was set; it reads the
+          addresses when it is enqueued (a captured graph replays them);
+        - the first enqueue after an input shape change updates the context's internal state ("call
+          enqueueV3 once after an input shape change to update internal state" - TensorRT developer guide,
+          Best Practices > CUDA Graphs): capturing before it fails, and replaying a graph after the
+          context's shapes changed is an error - one context per shape set keeps its graph valid.
+        """
+
+        def __init__(self, engine, strategy):
+            self.engine, self.strategy, self.in_shapes, self.addr = engine, strategy, {}, {}
+            self.memory: tuple[int, int] | None = None  # (pointer, size) of user-managed memory
+            self.state: dict | None = None  # input shapes the internal state was last updated for
+            if strategy == ExecutionContextAllocationStrategy.STATIC:  # TensorRT allocates it by itself
+                _err, ptr = cudart._alloc(cudart.internal, engine.required_memory)
+                self.memory = (ptr, engine.required_memory)
+                self._own = ptr
+            else:
+                self._own = None
+
+        def __del__(self):  # TensorRT frees the memory it allocated with the context
+            if getattr(self, "_own", None) is not None and self._own in cudart.internal:
+                del cudart.internal[self._own], cudart._keep[self._own]
 
         def set_input_shape(self, name, shape):
             mn, _, mx = self.engine.get_tensor_profile_shape(name, 0)
-            if not all(a <= d <= b for d, a, b in zip(shape, mn, mx)):
+            shape = tuple(int(d) for d in shape)
+            if len(shape) != len(mn) or not all(a <= d <= b for d, a, b in zip(shape, mn, mx)):
+                log.append(f"IExecutionContext::setInputShape: {name} {shape} is outside the profile")
                 return False
-            self.in_shapes[name] = tuple(shape)
+            if self.in_shapes.get(name) != shape:
+                self.state = None  # the next enqueue updates the internal state; graphs captured before are stale
+            self.in_shapes[name] = shape
             return True
 
         def infer_shapes(self):  # the binding: names of unresolved tensors; RuntimeError on an error code
@@ -220,21 +364,55 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             return tuple(sizes.get(d, -1) if isinstance(d, str) else d for d in self.engine.outputs[name][1])
 
         def set_tensor_address(self, name, ptr):
+            assert name in self.engine.dtypes, f"set_tensor_address: no tensor {name!r}"
             self.addr[name] = int(ptr)
             return True
 
+        def _set_memory(self, ptr, size):
+            assert self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED, "device memory of a context TensorRT allocates for"
+            assert int(ptr) % ALIGN == 0, f"context memory {ptr:#x} is not 256-byte aligned"
+            self.memory = (int(ptr), int(size))
+
+        if ver >= (10, 1):
+            def set_device_memory(self, memory, size):
+                self._set_memory(memory, size)
+
+        device_memory = property(None, lambda self, memory: self._set_memory(memory, self.engine.required_memory))  # write-only
+
         def execute_async_v3(self, stream_handle):
             assert type(stream_handle) is int, f"execute_async_v3 takes the native stream handle (int), got {stream_handle!r}"
-            eng, addr = self.engine, dict(self.addr)  # addresses baked in, like a CUDA graph
-            shapes = {n: self.get_tensor_shape(n) for n in (*eng.inputs, *eng.outputs)}
+            eng = self.engine
+            missing = [n for n in eng.names if n not in self.addr]
+            if missing:
+                log.append(f"IExecutionContext::enqueueV3: Error Code 3: API Usage Error (address of {missing} not set)")
+                return False
+            if set(self.in_shapes) != set(eng.inputs):
+                log.append("IExecutionContext::enqueueV3: input shapes not all specified")
+                return False
+            if self.memory is None or self.memory[1] < eng.required_memory:
+                log.append(f"IExecutionContext::enqueueV3: device memory not set or smaller than {eng.required_memory} bytes")
+                return False
+            capturing = cudart.capturing is not None and cudart.capturing[0] == stream_handle
+            shapes_now = dict(self.in_shapes)
+            if capturing and self.state != shapes_now:
+                log.append("IExecutionContext::enqueueV3: capture before the enqueue that updates the internal state")
+                return False
+            if not capturing:
+                self.state = shapes_now
+            addr, memory = dict(self.addr), self.memory  # addresses baked in, like a CUDA graph
+            shapes = {n: self.get_tensor_shape(n) for n in eng.names}
 
             def device(name):
                 dt = np.dtype(to_np[eng.dtypes[name]])
-                n = int(np.prod(shapes[name])) * dt.itemsize
-                return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(addr[name])).view(dt).reshape(shapes[name])
+                n = int(np.prod(shapes[name], dtype=np.int64)) * dt.itemsize
+                return cudart.device_array(addr[name], n, f"tensor {name!r}").view(dt).reshape(shapes[name])
 
             def run():
+                assert self.state == shapes_now, "graph replayed after its context's input shapes changed (capture per context + shape)"
+                scratch = cudart.device_array(memory[0], eng.required_memory, "context device memory") if eng.required_memory else None
                 outs = eng.evaluator.run(None, {n: device(n).copy() for n in eng.inputs})
+                if scratch is not None:
+                    scratch[...] = 0xCD  # activations live here while the network runs
                 for name, value in zip(eng.outputs, outs):
                     device(name)[...] = value
 
@@ -242,10 +420,15 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             return True
 
     class Engine:
+        """ICudaEngine (pyCoreDoc.h ICudaEngineDoc): name-based I/O, profile 0's shapes, create_execution_context(strategy),
+        device memory sizes by version."""
+
         infer_shapes_error = False
 
-        def __init__(self, profile, model):
-            self.profile, self.evaluator = profile, ReferenceEvaluator(model)
+        def __init__(self, header, model):
+            self.profile, self.evaluator = header["profile"], ReferenceEvaluator(model)
+            self.required_memory = int(header["device_memory"])
+            self.weights = int(header["weights"])
 
             def info(v):
                 t = v.type.tensor_type
@@ -255,6 +438,7 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             self.outputs = {v.name: info(v) for v in model.graph.output}
             self.dtypes = {n: i[0] for n, i in {**self.inputs, **self.outputs}.items()}
             self.names = [*self.inputs, *self.outputs]
+            self.contexts = 0
 
         @property
         def num_io_tensors(self):
@@ -276,8 +460,28 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             assert i == 0
             return [tuple(s) for s in self.profile[name]]
 
-        def create_execution_context(self):
-            return Context(self)
+        def create_execution_context(self, strategy=ExecutionContextAllocationStrategy.STATIC):
+            assert isinstance(strategy, ExecutionContextAllocationStrategy)
+            self.contexts += 1
+            return Context(self, strategy)
+
+        if ver < (11, 0):
+            @property
+            def device_memory_size(self):
+                return self.required_memory
+
+            def create_execution_context_without_device_memory(self):
+                return self.create_execution_context(ExecutionContextAllocationStrategy.USER_MANAGED)
+
+        if ver >= (10, 1):
+            @property
+            def device_memory_size_v2(self):
+                return self.required_memory
+
+        if ver >= (10, 14):
+            def get_engine_stat(self, stat=EngineStat.TOTAL_WEIGHTS_SIZE):
+                assert isinstance(stat, EngineStat)
+                return self.weights if stat == EngineStat.TOTAL_WEIGHTS_SIZE else 0
 
     class Runtime:
         def __init__(self, logger):
@@ -290,15 +494,39 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             n = int.from_bytes(data[8:12], "little")
             return Engine(json.loads(data[12:12 + n]), onnx.load_model_from_string(data[12 + n:]))
 
-    return SimpleNamespace(
+    ns = SimpleNamespace(
         __version__=version, DataType=DataType, TensorIOMode=TensorIOMode, MemoryPoolType=MemoryPoolType,
-        Logger=Logger, Runtime=Runtime, nptype=lambda dt: to_np[dt],
+        ExecutionContextAllocationStrategy=ExecutionContextAllocationStrategy,
+        Logger=Logger, Runtime=Runtime, nptype=lambda dt: to_np[dt], log=log, Engine=Engine,
     )
+    if ver >= (10, 14):
+        ns.EngineStat = EngineStat
+    return ns
+
+
+def plan_header(plan: Path) -> dict:
+    data = Path(plan).read_bytes()
+    n = int.from_bytes(data[8:12], "little")
+    return json.loads(data[12:12 + n])
+
+
+def set_plan_header(plan: Path, **changes) -> Path:
+    """Rewrite a fake plan's header (e.g. device_memory=...) in place."""
+    data = Path(plan).read_bytes()
+    n = int.from_bytes(data[8:12], "little")
+    header = {**json.loads(data[12:12 + n]), **changes}
+    blob = json.dumps(header).encode()
+    Path(plan).write_bytes(b"FAKEPLAN" + len(blob).to_bytes(4, "little") + blob + data[12 + n:])
+    return Path(plan)
 
 
 def fake_polygraphy(trt, log: list):
     """polygraphy.backend.trt look-alikes; every call is bound to the real Polygraphy signature first
-    (a renamed or unknown keyword fails), and recorded in `log` as (name, kwargs)."""
+    (a renamed or unknown keyword fails), and recorded in `log` as (name, kwargs).
+
+    Upstream: NVIDIA/TensorRT tools/Polygraphy/polygraphy/backend/trt/ (loader.py: network_from_onnx_path,
+    engine_from_network, save_engine; config.py: CreateConfig; profile.py: Profile) - the real module is imported
+    for its signatures and its Profile class."""
     from polygraphy.backend import trt as real
 
     def checked(name, fake):
@@ -327,7 +555,9 @@ def fake_polygraphy(trt, log: list):
         old = Path(config.load_timing_cache).read_bytes() if config.load_timing_cache else b""
         if save_timing_cache:
             Path(save_timing_cache).write_bytes(old + b"+")  # Polygraphy writes it in place
-        header = json.dumps(shapes).encode()
+        model = network.model
+        weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        header = json.dumps({"profile": shapes, "device_memory": 4096 * len(model.graph.node), "weights": weights}).encode()
         return SimpleNamespace(plan=b"FAKEPLAN" + len(header).to_bytes(4, "little") + header + network.model.SerializeToString(),
                                timing_cache_loaded=old)
 

@@ -20,7 +20,7 @@ TENSORRT = (
     "TensorIOMode.INPUT",
     "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
     "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_shape", "ICudaEngine.get_tensor_profile_shape",
-    "ICudaEngine.create_execution_context",
+    "ICudaEngine.create_execution_context", "ExecutionContextAllocationStrategy.USER_MANAGED",
     "IExecutionContext.set_input_shape", "IExecutionContext.infer_shapes", "IExecutionContext.get_tensor_shape",
     "IExecutionContext.set_tensor_address", "IExecutionContext.execute_async_v3",
     # reached through Polygraphy with the arguments engine/trt/build.py passes it
@@ -29,6 +29,14 @@ TENSORRT = (
     "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
     "IBuilder.build_serialized_network", "ICudaEngine.serialize",
 )
+# names of some versions only: name -> (the TensorRT version that has it from, what stands in before; None:
+# nothing, the value is optional). engine/trt/ uses the name where it exists and the stand-in otherwise.
+TENSORRT_VERSIONED = {
+    "ICudaEngine.device_memory_size_v2": ("10.1", "ICudaEngine.device_memory_size"),  # the latter is gone in 11
+    "IExecutionContext.set_device_memory": ("10.1", "IExecutionContext.device_memory"),  # 10.0: the write-only property
+    "ICudaEngine.get_engine_stat": ("10.14", None),  # the weights' size; without it, the plan file's size
+    "EngineStat.TOTAL_WEIGHTS_SIZE": ("10.14", None),
+}
 # never touched: removed in TensorRT 11 (strong typing decides precision; explicit batch is the only mode)
 TENSORRT_REMOVED_IN_11 = ("BuilderFlag.FP16", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH")
 
@@ -38,6 +46,7 @@ CUDA_RUNTIME = (
     "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice", "cudaGetLastError",
     "cudaMalloc", "cudaFree", "cudaMallocHost", "cudaFreeHost",
     "cudaMemcpyAsync", "cudaMemcpyKind.cudaMemcpyHostToDevice", "cudaMemcpyKind.cudaMemcpyDeviceToHost",
+    "cudaMemcpyKind.cudaMemcpyDeviceToDevice",
     "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize",
     "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaStreamCaptureMode.cudaStreamCaptureModeGlobal",
     "cudaGraphInstantiate", "cudaGraphLaunch", "cudaGraphDestroy", "cudaGraphExecDestroy",

@@ -4,6 +4,7 @@ unpacking and pinned host buffers (cuda-python 12.x and 13.x runtime bindings)."
 from __future__ import annotations
 
 import ctypes
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,3 +116,26 @@ class Pinned:
             self.raw = None
             self.cudart.cudaFreeHost(self.ptr)
             self.ptr = None
+
+
+def _cuda_free(cudart, ptr: int) -> None:
+    try:
+        cudart.cudaFree(ptr)
+    except Exception:  # pragma: no cover - interpreter shutdown, driver gone: nothing left to free
+        pass
+
+
+class DeviceBuffer:
+    """`nbytes` of device memory (cudaMalloc: 256-byte aligned), freed by `free()` or when the object is collected."""
+
+    def __init__(self, cudart, nbytes: int, what: str) -> None:
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(cu(cudart, cudart.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes}) for {what}"))
+        self._free = weakref.finalize(self, _cuda_free, cudart, self.ptr)
+
+    def free(self) -> None:
+        self._free()
+
+    @property
+    def alive(self) -> bool:
+        return self._free.alive

@@ -1,21 +1,31 @@
 """Run TensorRT plans: `TrtEngine` (one plan on one GPU, name-based tensor I/O, `execute_async_v3`,
-optional CUDA graphs) and the runtime's entry `open_trt_runners` (the engine directory's verified plans
-for the installed TensorRT and this GPU)."""
+optional CUDA graphs), `ActivationMemory` (one activation buffer shared by every engine of a pipeline)
+and the runtime's entry `open_trt_runners` (the engine directory's verified plans for the installed
+TensorRT and this GPU, sharing one ActivationMemory)."""
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError, MonkeyError, first_line
-from monkey_trt.engine.ort import validate_feeds
-from monkey_trt.engine.runner import Runner, TensorSpec
+from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
 from monkey_trt.engine.trt import cuda, lib
-from monkey_trt.engine.trt.cuda import Pinned, cu, err_name, is_error, native_handle
+from monkey_trt.engine.trt.cuda import (
+    DeviceBuffer,
+    Pinned,
+    cu,
+    err_name,
+    is_error,
+    native_handle,
+)
 from monkey_trt.enginedir import plans
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.enginedir.plans import REBUILD_HINT
@@ -40,51 +50,185 @@ def _np_dtype(trt, dt) -> np.dtype:
         raise MonkeyError(f"TensorRT dtype {dt} has no numpy equivalent") from None
 
 
+def context_memory_size(engine) -> int:
+    """Device memory one execution context of `engine` needs (its activations): `device_memory_size_v2`
+    (TensorRT >= 10.1; it includes weight-streaming scratch), else `device_memory_size` (10.0)."""
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    return int(engine.device_memory_size)
+
+
+def set_context_memory(context, ptr: int, nbytes: int) -> None:
+    """Give a USER_MANAGED context its device memory: `set_device_memory(ptr, size)` (TensorRT >= 10.1),
+    else the write-only `device_memory` property (10.0)."""
+    if hasattr(context, "set_device_memory"):
+        context.set_device_memory(ptr, nbytes)
+    else:
+        context.device_memory = ptr
+
+
+class ActivationMemory:
+    """One device buffer for the activations of every TensorRT engine that shares it (a pipeline's networks).
+
+    TensorRT's user-managed execution-context memory, as NVIDIA's demo/Diffusion does (NVIDIA/TensorRT
+    demo/Diffusion/demo_diffusion/pipeline/stable_diffusion_pipeline.py: calculateMaxDeviceMemory,
+    activateEngines - one buffer for every engine, CUDA graphs replayed on it): each engine's
+    contexts are created with `ExecutionContextAllocationStrategy.USER_MANAGED` and all point at this
+    buffer, sized for the largest engine (`device_memory_size_v2`), so peak GPU memory for activations
+    is the largest network's, not the sum. Safe because the engines never run at the same time: each
+    `infer` holds `lock` from its first copy to its stream synchronisation (TensorRT: the memory is in
+    use from the enqueue until the work completes; another context must not use it meanwhile).
+
+    Allocated at the first context, freed when the last engine detaches. An engine attaching later
+    with a larger need grows it: every attached engine re-points its contexts and drops its CUDA graphs
+    (they baked in the old address).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._needs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # attached engine -> bytes it needs
+        self._buffer: DeviceBuffer | None = None
+        self._cudart = None
+
+    @property
+    def required(self) -> int:
+        """The largest need among the attached engines (what the buffer is sized to; it never shrinks while in use)."""
+        return max(self._needs.values(), default=0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated now (0 before the first context and after the last engine detached)."""
+        return self._buffer.nbytes if self._buffer is not None else 0
+
+    def attach(self, engine: "TrtEngine", nbytes: int, cudart) -> None:
+        with self.lock:
+            self._cudart = cudart
+            self._needs[engine] = int(nbytes)
+            if self._buffer is not None and self._buffer.nbytes < nbytes:  # grow: every context moves to the new buffer
+                self._buffer.free()
+                self._buffer = None
+                ptr, size = self.acquire()
+                for other in list(self._needs.keys()):
+                    other._rebind_memory(ptr, size)
+
+    def detach(self, engine: "TrtEngine") -> None:
+        with self.lock:
+            self._needs.pop(engine, None)
+            if not self._needs and self._buffer is not None:
+                self._buffer.free()
+                self._buffer = None
+
+    def acquire(self) -> tuple[int, int]:
+        """(device pointer, bytes) for a new context; allocates on first use. (0, 0) when no engine needs any."""
+        with self.lock:
+            need = self.required
+            if need == 0:
+                return 0, 0
+            if self._buffer is None:
+                self._buffer = DeviceBuffer(self._cudart, need, "TensorRT activations")
+            return self._buffer.ptr, self._buffer.nbytes
+
+
+class _ShapeSet:
+    """One input-shape set of a TrtEngine: its own execution context (pointing at the shared activation
+    memory), device buffers for every I/O tensor at exactly these shapes, pinned staging buffers (made on
+    first use: none for inputs that always come from a StaticInputs handle) and,
+    with CUDA graphs, the graph captured for them. `resident`: input name -> id of the StaticInputs
+    handle whose value its buffer holds (None: a per-call feed)."""
+
+    def __init__(self, key, context, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.key, self.context, self.shapes = key, context, shapes
+        self.dev: dict[str, DeviceBuffer] = {}
+        self.host: dict[str, Pinned] = {}
+        self.resident: dict[str, int | None] = {}
+        self.graph = None
+        self.graph_exec = None
+
+    @property
+    def io_bytes(self) -> int:
+        return sum(b.nbytes for b in self.dev.values())
+
+
 class TrtEngine(Runner):
     """One TensorRT plan on one GPU, in the style of TensorRT's demo/Diffusion `Engine`.
 
-        eng = TrtEngine(plan_path, use_cuda_graph=True)
-        eng.load(); eng.activate()          # or: with TrtEngine(...) as eng:
-        out = eng.infer(feeds)              # allocates on the first call / when shapes change
+        with TrtEngine(plan_path, use_cuda_graph=True) as eng:
+            fixed = eng.bind_static({"s": s})                   # device copies owned by `fixed`
+            out = eng.infer({"x": x}, static=fixed, outputs=("y",))
 
-    Device buffers (one per I/O tensor) and pinned host buffers are allocated for the current
-    input shapes and reused; they grow when a larger shape arrives. Inputs are copied H2D on
-    one stream, `execute_async_v3` runs, outputs are copied D2H, the stream is synchronised
-    and caller-owned copies are returned. With `use_cuda_graph`, the enqueue is captured in a
-    CUDA graph after a warm-up run and replayed while shapes stay the same (re-captured when
-    they change; plain execution if the plan cannot be captured).
+    Per input-shape set (e.g. the UNet at batch 2 and at batch 1) the engine keeps one execution
+    context, device buffers for every I/O tensor at those shapes and, with `use_cuda_graph`, one CUDA
+    graph captured once (after a warm-up enqueue) and replayed by every later call of that shape, across
+    generations and sessions. One context per shape because a context holds shape-dependent internal
+    state (TensorRT's guide: "call enqueueV3 once after an input shape change to update internal state")
+    that a graph captured for other shapes would replay wrongly. Contexts use the shared
+    `activation_memory` (TensorRT's USER_MANAGED allocation), so many contexts cost no more activation
+    memory than one. At most `max_shapes` shape sets are kept (least recently used dropped).
 
-    `set_static_inputs` (e.g. one LCM pass's text embeddings, IP tokens, timestep_cond, ip_mask)
-    puts those inputs in their device buffers once; each `infer` then copies only the remaining
-    inputs. The copies are outside the captured graph, so a graph stays valid across new static
-    values; it is re-captured only when a shape changes or a buffer is re-allocated.
+    Static inputs (`bind_static`) live in device buffers owned by the caller's handle. Before a call
+    they are copied device-to-device into the shape set's input buffers - skipped when those already
+    hold that handle's values - so a graph never bakes in a handle's addresses and two live handles never
+    interfere. Chosen over a graph per (shape, handle) by cost: the UNet's fixed inputs are ~2.5 MB at
+    512x512, batch 2 (a few microseconds of device copy, once per session), while a capture (warm-up
+    enqueue + capture + instantiate) costs milliseconds and would be redone for every session, with a
+    graph kept per live session. Per-call inputs are staged in pinned memory and copied host-to-device.
+    Only the outputs asked for (`outputs=`) are copied back; the stream is synchronised before any host read.
     """
 
     backend = "tensorrt"
 
-    def __init__(self, plan_path: str | os.PathLike, name: str | None = None, *, use_cuda_graph: bool = False, device: int = 0):
+    def __init__(self, plan_path: str | os.PathLike, name: str | None = None, *, use_cuda_graph: bool = False, device: int = 0,
+                 activation_memory: ActivationMemory | None = None, max_shapes: int = 8):
         self.plan_path = Path(plan_path)
         self.name = name or self.plan_path.stem
         self.use_cuda_graph = bool(use_cuda_graph)
-        self.device = int(device)
+        self.device_index = int(device)
+        self.activation_memory = activation_memory if activation_memory is not None else ActivationMemory()
+        if not isinstance(max_shapes, int) or max_shapes < 1:
+            raise MonkeyError(f"{self.name}: max_shapes must be a positive integer, got {max_shapes!r}")
+        self.max_shapes = max_shapes
         self.engine = None
-        self.context = None
+        self.context = None  # the most recently used shape set's context (None while inactive)
+        self._trt = None
         self._runtime = None
         self._cudart = None
         self._stream = None
         self._stream_handle = 0
+        self._active = False
+        self._memory_size = 0
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
         self._dtypes: dict[str, np.dtype] = {}
-        self._dev: dict[str, tuple[int, int]] = {}  # name -> (device ptr, capacity bytes)
-        self._host: dict[str, Pinned] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}  # current shapes of every I/O tensor
-        self._input_shapes: dict[str, tuple[int, ...]] | None = None
-        self._graph = None
-        self._graph_exec = None
+        self._sets: OrderedDict[tuple, _ShapeSet] = OrderedDict()
+        self._staging: Pinned | None = None  # pinned staging for bind_static uploads
+        self._handles: weakref.WeakSet[StaticInputs] = weakref.WeakSet()  # handles holding device copies from this engine
         self._graph_failed = False
-        self._static: dict[str, np.ndarray] = {}
-        self._static_on_device: set[str] = set()  # static inputs whose device buffer holds their current value
+
+    # -- what callers may ask ------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return "cuda"
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return ("TensorRT",)
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest leading dimension every input accepts: the profile's max for a dynamic one, the fixed
+        size otherwise (a static-shape plan runs its one batch)."""
+        self.load()
+        sizes = []
+        for spec in self._inputs:
+            if spec.shape:
+                d = spec.shape[0]
+                sizes.append(self.profile_range(spec.name)[2][0] if isinstance(d, int) and d < 0 else int(d))
+        return min(sizes) if sizes else None
+
+    @property
+    def shape_sets(self) -> list[dict[str, tuple[int, ...]]]:
+        """The input shapes of every kept shape set (each with its context, buffers and graph), oldest first."""
+        return [{s.name: shape for s, shape in zip(self._inputs, key)} for key in self._sets]
 
     # -- lifecycle -----------------------------------------------------------------------
     def load(self) -> None:
@@ -92,9 +236,9 @@ class TrtEngine(Runner):
         if self.engine is not None:
             return
         trt = lib.require_tensorrt()
-        dev = cuda.require_cuda_device(self.device)
+        dev = cuda.require_cuda_device(self.device_index)
         cudart = cuda.require_cudart()
-        cu(cudart, cudart.cudaSetDevice(self.device), "cudaSetDevice")
+        cu(cudart, cudart.cudaSetDevice(self.device_index), "cudaSetDevice")
         if not self.plan_path.is_file():
             raise EngineDirError(f"{self.name}: TensorRT plan {self.plan_path} is missing: run `monkey-trt build`")
         data = self.plan_path.read_bytes()
@@ -108,7 +252,8 @@ class TrtEngine(Runner):
                 f"{self.name}: {self.plan_path} does not load with TensorRT {trt.__version__} on {dev.name} "
                 f"(built by another TensorRT version, for another GPU, or damaged): {REBUILD_HINT}"
             )
-        self._runtime, self.engine, self._cudart = runtime, engine, cudart
+        self._trt, self._runtime, self.engine, self._cudart = trt, runtime, engine, cudart
+        self._memory_size = context_memory_size(engine)
         self._inputs, self._outputs, self._dtypes = [], [], {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
@@ -118,38 +263,38 @@ class TrtEngine(Runner):
             (self._inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self._outputs).append(spec)
 
     def activate(self) -> None:
-        """Load (if needed), create the execution context and the stream."""
-        if self.context is not None:
+        """Load (if needed), create the stream and join the shared activation memory; contexts come per shape."""
+        if self._active:
             return
         self.load()
         cudart = self._cudart
-        context = self.engine.create_execution_context()
-        if context is None:
-            raise MonkeyError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
-        self.context = context
         self._stream = cu(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._stream_handle = native_handle(self._stream)  # the cudaStream_t value TensorRT's enqueue takes
+        self.activation_memory.attach(self, self._memory_size, cudart)
+        self._active = True
 
     def deactivate(self) -> None:
-        """Free graphs, buffers, stream, context and engine (best effort; never raises)."""
+        """Free graphs, contexts, buffers (the handles' device copies too), stream and engine (best effort; never raises)."""
         cudart = self._cudart
-        if cudart is not None:
-            if self._stream is not None:
-                cudart.cudaStreamSynchronize(self._stream)
-            self._drop_graph()
-            for ptr, _cap in self._dev.values():
-                cudart.cudaFree(ptr)
-            for buf in self._host.values():
-                buf.free()
-            if self._stream is not None:
-                cudart.cudaStreamDestroy(self._stream)
-        self._dev.clear()
-        self._host.clear()
-        self._shapes.clear()
-        self._static_on_device.clear()  # the host copies in self._static stay: uploaded again after activate()
-        self._input_shapes = None
+        with self.activation_memory.lock:
+            if cudart is not None:
+                if self._stream is not None:
+                    cudart.cudaStreamSynchronize(self._stream)
+                for key in list(self._sets):
+                    self._drop_set(key)
+                for handle in list(self._handles):  # host values stay: uploaded again on first use after activate()
+                    handle.device.clear()
+                self._handles = weakref.WeakSet()
+                if self._staging is not None:
+                    self._staging.free()
+                if self._stream is not None:
+                    cudart.cudaStreamDestroy(self._stream)
+            self.activation_memory.detach(self)
+        self._sets.clear()
+        self._staging = None
         self._stream = None
         self._stream_handle = 0
+        self._active = False
         self.context = None
         self.engine = None
         self._runtime = None
@@ -172,96 +317,133 @@ class TrtEngine(Runner):
         mn, opt, mx = self.engine.get_tensor_profile_shape(name, 0)
         return tuple(int(d) for d in mn), tuple(int(d) for d in opt), tuple(int(d) for d in mx)
 
-    # -- buffers -------------------------------------------------------------------------
-    def _require_context(self):
-        if self.context is None:
+    # -- memory, by TensorRT's own numbers ------------------------------------------------
+    def memory(self) -> dict[str, int | None]:
+        """plan_bytes: the serialized engine (plan file); weights_bytes: TensorRT's TOTAL_WEIGHTS_SIZE
+        (TensorRT >= 10.14, else None); activation_bytes: device memory one context needs
+        (device_memory_size_v2; shared by a pipeline's engines); io_bytes: this engine's I/O buffers now."""
+        self.load()
+        trt, engine = self._trt, self.engine
+        weights = None
+        if hasattr(trt, "EngineStat") and hasattr(engine, "get_engine_stat"):
+            weights = int(engine.get_engine_stat(trt.EngineStat.TOTAL_WEIGHTS_SIZE))
+        return {"plan_bytes": self.plan_path.stat().st_size, "weights_bytes": weights,
+                "activation_bytes": self._memory_size, "io_bytes": sum(s.io_bytes for s in self._sets.values())}
+
+    # -- shape sets ----------------------------------------------------------------------
+    def _require_active(self) -> None:
+        if not self._active:
             raise MonkeyError(f"{self.name}: the engine is not active (use it as a context manager or call activate())")
-        return self.context
 
-    def allocate(self, shapes: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, ...]]:
-        """Set the input shapes, size device/host buffers for them (reused, grown when needed).
-
-        Returns the shape of every I/O tensor. A shape outside the plan's profile raises MonkeyError.
-        """
-        ctx = self._require_context()
-        cudart = self._cudart
-        self._input_shapes = None  # until this allocation has fully succeeded
-        missing = [s.name for s in self._inputs if s.name not in shapes]
-        if missing:
-            raise MonkeyError(f"{self.name}: allocate() needs shapes for input(s) {', '.join(missing)}")
-        want: dict[str, tuple[int, ...]] = {}
+    def _check_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         for spec in self._inputs:
-            shape = want[spec.name] = tuple(int(d) for d in shapes[spec.name])
-            if len(shape) != len(spec.shape):
-                raise MonkeyError(f"{self.name}: input {spec.name!r} needs rank {len(spec.shape)}, got shape {shape}")
+            shape = shapes[spec.name]
             mn, _opt, mx = self.profile_range(spec.name) if any(d < 0 for d in spec.shape) else (shape, shape, shape)
             if len(mn) == len(shape) == len(mx) and any(not lo <= d <= hi for d, lo, hi in zip(shape, mn, mx)):
                 raise MonkeyError(
                     f"{self.name}: input {spec.name!r} shape {list(shape)} is outside the engine profile "
                     f"{list(mn)}..{list(mx)} (rebuild with a wider profile: monkey-trt build --min/--max)"
                 )
-            if not ctx.set_input_shape(spec.name, shape):
-                raise MonkeyError(f"{self.name}: TensorRT rejected shape {list(shape)} for input {spec.name!r}")
+
+    def _shape_set(self, shapes: Mapping[str, tuple[int, ...]]) -> _ShapeSet:
+        """The kept shape set for these input shapes, or a new one (context, buffers, tensor addresses)."""
+        key = tuple(shapes[s.name] for s in self._inputs)
+        found = self._sets.get(key)
+        if found is not None:
+            self._sets.move_to_end(key)
+            return found
+        self._check_profile(shapes)
+        cudart, trt = self._cudart, self._trt
+        ctx = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if ctx is None:
+            raise MonkeyError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
+        ptr, size = self.activation_memory.acquire()
+        set_context_memory(ctx, ptr, size)
+        for spec in self._inputs:
+            if not ctx.set_input_shape(spec.name, shapes[spec.name]):
+                raise MonkeyError(f"{self.name}: TensorRT rejected shape {list(shapes[spec.name])} for input {spec.name!r}")
         try:  # the binding raises RuntimeError when shape inference fails (e.g. inputs that disagree)
             unresolved = ctx.infer_shapes()
         except RuntimeError as e:
-            given = ", ".join(f"{n} {list(s)}" for n, s in want.items())
+            given = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
             raise MonkeyError(f"{self.name}: TensorRT cannot infer the output shapes for inputs {given} ({first_line(e)})") from None
         if unresolved:
             raise MonkeyError(f"{self.name}: TensorRT cannot infer the shapes of {', '.join(map(str, unresolved))}")
-
-        cu(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        self._drop_graph()  # addresses/shapes change: any captured graph is stale
-        new_shapes: dict[str, tuple[int, ...]] = {}
+        all_shapes = {}
         for spec in self._inputs + self._outputs:
-            name = spec.name
-            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
-                raise MonkeyError(f"{self.name}: output {name!r} has a data-dependent shape {list(shape)} (not supported)")
-            nbytes = max(int(np.prod(shape, dtype=np.int64)) * self._dtypes[name].itemsize, 1)
-            ptr, cap = self._dev.get(name, (None, 0))
-            if ptr is None or cap < nbytes:
-                self._static_on_device.discard(name)  # a new buffer holds no uploaded value
-                if ptr is not None:
-                    cudart.cudaFree(ptr)
-                    del self._dev[name]
-                ptr = int(cu(cudart, cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {name}"))
-                self._dev[name] = (ptr, nbytes)
-            host = self._host.get(name)
-            if host is None or host.nbytes < nbytes:
-                if host is not None:
-                    host.free()
-                self._host[name] = Pinned(cudart, nbytes)
-            if not ctx.set_tensor_address(name, ptr):
-                raise MonkeyError(f"{self.name}: TensorRT rejected the address of {name!r}")
-            new_shapes[name] = shape
-        self._shapes = new_shapes
-        self._input_shapes = {s.name: new_shapes[s.name] for s in self._inputs}
-        return dict(new_shapes)
+                raise MonkeyError(f"{self.name}: output {spec.name!r} has a data-dependent shape {list(shape)} (not supported)")
+            all_shapes[spec.name] = shape
+        ss = _ShapeSet(key, ctx, all_shapes)
+        try:
+            for name, shape in all_shapes.items():
+                nbytes = int(np.prod(shape, dtype=np.int64)) * self._dtypes[name].itemsize
+                ss.dev[name] = DeviceBuffer(cudart, nbytes, name)
+                if not ctx.set_tensor_address(name, ss.dev[name].ptr):
+                    raise MonkeyError(f"{self.name}: TensorRT rejected the address of {name!r}")
+        except BaseException:
+            self._free_set(ss)
+            raise
+        self._sets[key] = ss
+        while len(self._sets) > self.max_shapes:
+            self._drop_set(next(iter(self._sets)))
+        return ss
+
+    def _pinned(self, ss: _ShapeSet, name: str) -> Pinned:
+        """The shape set's pinned staging buffer of tensor `name`, made on first use (none for inputs always bound)."""
+        buf = ss.host.get(name)
+        if buf is None:
+            buf = ss.host[name] = Pinned(self._cudart, ss.dev[name].nbytes)
+        return buf
+
+    def _free_set(self, ss: _ShapeSet) -> None:
+        self._drop_graph(ss)
+        for buf in ss.dev.values():
+            buf.free()
+        for buf in ss.host.values():
+            buf.free()
+        ss.dev.clear()
+        ss.host.clear()
+        if self.context is ss.context:
+            self.context = None
+        ss.context = None
+
+    def _drop_set(self, key) -> None:
+        ss = self._sets.pop(key)
+        if self._stream is not None:
+            self._cudart.cudaStreamSynchronize(self._stream)
+        self._free_set(ss)
+
+    def _rebind_memory(self, ptr: int, nbytes: int) -> None:
+        """The shared activation memory moved: re-point every context; graphs baked in the old address."""
+        for ss in self._sets.values():
+            set_context_memory(ss.context, ptr, nbytes)
+            self._drop_graph(ss)
 
     # -- execution -----------------------------------------------------------------------
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(self._stream_handle):
+    def _execute(self, ss: _ShapeSet) -> None:
+        if not ss.context.execute_async_v3(self._stream_handle):
             raise MonkeyError(f"{self.name}: TensorRT execute_async_v3 failed (see the TensorRT log above)")
 
-    def _drop_graph(self) -> None:
+    def _drop_graph(self, ss: _ShapeSet) -> None:
         cudart = self._cudart
-        if self._graph_exec is not None:
-            cudart.cudaGraphExecDestroy(self._graph_exec)
-            self._graph_exec = None
-        if self._graph is not None:
-            cudart.cudaGraphDestroy(self._graph)
-            self._graph = None
+        if ss.graph_exec is not None:
+            cudart.cudaGraphExecDestroy(ss.graph_exec)
+            ss.graph_exec = None
+        if ss.graph is not None:
+            cudart.cudaGraphDestroy(ss.graph)
+            ss.graph = None
 
-    def _capture(self) -> None:
+    def _capture(self, ss: _ShapeSet) -> None:
         """Warm-up enqueue (computes this call's outputs), then capture the enqueue in a CUDA graph."""
         cudart = self._cudart
-        self._execute()  # TensorRT wants one enqueue after shape changes before a capture
+        self._execute(ss)  # "call enqueueV3 once after an input shape change to update internal state"
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
         cu(cudart, cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
         ok = False
         try:
-            ok = bool(self.context.execute_async_v3(self._stream_handle))
+            ok = bool(ss.context.execute_async_v3(self._stream_handle))
         finally:
             err, graph = cudart.cudaStreamEndCapture(self._stream)
         why = None
@@ -275,84 +457,87 @@ class TrtEngine(Runner):
                 cudart.cudaGraphDestroy(graph)
                 why = f"its CUDA graph does not instantiate ({err_name(cudart, err)})"
             else:
-                self._graph, self._graph_exec = graph, graph_exec
+                ss.graph, ss.graph_exec = graph, graph_exec
         if why is not None:
             cudart.cudaGetLastError()  # clear the error state a failed capture/instantiation leaves, if any
             self._graph_failed = True
             warnings.warn(f"{self.name}: {why}; running without", stacklevel=3)
 
-    def _upload(self, name: str, arr: np.ndarray) -> None:
-        """Stage `arr` in the pinned buffer of input `name` and queue its H2D copy on the stream."""
+    def _upload_static(self, handle: StaticInputs) -> None:
+        """Put the handle's values in device buffers it owns (at once when active, else at first use)."""
+        if self._active:
+            with self.activation_memory.lock:
+                self._upload_handle(handle)
+
+    def _upload_handle(self, handle: StaticInputs) -> None:
         cudart = self._cudart
-        host = self._host[name].view(self._dtypes[name], self._shapes[name])
-        np.copyto(host, arr)
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        cu(cudart, cudart.cudaMemcpyAsync(self._dev[name][0], self._host[name].address, host.nbytes, h2d, self._stream), f"H2D {name}")
-
-    def set_static_inputs(self, feeds: dict[str, np.ndarray]) -> None:
-        """Inputs fixed over the coming infer() calls: copied to their device buffers once.
-
-        Uploaded here when the engine is active and the shapes match the current buffers; otherwise
-        (first use, a shape change, before activate()) at the next infer(), which knows every input's
-        shape and (re)allocates/re-captures as needed. Calling it again replaces the set.
-        """
-        if not isinstance(feeds, Mapping):
-            raise MonkeyError(f"{self.name}: static inputs must be a dict of name -> numpy array, got {type(feeds).__name__}")
-        if self.engine is not None:  # specs known: refuse bad names/dtypes/ranks now, not at the next infer
-            known = {s.name for s in self._inputs}
-            unknown = sorted(set(feeds) - known)
-            if unknown:
-                raise MonkeyError(f"{self.name}: unknown input(s) {', '.join(map(repr, unknown))} (inputs: {', '.join(sorted(known))})")
-            validate_feeds(self.name, [s for s in self._inputs if s.name in feeds], feeds)
-        super().set_static_inputs(feeds)
-        self._static_on_device = set()
-        if self.context is None or self._input_shapes is None or not self._static:
+        todo = {n: a for n, a in handle.host.items() if n not in handle.device}
+        if not todo:
             return
-        if any(tuple(a.shape) != self._input_shapes.get(n) for n, a in self._static.items()):
-            return  # a shape changes: allocate at the next infer(), with every input's shape known
-        cu(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")  # pinned staging is free
-        for name, arr in self._static.items():
-            self._upload(name, arr)
-        cu(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        self._static_on_device = set(self._static)
+        total = sum(max(a.nbytes, 1) for a in todo.values())
+        if self._staging is None or self._staging.nbytes < total:
+            if self._staging is not None:
+                self._staging.free()
+            self._staging = Pinned(cudart, total)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        off, bufs = 0, {}
+        for name, arr in todo.items():
+            bufs[name] = buf = DeviceBuffer(cudart, arr.nbytes, f"{self.name} static input {name}")
+            self._staging.raw[off:off + arr.nbytes] = arr.reshape(-1).view(np.uint8)
+            cu(cudart, cudart.cudaMemcpyAsync(buf.ptr, self._staging.address + off, arr.nbytes, h2d, self._stream), f"H2D {name}")
+            off += max(arr.nbytes, 1)
+        cu(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")  # staging reusable, values in place
+        handle.device.update(bufs)
+        self._handles.add(handle)
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once; `feeds` may leave out the inputs given to `set_static_inputs` (a feed overrides one)."""
-        self._require_context()
-        cudart, stream = self._cudart, self._stream
+    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
+              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run once; `static` supplies the inputs bound by `bind_static` (a feed overrides one); returns the
+        `outputs` asked for (default: all) as host arrays owned by the caller."""
+        self._require_active()
         if not isinstance(feeds, Mapping):
             validate_feeds(self.name, self._inputs, feeds)  # raises its one-line error
-        merged = self._with_static(feeds)
+        merged = self._merged(feeds, static)
         validate_feeds(self.name, self._inputs, merged)
-        shapes = {s.name: tuple(merged[s.name].shape) for s in self._inputs}
-        if shapes != self._input_shapes:
-            self.allocate(shapes)
+        wanted = self._wanted(outputs)
+        cudart, stream = self._cudart, self._stream
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for spec in self._inputs:
-            name = spec.name
-            static = name in self._static and name not in feeds
-            if static and name in self._static_on_device:
-                continue  # uploaded once, still in its buffer
-            self._upload(name, merged[name])
-            if static:
-                self._static_on_device.add(name)
+        with self.activation_memory.lock:
+            ss = self._shape_set({s.name: tuple(merged[s.name].shape) for s in self._inputs})
+            self.context = ss.context
+            if static is not None:
+                self._upload_handle(static)  # a handle bound while inactive, or before a deactivate
+            for spec in self._inputs:
+                name, dst = spec.name, ss.dev[spec.name]
+                if static is not None and name in static.host and name not in feeds:
+                    if ss.resident.get(name) != static.id:  # another handle's (or a feed's) value is there
+                        src = static.device[name]
+                        cu(cudart, cudart.cudaMemcpyAsync(dst.ptr, src.ptr, merged[name].nbytes, d2d, stream), f"D2D {name}")
+                        ss.resident[name] = static.id
+                    continue
+                pinned = self._pinned(ss, name)
+                host = pinned.view(self._dtypes[name], ss.shapes[name])
+                np.copyto(host, merged[name])
+                cu(cudart, cudart.cudaMemcpyAsync(dst.ptr, pinned.address, host.nbytes, h2d, stream), f"H2D {name}")
+                ss.resident[name] = None
+            if self.use_cuda_graph and not self._graph_failed:
+                if ss.graph_exec is None:
+                    self._capture(ss)  # its warm-up run already produced this call's outputs
+                else:
+                    cu(cudart, cudart.cudaGraphLaunch(ss.graph_exec, stream), "cudaGraphLaunch")
             else:
-                self._static_on_device.discard(name)  # a feed replaced the static value on the device
-        if self.use_cuda_graph and not self._graph_failed:
-            if self._graph_exec is None:
-                self._capture()  # its warm-up run already produced this call's outputs
-            else:
-                cu(cudart, cudart.cudaGraphLaunch(self._graph_exec, stream), "cudaGraphLaunch")
-        else:
-            self._execute()
-        views = {}
-        for spec in self._outputs:
-            name = spec.name
-            host = self._host[name].view(self._dtypes[name], self._shapes[name])
-            cu(cudart, cudart.cudaMemcpyAsync(self._host[name].address, self._dev[name][0], host.nbytes, d2h, stream), f"D2H {name}")
-            views[name] = host
-        cu(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return {name: v.copy() for name, v in views.items()}
+                self._execute(ss)
+            views = {}
+            for spec in wanted:
+                name = spec.name
+                pinned = self._pinned(ss, name)
+                host = pinned.view(self._dtypes[name], ss.shapes[name])
+                cu(cudart, cudart.cudaMemcpyAsync(pinned.address, ss.dev[name].ptr, host.nbytes, d2h, stream), f"D2H {name}")
+                views[name] = host
+            cu(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")  # before any host read
+            return {name: v.copy() for name, v in views.items()}
 
 
 # -- runtime entry -------------------------------------------------------------------------
@@ -366,7 +551,49 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str = "fp3
 
 def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, precision: str = "fp32",
                      verify: str = "sha256") -> dict[str, "TrtEngine"]:
-    """One (not yet activated) TrtEngine per network, plans verified; CUDA graphs only for the UNet's fixed-shape steps."""
+    """One (not yet activated) TrtEngine per network, plans verified, all sharing one ActivationMemory (peak
+    activation memory = the largest network's); CUDA graphs only for the UNet's fixed-shape steps."""
     folder = find_plan_dir(engine_dir, manifest, precision)
     plans.verify_plans(Path(engine_dir), folder, verify)
-    return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet") for n in NETWORKS}
+    shared = ActivationMemory()
+    return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet", activation_memory=shared)
+            for n in NETWORKS}
+
+
+def _memory_summary(networks: dict[str, dict], groups: list[list[str]]) -> dict:
+    return {
+        "networks": networks,
+        "activation_shared_bytes": sum(max(networks[n]["activation_bytes"] for n in g) for g in groups if g),
+        "activation_sum_bytes": sum(m["activation_bytes"] for m in networks.values()),
+    }
+
+
+def memory_report(runners: Mapping[str, Runner]) -> dict:
+    """TensorRT's memory numbers for a pipeline's runners (doctor, bench): `networks` (per network
+    `TrtEngine.memory()`), `activation_shared_bytes` (the activation memory they need, sharing: the
+    largest network's per ActivationMemory), `activation_allocated_bytes` (allocated now) and
+    `activation_sum_bytes` (what private per-engine activation memory would sum to). Other runners are left out."""
+    engines = {n: r for n, r in runners.items() if isinstance(r, TrtEngine)}
+    pools: dict[int, tuple[ActivationMemory, list[str]]] = {}
+    for n, e in engines.items():
+        pools.setdefault(id(e.activation_memory), (e.activation_memory, []))[1].append(n)
+    out = _memory_summary({n: e.memory() for n, e in engines.items()}, [names for _p, names in pools.values()])
+    out["activation_allocated_bytes"] = sum(p.nbytes for p, _names in pools.values())
+    return out
+
+
+def plan_memory(engine_dir: str | os.PathLike, manifest, precision: str = "fp32") -> dict:
+    """memory_report's numbers for an engine directory's plans, as open_trt_runners would share them
+    (each plan deserialised in turn, no execution context created, nothing allocated for activations)."""
+    folder = find_plan_dir(engine_dir, manifest, precision)
+    networks = {}
+    for n in NETWORKS:
+        eng = TrtEngine(folder / f"{n}.plan", name=n)
+        try:
+            eng.load()
+            networks[n] = eng.memory()
+        finally:
+            eng.deactivate()
+    out = _memory_summary(networks, [list(networks)])
+    out["activation_allocated_bytes"] = 0
+    return out
