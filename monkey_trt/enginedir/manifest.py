@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError
-from monkey_trt.core.files import inside, safe_relpath, write_json_atomic
+from monkey_trt.core.files import inside, safe_relpath, valid_digests, write_json_atomic
 from monkey_trt.enginedir.digests import verify_files
 from monkey_trt.enginedir.networks import (
     CLIP_MEAN,
@@ -287,9 +287,29 @@ def manifest_files(record_path: Path) -> set[str]:
             names |= set(entry.get("sha256", {}))
             for other in entry.get("precisions", {}).values():
                 names |= set(other.get("sha256", {}))
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError, RecursionError):
         return set()
     return {n for n in (safe_relpath(x) for x in names) if n} | {MANIFEST}
+
+
+def manifest_digests(record_path: Path) -> dict[str, str]:
+    """sha256 per file of an engine directory's manifest (what `export --force` checks before it replaces
+    a file: a listed file whose content changed since is the user's now). Tolerant: never raises."""
+    try:
+        raw = json.loads(Path(record_path).read_text())
+        if raw.get("schema") != SCHEMA:
+            return {}
+        found = dict(raw.get("files", {}))
+        for entry in raw.get("networks", {}).values():
+            found.update(entry.get("sha256", {}))
+            for other in entry.get("precisions", {}).values():
+                found.update(other.get("sha256", {}))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError, RecursionError):
+        return {}
+    return valid_digests(found)
+
+
+manifest_files.digests = manifest_digests  # core.files.recorded_digests reads it
 
 
 def read_manifest(root: Path) -> Manifest:
