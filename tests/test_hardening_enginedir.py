@@ -68,7 +68,7 @@ def _external(t, location: str, offset: int = 0, length: int | None = None) -> N
 
 
 def move_weights(eng: Path, net: str, location: str, *, where: str = "initializer", precision: str = "fp32",
-                 declare: str | None = None, write: bool = True, length_extra: int = 0) -> None:
+                 declare: str | None = None, write: bool = True, length_extra: int = 0, offset: int | str = 0) -> None:
     """Edit one graph so that a tensor's data lives in `location`, write that file (when it is a plain
     name), and reseal the manifest (declaring `declare` as the network's data file)."""
     path = eng / graph_file(net, precision)
@@ -97,7 +97,7 @@ def move_weights(eng: Path, net: str, location: str, *, where: str = "initialize
             m.graph.sparse_initializer.append(sp)
             t = m.graph.sparse_initializer[-1].values
     data = bytes(t.raw_data) if t.raw_data else numpy_helper.to_array(t).tobytes()
-    _external(t, location, 0, len(data) + length_extra)
+    _external(t, location, offset, len(data) + length_extra)
     if write and "/" not in location and not location.startswith("*"):
         (eng / location).write_bytes(data)
     path.write_bytes(m.SerializeToString())
@@ -127,6 +127,8 @@ EXTERNAL_FAULTS = {  # name -> (move_weights kwargs, needle)
     "in a sparse initializer": (dict(net="vae_decoder", location="evil.bin", where="sparse"), "evil.bin"),
     "listed but past its end": (dict(net="text_encoder", location="text_encoder.onnx.data", declare="text_encoder.onnx.data",
                                      length_extra=4096), "past the end"),
+    "a negative offset": (dict(net="text_encoder", location="text_encoder.onnx.data", declare="text_encoder.onnx.data",
+                               offset=-8), "bad offset"),
 }
 
 
@@ -195,6 +197,38 @@ def test_the_graph_scan_agrees_with_onnx(precision, engine_dir, tmp_path):
         assert [(v.name, v.elem_type, v.dims) for v in scan.outputs] == io(m.graph.output)
         want = sorted((e.value for t in _get_all_tensors(m) for e in t.external_data if e.key == "location"))
         assert sorted(scan.locations) == want
+
+
+def _graph_bytes(kind: str, original: bytes) -> bytes:
+    def field(num: int, payload: bytes) -> bytes:
+        def varint(n: int) -> bytes:
+            out = bytearray()
+            while True:
+                out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+                n >>= 7
+                if not n:
+                    return bytes(out)
+        return varint(num << 3 | 2) + varint(len(payload)) + payload
+
+    if kind == "truncated":
+        return original[: len(original) // 2]
+    if kind == "garbage":
+        return bytes(range(256)) * 40
+    if kind == "empty":
+        return b""
+    g = b""
+    for _ in range(5000):  # graph { node { attribute { g: graph { ... } } } }
+        g = field(1, field(5, field(6, g)))
+    return field(7, g)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "nested 5000 deep"])
+def test_a_graph_that_cannot_be_read_is_one_line(kind, engine_dir, tmp_path):
+    eng = copy_engine(engine_dir, tmp_path)
+    path = eng / "vae_decoder.onnx"
+    path.write_bytes(_graph_bytes(kind, path.read_bytes()))
+    reseal(eng, "vae_decoder")
+    refused(eng, "vae_decoder.onnx", verify="size")
 
 
 # -- manifest.json and shared files ------------------------------------------------------------------
