@@ -10,12 +10,17 @@
 The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`. The
 directory is a sealed contract (the README's "Trust model"):
 
-* the manifest is validated against MANIFEST_SCHEMA (types, not only keys) before it is used;
+* the manifest (at most MANIFEST_MAX_BYTES, not a symlink leaving the directory) is validated against
+  MANIFEST_SCHEMA (types, not only keys, and a range for every number; floats finite), then the numbers
+  that must agree with each other (check_ranges) and the declared inputs/outputs against networks.py;
 * every path in it is a plain relative name that stays inside the directory (no absolute path,
-  no `..`, no symlink leaving it) and no two entries share a file;
+  no `..`, no symlink leaving it) and no two entries (nor the manifest) reach one file, by name,
+  symlink or hard link;
 * every file the runtime opens (each network's `.onnx` and `.onnx.data`, `tokenizer/tokenizer.json`)
   has a digest and a size, and is checked before anything runs: `verify="sha256"` hashes all of
-  them, `verify="size"` checks the sizes of the networks and hashes the small files.
+  them, `verify="size"` checks the sizes of the networks and hashes the small files;
+* every graph is read (graphs.py, no weights, no onnx) before any session opens: external data only in
+  the data file its entry lists, inputs and outputs as declared.
 Lean: stdlib + numpy + jsonschema.
 """
 
