@@ -123,7 +123,7 @@ def test_marker_records_who_made_the_staging_folder(tmp_path):
     root = _staging(tmp_path / "out")
     rec = read_staging_marker(root, tmp_path / "out")
     assert rec is not None and rec["pid"] == os.getpid() and rec["target"] == "out"
-    assert {"host", "boot_id", "start", "token", "created_unix"} <= set(rec)
+    assert {"host", "boot_id", "pid_ns", "start", "token", "created_unix"} <= set(rec)
     assert root.name.endswith(rec["token"]) and root.name.startswith(staging_prefix(tmp_path / "out"))
     mode = os.stat(root).st_mode & 0o777
     assert mode == 0o777 & ~files_mod.current_umask()
@@ -147,6 +147,7 @@ def test_staging_of_a_live_process_is_kept(tmp_path):
     ({"start": -5}, True),  # this process's pid, alive, but another start time: the pid was reused
     ({"boot_id": "00000000-0000-0000-0000-000000000000"}, True),  # made before a reboot
     ({"host": "elsewhere.example", "pid": "dead"}, False),  # another host or container on a shared volume: not ours to judge
+    ({"pid_ns": "pid:[1]", "pid": "dead"}, False),  # a container on this kernel with the host's name (--net=host)
     ({"token": "0" * 16, "pid": "dead"}, False),  # a marker copied into a folder it does not name
     ({"target": "other", "pid": "dead"}, False),  # another target's staging
     ({"written_by": "someone", "pid": "dead"}, False),

@@ -17,14 +17,14 @@ next to its target and committed under a lock:
   `files`) is a user's file now: replacing it is refused with one line, before anything changes; an
   output that would only remove it keeps it. Records of earlier releases (no `digests`) are trusted
   by name, as before.
-* Staging folders (`.<name>.monkey-staging-<pid>@<host>-<token>/`) hold a marker, STAGING_MARKER, written
-  at creation: who made the folder (pid, host, boot id, the process's start time, a random token that
-  the folder's name ends with). The payload is a sub-folder (`stage/`), so the marker never reaches an
-  output. A folder is removed by a later run on the same target only when its marker proves it is ours
-  and its process is gone (another boot, a dead pid, or a pid reused by a process started at another
-  time); a folder without a valid marker, or made on another host, is never touched, whatever its
-  name. (What monkey-trt 0.1.0 left, `.out.XXXXXXXX` and `.out.old-PID`, has no marker: it is left
-  alone.)
+* Staging folders (`.<name>.monkey-staging-<pid>@<host>-<token>/`) hold a marker, STAGING_MARKER,
+  written at creation: who made the folder (pid, host, boot id, pid namespace, the process's start
+  time, a random token that the folder's name ends with). The payload is a sub-folder (`stage/`), so
+  the marker never reaches an output. A later run on the same target removes a staging folder only
+  when its marker proves it ours and its process gone (another boot, a dead pid, or a pid reused by a
+  process started at another time); a folder without a valid marker, or made on another host or in
+  another pid namespace, is never touched, whatever its name. (What monkey-trt 0.1.0 left,
+  `.out.XXXXXXXX` and `.out.old-PID`, has no marker: it is left alone.)
 * Concurrent writers to one target take turns on an flock of the parent folder: the last one
   wins, both succeed.
 * Folders and files get the user's umask (mkdtemp alone would make them 0700).
@@ -174,6 +174,15 @@ def _boot_id() -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace ("pid:[4026531836]"; "" where /proc does not say): containers sharing
+    the host's name (`--net=host`) still have pids of their own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _start_time(pid: int) -> int | None:
     """When `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22); None where unknown."""
     try:
@@ -206,7 +215,8 @@ def make_staging(target: Path) -> Path:
         break
     try:
         record = {"written_by": WRITTEN_BY, "kind": "staging", "target": target.name, "pid": os.getpid(),
-                  "host": socket.gethostname(), "boot_id": _boot_id(), "start": _start_time(os.getpid()),
+                  "host": socket.gethostname(), "boot_id": _boot_id(), "pid_ns": _pid_namespace(),
+                  "start": _start_time(os.getpid()),
                   "token": token, "created_unix": round(time.time(), 3)}
         fd = os.open(root / STAGING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666 & ~mask)
         with os.fdopen(fd, "w") as f:
@@ -256,6 +266,9 @@ def _owner_gone(rec: dict) -> bool:
     boot = _boot_id()
     if boot and isinstance(rec.get("boot_id"), str) and rec["boot_id"] and rec["boot_id"] != boot:
         return True  # written before a reboot
+    ns, rec_ns = _pid_namespace(), rec.get("pid_ns")
+    if ns and isinstance(rec_ns, str) and rec_ns and rec_ns != ns:
+        return False  # another pid namespace (a container on this kernel): its pids are not ours
     if not _pid_alive(rec["pid"]):
         return True
     start, now = rec.get("start"), _start_time(rec["pid"])
