@@ -279,7 +279,7 @@ def remove_staging(payload_or_root: Path) -> None:
     """Remove a staging folder (given its payload or itself): the payload first, the marker last, so an
     interrupted removal still leaves a folder that proves itself ours."""
     p = Path(payload_or_root)
-    root = p.parent if p.name == STAGING_PAYLOAD and (p.parent / STAGING_MARKER).exists() else p
+    root = p.parent if p.name == STAGING_PAYLOAD and STAGING_TAG in p.parent.name else p
     try:
         children = [c for c in root.iterdir() if c.name != STAGING_MARKER]
     except OSError:
