@@ -1,7 +1,8 @@
 """Fault injection, one class of failure per section (issue 6):
 
 * data kept: monkey-trt never deletes or overwrites a file it did not write;
-* interrupted writes: staging of dead processes is cleaned up, never mistaken for an output;
+* interrupted writes: staging that its marker proves ours, of a dead process, is cleaned up, never
+  mistaken for an output; a folder that only looks like staging is never touched;
 * concurrent writers: all succeed, no raw OSError;
 * umask respected;
 * the engine directory is sealed: schema types, paths inside, every opened file digested;
@@ -32,8 +33,10 @@ from PIL import Image
 from monkey_trt.cli import main
 from monkey_trt.core.errors import EngineDirError
 from monkey_trt.core.files import (
+    STAGING_MARKER,
     OutputStage,
     clean_stale_staging,
+    make_staging,
     record_files,
     staging_owner,
     staging_prefix,
@@ -164,23 +167,32 @@ def test_export_force_refuses_to_overwrite_a_users_file(tmp_path, tiny_model_dir
 
 
 # -- interrupted writes ------------------------------------------------------------------------
+def _marked_staging(target: Path, **fields) -> Path:
+    """A staging folder made by this process, its marker's `fields` changed (another pid, host ...)."""
+    payload = make_staging(target)
+    (payload / "result.json").write_text("{}")
+    if fields:
+        marker = payload.parent / STAGING_MARKER
+        marker.write_text(json.dumps({**json.loads(marker.read_text()), **fields}))
+    return payload.parent
+
+
 def test_stale_staging_of_a_dead_process_is_removed_and_a_live_ones_kept(tmp_path):
     out = tmp_path / "out"
     pid = dead_pid()
-    stale = tmp_path / f"{staging_prefix(out)}{staging_owner(pid)}-abc"
-    stale.mkdir()
-    (stale / "result.json").write_text("{}")
-    live = tmp_path / f"{staging_prefix(out)}{staging_owner(1)}-xyz"  # pid 1 is always alive
-    other_host = tmp_path / f"{staging_prefix(out)}{pid}@elsewhere.example-x"  # a container sharing the volume
-    other = tmp_path / f".other.monkey-staging-{staging_owner(pid)}-x"  # another target's: not ours to judge
-    for p in (live, other_host, other):
-        p.mkdir()
+    stale = _marked_staging(out, pid=pid)
+    live = _marked_staging(out)  # this process: alive
+    other_host = _marked_staging(out, pid=pid, host="elsewhere.example")  # a container sharing the volume
+    other = _marked_staging(tmp_path / "other", pid=pid)  # another target's: not ours to judge
+    unmarked = tmp_path / f"{staging_prefix(out)}{staging_owner(pid)}-abc"  # our name, no marker: a user's folder
+    unmarked.mkdir()
     write_outputs(out, fake_output(), None, {})
-    assert not stale.exists() and live.is_dir() and other.is_dir() and other_host.is_dir()
+    assert not stale.exists() and live.is_dir() and other.is_dir() and other_host.is_dir() and unmarked.is_dir()
     assert {p.name for p in out.iterdir()} == {"monkey.png", "mask.png", "overlay.png", "result.json"}
 
 
-def test_staging_left_by_monkey_trt_0_1_is_removed_and_look_alikes_kept(tmp_path):
+def test_what_monkey_trt_0_1_left_is_left_alone(tmp_path):
+    """0.1.0 wrote no marker: its leftovers cannot be told from a user's `.out.previous` backup, so none is removed."""
     out = tmp_path / "out"
     partial = tmp_path / ".out.k2x_9qam"  # 0.1.0's mkdtemp staging, killed mid-write
     partial.mkdir()
@@ -188,14 +200,11 @@ def test_staging_left_by_monkey_trt_0_1_is_removed_and_look_alikes_kept(tmp_path
     set_aside = tmp_path / f".out.old-{dead_pid()}"  # 0.1.0 set the old output aside, then was killed
     (set_aside / "tokenizer").mkdir(parents=True)
     (set_aside / "manifest.json").write_text("{}")
-    users = tmp_path / ".out.notes123"  # same shape, but holds a file 0.1.0 never wrote
-    users.mkdir()
-    (users / "todo.txt").write_text("mine")
-    live = tmp_path / ".out.old-1"  # pid 1 is alive: may still be committing
-    live.mkdir()
+    backup = tmp_path / ".out.previous"  # the same shape: a user's backup of an earlier output
+    backup.mkdir()
+    (backup / "monkey.png").write_bytes(b"mine")
     write_outputs(out, fake_output(), None, {})
-    assert not partial.exists() and not set_aside.exists()
-    assert (users / "todo.txt").read_text() == "mine" and live.is_dir()
+    assert (partial / "monkey.png").is_file() and (set_aside / "manifest.json").is_file() and (backup / "monkey.png").read_bytes() == b"mine"
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
@@ -215,7 +224,7 @@ def test_kill_9_while_writing_the_tiny_model_leaves_no_output_and_is_cleaned_up(
     code = f"from monkey_trt.models.tiny import write_tiny_model; write_tiny_model({str(out)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any((tmp_path.glob(f"{staging_prefix(out)}*/base"))):
+    while time.monotonic() < deadline and not any((tmp_path.glob(f"{staging_prefix(out)}*/*/base"))):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

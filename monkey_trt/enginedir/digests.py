@@ -6,20 +6,15 @@ small files (the tokenizer). Lean: stdlib only.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from monkey_trt.core.errors import EngineDirError
+from monkey_trt.core.files import sha256_file
 
 VERIFY_MODES = ("sha256", "size")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["VERIFY_MODES", "sha256_file", "verify_files"]
 
 
 def verify_files(root: Path, manifest, verify: str = "sha256") -> None:

@@ -10,25 +10,31 @@
 The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`. The
 directory is a sealed contract (the README's "Trust model"):
 
-* the manifest is validated against MANIFEST_SCHEMA (types, not only keys) before it is used;
+* the manifest (at most MANIFEST_MAX_BYTES, not a symlink leaving the directory) is validated against
+  MANIFEST_SCHEMA (types, not only keys, and a range for every number; floats finite), then the numbers
+  that must agree with each other (check_ranges) and the declared inputs/outputs against networks.py;
 * every path in it is a plain relative name that stays inside the directory (no absolute path,
-  no `..`, no symlink leaving it) and no two entries share a file;
+  no `..`, no symlink leaving it) and no two entries (nor the manifest) reach one file, by name,
+  symlink or hard link;
 * every file the runtime opens (each network's `.onnx` and `.onnx.data`, `tokenizer/tokenizer.json`)
   has a digest and a size, and is checked before anything runs: `verify="sha256"` hashes all of
-  them, `verify="size"` checks the sizes of the networks and hashes the small files.
+  them, `verify="size"` checks the sizes of the networks and hashes the small files;
+* every graph is read (graphs.py, no weights, no onnx) before any session opens: external data only in
+  the data file its entry lists, inputs and outputs as declared.
 Lean: stdlib + numpy + jsonschema.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError
-from monkey_trt.core.files import inside, safe_relpath, write_json_atomic
+from monkey_trt.core.files import inside, safe_relpath, valid_digests, write_json_atomic
 from monkey_trt.enginedir.digests import verify_files
 from monkey_trt.enginedir.networks import (
     CLIP_MEAN,
@@ -38,6 +44,7 @@ from monkey_trt.enginedir.networks import (
     NetworkDesc,
     Profile,
     TensorDesc,
+    network_descs,
 )
 
 SCHEMA = "monkey-trt/engine-dir"
@@ -65,17 +72,39 @@ def parse_precisions(text: str | tuple[str, ...]) -> tuple[str, ...]:
     return precisions
 
 
-_INT = {"type": "integer"}
-_NUM = {"type": "number"}
-_NUMS = {"type": "array", "items": _NUM}
-_SIDE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3}
-_TENSORS = {"type": "array", "items": {
+# Every number has a range (a hostile manifest is one line, never an out-of-memory kill): generous
+# bounds around SD1.5's values; floats are finite (read_manifest refuses NaN, Infinity and overflow).
+MANIFEST_MAX_BYTES = 16 << 20  # SD1.5's manifest is ~120 KB (scheduler tables included)
+MAX_TIMESTEPS = 100_000
+SYMBOLS = ("B", "H", "W", "h", "w", "Q")  # the symbolic dims networks.py uses (Q: the mask layer's queries)
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+DIM_RANGES = {"text_len": (1, 1024), "text_dim": (1, 16384), "time_cond_dim": (4, 16384), "n_ip_tokens": (1, 1024),
+              "n_ip_layers": (1, 1024), "latent_channels": (1, 64), "vae_factor": (1, 64), "image_size": (1, 4096)}
+
+
+def _int(lo: int, hi: int) -> dict:
+    return {"type": "integer", "minimum": lo, "maximum": hi}
+
+
+def _num(lo: float, hi: float, open_low: bool = False) -> dict:
+    return {"type": "number", ("exclusiveMinimum" if open_low else "minimum"): lo, "maximum": hi}
+
+
+def _nums(item: dict, max_items: int, min_items: int = 0) -> dict:
+    return {"type": "array", "items": item, "minItems": min_items, "maxItems": max_items}
+
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 1024}
+_SIDE = {"type": "array", "items": _int(1, 16384), "minItems": 3, "maxItems": 3}
+_TENSORS = {"type": "array", "maxItems": 64, "items": {
     "type": "object", "required": ["name", "dtype", "shape"],
-    "properties": {"name": {"type": "string"}, "dtype": {"type": "string"},
-                   "shape": {"type": "array", "items": {"type": ["integer", "string"]}}}}}
-_DIGESTS = {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
-_FILES = {"file": {"type": "string"}, "data_file": {"type": ["string", "null"]}, "sha256": _DIGESTS,
-          "sizes": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 0}}}
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 256}, "dtype": {"enum": list(DTYPES)},
+                   "shape": {"type": "array", "maxItems": 8,
+                             "items": {"anyOf": [_int(1, 1 << 31), {"enum": list(SYMBOLS)}]}}}}}
+_DIGESTS = {"type": "object", "minProperties": 1, "maxProperties": 4096, "propertyNames": {"maxLength": 1024},
+            "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_FILES = {"file": _NAME, "data_file": {"anyOf": [_NAME, {"type": "null"}]}, "sha256": _DIGESTS,
+          "sizes": {"type": "object", "minProperties": 1, "maxProperties": 4096, "additionalProperties": _int(0, 1 << 48)}}
 MANIFEST_SCHEMA = {
     "type": "object",
     "required": ["schema", "schema_version", "dims", "profile", "mask_layer", "ip_layers", "scheduler", "preprocess",
@@ -84,25 +113,29 @@ MANIFEST_SCHEMA = {
         "schema": {"const": SCHEMA},
         "schema_version": {"const": SCHEMA_VERSION},
         "dims": {"type": "object", "required": list(ModelDims.__dataclass_fields__),
-                 "additionalProperties": False, "properties": {k: {"type": "integer", "minimum": 1} for k in ModelDims.__dataclass_fields__}},
+                 "additionalProperties": False, "properties": {k: _int(*DIM_RANGES[k]) for k in ModelDims.__dataclass_fields__}},
         "profile": {"type": "object", "required": ["batch", "height", "width"],
-                    "properties": {"batch": _SIDE, "height": _SIDE, "width": _SIDE}},
-        "mask_layer": {"type": "string"},
-        "ip_layers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "properties": {"batch": {**_SIDE, "items": _int(1, 256)}, "height": _SIDE, "width": _SIDE}},
+        "mask_layer": {"type": "string", "maxLength": 512},
+        "ip_layers": {"type": "array", "items": {"type": "string", "maxLength": 512}, "minItems": 1, "maxItems": 1024},
         "scheduler": {"type": "object", "required": ["alphas_cumprod"], "additionalProperties": False, "properties": {
-            "alphas_cumprod": {**_NUMS, "minItems": 1}, "coeffs": _NUMS, "guidance_freqs": _NUMS,
-            "original_inference_steps": _INT, "timestep_scaling": _NUM, "sigma_data": _NUM,
-            "final_alpha_cumprod": _NUM, "num_train_timesteps": _INT}},
+            "alphas_cumprod": _nums(_num(0, 1, open_low=True), MAX_TIMESTEPS, 1),
+            "coeffs": _nums(_num(-1e3, 1e3), 4 * MAX_TIMESTEPS), "guidance_freqs": _nums(_num(-1e3, 1e3), 8192),
+            "original_inference_steps": _int(1, MAX_TIMESTEPS), "timestep_scaling": _num(0, 1e6, open_low=True),
+            "sigma_data": _num(0, 1e6, open_low=True), "final_alpha_cumprod": _num(0, 1, open_low=True),
+            "num_train_timesteps": _int(1, MAX_TIMESTEPS)}},
         "preprocess": {"type": "object", "required": ["size", "mean", "std"], "additionalProperties": False, "properties": {
-            "size": {"type": "integer", "minimum": 1},
-            "mean": {**_NUMS, "minItems": 3, "maxItems": 3}, "std": {**_NUMS, "minItems": 3, "maxItems": 3}}},
-        "vae_scaling_factor": _NUM,
-        "networks": {"type": "object", "required": list(NETWORKS), "additionalProperties": {
+            "size": _int(1, 4096),
+            "mean": _nums(_num(-100, 100), 3, 3), "std": _nums(_num(0, 100, open_low=True), 3, 3)}},
+        "vae_scaling_factor": _num(0, 1e3, open_low=True),
+        "networks": {"type": "object", "required": list(NETWORKS), "maxProperties": 64,
+                     "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "additionalProperties": {
             "type": "object", "required": ["file", "data_file", "sha256", "sizes", "inputs", "outputs"],
             "properties": {**_FILES, "inputs": _TENSORS, "outputs": _TENSORS,
                            "precisions": {"type": "object", "additionalProperties": False, "properties": {
                                p: {"type": "object", "required": ["file", "data_file", "sha256", "sizes"],
-                                   "properties": {**_FILES, "fp32_ops": {"type": "array", "items": {"type": "string"}}}}
+                                   "properties": {**_FILES, "fp32_ops": {"type": "array", "maxItems": 1024,
+                                                                         "items": {"type": "string", "maxLength": 256}}}}
                                for p in PRECISIONS if p != "fp32"}}}}},
         "files": {**_DIGESTS, "required": [TOKENIZER_FILE]},
         "source": {"type": "object"},
@@ -287,13 +320,33 @@ def manifest_files(record_path: Path) -> set[str]:
             names |= set(entry.get("sha256", {}))
             for other in entry.get("precisions", {}).values():
                 names |= set(other.get("sha256", {}))
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError, RecursionError):
         return set()
     return {n for n in (safe_relpath(x) for x in names) if n} | {MANIFEST}
 
 
+def manifest_digests(record_path: Path) -> dict[str, str]:
+    """sha256 per file of an engine directory's manifest (what `export --force` checks before it replaces
+    a file: a listed file whose content changed since is the user's now). Tolerant: never raises."""
+    try:
+        raw = json.loads(Path(record_path).read_text())
+        if raw.get("schema") != SCHEMA:
+            return {}
+        found = dict(raw.get("files", {}))
+        for entry in raw.get("networks", {}).values():
+            found.update(entry.get("sha256", {}))
+            for other in entry.get("precisions", {}).values():
+                found.update(other.get("sha256", {}))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError, RecursionError):
+        return {}
+    return valid_digests(found)
+
+
+manifest_files.digests = manifest_digests  # core.files.recorded_digests reads it
+
+
 def read_manifest(root: Path) -> Manifest:
-    """Read ENGINE_DIR/manifest.json and check its schema and paths (no file contents).
+    """Read ENGINE_DIR/manifest.json and check its schema, ranges and paths (no file contents but the manifest's).
 
     Every fault is an EngineDirError with one line naming the directory and what is wrong.
     """
@@ -303,10 +356,9 @@ def read_manifest(root: Path) -> Manifest:
         raise EngineDirError(f"engine directory {root} does not exist (run `monkey-trt export --out {root}` first)")
     if not mpath.is_file():
         raise EngineDirError(f"{root} is not an engine directory: {MANIFEST} is missing")
-    try:
-        raw = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineDirError(f"{mpath} is corrupt: {e}") from None
+    if not inside(root, MANIFEST):
+        raise EngineDirError(f"{root}: {MANIFEST} is a symlink leaving the engine directory")
+    raw = _read_json(mpath)
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise EngineDirError(f"{mpath} is not a monkey-trt manifest")
     version = raw.get("schema_version")
@@ -317,30 +369,135 @@ def read_manifest(root: Path) -> Manifest:
         manifest = Manifest.from_json(raw)
     except (KeyError, TypeError, ValueError) as e:  # the schema should have caught it; keep it one line anyway
         raise EngineDirError(f"{mpath} is malformed: {type(e).__name__}: {e}") from None
+    check_ranges(manifest, mpath)
+    check_signatures(manifest, mpath)
     check_paths(root, manifest)
     return manifest
+
+
+def _read_json(mpath: Path):
+    """The manifest's JSON: refused when larger than MANIFEST_MAX_BYTES (unread), nested too deep, with
+    NaN/Infinity, a float that overflows or an integer too long to convert."""
+    def finite(text: str) -> float:
+        x = float(text)
+        if x != x or x in (float("inf"), float("-inf")):
+            raise ValueError(f"number {text[:40]} is out of range")
+        return x
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        with open(mpath, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MANIFEST_MAX_BYTES:
+                raise EngineDirError(f"{mpath} is too large ({size} bytes; a manifest is at most {MANIFEST_MAX_BYTES})")
+            data = f.read(MANIFEST_MAX_BYTES + 1)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise EngineDirError(f"{mpath} is too large (more than {MANIFEST_MAX_BYTES} bytes)")
+        return json.loads(data.decode("utf-8"), parse_float=finite, parse_constant=no_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and int-conversion limits included
+        why = "an integer has too many digits" if "integer string conversion" in str(e) else " ".join(str(e).split())[:200]
+        raise EngineDirError(f"{mpath} is corrupt: {why}") from None
+    except RecursionError:
+        raise EngineDirError(f"{mpath} is corrupt: nested too deep") from None
 
 
 def _validate_schema(raw: dict, mpath: Path) -> None:
     import jsonschema
 
-    e = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(raw))
+    try:
+        e = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(raw))
+    except RecursionError:
+        raise EngineDirError(f"{mpath} is malformed: nested too deep") from None
     if e is not None:
-        where = "/".join(str(p) for p in e.absolute_path) or "top level"
-        raise EngineDirError(f"{mpath} is malformed at {where}: {' '.join(e.message.split())[:200]}")
+        where = " ".join("/".join(str(p)[:80] for p in e.absolute_path).split()) or "top level"
+        raise EngineDirError(f"{mpath} is malformed at {where}: {_schema_message(e)}")
+
+
+def _schema_message(e) -> str:
+    """jsonschema's message, without a huge instance in it (a 300000-item list is "has 300000 items")."""
+    inst = e.instance
+    if e.validator in ("maxItems", "minItems") and isinstance(inst, list):
+        return f"has {len(inst)} items, {'at most' if e.validator == 'maxItems' else 'at least'} {e.validator_value} allowed"
+    if e.validator in ("maxProperties", "minProperties") and isinstance(inst, dict):
+        return f"has {len(inst)} entries, {'at most' if e.validator == 'maxProperties' else 'at least'} {e.validator_value} allowed"
+    if e.validator == "anyOf" and list(e.absolute_path)[-2:-1] == ["shape"]:
+        return f"{' '.join(repr(inst)[:60].split())} is not a dimension (an integer or one of {', '.join(SYMBOLS)})"
+    return " ".join(e.message.split())[:200]
+
+
+def check_ranges(manifest: Manifest, mpath: Path) -> None:
+    """What the schema cannot say: the numbers that must agree with each other (table lengths, counts, sizes)."""
+    m, sch, dims = manifest, manifest.scheduler, manifest.dims
+    T = sch.num_train_timesteps
+    faults = [
+        (len(sch.alphas_cumprod) != T, f"scheduler has {len(sch.alphas_cumprod)} alphas_cumprod values for num_train_timesteps {T}"),
+        (len(sch.coeffs) not in (0, 4 * T), f"scheduler coeffs must be 4 x {T} values (or none), got {len(sch.coeffs)}"),
+        (len(sch.guidance_freqs) not in (0, dims.time_cond_dim // 2),
+         f"scheduler guidance_freqs must be {dims.time_cond_dim // 2} values (or none), got {len(sch.guidance_freqs)}"),
+        (sch.original_inference_steps > T, f"scheduler original_inference_steps {sch.original_inference_steps} exceeds num_train_timesteps {T}"),
+        (len(m.ip_layers) != dims.n_ip_layers, f"{len(m.ip_layers)} ip_layers for dims n_ip_layers {dims.n_ip_layers}"),
+        (len(set(m.ip_layers)) != len(m.ip_layers), "ip_layers repeats a layer"),
+        (m.mask_layer not in m.ip_layers, f"mask_layer {m.mask_layer[:80]!r} is not one of ip_layers"),
+        (m.preprocess.size != dims.image_size, f"preprocess size {m.preprocess.size} is not the image encoder's {dims.image_size}"),
+    ]
+    for side in ("height", "width"):
+        rng = getattr(m.profile, side)
+        faults.append((any(v % dims.vae_factor for v in rng.as_list()),
+                       f"profile {side} {rng.as_list()} is not a multiple of vae_factor {dims.vae_factor}"))
+    for bad, why in faults:
+        if bad:
+            raise EngineDirError(f"{mpath} is malformed: {why}")
+
+
+def check_signatures(manifest: Manifest, mpath: Path) -> None:
+    """Each network's declared inputs and outputs are the ones the runtime feeds and reads (networks.py):
+    names in order, dtypes and ranks."""
+    expected = network_descs(manifest.dims)
+    for name, entry in manifest.networks.items():
+        want = expected.get(name)
+        if want is None:
+            continue  # not a network the runtime opens
+        for kind in ("inputs", "outputs"):
+            got_ts, want_ts = getattr(entry.desc, kind), getattr(want, kind)
+            got = [(t.name, t.dtype, len(t.shape)) for t in got_ts]
+            need = [(t.name, t.dtype, len(t.shape)) for t in want_ts]
+            if got != need:
+                show = lambda ts: ", ".join(f"{n[:40]!r} {d} rank {r}" for n, d, r in ts[:10])  # noqa: E731
+                raise EngineDirError(f"{mpath}: network {name} declares {kind} [{show(got)}]; the runtime uses [{show(need)}]")
 
 
 def check_paths(root: Path, manifest: Manifest) -> None:
-    """Every listed file: a plain relative name inside `root`, owned by one entry, with a digest and a size."""
+    """Every listed file: a plain relative name inside `root`, owned by one entry, with a digest and a size;
+    no two entries reach one file by any route (symlinks, hard links), nor the manifest itself."""
     owner: dict[str, str] = {}
+    seen: dict[tuple[int, int], str] = {}
+
+    def identity(fname: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(Path(root) / fname)  # follows symlinks: where a runtime's open() lands
+        except OSError:
+            return None  # missing: verify_files says so
+        return st.st_dev, st.st_ino
 
     def claim(fname: str, who: str) -> None:
         if safe_relpath(fname) != fname or not inside(root, fname):
             raise EngineDirError(f"{root}: {who} names {fname!r}, which is not a plain relative path inside the engine directory")
         if fname in owner or fname == MANIFEST:
             raise EngineDirError(f"{root}: {who} and {owner.get(fname, 'the manifest')} share the file {fname!r}")
+        key = identity(fname)
+        if key is not None and key in seen:
+            other = seen[key]
+            raise EngineDirError(f"{root}: {fname!r} ({who}) and {other!r} ({owner.get(other, 'the manifest')}) are the same file "
+                                 "(a symlink or hard link): every entry needs its own")
         owner[fname] = who
+        if key is not None:
+            seen[key] = fname
 
+    manifest_key = identity(MANIFEST)
+    if manifest_key is not None:
+        seen[manifest_key] = MANIFEST
     for name, entry in manifest.networks.items():
         for precision in ("fp32", *entry.precisions):
             file, digests, sizes = entry.files(precision)
@@ -356,8 +513,23 @@ def check_paths(root: Path, manifest: Manifest) -> None:
         claim(fname, "files")
 
 
+def check_graphs(root: Path, manifest: Manifest) -> None:
+    """Every graph of every precision: its external data only in the data file its entry lists (within that
+    file), its inputs and outputs the declared ones (see graphs.check_graph). Reads the graphs, not the weights."""
+    from monkey_trt.enginedir.graphs import check_graph
+
+    for name, entry in manifest.networks.items():
+        for precision in ("fp32", *entry.precisions):
+            file = entry.files(precision)[0]
+            data_file = entry.data_file if precision == "fp32" else entry.precisions[precision].data_file
+            who = f"network {name}" + ("" if precision == "fp32" else f" ({precision})")
+            check_graph(Path(root), file, who, data_file, entry.desc.inputs, entry.desc.outputs)
+
+
 def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
-    """Read and validate ENGINE_DIR/manifest.json, then check every file it lists (`verify`: sha256 | size)."""
+    """Read and validate ENGINE_DIR/manifest.json, check every file it lists (`verify`: sha256 | size), then
+    every graph's external-data locations and signature: nothing a session would open is left unchecked."""
     manifest = read_manifest(root)
     verify_files(Path(root), manifest, verify)
+    check_graphs(Path(root), manifest)
     return manifest

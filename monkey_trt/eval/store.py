@@ -8,7 +8,7 @@
     OUT/subjects/<subject>.png                                     (contact sheet thumbnails)
 
 Every file is written to this process's staging folder (`.eval.monkey-staging-<pid>@<host>-*`, the
-project's staging names: a dead process's folder is removed by the next run), fsynced, then renamed
+project's staging folders: one whose marker proves a dead process made it is removed by the next run), fsynced, then renamed
 into place, so no reader ever sees half a file. A row is complete when it is in rows.csv; an image
 is complete when its name exists, and it is ours when its PNG text says so (this run's settings and
 its exact case): an image written before an interruption is scored, never generated again. A file
@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -45,9 +44,9 @@ from monkey_trt.core.files import (
     current_umask,
     folder_lock,
     make_dirs,
+    make_staging,
     record_files,
-    staging_owner,
-    staging_prefix,
+    remove_staging,
 )
 
 RECORD = "eval.json"
@@ -207,10 +206,9 @@ class EvalStore:
                 stack.enter_context(folder_lock(out, LOCK_WAIT_S))
             except MonkeyError:
                 raise MonkeyError(f"another process is writing in {out} (a running monkey-trt eval?): wait for it or use another --out") from None
-            clean_stale_staging(out / STAGE_NAME)  # what a killed run left: ours by name, its process is gone
-            stage = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(out / STAGE_NAME)}{staging_owner()}-", dir=out))
-            os.chmod(stage, 0o777 & ~current_umask())
-            stack.callback(shutil.rmtree, stage, True)
+            clean_stale_staging(out / STAGE_NAME)  # what a killed run left: ours by its marker, its process is gone
+            stage = make_staging(out / STAGE_NAME)
+            stack.callback(remove_staging, stage)
             record = _merged_record(out, settings, precisions, subjects)
             rows = read_rows_csv(out / ROWS) if ROWS in record["files"] and (out / ROWS).is_file() else {}
             store = cls(out, record, rows, stage, stack)

@@ -135,7 +135,12 @@ def write_tiny_model(out_dir: Path, preset: str = "tiny", progress: Progress = N
     of a killed run is removed by the next. An existing ``out_dir`` keeps files it did not get from
     here; ``tiny-model.json`` records what was written.
     """
-    from monkey_trt.core.files import WRITTEN_BY, OutputStage, staged_files
+    from monkey_trt.core.files import (
+        WRITTEN_BY,
+        OutputStage,
+        file_digests,
+        staged_files,
+    )
 
     p = get_preset(preset)
     out = Path(out_dir).absolute()
@@ -148,8 +153,10 @@ def write_tiny_model(out_dir: Path, preset: str = "tiny", progress: Progress = N
         write_base(stage.path / "base", p, models, bpe, progress)
         write_ip_adapter(stage.path / "ip-adapter", p, models, progress)
         draw_subject().save(stage.path / "subject.png")
-        files = staged_files(stage.path) + [TINY_MODEL_RECORD]
-        write_json(stage.path / TINY_MODEL_RECORD, {"written_by": WRITTEN_BY, "preset": p.name, "files": files})
+        written = staged_files(stage.path)
+        files = written + [TINY_MODEL_RECORD]
+        write_json(stage.path / TINY_MODEL_RECORD, {"written_by": WRITTEN_BY, "preset": p.name, "files": files,
+                                                    "digests": file_digests(stage.path, written)})
         stage.commit(files)
     say("done")
     return TinyModelPaths(base=out / "base", ip_adapter=out / "ip-adapter", subject=out / "subject.png")

@@ -20,7 +20,13 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.core import __version__
-from monkey_trt.core.files import WRITTEN_BY, OutputStage, check_target, record_files
+from monkey_trt.core.files import (
+    WRITTEN_BY,
+    OutputStage,
+    check_target,
+    file_digests,
+    record_files,
+)
 from monkey_trt.runtime.images import mask_overlay, side_by_side, to_uint8
 
 if TYPE_CHECKING:  # the caller's type only: result.py imports this module
@@ -91,6 +97,7 @@ def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image | None, 
             "warnings": list(result.warnings),
             "timings_s": {k: round(v, 6) for k, v in result.timings.items()},
             "files": names,
+            "digests": file_digests(tmp, [n for n in names if n != MARKER]),  # a changed file is refused next time
             "versions": versions(),
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
