@@ -19,6 +19,7 @@ import ctypes.util
 import math
 import os
 import platform
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -229,35 +230,79 @@ def _check_latent_shape(latent_shape) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+MAX_STEP_NOISES = 49  # a pass has at most 50 steps (MonkeyConfig): no plan needs more step noises
+_MEMBERS = ("latents", "step_noise")
+
+
+def _read_npy_header(f, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) of the .npy stream `f`, read without touching its data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise MonkeyError(f"{where} is a .npy of format version {version[0]}.{version[1]}; 1.0 and 2.0 are accepted")
+    return tuple(int(s) for s in shape), np.dtype(dtype), f.tell()
+
+
 def load_noise_file(path, latent_shape, steps_needed: int) -> NoisePlan:
-    """Read an `.npz` with `latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (K >= steps_needed-1)."""
+    """Read an `.npz` with `latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (steps_needed-1 <= K <= 49).
+
+    Nothing is allocated before it is checked: the file size, then the zip directory (exactly the two
+    members, no others, no duplicates), then each member's .npy header (float dtype, shape, K) and its
+    stored size against that header; only then are the arrays read."""
     shape = _check_latent_shape(latent_shape)
     p = Path(path)
+    name = repr(str(p))
     if not p.is_file():
-        raise MonkeyError(f"noise file {str(p)!r} does not exist or is not a file")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # zip/npy format errors come in many types
-        raise MonkeyError(f"noise file {str(p)!r} is not a readable .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
-    missing = [k for k in ("latents", "step_noise") if k not in arrays]
-    if missing:
-        raise MonkeyError(f"noise file {str(p)!r} lacks {missing}; it needs 'latents' and 'step_noise'")
+        raise MonkeyError(f"noise file {name} does not exist or is not a file")
+    max_k = max(steps_needed - 1, MAX_STEP_NOISES)
+    numel = math.prod(shape)
+    limit = (1 + max_k) * numel * 8 + 2**16  # float64 arrays, their headers and the zip directory
+    size = p.stat().st_size
+    if size > limit:
+        raise MonkeyError(f"noise file {name} is {size} bytes; a plan for latents {list(shape)} takes at most {limit}")
     out = {}
-    for key, want in (("latents", shape), ("step_noise", (None, *shape))):
-        a = arrays[key]
-        if a.dtype.kind != "f":
-            raise MonkeyError(f"noise file {str(p)!r}: {key} must be a float array, got dtype {a.dtype}")
-        if a.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, a.shape)):
-            shown = ["K" if w is None else w for w in want]
-            raise MonkeyError(f"noise file {str(p)!r}: {key} has shape {list(a.shape)}, expected {shown}")
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise MonkeyError(f"noise file {str(p)!r}: {key} holds NaN or infinite values")
-        out[key] = a
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = [info.filename for info in zf.infolist()]
+            extra = sorted({n for n in names if n not in {f"{k}.npy" for k in _MEMBERS}})
+            if extra:
+                shown = [n[:-4] if n.endswith(".npy") else n for n in extra[:5]]
+                raise MonkeyError(f"noise file {name} holds other arrays than 'latents' and 'step_noise': {shown}"
+                                  + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
+            missing = [k for k in _MEMBERS if f"{k}.npy" not in names]
+            if missing:
+                raise MonkeyError(f"noise file {name} lacks {missing}; it needs 'latents' and 'step_noise'")
+            if len(names) != len(_MEMBERS):
+                raise MonkeyError(f"noise file {name} holds an array twice (a zip member repeated)")
+            for key, want in (("latents", shape), ("step_noise", (None, *shape))):
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as f:
+                    got, dtype, header = _read_npy_header(f, f"noise file {name}: {key}")
+                if dtype.kind != "f" or dtype.itemsize > 8:
+                    raise MonkeyError(f"noise file {name}: {key} must be a float array, got dtype {dtype}")
+                if len(got) != len(want) or any(w is not None and w != s for w, s in zip(want, got)):
+                    shown = ["K" if w is None else w for w in want]
+                    raise MonkeyError(f"noise file {name}: {key} has shape {list(got)}, expected {shown}")
+                if key == "step_noise" and got[0] > max_k:
+                    raise MonkeyError(f"noise file {name}: step_noise has {got[0]} entries; at most {max_k} are accepted")
+                if info.file_size != header + math.prod(got) * dtype.itemsize:
+                    raise MonkeyError(f"noise file {name}: {key} holds {info.file_size} bytes, its header says {header + math.prod(got) * dtype.itemsize}")
+                with zf.open(info) as f:
+                    a = np.lib.format.read_array(f, allow_pickle=False)
+                a = a.astype(np.float32)
+                if not np.isfinite(a).all():
+                    raise MonkeyError(f"noise file {name}: {key} holds NaN or infinite values")
+                out[key] = a
+    except MonkeyError:
+        raise
+    except Exception as e:  # zip/npy format errors come in many types
+        raise MonkeyError(f"noise file {name} is not a readable .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
     k = out["step_noise"].shape[0]
     if k < steps_needed - 1:
-        raise MonkeyError(f"noise file {str(p)!r}: step_noise has {k} entries, a {steps_needed}-step pass needs {steps_needed - 1}")
+        raise MonkeyError(f"noise file {name}: step_noise has {k} entries, a {steps_needed}-step pass needs {steps_needed - 1}")
     return NoisePlan(out["latents"], out["step_noise"])
 
 
