@@ -1,10 +1,12 @@
 """One inference at a time per engine, a bounded queue in front of it, a deadline per request.
 
 The engine's sessions are not shared between concurrent calls: every job runs on one dedicated
-thread. `submit` refuses (QueueFull -> 429 + Retry-After) when `max_queue` jobs already wait behind
-the running one. A job whose deadline passes while it waits is dropped before it starts; one that is
-already running cannot be interrupted mid-step, so its client gets 504 and the slot frees when the
-running step ends (the result is discarded).
+thread. `admit` (or `submit` without a slot) refuses (QueueFull -> 429 + Retry-After) when
+`max_queue` requests already wait behind the running one. A request is admitted before its heavy steps
+(reading its body, decoding its image, inference, encoding the result) and holds its `Slot` through all
+of them, so the queue bound bounds memory too, not only inference. A job whose deadline passes while it
+waits is dropped before it starts; one that is already running cannot be interrupted mid-step, so its
+client gets 504 and the slot frees when the running step ends (the result is discarded).
 """
 
 from __future__ import annotations
@@ -28,6 +30,34 @@ class DeadlineExceeded(Exception):
     pass
 
 
+class Slot:
+    """One admitted request. The handler holds it from admission to its response, the job from submission
+    to its end; the room in the queue frees when both have let go (`release`, once each)."""
+
+    def __init__(self, worker: "InferenceWorker"):
+        self._worker, self._refs = worker, 1
+
+    def _hold(self) -> None:
+        with self._worker._lock:
+            if self._refs <= 0:
+                raise RuntimeError("slot already released")
+            self._refs += 1
+
+    def release(self) -> None:
+        with self._worker._lock:
+            if self._refs <= 0:
+                return
+            self._refs -= 1
+            if self._refs == 0:
+                self._worker._pending -= 1
+
+    def __enter__(self) -> "Slot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class InferenceWorker:
     """A single inference thread with a bounded queue (`max_queue` waiting + 1 running)."""
 
@@ -41,20 +71,26 @@ class InferenceWorker:
 
     @property
     def depth(self) -> int:
-        """Jobs accepted and not finished (queued + running)."""
+        """Requests admitted and not finished (reading, queued or running)."""
         return self._pending
 
-    def _admit(self) -> None:
+    def admit(self) -> Slot:
+        """Room for one request (QueueFull if there is none); release the slot when the request is done."""
         with self._lock:
             if self._closed:
                 raise QueueFull(1)
             if self._pending >= self.max_queue + 1:
                 raise QueueFull(max(1, math.ceil(self._pending * self._ema_s)))
             self._pending += 1
+        return Slot(self)
 
-    def submit_sync(self, fn: Callable[[], Any], deadline: float | None = None) -> Future:
-        """Queue `fn` (QueueFull if there is no room); the future raises DeadlineExceeded if it started too late."""
-        self._admit()
+    def submit_sync(self, fn: Callable[[], Any], deadline: float | None = None, slot: Slot | None = None) -> Future:
+        """Queue `fn` in `slot` (admitted already) or in a new one (QueueFull if there is no room); the future
+        raises DeadlineExceeded if it started too late."""
+        if slot is None:
+            slot = self.admit()  # the job's own: released when the job ends
+        else:
+            slot._hold()
 
         def job():
             try:
@@ -65,27 +101,20 @@ class InferenceWorker:
                 self._ema_s = 0.8 * self._ema_s + 0.2 * (time.perf_counter() - t0)
                 return out
             finally:
-                with self._lock:
-                    self._pending -= 1
+                slot.release()
 
         try:
             fut = self._pool.submit(job)
         except RuntimeError:  # shut down meanwhile
-            with self._lock:
-                self._pending -= 1
+            slot.release()
             raise QueueFull(1) from None
-        fut.add_done_callback(self._release_if_cancelled)
+        fut.add_done_callback(lambda f: slot.release() if f.cancelled() else None)  # never ran: `job` did not release
         return fut
 
-    def _release_if_cancelled(self, fut: Future) -> None:
-        if fut.cancelled():  # never ran: `job`'s finally did not release the slot
-            with self._lock:
-                self._pending -= 1
-
-    async def run(self, fn: Callable[[], Any], timeout_s: float | None) -> Any:
-        """Run `fn` on the inference thread; DeadlineExceeded after `timeout_s` (queue wait included)."""
+    async def run(self, fn: Callable[[], Any], timeout_s: float | None, slot: Slot | None = None) -> Any:
+        """Run `fn` on the inference thread (in `slot` if given); DeadlineExceeded after `timeout_s` (queue wait included)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        fut = self.submit_sync(fn, deadline)
+        fut = self.submit_sync(fn, deadline, slot)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
         except asyncio.TimeoutError:
