@@ -31,24 +31,29 @@ class DeadlineExceeded(Exception):
 
 
 class Slot:
-    """One admitted request. The handler holds it from admission to its response, the job from submission
-    to its end; the room in the queue frees when both have let go (`release`, once each)."""
+    """One admitted request's room in the queue. The handler holds the slot from admission to its response;
+    `share()` gives the job its own hold, from submission to its end. The room frees when every hold is
+    released; releasing one hold twice changes nothing."""
 
-    def __init__(self, worker: "InferenceWorker"):
-        self._worker, self._refs = worker, 1
+    def __init__(self, worker: "InferenceWorker", holds: list[int] | None = None):
+        self._worker = worker
+        self._holds = holds if holds is not None else [1]  # shared by the slot and its shares
+        self._released = False
 
-    def _hold(self) -> None:
+    def share(self) -> "Slot":
         with self._worker._lock:
-            if self._refs <= 0:
+            if self._holds[0] <= 0:
                 raise RuntimeError("slot already released")
-            self._refs += 1
+            self._holds[0] += 1
+        return Slot(self._worker, self._holds)
 
     def release(self) -> None:
         with self._worker._lock:
-            if self._refs <= 0:
+            if self._released:
                 return
-            self._refs -= 1
-            if self._refs == 0:
+            self._released = True
+            self._holds[0] -= 1
+            if self._holds[0] == 0:
                 self._worker._pending -= 1
 
     def __enter__(self) -> "Slot":
@@ -87,10 +92,7 @@ class InferenceWorker:
     def submit_sync(self, fn: Callable[[], Any], deadline: float | None = None, slot: Slot | None = None) -> Future:
         """Queue `fn` in `slot` (admitted already) or in a new one (QueueFull if there is no room); the future
         raises DeadlineExceeded if it started too late."""
-        if slot is None:
-            slot = self.admit()  # the job's own: released when the job ends
-        else:
-            slot._hold()
+        slot = self.admit() if slot is None else slot.share()  # the job's hold: released when the job ends
 
         def job():
             try:
