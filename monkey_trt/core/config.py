@@ -96,6 +96,11 @@ def check_threads(threads: int, flag: str = "--threads") -> int:
     """CPU threads for torch / each ORT session: 0 (the library default) or a positive count."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise MonkeyError(f"{flag} must be >= 0 (0 = library default), got {threads}")
+    import os
+
+    most = 4 * (os.cpu_count() or 1)  # the machine's cores x 4: beyond that, threads only contend
+    if threads > most:
+        raise MonkeyError(f"{flag} must be at most {most} (4 x the {os.cpu_count() or 1} CPU cores), got {threads}")
     return threads
 
 

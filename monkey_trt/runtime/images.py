@@ -19,6 +19,8 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.networks import CLIP_MEAN, CLIP_STD
 
 MAX_IMAGE_SIDE = 8192  # px; larger subjects are refused before decoding
+MAX_IMAGE_PIXELS = 2**25  # ~33.5 Mpx (a 24 Mpx camera photo fits); checked on the header, before decoding
+MAX_ASPECT_RATIO = 32  # long side / short side; the encoder's resize (short side -> 224) stays below 224 x 7168
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -44,25 +46,39 @@ def decode_subject(data: bytes, name: str = "upload") -> Image.Image:
     return _decode_subject(io.BytesIO(data), repr(name))
 
 
+def check_subject_size(width: int, height: int, name: str) -> None:
+    """Refuse a subject by its header size, before anything is allocated for its pixels: zero or over
+    MAX_IMAGE_SIDE a side, over MAX_IMAGE_PIXELS in all, or longer than MAX_ASPECT_RATIO times its short side."""
+    w, h = width, height
+    if w <= 0 or h <= 0:
+        raise MonkeyError(f"subject image {name} has zero size ({w}x{h})")
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise MonkeyError(f"subject image {name} is {w}x{h}; at most {MAX_IMAGE_SIDE} px a side is accepted")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise MonkeyError(f"subject image {name} is {w}x{h} ({w * h / 1e6:.1f} Mpx); at most {MAX_IMAGE_PIXELS / 1e6:.1f} Mpx are accepted")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise MonkeyError(f"subject image {name} is {w}x{h}; its long side may be at most {MAX_ASPECT_RATIO}x its short side")
+
+
 def _decode_subject(source, name: str) -> Image.Image:
-    """Fully decode `source` (a path or a binary file object) to 8-bit RGB; every failure is a MonkeyError."""
+    """Fully decode `source` (a path or a binary file object) to 8-bit RGB; every failure is a MonkeyError.
+
+    The size is checked on the header (`check_subject_size`) before the pixels are decoded, and the
+    opened file's pixels are released before the conversion: at most two full-size copies live at once."""
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off file must fail, not decode to grey
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                w, h = img.size
-                if w <= 0 or h <= 0:
-                    raise MonkeyError(f"subject image {name} has zero size ({w}x{h})")
-                if max(w, h) > MAX_IMAGE_SIDE:
-                    raise MonkeyError(f"subject image {name} is {w}x{h}; at most {MAX_IMAGE_SIDE} px a side is accepted")
-                img.load()  # force the full decode here: truncation and corruption surface now
-                img = ImageOps.exif_transpose(img)  # a new, detached image
-                try:
-                    return to_rgb8(img)
-                except MonkeyError as e:
-                    raise MonkeyError(f"subject image {name}: {e}") from None
+            with Image.open(source) as opened:
+                check_subject_size(*opened.size, name)
+                opened.load()  # force the full decode here: truncation and corruption surface now
+                img = ImageOps.exif_transpose(opened)  # a new, detached image
+            check_subject_size(*img.size, name)  # a transpose keeps the size set; a plugin may not
+            try:
+                return img if img.mode == "RGB" else to_rgb8(img)
+            except MonkeyError as e:
+                raise MonkeyError(f"subject image {name}: {e}") from None
     except MonkeyError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -71,6 +87,8 @@ def _decode_subject(source, name: str) -> Image.Image:
         raise MonkeyError(f"subject image {name} is not a readable image (unknown format or damaged header)") from None
     except PermissionError:
         raise MonkeyError(f"subject image {name} cannot be read (permission denied)") from None
+    except MemoryError:
+        raise MonkeyError(f"subject image {name} is too large to decode (out of memory)") from None
     except Exception as e:  # truncated / corrupt data: OSError, SyntaxError, ValueError, zlib.error, ...
         raise MonkeyError(f"subject image {name} is corrupt or truncated ({type(e).__name__}: {_one_line(e)})") from None
     finally:
@@ -83,14 +101,19 @@ def _one_line(e: BaseException) -> str:
 
 
 def _scale_to_u8(a: np.ndarray, full_scale: float | None) -> np.ndarray:
-    """Map a single-channel numeric array to uint8: x * 255 / full_scale, or min-max if full_scale is None."""
+    """Map a single-channel numeric array to uint8: x * 255 / full_scale, or min-max if full_scale is None.
+    One float64 working copy, updated in place (the same operations, in the same order, as out of place)."""
     a = a.astype(np.float64)
     if not np.isfinite(a).all():
         raise MonkeyError("image holds NaN or infinite pixel values")
     if full_scale is None:
         lo, hi = float(a.min()), float(a.max())
-        a, full_scale = a - lo, (hi - lo) or 1.0
-    return np.clip(np.rint(a * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        a -= lo
+        full_scale = (hi - lo) or 1.0
+    a *= 255.0 / full_scale
+    np.rint(a, out=a)
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:
@@ -127,9 +150,17 @@ def clip_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 def clip_preprocess(img: Image.Image, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     """PIL image -> [1, 3, size, size] float32: CLIPImageProcessor's PIL path (bicubic shortest edge,
-    centre crop, x/255 in float64 then float32, (x - mean) / std in float32)."""
+    centre crop, x/255 in float64 then float32, (x - mean) / std in float32).
+
+    The resize target is refused (MonkeyError) beyond MAX_ASPECT_RATIO: an 8192x1 image would resize
+    to size x 1.8M pixels (gigabytes) only to keep the centre size x size."""
+    if img.width <= 0 or img.height <= 0:
+        raise MonkeyError(f"image has zero size ({img.width}x{img.height})")
+    new_w, new_h = clip_resize_size(img.width, img.height, size)
+    if max(new_w, new_h) > MAX_ASPECT_RATIO * size:
+        raise MonkeyError(f"image is {img.width}x{img.height}; its long side may be at most {MAX_ASPECT_RATIO}x its short side "
+                          f"(the encoder's preprocessing would resize it to {new_w}x{new_h})")
     rgb = to_rgb8(img) if img.mode != "RGB" else img
-    new_w, new_h = clip_resize_size(rgb.width, rgb.height, size)
     a = np.asarray(rgb.resize((new_w, new_h), resample=Image.Resampling.BICUBIC))  # [h, w, 3] uint8
     top, left = (new_h - size) // 2, (new_w - size) // 2  # both >= 0: the short side equals `size`
     a = a[top : top + size, left : left + size]  # [size, size, 3]

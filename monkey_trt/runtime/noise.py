@@ -21,7 +21,8 @@ import io
 import math
 import os
 import platform
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -231,57 +232,124 @@ def _check_latent_shape(latent_shape) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+MAX_STEP_NOISES = 49  # a pass has at most 50 steps (MonkeyConfig): no plan needs more step noises
+MAX_LATENT_ELEMENTS = 4 * (2048 // 8) ** 2  # the largest request (2048 x 2048) has latents [1, 4, 256, 256]
+_MEMBERS = ("latents", "step_noise")
+
+
+def _plan_bytes_limit(numel: int) -> int:
+    """The most bytes a noise file for latents of `numel` elements can take: float64 arrays, headers, zip directory."""
+    return (1 + MAX_STEP_NOISES) * numel * 8 + 2**16
+
+
+def _read_npy_header(f, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) of the .npy stream `f`, read without touching its data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise MonkeyError(f"{where} is a .npy of format version {version[0]}.{version[1]}; 1.0 and 2.0 are accepted")
+    return tuple(int(s) for s in shape), np.dtype(dtype), f.tell()
+
+
 @dataclass(frozen=True, eq=False)
 class NoiseFile:
-    """An `.npz` noise file, read once: its arrays by name and the SHA-256 of its bytes (result.json records it)."""
+    """An `.npz` noise file, read once: its bytes' SHA-256 (result.json records it) and its two members'
+    headers, checked; the arrays are read by `plan` only after their shapes fit the request."""
 
     path: Path
     sha256: str
-    arrays: dict[str, np.ndarray]
+    data: bytes = field(repr=False)
+    headers: dict  # member -> (shape, dtype, header bytes)
 
     def plan(self, latent_shape, steps_needed: int) -> NoisePlan:
-        """`latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (K >= steps_needed-1) as a NoisePlan; MonkeyError otherwise."""
+        """`latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (steps_needed-1 <= K <= 49) as a NoisePlan.
+
+        Every shape is checked on the headers before any array is read; MonkeyError otherwise."""
         shape = _check_latent_shape(latent_shape)
-        p, out = self.path, {}
+        name = repr(str(self.path))
+        limit = _plan_bytes_limit(math.prod(shape))
+        if len(self.data) > limit:
+            raise MonkeyError(f"noise file {name} is {len(self.data)} bytes; a plan for latents {list(shape)} takes at most {limit}")
         for key, want in (("latents", shape), ("step_noise", (None, *shape))):
-            a = self.arrays[key]
-            if a.dtype.kind != "f":
-                raise MonkeyError(f"noise file {str(p)!r}: {key} must be a float array, got dtype {a.dtype}")
-            if a.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, a.shape)):
+            got = self.headers[key][0]
+            if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
                 shown = ["K" if w is None else w for w in want]
-                raise MonkeyError(f"noise file {str(p)!r}: {key} has shape {list(a.shape)}, expected {shown}")
-            a = a.astype(np.float32)
-            if not np.isfinite(a).all():
-                raise MonkeyError(f"noise file {str(p)!r}: {key} holds NaN or infinite values")
-            out[key] = a
-        k = out["step_noise"].shape[0]
+                raise MonkeyError(f"noise file {name}: {key} has shape {list(got)}, expected {shown}")
+        k = self.headers["step_noise"][0][0]
         if k < steps_needed - 1:
-            raise MonkeyError(f"noise file {str(p)!r}: step_noise has {k} entries, a {steps_needed}-step pass needs {steps_needed - 1}")
+            raise MonkeyError(f"noise file {name}: step_noise has {k} entries, a {steps_needed}-step pass needs {steps_needed - 1}")
+        out = {}
+        try:
+            with zipfile.ZipFile(io.BytesIO(self.data)) as zf:
+                for key in _MEMBERS:
+                    with zf.open(f"{key}.npy") as f:
+                        a = np.lib.format.read_array(f, allow_pickle=False).astype(np.float32)
+                    if not np.isfinite(a).all():
+                        raise MonkeyError(f"noise file {name}: {key} holds NaN or infinite values")
+                    out[key] = a
+        except MonkeyError:
+            raise
+        except Exception as e:  # zip/npy format errors come in many types
+            raise MonkeyError(f"noise file {name} is not a readable .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
         return NoisePlan(out["latents"], out["step_noise"])
 
 
-def read_noise_file(path) -> NoiseFile:
-    """Read an `.npz` with `latents` and `step_noise` once (bytes -> digest and arrays); the shapes are
-    checked by `NoiseFile.plan` once the model's latent shape is known."""
+def read_noise_file(path, latent_shape=None) -> NoiseFile:
+    """Read an `.npz` noise file once and check it by its size, zip directory and .npy headers.
+
+    Nothing big is allocated before it is checked: the file size (against `latent_shape` when known,
+    else the largest request's), then the zip directory (exactly `latents` and `step_noise`, no other
+    member, none twice), then each member's header (a float dtype, ranks 4 and 5, K <= 49) and its
+    stored size against that header. The shapes are checked against the request by `NoiseFile.plan`."""
     p = Path(path)
+    name = repr(str(p))
     if not p.is_file():
-        raise MonkeyError(f"noise file {str(p)!r} does not exist or is not a file")
+        raise MonkeyError(f"noise file {name} does not exist or is not a file")
+    numel = math.prod(_check_latent_shape(latent_shape)) if latent_shape is not None else MAX_LATENT_ELEMENTS
+    limit, size = _plan_bytes_limit(numel), p.stat().st_size
+    if size > limit:
+        shown = f"a plan for latents {list(latent_shape)}" if latent_shape is not None else "the largest plan"
+        raise MonkeyError(f"noise file {name} is {size} bytes; {shown} takes at most {limit}")
+    data = p.read_bytes()
+    headers = {}
     try:
-        data = p.read_bytes()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = [info.filename for info in zf.infolist()]
+            extra = sorted({n for n in names if n not in {f"{k}.npy" for k in _MEMBERS}})
+            if extra:
+                shown = [n[:-4] if n.endswith(".npy") else n for n in extra[:5]]
+                raise MonkeyError(f"noise file {name} holds other arrays than 'latents' and 'step_noise': {shown}"
+                                  + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
+            missing = [k for k in _MEMBERS if f"{k}.npy" not in names]
+            if missing:
+                raise MonkeyError(f"noise file {name} lacks {missing}; it needs 'latents' and 'step_noise'")
+            if len(names) != len(_MEMBERS):
+                raise MonkeyError(f"noise file {name} holds an array twice (a zip member repeated)")
+            for key, rank in (("latents", 4), ("step_noise", 5)):
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as f:
+                    got, dtype, header = _read_npy_header(f, f"noise file {name}: {key}")
+                if dtype.kind != "f" or dtype.itemsize > 8:
+                    raise MonkeyError(f"noise file {name}: {key} must be a float array, got dtype {dtype}")
+                if key == "step_noise" and got and got[0] > MAX_STEP_NOISES:
+                    raise MonkeyError(f"noise file {name}: step_noise has {got[0]} entries; at most {MAX_STEP_NOISES} are accepted")
+                if len(got) == rank and info.file_size != header + math.prod(got) * dtype.itemsize:
+                    raise MonkeyError(f"noise file {name}: {key} holds {info.file_size} bytes, its header says "
+                                      f"{header + math.prod(got) * dtype.itemsize}")
+                headers[key] = (got, dtype, header)
+    except MonkeyError:
+        raise
     except Exception as e:  # zip/npy format errors come in many types
-        raise MonkeyError(f"noise file {str(p)!r} is not a readable .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
-    missing = [k for k in ("latents", "step_noise") if k not in arrays]
-    if missing:
-        raise MonkeyError(f"noise file {str(p)!r} lacks {missing}; it needs 'latents' and 'step_noise'")
-    return NoiseFile(p, hashlib.sha256(data).hexdigest(), arrays)
+        raise MonkeyError(f"noise file {name} is not a readable .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return NoiseFile(p, hashlib.sha256(data).hexdigest(), data, headers)
 
 
 def load_noise_file(path, latent_shape, steps_needed: int) -> NoisePlan:
-    """Read an `.npz` with `latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (K >= steps_needed-1)."""
-    _check_latent_shape(latent_shape)
-    return read_noise_file(path).plan(latent_shape, steps_needed)
+    """Read an `.npz` with `latents` [1,4,h,w] and `step_noise` [K,1,4,h,w] (steps_needed-1 <= K <= 49)."""
+    return read_noise_file(path, latent_shape).plan(latent_shape, steps_needed)
 
 
 def save_noise_file(path, plan: NoisePlan) -> None:

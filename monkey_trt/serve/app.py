@@ -9,10 +9,17 @@
 Every refusal is JSON `{"error": "<one line>", "request_id": "..."}`; every response carries
 `X-Request-Id` and `X-Replica`. The service lives in `app.state.service` (set by the CLI before
 uvicorn starts, or by a Ray replica in its constructor).
+
+Limits: a generate request is admitted (a slot of the inference queue, else 429) before anything heavy
+happens to it: its body is read (at most --max-body-mb, with an idle and a total timeout -> 408), its
+fields are checked for size (huge integers, deep nesting, long values -> 400), its image is decoded on
+the inference thread (one at a time) and its result encoded, all inside that slot; so --max-queue bounds
+memory as well as inference. A client that hangs up is counted as 499, not as a server error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -27,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from monkey_trt.core import __version__
 from monkey_trt.core.errors import MonkeyError
@@ -41,15 +49,28 @@ from monkey_trt.serve.schema import (
     request_body_schema,
 )
 from monkey_trt.serve.service import MonkeyService, encode_output
+from monkey_trt.serve.worker import QueueFull
 
 log = logging.getLogger("monkey_trt.serve")
 GENERATE = "/v1/generate"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+BODY_IDLE_S = 10.0  # seconds without a byte of the body -> 408
+BODY_TOTAL_S = 60.0  # seconds for the whole body, from the first read -> 408
+DRAIN_BYTES = 2**20  # a refused body up to this size is drained (keep-alive); a larger one closes the connection
+MAX_JSON_DIGITS = 40  # digits of an integer in a JSON body (a seed has at most 19)
+MAX_FIELD_CHARS = 256  # a field's value, as text (the prompt has its own limit: schema.MAX_PROMPT_CHARS)
+MAX_FIELD_NAME = 64
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted apart from the server's errors
 
 
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int):
-        super().__init__(413, f"request body is larger than the {limit / 2**20:g} MiB limit (--max-body-mb)")
+        super().__init__(413, f"request body is larger than the {limit / 2**20:g} MiB limit (--max-body-mb)", {"Connection": "close"})
+
+
+class BodyTimeout(ApiError):
+    def __init__(self, why: str):
+        super().__init__(408, f"request body not received in time: {why}", {"Connection": "close"})
 
 
 def _error(status: int, message: str, request_id: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -57,10 +78,12 @@ def _error(status: int, message: str, request_id: str | None, headers: dict[str,
 
 
 class ServeMiddleware:
-    """Pure ASGI: request id + replica headers, the body limit (while reading), status counts of /v1/generate."""
+    """Pure ASGI: request id + replica headers, the body limits (size and time, while reading), status
+    counts of /v1/generate, `Connection: close` on an answer given before a large body was read."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, body_idle_s: float = BODY_IDLE_S, body_total_s: float = BODY_TOTAL_S):
         self.app, self.max_body = app, max_body_bytes
+        self.body_idle_s, self.body_total_s = body_idle_s, body_total_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,28 +96,49 @@ class ServeMiddleware:
         replica = service.replica if service else "-"
         counted = scope["path"] == GENERATE and service is not None
 
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        body_done = not chunked and (length is None or length == b"0")
+        seen, started, disconnected = 0, None, False
+
         async def send_tagged(message):
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [
-                    (b"x-request-id", request_id.encode()), (b"x-replica", replica.encode("latin-1", "replace"))]
+                given = list(message.get("headers", []))
+                extra = [(b"x-request-id", request_id.encode()), (b"x-replica", replica.encode("latin-1", "replace"))]
+                if (not body_done and (chunked or int(length) - seen > DRAIN_BYTES)
+                        and (b"connection", b"close") not in given):
+                    extra.append((b"connection", b"close"))  # do not read on through a large body nobody wants
+                message["headers"] = given + extra
                 if counted:
-                    service.metrics.requests.labels(str(message["status"])).inc()
+                    service.metrics.requests.labels(str(CLIENT_CLOSED if disconnected else message["status"])).inc()
             await send(message)
 
-        length = headers.get(b"content-length")
+        if scope.get("http_version", "1.1") not in ("1.0", "1.1"):
+            return await _error(505, f"HTTP/{scope['http_version']} is not supported; use HTTP/1.1", request_id,
+                                {"Connection": "close"})(scope, receive, send_tagged)
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             status, msg = (413, BodyTooLarge(self.max_body).message) if length.isdigit() else (400, "bad Content-Length header")
             return await _error(status, msg, request_id, {"Connection": "close"})(scope, receive, send_tagged)
-        seen = 0
 
         async def receive_limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, started, body_done, disconnected
+            if body_done:
+                return await receive()  # after the body: waiting for a disconnect is not bounded here
+            loop = asyncio.get_running_loop()
+            started = started if started is not None else loop.time()
+            left = started + self.body_total_s - loop.time()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.body_idle_s, left)))
+            except asyncio.TimeoutError:
+                why = f"no data for {self.body_idle_s:g}s" if left > self.body_idle_s else f"not complete within {self.body_total_s:g}s"
+                raise BodyTimeout(f"{why} ({seen} bytes received)") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
                     raise BodyTooLarge(self.max_body)
+                body_done = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                disconnected = True
             return message
 
         await self.app(scope, receive_limited, send_tagged)
@@ -126,10 +170,7 @@ async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes
             raise ApiError(400, "field 'image' (the subject image file) is required")
         return fields, image
     if ctype == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
+        body = await run_in_threadpool(parse_json, await request.body())
         if not isinstance(body, dict):
             raise ApiError(400, "the JSON body must be an object")
         if IMAGE_FIELD not in body:
@@ -138,13 +179,82 @@ async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes
     raise ApiError(415, f"Content-Type must be multipart/form-data or application/json, got {ctype or 'none'!r}")
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_DIGITS:
+        raise ApiError(400, f"the JSON body holds an integer of {len(text.lstrip('-'))} digits; at most {MAX_JSON_DIGITS} are accepted")
+    return int(text)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON body; invalid, too deeply nested or holding huge integers -> ApiError 400."""
+    try:
+        return json.loads(raw, parse_int=_bounded_int)
+    except ApiError:
+        raise
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ApiError(400, f"the body is not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
+def _text_size(value: Any, budget: int) -> int:
+    """About how many characters `repr(value)` takes, counting no further than `budget` (no recursion)."""
+    n, stack = 0, [value]
+    while stack and n <= budget:
+        v = stack.pop()
+        if isinstance(v, str):
+            n += len(v) + 2
+        elif isinstance(v, (list, tuple)):
+            n += 2 + 2 * len(v)
+            stack.extend(v[: budget + 1])
+        elif isinstance(v, dict):
+            n += 2 + 4 * len(v)
+            stack.extend(list(v)[: budget + 1] + list(v.values())[: budget + 1])
+        elif isinstance(v, bool) or v is None:
+            n += 5
+        elif isinstance(v, int):
+            n += v.bit_length() * 3 // 10 + 2
+        else:
+            n += 24
+    return n
+
+
+def check_field_sizes(fields: dict[str, Any]) -> None:
+    """Refuse field names and values too large to be a knob before they are parsed (or quoted in an error)."""
+    for key, value in fields.items():
+        if len(key) > MAX_FIELD_NAME:
+            raise ApiError(400, f"a field name is {len(key)} characters long; at most {MAX_FIELD_NAME} are accepted")
+        if key == "prompt" and isinstance(value, str):
+            continue  # parse_fields refuses a long prompt with its own message
+        if _text_size(value, MAX_FIELD_CHARS) > MAX_FIELD_CHARS:
+            raise ApiError(400, f"field {key!r} is too large: a knob is a number, a string or a list of numbers "
+                                f"of at most {MAX_FIELD_CHARS} characters")
+
+
+def subject_decoder(data: bytes):
+    """The upload's decoder, for the inference thread (one decode at a time, inside the request's slot)."""
+
+    def decode():
+        try:
+            return decode_subject(data, IMAGE_FIELD)
+        except MonkeyError as e:
+            raise ApiError(400, str(e)) from None
+
+    return decode
+
+
+def busy(svc: MonkeyService, e: QueueFull) -> ApiError:
+    return ApiError(429, f"server busy: {svc.worker.max_queue} requests already queued; retry later", {"Retry-After": str(e.retry_after_s)})
+
+
 def wants_png(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "image/png" in accept and "application/json" not in accept
 
 
 # -- the app ---------------------------------------------------------------------------------
-def create_app(service: MonkeyService | None = None, max_body_bytes: int | None = None) -> FastAPI:
+def create_app(service: MonkeyService | None = None, max_body_bytes: int | None = None,
+               body_idle_s: float = BODY_IDLE_S, body_total_s: float = BODY_TOTAL_S) -> FastAPI:
     """The app over `service` (already loaded); warm-up starts with the app and the service closes with it."""
 
     @asynccontextmanager
@@ -161,7 +271,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
                   description="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) as an HTTP service.")
     app.state.service = service
     limit = max_body_bytes if max_body_bytes is not None else (service.config.max_body_bytes if service else 20 * 2**20)
-    app.add_middleware(ServeMiddleware, max_body_bytes=limit)
+    app.add_middleware(ServeMiddleware, max_body_bytes=limit, body_idle_s=body_idle_s, body_total_s=body_total_s)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError):
@@ -170,6 +280,11 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, e: StarletteHTTPException):
         return _error(e.status_code, str(e.detail), request.state.request_id, getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, e: Exception):  # outside a route's own handling: JSON too
+        rid = getattr(request.state, "request_id", None)
+        return _error(500, f"internal error (request id {rid}; see the server log)", rid)
 
     def current(request: Request) -> MonkeyService:
         svc = request.app.state.service
@@ -201,14 +316,20 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         rid = request.state.request_id
         t0 = time.perf_counter()
         try:
+            slot = svc.worker.admit()  # before the body is read: the queue bound bounds memory too
+        except QueueFull as e:
+            raise busy(svc, e) from None
+        try:
             fields, image_bytes = await read_generate_request(request)
+            check_field_sizes(fields)
             params = parse_fields(fields, svc.default_size)
             svc.check(params)  # engine limits (422) before the image is decoded
-            subject = await run_in_threadpool(decode_subject, image_bytes, IMAGE_FIELD)
-            out, hits, queue_s = await svc.generate(params, subject)
+            out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot)
             files = await run_in_threadpool(encode_output, out)
         except ApiError:
             raise
+        except ClientDisconnect:
+            raise ApiError(CLIENT_CLOSED, "the client closed the connection before its request was read") from None
         except StarletteHTTPException as e:  # the form parser's own refusals (too many parts, bad multipart)
             raise ApiError(e.status_code, str(e.detail)) from None
         except MonkeyError as e:
@@ -216,6 +337,8 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         except Exception:
             log.exception("request %s: internal error", rid)
             raise ApiError(500, f"internal error (request id {rid}; see the server log)") from None
+        finally:
+            slot.release()
         total = time.perf_counter() - t0
         svc.metrics.latency.observe(total)
         if wants_png(request):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -9,8 +11,40 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class ProcessCounters:
+    """Counts kept below the app (the HTTP protocol, the log filter): one set per process, read by every
+    service's /metrics."""
+
+    REFUSALS = ("connection_cap", "header_timeout", "malformed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, int] = {}
+
+    def inc(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + n
+
+    def get(self, name: str) -> int:
+        return self._values.get(name, 0)
+
+    def collect(self):
+        refused = CounterMetricFamily("monkey_http_refused", "Connections or requests refused before the app, by reason",
+                                      labels=["reason"])
+        for reason in self.REFUSALS:
+            refused.add_metric([reason], self.get(reason))
+        yield refused
+        dropped = CounterMetricFamily("monkey_log_lines_dropped", "Log lines dropped by the rate limit (repeats of one message)")
+        dropped.add_metric([], self.get("log_lines_dropped"))
+        yield dropped
+
+
+PROCESS = ProcessCounters()
 
 
 class ServeMetrics:
@@ -26,6 +60,7 @@ class ServeMetrics:
         for cache in ("subject", "prompt"):  # present from the start, at 0
             self.cache_hits.labels(cache)
             self.cache_misses.labels(cache)
+        r.register(PROCESS)
 
     def observe_stages(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():

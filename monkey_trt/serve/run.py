@@ -1,4 +1,8 @@
-"""One box: load the engine, bind the socket, run uvicorn until SIGTERM/SIGINT (graceful: exit 0)."""
+"""One box: load the engine, bind the socket, run uvicorn until SIGTERM/SIGINT (graceful: exit 0).
+
+uvicorn runs under `limits.HttpLimits` (connection cap, header timeout and size, JSON framing errors)
+and the service's log lines, uvicorn's included, pass a rate limit (`limits.RateLimitFilter`).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info") -> None:
+def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info", limits=None) -> None:
+    """Serve `config` on host:port until SIGTERM/SIGINT; `limits`: `HttpLimits` (None: the defaults)."""
     try:
         import uvicorn
 
         from monkey_trt.serve.app import create_app
+        from monkey_trt.serve.limits import (
+            RateLimitFilter,
+            install_log_rate_limit,
+            uvicorn_config,
+        )
     except ImportError as e:
         raise MonkeyError(f"serve needs the serve extra ({e.name} missing): pip install 'monkey-trt[serve]'") from None
     sock = bind(host, port)
@@ -37,10 +47,11 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
     try:
         service = MonkeyService(config).load()  # a bad engine dir fails here, before serving
         app = create_app(service)
-        server = uvicorn.Server(uvicorn.Config(
-            app, log_level=log_level, timeout_graceful_shutdown=int(config.timeout_s) + 5,
-            timeout_keep_alive=5, access_log=log_level == "debug",
+        server = uvicorn.Server(uvicorn_config(
+            app, limits, log_level=log_level, timeout_graceful_shutdown=int(config.timeout_s) + 5,
+            access_log=log_level == "debug",
         ))
+        install_log_rate_limit(RateLimitFilter())  # after uvicorn.Config: it (re)configures the logging
         bound_host, bound_port = sock.getsockname()[:2]
         print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.backend})", flush=True)
         # SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, runs the lifespan shutdown

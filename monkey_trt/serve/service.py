@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.cache import EncoderCaches, install_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
 from monkey_trt.serve.schema import ApiError, GenerateParams
-from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull
+from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull, Slot
 
 log = logging.getLogger("monkey_trt.serve")
 MIB = 1024 * 1024
@@ -166,9 +167,13 @@ class MonkeyService:
         after = self.caches.counters()
         return out, {name: after[name][0] > before[name][0] for name in after}
 
-    async def generate(self, params: GenerateParams, subject: Image.Image) -> tuple[MonkeyOutput, dict[str, bool], float]:
+    async def generate(self, params: GenerateParams, subject: Image.Image | Callable[[], Image.Image],
+                       slot: Slot | None = None) -> tuple[MonkeyOutput, dict[str, bool], float]:
         """Queue one (already `check`ed) generation -> (output, cache hits, seconds waited in the queue).
 
+        `subject`: an image, or a function that makes one (an upload's decoder: it runs on the inference
+        thread, so one image is decoded at a time). `slot`: the request's admission, taken before its
+        body was read (`worker.admit`); without one the job takes its own.
         QueueFull -> 429, DeadlineExceeded -> 504, MonkeyError from the engine -> 422.
         """
         if not self.ready.is_set():
@@ -178,10 +183,10 @@ class MonkeyService:
 
         def job():
             started.append(time.perf_counter())
-            return self._generate(params, subject)
+            return self._generate(params, subject() if callable(subject) else subject)
 
         try:
-            out, hits = await self.worker.run(job, self.config.timeout_s)
+            out, hits = await self.worker.run(job, self.config.timeout_s, slot)
         except QueueFull as e:
             raise ApiError(429, f"server busy: {self.worker.max_queue} requests already queued; retry later",
                            {"Retry-After": str(e.retry_after_s)}) from None

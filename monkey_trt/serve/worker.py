@@ -1,10 +1,12 @@
 """One inference at a time per engine, a bounded queue in front of it, a deadline per request.
 
 The engine's sessions are not shared between concurrent calls: every job runs on one dedicated
-thread. `submit` refuses (QueueFull -> 429 + Retry-After) when `max_queue` jobs already wait behind
-the running one. A job whose deadline passes while it waits is dropped before it starts; one that is
-already running cannot be interrupted mid-step, so its client gets 504 and the slot frees when the
-running step ends (the result is discarded).
+thread. `admit` (or `submit` without a slot) refuses (QueueFull -> 429 + Retry-After) when
+`max_queue` requests already wait behind the running one. A request is admitted before its heavy steps
+(reading its body, decoding its image, inference, encoding the result) and holds its `Slot` through all
+of them, so the queue bound bounds memory too, not only inference. A job whose deadline passes while it
+waits is dropped before it starts; one that is already running cannot be interrupted mid-step, so its
+client gets 504 and the slot frees when the running step ends (the result is discarded).
 """
 
 from __future__ import annotations
@@ -28,6 +30,39 @@ class DeadlineExceeded(Exception):
     pass
 
 
+class Slot:
+    """One admitted request's room in the queue. The handler holds the slot from admission to its response;
+    `share()` gives the job its own hold, from submission to its end. The room frees when every hold is
+    released; releasing one hold twice changes nothing."""
+
+    def __init__(self, worker: "InferenceWorker", holds: list[int] | None = None):
+        self._worker = worker
+        self._holds = holds if holds is not None else [1]  # shared by the slot and its shares
+        self._released = False
+
+    def share(self) -> "Slot":
+        with self._worker._lock:
+            if self._holds[0] <= 0:
+                raise RuntimeError("slot already released")
+            self._holds[0] += 1
+        return Slot(self._worker, self._holds)
+
+    def release(self) -> None:
+        with self._worker._lock:
+            if self._released:
+                return
+            self._released = True
+            self._holds[0] -= 1
+            if self._holds[0] == 0:
+                self._worker._pending -= 1
+
+    def __enter__(self) -> "Slot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class InferenceWorker:
     """A single inference thread with a bounded queue (`max_queue` waiting + 1 running)."""
 
@@ -41,20 +76,23 @@ class InferenceWorker:
 
     @property
     def depth(self) -> int:
-        """Jobs accepted and not finished (queued + running)."""
+        """Requests admitted and not finished (reading, queued or running)."""
         return self._pending
 
-    def _admit(self) -> None:
+    def admit(self) -> Slot:
+        """Room for one request (QueueFull if there is none); release the slot when the request is done."""
         with self._lock:
             if self._closed:
                 raise QueueFull(1)
             if self._pending >= self.max_queue + 1:
                 raise QueueFull(max(1, math.ceil(self._pending * self._ema_s)))
             self._pending += 1
+        return Slot(self)
 
-    def submit_sync(self, fn: Callable[[], Any], deadline: float | None = None) -> Future:
-        """Queue `fn` (QueueFull if there is no room); the future raises DeadlineExceeded if it started too late."""
-        self._admit()
+    def submit_sync(self, fn: Callable[[], Any], deadline: float | None = None, slot: Slot | None = None) -> Future:
+        """Queue `fn` in `slot` (admitted already) or in a new one (QueueFull if there is no room); the future
+        raises DeadlineExceeded if it started too late."""
+        slot = self.admit() if slot is None else slot.share()  # the job's hold: released when the job ends
 
         def job():
             try:
@@ -65,27 +103,20 @@ class InferenceWorker:
                 self._ema_s = 0.8 * self._ema_s + 0.2 * (time.perf_counter() - t0)
                 return out
             finally:
-                with self._lock:
-                    self._pending -= 1
+                slot.release()
 
         try:
             fut = self._pool.submit(job)
         except RuntimeError:  # shut down meanwhile
-            with self._lock:
-                self._pending -= 1
+            slot.release()
             raise QueueFull(1) from None
-        fut.add_done_callback(self._release_if_cancelled)
+        fut.add_done_callback(lambda f: slot.release() if f.cancelled() else None)  # never ran: `job` did not release
         return fut
 
-    def _release_if_cancelled(self, fut: Future) -> None:
-        if fut.cancelled():  # never ran: `job`'s finally did not release the slot
-            with self._lock:
-                self._pending -= 1
-
-    async def run(self, fn: Callable[[], Any], timeout_s: float | None) -> Any:
-        """Run `fn` on the inference thread; DeadlineExceeded after `timeout_s` (queue wait included)."""
+    async def run(self, fn: Callable[[], Any], timeout_s: float | None, slot: Slot | None = None) -> Any:
+        """Run `fn` on the inference thread (in `slot` if given); DeadlineExceeded after `timeout_s` (queue wait included)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        fut = self.submit_sync(fn, deadline)
+        fut = self.submit_sync(fn, deadline, slot)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
         except asyncio.TimeoutError:
