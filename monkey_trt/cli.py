@@ -130,7 +130,6 @@ def tiny_model(
     """Write the embedded model (random weights, hub layouts) for offline tests, demos and benchmarks."""
     from monkey_trt.core.extras import require_extra
     from monkey_trt.core.files import check_target, record_files
-
     from monkey_trt.models.presets import PRESETS
 
     if preset not in PRESETS:

@@ -47,3 +47,12 @@ def engine_dir(tiny_model_dir, tmp_path_factory):
             "--out", str(out), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128", "--batch", "2", "--precision", "fp32,fp16"]
     assert main(argv) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def runtime(engine_dir):
+    """The lean runtime on ORT (CPU) over `engine_dir`, open for one test module."""
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
+        yield pipe

@@ -22,7 +22,12 @@ from monkey_trt.cli import main
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.eval import store as store_mod
 from monkey_trt.eval.generation import BackendSpec, Generated
-from monkey_trt.eval.methods import check_precisions, parse_methods, parse_precisions, parse_seeds
+from monkey_trt.eval.methods import (
+    check_precisions,
+    parse_methods,
+    parse_precisions,
+    parse_seeds,
+)
 from monkey_trt.eval.metrics import cosines, mask_iou, mean_ci, psnr_u8, t975
 from monkey_trt.eval.prompts import PAPER_PROMPTS, build_prompt, load_prompts
 from monkey_trt.eval.protocol import EvalJob, prepare, run_eval
@@ -219,7 +224,12 @@ def test_judges_give_hand_computed_cosines(judges, subjects):
     import torch
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer, ViTModel
 
-    from monkey_trt.eval.judges import ClipJudge, DinoJudge, dino_preprocess, resolve_judge
+    from monkey_trt.eval.judges import (
+        ClipJudge,
+        DinoJudge,
+        dino_preprocess,
+        resolve_judge,
+    )
 
     clip = ClipJudge.load(resolve_judge(str(judges[0]), "clip"))
     dino = DinoJudge.load(resolve_judge(str(judges[1]), "dino"))

@@ -26,16 +26,9 @@ from monkey_trt.export.wrappers import (
     VaeDecoderNet,
 )
 from monkey_trt.reference.pipeline import ReferencePipeline, torch_noise_plan
-from monkey_trt.runtime.pipeline import MonkeyPipeline
 
 PROMPTS = ["a toy on the beach", "a toy in the jungle", "a toy with a city in the background"]
 IMAGE_ATOL = 2e-3
-
-
-@pytest.fixture(scope="module")
-def runtime(engine_dir):
-    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
-        yield pipe
 
 
 def test_engine_dir_layout_and_manifest(engine_dir):
@@ -73,6 +66,12 @@ def test_each_network_matches_torch(engine_dir, reference, name):
         assert all(row.ok and row.cosine > 0.99999 for row in rows), "\n".join(map(str, rows))
 
 
+def assert_matches(got, want) -> None:
+    """The runtime's output against the reference's: the mask identical, the image within IMAGE_ATOL."""
+    assert np.array_equal(got.mask.mask, want.mask.mask)
+    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_ort_matches_reference_on_identical_noise(reference, runtime, subject, seed, prompt):
@@ -80,8 +79,7 @@ def test_ort_matches_reference_on_identical_noise(reference, runtime, subject, s
     noise = torch_noise_plan(seed, req.latent_shape(reference.dims), 8)
     want = reference(req, subject, noise=noise)
     got = runtime(req, subject, noise=noise)
-    assert np.array_equal(got.mask.mask, want.mask.mask)
-    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+    assert_matches(got, want)
 
 
 def test_ort_matches_reference_non_square(reference, runtime, subject):
@@ -89,16 +87,14 @@ def test_ort_matches_reference_non_square(reference, runtime, subject):
     noise = torch_noise_plan(7, req.latent_shape(reference.dims), 8)
     want, got = reference(req, subject, noise=noise), runtime(req, subject, noise=noise)
     assert got.mask.grid == (2, 3)
-    assert np.array_equal(got.mask.mask, want.mask.mask)
-    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+    assert_matches(got, want)
 
 
 def test_seeded_runtime_matches_seeded_reference(reference, runtime, subject):
     """Without a noise file the runtime's numpy RNG reproduces torch's CPU generator."""
     req = Request(PROMPTS[1], 64, 64, seed=123)
     want, got = reference(req, subject), runtime(req, subject)
-    assert np.array_equal(got.mask.mask, want.mask.mask)
-    assert np.abs(got.image - want.image).max() <= IMAGE_ATOL
+    assert_matches(got, want)
 
 
 def test_cli_generate_ort_writes_the_same_outputs(tiny_model_dir, engine_dir, tmp_path):

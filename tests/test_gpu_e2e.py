@@ -13,7 +13,8 @@ import pytest
 
 from monkey_trt.cli import main
 from monkey_trt.core.config import Request
-from monkey_trt.export.fidelity import MIN_MASK_IOU, MIN_PSNR_DB, mask_iou, psnr
+from monkey_trt.engine.compare import mask_iou, psnr
+from monkey_trt.export.fidelity import MIN_MASK_IOU, MIN_PSNR_DB
 from monkey_trt.reference.pipeline import torch_noise_plan
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 

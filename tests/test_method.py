@@ -7,15 +7,8 @@ import pytest
 
 from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.runtime.method import pairable_steps
-from monkey_trt.runtime.pipeline import MonkeyPipeline
 
 CASES = [("a toy on the beach", 64, 64, 0), ("a toy in the jungle", 64, 96, 1), ("a toy on a wooden floor", 128, 128, 2)]
-
-
-@pytest.fixture(scope="module")
-def runtime(engine_dir):
-    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
-        yield pipe
 
 
 def test_pairable_steps_follow_the_schedule():

@@ -65,9 +65,9 @@ def test_timesteps_all_step_counts(ref, ours):
 
 def torch_coefficients(sched) -> np.ndarray:
     """What the exporter stores: the reference's own per-timestep step scalars, [T, 4]."""
-    ac = sched.alphas_cumprod
-    c_skip, c_out = sched.get_scalings_for_boundary_condition_discrete(torch.arange(len(ac)))
-    return torch.stack([ac.sqrt(), (1 - ac).sqrt(), c_skip, c_out], 1).numpy()
+    from monkey_trt.reference.pipeline import lcm_schedule
+
+    return lcm_schedule(sched).coeffs
 
 
 def run_trajectory(ref, sched, num_steps):
@@ -119,10 +119,11 @@ def test_step_needs_noise_except_last(ours):
 def test_guidance_embedding(gs):
     from diffusers import LatentConsistencyModelPipeline
 
+    from monkey_trt.reference.pipeline import torch_guidance_freqs
+
     w = torch.tensor(gs - 1).repeat(2)
     want = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=256).numpy()
-    half = 128
-    torch_freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1))).numpy()
+    torch_freqs = torch_guidance_freqs(256)  # what the exporter stores
     got = guidance_embedding(np.full(2, gs - 1, np.float32), 256, freqs=torch_freqs)
     assert got.shape == (2, 256) and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-6

@@ -49,6 +49,19 @@ def bytes_to_unicode() -> dict[int, str]:
 PAT = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
+def merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    """Every non-overlapping occurrence of `pair` in `word` merged, left to right (CLIP's `bpe`)."""
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
 def write_small_clip_vocab(folder, corpus: str, num_merges: int = 300) -> None:
     """A real-format CLIP vocab.json/merges.txt learned by greedy BPE on `corpus`."""
     b2u = bytes_to_unicode()
@@ -65,15 +78,7 @@ def write_small_clip_vocab(folder, corpus: str, num_merges: int = 300) -> None:
         merges.append(best)
         new = Counter()
         for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new[tuple(out)] += c
+            new[merge_pair(w, best)] += c
         words = new
     tokens = list(b2u.values()) + [v + "</w>" for v in b2u.values()] + ["".join(m) for m in merges] + [BOS, EOS]
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,15 +100,7 @@ def python_clip_bpe_ids(folder, prompt: str, max_length: int = 77) -> tuple[list
             best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
             if best not in ranks:
                 break
-            out, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    out.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            word = tuple(out)
+            word = merge_pair(word, best)
         return list(word)
 
     text = regex.sub(r"\s+", " ", prompt).lower()

@@ -6,21 +6,12 @@ the CUDA (+ CUDA graphs) run of the same check is marked `gpu`.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from monkey_trt.core.config import Request
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a > 0, b > 0).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a > 0, b > 0).sum() / union)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+from monkey_trt.engine.compare import mask_iou, psnr
+from monkey_trt.export.fidelity import MIN_MASK_IOU, MIN_PSNR_DB
 
 
 def _check(tiny_model_dir, reference, subject, device: str, cuda_graph: bool = False):
@@ -32,8 +23,8 @@ def _check(tiny_model_dir, reference, subject, device: str, cuda_graph: bool = F
     for prompt, seed in (("a toy on the beach", 0), ("a toy in the jungle", 1)):
         req = Request(prompt, 64, 64, seed=seed)
         full, low = reference(req, subject), half(req, subject)
-        assert _iou(full.mask.mask, low.mask.mask) >= 0.98
-        assert _psnr(full.image, low.image) >= 35.0
+        assert mask_iou(full.mask.mask, low.mask.mask) >= MIN_MASK_IOU
+        assert psnr(full.image, low.image) >= MIN_PSNR_DB
 
 
 def test_fp16_numerics_on_cpu(tiny_model_dir, reference, subject):

@@ -149,6 +149,15 @@ class PublishedPipeline:
     def info(self) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype), "way": "diffusers LCM pipeline, two full passes"}
 
+    def _begin(self, subject: Image.Image) -> tuple[float, torch.Tensor]:
+        """A fresh run: timer and attention store emptied, the clock started, then the subject's CLIP image
+        embeds as the pipeline's `ip_adapter_image_embeds` entry: (start time, embeds [1, 1, E])."""
+        self.timer.events.clear()
+        self.store.clear()
+        t0 = time.perf_counter()
+        pixels = torch.from_numpy(clip_preprocess(subject)).to(self.device, self.dtype)  # [1, 3, 224, 224]
+        return t0, self.image_encoder(pixels).image_embeds[:, None]
+
     def _maps(self, steps: tuple[int, ...], layer: str, n_layers: int) -> dict[int, np.ndarray]:
         """The kept weights of `layer` at `steps` -> step -> head-mean [Q, 4] (batch item 0)."""
         per_step = [self.store[i : i + n_layers] for i in range(0, len(self.store), n_layers)]
@@ -161,11 +170,7 @@ class PublishedPipeline:
         from diffusers.image_processor import IPAdapterMaskProcessor
 
         c, pipe = request.config, self.pipe
-        self.timer.events.clear()
-        self.store.clear()
-        t0 = time.perf_counter()
-        pixels = torch.from_numpy(clip_preprocess(subject)).to(self.device, self.dtype)  # [1, 3, 224, 224]
-        embeds = self.image_encoder(pixels).image_embeds[:, None]  # [1, 1, E]
+        t0, embeds = self._begin(subject)
         common = dict(ip_adapter_image_embeds=[embeds], guidance_scale=c.guidance_scale, height=request.height,
                       width=request.width, output_type="np")
 
@@ -197,18 +202,13 @@ class PublishedPipeline:
     def ip_adapter(self, request: Request, subject: Image.Image, scale: float) -> MonkeyOutput:
         """Plain IP-Adapter the same way (one full pass: `steps_final` steps + decode): the two-pass overhead's denominator."""
         c = request.config
-        self.timer.events.clear()
-        self.store.clear()
-        t0 = time.perf_counter()
-        pixels = torch.from_numpy(clip_preprocess(subject)).to(self.device, self.dtype)
-        embeds = self.image_encoder(pixels).image_embeds[:, None]
+        t0, embeds = self._begin(subject)
         self.pipe.set_ip_adapter_scale(scale)
         image = self.pipe(request.prompt, ip_adapter_image_embeds=[embeds], guidance_scale=c.guidance_scale, height=request.height,
                           width=request.width, output_type="np", num_inference_steps=c.steps_final,
                           generator=torch.Generator("cpu").manual_seed(request.seed)).images[0]
         self.store.clear()
-        full = MaskResult(np.ones((request.height, request.width), np.float32), (0, 0), ())
-        return MonkeyOutput(image=image.astype(np.float32), mask=full, backend=self.backend,
+        return MonkeyOutput(image=image.astype(np.float32), mask=MaskResult.full(request.height, request.width), backend=self.backend,
                             **self._timings(time.perf_counter() - t0, 0.0, 0))
 
     def _timings(self, total: float, t_mask: float, steps1: int) -> dict:

@@ -54,3 +54,10 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     """PSNR in dB of two images in [0, peak] (inf when identical)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two {0,1} masks (1.0 when both are empty)."""
+    a, b = a > 0.5, b > 0.5
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

@@ -10,7 +10,14 @@ from urllib.parse import quote
 
 import numpy as np
 
-from monkey_trt.eval.store import CONTACT_HTML, PARETO_PNG, ROWS, SUMMARY_CSV, EvalStore, thumbnail_name
+from monkey_trt.eval.store import (
+    CONTACT_HTML,
+    PARETO_PNG,
+    ROWS,
+    SUMMARY_CSV,
+    EvalStore,
+    thumbnail_name,
+)
 
 THUMB = 256
 STYLE = """body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;margin-bottom:24px}

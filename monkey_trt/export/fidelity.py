@@ -10,13 +10,13 @@ image PSNR >= 35 dB.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.config import Request
+from monkey_trt.engine.compare import mask_iou, psnr
 from monkey_trt.enginedir.manifest import load_manifest
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.noise import NoisePlan
@@ -36,19 +36,6 @@ class Fidelity:
     @property
     def ok(self) -> bool:
         return self.mask_iou >= MIN_MASK_IOU and self.psnr_db >= MIN_PSNR_DB
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two {0,1} masks (1.0 when both are empty)."""
-    a, b = a > 0.5, b > 0.5
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [0, 1] (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 def fp16_reference_pipeline(engine_dir: str | Path):

@@ -47,8 +47,20 @@ class FP16Report:
     embedding_nodes: int
 
 
-def _producers(graph) -> dict:
-    return {out: node for node in graph.node for out in node.output}
+def _upstream(graph, tensors: list[str], ends=None) -> set[str]:
+    """Names of the nodes `tensors` are computed from: producers walked backwards to graph inputs and
+    initializers; a node for which `ends(node)` holds is included and ends its branch."""
+    producers = {out: node for node in graph.node for out in node.output}
+    keep: set[str] = set()
+    todo = list(tensors)
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.add(node.name)
+        if ends is None or not ends(node):
+            todo.extend(node.input)
+    return keep
 
 
 def map_path_nodes(graph, output: str = "ip_attn_map") -> set[str]:
@@ -59,34 +71,18 @@ def map_path_nodes(graph, output: str = "ip_attn_map") -> set[str]:
     """
     if output not in {o.name for o in graph.output}:
         return set()
-    producers, weights = _producers(graph), {t.name for t in graph.initializer}
-    keep: set[str] = set()
-    todo = [output]
-    while todo:
-        node = producers.get(todo.pop())
-        if node is None or node.name in keep:
-            continue
-        keep.add(node.name)
-        if node.op_type in _SHAPE_OPS:
-            continue
-        if node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input):
-            continue  # a linear layer: its input is an ordinary (fp16) activation
-        todo.extend(node.input)
-    return keep
+    weights = {t.name for t in graph.initializer}
+
+    def ends(node) -> bool:
+        # a linear layer's input is an ordinary (fp16) activation; nothing float lies behind a shape op
+        return node.op_type in _SHAPE_OPS or (node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input))
+
+    return _upstream(graph, [output], ends)
 
 
 def embedding_nodes(graph) -> set[str]:
     """Every node feeding a `Sin`/`Cos` (the sinusoidal timestep embedding), back to graph inputs."""
-    producers = _producers(graph)
-    keep: set[str] = set()
-    todo = [i for n in graph.node if n.op_type in ("Sin", "Cos") for i in n.input]
-    while todo:
-        node = producers.get(todo.pop())
-        if node is None or node.name in keep:
-            continue
-        keep.add(node.name)
-        todo.extend(node.input)
-    return keep
+    return _upstream(graph, [i for n in graph.node if n.op_type in ("Sin", "Cos") for i in n.input])
 
 
 def _name_nodes(graph) -> None:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from monkey_trt.core import __version__
@@ -52,6 +51,7 @@ from monkey_trt.reference.loading import (
     ModelSource,
     load_reference_models,
 )
+from monkey_trt.reference.pipeline import lcm_schedule, torch_guidance_freqs
 from monkey_trt.runtime.tokenizer import ClipTokenizer
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # networks above 1 GiB keep weights in one `<net>.onnx.data` file
@@ -284,24 +284,18 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
 
 
 def scheduler_consts(scheduler, time_cond_dim: int) -> SchedulerConsts:
-    """The scheduler's constants as torch computes them, so the numpy runtime steps bit-exactly."""
-    cfg = scheduler.config
-    ac = scheduler.alphas_cumprod.to(torch.float32)
-    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(torch.arange(len(ac)))
-    coeffs = torch.stack([ac.sqrt(), (1 - ac).sqrt(), c_skip.float(), c_out.float()], 1)  # [T, 4]
-    # the frequencies of diffusers' get_guidance_scale_embedding, in torch's float32 arithmetic
-    half = time_cond_dim // 2
-    emb = torch.log(torch.tensor(10000.0)) / (half - 1)
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -emb)
+    """The scheduler's constants as torch computes them (the reference's own tables), so the numpy runtime
+    steps bit-exactly."""
+    s = lcm_schedule(scheduler)
     return SchedulerConsts(
-        alphas_cumprod=tuple(float(a) for a in ac.numpy()),
-        coeffs=tuple(float(x) for x in coeffs.numpy().ravel()),
-        guidance_freqs=tuple(float(x) for x in freqs.numpy()),
-        original_inference_steps=int(cfg.original_inference_steps),
-        timestep_scaling=float(cfg.timestep_scaling),
-        sigma_data=0.5,
-        final_alpha_cumprod=float(np.float32(scheduler.final_alpha_cumprod)),
-        num_train_timesteps=int(cfg.num_train_timesteps),
+        alphas_cumprod=tuple(float(a) for a in s.alphas_cumprod),
+        coeffs=tuple(float(x) for x in s.coeffs.ravel()),
+        guidance_freqs=tuple(float(x) for x in torch_guidance_freqs(time_cond_dim)),
+        original_inference_steps=s.original_inference_steps,
+        timestep_scaling=s.timestep_scaling,
+        sigma_data=s.sigma_data,
+        final_alpha_cumprod=s.final_alpha_cumprod,
+        num_train_timesteps=s.num_train_timesteps,
     )
 
 

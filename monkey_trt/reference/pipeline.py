@@ -40,7 +40,9 @@ from monkey_trt.runtime.scheduler import LCMSchedule
 
 
 def lcm_schedule(scheduler) -> LCMSchedule:
-    """diffusers' LCMScheduler as a numpy LCMSchedule with torch's own coefficient table (bit-exact steps)."""
+    """diffusers' LCMScheduler as a numpy LCMSchedule with torch's own coefficient table (bit-exact steps).
+
+    The one place the table is built: the reference steps with it and the exporter writes it to the manifest."""
     cfg = scheduler.config
     ac = scheduler.alphas_cumprod.to(torch.float32)  # [T]
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(torch.arange(len(ac)))
@@ -50,6 +52,14 @@ def lcm_schedule(scheduler) -> LCMSchedule:
         final_alpha_cumprod=float(np.float32(scheduler.final_alpha_cumprod)), num_train_timesteps=int(cfg.num_train_timesteps),
         coeffs=coeffs.numpy(),
     )
+
+
+def torch_guidance_freqs(time_cond_dim: int) -> np.ndarray:
+    """[time_cond_dim // 2] float32: the frequencies of diffusers' `get_guidance_scale_embedding`, in torch's
+    own float32 arithmetic (MKL's exp; see runtime.scheduler.guidance_freqs for the correctly rounded ones)."""
+    half = time_cond_dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half - 1)
+    return torch.exp(torch.arange(half, dtype=torch.float32) * -emb).numpy()
 
 
 def torch_noise_plan(seed: int, latent_shape: tuple[int, ...], steps: int) -> NoisePlan:

@@ -29,6 +29,11 @@ class MaskResult:
     def coverage(self) -> float:
         return float(self.mask.mean())
 
+    @classmethod
+    def full(cls, height: int, width: int) -> "MaskResult":
+        """Plain IP-Adapter's "mask": ones everywhere (no map, no grid)."""
+        return cls(np.ones((height, width), np.float32), (0, 0), ())
+
 
 def query_grid(num_queries: int, height: int, width: int, vae_factor: int = 8) -> tuple[int, int]:
     """The (rows, cols) grid of a layer with `num_queries` tokens for an image of height x width.

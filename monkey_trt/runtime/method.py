@@ -89,13 +89,20 @@ class _Clock:
         self.timings: dict[str, float] = {}
         self.calls: list[UNetCallTiming] = []
 
-    def __call__(self, stage: str, fn, *args, **kwargs):
+    def announce(self, stage: str) -> None:
+        """Tell `progress` that `stage` starts (stages outside the plan are not announced)."""
         if self.progress is not None and stage in self.stages:
             self.progress(stage, self.stages.index(stage), len(self.stages))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+    def __call__(self, stage: str, fn, *args, **kwargs):
+        self.announce(stage)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         self.engine.sync()
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+        self.add(stage, time.perf_counter() - t0)
         return out
 
 
@@ -103,6 +110,59 @@ def pairable_steps(c: MonkeyConfig) -> int:
     """How many leading steps of the two passes can share one batch-2 UNet call (exactly)."""
     first_masked = min(c.masked_steps) if c.masked_steps else c.steps_final
     return min(c.mask_pass_steps_needed, first_masked, c.steps_final)
+
+
+@dataclass
+class _Run:
+    """What every pass of one request shares: the engine, its clock, the noise and the encoded conditioning."""
+
+    engine: Networks
+    clock: _Clock
+    noise: NoisePlan
+    text: Any
+    ip_tokens: Any
+    w_emb: Any
+
+    def new_pass(self, name: str, steps: int, scales: Sequence[float], last: int | None = None,
+                 map_steps: Sequence[int] = ()) -> _Pass:
+        """A pass of `steps` LCM steps from the initial latents; it runs steps 0..last (default: all)."""
+        return _Pass(name, self.engine.schedule.timesteps(steps), list(scales), steps - 1 if last is None else last,
+                     self.noise.latents.astype(np.float32, copy=True), tuple(map_steps))
+
+    def lockstep(self, passes: list[_Pass], masks: Sequence[np.ndarray | None], stage: str, until: int) -> None:
+        """Steps of `passes` in lockstep (one UNet call per step, batch = len(passes)) while step < until;
+        masks[b] is pass b's pixel mask (None: unmasked)."""
+        self.clock.announce(stage)
+        engine, clock, noise = self.engine, self.clock, self.noise
+        session = engine.unet_session(self.text, self.ip_tokens, self.w_emb, masks)
+        while all(not p.done and p.step < until for p in passes):
+            i = passes[0].step
+            want_map = any(i in p.map_steps for p in passes)
+            latents = np.concatenate([p.latents for p in passes]) if len(passes) > 1 else passes[0].latents
+            timesteps = np.array([p.timesteps[p.step] for p in passes], np.float32)  # [B]
+            scale = passes[0].scales[i]
+            t0 = time.perf_counter()
+            eps, maps = session(latents, timesteps, scale, want_map)
+            engine.sync()
+            seconds = time.perf_counter() - t0
+            clock.calls.append(UNetCallTiming("+".join(p.name for p in passes), i, len(passes), seconds))
+            clock.add(stage, seconds)
+            t0 = time.perf_counter()
+            for b, p in enumerate(passes):
+                if i in p.map_steps:
+                    p.maps[i] = maps[b]  # [Q, n_tokens]
+                _advance(engine, p, noise, eps[b : b + 1])
+            clock.add("scheduler", time.perf_counter() - t0)
+
+    def finish(self, p: _Pass, mask: np.ndarray | None, stage: str) -> _Pass:
+        """Pass `p` alone (batch 1, `mask` or unmasked) from where it is to its last step."""
+        self.lockstep([p], [mask], stage, until=p.last + 1)
+        return p
+
+    def plain_pass(self, name: str, steps: int, scales: Sequence[float], stage: str, mask: np.ndarray | None = None,
+                   map_steps: Sequence[int] = (), last: int | None = None) -> _Pass:
+        """One plain pass (no batching) from the initial latents, run to `last`."""
+        return self.finish(self.new_pass(name, steps, scales, last, map_steps), mask, stage)
 
 
 def _advance(engine: Networks, p: _Pass, noise: NoisePlan, eps: np.ndarray) -> None:
@@ -113,27 +173,18 @@ def _advance(engine: Networks, p: _Pass, noise: NoisePlan, eps: np.ndarray) -> N
     p.step += 1
 
 
-def _run_batched(engine: Networks, clock: _Clock, session: UNetSession, passes: list[_Pass], noise: NoisePlan,
-                 stage: str, until: int) -> None:
-    """Steps of `passes` in lockstep (one UNet call per step, batch = len(passes)) while step < until."""
-    while all(not p.done and p.step < until for p in passes):
-        i = passes[0].step
-        want_map = any(i in p.map_steps for p in passes)
-        latents = np.concatenate([p.latents for p in passes]) if len(passes) > 1 else passes[0].latents
-        timesteps = np.array([p.timesteps[p.step] for p in passes], np.float32)  # [B]
-        scale = passes[0].scales[i]
-        t0 = time.perf_counter()
-        eps, maps = session(latents, timesteps, scale, want_map)
-        engine.sync()
-        seconds = time.perf_counter() - t0
-        clock.calls.append(UNetCallTiming("+".join(p.name for p in passes), i, len(passes), seconds))
-        clock.timings[stage] = clock.timings.get(stage, 0.0) + seconds
-        t0 = time.perf_counter()
-        for b, p in enumerate(passes):
-            if i in p.map_steps:
-                p.maps[i] = maps[b]  # [Q, n_tokens]
-            _advance(engine, p, noise, eps[b : b + 1])
-        clock.timings["scheduler"] = clock.timings.get("scheduler", 0.0) + time.perf_counter() - t0
+def _prepare(engine: Networks, request: Request, noise: NoisePlan | None) -> NoisePlan:
+    """Validate `request` for this backend; the noise to run on (the backend's own for the seed by default)."""
+    engine.prepare(request)
+    return noise if noise is not None else engine.noise_for(request)
+
+
+def _encode(engine: Networks, clock: _Clock, request: Request, subject: Image.Image, noise: NoisePlan) -> tuple[_Run, bool]:
+    """Prompt, subject and guidance encoded once for every pass: (the run, prompt truncated)."""
+    text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
+    ip_tokens = clock("encode_subject", engine.encode_subject, subject)
+    w_emb = engine.guidance(request.config.guidance_scale)
+    return _Run(engine, clock, noise, text, ip_tokens, w_emb), truncated
 
 
 def run_monkey(
@@ -152,9 +203,8 @@ def run_monkey(
     pass 1's prediction at its last mask step; batch_passes: exact pass batching (None: the backend's
     measured default). `progress(stage, index, total)` is called before each stage (CLI progress bar).
     """
-    engine.prepare(request)
+    noise = _prepare(engine, request, noise)
     c = request.config
-    noise = noise if noise is not None else engine.noise_for(request)
     batch = engine.batch_passes_default if batch_passes is None else batch_passes
     paired = pairable_steps(c) if batch else 0
     if paired and c.scale_mask_pass == 0.0:
@@ -169,27 +219,16 @@ def run_monkey(
     clock = _Clock(engine, progress, stages)
     notes: list[str] = []
 
-    text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
+    run, truncated = _encode(engine, clock, request, subject, noise)
     if truncated:
         notes.append(f"prompt is longer than {engine.dims.text_len} tokens and was truncated")
-    ip_tokens = clock("encode_subject", engine.encode_subject, subject)
-    w_emb = engine.guidance(c.guidance_scale)
 
-    def new_pass(name: str, steps: int, scales: list[float], last: int, map_steps=()) -> _Pass:
-        return _Pass(name, engine.schedule.timesteps(steps), scales, last, noise.latents.astype(np.float32, copy=True), map_steps)
-
-    p1 = new_pass("p1", c.steps_mask_pass, [c.scale_mask_pass] * c.steps_mask_pass, c.mask_pass_steps_needed - 1, c.mask_steps)
-    p2 = new_pass("p2", c.steps_final, c.final_scales(), c.steps_final - 1)
+    p1 = run.new_pass("p1", c.steps_mask_pass, [c.scale_mask_pass] * c.steps_mask_pass, c.mask_pass_steps_needed - 1, c.mask_steps)
+    p2 = run.new_pass("p2", c.steps_final, c.final_scales())
     if paired:
-        if progress is not None:
-            progress("batched_passes", stages.index("batched_passes"), len(stages))
-        H, W = request.height, request.width
-        session = engine.unet_session(text, ip_tokens, w_emb, [None, np.zeros((H, W), np.float32)])
-        _run_batched(engine, clock, session, [p1, p2], noise, "batched_passes", until=paired)
+        run.lockstep([p1, p2], [None, np.zeros((request.height, request.width), np.float32)], "batched_passes", until=paired)
 
-    if progress is not None:
-        progress("mask_pass", stages.index("mask_pass"), len(stages))
-    _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [None]), [p1], noise, "mask_pass", until=p1.last + 1)
+    run.finish(p1, None, "mask_pass")
     try:
         mask = clock("mask", extract_mask, p1.maps, request.height, request.width, c.mask_token, c.threshold)
     except FloatingPointError as e:
@@ -199,20 +238,13 @@ def run_monkey(
     elif mask.degenerate:
         notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: those steps were skipped")
 
-    if progress is not None:
-        progress("final_pass", stages.index("final_pass"), len(stages))
-    session = engine.unet_session(text, ip_tokens, w_emb, [mask.mask])
-    _run_batched(engine, clock, session, [p2], noise, "final_pass", until=p2.last + 1)
+    run.finish(p2, mask.mask, "final_pass")
     image = clock("decode", engine.decode, p2.denoised)
     mask_pass_image = clock("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
 
     baseline = None
     if baseline_scale is not None:
-        if progress is not None:
-            progress("baseline_pass", stages.index("baseline_pass"), len(stages))
-        pb = new_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, c.steps_final - 1)
-        session = engine.unet_session(text, ip_tokens, w_emb, [None])
-        _run_batched(engine, clock, session, [pb], noise, "baseline_pass", until=pb.last + 1)
+        pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass")
         baseline = clock("decode_baseline", engine.decode, pb.denoised)
     return MonkeyOutput(
         image=image, mask=mask, timings=clock.timings, backend=engine.backend, mask_pass_image=mask_pass_image,
@@ -225,27 +257,19 @@ def run_pass(engine: Networks, text: Any, ip_tokens: Any, w_emb: Any, noise: Noi
              mask: np.ndarray | None = None, map_steps: tuple[int, ...] = (), stop_after: int | None = None
              ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """One plain LCM pass (no batching): (last denoised latents [1,4,h,w], maps step -> [Q, n_tokens])."""
-    p = _Pass("p", engine.schedule.timesteps(steps), list(scales), steps - 1 if stop_after is None else stop_after,
-              noise.latents.astype(np.float32, copy=True), tuple(map_steps))
-    clock = _Clock(engine, None, [])
-    _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [mask]), [p], noise, "pass", until=p.last + 1)
+    run = _Run(engine, _Clock(engine, None, []), noise, text, ip_tokens, w_emb)
+    p = run.plain_pass("p", steps, scales, "pass", mask, map_steps, last=stop_after)
     return p.denoised, p.maps
 
 
 def run_ip_adapter(engine: Networks, request: Request, subject: Image.Image, scale: float,
                    noise: NoisePlan | None = None) -> MonkeyOutput:
     """Plain IP-Adapter (`steps_final` steps at `scale`, no mask) + decode: the denominator of the two-pass overhead."""
-    engine.prepare(request)
+    noise = _prepare(engine, request, noise)
     c = request.config
-    noise = noise if noise is not None else engine.noise_for(request)
     clock = _Clock(engine, None, [])
-    text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
-    ip_tokens = clock("encode_subject", engine.encode_subject, subject)
-    w_emb = engine.guidance(c.guidance_scale)
-    p = _Pass("ip", engine.schedule.timesteps(c.steps_final), [scale] * c.steps_final, c.steps_final - 1,
-              noise.latents.astype(np.float32, copy=True))
-    _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [None]), [p], noise, "baseline_pass", until=p.last + 1)
+    run, truncated = _encode(engine, clock, request, subject, noise)
+    p = run.plain_pass("ip", c.steps_final, [scale] * c.steps_final, "baseline_pass")
     image = clock("decode", engine.decode, p.denoised)
-    full = MaskResult(np.ones((request.height, request.width), np.float32), (0, 0), ())
-    return MonkeyOutput(image=image, mask=full, timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
+    return MonkeyOutput(image=image, mask=MaskResult.full(request.height, request.width), timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
                         unet_calls=tuple(clock.calls))

@@ -24,7 +24,8 @@ class LCMSchedule:
     `coeffs` holds, per train timestep t, the float32 scalars a step uses: (sqrt(ac[t]), sqrt(1 - ac[t]),
     c_skip(t), c_out(t)). By default they are computed here, correctly rounded. torch's CPU `sqrt` (MKL)
     is not correctly rounded (~20% of float32 inputs are 1 ulp off on an AMD EPYC), which moves a 4-step
-    trajectory by ~1e-5; pass the reference's own table (see `coefficient_table`) for a bit-exact match.
+    trajectory by ~1e-5; pass the reference's own table (`reference.pipeline.lcm_schedule`, the one the exporter
+    stores; see `coefficient_table`) for a bit-exact match.
     """
 
     alphas_cumprod: np.ndarray  # [T] float32
