@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.models.bpe import (
+    bytes_to_unicode,  # GPT-2/CLIP's byte table (the tiny model's tokenizer uses it)
+)
 from monkey_trt.runtime.tokenizer import BOS, EOS, ClipTokenizer
 
 regex = pytest.importorskip("regex")
@@ -32,18 +35,6 @@ PROMPTS = [
     "a very long prompt about a small fluffy dog sitting on a sunny beach with waves and palm trees " * 3,
     "supercalifragilisticexpialidocious antidisestablishmentarianism",
 ]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 PAT = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)

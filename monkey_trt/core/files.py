@@ -73,7 +73,7 @@ def write_bytes_atomic(path: Path, data) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -81,7 +81,7 @@ def write_json_atomic(path: Path, obj) -> Path:
     return write_bytes_atomic(path, json.dumps(obj, indent=1).encode())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make renames in `folder` durable (best effort: not every filesystem supports it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -448,7 +448,7 @@ class OutputStage:
             else:
                 self._merge(names, set(keep))
             self.discard()  # the marker and the staging folder (the payload is gone or merged)
-        _fsync_dir(self.target.parent)
+        fsync_dir(self.target.parent)
         return self.target
 
     def _merge(self, names: list[str], keep: set[str] = frozenset()) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from monkey_trt.core.files import (
     clean_stale_staging,
     current_umask,
+    fsync_dir,
     staging_owner,
     staging_prefix,
 )
@@ -127,7 +128,7 @@ class StagedFolder:
             self._seeded[f.name] = (st.st_size, st.st_mtime_ns)
             moved.append(f.name)
         if moved:
-            _fsync_dir(self.final)
+            fsync_dir(self.final)
         return moved
 
     def close(self) -> list[str]:
@@ -167,13 +168,3 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
     shutil.copystat(src, dst)
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

@@ -43,6 +43,7 @@ from monkey_trt.core.files import (
     clean_stale_staging,
     current_umask,
     folder_lock,
+    fsync_dir,
     make_dirs,
     make_staging,
     record_files,
@@ -243,7 +244,7 @@ class EvalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         if sync_dir:
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
 
     def _write_record(self) -> None:
         self.record["updated_unix"] = round(time.time(), 3)
@@ -323,16 +324,6 @@ def _parse_meta(info: dict | None) -> dict | None:
         return None
     return meta if isinstance(meta, dict) else None
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _merged_record(out: Path, settings: dict, precisions: dict[str, str], subjects: dict[str, str]) -> dict:

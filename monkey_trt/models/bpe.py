@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from monkey_trt.core.prompts import PAPER_PROMPTS
 from monkey_trt.enginedir.networks import TEXT_LEN
 from monkey_trt.models.json_files import write_json
 
 __all__ = [
-    "BACKGROUND_PROMPTS",
     "SPECIAL_BOS",
     "SPECIAL_EOS",
     "ClipBpe",
@@ -28,30 +28,6 @@ __all__ = [
     "tokenizer_corpus",
     "write_clip_tokenizer",
 ]
-
-# MONKEY paper, appendix A.1: the 20 background prompts (appended to "a <subject>").
-BACKGROUND_PROMPTS: tuple[str, ...] = (
-    "in the jungle",
-    "in the snow",
-    "on the beach",
-    "on a cobblestone street",
-    "on top of pink fabric",
-    "on top of a wooden floor",
-    "with a city in the background",
-    "with a mountain in the background",
-    "with a blue house in the background",
-    "on top of a purple rug in a forest",
-    "with a wheat field in the background",
-    "with a tree and autumn leaves in the background",
-    "with the Eiffel Tower in the background",
-    "floating on top of water",
-    "floating in an ocean of milk",
-    "on top of green grass with sunflowers around it",
-    "on top of a mirror",
-    "on top of the sidewalk in a crowded street",
-    "on top of a dirt road",
-    "on top of a white rug",
-)
 
 # DreamBooth subjects (and the words of their class names).
 SUBJECT_WORDS: tuple[str, ...] = tuple(
@@ -118,7 +94,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def tokenizer_corpus() -> str:
     """The built-in English corpus the BPE merges are learned from."""
-    prompts = [f"a {s} {b}" for s in ("dog", "cat", "toy", "backpack") for b in BACKGROUND_PROMPTS]
+    prompts = [f"a {s} {b}" for s in ("dog", "cat", "toy", "backpack") for b in PAPER_PROMPTS]
     return "\n".join([*prompts, " ".join(SUBJECT_WORDS), " ".join(COMMON_WORDS), "0 1 2 3 4 5 6 7 8 9 , . ! ?"])
 
 
