@@ -65,10 +65,11 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
         providers = opts.providers or (default_provider(),)
         runners = {}
         for name in NETWORKS:
+            path = manifest.path(root, name, opts.precision)  # EngineDirError (one line) if not exported
             entry = manifest.networks[name]
             _, sha256, _ = entry.files(opts.precision)
             runners[name] = OrtRunner(
-                manifest.path(root, name, opts.precision), providers=providers, name=name, fp16=opts.fp16,
+                path, providers=providers, name=name, fp16=opts.fp16,
                 precision=opts.precision, trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
                 cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
                 optimized_model_cache=opts.ort_cache, source_digest=source_digest(sha256),
