@@ -10,6 +10,8 @@ Pure Python: imported by the reference, the exporter and the lean runtime alike.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Protocol
@@ -68,6 +70,28 @@ class Knob:
             return f"{self.lo}..{hi}"
         return f"[{self.lo:g}, {hi:g}{')' if self.hi_open else ']'}"
 
+    def coerce(self, value: Any) -> Any:
+        """`value` as this knob's type, or MonkeyError: the Python API gets the CLI's strictness
+        (`seed=1.5`, `height=64.0`, `mask_steps='12'` are errors, not silently converted)."""
+        def integral(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        if self.kind is int:
+            if not integral(value):
+                raise MonkeyError(f"{self.name} must be an integer, got {value!r}")
+            return int(value)
+        if self.kind is float:
+            if not (integral(value) or isinstance(value, numbers.Real)) or isinstance(value, bool) or not math.isfinite(value):
+                raise MonkeyError(f"{self.name} must be a finite number, got {value!r}")
+            return float(value)
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise MonkeyError(f"{self.name} must be a string, got {value!r}")
+            return value
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(integral(v) for v in value):
+            raise MonkeyError(f"{self.name} must be a list of integers, got {value!r}")
+        return tuple(int(v) for v in value)
+
     def check(self, value: Any, hi: int | float | None = None) -> None:
         """MonkeyError `<name> must be in <range>, got <value>` when `value` is outside [lo, hi] (hi: `self.hi`)."""
         hi = self.hi if hi is None else hi
@@ -120,9 +144,11 @@ class MonkeyConfig:
     guidance_scale: float = knob(8.5, lo=1.0, hi=30.0, help="LCM embedded guidance (w = guidance_scale - 1)")
 
     def __post_init__(self) -> None:
-        # Normalise list inputs (CLI, JSON) to sorted unique tuples; dataclass is frozen.
-        object.__setattr__(self, "mask_steps", tuple(sorted(set(int(s) for s in self.mask_steps))))
-        object.__setattr__(self, "masked_steps", tuple(sorted(set(int(s) for s in self.masked_steps))))
+        for k in knobs(MonkeyConfig).values():  # types first (frozen: set through object.__setattr__)
+            object.__setattr__(self, k.name, k.coerce(getattr(self, k.name)))
+        # Normalise list inputs (CLI, JSON) to sorted unique tuples.
+        object.__setattr__(self, "mask_steps", tuple(sorted(set(self.mask_steps))))
+        object.__setattr__(self, "masked_steps", tuple(sorted(set(self.masked_steps))))
         self.validate()
 
     def validate(self) -> None:
@@ -196,6 +222,10 @@ class Request:
         except UnicodeEncodeError:  # undecodable bytes from the command line arrive as lone surrogates
             raise MonkeyError("prompt is not valid UTF-8 text") from None
         k = knobs(Request)
+        for name in ("height", "width", "seed"):
+            object.__setattr__(self, name, k[name].coerce(getattr(self, name)))
+        if not isinstance(self.config, MonkeyConfig):
+            raise MonkeyError(f"config must be a MonkeyConfig, got {type(self.config).__name__}")
         for name in ("height", "width"):
             side = getattr(self, name)
             if side % 8 != 0:

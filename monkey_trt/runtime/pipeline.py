@@ -8,6 +8,7 @@ Sections: loading, encoders, the UNet (the hot loop), the method (runtime.method
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -94,6 +95,7 @@ class MonkeyPipeline:
     """Both LCM passes of MONKEY on a backend's runners."""
 
     def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], opts: RuntimeOptions, tokenizer: ClipTokenizer):
+        self._lock = threading.RLock()  # one generation at a time on these runners (see __call__)
         self.root, self.manifest, self.runners, self.opts = Path(root), manifest, runners, opts
         self.backend = opts.backend
         self.tokenizer = tokenizer
@@ -224,5 +226,15 @@ class MonkeyPipeline:
         return self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject)
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
-        """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey)."""
-        return run_monkey(self, request, subject, **kwargs)
+        """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey).
+
+        Thread-safe: a pipeline shared by several threads runs their generations one at a time (one
+        engine, one set of device buffers); for parallel generations open one pipeline per thread."""
+        if not isinstance(request, Request):
+            raise MonkeyError(f"request must be a monkey_trt.Request, got {type(request).__name__}")
+        if not isinstance(subject, Image.Image):
+            raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
+        if min(subject.size) < 1:
+            raise MonkeyError(f"subject image is empty ({subject.size[0]}x{subject.size[1]})")
+        with self._lock:
+            return run_monkey(self, request, subject, **kwargs)
