@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -683,8 +685,13 @@ def test_staged_folder_publishes_only_whole_new_files(tmp_path):
             (st.path / "c.engine").write_bytes(b"half")
             raise RuntimeError("the build failed")
     assert not (final / "c.engine").exists()
-    dead = final.parent / f"{staging_prefix(final)}{staging_owner(999999999)}-abc"
-    dead.mkdir()
+    lookalike = final.parent / f"{staging_prefix(final)}{staging_owner(999999999)}-abc"  # a name, no marker: kept
+    lookalike.mkdir()
+    code = ("import os, sys; from pathlib import Path; from monkey_trt.core.files import make_staging;"
+            "make_staging(Path(sys.argv[1])); os._exit(9)")  # a run killed mid-way: its marker proves it ours
+    subprocess.run([sys.executable, "-c", code, str(final)], check=False, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert len(list(final.parent.iterdir())) == 3
     with StagedFolder(final):
         pass
-    assert sorted(p.name for p in final.parent.iterdir()) == ["key"]
+    assert sorted(p.name for p in final.parent.iterdir()) == sorted(["key", lookalike.name])

@@ -22,16 +22,14 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from monkey_trt.core.files import (
     clean_stale_staging,
-    current_umask,
     fsync_dir,
-    staging_owner,
-    staging_prefix,
+    make_staging,
+    remove_staging,
 )
 
 CACHE_ENV = "MONKEY_TRT_CACHE"
@@ -82,7 +80,7 @@ class StagedFolder:
     """A cache folder that a library writes into by itself (ORT's TensorRT EP writes its engine, profile
     and timing-cache files with plain ofstreams): it writes into a private staging copy instead, and
     `commit()` moves new or changed files into the shared folder with os.replace, so a reader never
-    sees a half-written file. Staging folders of dead processes are removed (core.files naming).
+    sees a half-written file. Staging folders of dead processes are removed (core.files markers).
 
     The copy is a reflink where the filesystem has them, else a byte copy (engines can be large: the
     cost is paid once per start, not per run).
@@ -96,8 +94,7 @@ class StagedFolder:
     def open(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(self.final)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(self.final)}{staging_owner()}-", dir=self.final.parent))
-        os.chmod(self.path, 0o777 & ~current_umask())
+        self.path = make_staging(self.final)  # proven ours by its marker (core.files), never by its name
         if self.final.is_dir():
             for src in self.final.iterdir():
                 if src.is_file() and not src.is_symlink():
@@ -137,13 +134,13 @@ class StagedFolder:
             return self.commit()
         finally:
             if self.path is not None:
-                shutil.rmtree(self.path, ignore_errors=True)
+                remove_staging(self.path)
                 self.path = None
 
     def discard(self) -> None:
         """Remove the staging folder without publishing anything (the library failed midway)."""
         if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+            remove_staging(self.path)
             self.path = None
 
     def __enter__(self) -> "StagedFolder":
