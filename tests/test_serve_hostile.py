@@ -29,7 +29,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from PIL import Image
 
 from monkey_trt.core.config import DEFAULT_MASK_LAYER
-from monkey_trt.enginedir.networks import Profile, ShapeRange
+from monkey_trt.enginedir.networks import ModelDims, Profile, ShapeRange
 from monkey_trt.runtime.mask import MaskResult
 from monkey_trt.runtime.result import MonkeyOutput
 from tests.test_serve import assert_one_error, post
@@ -42,7 +42,7 @@ class StubPipe:
 
     def __init__(self):
         self.manifest = SimpleNamespace(profile=Profile(ShapeRange(1, 1, 1), ShapeRange(64, 64, 128), ShapeRange(64, 64, 128)),
-                                        mask_layer=DEFAULT_MASK_LAYER, preprocess=None)
+                                        mask_layer=DEFAULT_MASK_LAYER, preprocess=None, dims=ModelDims())
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Semaphore(0)
