@@ -489,3 +489,27 @@ def test_cli_server_has_the_limits_and_rate_limits_its_log(engine_dir, tmp_path)
         proc.terminate()
         assert proc.wait(WAIT_S * 2) == 0
         proc.stdout.close()
+
+
+def test_middleware_answers_a_bad_content_length_itself():
+    """Behind a proxy or another HTTP implementation a bad Content-Length can reach the app: 400 JSON, closed."""
+    import asyncio
+
+    from monkey_trt.serve.app import ServeMiddleware
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("reached the app")
+
+    scope = {"type": "http", "path": "/v1/generate", "http_version": "1.1", "headers": [(b"content-length", b"abc")]}
+    asyncio.run(ServeMiddleware(app, max_body_bytes=100)(scope, receive, send))
+    start, body = sent[0], json.loads(sent[1]["body"])
+    assert start["status"] == 400 and (b"connection", b"close") in start["headers"]
+    assert body["error"] == "bad Content-Length header" and body["request_id"]
