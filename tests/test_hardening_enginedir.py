@@ -363,6 +363,9 @@ NUMBER_FAULTS = {
     "ip layers count": _set("dims/n_ip_layers", 15),
     "mask layer not an ip layer": _set("mask_layer", "down_blocks.0.attn2"),
     "negative file size": lambda raw: raw["networks"]["unet"]["sizes"].update({"unet.onnx": -1}),
+    "150000 digests": lambda raw: raw["networks"]["unet"]["sha256"].update({f"f{i}": "0" * 64 for i in range(150_000)}),
+    "many mid-sized lists": lambda raw: raw["networks"]["unet"]["inputs"].extend(
+        [{"name": "x", "dtype": "float32", "shape": [1] * 30000} for _ in range(40)]),
 }
 
 

@@ -222,6 +222,25 @@ def test_a_changed_output_file_is_refused_before_anything_changes(tmp_path, caps
     assert snapshot(out) == before and staging_left(out) == []
 
 
+def test_a_recorded_file_that_cannot_be_read_is_refused_not_replaced(tmp_path, monkeypatch):
+    """Root reads everything: the denial is injected where the file is hashed."""
+    import errno
+
+    out = write_outputs(tmp_path / "out", fake_output(), None, {})
+    real = files_mod.sha256_file
+
+    def denied(path, *a, **k):
+        if Path(path).name == "overlay.png":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(files_mod, "sha256_file", denied)
+    before = snapshot(out)
+    with pytest.raises(MonkeyError, match=r"overlay.png, which monkey-trt wrote but cannot read to check it is unchanged \(Permission denied\)") as e:
+        write_outputs(out, fake_output(seed=1), None, {})
+    assert "\n" not in str(e.value) and snapshot(out) == before and staging_left(out) == []
+
+
 def test_a_changed_file_the_new_output_would_remove_is_kept(tmp_path):
     out = write_outputs(tmp_path / "out", fake_output(baseline=True), Image.new("RGB", (8, 8)), {})
     (out / "grid.png").write_bytes(b"the user's own grid")

@@ -70,7 +70,7 @@ class StubPipe:
 class LimitedServer:
     """uvicorn under `serve.limits` in a thread of this process, over a service with a stub pipeline."""
 
-    def __init__(self, limits=None, max_queue=2, timeout_s=30.0, **app_kwargs):
+    def __init__(self, limits=None, max_queue=2, timeout_s=30.0, routes=(), **app_kwargs):
         from monkey_trt.serve.app import create_app
         from monkey_trt.serve.cache import install_encoder_caches
         from monkey_trt.serve.limits import HttpLimits, uvicorn_config
@@ -84,7 +84,10 @@ class LimitedServer:
         self.service.caches = install_encoder_caches(self.pipe, 4, 4)
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        config = uvicorn_config(create_app(self.service, **app_kwargs), limits or HttpLimits(), log_level="critical")
+        app = create_app(self.service, **app_kwargs)
+        for path, endpoint in routes:
+            app.add_api_route(path, endpoint)
+        config = uvicorn_config(app, limits or HttpLimits(), log_level="critical")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
@@ -279,6 +282,33 @@ def test_connection_cap_answers_503_json_and_recovers(stub):
         time.sleep(0.05)
 
 
+# -- write timeout ----------------------------------------------------------------------------------
+def test_client_that_stops_reading_its_response_is_dropped(stub):
+    from fastapi.responses import Response
+
+    from monkey_trt.serve.limits import HttpLimits
+    from monkey_trt.serve.metrics import PROCESS
+
+    srv = stub(limits=HttpLimits(write_timeout_s=1.0), routes=[("/big", lambda: Response(b"x" * (64 << 20)))])
+    dropped = PROCESS.get("write_timeout")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(WAIT_S)
+    s.connect(("127.0.0.1", srv.port))
+    try:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read the 64 MiB answer
+        deadline = time.monotonic() + WAIT_S
+        while PROCESS.get("write_timeout") == dropped:
+            assert time.monotonic() < deadline, "a client that reads nothing kept its connection"
+            time.sleep(0.05)
+        while len(srv.server.server_state.connections) > 0:  # dropped, not left waiting to flush
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        s.close()
+    assert srv.client.get("/healthz").status_code == 200
+
+
 # -- body timeouts ----------------------------------------------------------------------------------
 def test_body_idle_and_total_timeouts(stub):
     srv = stub(body_idle_s=1.0, body_total_s=3.0)
@@ -459,3 +489,27 @@ def test_cli_server_has_the_limits_and_rate_limits_its_log(engine_dir, tmp_path)
         proc.terminate()
         assert proc.wait(WAIT_S * 2) == 0
         proc.stdout.close()
+
+
+def test_middleware_answers_a_bad_content_length_itself():
+    """Behind a proxy or another HTTP implementation a bad Content-Length can reach the app: 400 JSON, closed."""
+    import asyncio
+
+    from monkey_trt.serve.app import ServeMiddleware
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("reached the app")
+
+    scope = {"type": "http", "path": "/v1/generate", "http_version": "1.1", "headers": [(b"content-length", b"abc")]}
+    asyncio.run(ServeMiddleware(app, max_body_bytes=100)(scope, receive, send))
+    start, body = sent[0], json.loads(sent[1]["body"])
+    assert start["status"] == 400 and (b"connection", b"close") in start["headers"]
+    assert body["error"] == "bad Content-Length header" and body["request_id"]

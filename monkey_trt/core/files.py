@@ -461,7 +461,7 @@ class OutputStage:
         check_target(out, self.record, self.recorded, names)
         old = previous_files(out, self.record, self.recorded)
         changed = changed_files(out, self.record, self.recorded, old - set(names) - keep)
-        for n in sorted(old - set(names) - keep - changed):  # a changed file is the user's now: kept
+        for n in sorted(old - set(names) - keep - set(changed)):  # a changed file is the user's now: kept
             (out / n).unlink(missing_ok=True)
             _remove_empty_parents(out, n)
         for n in [self.record] + [n for n in names if n != self.record]:
@@ -485,17 +485,18 @@ def previous_files(out: Path, record: str, recorded: RecordReader) -> set[str]:
     return {n for n in names | {record} if _is_own_file(out, n)} if names else set()
 
 
-def changed_files(out: Path, record: str, recorded: RecordReader, names: Iterable[str]) -> set[str]:
-    """Those of `names` (recorded files, present) whose content no longer matches the record's sha256."""
+def changed_files(out: Path, record: str, recorded: RecordReader, names: Iterable[str]) -> dict[str, str]:
+    """Those of `names` (recorded files, present) whose content no longer matches the record's sha256, or
+    cannot be read to tell: name -> why, for a one-line refusal."""
     digests = recorded_digests(recorded, Path(out) / record)
-    changed = set()
+    changed = {}
     for n in names:
         if n in digests and _is_own_file(out, n):
             try:
                 if sha256_file(Path(out) / n) != digests[n]:
-                    changed.add(n)
-            except OSError:
-                changed.add(n)
+                    changed[n] = "which monkey-trt wrote but has been changed since"
+            except OSError as e:
+                changed[n] = f"which monkey-trt wrote but cannot read to check it is unchanged ({e.strerror or e})"
     return changed
 
 
@@ -512,10 +513,10 @@ def check_target(target: Path, record: str, recorded: RecordReader, names: Itera
         for n in names:
             if os.path.lexists(target / n) and n not in old:
                 raise MonkeyError(f"{target} holds {n}, which monkey-trt did not write: move it away or choose another folder")
-        changed = sorted(changed_files(target, record, recorded, [n for n in names if n in old]))
+        changed = changed_files(target, record, recorded, [n for n in names if n in old])
         if changed:
-            raise MonkeyError(f"{target} holds {changed[0]}, which monkey-trt wrote but has been changed since: "
-                              "move it away or choose another folder")
+            n = min(changed)
+            raise MonkeyError(f"{target} holds {n}, {changed[n]}: move it away or choose another folder")
         for n in names:
             for parent in PurePosixPath(n).parents[:-1]:
                 p = target / parent

@@ -75,7 +75,10 @@ def parse_precisions(text: str | tuple[str, ...]) -> tuple[str, ...]:
 # Every number has a range (a hostile manifest is one line, never an out-of-memory kill): generous
 # bounds around SD1.5's values; floats are finite (read_manifest refuses NaN, Infinity and overflow).
 MANIFEST_MAX_BYTES = 16 << 20  # SD1.5's manifest is ~120 KB (scheduler tables included)
-MAX_TIMESTEPS = 100_000
+MAX_TIMESTEPS = 10_000  # diffusers' schedulers train on 1000
+MAX_LIST = 4 * MAX_TIMESTEPS  # the longest list a manifest has (scheduler coeffs), checked before the schema
+MAX_DICT = 256  # the most entries of one object (networks, digests ...), checked before the schema
+MAX_VALUES = 100_000  # lists' items and objects' entries in all (source and exporter aside)
 SYMBOLS = ("B", "H", "W", "h", "w", "Q")  # the symbolic dims networks.py uses (Q: the mask layer's queries)
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 DIM_RANGES = {"text_len": (1, 1024), "text_dim": (1, 16384), "time_cond_dim": (4, 16384), "n_ip_tokens": (1, 1024),
@@ -364,6 +367,7 @@ def read_manifest(root: Path) -> Manifest:
     version = raw.get("schema_version")
     if type(version) is int and version != SCHEMA_VERSION:
         raise EngineDirError(f"{mpath} has schema version {version}, this monkey-trt reads {SCHEMA_VERSION}: re-export the engine directory")
+    _check_list_lengths(raw, mpath)
     _validate_schema(raw, mpath)
     try:
         manifest = Manifest.from_json(raw)
@@ -401,6 +405,27 @@ def _read_json(mpath: Path):
         raise EngineDirError(f"{mpath} is corrupt: {why}") from None
     except RecursionError:
         raise EngineDirError(f"{mpath} is corrupt: nested too deep") from None
+
+
+def _check_list_lengths(raw: dict, mpath: Path) -> None:
+    """Bounded sizes (lists, objects, values in all; the free-form `source`/`exporter` aside), refused before
+    the schema validates item by item, which would take minutes for the millions of values 16 MiB hold."""
+    todo = [(v, k) for k, v in raw.items() if k not in ("source", "exporter")]
+    total = 0
+    while todo:
+        node, where = todo.pop()
+        size = len(node) if isinstance(node, (list, dict)) else 0
+        total += size
+        limit = MAX_LIST if isinstance(node, list) else MAX_DICT
+        if size > limit or total > MAX_VALUES:
+            where = " ".join(where.split())[:120]
+            what = f"has {size} {'items' if isinstance(node, list) else 'entries'}, at most {limit} allowed" if size > limit \
+                else f"the manifest holds more than {MAX_VALUES} values"
+            raise EngineDirError(f"{mpath} is malformed at {where}: {what}")
+        if isinstance(node, list):
+            todo += [(v, f"{where}/{i}") for i, v in enumerate(node) if isinstance(v, (list, dict))]
+        elif isinstance(node, dict):
+            todo += [(v, f"{where}/{str(k)[:80]}") for k, v in node.items() if isinstance(v, (list, dict))]
 
 
 def _validate_schema(raw: dict, mpath: Path) -> None:

@@ -105,7 +105,7 @@ class ServeMiddleware:
             if message["type"] == "http.response.start":
                 given = list(message.get("headers", []))
                 extra = [(b"x-request-id", request_id.encode()), (b"x-replica", replica.encode("latin-1", "replace"))]
-                if (not body_done and (chunked or int(length) - seen > DRAIN_BYTES)
+                if (not body_done and (chunked or not length.isdigit() or int(length) - seen > DRAIN_BYTES)
                         and (b"connection", b"close") not in given):
                     extra.append((b"connection", b"close"))  # do not read on through a large body nobody wants
                 message["headers"] = given + extra

@@ -5,7 +5,8 @@
   - a header read timeout: a request's line and headers must arrive within `header_timeout_s` of the
     connection opening or of the previous response (a silent idle connection is closed, a partial
     request gets 408); a body the app did not read is drained within the same time or the connection closes;
-  - a header size limit (`max_header_bytes`, h11's incomplete-event limit): more is 431;
+  - a header size limit (`max_header_bytes`, checked before h11 sees the bytes): more is 431;
+  - a write timeout: a client that reads none of its response for `write_timeout_s` is disconnected;
   - framing errors answered as JSON `{"error", "request_id"}` like every other error, not text/plain.
 The body read timeouts live in the app's middleware (`app.ServeMiddleware`), which sees what the app reads.
 
@@ -53,11 +54,13 @@ class HttpLimits:
     header_timeout_s: float = 10.0  # request line + headers, from connection open / previous response
     max_header_bytes: int = 32 * 1024  # request line + headers
     keep_alive_s: int = 5  # an idle keep-alive connection closes after this
+    write_timeout_s: float = 30.0  # a response the client stops reading (the send buffer stays full)
 
     def __post_init__(self) -> None:
         if self.max_connections == 0:
             object.__setattr__(self, "max_connections", _default_max_connections())
-        if self.max_connections < 1 or not 0 < self.header_timeout_s <= 3600 or self.max_header_bytes < 1024 or self.keep_alive_s < 1:
+        if (self.max_connections < 1 or not 0 < self.header_timeout_s <= 3600 or self.max_header_bytes < 1024
+                or self.keep_alive_s < 1 or not 0 < self.write_timeout_s <= 3600):
             raise MonkeyError(f"bad HTTP limits: {self}")
 
 
@@ -87,6 +90,7 @@ class LimitedH11Protocol(H11Protocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._header_timer: object | None = None
+        self._write_timer: object | None = None
         self._refused = False
         self._framing_error: h11.RemoteProtocolError | None = None
         next_event = self.conn.next_event
@@ -116,6 +120,9 @@ class LimitedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_header_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._refused:
             return
         super().connection_lost(exc)
@@ -184,6 +191,25 @@ class LimitedH11Protocol(H11Protocol):
         self._cancel_header_timer()
         self.transport.write(json_error_bytes(status if 400 <= status < 600 else 400, text))
         self.transport.close()
+
+    # -- write timeout --------------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        if self.transport is not None:  # closing or not: a close waiting on this buffer would wait forever
+            PROCESS.inc("write_timeout")
+            log.info("connection dropped: the client read nothing of its response for %gs", self.limits.write_timeout_s)
+            self.transport.abort()  # close() would wait for a buffer that never drains
 
     def shutdown(self) -> None:
         self._cancel_header_timer()

@@ -20,7 +20,7 @@ class ProcessCounters:
     """Counts kept below the app (the HTTP protocol, the log filter): one set per process, read by every
     service's /metrics."""
 
-    REFUSALS = ("connection_cap", "header_timeout", "malformed")
+    REFUSALS = ("connection_cap", "header_timeout", "malformed", "write_timeout")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
