@@ -27,6 +27,7 @@ from PIL import Image
 
 from monkey_trt.core.config import Request, check_threads
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.manifest import PRECISIONS
 
 BENCH_BACKENDS = ("published", "torch", "ort", "trt")
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -47,7 +48,7 @@ class BenchSettings:
     cuda_graph: bool = False  # torch backend on cuda: CUDA-graph replay of the UNet calls
     ort_cache: bool = True  # ort: load ORT's optimised graphs from (and save them to) <workdir>/ort-optimized
     batch_passes: bool | None = None  # None: each backend's default
-    precision: str = "fp32"  # ort/trt backends: the engine directory's fp32 or fp16 graphs
+    precision: str = "fp32"  # ort/trt backends: the engine directory's graphs (fp32 | fp16 | int8 | fp8)
     threads: int = 0  # CPU threads for torch / each ORT session; 0 = the library default
     prompt: str = "a dog on the beach"
     seed: int = 0
@@ -60,8 +61,8 @@ class BenchSettings:
             raise MonkeyError("--backends names a backend twice")
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
             raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
-        if self.dtype not in ("fp32", "fp16") or self.precision not in ("fp32", "fp16"):
-            raise MonkeyError(f"--dtype and --precision must be fp32 or fp16, got {self.dtype!r}, {self.precision!r}")
+        if self.dtype not in ("fp32", "fp16") or self.precision not in PRECISIONS:
+            raise MonkeyError(f"--dtype must be fp32 or fp16 and --precision one of {', '.join(PRECISIONS)}, got {self.dtype!r}, {self.precision!r}")
         check_threads(self.threads)
 
 

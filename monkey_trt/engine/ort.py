@@ -174,6 +174,8 @@ class OrtRunner(Runner):
         providers: "cpu" | "cuda" | "tensorrt", or a sequence of those (priority order).
         name: label used in error messages (default: the file stem).
         fp16: TensorRT EP only: allow fp16 kernels.
+        int8: TensorRT EP only: the graph is explicitly quantized (Q/DQ, export --precision int8): TensorRT
+            must be allowed int8 (no calibration table: the scales are in the graph).
         trt_cache_dir: TensorRT EP only: engine + timing cache folder (enables both caches).
         cuda_graph: CUDA/TensorRT EP: capture a CUDA graph (needs fixed shapes; the session is
             rebuilt when input shapes change).
@@ -202,6 +204,7 @@ class OrtRunner(Runner):
         intra_op_threads: int | None = None,
         optimized_model_cache: str | os.PathLike | None = None,
         log_severity: int = 3,
+        int8: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
@@ -209,6 +212,7 @@ class OrtRunner(Runner):
         if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise MonkeyError(f"cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
         self.fp16 = bool(fp16)
+        self.int8 = bool(int8)
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
         self.cuda_graph = bool(cuda_graph) and any(p != PROVIDER_NAMES["cpu"] for p in self.providers)
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
@@ -232,6 +236,8 @@ class OrtRunner(Runner):
         for p in self.providers:
             if p == PROVIDER_NAMES["tensorrt"]:
                 o: dict = {"device_id": self.device_id, "trt_fp16_enable": self.fp16, "trt_cuda_graph_enable": self.cuda_graph}
+                if self.int8:  # a Q/DQ graph: TensorRT refuses int8 layers unless int8 is enabled; no calibration table
+                    o["trt_int8_enable"] = True
                 if self.trt_cache_dir is not None:
                     self.trt_cache_dir.mkdir(parents=True, exist_ok=True)
                     o.update(

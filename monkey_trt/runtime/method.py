@@ -58,6 +58,15 @@ class Networks(Protocol):
     def decode(self, latents: np.ndarray) -> np.ndarray: ...  # [1,4,h,w] -> [H, W, 3] float32 in [0, 1]
     def noise_for(self, request: Request) -> NoisePlan: ...
     def sync(self) -> None: ...  # wait for queued device work (timings); no-op on CPU
+    # optional: select_unet(role) with role mask | final | baseline, before each pass's unet_session
+    # (8-bit engines run pass 1 on the exact UNet: runtime/unet_graphs.py)
+
+
+def _unet_for(engine: Networks, role: str) -> None:
+    """Which UNet graph runs the coming pass, for engines that hold more than one (runtime/unet_graphs.py)."""
+    select = getattr(engine, "select_unet", None)
+    if select is not None:
+        select(role)
 
 
 @dataclass
@@ -182,11 +191,13 @@ def run_monkey(
         if progress is not None:
             progress("batched_passes", stages.index("batched_passes"), len(stages))
         H, W = request.height, request.width
+        _unet_for(engine, "mask")  # these calls compute pass 1
         session = engine.unet_session(text, ip_tokens, w_emb, [None, np.zeros((H, W), np.float32)])
         _run_batched(engine, clock, session, [p1, p2], noise, "batched_passes", until=paired)
 
     if progress is not None:
         progress("mask_pass", stages.index("mask_pass"), len(stages))
+    _unet_for(engine, "mask")
     _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [None]), [p1], noise, "mask_pass", until=p1.last + 1)
     try:
         mask = clock("mask", extract_mask, p1.maps, request.height, request.width, c.mask_token, c.threshold)
@@ -199,6 +210,7 @@ def run_monkey(
 
     if progress is not None:
         progress("final_pass", stages.index("final_pass"), len(stages))
+    _unet_for(engine, "final")
     session = engine.unet_session(text, ip_tokens, w_emb, [mask.mask])
     _run_batched(engine, clock, session, [p2], noise, "final_pass", until=p2.last + 1)
     image = clock("decode", engine.decode, p2.denoised)
@@ -209,6 +221,7 @@ def run_monkey(
         if progress is not None:
             progress("baseline_pass", stages.index("baseline_pass"), len(stages))
         pb = new_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, c.steps_final - 1)
+        _unet_for(engine, "baseline")
         session = engine.unet_session(text, ip_tokens, w_emb, [None])
         _run_batched(engine, clock, session, [pb], noise, "baseline_pass", until=pb.last + 1)
         baseline = clock("decode_baseline", engine.decode, pb.denoised)
@@ -226,6 +239,7 @@ def run_pass(engine: Networks, text: Any, ip_tokens: Any, w_emb: Any, noise: Noi
     p = _Pass("p", engine.schedule.timesteps(steps), list(scales), steps - 1 if stop_after is None else stop_after,
               noise.latents.astype(np.float32, copy=True), tuple(map_steps))
     clock = _Clock(engine, None, [])
+    _unet_for(engine, "mask" if map_steps else "final")
     _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [mask]), [p], noise, "pass", until=p.last + 1)
     return p.denoised, p.maps
 
@@ -242,6 +256,7 @@ def run_ip_adapter(engine: Networks, request: Request, subject: Image.Image, sca
     w_emb = engine.guidance(c.guidance_scale)
     p = _Pass("ip", engine.schedule.timesteps(c.steps_final), [scale] * c.steps_final, c.steps_final - 1,
               noise.latents.astype(np.float32, copy=True))
+    _unet_for(engine, "baseline")
     _run_batched(engine, clock, engine.unet_session(text, ip_tokens, w_emb, [None]), [p], noise, "baseline_pass", until=p.last + 1)
     image = clock("decode", engine.decode, p.denoised)
     full = MaskResult(np.ones((request.height, request.width), np.float32), (0, 0), ())
