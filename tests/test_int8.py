@@ -71,7 +71,7 @@ def test_manifest_records_int8(int8_dir, engine_dir):
     assert q.sizes[q.file] == (int8_dir / q.file).stat().st_size
     rec = q.quantization
     assert rec["library"].startswith("onnxruntime.quantization ") and rec["settings"]["precision"] == "int8"
-    assert set(rec["settings"]["keep"]) == {"map", "embedding", "io", "attention"}
+    assert set(rec["settings"]["keep"]) == {"map", "embedding", "io", "attention", "skip", "downsample"}
     cal = rec["calibration"]
     assert cal["size"] == 1 and cal["calls"] == 11 and cal["height"] == cal["width"] == 64  # 3 pass-1 + 8 pass-2 calls
     assert len(cal["data_sha256"]) == 64 and cal["default_prompts"] and cal["subjects"][0]["name"] == "embedded"
@@ -115,7 +115,8 @@ def test_qdq_where_intended_and_absent_on_the_map_path(int8_dir):
     nodes = {n.name: n for n in g.node}
     inits = {t.name: t for t in g.initializer}
     # the weighted layers: DQ on the activation and the weight, a Q on the output (ORT's integer kernels need it)
-    convs = [n for n in g.node if n.op_type == "Conv" and "/conv_in/" not in n.name and "/conv_out/" not in n.name]
+    kept_convs = ("/conv_in/", "/conv_out/", "/conv_shortcut/", "/downsamplers.")
+    convs = [n for n in g.node if n.op_type == "Conv" and not any(k in n.name for k in kept_convs)]
     assert convs and all(len(dq[c.name]) == 2 for c in convs)
     assert all(any(k.op_type == "QuantizeLinear" for k in consumers[c.output[0]]) for c in convs)
     linear = [n for n in g.node if n.op_type == "MatMul" and "/attn1/to_q/" in n.name]
@@ -124,11 +125,12 @@ def test_qdq_where_intended_and_absent_on_the_map_path(int8_dir):
     path = map_path_nodes(fp32)
     assert {nodes[n].op_type for n in path} >= {"MatMul", "Softmax", "ReduceMean"}
     assert all(not dq[n] for n in path), "no Q/DQ on the mask layer's map path (to_q, to_k_ip, QK^T, softmax, mean)"
-    groups = kept_nodes(fp32, ("map", "embedding", "io", "attention"))
+    groups = kept_nodes(fp32, QuantSettings("int8").keep)
     for group, names in groups.items():
         assert names and all(not dq[n] for n in names if n in dq), group
     assert any("/time_embedding/" in n for n in groups["embedding"]) and any("time_emb_proj" in n for n in groups["embedding"])
-    assert len(groups["io"]) == 2
+    assert len(groups["io"]) == 2 and all("conv_shortcut" in n for n in groups["skip"])
+    assert all("/downsamplers." in n for n in groups["downsample"])
     # norms, softmax, the mask resize and the mask multiply / IP scale never see a Q/DQ of their own
     for n in g.node:
         if n.op_type in ("InstanceNormalization", "LayerNormalization", "Softmax", "Resize", "Sin", "Cos"):
@@ -262,7 +264,7 @@ def test_quant_settings_refuse_unknown_values():
         QuantSettings("int8", keep=("map", "norms"))
     with pytest.raises(MonkeyError, match="calibration method"):
         QuantSettings("int8", calibrate_method="mse")
-    assert QuantSettings("fp8").keep == ("map", "embedding", "io") and QuantSettings("fp8").reduce_range is False
+    assert "attention" not in QuantSettings("fp8").keep and QuantSettings("fp8").reduce_range is False
 
 
 # -- bad input: one line, exit 2, nothing half-written -----------------------------------------------------

@@ -117,6 +117,18 @@ def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
     return load
 
 
+def _ensure_precision(engine_dir: Path, precision: str, console: Console) -> None:
+    """A --preset engine gets the asked precision exported once (int8/fp8 calibrated with the built-in set)."""
+    from monkey_trt.enginedir.manifest import read_manifest
+
+    if precision in read_manifest(engine_dir).precisions:
+        return
+    from monkey_trt.export.onnx_export import add_precisions
+
+    with console.status(f"adding {precision} to {engine_dir} (once)") as status:
+        add_precisions(engine_dir, (precision,), progress=lambda msg, done, total: status.update(f"{precision}: {msg}"))
+
+
 def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot,
               console: Console, settings: Callable[[int, int], BenchSettings]) -> list[BackendResult]:
     from monkey_trt.runtime.images import load_subject
@@ -124,6 +136,8 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     BenchSettings(names, 64, 64)  # validate the backend list before any work
     src = _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console)
     s = settings(src["height"], src["width"])
+    if preset is not None and src["engine_dir"] is not None:
+        _ensure_precision(Path(src["engine_dir"]), s.precision, console)
     request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
     subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
     results, outputs = [], []

@@ -174,8 +174,10 @@ class OrtRunner(Runner):
         providers: "cpu" | "cuda" | "tensorrt", or a sequence of those (priority order).
         name: label used in error messages (default: the file stem).
         fp16: TensorRT EP only: allow fp16 kernels.
-        int8: TensorRT EP only: the graph is explicitly quantized (Q/DQ, export --precision int8): TensorRT
-            must be allowed int8 (no calibration table: the scales are in the graph).
+        int8: the graph is explicitly quantized (Q/DQ, export --precision int8). TensorRT EP: int8 allowed
+            (no calibration table: the scales are in the graph). CPU: common-subexpression elimination is
+            off, since it merges the per-consumer QuantizeLinear nodes, and a shared one keeps ORT from
+            fusing DequantizeLinear -> MatMul/Conv -> QuantizeLinear into integer kernels.
         trt_cache_dir: TensorRT EP only: engine + timing cache folder (enables both caches).
         cuda_graph: CUDA/TensorRT EP: capture a CUDA graph (needs fixed shapes; the session is
             rebuilt when input shapes change).
@@ -287,7 +289,8 @@ class OrtRunner(Runner):
     def _create(self, path: Path, so):
         ort = _import_ort()
         try:
-            return ort.InferenceSession(str(path), sess_options=so, providers=self.providers, provider_options=self._provider_options())
+            return ort.InferenceSession(str(path), sess_options=so, providers=self.providers, provider_options=self._provider_options(),
+                                        **({"disabled_optimizers": ["CommonSubexpressionElimination"]} if self.int8 else {}))
         except Exception as e:  # ORT raises Fail/InvalidGraph/NoSuchFile/RuntimeException...
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime cannot load {path}: {msg}") from None
