@@ -28,6 +28,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from monkey_trt.engine.ort import (
+    OrtRunner,  # what the runtime runs (int8: its session options)
+)
 from monkey_trt.export.fp16 import _name_nodes
 
 
@@ -156,8 +159,6 @@ def main() -> None:
     feeds = step_feeds(e, a.size)
     res["peaks"] = gemm_peaks(a.gemm, a.runs, a.threads)
     res["macs"] = unet_macs(e / "unet.onnx", int8, feeds, a.threads)
-    from monkey_trt.engine.ort import OrtRunner  # what the runtime runs (int8: its session options)
-
     s32 = OrtRunner(e / "unet.onnx", providers="cpu", name="unet", intra_op_threads=a.threads)
     s8 = OrtRunner(int8, providers="cpu", name="unet", intra_op_threads=a.threads, int8=True)
     s32.activate(), s8.activate()

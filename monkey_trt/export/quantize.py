@@ -14,9 +14,13 @@ over NVIDIA Model Optimizer). The graph is the exported fp32 UNet with QuantizeL
 * fp8: float8 e4m3fn activations and weights (opset 19 QuantizeLinear), for TensorRT on compute
   capability >= 8.9; ONNX Runtime's CPU provider has no fp8 kernels (refused there).
 
-Convs, linear layers (MatMul with a weight, Gemm) are quantized with their outputs too: ONNX Runtime's CPU
-provider turns DequantizeLinear -> Conv/MatMul -> QuantizeLinear into one integer kernel and only then
-(a float output falls back to dequantize + fp32 kernel, slower than fp32). TensorRT fuses the same pairs.
+The weighted layers are quantized: Convs with their outputs too, because ONNX Runtime's CPU provider runs a
+Conv in integers only as DequantizeLinear -> Conv -> QuantizeLinear (QLinearConv; with a float output it
+dequantizes and runs the fp32 kernel, slower than fp32); linear layers (MatMul with a weight, Gemm) keep a
+float output: ONNX Runtime fuses DequantizeLinear -> MatMul into MatMulIntegerToFloat (integer GEMM, float
+result), and TensorRT prefers Q/DQ on the inputs of weighted layers. Every consumer gets its own Q/DQ pair
+(a DequantizeLinear shared by two layers fuses into neither; engine/ort.py also keeps ONNX Runtime's
+common-subexpression elimination from merging them back for int8 sessions).
 
 What stays in float, and why (each is a `KEEP` group; `QuantSettings.keep` chooses them):
 
@@ -42,6 +46,9 @@ What stays in float, and why (each is a `KEEP` group; `QuantSettings.keep` choos
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -72,7 +79,7 @@ class QuantSettings:
     reduce_range: bool | None = None  # None: 7-bit weights where the CPU lacks VNNI (see the module doc)
     calib_calls: int | None = None  # use the first N recorded calls (None: all)
     symmetric_activations: bool = True  # False: uint8 activations with zero points (ORT CPU only; TensorRT refuses them)
-    output_ops: tuple[str, ...] = QUANT_OPS  # op types whose outputs are quantized too (ORT CPU's integer kernels need it)
+    output_ops: tuple[str, ...] = ("Conv",)  # op types whose outputs are quantized too (see the module doc)
     dedicated_pairs: bool = True  # one DQ per consumer: ORT fuses DQ -> op -> Q only when the DQ feeds that op alone
 
     def __post_init__(self) -> None:
@@ -200,17 +207,31 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         cwd = os.getcwd()
         try:
             os.chdir(tmp)  # ORT's calibrator keeps scratch files in the working folder on some versions
-            quantize_static(
-                str(work), str(dst), _Reader(data), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
-                per_channel=settings.per_channel, reduce_range=bool(settings.reduce_range), activation_type=atype,
-                weight_type=qtype, nodes_to_quantize=candidates, nodes_to_exclude=exclude,
-                use_external_data_format=external, calibrate_method=method, extra_options=extra,
-            )
+            with _quiet_library():
+                quantize_static(
+                    str(work), str(dst), _Reader(data), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
+                    per_channel=settings.per_channel, reduce_range=bool(settings.reduce_range), activation_type=atype,
+                    weight_type=qtype, nodes_to_quantize=candidates, nodes_to_exclude=exclude,
+                    use_external_data_format=external, calibrate_method=method, extra_options=extra,
+                )
         finally:
             os.chdir(cwd)
     quantized = tuple(sorted(candidates))
     return QuantReport("unet", settings.precision, len(candidates) + len(exclude), quantized,
                        {k: tuple(sorted(v)) for k, v in groups.items()})
+
+
+@contextlib.contextmanager
+def _quiet_library():
+    """The quantizer prints progress and logs advice on the root logger: not the export's output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def quant_file_name(network: str, precision: str) -> str:
