@@ -257,6 +257,17 @@ def test_quantizer_is_deterministic_and_typed(tmp_path, precision):
     assert not list(tmp_path.glob(".monkey-quant-*")), "no scratch files left behind"
 
 
+def test_quantizer_calibrates_on_every_call(tmp_path):
+    """The activation ranges cover every recorded call, the first as well as the last."""
+    feeds = _small_model(tmp_path / "m.onnx")
+    feeds = [{"x": f["x"] * (100.0 if i == 0 else 1.0)} for i, f in enumerate(feeds * 5)]  # 20 calls, the first one large
+    quantize_model_file(tmp_path / "m.onnx", tmp_path / "q.onnx", feeds, QuantSettings("int8", reduce_range=False), external=False)
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    (q,) = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
+    assert inits[q.input[1]] == pytest.approx(np.abs(feeds[0]["x"]).max() / 127, rel=1e-3)
+
+
 def test_quant_settings_refuse_unknown_values():
     with pytest.raises(MonkeyError, match="one of int8, fp8"):
         QuantSettings("int4")
@@ -334,6 +345,51 @@ def test_gpu_precision_checks():
         check_gpu_precision("fp8", "8.0", "A100")
     with pytest.raises(MonkeyError, match=r"int8 needs INT8 tensor cores .* V100 has 7.0: use --precision fp16"):
         check_gpu_precision("int8", (7, 0), "V100")
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """tests/fakes/trt.py's TensorRT, Polygraphy and CUDA runtime (a compute capability 9.0 GPU)."""
+    pytest.importorskip("polygraphy.backend.trt")
+    from monkey_trt.engine.trt import build as trt_build
+    from monkey_trt.engine.trt import cuda as trt_cuda
+    from monkey_trt.engine.trt import lib as trt_lib
+    from tests.fakes.trt import FakeCudart, fake_polygraphy, fake_tensorrt
+
+    cudart = FakeCudart()
+    fake_trt = fake_tensorrt(cudart)
+    log: list = []
+    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake_trt, log))
+    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
+    return log
+
+
+def test_tensorrt_int8_plans_build_strongly_typed_from_the_qdq_unet(int8_dir, fake_gpu, tmp_path, monkeypatch):
+    from monkey_trt.engine.trt import cuda as trt_cuda
+    from monkey_trt.engine.trt.build import build_engine_dir
+    from monkey_trt.engine.trt.cuda import CudaDevice
+    from monkey_trt.enginedir.plans import BUILD_JSON, BuildConfig
+
+    d = tmp_path / "engine"
+    shutil.copytree(int8_dir, d)
+    m = load_manifest(d)
+    cfg = BuildConfig(profile=m.profile, precision="int8", workspace_gib=1)
+    folder = build_engine_dir(d, m, cfg)
+    assert folder.name.startswith("v2-int8-") and all((folder / f"{n}.plan").is_file() for n in m.networks)
+    built = json.loads((folder / BUILD_JSON).read_text())
+    assert built["inputs"]["precision"] == "int8"
+    assert set(built["inputs"]["onnx_files"]["unet"]) == {"unet.int8.onnx"}  # the Q/DQ graph
+    assert set(built["inputs"]["onnx_files"]["vae_decoder"]) == {"vae_decoder.onnx"}  # not quantized: fp32
+    assert all(kw == {"strongly_typed": True} for name, kw in fake_gpu if name == "network_from_onnx_path")
+    # below the tensor cores a precision needs: one line, before any build
+    for precision, cc, name in (("fp8", "8.6", "A10"), ("int8", "7.0", "V100")):
+        monkeypatch.setattr(trt_cuda, "require_cuda_device", lambda index=0, cc=cc, name=name: CudaDevice(0, name, cc, 24 << 30))
+        fake_gpu.clear()
+        with pytest.raises(MonkeyError, match=f"--precision {precision} needs") as ei:
+            build_engine_dir(d, m, BuildConfig(profile=m.profile, precision=precision, workspace_gib=1))
+        assert "\n" not in str(ei.value) and not fake_gpu
 
 
 def test_bench_and_serve_take_int8(int8_dir):

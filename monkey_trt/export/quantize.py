@@ -91,7 +91,9 @@ class QuantSettings:
             raise MonkeyError(f"unknown kept-precision group(s) {', '.join(unknown)} (known: {', '.join(KEEP)})")
         object.__setattr__(self, "keep", keep)
         object.__setattr__(self, "output_ops", tuple(self.output_ops))
-        if self.calibrate_method not in CALIB_METHODS:
+        if self.precision == "fp8":  # the only method onnxruntime.quantization has for float8
+            object.__setattr__(self, "calibrate_method", "distribution")
+        elif self.calibrate_method not in CALIB_METHODS:
             raise MonkeyError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.calibrate_method!r}")
         if self.reduce_range is None:
             object.__setattr__(self, "reduce_range", self.precision == "int8" and not cpu_has_vnni())
@@ -189,7 +191,8 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
     }[settings.calibrate_method]
     extra = {
         "ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True,  # TensorRT: zero points are 0
-        "CalibMaxIntermediateOutputs": 8,  # bounded memory on SD-size UNets; same ranges as all at once
+        # not "CalibMaxIntermediateOutputs": onnxruntime 1.32 drops each full batch of it without merging its
+        # ranges, so only the last partial batch would count (the recorded min/max are scalars: memory is small)
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # a linear layer's output channels
         "OpTypesToExcludeOutputQuantization": [t for t in QUANT_OPS if t not in settings.output_ops],
         "DedicatedQDQPair": settings.dedicated_pairs,
