@@ -62,11 +62,12 @@ def main() -> None:
     ap.add_argument("--graph", action="append", default=[], help="NAME=PATH of another 8-bit UNet graph to compare")
     ap.add_argument("--executor", choices=("ort", "reference"), default="ort")
     ap.add_argument("--modes", default="exact,same")
+    ap.add_argument("--precisions", default="int8,fp8", help="which of the engine directory's 8-bit graphs")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     e = a.engine_dir
-    graphs = {p: e / f"unet.{p}.onnx" for p in ("int8", "fp8") if (e / f"unet.{p}.onnx").is_file()}
+    graphs = {p: e / f"unet.{p}.onnx" for p in a.precisions.split(",") if p and (e / f"unet.{p}.onnx").is_file()}
     graphs.update({k: Path(v) for k, v in (g.split("=", 1) for g in a.graph)})
     subject = embedded_subject()
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,13 +108,12 @@ def unet_macs(fp32_path: Path, int8_path: Path, feeds: dict, threads: int) -> di
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor name
     so.log_severity_level = 3
-    tmp = fp32_path.with_name(f".macs-{os.getpid()}.onnx")
-    try:
-        onnx.save(model, str(tmp))  # its external data (if any) is the same file, found by relative name
-        sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="monkey-macs-") as d:  # never write into the engine directory
+        for data in {e.value for t in g.initializer for e in t.external_data if e.key == "location"}:
+            os.symlink(fp32_path.parent / data, Path(d) / data)  # the weights stay where they are
+        onnx.save(model, str(Path(d) / "unet.onnx"))
+        sess = ort.InferenceSession(str(Path(d) / "unet.onnx"), so, providers=["CPUExecutionProvider"])
         shape = {o.name: list(v.shape) for o, v in zip(sess.get_outputs(), sess.run(None, feeds))}
-    finally:
-        tmp.unlink(missing_ok=True)
     shape.update({k: list(v.shape) for k, v in feeds.items()})
     q = onnx.load(str(int8_path), load_external_data=False).graph
     producers = {o: n for n in q.node for o in n.output}

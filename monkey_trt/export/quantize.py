@@ -178,12 +178,20 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         quantize_static,
     )
 
-    model = onnx.load(str(src), load_external_data=True)
+    model = onnx.load(str(src), load_external_data=False)
+    fp8 = settings.precision == "fp8"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if fp8 and opset < 19:
+        # float8 Q/DQ need opset 19. The quantizer would convert the loaded model in memory, which fails
+        # past protobuf's 2 GB (an SD-size UNet): convert the graph while its weights are still on disk.
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 19)
+    onnx.load_external_data_for_model(model, str(Path(src).parent))
     _name_nodes(model.graph)  # the exclusion list matches by name
     groups = kept_nodes(model.graph, settings.keep)
     exclude = sorted(set().union(*groups.values())) if groups else []
     candidates = [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.name not in set(exclude)]
-    fp8 = settings.precision == "fp8"
     qtype = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
     atype = qtype if fp8 or settings.symmetric_activations else QuantType.QUInt8
     method = CalibrationMethod.Distribution if fp8 else {
