@@ -163,7 +163,7 @@ def generate(
     providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
-    precision: str = typer.Option("fp32", "--precision", help="ort/trt: run the engine directory's fp32 or fp16 graphs"),
+    precision: str = typer.Option("fp32", "--precision", help="ort/trt: the engine directory's fp32, fp16, int8 or fp8 graphs (int8/fp8: the mask pass stays fp32)"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
     dtype: str = typer.Option("fp32", "--dtype", help="torch backend: fp32 | fp16 (fp16 changes the math; opt-in)"),
     batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes",
@@ -295,7 +295,10 @@ def export(
     mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Layer whose IP attention map is an output"),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Polygraphy constant folding"),
     force: bool = typer.Option(False, "--force", help="Replace an earlier engine directory's own files (other files are kept)"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 and/or fp16 (comma list); fp16 is added to an existing directory"),
+    precision: str = typer.Option("fp32", "--precision", help="Comma list of fp32, fp16, int8, fp8 (8-bit: the UNet, calibrated); added to an existing directory"),
+    calib_prompts: Optional[Path] = typer.Option(None, "--calib-prompts", help="int8/fp8: calibration prompts, one per line [default: the paper's 20 prompts]"),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="int8/fp8: folder of subject images to calibrate on [default: the embedded subject]"),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help="int8/fp8: calibration cases (prompt, subject, seed), 11 UNet calls each [default: 8]"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
@@ -307,6 +310,11 @@ def export(
     precisions = parse_precisions(precision)
     profile = _profile(height, width, min_size, max_size, batch)
     require_extra("export", "export")
+    from monkey_trt.export.calibration import (
+        calibration_from_options,  # int8/fp8: checked before any work
+    )
+
+    calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size)
     from monkey_trt.export.onnx_export import (
         ExportOptions,
         add_precisions,
@@ -317,13 +325,13 @@ def export(
     from monkey_trt.reference.loading import ModelSource
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
-                         fold_constants=fold, force=force, precisions=precisions)
+                         fold_constants=fold, force=force, precisions=precisions, calibration=calibration)
     add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
     if not add_only:
         check_export_out(out, force)
     with _quiet_libraries(), steps(console, "export") as step:
         if add_only:
-            added = add_precisions(out, precisions, progress=step)
+            added = add_precisions(out, precisions, progress=step, calibration=calibration)
             result, note = out, (f"added {', '.join(added)}" if added else f"already has {', '.join(precisions)}")
         else:
             result, note = export_engine_dir(opts, progress=step), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))
@@ -333,7 +341,7 @@ def export(
 @app.command()
 def build(
     engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
-    precision: str = typer.Option("fp32", "--precision", help="Build from the fp32 or the fp16 ONNX graphs (export --precision fp16 first)"),
+    precision: str = typer.Option("fp32", "--precision", help="Build from the fp32, fp16, int8 or fp8 ONNX graphs (export --precision P first; fp8: compute capability >= 8.9)"),
     tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 in fp32 layers (changes the math; opt-in)"),
     old_fp16: bool = typer.Option(False, "--fp16", hidden=True),
     old_fp32: bool = typer.Option(False, "--fp32", hidden=True),
@@ -394,7 +402,7 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
     workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
-    precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: the engine directory's fp32 or fp16 graphs"),
+    precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: the engine directory's fp32, fp16, int8 or fp8 graphs (a --preset engine gets them exported)"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
@@ -435,6 +443,7 @@ def serve(
     min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="--ray: autoscale between --min-replicas and --max-replicas"),
     max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="--ray: autoscaling upper bound"),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: existing cluster (e.g. auto, ray://head:10001)"),
+    precision: str = typer.Option("fp32", "--precision", help="The engine directory's fp32, fp16, int8 or fp8 graphs (as exported)"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
     from monkey_trt.serve.service import ServeConfig
@@ -444,7 +453,7 @@ def serve(
     config = ServeConfig(
         engine_dir=engine_dir, backend=backend, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
         cuda_graph=cuda_graph, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
-        subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup,
+        subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup, precision=precision,
     )
     from monkey_trt.enginedir.manifest import load_manifest
 

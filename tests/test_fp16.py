@@ -132,8 +132,8 @@ def test_missing_precision_is_one_line_naming_the_command(engine_dir, tiny_model
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"monkey-trt export --out {out} --precision fp16" in err
     assert not (tmp_path / "o").exists()
-    assert main([*argv[:-1], "int8"]) == 2 and "--precision must be one of fp32, fp16" in capsys.readouterr().err
-    assert main(["export", "--out", str(tmp_path / "x"), "--precision", "fp8"]) == 2
+    assert main([*argv[:-1], "int4"]) == 2 and "--precision must be one of fp32, fp16" in capsys.readouterr().err
+    assert main(["export", "--out", str(tmp_path / "x"), "--precision", "fp7"]) == 2
 
 
 def test_build_explains_the_old_fp16_flag(tmp_path, capsys):

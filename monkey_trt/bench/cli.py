@@ -126,6 +126,10 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     BenchSettings(names, 64, 64)  # validate the backend list before any work
     src = _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console)
     s = settings(src["height"], src["width"])
+    if preset is not None and src["engine_dir"] is not None:
+        from monkey_trt.models.cache import ensure_precision
+
+        ensure_precision(Path(src["engine_dir"]), s.precision, console)
     request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
     subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
     results, outputs = [], []

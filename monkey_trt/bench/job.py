@@ -49,7 +49,7 @@ class BenchSettings:
     cuda_graph: bool = False  # torch backend on cuda: CUDA-graph replay of the UNet calls
     ort_cache: bool = True  # ort: load ORT's optimised graphs from (and save them to) <workdir>/ort-optimized
     batch_passes: bool | None = None  # None: each backend's default
-    precision: str = "fp32"  # ort/trt backends: the engine directory's fp32 or fp16 graphs
+    precision: str = "fp32"  # ort/trt backends: the engine directory's graphs (fp32 | fp16 | int8 | fp8)
     threads: int = 0  # CPU threads for torch / each ORT session; 0 = the library default
     prompt: str = "a dog on the beach"
     seed: int = 0

@@ -35,6 +35,7 @@ from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.engine.cache import StagedFolder, digest, file_digest, keyed_folder
 from monkey_trt.engine.cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
+from monkey_trt.enginedir.manifest import check_precision
 
 __all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "ort_version", "physical_cores",
            "resolve_providers", "validate_feeds"]  # validate_feeds lives in runner.py; importable here as before
@@ -196,6 +197,10 @@ class OrtRunner(Runner):
         cuda_graph: CUDA/TensorRT EP: replay each input-shape set as a captured CUDA graph: CUDA EP with ORT >=
             1.18: one session, one graph per shape set (RunOptions "gpu_graph_id"); TensorRT EP (one graph per
             session) or older ORT: one extra session per shape set. Each graph has its own fixed device buffers.
+        int8: the graph is explicitly quantized (Q/DQ, export --precision int8). TensorRT EP: int8 allowed
+            (no calibration table: the scales are in the graph). CPU: common-subexpression elimination is
+            off, since it merges the per-consumer QuantizeLinear nodes, and a shared one keeps ORT from
+            fusing DequantizeLinear -> MatMul/Conv -> QuantizeLinear into integer kernels.
         cudnn_conv_algo_search: CUDA EP: "EXHAUSTIVE" | "HEURISTIC" | "DEFAULT".
         device_id: CUDA device.
         intra_op_threads: default = physical cores.
@@ -225,17 +230,18 @@ class OrtRunner(Runner):
         optimized_model_cache: str | os.PathLike | None = None,
         source_digest: str | None = None,
         log_severity: int = 3,
+        int8: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
         self._chain = resolve_providers(providers)
         if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise MonkeyError(f"cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
-        if precision not in ("fp32", "fp16"):
-            raise MonkeyError(f"precision must be fp32 or fp16, got {precision!r}")
+        check_precision(precision)
         self.fp16 = bool(fp16)
         self.precision = precision
         self.trt_profile = {n: tuple(tuple(int(d) for d in s) for s in mmo) for n, mmo in (trt_profile or {}).items()}
+        self.int8 = bool(int8)
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
         self.cuda_graph = bool(cuda_graph) and self._chain[0] != PROVIDER_NAMES["cpu"]
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
@@ -295,6 +301,8 @@ class OrtRunner(Runner):
         fp16 = self._trt_fp16()
         o: dict = {"device_id": str(self.device_id), "trt_fp16_enable": _flag(fp16),
                    "trt_cuda_graph_enable": _flag(graph and self._chain[0] == PROVIDER_NAMES["tensorrt"])}
+        if self.int8:  # a Q/DQ graph: TensorRT refuses int8 layers unless int8 is enabled; no calibration table
+            o["trt_int8_enable"] = "1"
         if fp16:
             o["trt_layer_norm_fp32_fallback"] = "1"  # Pow + Reduce of LayerNorm in fp32 (the graph's own fp32 island)
         if self.trt_profile:
@@ -355,7 +363,8 @@ class OrtRunner(Runner):
         graph = self._graph_mode == "ids" if graph is None else graph
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self._chain,
-                                        provider_options=self._provider_options(graph))
+                                        provider_options=self._provider_options(graph),
+                                        **({"disabled_optimizers": ["CommonSubexpressionElimination"]} if self.int8 else {}))
         except Exception as e:  # ORT raises Fail/InvalidGraph/NoSuchFile/RuntimeException...
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime cannot load {path}: {msg}") from None

@@ -5,6 +5,7 @@
       tokenizer/tokenizer.json CLIP BPE for `tokenizers`
       text_encoder.onnx  image_encoder.onnx  unet.onnx (+ unet.onnx.data)  vae_decoder.onnx
       <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
+      unet.int8.onnx  unet.fp8.onnx (+ .data)  the 8-bit (Q/DQ) UNet, `--precision int8|fp8` (export/quantize.py)
       trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
 
 The exporter builds a `Manifest` and calls `write`; the runtime calls `load_manifest`. The
@@ -50,7 +51,10 @@ from monkey_trt.enginedir.networks import (
 SCHEMA = "monkey-trt/engine-dir"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "fp16")  # fp32: the entry's own files; others: NetworkEntry.precisions (optional, additive)
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # fp32: the entry's own files; others: NetworkEntry.precisions (optional, additive)
+# 8-bit precisions quantize the UNet only (export/quantize.py): a network without its own graph of such a
+# precision runs its fp32 graph (Manifest.run_precision), as the manifest's quantization record says.
+QUANTIZED_PRECISIONS = ("int8", "fp8")
 TOKENIZER_FILE = "tokenizer/tokenizer.json"  # the one tokenizer file the runtime opens
 
 
@@ -138,7 +142,8 @@ MANIFEST_SCHEMA = {
                            "precisions": {"type": "object", "additionalProperties": False, "properties": {
                                p: {"type": "object", "required": ["file", "data_file", "sha256", "sizes"],
                                    "properties": {**_FILES, "fp32_ops": {"type": "array", "maxItems": 1024,
-                                                                         "items": {"type": "string", "maxLength": 256}}}}
+                                                                         "items": {"type": "string", "maxLength": 256}},
+                                                  "quantization": {"type": "object", "maxProperties": 64}}}
                                for p in PRECISIONS if p != "fp32"}}}}},
         "files": {**_DIGESTS, "required": [TOKENIZER_FILE]},
         "source": {"type": "object"},
@@ -179,15 +184,19 @@ class PrecisionFiles:
     sha256: dict[str, str]
     sizes: dict[str, int]
     fp32_ops: tuple[str, ...] = ()  # op types kept in fp32 (see export/fp16.py for why)
+    quantization: dict = field(default_factory=dict)  # 8-bit graphs: library + version, settings, calibration (export/quantize.py)
 
     def to_json(self) -> dict:
-        return {"file": self.file, "data_file": self.data_file, "sha256": self.sha256, "sizes": self.sizes,
-                "fp32_ops": list(self.fp32_ops)}
+        d = {"file": self.file, "data_file": self.data_file, "sha256": self.sha256, "sizes": self.sizes,
+             "fp32_ops": list(self.fp32_ops)}
+        if self.quantization:
+            d["quantization"] = self.quantization
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "PrecisionFiles":
         return cls(d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()},
-                   tuple(d.get("fp32_ops", ())))
+                   tuple(d.get("fp32_ops", ())), dict(d.get("quantization", {})))
 
 
 @dataclass(frozen=True)
@@ -229,13 +238,19 @@ class Manifest:
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        """Precisions every network has been exported in ("fp32" always)."""
-        return tuple(p for p in PRECISIONS if p == "fp32" or all(p in e.precisions for e in self.networks.values()))
+        """Precisions the engine directory runs ("fp32" always): every network has the graph, or for the 8-bit
+        precisions, at least one network (the others run fp32, see run_precision)."""
+        return tuple(p for p in PRECISIONS if p == "fp32" or all(p in e.precisions for e in self.networks.values())
+                     or (p in QUANTIZED_PRECISIONS and any(p in e.precisions for e in self.networks.values())))
+
+    def run_precision(self, network: str, precision: str) -> str:
+        """Which of `network`'s graphs runs when the engine runs `precision` (see graph_precision)."""
+        return graph_precision(self, network, precision)
 
     def path(self, root: Path, network: str, precision: str = "fp32") -> Path:
         """The ONNX file of `network` in `precision`; EngineDirError if that precision was not exported."""
         try:
-            return Path(root) / self.networks[network].files(precision)[0]
+            return Path(root) / self.networks[network].files(self.run_precision(network, precision))[0]
         except KeyError:
             raise EngineDirError(
                 f"{root} has no {precision} ONNX for {network} (exported: {', '.join(self.precisions)}): "
@@ -286,6 +301,16 @@ class Manifest:
 
     def write(self, root: Path) -> Path:
         return write_json_atomic(Path(root) / MANIFEST, self.to_json())
+
+
+def graph_precision(manifest, network: str, precision: str) -> str:
+    """Which of `network`'s graphs runs when the engine runs `precision`: its own, or fp32 for a network an
+    8-bit export left unquantized (only when that 8-bit precision was exported: never a silent fallback).
+    Takes any manifest-like object with `networks` (entries with `precisions`) and `precisions`."""
+    if (precision in QUANTIZED_PRECISIONS and precision in manifest.precisions
+            and precision not in manifest.networks[network].precisions):
+        return "fp32"
+    return precision
 
 
 def _entry_to_json(e: NetworkEntry) -> dict:

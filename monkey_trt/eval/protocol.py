@@ -132,7 +132,7 @@ def _model_settings(job: EvalJob, warnings: list[str]) -> tuple[dict, dict[str, 
         raise MonkeyError(f"engine directory {spec.engine_dir}: {why}")
     if m.mask_layer != job.config.mask_layer:
         raise MonkeyError(f"engine directory {spec.engine_dir} exports the map of {m.mask_layer}, not {job.config.mask_layer}")
-    digests = {p: _digest({n: e.files(p)[1] for n, e in sorted(m.networks.items())}) for p in job.precisions}
+    digests = {p: _digest({n: e.files(m.run_precision(n, p))[1] for n, e in sorted(m.networks.items())}) for p in job.precisions}
     return {"engine": m.source}, digests
 
 

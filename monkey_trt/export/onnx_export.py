@@ -24,6 +24,7 @@ from monkey_trt.core.files import OutputStage, check_target, staged_files
 from monkey_trt.enginedir.digests import sha256_file
 from monkey_trt.enginedir.manifest import (
     MANIFEST,
+    QUANTIZED_PRECISIONS,
     ImagePreprocess,
     Manifest,
     NetworkEntry,
@@ -41,6 +42,7 @@ from monkey_trt.enginedir.networks import (
 )
 from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.onnx_files import save_onnx
+from monkey_trt.export.quantize import add_quantized, quantized_file_names
 from monkey_trt.export.wrappers import (
     ImageEncoderNet,
     TextEncoderNet,
@@ -68,6 +70,7 @@ class ExportOptions:
     fold_constants: bool = True
     force: bool = False  # replace an existing engine directory
     precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written (the reference and the fp16 source)
+    calibration: object | None = None  # int8/fp8: export.calibration.CalibrationSpec (None: the built-in defaults)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
@@ -143,7 +146,8 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
 
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
     fp16 = "fp16" in opts.precisions
-    total = 2 + (3 if fp16 else 2) * len(NETWORKS)  # load, export + check (+ fp16) per network, manifest
+    quantized = [p for p in opts.precisions if p in QUANTIZED_PRECISIONS]
+    total = 2 + (3 if fp16 else 2) * len(NETWORKS) + (1 if quantized else 0)  # load, export + check (+ fp16) per network, manifest (+ 8-bit)
     done = 0
 
     def say(msg: str) -> None:
@@ -170,7 +174,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files()) as stage:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + (quantized_file_names() if quantized else [])) as stage:
         tmp = stage.path
         entries = {}
         for name, module in modules.items():
@@ -209,7 +213,26 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
                       **({"fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"} if fp16 else {})},
         )
         manifest.write(tmp)
+        if quantized:  # the staged directory is a complete fp32 engine: calibrate on it, same commit
+            say(f"calibrating and quantizing the UNet to {', '.join(quantized)}")
+            spec = opts.calibration or default_calibration(opts.profile)
+            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total))
+            manifest.write(tmp)
         return stage.commit(staged_files(tmp))
+
+
+def default_calibration(profile: Profile):
+    """The built-in calibration set (the paper's prompts, the embedded subject) at the profile's opt size."""
+    from monkey_trt.export.calibration import CalibrationSpec
+
+    return CalibrationSpec.build(height=profile.height.opt, width=profile.width.opt)
+
+
+def _sub_progress(progress: Progress | None, done: int, total: int) -> Progress | None:
+    """Calibration and quantization messages under one step of the export's progress."""
+    if progress is None:
+        return None
+    return lambda msg, _i, _n: progress(msg, done - 1, total)
 
 
 def expected_files() -> list[str]:
@@ -253,7 +276,8 @@ def _same_model(recorded, given: str) -> bool:
             or f"models--{given.replace('/', '--')}" in Path(recorded).parts)
 
 
-def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None) -> tuple[str, ...]:
+def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None,
+                   calibration=None) -> tuple[str, ...]:
     """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
 
     Through atomic.OutputStage like every output: the new graphs and manifest are staged next to the
@@ -268,17 +292,24 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
     if not todo:
         return ()
     kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
-    new_names = [f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + [MANIFEST]
+    new_names = [f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names() + [MANIFEST]
     with OutputStage.open(root, MANIFEST, manifest_files, names=new_names) as stage:
         entries = dict(manifest.networks)
-        for i, name in enumerate(NETWORKS):
-            if progress is not None:
-                progress(f"converting {name} to fp16", i, len(NETWORKS))
-            files = write_fp16_network(manifest.path(root, name), stage.path, name)
-            e = entries[name]
-            entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, "fp16": files})
-        exporter = {**manifest.exporter, "fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"}
-        Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter}).write(stage.path)
+        exporter = dict(manifest.exporter)
+        if "fp16" in todo:
+            for i, name in enumerate(NETWORKS):
+                if progress is not None:
+                    progress(f"converting {name} to fp16", i, len(NETWORKS))
+                files = write_fp16_network(manifest.path(root, name), stage.path, name)
+                e = entries[name]
+                entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, "fp16": files})
+            exporter["fp16_converter"] = f"onnxruntime.transformers.float16 {_version('onnxruntime')}"
+        updated = Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})
+        quantized = [p for p in todo if p in QUANTIZED_PRECISIONS]
+        if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
+            updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
+                                    progress=progress)
+        updated.write(stage.path)
         stage.commit(staged_files(stage.path), keep=kept)
     return tuple(todo)
 

@@ -89,3 +89,15 @@ def export_preset_engine(preset: str, model_dir: Path, engine_dir: Path, height:
     opts = ExportOptions(ModelSource(str(model_dir / "base"), str(model_dir / "ip-adapter")), engine_dir, profile,
                          fold_constants=preset == "tiny", force=True)
     export_engine_dir(opts, progress=lambda msg, done, total: status(f"export {done + 1}/{total}: {msg}"))
+
+
+def ensure_precision(engine_dir: Path, precision: str, console) -> None:
+    """A --preset engine gets the asked precision exported once (int8/fp8 calibrated with the built-in set)."""
+    from monkey_trt.enginedir.manifest import read_manifest
+
+    if precision in read_manifest(engine_dir).precisions:
+        return
+    from monkey_trt.export.onnx_export import add_precisions
+
+    with console.status(f"adding {precision} to {engine_dir} (once)") as status:
+        add_precisions(engine_dir, (precision,), progress=lambda msg, done, total: status.update(f"{precision}: {msg}"))

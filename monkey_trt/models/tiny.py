@@ -13,7 +13,7 @@ writes itself:
 This module's job is the writing: each folder's layout, the ``tiny-model.json`` record and the
 atomic commit. What it writes comes from its neighbours: the presets and hub configs
 (``models.presets``), the deterministic weights (``models.weights``), the CLIP BPE tokenizer
-(``models.bpe``) and the subject picture (``models.subject``).
+(``models.bpe``) and the subject picture (``core.subject``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from monkey_trt.models.presets import (
     meta_models,
     scheduler_config,
 )
-from monkey_trt.models.subject import draw_subject
+from monkey_trt.core.subject import draw_subject
 from monkey_trt.models.weights import (
     Progress,
     hub_tensor_specs,

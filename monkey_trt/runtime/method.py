@@ -62,6 +62,13 @@ class Networks(Protocol):
     def sync(self) -> None: ...  # wait for queued device work (timings); no-op on CPU
 
 
+def _unet_for(engine: Networks, role: str) -> None:
+    """Which UNet graph runs the coming pass, for engines that hold more than one (runtime/unet_graphs.py)."""
+    select = getattr(engine, "select_unet", None)
+    if select is not None:
+        select(role)
+
+
 @dataclass
 class _Pass:
     """One pass's trajectory: its schedule, per-step scales and masks, and where it is."""
@@ -129,11 +136,14 @@ class _Run:
         return _Pass(name, self.engine.schedule.timesteps(steps), list(scales), steps - 1 if last is None else last,
                      self.noise.latents.astype(np.float32, copy=True), tuple(map_steps))
 
-    def lockstep(self, passes: list[_Pass], masks: Sequence[np.ndarray | None], stage: str, until: int) -> None:
+    def lockstep(self, passes: list[_Pass], masks: Sequence[np.ndarray | None], stage: str, until: int,
+                 role: str) -> None:
         """Steps of `passes` in lockstep (one UNet call per step, batch = len(passes)) while step < until;
-        masks[b] is pass b's pixel mask (None: unmasked)."""
+        masks[b] is pass b's pixel mask (None: unmasked); `role` (mask | final | baseline) picks the UNet graph
+        on engines that hold more than one (8-bit engines run pass 1 on the fp32 graph)."""
         self.clock.announce(stage)
         engine, clock, noise = self.engine, self.clock, self.noise
+        _unet_for(engine, role)
         session = engine.unet_session(self.text, self.ip_tokens, self.w_emb, masks)
         while all(not p.done and p.step < until for p in passes):
             i = passes[0].step
@@ -154,15 +164,15 @@ class _Run:
                 _advance(engine, p, noise, eps[b : b + 1])
             clock.add("scheduler", time.perf_counter() - t0)
 
-    def finish(self, p: _Pass, mask: np.ndarray | None, stage: str) -> _Pass:
+    def finish(self, p: _Pass, mask: np.ndarray | None, stage: str, role: str) -> _Pass:
         """Pass `p` alone (batch 1, `mask` or unmasked) from where it is to its last step."""
-        self.lockstep([p], [mask], stage, until=p.last + 1)
+        self.lockstep([p], [mask], stage, until=p.last + 1, role=role)
         return p
 
-    def plain_pass(self, name: str, steps: int, scales: Sequence[float], stage: str, mask: np.ndarray | None = None,
-                   map_steps: Sequence[int] = (), last: int | None = None) -> _Pass:
+    def plain_pass(self, name: str, steps: int, scales: Sequence[float], stage: str, role: str,
+                   mask: np.ndarray | None = None, map_steps: Sequence[int] = (), last: int | None = None) -> _Pass:
         """One plain pass (no batching) from the initial latents, run to `last`."""
-        return self.finish(self.new_pass(name, steps, scales, last, map_steps), mask, stage)
+        return self.finish(self.new_pass(name, steps, scales, last, map_steps), mask, stage, role)
 
 
 def _advance(engine: Networks, p: _Pass, noise: NoisePlan, eps: np.ndarray) -> None:
@@ -226,9 +236,10 @@ def run_monkey(
     p1 = run.new_pass("p1", c.steps_mask_pass, [c.scale_mask_pass] * c.steps_mask_pass, c.mask_pass_steps_needed - 1, c.mask_steps)
     p2 = run.new_pass("p2", c.steps_final, c.final_scales())
     if paired:
-        run.lockstep([p1, p2], [None, np.zeros((request.height, request.width), np.float32)], "batched_passes", until=paired)
+        run.lockstep([p1, p2], [None, np.zeros((request.height, request.width), np.float32)], "batched_passes", until=paired,
+                     role="mask")  # these calls compute pass 1
 
-    run.finish(p1, None, "mask_pass")
+    run.finish(p1, None, "mask_pass", role="mask")
     try:
         mask = clock("mask", extract_mask, p1.maps, request.height, request.width, c.mask_token, c.threshold)
     except FloatingPointError as e:
@@ -238,13 +249,13 @@ def run_monkey(
     elif mask.degenerate:
         notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: those steps were skipped")
 
-    run.finish(p2, mask.mask, "final_pass")
+    run.finish(p2, mask.mask, "final_pass", role="final")
     image = clock("decode", engine.decode, p2.denoised)
     mask_pass_image = clock("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
 
     baseline = None
     if baseline_scale is not None:
-        pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass")
+        pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass", role="baseline")
         baseline = clock("decode_baseline", engine.decode, pb.denoised)
     return MonkeyOutput(
         image=image, mask=mask, timings=clock.timings, backend=engine.backend, mask_pass_image=mask_pass_image,
@@ -258,7 +269,7 @@ def run_pass(engine: Networks, text: Any, ip_tokens: Any, w_emb: Any, noise: Noi
              ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """One plain LCM pass (no batching): (last denoised latents [1,4,h,w], maps step -> [Q, n_tokens])."""
     run = _Run(engine, _Clock(engine, None, []), noise, text, ip_tokens, w_emb)
-    p = run.plain_pass("p", steps, scales, "pass", mask, map_steps, last=stop_after)
+    p = run.plain_pass("p", steps, scales, "pass", "mask" if map_steps else "final", mask, map_steps, last=stop_after)
     return p.denoised, p.maps
 
 
@@ -269,7 +280,7 @@ def run_ip_adapter(engine: Networks, request: Request, subject: Image.Image, sca
     c = request.config
     clock = _Clock(engine, None, [])
     run, truncated = _encode(engine, clock, request, subject, noise)
-    p = run.plain_pass("ip", c.steps_final, [scale] * c.steps_final, "baseline_pass")
+    p = run.plain_pass("ip", c.steps_final, [scale] * c.steps_final, "baseline_pass", role="baseline")
     image = clock("decode", engine.decode, p.denoised)
     return MonkeyOutput(image=image, mask=MaskResult.full(request.height, request.width), timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
                         unet_calls=tuple(clock.calls))

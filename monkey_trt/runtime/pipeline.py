@@ -9,7 +9,7 @@ Sections: loading, encoders, the UNet (the hot loop), the method (runtime.method
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,6 +18,7 @@ from PIL import Image
 
 from monkey_trt.core.config import MonkeyConfig, Request, check_threads
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.engine.precision import check_ort_precision
 from monkey_trt.engine.runner import Runner
 from monkey_trt.enginedir.manifest import (
     TOKENIZER_FILE,
@@ -32,6 +33,12 @@ from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
 from monkey_trt.runtime.tokenizer import ClipTokenizer
+from monkey_trt.runtime.unet_graphs import (
+    extra_unet_precisions,
+    ort_quant_options,
+    select,
+    unet_roles,
+)
 
 RUNTIME_BACKENDS = ("ort", "trt")
 
@@ -48,6 +55,7 @@ class RuntimeOptions:
     verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
     threads: int = 0  # CPU threads per ORT session (intra-op); 0 = the library default (physical cores)
     ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here, keyed by digest (monkey-trt's; faster cold start)
+    mask_pass: str = "exact"  # int8/fp8: exact = pass 1 (the mask) on the fp32 UNet; same = every call 8-bit (runtime/unet_graphs.py)
 
     def __post_init__(self) -> None:
         check_threads(self.threads, "threads")
@@ -55,8 +63,8 @@ class RuntimeOptions:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[str, Runner]:
-    """One activated runner per network. Nothing is written into `root` (a sealed engine directory): derived
+def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
+    """One activated runner per network (of `networks`). Nothing is written into `root` (a sealed engine directory): derived
     caches (ORT's TensorRT EP engines, ORT's optimised graphs) go to the user cache folder, keyed by the
     manifest's digests of the files they come from."""
     if opts.backend == "ort":
@@ -64,21 +72,25 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions) -> dict[s
         from monkey_trt.engine.ort import OrtRunner, default_provider
 
         providers = opts.providers or (default_provider(),)
+        check_ort_precision(opts.precision, providers)
         runners = {}
-        for name in NETWORKS:
+        for name in networks:
             path = manifest.path(root, name, opts.precision)  # EngineDirError (one line) if not exported
             entry = manifest.networks[name]
-            _, sha256, _ = entry.files(opts.precision)
+            graph_precision = manifest.run_precision(name, opts.precision)  # 8-bit engines: fp32 besides the UNet
+            _, sha256, _ = entry.files(graph_precision)
             runners[name] = OrtRunner(
                 path, providers=providers, name=name, fp16=opts.fp16,
-                precision=opts.precision, trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
+                precision=graph_precision, trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
                 cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
                 optimized_model_cache=opts.ort_cache, source_digest=source_digest(sha256),
+                **ort_quant_options(manifest, name, opts.precision),
             )
     elif opts.backend == "trt":
         from monkey_trt.engine.trt.engine import open_trt_runners
 
         runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision, verify=opts.verify)
+        runners = {n: r for n, r in runners.items() if n in networks}
     else:
         raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
     try:
@@ -109,24 +121,39 @@ class MonkeyPipeline:
         self.dims = manifest.dims  # the model's sizes: latents, text and IP token counts
         self.n_ip_layers = manifest.dims.n_ip_layers
         self._size = (manifest.profile.height.opt, manifest.profile.width.opt)  # set per request by prepare()
+        # which UNet graph runs which pass (runtime/unet_graphs.py): select_unet puts it in runners["unet"]
+        self.unet_roles = unet_roles(opts.precision, opts.mask_pass)
+        self.unet_runners = {opts.precision: runners["unet"]} if "unet" in runners else {}
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         opts = RuntimeOptions(backend=backend, **options)
         manifest = load_manifest(Path(root), verify=opts.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
-        return cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
+        pipe = cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
+        try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
+            for p in extra_unet_precisions(opts.precision, opts.mask_pass):
+                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(opts, precision=p), ("unet",))["unet"]
+        except BaseException:
+            pipe.close()
+            raise
+        return pipe
 
     def info(self) -> dict:
         """What ran: the engine directory, its source models and each network's execution providers and device."""
         providers = {n: list(r.providers) for n, r in self.runners.items()}
         devices = {n: r.device for n, r in self.runners.items()}
         return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers, "devices": devices,
-                "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph}}
+                "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph},
+                **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
 
     def close(self) -> None:
-        for r in self.runners.values():
+        for r in (*self.runners.values(), *self.unet_runners.values()):
             r.deactivate()
+
+    def select_unet(self, role: str) -> None:
+        """runtime.method: the UNet graph of the coming pass (mask | final | baseline)."""
+        select(self, role)
 
     def __enter__(self) -> "MonkeyPipeline":
         return self

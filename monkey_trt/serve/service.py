@@ -44,6 +44,7 @@ class ServeConfig:
     subject_cache: int = 64  # LRU entries of subject IP tokens (0 = off)
     prompt_cache: int = 256  # LRU entries of prompt embeddings (0 = off)
     warmup: bool = True  # one generation at the profile's smallest size before /readyz says ready
+    precision: str = "fp32"  # which exported graphs run: fp32 | fp16 | int8 | fp8 (int8/fp8: the mask pass stays fp32)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -55,6 +56,9 @@ class ServeConfig:
         need(0 < self.timeout_s <= 86_400, f"--timeout must be in (0, 86400] seconds, got {self.timeout_s}")
         need(0 < self.max_body_mb <= 1024, f"--max-body-mb must be in (0, 1024], got {self.max_body_mb}")
         need(0 <= self.subject_cache <= 100_000 and 0 <= self.prompt_cache <= 100_000, "cache sizes must be in 0..100000")
+        from monkey_trt.enginedir.manifest import check_precision
+
+        check_precision(self.precision)
 
     @property
     def max_body_bytes(self) -> int:
@@ -105,7 +109,8 @@ class MonkeyService:
         c = self.config
         opts = {"providers": c.providers} if c.backend == "ort" else {}
         self.pipe = self.worker.call(
-            lambda: MonkeyPipeline.from_engine_dir(c.engine_dir, backend=c.backend, cuda_graph=c.cuda_graph, **opts))
+            lambda: MonkeyPipeline.from_engine_dir(c.engine_dir, backend=c.backend, cuda_graph=c.cuda_graph,
+                                                   precision=c.precision, **opts))
         self.caches = install_encoder_caches(self.pipe, c.subject_cache, c.prompt_cache)
         return self
 

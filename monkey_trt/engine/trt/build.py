@@ -18,6 +18,7 @@ from monkey_trt.core.errors import (
     first_line,
 )
 from monkey_trt.core.files import write_json_atomic
+from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.trt import cuda, lib
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc
 from monkey_trt.enginedir.plans import (
@@ -163,6 +164,7 @@ def build_engine_dir(
     """
     trt = lib.require_tensorrt()
     dev = cuda.require_cuda_device()
+    check_gpu_precision(cfg.precision, dev.compute_capability, dev.name)  # int8/fp8: tensor cores for it, before any build
     engine_dir = Path(engine_dir)
     nets = list(networks) if networks is not None else list(NETWORKS)
     unknown = [n for n in nets if n not in manifest.networks]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError, MonkeyError, first_line
+from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
 from monkey_trt.engine.trt import cuda, lib
 from monkey_trt.engine.trt.cuda import (
@@ -546,6 +547,7 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str = "fp3
     (enginedir.plans.find_plan_dir with the live TensorRT version and device)."""
     trt = lib.require_tensorrt()
     dev = cuda.require_cuda_device()
+    check_gpu_precision(precision, dev.compute_capability, dev.name)
     return plans.find_plan_dir(engine_dir, manifest, precision, trt.__version__, dev.name, dev.compute_capability)
 
 

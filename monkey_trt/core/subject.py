@@ -1,4 +1,4 @@
-"""The embedded model's demo subject: a synthetic 256x256 picture drawn with PIL."""
+"""The embedded subject: a synthetic 256x256 picture drawn with PIL (the demo's subject and calibration's default)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,322 @@
+"""Calibration data for the 8-bit UNet: the inputs of every UNet call MONKEY makes, recorded from the fp32 engine.
+
+    spec = CalibrationSpec.build(prompts_file=None, images_dir=None, size=8, height=256, width=256)
+    data = load_or_collect(engine_dir, manifest, spec, progress=...)   # cached by content
+    data.feeds()        # one feed dict per UNet call (batch 1), what onnxruntime.quantization reads
+    data.digest         # sha256 of the arrays: the manifest records it
+
+What the quantizer sees is what the UNet sees at run time: MONKEY's two passes on the exported fp32 engine
+(ONNX Runtime, CPU), pass batching off, so each call is one batch-1 UNet call: pass 1 unmasked at IP scale
+`scale_mask_pass` (1) up to its last mask step, pass 2's unmasked steps (IP scale 0) and its masked steps
+(the real mask from pass 1), at the real LCM timesteps of both schedules. Cases are (prompt, subject,
+seed) triples spread over prompts x subjects; the defaults (the MONKEY paper's 20 location prompts with the
+embedded subject) need nothing from the network.
+
+The recorded arrays are cached under `cache_dir()` keyed by everything that decides them (the engine's
+fp32 network digests, prompts, subject image digests, size, image size, the method's defaults): an
+unchanged export reuses them, a changed input records afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.core.errors import MonkeyError
+
+CALIB_VERSION = 1  # bump when what is recorded (or how) changes: old cache entries are then never read
+DEFAULT_SIZE = 8  # (prompt, subject, seed) cases: 8 x 11 UNet calls with the default schedule
+MAX_SIZE = 4096
+EMBEDDED_SUBJECT = "embedded"  # the name the embedded subject is recorded under
+DEFAULT_SUBJECT_PHRASE = "a toy"  # what the embedded subject (a teddy bear) is called in the default prompts
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+Progress = Callable[[str, int, int], None]
+
+
+# -- what to calibrate on -------------------------------------------------------------------------
+def default_prompts() -> tuple[str, ...]:
+    """The MONKEY paper's 20 location prompts (appendix A.1) after the embedded subject's phrase."""
+    from monkey_trt.core.prompts import PAPER_PROMPTS
+
+    return tuple(f"{DEFAULT_SUBJECT_PHRASE} {p}" for p in PAPER_PROMPTS)
+
+
+def read_prompts(path: Path) -> tuple[str, ...]:
+    """`--calib-prompts FILE`: one prompt per line (UTF-8; blank lines and `#` comments skipped)."""
+    p = Path(path)
+    if not p.exists():
+        raise MonkeyError(f"--calib-prompts {p}: no such file")
+    if not p.is_file():
+        raise MonkeyError(f"--calib-prompts {p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except PermissionError:
+        raise MonkeyError(f"--calib-prompts {p} cannot be read (permission denied)") from None
+    except UnicodeDecodeError:
+        raise MonkeyError(f"--calib-prompts {p} is not UTF-8 text") from None
+    prompts = tuple(dict.fromkeys(s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith("#")))
+    if not prompts:
+        raise MonkeyError(f"--calib-prompts {p} has no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class CalibSubject:
+    name: str  # file name, or EMBEDDED_SUBJECT
+    sha256: str  # of the file's bytes (the embedded subject: of its PNG encoding)
+    path: str | None = None
+
+    def load(self):
+        if self.path is None:
+            return embedded_subject()
+        from monkey_trt.runtime.images import load_subject
+
+        return load_subject(self.path)
+
+
+def embedded_subject():
+    from monkey_trt.core.subject import draw_subject
+
+    return draw_subject().convert("RGB")
+
+
+def _embedded_entry() -> CalibSubject:
+    buf = io.BytesIO()
+    embedded_subject().save(buf, format="PNG")
+    return CalibSubject(EMBEDDED_SUBJECT, hashlib.sha256(buf.getvalue()).hexdigest())
+
+
+def read_images(folder: Path) -> tuple[CalibSubject, ...]:
+    """`--calib-images DIR`: a folder holding only subject images (hidden files ignored); each one decodes.
+
+    Refused with one line: a missing or unreadable folder, an empty one, and a mixed one (subfolders or
+    files that are not images next to the images: calibrating on what the user did not mean is worse than
+    stopping)."""
+    from monkey_trt.runtime.images import load_subject
+
+    d = Path(folder)
+    if not d.exists():
+        raise MonkeyError(f"--calib-images {d}: no such folder")
+    if not d.is_dir():
+        raise MonkeyError(f"--calib-images {d} is not a folder")
+    try:
+        entries = sorted((e for e in d.iterdir() if not e.name.startswith(".")), key=lambda e: e.name)
+    except PermissionError:
+        raise MonkeyError(f"--calib-images {d} cannot be read (permission denied)") from None
+    images = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
+    others = [e.name + ("/" if e.is_dir() else "") for e in entries if e not in images]
+    if not entries:
+        raise MonkeyError(f"--calib-images {d} is empty: put the subject images to calibrate on there")
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise MonkeyError(f"--calib-images {d} mixes images with other entries ({shown}): give a folder of images only "
+                          f"({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for e in images:
+        load_subject(e)  # decodes fully: a damaged image is one line naming it
+        out.append(CalibSubject(e.name, hashlib.sha256(e.read_bytes()).hexdigest(), str(e.absolute())))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """What to record: `size` cases (prompt, subject, seed) spread over prompts x subjects, at one image size."""
+
+    prompts: tuple[str, ...]
+    subjects: tuple[CalibSubject, ...]
+    size: int = DEFAULT_SIZE
+    height: int = 512
+    width: int = 512
+    config: MonkeyConfig = field(default_factory=MonkeyConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= MAX_SIZE:
+            raise MonkeyError(f"--calib-size must be in 1..{MAX_SIZE}, got {self.size!r}")
+        if not self.prompts:
+            raise MonkeyError("calibration needs at least one prompt")
+        if not self.subjects:
+            raise MonkeyError("calibration needs at least one subject image")
+
+    @classmethod
+    def build(cls, prompts_file: Path | None = None, images_dir: Path | None = None, size: int = DEFAULT_SIZE,
+              height: int = 512, width: int = 512) -> "CalibrationSpec":
+        """The export command's `--calib-prompts FILE --calib-images DIR --calib-size N` (defaults built in)."""
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+            raise MonkeyError(f"--calib-size must be in 1..{MAX_SIZE}, got {size!r}")
+        prompts = read_prompts(prompts_file) if prompts_file is not None else default_prompts()
+        subjects = read_images(images_dir) if images_dir is not None else (_embedded_entry(),)
+        return cls(prompts, subjects, size, height, width)
+
+    def cases(self) -> list[tuple[str, int, int]]:
+        """(prompt, subject index, seed) per case, deterministic; the seed is the case index. Fewer cases than
+        prompts x subjects: subjects in turn, prompts evenly spread; more: the whole grid again with new seeds."""
+        P, S = len(self.prompts), len(self.subjects)
+        if self.size >= P * S:
+            return [(self.prompts[(i // S) % P], i % S, i) for i in range(self.size)]
+        return [(self.prompts[(i * P) // self.size], i % S, i) for i in range(self.size)]
+
+    def record(self) -> dict:
+        """The manifest's calibration settings (prompts by digest: a user's prompt file may be private)."""
+        return {"size": self.size, "height": self.height, "width": self.width, "cases": len(self.cases()),
+                "prompts": len(self.prompts), "prompts_sha256": _digest_json(list(self.prompts)),
+                "default_prompts": self.prompts == default_prompts(),
+                "subjects": [{"name": s.name, "sha256": s.sha256} for s in self.subjects],
+                "config": self.config.to_dict(), "version": CALIB_VERSION}
+
+    def key(self, network_digests: dict) -> str:
+        """Cache key: everything that decides the recorded arrays."""
+        material = {"spec": self.record(), "prompts": list(self.prompts), "networks": network_digests}
+        return _digest_json(material)[:32]
+
+
+def _digest_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+# -- the recorded arrays --------------------------------------------------------------------------
+@dataclass
+class CalibrationData:
+    """One row per UNet call: `arrays[name]` is [calls, ...] (each call batch 1); `calls` says which call it was."""
+
+    arrays: dict[str, np.ndarray]
+    calls: list[dict]  # {"case", "pass", "step", "timestep", "ip_scale", "masked"}
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def feeds(self, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+        n = len(self) if limit is None else min(limit, len(self))
+        return [{k: v[i] if k == "ip_scale" else v[i : i + 1] for k, v in self.arrays.items()} for i in range(n)]
+
+    @property
+    def digest(self) -> str:
+        """sha256 over names, dtypes, shapes and bytes (order-independent of dict order)."""
+        h = hashlib.sha256()
+        for k in sorted(self.arrays):
+            a = np.ascontiguousarray(self.arrays[k])
+            h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+        h.update(json.dumps(self.calls, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def save(self, path: Path) -> None:
+        from monkey_trt.core.files import write_bytes_atomic
+
+        buf = io.BytesIO()
+        np.savez(buf, **self.arrays, __calls__=np.frombuffer(json.dumps(self.calls).encode(), np.uint8))
+        write_bytes_atomic(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "CalibrationData":
+        with np.load(Path(path), allow_pickle=False) as z:
+            calls = json.loads(bytes(z["__calls__"]).decode())
+            return cls({k: z[k] for k in z.files if k != "__calls__"}, calls)
+
+
+class _RecordingUNet:
+    """Wraps the UNet runner: every infer() call's full feeds (its bound static inputs included) are kept."""
+
+    def __init__(self, inner, sink: list):
+        self.inner, self.sink = inner, sink
+
+    def __getattr__(self, name):  # everything else (specs, device, bind_static, activate, ...) is the runner's
+        return getattr(self.inner, name)
+
+    def infer(self, feeds, static=None, outputs=None):
+        fixed = static.host if static is not None else {}  # StaticInputs keeps host copies of what it bound
+        self.sink.append({**{k: np.array(v, copy=True) for k, v in fixed.items()},
+                          **{k: np.array(v, copy=True) for k, v in feeds.items()}})
+        return self.inner.infer(feeds, static=static, outputs=outputs)
+
+
+def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0) -> CalibrationData:
+    """Run MONKEY's two passes on the fp32 engine (ORT CPU) for every case and record each UNet call."""
+    from monkey_trt.runtime.noise import NoisePlan
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    cases = spec.cases()
+    c = spec.config
+    rows: list[dict] = []
+    calls: list[dict] = []
+    subjects: dict[int, object] = {}
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
+                                        threads=threads, verify="size") as pipe:
+        for i, (prompt, s, seed) in enumerate(cases):
+            if progress is not None:
+                progress(f"calibration case {i + 1}/{len(cases)}", i, len(cases))
+            if s not in subjects:
+                subjects[s] = spec.subjects[s].load()
+            sink: list = []
+            unet, graphs = pipe.runners["unet"], dict(getattr(pipe, "unet_runners", {}))
+            pipe.runners["unet"] = _RecordingUNet(unet, sink)
+            if graphs:  # the pipeline picks its UNet per pass (runtime/unet_graphs.py): record whichever runs
+                pipe.unet_runners = {k: _RecordingUNet(r, sink) for k, r in graphs.items()}
+            try:
+                req = Request(prompt=prompt, height=spec.height, width=spec.width, seed=seed, config=c)
+                out = pipe(req, subjects[s], noise=NoisePlan.from_seed(seed, req.latent_shape(pipe.dims), c.noise_steps), batch_passes=False)
+            finally:
+                pipe.runners["unet"] = unet
+                if graphs:
+                    pipe.unet_runners = graphs
+            labels = [(u.passes, u.step) for u in out.unet_calls]
+            if len(labels) != len(sink):
+                raise MonkeyError(f"calibration: recorded {len(sink)} UNet calls but the run reports {len(labels)}")
+            for (passes, step), feeds in zip(labels, sink):
+                scale = float(feeds["ip_scale"][0])
+                calls.append({"case": i, "pass": passes, "step": int(step), "timestep": float(feeds["timestep"][0]),
+                              "ip_scale": scale, "masked": bool(passes == "p2" and scale > 0)})
+                rows.append(feeds)
+    arrays = {k: np.stack([r[k] for r in rows]) if k == "ip_scale" else np.concatenate([r[k] for r in rows])
+              for k in rows[0]}
+    return CalibrationData(arrays, calls)
+
+
+def cache_dir() -> Path:
+    """$MONKEY_TRT_CALIB_CACHE, else $XDG_CACHE_HOME/monkey-trt/calibration (~/.cache/...)."""
+    env = os.environ.get("MONKEY_TRT_CALIB_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "monkey-trt" / "calibration"
+
+
+def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress: Progress | None = None,
+                    cache: Path | None = None, threads: int = 0) -> tuple[CalibrationData, bool]:
+    """(data, reused): the cached recording when every input is unchanged, else a fresh one (then cached)."""
+    digests = {n: dict(sorted(e.sha256.items())) for n, e in sorted(manifest.networks.items())}
+    folder = Path(cache) if cache is not None else cache_dir()
+    path = folder / f"calib-{spec.key(digests)}.npz"
+    if path.is_file():
+        try:
+            return CalibrationData.load(path), True
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            pass  # damaged: record again below and replace it
+    data = collect(engine_dir, spec, progress, threads)
+    try:
+        data.save(path)
+    except OSError:
+        pass  # a read-only cache costs time next run, never the export
+    return data, False
+
+
+def calibration_from_options(precisions, profile, prompts_file: Path | None, images_dir: Path | None,
+                             size: int | None) -> CalibrationSpec | None:
+    """`export --calib-*`: the spec for the 8-bit precisions at the profile's opt size, every input checked now
+    (before minutes of export); None when no 8-bit precision is asked (then --calib-* are refused)."""
+    from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
+
+    if not any(p in QUANTIZED_PRECISIONS for p in precisions):
+        given = [f for f, v in (("--calib-prompts", prompts_file), ("--calib-images", images_dir), ("--calib-size", size)) if v is not None]
+        if given:
+            raise MonkeyError(f"{', '.join(given)} apply to --precision int8 or fp8 only")
+        return None
+    return CalibrationSpec.build(prompts_file, images_dir, DEFAULT_SIZE if size is None else size,
+                                 height=profile.height.opt, width=profile.width.opt)

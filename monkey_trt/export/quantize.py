@@ -1,0 +1,327 @@
+"""8-bit UNet graphs (INT8, FP8) with explicit quantization: Q/DQ pairs in the ONNX, calibrated on MONKEY's own calls.
+
+    settings = QuantSettings("int8")
+    files, report = write_quantized_network(src_onnx, dst_dir, "unet", calibration_data, settings)
+
+The library is `onnxruntime.quantization` (static QDQ), shipped with onnxruntime, a core dependency, so the
+same install that runs the engine can quantize it on a CPU-only machine (docs/int8.md says why it was kept
+over NVIDIA Model Optimizer). The graph is the exported fp32 UNet with QuantizeLinear/DequantizeLinear pairs:
+
+* int8: symmetric int8 activations (zero point 0, what TensorRT's explicit quantization requires) and
+  per-output-channel symmetric int8 weights. On x86 CPUs ONNX Runtime rewrites the activation pairs to
+  uint8 and runs u8s8 integer kernels. Weights are 7-bit (`reduce_range`) where the CPU lacks VNNI: the
+  u8·s8 pair sums of AVX2's integer multiply-add saturate at 16 bits with full 8-bit weights.
+* fp8: float8 e4m3fn activations and weights (opset 19 QuantizeLinear), for TensorRT on compute
+  capability >= 8.9; ONNX Runtime's CPU provider has no fp8 kernels (refused there).
+
+The weighted layers are quantized: Convs with their outputs too, because ONNX Runtime's CPU provider runs a
+Conv in integers only as DequantizeLinear -> Conv -> QuantizeLinear (QLinearConv; with a float output it
+dequantizes and runs the fp32 kernel, slower than fp32); linear layers (MatMul with a weight, Gemm) keep a
+float output: ONNX Runtime fuses DequantizeLinear -> MatMul into MatMulIntegerToFloat (integer GEMM, float
+result), and TensorRT prefers Q/DQ on the inputs of weighted layers. Every consumer gets its own Q/DQ pair
+(a DequantizeLinear shared by two layers fuses into neither; engine/ort.py also keeps ONNX Runtime's
+common-subexpression elimination from merging them back for int8 sessions).
+
+What stays in float, and why (each is a `KEEP` group; `QuantSettings.keep` chooses them):
+
+* `map` - the mask layer's attention-map path: `to_q`, `to_k_ip`, Q·K_ipᵀ, softmax, head mean. The map
+  has no 1/√d scale and is min-max normalised and thresholded at 0.5: an 8-bit Q or K_ip moves logits by
+  a sizeable fraction of a unit and flips mask pixels near the threshold.
+* `embedding` - the sinusoidal timestep embedding, the guidance (`timestep_cond`) projection, the time
+  MLP and every ResNet's `time_emb_proj`: a handful of vector products per step (no speed to win) whose
+  error would shift every feature map at once.
+* `io` - `conv_in` (the latents) and `conv_out` (the noise prediction): 4-channel layers, cheap, and the
+  LCM step multiplies the prediction's error straight into the next latents.
+* `attention` - the activation x activation products of attention (Q·Kᵀ, softmax·V): softmax
+  probabilities of ~1/tokens fall below int8's 1/127 step. Kept for int8 (NVIDIA's INT8 diffusion recipe
+  does the same); fp8's exponent keeps small probabilities, so fp8 quantizes them.
+* `skip` - every ResNet's `conv_shortcut`: its input is the un-normalised concatenation of the decoder's
+  features and the encoder's skip connection, two ranges one per-tensor scale cannot serve. 1x1 convs
+  (a few % of the UNet's MACs); measured on the tiny UNet: +5 dB image PSNR.
+* `downsample` - the stride-2 `downsamplers` convs: their input is the un-normalised residual stream with
+  its outliers. Cheap (one conv per level at a quarter of its size); +4 dB on top of `skip`.
+* normalisations (GroupNorm = InstanceNormalization, LayerNorm), softmax, the IP mask resize, the mask
+  multiply and the IP scale are never quantized op types: they compute in float from whatever enters them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.export.fp16 import _name_nodes, embedding_nodes, map_path_nodes
+
+QUANT_PRECISIONS = ("int8", "fp8")
+KEEP = ("map", "embedding", "io", "attention", "skip", "downsample")  # kept-precision groups (see the module doc)
+DEFAULT_KEEP = {"int8": ("map", "embedding", "io", "attention", "skip", "downsample"),
+                "fp8": ("map", "embedding", "io", "skip", "downsample")}
+QUANT_OPS = ("Conv", "MatMul", "Gemm")  # the weighted layers (+ attention's MatMuls unless kept)
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+LIBRARY = "onnxruntime.quantization"
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How one network is quantized; recorded in the manifest (`quantization`)."""
+
+    precision: str = "int8"
+    keep: tuple[str, ...] | None = None  # None: DEFAULT_KEEP[precision]
+    calibrate_method: str = "minmax"  # int8: minmax | percentile | entropy; fp8 always uses ORT's "distribution"
+    percentile: float = 99.999
+    per_channel: bool = True
+    reduce_range: bool | None = None  # None: 7-bit weights where the CPU lacks VNNI (see the module doc)
+    calib_calls: int | None = None  # use the first N recorded calls (None: all)
+    symmetric_activations: bool = True  # False: uint8 activations with zero points (ORT CPU only; TensorRT refuses them)
+    output_ops: tuple[str, ...] = ("Conv",)  # op types whose outputs are quantized too (see the module doc)
+    dedicated_pairs: bool = True  # one DQ per consumer: ORT fuses DQ -> op -> Q only when the DQ feeds that op alone
+
+    def __post_init__(self) -> None:
+        if self.precision not in QUANT_PRECISIONS:
+            raise MonkeyError(f"quantized precision must be one of {', '.join(QUANT_PRECISIONS)}, got {self.precision!r}")
+        keep = DEFAULT_KEEP[self.precision] if self.keep is None else tuple(dict.fromkeys(self.keep))
+        unknown = [k for k in keep if k not in KEEP]
+        if unknown:
+            raise MonkeyError(f"unknown kept-precision group(s) {', '.join(unknown)} (known: {', '.join(KEEP)})")
+        object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "output_ops", tuple(self.output_ops))
+        if self.precision == "fp8":  # the only method onnxruntime.quantization has for float8
+            object.__setattr__(self, "calibrate_method", "distribution")
+        elif self.calibrate_method not in CALIB_METHODS:
+            raise MonkeyError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.calibrate_method!r}")
+        if self.reduce_range is None:
+            object.__setattr__(self, "reduce_range", self.precision == "int8" and not cpu_has_vnni())
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"keep": list(self.keep), "output_ops": list(self.output_ops)}
+
+
+def cpu_has_vnni() -> bool:
+    """x86 VNNI (AVX-512 VNNI or AVX-VNNI) on this machine (Linux /proc/cpuinfo; False when unknown)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "avx512vnni"))
+
+
+# -- which nodes stay in float ------------------------------------------------------------------
+def _is_weighted(node, weights: set[str]) -> bool:
+    return any(i in weights for i in node.input[1:2])
+
+
+def kept_nodes(graph, keep: Iterable[str]) -> dict[str, set[str]]:
+    """Group -> names of the quantizable nodes (Conv/MatMul/Gemm) it keeps in float (the map group: every node
+    of the path, so its softmax and mean are named too)."""
+    keep = set(keep)
+    weights = {t.name for t in graph.initializer}
+    out: dict[str, set[str]] = {}
+    if "map" in keep:
+        out["map"] = map_path_nodes(graph)
+    if "embedding" in keep:
+        emb = embedding_nodes(graph)
+        emb |= {n.name for n in graph.node if n.op_type in QUANT_OPS and
+                ("/time_embedding/" in n.name or n.name.endswith("time_emb_proj/Gemm") or "/time_emb_proj/" in n.name)}
+        out["embedding"] = emb
+    if "io" in keep:
+        out["io"] = {n.name for n in graph.node if n.op_type == "Conv" and ("/conv_in/" in n.name or "/conv_out/" in n.name)}
+    if "attention" in keep:
+        out["attention"] = {n.name for n in graph.node if n.op_type == "MatMul" and not _is_weighted(n, weights)}
+    if "skip" in keep:
+        out["skip"] = {n.name for n in graph.node if n.op_type == "Conv" and "/conv_shortcut/" in n.name}
+    if "downsample" in keep:
+        out["downsample"] = {n.name for n in graph.node if n.op_type == "Conv" and "/downsamplers." in n.name}
+    return out
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    network: str
+    precision: str
+    nodes: int
+    quantized: tuple[str, ...]  # node names with Q/DQ around them
+    kept: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> node names kept in float
+
+    def summary(self) -> dict:
+        return {"quantized_nodes": len(self.quantized), "kept_nodes": {k: len(v) for k, v in self.kept.items()}}
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over recorded feed dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds, self._i = feeds, 0
+
+    def get_next(self):
+        if self._i >= len(self._feeds):
+            return None
+        self._i += 1
+        return self._feeds[self._i - 1]
+
+    def rewind(self):
+        self._i = 0
+
+
+def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: QuantSettings, external: bool) -> QuantReport:
+    """Quantize the fp32 graph `src` into `dst` (and `dst`.data when `external`)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    model = onnx.load(str(src), load_external_data=False)
+    fp8 = settings.precision == "fp8"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if fp8 and opset < 19:
+        # float8 Q/DQ need opset 19. The quantizer would convert the loaded model in memory, which fails
+        # past protobuf's 2 GB (an SD-size UNet): convert the graph while its weights are still on disk.
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 19)
+    onnx.load_external_data_for_model(model, str(Path(src).parent))
+    _name_nodes(model.graph)  # the exclusion list matches by name
+    groups = kept_nodes(model.graph, settings.keep)
+    exclude = sorted(set().union(*groups.values())) if groups else []
+    candidates = [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.name not in set(exclude)]
+    qtype = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
+    atype = qtype if fp8 or settings.symmetric_activations else QuantType.QUInt8
+    method = CalibrationMethod.Distribution if fp8 else {
+        "minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+    }[settings.calibrate_method]
+    extra = {
+        "ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True,  # TensorRT: zero points are 0
+        # not "CalibMaxIntermediateOutputs": onnxruntime 1.32 drops each full batch of it without merging its
+        # ranges, so only the last partial batch would count (the recorded min/max are scalars: memory is small)
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # a linear layer's output channels
+        "OpTypesToExcludeOutputQuantization": [t for t in QUANT_OPS if t not in settings.output_ops],
+        "DedicatedQDQPair": settings.dedicated_pairs,
+    }
+    if settings.calibrate_method == "percentile" and not fp8:
+        extra["CalibPercentile"] = settings.percentile
+    if fp8:
+        extra["scenario"] = "same"  # ORT's distribution calibration: one fp8 type for weights and activations
+    with tempfile.TemporaryDirectory(prefix=".monkey-quant-", dir=dst.parent) as tmp:
+        # the calibrator writes its augmented copy of the model next to the input: keep both in our temp folder
+        work = Path(tmp) / "fp32.onnx"
+        onnx.save(model, str(work), save_as_external_data=external, location="fp32.onnx.data" if external else None)
+        del model
+        data = feeds if settings.calib_calls is None else feeds[: settings.calib_calls]
+        cwd = os.getcwd()
+        try:
+            os.chdir(tmp)  # ORT's calibrator keeps scratch files in the working folder on some versions
+            with _quiet_library():
+                quantize_static(
+                    str(work), str(dst), _Reader(data), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
+                    per_channel=settings.per_channel, reduce_range=bool(settings.reduce_range), activation_type=atype,
+                    weight_type=qtype, nodes_to_quantize=candidates, nodes_to_exclude=exclude,
+                    use_external_data_format=external, calibrate_method=method, extra_options=extra,
+                )
+        finally:
+            os.chdir(cwd)
+    quantized = tuple(sorted(candidates))
+    return QuantReport("unet", settings.precision, len(candidates) + len(exclude), quantized,
+                       {k: tuple(sorted(v)) for k, v in groups.items()})
+
+
+@contextlib.contextmanager
+def _quiet_library():
+    """The quantizer prints progress and logs advice on the root logger: not the export's output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quant_file_name(network: str, precision: str) -> str:
+    return f"{network}.{precision}.onnx"
+
+
+def library_version() -> str:
+    import onnxruntime
+
+    return f"{LIBRARY} {onnxruntime.__version__}"
+
+
+def write_quantized_network(src: Path, dst_dir: Path, network: str, feeds: list[dict], settings: QuantSettings,
+                            calibration: dict | None = None):
+    """DST_DIR/<network>.<precision>.onnx (+ .data when `src` keeps its weights outside) and its PrecisionFiles."""
+    import onnx
+
+    from monkey_trt.enginedir.digests import sha256_file
+    from monkey_trt.enginedir.manifest import PrecisionFiles
+    from monkey_trt.export.onnx_files import save_onnx
+
+    src = Path(src)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(src), load_external_data=False).graph.initializer)
+    dst = Path(dst_dir) / quant_file_name(network, settings.precision)
+    with tempfile.TemporaryDirectory(prefix=".monkey-quant-out-", dir=dst_dir) as tmp:
+        raw = Path(tmp) / dst.name
+        report = quantize_model_file(src, raw, feeds, settings, external)
+        model = onnx.load(str(raw), load_external_data=True)
+        _strip_metadata(model)
+        files = save_onnx(model, dst, external)  # the project's one layout: <name>.onnx (+ <name>.onnx.data)
+        del model
+    onnx.checker.check_model(str(dst))
+    paths = [Path(dst_dir) / f for f in files]
+    record = {"library": library_version(), "settings": settings.to_json(), **report.summary(),
+              **({"calibration": calibration} if calibration else {})}
+    return PrecisionFiles(files[0], files[1] if external else None, {p.name: sha256_file(p) for p in paths},
+                          {p.name: p.stat().st_size for p in paths}, quantization=record), report
+
+
+def _strip_metadata(model) -> None:
+    """Nothing run-specific (temp paths) in the file: the same calibration gives the same bytes."""
+    del model.metadata_props[:]
+
+
+# -- into an engine directory -------------------------------------------------------------------
+QUANTIZED_NETWORKS = ("unet",)  # the others run fp32 (Manifest.run_precision); docs/int8.md has the measurements
+
+
+def quantized_file_names() -> list[str]:
+    """Every file an 8-bit export may write (OutputStage's list of names it owns)."""
+    return [f for n in QUANTIZED_NETWORKS for p in QUANT_PRECISIONS for f in (quant_file_name(n, p), quant_file_name(n, p) + ".data")]
+
+
+def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str], spec, progress=None,
+                  settings: dict | None = None, cache: Path | None = None):
+    """Calibrate on the fp32 engine directory `root` and write the 8-bit graphs of `precisions` into `dst_dir`
+    (the staging folder of the same commit); returns the manifest with their entries and exporter record.
+
+    `spec`: the CalibrationSpec (export/calibration.py); `settings`: precision -> QuantSettings (default:
+    QuantSettings(precision)). The calibration recording is shared by all precisions and cached.
+    """
+    from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
+    from monkey_trt.export.calibration import load_or_collect
+
+    todo = [p for p in precisions if p in QUANT_PRECISIONS]
+    if not todo:
+        return manifest
+    say = progress or (lambda msg, done, total: None)
+    say("calibrating: recording MONKEY's UNet calls on the fp32 engine", 0, 1)
+    data, reused = load_or_collect(Path(root), manifest, spec, progress=say, cache=cache)
+    calib = {**spec.record(), "calls": len(data), "data_sha256": data.digest, "reused_cache": reused}
+    entries, exporter = dict(manifest.networks), dict(manifest.exporter)
+    feeds = data.feeds()
+    for p in todo:
+        s = (settings or {}).get(p) or QuantSettings(p)
+        for name in QUANTIZED_NETWORKS:
+            say(f"quantizing {name} to {p} ({len(feeds)} calibration calls)", 0, 1)
+            files, _report = write_quantized_network(manifest.path(root, name), dst_dir, name, feeds, s, calib)
+            e = entries[name]
+            entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, p: files})
+        exporter[f"{p}_quantizer"] = library_version()
+    return Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})

@@ -1,0 +1,51 @@
+"""Which UNet graph runs which pass: the hook that lets an 8-bit engine keep MONKEY's mask exact.
+
+The mask comes from pass 1 alone (its maps at the mask steps). With `mask_pass="exact"` (the default for
+int8/fp8) pass 1 runs the fp32 UNet, so the mask is the fp32 engine's mask bit for bit, and pass 2 (and the
+plain IP-Adapter baseline) runs the 8-bit UNet: 8 of MONKEY's 11 UNet calls with the default schedule.
+`mask_pass="same"` runs every call in the 8-bit graph (faster; the mask may move, docs/int8.md measures it).
+
+    roles = unet_roles("int8", "exact")      # {"mask": "fp32", "final": "int8", "baseline": "int8"}
+
+runtime.method calls `engine.select_unet(role)` (when the engine has it) before each pass's UNet session:
+"mask" for pass 1 (and the batched pass-1 + pass-2 steps, which compute pass 1), "final" for pass 2,
+"baseline" for plain IP-Adapter. MonkeyPipeline keeps one runner per precision in `unet_runners` and puts the
+chosen one in `runners["unet"]`, which is what its UNet session reads.
+"""
+
+from __future__ import annotations
+
+from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
+
+ROLES = ("mask", "final", "baseline")
+MASK_PASS_MODES = ("exact", "same")
+
+
+def unet_roles(precision: str, mask_pass: str = "exact") -> dict[str, str]:
+    """Role -> precision of the UNet graph that runs it."""
+    if mask_pass not in MASK_PASS_MODES:
+        raise MonkeyError(f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {mask_pass!r}")
+    exact = precision in QUANTIZED_PRECISIONS and mask_pass == "exact"
+    return {"mask": "fp32" if exact else precision, "final": precision, "baseline": precision}
+
+
+def extra_unet_precisions(precision: str, mask_pass: str = "exact") -> tuple[str, ...]:
+    """UNet precisions to open besides `precision` itself."""
+    return tuple(p for p in dict.fromkeys(unet_roles(precision, mask_pass).values()) if p != precision)
+
+
+def select(pipe, role: str) -> None:
+    """Put the UNet runner of `role` in `pipe.runners["unet"]` (a no-op when the engine has one UNet graph)."""
+    if role not in ROLES:
+        raise MonkeyError(f"UNet role must be one of {', '.join(ROLES)}, got {role!r}")
+    runners = getattr(pipe, "unet_runners", None)
+    if runners:
+        pipe.runners["unet"] = runners[pipe.unet_roles[role]]
+
+
+def ort_quant_options(manifest, network: str, precision: str) -> dict:
+    """Extra OrtRunner options for an 8-bit graph: the TensorRT provider must be allowed int8 for a Q/DQ graph."""
+    if precision == "int8" and network in manifest.networks and manifest.run_precision(network, precision) == "int8":
+        return {"int8": True}
+    return {}
