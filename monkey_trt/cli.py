@@ -29,6 +29,7 @@ from monkey_trt.core.config import (
     Knob,
     MonkeyConfig,
     Request,
+    check_side,
     check_threads,
     knobs,
 )
@@ -115,6 +116,13 @@ def _quiet_libraries():
         yield
 
 
+def _check_sides(height: Optional[int], width: Optional[int]) -> None:
+    """--height/--width left out take a default; given, they must be valid sides (0 is an error, not 'the default')."""
+    for name, side in (("height", height), ("width", width)):
+        if side is not None:
+            check_side(name, side, f"--{name}")
+
+
 def _warn(msg: str) -> None:
     from rich.text import Text
 
@@ -190,6 +198,9 @@ def generate(
     t0 = time.perf_counter()
     if verify not in ("sha256", "size"):
         raise MonkeyError(f"--verify must be sha256 or size, got {verify!r}")
+    _check_sides(height, width)
+    if baseline_scale is not None and not baseline:
+        raise MonkeyError("--baseline-scale applies to the plain IP-Adapter baseline: add --baseline (or drop --baseline-scale)")
     config = config_from_options(knob_values)
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
     if d.dims is not None:  # the engine directory's model: its limits before any work
@@ -409,6 +420,7 @@ def bench(
     from monkey_trt.bench.cli import check_output_path, run_bench
     from monkey_trt.bench.job import BenchSettings
 
+    _check_sides(height, width)
     check_output_path(json_out, "--json", "json")
     check_output_path(plot, "--plot", "png")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
@@ -498,6 +510,7 @@ def eval_(
     """The paper's evaluation: CLIP-T, CLIP-I, DINO per image (+ mask IoU and PSNR vs fp32); summary beside Table 1."""
     from monkey_trt.core.extras import require_extra
 
+    _check_sides(height, width)
     require_extra("export", "eval (the CLIP and DINO judges)")
     from monkey_trt.eval.command import EvalOptions, result_lines, run_command
 

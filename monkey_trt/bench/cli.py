@@ -67,7 +67,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
         if preset not in PRESETS:
             raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         default = 128 if preset == "tiny" else 256
-        height, width = height or default, width or default
+        height, width = (default if height is None else height), (default if width is None else width)
         with console.status(f"preparing the {preset} preset") as status:
             model_dir, edir = ensure_preset(preset, Path(workdir), height, width, engine=needs_engine, status=status.update)
         src.update(base=src["base"] or str(model_dir / "base"), ip_adapter=src["ip_adapter"] or str(model_dir / "ip-adapter"),
@@ -76,14 +76,15 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
         from monkey_trt.enginedir.manifest import load_manifest
 
         m = load_manifest(Path(engine_dir), verify="size")
-        height, width = height or m.profile.height.opt, width or m.profile.width.opt
+        height = m.profile.height.opt if height is None else height
+        width = m.profile.width.opt if width is None else width
         src.update(engine_dir=str(engine_dir), base=src["base"] or m.source.get("base") or DEFAULT_BASE,
                    ip_adapter=src["ip_adapter"] or m.source.get("ip_adapter") or DEFAULT_IP_ADAPTER,
                    ip_weight=m.source.get("ip_weight", DEFAULT_IP_WEIGHT))
     else:
         if needs_engine:
             raise MonkeyError("--backends ort/trt need --engine-dir or --preset")
-        height, width = height or 512, width or 512
+        height, width = (512 if height is None else height), (512 if width is None else width)
         src.update(base=src["base"] or DEFAULT_BASE, ip_adapter=src["ip_adapter"] or DEFAULT_IP_ADAPTER)
     src.update(height=height, width=width, workdir=str(workdir))
     return src

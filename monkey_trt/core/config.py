@@ -204,6 +204,19 @@ class MonkeyConfig:
         return d
 
 
+def check_side(name: str, side: int, flag: str | None = None) -> int:
+    """An image side (`height`, `width`): a multiple of 8 in MIN_SIDE..MAX_SIDE, else MonkeyError naming
+    `flag` (the CLI option; default: the field's name). 0 and negative values are errors, never 'the default'."""
+    what = flag or name
+    if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+        raise MonkeyError(f"{what} must be an integer, got {side!r}")
+    if side % 8 != 0:
+        raise MonkeyError(f"{what} must be a multiple of 8, got {side}")
+    if not MIN_SIDE <= side <= MAX_SIDE:
+        raise MonkeyError(f"{what} must be in {MIN_SIDE}..{MAX_SIDE}, got {side}")
+    return int(side)
+
+
 @dataclass(frozen=True)
 class Request:
     """One generation: what to draw, from which subject, at which size, with which noise."""
@@ -227,10 +240,7 @@ class Request:
         if not isinstance(self.config, MonkeyConfig):
             raise MonkeyError(f"config must be a MonkeyConfig, got {type(self.config).__name__}")
         for name in ("height", "width"):
-            side = getattr(self, name)
-            if side % 8 != 0:
-                raise MonkeyError(f"{name} must be a multiple of 8, got {side}")
-            k[name].check(side)
+            check_side(name, getattr(self, name))
         k["seed"].check(self.seed)
 
     def latent_shape(self, dims: ModelSizes) -> tuple[int, int, int, int]:

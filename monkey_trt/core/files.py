@@ -509,6 +509,9 @@ def check_target(target: Path, record: str, recorded: RecordReader, names: Itera
     if os.path.lexists(target) and not target.is_dir():
         raise MonkeyError(f"{target} exists and is not a folder")
     if target.is_dir():
+        for d in (target, target.absolute().parent):  # the files go into target, the staging folder beside it
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise MonkeyError(f"cannot write in {d}: permission denied (or a read-only file system)")
         old = previous_files(target, record, recorded)
         for n in names:
             if os.path.lexists(target / n) and n not in old:

@@ -84,13 +84,13 @@ def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height
     """Options left as None: from the engine directory's manifest when there is one (backend ort,
     its profile's opt size, its source models), else torch at 512x512 from the hub defaults."""
     if engine_dir is None:
-        return Defaults(backend or "torch", height or 512, width or 512, base or DEFAULT_BASE, ip_adapter or DEFAULT_IP_ADAPTER)
+        return Defaults(backend or "torch", 512 if height is None else height, 512 if width is None else width, base or DEFAULT_BASE, ip_adapter or DEFAULT_IP_ADAPTER)
     from monkey_trt.enginedir.manifest import read_manifest
 
     m = read_manifest(engine_dir)
     src = lambda key, default: m.source[key] if isinstance(m.source.get(key), str) else default  # noqa: E731
     backend = backend or "ort"
-    return Defaults(backend, height or m.profile.height.opt, width or m.profile.width.opt,
+    return Defaults(backend, m.profile.height.opt if height is None else height, m.profile.width.opt if width is None else width,
                     base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER),
                     m.dims if backend != "torch" else None)
 
