@@ -458,6 +458,11 @@ def serve(
     precision: str = typer.Option("fp32", "--precision", help="The engine directory's fp32, fp16, int8 or fp8 graphs (as exported)"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
+    from monkey_trt.core.extras import require_extra
+
+    require_extra("serve", "serve")  # one line naming the extra, before anything imports fastapi or prometheus_client
+    if ray:
+        require_extra("ray", "serve --ray")
     from monkey_trt.serve.service import ServeConfig
 
     if not 0 <= port <= 65535:

@@ -89,3 +89,49 @@ def test_installed_polygraphy_row_states_its_range():
     if importlib.util.find_spec("polygraphy") is None:
         pytest.skip("polygraphy not installed")
     assert rows["polygraphy"].ok is True and "supported >=0.49.9,<1" in rows["polygraphy"].detail
+
+
+def test_doctor_reports_every_extra():
+    """Issue 16: one row per pyproject extra, naming what is missing and the pip line to install it."""
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    rows = _rows()
+    for extra in declared:
+        row = rows.get(f"extra {extra}")
+        assert row is not None, f"doctor has no row for the {extra} extra"
+        assert row.ok is True or (row.ok is None and f"pip install 'monkey-trt[{extra}]'" in row.detail), row
+
+
+def test_doctor_extra_row_names_the_missing_modules(monkeypatch):
+    import monkey_trt.core.extras as extras
+
+    monkeypatch.setitem(extras.EXTRAS, "serve", ("fastapi", "no_such_module_xyz"))
+    row = _rows()["extra serve"]
+    assert row.ok is None and "no_such_module_xyz" in row.detail and "monkey-trt[serve]" in row.detail
+
+
+def test_serve_without_its_extra_names_it_in_one_line(tmp_path, capsys, monkeypatch):
+    """`serve` without fastapi/prometheus_client: one line naming the extra, exit 2 (not an internal error)."""
+    import monkey_trt.core.extras as extras
+    from monkey_trt.cli import main
+
+    monkeypatch.setitem(extras.EXTRAS, "serve", ("fastapi", "no_such_module_xyz"))
+    code = main(["serve", "--engine-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: serve needs the serve extra") and "pip install 'monkey-trt[serve]'" in err
+
+
+def test_serve_modules_missing_for_real_is_one_line(tmp_path):
+    """In a fresh process where prometheus_client cannot be imported (as without the extra)."""
+    import subprocess
+
+    code = ("import sys; sys.modules['prometheus_client'] = None; import importlib.util as u; real = u.find_spec; "
+            "u.find_spec = lambda n, *a: None if n == 'prometheus_client' else real(n, *a); "
+            "from monkey_trt.cli import main; sys.exit(main(['serve', '--engine-dir', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: serve needs the serve extra (prometheus_client not installed): "
+                                                "pip install 'monkey-trt[serve]'"]

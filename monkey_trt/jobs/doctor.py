@@ -178,6 +178,21 @@ def tensorrt_memory_rows(engine_dir, manifest=None, precision: str = "fp32") -> 
     return [CheckRow("tensorrt memory", True, "; ".join(parts))]
 
 
+def extras_rows() -> list[CheckRow]:
+    """One row per pyproject extra: complete (ok), or which of its modules are missing and the pip line (optional: None)."""
+    from monkey_trt.core.extras import EXTRAS, PURPOSE, missing_modules
+
+    rows = []
+    for extra in EXTRAS:
+        missing = missing_modules(extra)
+        if not missing:
+            rows.append(CheckRow(f"extra {extra}", True, f"installed ({PURPOSE[extra]})"))
+        else:
+            rows.append(CheckRow(f"extra {extra}", None, f"{', '.join(missing)} not installed ({PURPOSE[extra]}): "
+                                                            f"pip install 'monkey-trt[{extra}]'"))
+    return rows
+
+
 def doctor_report(engine_dir=None) -> list[CheckRow]:
     """One row per check; never raises, never prints. `engine_dir`: also TensorRT's memory numbers for its plans."""
     rows: list[CheckRow] = []
@@ -223,6 +238,7 @@ def doctor_report(engine_dir=None) -> list[CheckRow]:
         backends.append("ort-tensorrt")
     if has_gpu and have_trt and have_cuda_python:
         backends.append("tensorrt")
+    rows.extend(extras_rows())
     rows.append(CheckRow("backends", bool(backends), ", ".join(backends) if backends else "none: install onnxruntime"))
     if engine_dir is not None and "tensorrt" in backends:
         rows.extend(tensorrt_memory_rows(engine_dir))
