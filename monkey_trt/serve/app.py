@@ -4,7 +4,7 @@
     GET  /healthz       the process is alive
     GET  /readyz        the engine is loaded and warmed (503 before)
     GET  /metrics       Prometheus text format
-    GET  /docs          OpenAPI page (/openapi.json)
+    GET  /docs          the API reference, one self-contained page (works offline: no CDN); /openapi.json
 
 Every refusal is JSON `{"error": "<one line>", "request_id": "..."}`; every response carries
 `X-Request-Id` and `X-Replica`. The service lives in `app.state.service` (set by the CLI before
@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,9 +44,11 @@ from monkey_trt.serve.schema import (
     IMAGE_FIELD,
     ApiError,
     GenerateParams,
+    generate_responses,
     image_from_json,
     parse_fields,
     request_body_schema,
+    simple_responses,
 )
 from monkey_trt.serve.service import MonkeyService, encode_output
 from monkey_trt.serve.worker import QueueFull
@@ -267,7 +269,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         if svc is not None:
             await run_in_threadpool(svc.close)  # in-flight requests are done (uvicorn waited for them)
 
-    app = FastAPI(title="monkey-trt", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="monkey-trt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) as an HTTP service.")
     app.state.service = service
     limit = max_body_bytes if max_body_bytes is not None else (service.config.max_body_bytes if service else 20 * 2**20)
@@ -292,11 +294,19 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
             raise ApiError(503, "no engine loaded", {"Retry-After": "1"})
         return svc
 
-    @app.get("/healthz", summary="Alive")
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):  # rendered here from the schema: no Swagger UI from a CDN
+        from monkey_trt.serve.docs_page import render_docs
+
+        return HTMLResponse(render_docs(request.app.openapi()))
+
+    @app.get("/healthz", summary="Alive", openapi_extra={"responses": simple_responses(
+        _HEALTH, "the process is alive")})
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Engine loaded and warmed")
+    @app.get("/readyz", summary="Engine loaded and warmed", openapi_extra={"responses": simple_responses(
+        _READY, "the engine is loaded and warmed: requests are served", 503)})
     async def readyz(request: Request):
         svc = request.app.state.service
         if svc is None or svc.pipe is None or not svc.ready.is_set():
@@ -305,7 +315,8 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         return {"status": "ready", "engine_dir": str(svc.config.engine_dir), "backend": svc.config.backend,
                 "replica": svc.replica, "queue_depth": svc.worker.depth}
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, openapi_extra={"responses": simple_responses(
+        {"type": "string"}, "Prometheus text format 0.0.4", 503, media="text/plain")})
     async def metrics(request: Request):
         svc = current(request)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -367,6 +378,9 @@ def result_json(request_id: str, replica: str, params: GenerateParams, out: Monk
 
 _OPENAPI_GENERATE = {
     "requestBody": request_body_schema(),  # from the Knobs of core.config, like the CLI's options
-    "responses": {"200": {"description": "JSON (image_png, mask_png base64, seed, timings_s, mask, warnings, cache) "
-                                         "or image/png when Accept: image/png"}},
+    "responses": generate_responses(),
 }
+_HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}
+_READY = {"type": "object", "required": ["status", "engine_dir", "backend", "replica", "queue_depth"], "properties": {
+    "status": {"type": "string", "enum": ["ready"]}, "engine_dir": {"type": "string"}, "backend": {"type": "string"},
+    "replica": {"type": "string"}, "queue_depth": {"type": "integer", "description": "requests queued behind the running one"}}}

@@ -175,3 +175,96 @@ def request_body_schema() -> dict[str, Any]:
         }}
 
     return {"required": True, "content": {"multipart/form-data": body(True), "application/json": body(False)}}
+
+
+# -- OpenAPI: the responses -------------------------------------------------------------------
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error", "request_id"], "additionalProperties": False,
+    "properties": {
+        "error": {"type": "string", "description": "what was refused or failed, one line"},
+        "request_id": {"type": ["string", "null"], "description": "the request's id (also the X-Request-Id header)"},
+    },
+}
+_ERRORS = {
+    400: "bad request: a field is unknown, of the wrong type or out of range; bad image; bad JSON",
+    408: "the request body was not received in time",
+    413: "the request body is larger than --max-body-mb",
+    415: "Content-Type is neither multipart/form-data nor application/json",
+    422: "the request does not fit the engine (size outside its profile, mask_token beyond the model's IP tokens)",
+    429: "the queue is full (--max-queue); retry after Retry-After seconds",
+    499: "the client closed the connection before the answer (logged and counted, never sent)",
+    500: "internal error (the message carries the request id; the details are in the server log)",
+    503: "no engine loaded, or not warmed yet; retry after Retry-After seconds",
+    504: "the request took longer than --timeout (queue wait included)",
+    505: "HTTP version other than 1.0/1.1",
+}
+_ID_HEADERS = {
+    "X-Request-Id": {"description": "the request's id (the client's X-Request-Id when valid, else a new one)", "schema": {"type": "string"}},
+    "X-Replica": {"description": "the replica that answered", "schema": {"type": "string"}},
+}
+
+
+def error_responses(*statuses: int) -> dict[str, Any]:
+    """OpenAPI `responses` entries of the JSON error body for `statuses`."""
+    return {str(s): {"description": _ERRORS[s], "headers": _ID_HEADERS,
+                     "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
+
+
+def _png_b64(what: str) -> dict[str, Any]:
+    return {"type": "string", "format": "byte", "description": f"{what}, PNG, base64"}
+
+
+def generate_response_schema() -> dict[str, Any]:
+    """The JSON answer of POST /v1/generate (`app.result_json`)."""
+    number_map = {"type": "object", "additionalProperties": {"type": "number"}}
+    config = {"type": "object", "description": "every MonkeyConfig knob as used",
+              "properties": {n: ({"type": "array", "items": {"type": "integer"}} if k.kind is tuple else {"type": _JSON_TYPES[k.kind]})
+                             for n, k in knobs(MonkeyConfig).items()}}
+    return {
+        "type": "object",
+        "required": ["request_id", "replica", "backend", "prompt", "seed", "height", "width", "config", "baseline_scale",
+                     "mask", "prompt_truncated", "warnings", "cache", "timings_s", "image_png", "mask_png"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "replica": {"type": "string", "description": "the replica that ran the request"},
+            "backend": {"type": "string", "description": "ort or trt (with the providers)"},
+            "prompt": {"type": "string"},
+            "seed": {"type": "integer"},
+            "height": {"type": "integer"},
+            "width": {"type": "integer"},
+            "config": config,
+            "baseline_scale": {"type": ["number", "null"], "description": "IP scale of the plain IP-Adapter baseline; null: not asked"},
+            "mask": {"type": "object", "required": ["coverage", "grid", "degenerate_steps"], "properties": {
+                "coverage": {"type": "number", "description": "fraction of the image the subject mask covers"},
+                "grid": {"type": "array", "items": {"type": "integer"}, "description": "[h, w] of the attention map the mask comes from"},
+                "degenerate_steps": {"type": "array", "items": {"type": "integer"}, "description": "mask steps whose map was flat"},
+            }},
+            "prompt_truncated": {"type": "boolean", "description": "the prompt was longer than the text encoder's 77 tokens"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+            "cache": {"type": "object", "additionalProperties": {"type": "string", "enum": ["hit", "miss"]},
+                      "description": "per encoder cache (subject, prompt): hit or miss"},
+            "timings_s": {**number_map, "description": "seconds per stage, plus queue and total"},
+            "image_png": _png_b64("the MONKEY image"),
+            "mask_png": _png_b64("the subject mask (0 background, 255 subject)"),
+            "baseline_png": _png_b64("the plain IP-Adapter image (only with baseline)"),
+        },
+    }
+
+
+def generate_responses() -> dict[str, Any]:
+    """`responses` of POST /v1/generate: JSON or PNG, and every refusal."""
+    return {
+        "200": {"description": "the generation: JSON, or the image alone as PNG when the request says Accept: image/png",
+                "headers": {**_ID_HEADERS,
+                            "X-Seed": {"description": "the seed (image/png answers)", "schema": {"type": "integer"}},
+                            "X-Mask-Coverage": {"description": "mask coverage (image/png answers)", "schema": {"type": "number"}}},
+                "content": {"application/json": {"schema": generate_response_schema()},
+                            "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(400, 408, 413, 415, 422, 429, 499, 500, 503, 504, 505),
+    }
+
+
+def simple_responses(ok: dict[str, Any], description: str, *errors: int, media: str = "application/json") -> dict[str, Any]:
+    """`responses` of a GET endpoint: its 200 body schema and its errors."""
+    return {"200": {"description": description, "headers": _ID_HEADERS, "content": {media: {"schema": ok}}},
+            **error_responses(*errors)}
