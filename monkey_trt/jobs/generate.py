@@ -26,6 +26,7 @@ from monkey_trt.runtime.outputs import (
     MARKER,
     check_out_dir,
     output_files,
+    request_record,
     write_outputs,
 )
 from monkey_trt.runtime.result import MonkeyOutput
@@ -117,18 +118,9 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
         result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True,
                       batch_passes=job.batch_passes, progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
 
-    record = {
-        "prompt": req.prompt,
-        "seed": None if noise is not None else req.seed,
-        "noise_file": None if noise_file is None else {"path": str(job.noise), "sha256": noise_file.sha256},
-        "height": req.height,
-        "width": req.width,
-        "config": c.to_dict(),
-        "batched_steps": result.batched_steps,
-        "baseline_scale": job.baseline_scale,
-        "subject": str(job.image),
-        "models": pipe.info(),
-    }
+    record = request_record(req, seed=None if noise is not None else req.seed, baseline_scale=job.baseline_scale,
+                            batched_steps=result.batched_steps, models=pipe.info(), subject=str(job.image),
+                            noise_file=None if noise_file is None else {"path": str(job.noise), "sha256": noise_file.sha256})
     out = write_outputs(job.out, result, subject, record, save_arrays=job.save_arrays)
     return Generated(out, output_files(result, subject, job.save_arrays), result)
 

@@ -30,6 +30,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.noise import NoisePlan
+from monkey_trt.runtime.outputs import request_record
 from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming
 from monkey_trt.runtime.scheduler import LCMSchedule
 
@@ -213,6 +214,7 @@ def run_monkey(
     pass 1's prediction at its last mask step; batch_passes: exact pass batching (None: the backend's
     measured default). `progress(stage, index, total)` is called before each stage (CLI progress bar).
     """
+    explicit_noise = noise is not None
     noise = _prepare(engine, request, noise)
     c = request.config
     batch = engine.batch_passes_default if batch_passes is None else batch_passes
@@ -257,10 +259,13 @@ def run_monkey(
     if baseline_scale is not None:
         pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass", role="baseline")
         baseline = clock("decode_baseline", engine.decode, pb.denoised)
+    info = getattr(engine, "info", None)
+    record = request_record(request, seed=None if explicit_noise else request.seed, baseline_scale=baseline_scale,
+                            batched_steps=paired, models=info() if callable(info) else {})
     return MonkeyOutput(
         image=image, mask=mask, timings=clock.timings, backend=engine.backend, mask_pass_image=mask_pass_image,
         baseline_image=baseline, prompt_truncated=truncated, warnings=tuple(notes), unet_calls=tuple(clock.calls),
-        batched_steps=paired,
+        batched_steps=paired, record=record,
     )
 
 

@@ -43,6 +43,24 @@ def output_names(baseline: bool = False, save_arrays: bool = False) -> list[str]
     return names + [MARKER]
 
 
+def request_record(request, *, seed: int | None, baseline_scale: float | None, batched_steps: int, models: dict,
+                   subject: str | None = None, noise_file: dict | None = None) -> dict:
+    """result.json's fields about what was asked and what ran (the same for `generate --out` and
+    `MonkeyOutput.save()`): prompt, seed (None: an explicit noise file), size, config, models ..."""
+    return {
+        "prompt": request.prompt,
+        "seed": seed,
+        "noise_file": noise_file,
+        "height": request.height,
+        "width": request.width,
+        "config": request.config.to_dict(),
+        "batched_steps": batched_steps,
+        "baseline_scale": baseline_scale,
+        "subject": subject,
+        "models": models,
+    }
+
+
 def check_out_dir(out: Path, baseline: bool = False, save_arrays: bool = False) -> None:
     """Refuse before any work: OUT is a file, cannot be created, or holds a user's file of an output's name."""
     check_target(Path(out).absolute(), MARKER, record_files(), output_names(baseline, save_arrays))

@@ -250,7 +250,10 @@ class MonkeyPipeline:
         subject = image if isinstance(image, Image.Image) else load_subject(image)
         height = self.manifest.profile.height.opt if height is None else height
         width = self.manifest.profile.width.opt if width is None else width
-        return self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject)
+        out = self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject, decode_mask_pass=True)  # overlay like the CLI's
+        if not isinstance(image, Image.Image):
+            out.record["subject"] = str(image)
+        return out
 
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey).

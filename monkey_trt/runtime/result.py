@@ -38,6 +38,7 @@ class MonkeyOutput:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     unet_calls: tuple[UNetCallTiming, ...] = ()  # every UNet call, in order
     batched_steps: int = 0  # leading steps that ran as one batch-2 call for both passes
+    record: dict = field(default_factory=dict)  # what made it (result.json's request fields: prompt, seed, size, config, models, ...)
 
     def image_pil(self):
         """The MONKEY image as an 8-bit RGB PIL image."""
@@ -52,7 +53,9 @@ class MonkeyOutput:
         return Image.fromarray((self.mask.mask > 0).astype(np.uint8) * 255, mode="L")
 
     def save(self, out: str | Path, subject=None, save_arrays: bool = False, record: dict | None = None) -> Path:
-        """Write the CLI's output folder (monkey.png, mask.png, overlay.png, result.json, ...) to `out`;
-        same rules as `generate --out` (a re-run replaces only what the earlier one wrote)."""
-        return write_outputs(Path(out), self, subject, dict(record or {}), save_arrays=save_arrays)
+        """Write what `generate --out` writes (monkey.png, mask.png, overlay.png, result.json with the same
+        fields, ...) to `out`, by the same rules (a re-run replaces only what the earlier one wrote).
+        `subject` (PIL): also grid.png with a baseline; `record`: extra result.json fields. The overlay shows
+        pass 1's prediction like the CLI's when the output has it (`pipe.generate()`, or `decode_mask_pass=True`)."""
+        return write_outputs(Path(out), self, subject, {**self.record, **(record or {})}, save_arrays=save_arrays)
 
