@@ -64,3 +64,81 @@ def test_bench_bad_output_path_is_one_line_exit_2_before_work(tmp_path, capsys, 
     assert not (tmp_path / "cache").exists()  # checked before any work
     if make == "foreign":
         assert json.loads(target.read_text()) == {"not": "ours"}
+
+
+# -- issue 16: no third-party progress bars, a table that fits 100 columns, a chart of named stages ------------
+def _result(name: str, p50: float, ratio: float | None):
+    from monkey_trt.bench.job import BackendResult, Spread
+
+    return BackendResult(
+        backend=name, info={}, cold_start_s=55.7, load_s=50.0, end_to_end_s=Spread(p50 * 0.98, p50, p50 * 1.05),
+        images_per_s=1 / p50, stages_s={"encode_prompt": 0.146, "encode_subject": 0.061, "mask_pass": 0.3 * p50,
+                                         "final_pass": 0.5 * p50, "scheduler": 0.0123, "mask": 0.0006, "decode": 0.384},
+        unet_calls=[{"label": f"unet p2 s{i}", "passes": "p2", "step": i, "batch": 1, "p50_s": 0.08 * p50} for i in range(10)],
+        ip_adapter_s=Spread(1, 1, 1), two_pass_overhead=1.40, peak_rss_mib=12345.0, peak_gpu_mib=None, batched_steps=0,
+        mask_sha256="0" * 64, ratio_to_published=ratio, mask_equals_first=True,
+    )
+
+
+RESULTS = [_result("published", 118.221, 1.0), _result("torch", 122.776, 0.96), _result("ort", 10.770, 10.98)]
+
+
+def test_bench_tables_fit_100_columns():
+    from rich.console import Console
+
+    from monkey_trt.bench.cli import results_tables
+    from monkey_trt.bench.job import BenchSettings
+
+    s = BenchSettings(("published", "torch", "ort"), 512, 512, runs=1000)
+    console = Console(width=300, record=True, file=open("/dev/null", "w"))  # wide: the tables must be narrow on their own
+    for t in results_tables(RESULTS, s):
+        console.print(t)
+    text = console.export_text()
+    width = max(len(line.rstrip()) for line in text.splitlines())
+    assert width <= 100, text
+    for needle in ("published", "10.98x", "2-pass", "between", "sched", "UNet"):
+        assert needle in text, needle
+
+
+def test_bench_stage_groups_add_up_and_are_named():
+    from monkey_trt.bench.chart import COLOURS
+    from monkey_trt.bench.job import STAGE_GROUPS, stage_groups
+
+    for r in RESULTS:
+        g = stage_groups(r)
+        assert list(g) == list(STAGE_GROUPS) and "other" not in g
+        assert abs(sum(g.values()) - r.end_to_end_s.p50) < 1e-9
+        assert g["LCM scheduler"] == r.stages_s["scheduler"]
+    assert set(COLOURS) == set(STAGE_GROUPS), "every stage has a legend entry"
+
+
+def test_bench_chart_shows_ratios_and_axis_ticks(tmp_path, monkeypatch):
+    import monkey_trt.bench.chart as chart
+
+    texts = []
+    real = chart.ImageDraw.ImageDraw.text
+    monkeypatch.setattr(chart.ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: (texts.append(text), real(self, xy, text, *a, **k))[1])
+    img = chart.render_chart(RESULTS, "MONKEY 512x512")
+    assert img.size[0] >= 1000
+    joined = "\n".join(texts)
+    assert "10.98x published" in joined and "2-pass 1.40x" in joined
+    ticks = [t for t in texts if t.endswith(" s") and t[:-2].replace(".", "").isdigit()]
+    assert len(ticks) >= 4 and "0 s" in ticks, texts
+    assert "other" not in texts and "between stages" in texts
+
+
+def test_published_backend_prints_no_progress_bars(tiny_model_dir, capfd):
+    """diffusers' 'Loading pipeline components' and transformers' 'Loading weights' bars stay off the bench output,
+    even when nothing else has turned them off in this process."""
+    import diffusers
+    import transformers
+
+    from monkey_trt.baselines.published import PublishedPipeline
+
+    diffusers.utils.logging.enable_progress_bar()
+    transformers.utils.logging.enable_progress_bar()
+    capfd.readouterr()
+    PublishedPipeline.from_pretrained(str(tiny_model_dir / "base"), str(tiny_model_dir / "ip-adapter"))
+    captured = capfd.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "it/s" not in stream and "%|" not in stream and "Loading" not in stream, stream[-500:]

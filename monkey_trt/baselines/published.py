@@ -25,6 +25,7 @@ from monkey_trt.core.config import DEFAULT_IP_WEIGHT, Request
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.reference.loading import (
     ip_weight_file,
+    quiet_progress_bars,
     resolve_base,
     resolve_ip_adapter,
 )
@@ -135,6 +136,7 @@ class PublishedPipeline:
         from diffusers import LatentConsistencyModelPipeline
         from transformers import CLIPVisionModelWithProjection
 
+        quiet_progress_bars()  # diffusers' "Loading pipeline components" and transformers' "Loading weights" bars
         base_dir = resolve_base(base)
         ip_dir = resolve_ip_adapter(ip_adapter, ip_weight)
         weight = ip_weight_file(ip_dir, ip_weight).name

@@ -209,7 +209,7 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
     from safetensors import SafetensorError
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    _quiet_progress_bars()
+    quiet_progress_bars()
     base = resolve_base(source.base)
     ip_root = resolve_ip_adapter(source.ip_adapter, source.ip_weight)
     weight_path = ip_weight_file(ip_root, source.ip_weight)
@@ -245,7 +245,7 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
     return ReferenceModels(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_proj, ctx, ip_layers, source, files)
 
 
-def _quiet_progress_bars() -> None:
+def quiet_progress_bars() -> None:
     """diffusers/transformers print per-file loading bars; the CLI shows its own progress."""
     import diffusers
     import transformers
@@ -254,3 +254,9 @@ def _quiet_progress_bars() -> None:
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    try:  # hub downloads
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
