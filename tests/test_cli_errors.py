@@ -135,10 +135,11 @@ def test_odd_but_valid_images_are_normalised(mode, args, tmp_path, engine_dir):
 
 def test_console_script_exit_code_and_one_line(tmp_path):
     """The installed `monkey-trt` entry point in a fresh process: exit 2 and a single stderr line."""
-    import shutil
+    from pathlib import Path
 
-    exe = shutil.which("monkey-trt")
-    cmd = [exe] if exe else [sys.executable, "-m", "monkey_trt.cli"]
+    # this interpreter's own entry point (not whatever `monkey-trt` an activated venv or PATH offers)
+    exe = Path(sys.executable).with_name("monkey-trt")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "monkey_trt.cli"]
     proc = subprocess.run(
         [*cmd, "generate", "--image", str(tmp_path / "missing.png"), "--prompt", "x", "--out", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120,

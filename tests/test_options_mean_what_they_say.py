@@ -83,6 +83,10 @@ def test_generate_out_that_is_an_existing_file(tmp_path, capsys):
     (("--height", "0"), "--height must be in 64..2048, got 0"),
     (("--width", "-128"), "--width must be in 64..2048"),
     (("--height", "100"), "--height must be a multiple of 8"),
+    (("--runs", "0"), "--runs in 1..1000"),  # before the preset is written and exported (minutes)
+    (("--warmup", "-1"), "--warmup in 0..100"),
+    (("--threads", "-2"), "--threads must be >= 0"),
+    (("--dtype", "fp64"), "fp64"),
 ])
 def test_bench_sizes(extra, needle, tmp_path, capsys):
     argv = ["bench", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--backends", "ort", *extra]

@@ -125,7 +125,7 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
               console: Console, settings: Callable[[int, int], BenchSettings]) -> list[BackendResult]:
     from monkey_trt.runtime.images import load_subject
 
-    BenchSettings(names, 64, 64)  # validate the backend list before any work
+    settings(64, 64)  # validate every setting (backends, runs, dtype, precision, threads) before any work
     src = _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console)
     s = settings(src["height"], src["width"])
     if preset is not None and src["engine_dir"] is not None:
