@@ -516,6 +516,9 @@ def eval_(
     from monkey_trt.core.extras import require_extra
 
     _check_sides(height, width)
+    from monkey_trt.core.files import check_target
+
+    check_target(out.absolute(), "-", lambda _p: set())  # a file, or a folder nothing can be written in: before any judge loads
     require_extra("export", "eval (the CLIP and DINO judges)")
     from monkey_trt.eval.command import EvalOptions, result_lines, run_command
 

@@ -101,3 +101,11 @@ def test_eval_sizes(extra, needle, tmp_path, capsys):
     (tmp_path / "subjects").mkdir()
     argv = ["eval", "--subjects", str(tmp_path / "subjects"), "--out", str(tmp_path / "out"), *extra]
     assert needle in refused(argv, capsys, tmp_path / "out")
+
+
+def test_eval_out_that_is_a_file_is_refused_before_the_judges(tmp_path, capsys):
+    (tmp_path / "subjects").mkdir()
+    (tmp_path / "out").write_text("mine")
+    argv = ["eval", "--subjects", str(tmp_path / "subjects"), "--out", str(tmp_path / "out"), "--clip", "no/such-judge"]
+    assert "is not a folder" in refused(argv, capsys)
+    assert (tmp_path / "out").read_text() == "mine"
