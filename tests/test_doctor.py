@@ -93,9 +93,9 @@ def test_installed_polygraphy_row_states_its_range():
 
 def test_doctor_reports_every_extra():
     """Issue 16: one row per pyproject extra, naming what is missing and the pip line to install it."""
-    import tomllib
     from pathlib import Path
 
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     rows = _rows()
     for extra in declared:

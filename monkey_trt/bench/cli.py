@@ -13,12 +13,12 @@ from rich.table import Table
 
 from monkey_trt.bench.chart import PNG_TAG
 from monkey_trt.bench.job import (
+    STAGE_GROUPS,
     BackendResult,
     BenchSettings,
     bench_backend,
     compare_to_first,
     report,
-    STAGE_GROUPS,
     stage_groups,
 )
 from monkey_trt.core.config import (
