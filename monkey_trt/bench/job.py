@@ -25,10 +25,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.config import Request, check_threads
+from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.manifest import check_precision
-from monkey_trt.reference.device import check_dtype
+from monkey_trt.runtime.backend import BACKEND_OPTIONS, specs_for
 
 BENCH_BACKENDS = ("published", "torch", "ort", "trt")
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -53,6 +52,10 @@ class BenchSettings:
     threads: int = 0  # CPU threads for torch / each ORT session; 0 = the library default
     prompt: str = "a dog on the beach"
     seed: int = 0
+    providers: tuple[str, ...] = ()  # ort: execution providers (default: best installed)
+    fp16: bool = False  # ort TensorRT EP: fp16 kernels
+    verify: str = "sha256"  # ort/trt: engine-dir check before loading
+    workdir: str | None = None  # ort with ort_cache: ORT's optimised graphs go to <workdir>/ort-optimized
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
@@ -62,9 +65,17 @@ class BenchSettings:
             raise MonkeyError("--backends names a backend twice")
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
             raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
-        check_dtype(self.dtype)
-        check_precision(self.precision)
-        check_threads(self.threads)
+        object.__setattr__(self, "providers", tuple(self.providers))
+        self.specs()  # every backend's spec, checked; an option no listed backend takes is one line
+
+    def specs(self) -> dict:
+        """One runtime.backend.BackendSpec per backend: the options that apply to it (`--dtype` for torch/published,
+        `--precision` and `--providers` for ort/trt, ...)."""
+        values = {"device": self.device, "dtype": self.dtype, "precision": self.precision, "providers": self.providers,
+                  "fp16": self.fp16, "cuda_graph": self.cuda_graph, "batch_passes": self.batch_passes,
+                  "threads": self.threads, "verify": self.verify}
+        cache = {"ort": {"ort_cache": Path(self.workdir) / "ort-optimized"}} if self.ort_cache and self.workdir else {}
+        return specs_for(self.backends, {k: v for k, v in values.items() if v != BACKEND_OPTIONS[k].default}, cache)
 
 
 @dataclass(frozen=True)
@@ -170,7 +181,7 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     torch = _torch_cuda()
     if torch is not None:
         torch.cuda.reset_peak_memory_stats()
-    kwargs = {} if name == "published" else {"batch_passes": s.batch_passes}
+    kwargs = {} if name == "published" else {"batch_passes": s.specs()[name].batch_passes}
     status(f"{name}: loading + first image")
     t0 = time.perf_counter()
     pipe = load()
