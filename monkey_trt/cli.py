@@ -427,12 +427,15 @@ def bench(
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     if preset is not None and engine_dir is not None:
         raise MonkeyError("give --preset or --engine-dir, not both")
+
+    def settings(h: int, w: int) -> BenchSettings:
+        return BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype, cuda_graph=cuda_graph,
+                             ort_cache=ort_cache, batch_passes=batch_passes, precision=precision, threads=threads,
+                             workdir=str(workdir), providers=split_list(providers), fp16=fp16, verify=verify)
+
+    settings(64, 64)  # every backend's spec checked before any work
     with _quiet_libraries():
-        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console,
-                  lambda h, w: BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype,
-                                             cuda_graph=cuda_graph, ort_cache=ort_cache, batch_passes=batch_passes,
-                                             precision=precision, threads=threads, workdir=str(workdir),
-                                             providers=split_list(providers), fp16=fp16, verify=verify))
+        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings)
 
 
 @app.command()

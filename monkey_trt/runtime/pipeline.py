@@ -61,6 +61,13 @@ class RuntimeOptions:
         check_threads(self.threads, "threads")
         check_precision(self.precision)
 
+    @classmethod
+    def from_spec(cls, spec) -> "RuntimeOptions":
+        """The lean runtime's part of a runtime.backend.BackendSpec (ort or trt)."""
+        return cls(backend=spec.backend, providers=spec.providers, fp16=spec.fp16, cuda_graph=spec.cuda_graph,
+                   precision=spec.precision, verify=spec.verify, threads=spec.threads, ort_cache=spec.ort_cache,
+                   mask_pass=spec.mask_pass)
+
 
 # -- loading ---------------------------------------------------------------------------------
 def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
@@ -279,6 +286,10 @@ class MonkeyPipeline:
 
         Thread-safe: a pipeline shared by several threads runs their generations one at a time (one
         engine, one set of device buffers); for parallel generations open one pipeline per thread."""
+        return self.run_with(self, request, subject, **kwargs)
+
+    def run_with(self, networks, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
+        """MONKEY on `networks`: this pipeline or a wrapper around it (serve.cache.CachedNetworks: cached encoders)."""
         if not isinstance(request, Request):
             raise MonkeyError(f"request must be a monkey_trt.Request, got {type(request).__name__}")
         if not isinstance(subject, Image.Image):
@@ -288,4 +299,4 @@ class MonkeyPipeline:
         if kwargs.get("batch_passes") is None and self.spec is not None:
             kwargs["batch_passes"] = self.spec.batch_passes  # the spec's choice (None: the measured default)
         with self._lock:
-            return run_monkey(self, request, subject, **kwargs)
+            return run_monkey(networks, request, subject, **kwargs)

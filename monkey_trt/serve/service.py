@@ -22,7 +22,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
-from monkey_trt.serve.cache import EncoderCaches, install_encoder_caches
+from monkey_trt.serve.cache import EncoderCaches, with_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
 from monkey_trt.serve.schema import ApiError, GenerateParams
 from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull, Slot
@@ -54,7 +54,7 @@ class ServeConfig:
     @property
     def spec(self) -> BackendSpec:
         """How the engine runs: the same BackendSpec `generate` and `bench` open (runtime.backend)."""
-        return BackendSpec(backend=self.backend, providers=tuple(self.providers), cuda_graph=self.cuda_graph,
+        return BackendSpec(backend=self.backend, providers=self.providers, cuda_graph=self.cuda_graph,
                            precision=self.precision, verify=self.verify, threads=self.threads, fp16=self.fp16,
                            batch_passes=self.batch_passes)
 
@@ -113,13 +113,13 @@ class MonkeyService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> MonkeyService:
-        """Open the engine directory (MonkeyError on a bad one) and install the encoder caches."""
+        """Open the engine directory (MonkeyError on a bad one) behind the encoder caches (a wrapper of its networks)."""
         from monkey_trt.runtime.pipeline import open_engine
 
         c = self.config
         spec = c.spec
-        self.pipe = self.worker.call(lambda: open_engine(spec, c.engine_dir))
-        self.caches = install_encoder_caches(self.pipe, c.subject_cache, c.prompt_cache)
+        self.pipe = with_encoder_caches(self.worker.call(lambda: open_engine(spec, c.engine_dir)), c.subject_cache, c.prompt_cache)
+        self.caches = self.pipe.caches
         return self
 
     @property
