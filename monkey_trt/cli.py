@@ -376,15 +376,22 @@ def build(
 
 
 @app.command()
-def doctor():
+def doctor(
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Also TensorRT's memory numbers (plan, weights, activations per network) for this engine directory's plans"),
+    precision: str = typer.Option("fp32", "--precision", help="With --engine-dir: the plans of this precision (fp32, fp16, int8 or fp8)"),
+):
     """What this machine can run: Python packages, ONNX Runtime providers, TensorRT, CUDA, GPUs."""
     from rich.markup import escape
     from rich.table import Table
 
+    from monkey_trt.enginedir.manifest import check_precision
     from monkey_trt.jobs.doctor import doctor_report
 
+    check_precision(precision)
+    if engine_dir is not None and not engine_dir.is_dir():
+        raise MonkeyError(f"--engine-dir {engine_dir} is not a folder")
     table = Table("check", "status", "detail")
-    for row in doctor_report():
+    for row in doctor_report(engine_dir, precision):
         status = {True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]-[/]"}[row.ok]
         table.add_row(row.name, status, escape(row.detail))
     Console().print(table)

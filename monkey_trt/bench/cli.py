@@ -17,6 +17,7 @@ from monkey_trt.bench.job import (
     BenchSettings,
     bench_backend,
     compare_to_first,
+    memory_lines,
     report,
     stage_groups,
 )
@@ -133,6 +134,8 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
             outputs.append(out)
     compare_to_first(results, outputs)
     Console(width=max(Console().width, 130)).print(results_table(results, s))
+    for line in memory_lines(results):  # trt: TensorRT's own memory numbers
+        print(line, flush=True)
     doc = report(s, results, src)
     if json_out is not None:
         from monkey_trt.core.files import write_json_atomic

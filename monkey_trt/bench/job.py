@@ -109,6 +109,7 @@ class BackendResult:
     mask_equals_first: bool | None = None
     image_max_abs_diff_vs_first: float | None = None
     soak: dict | None = None
+    trt_memory: dict | None = None  # trt: TensorRT's memory numbers (engine.trt.memory_report)
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -216,12 +217,34 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
         two_pass_overhead=e2e.p50 / ip.p50, peak_rss_mib=peak_rss_mib(), peak_gpu_mib=_gpu_mib(peak=True),
         batched_steps=outs[0].batched_steps, mask_sha256=hashlib.sha256(outs[0].mask.mask.tobytes()).hexdigest(),
     )
+    result.trt_memory = trt_memory(pipe) if name == "trt" else None
     if s.soak:
         result.soak = _soak(name, pipe, request, subject, s.soak, kwargs, status)
     close = getattr(pipe, "close", None)
     if close is not None:
         close()
     return result, outs[0]
+
+
+def trt_memory(pipe) -> dict | None:
+    """TensorRT's own memory numbers for a trt pipeline's runners (plan, weights, activations per network), or None."""
+    runners = getattr(pipe, "runners", None)
+    if not runners:
+        return None
+    try:
+        from monkey_trt.engine.trt.engine import memory_report
+
+        report = memory_report(runners)
+    except Exception:  # a figure we cannot get is left out, never a failed bench
+        return None
+    return report if report.get("networks") else None
+
+
+def memory_lines(results: list[BackendResult]) -> list[str]:
+    """One line per trt result: `trt memory: unet: plan ..., activations ...; ... activations shared ...`."""
+    from monkey_trt.jobs.doctor import memory_detail
+
+    return [f"{r.backend} memory: {memory_detail(r.trt_memory)}" for r in results if r.trt_memory]
 
 
 def _soak(name, pipe, request, subject, n, kwargs, status) -> dict:
