@@ -34,6 +34,10 @@ def _gpu_used_mib() -> float | None:
     """Device memory in use (all of it, not only torch's allocator): TensorRT and ORT allocate outside torch."""
     torch = sys.modules.get("torch")
     if torch is None:
+        import shutil
+
+        if shutil.which("nvidia-smi") is None:  # no NVIDIA GPU: no device memory to read (and no torch import for it)
+            return None
         try:
             import torch  # noqa: F401  (only to read the device's free memory)
         except Exception:
