@@ -129,8 +129,8 @@ def test_backend_options_have_the_same_help_everywhere(name):
             if o.flag in getattr(p, "opts", ()):
                 where[cmd_name] = (p.help, p.default)
     # export and build configure engines, not a backend (build's hidden --fp16 is the old flag); eval's --precision
-    # is a list of precisions to compare
-    shared = {c: v for c, v in where.items() if c not in ("export", "build") and not (name == "precision" and c == "eval")}
+    # is a list of precisions to compare, doctor's the plans whose memory it reads
+    shared = {c: v for c, v in where.items() if c not in ("export", "build", "doctor") and not (name == "precision" and c == "eval")}
     assert shared and all(v == (o.help, o.default) for v in shared.values()), shared
     expected = {"generate", "bench", "serve"} - ({"serve"} if name in ("device", "dtype") else set())
     assert expected <= set(shared)
@@ -173,6 +173,13 @@ def test_serve_config_and_ray_args_build_the_spec():
     assert c.providers == ("cuda", "cpu") and c.spec == BackendSpec("ort", providers=("cuda", "cpu"), cuda_graph=True, threads=2)
     with pytest.raises(MonkeyError, match="--providers applies to --backend ort only"):
         ServeConfig(Path("E"), backend="trt", providers=("cuda",))
+
+
+def test_bench_defaults_give_every_backend_its_default_spec():
+    from monkey_trt.bench.job import BenchSettings
+
+    specs = BenchSettings(("published", "torch", "ort", "trt"), 64, 64).specs()
+    assert specs == {b: BackendSpec(b) for b in ("published", "torch", "ort", "trt")}
 
 
 def test_bench_passes_backend_options_through_to_each_spec(monkeypatch, capsys):

@@ -27,7 +27,7 @@ from PIL import Image
 
 from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import BACKEND_OPTIONS, specs_for
+from monkey_trt.runtime.backend import is_default, specs_for
 
 BENCH_BACKENDS = ("published", "torch", "ort", "trt")
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -75,7 +75,7 @@ class BenchSettings:
                   "fp16": self.fp16, "cuda_graph": self.cuda_graph, "batch_passes": self.batch_passes,
                   "threads": self.threads, "verify": self.verify}
         cache = {"ort": {"ort_cache": Path(self.workdir) / "ort-optimized"}} if self.ort_cache and self.workdir else {}
-        return specs_for(self.backends, {k: v for k, v in values.items() if v != BACKEND_OPTIONS[k].default}, cache)
+        return specs_for(self.backends, {k: v for k, v in values.items() if not is_default(k, v)}, cache)
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,7 @@ class BackendSpec:
         for o in BACKEND_OPTIONS.values():
             if o.name in ("dtype", "precision"):
                 continue
-            value = getattr(self, o.name)
-            if b not in o.applies and value not in (o.default, () if o.name == "providers" else o.default):
+            if b not in o.applies and not is_default(o.name, getattr(self, o.name)):
                 raise MonkeyError(f"{o.flag} applies to {_only(o.applies)} only, not --backend {b}")
         _need(self.ort_cache is None or b == "ort", f"the ORT graph cache applies to --backend ort only, not --backend {b}")
         if self.ort_cache is not None:
@@ -158,9 +157,15 @@ def split_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def is_default(name: str, value: Any) -> bool:
+    """Whether a backend option's value is its default (`--providers`: "" on the command line, () in a spec)."""
+    default = BACKEND_OPTIONS[name].default
+    return value == default or (name == "providers" and not value)
+
+
 def _given(values: Mapping[str, Any]) -> dict[str, Any]:
     """The backend options set away from their defaults."""
-    return {k: v for k, v in values.items() if k in BACKEND_OPTIONS and v != BACKEND_OPTIONS[k].default}
+    return {k: v for k, v in values.items() if k in BACKEND_OPTIONS and not is_default(k, v)}
 
 
 def spec_from_options(backend: str, values: Mapping[str, Any], **extra: Any) -> BackendSpec:
