@@ -1,59 +1,84 @@
 #!/usr/bin/env bash
-# One check of monkey-trt on an NVIDIA GPU machine, after `pip install '.[export,gpu,dev]'` (with a
-# CUDA build of PyTorch). Runs what the machine can, says what it skipped, ends with a summary:
+# The GPU check of monkey-trt: every GPU backend this machine can run, on the same work with the same options,
+# against the CPU fp32 reference, then a soak, then one table.
 #   1. monkey-trt doctor
-#   2. the `gpu` tests (pytest -m gpu)
-#   3. an sd15-size export (random weights, real shapes) at 512x512, fp32 + fp16 graphs
-#   4. TensorRT plans for both precisions                         (needs tensorrt + cuda-python)
-#   5. monkey-trt bench at 512x512: torch (cuda), ort (CUDA provider), trt, per precision
-# Target: under 10 minutes on one H100-class GPU. Where TensorRT is absent but torch has CUDA it
-# runs 1-3 and the torch/ort parts of 5; without any NVIDIA GPU it runs 1 only.
+#   2. the sd15-size model (random weights, real shapes) and the CPU fp32 reference generation (PyTorch)
+#   3. an engine directory exported at batch 2 (fp32 + fp16 graphs; pass batching on every backend), when a
+#      backend runs it here (TensorRT, ORT CUDA, ORT TensorRT EP); TensorRT plans fp32 and fp16
+#   4. one row per backend, each opened from a BackendSpec by the same code (benchmarks/gpu_check_backend.py):
+#      trt-fp32, trt-fp16, ort-cuda, ort-trt-ep, torch-fp16 (+ CUDA graphs everywhere, batched passes): seed 0 at
+#      SIZE, mask and image against the reference (mask identical? IoU, PSNR), then SOAK generations (p50; CUDA
+#      graphs captured once: the count after the first generation equals the count after the soak; memory flat)
+#   5. with TensorRT: the int8/fp8 rows (benchmarks/gpu_int8.sh)
+#   6. one table; every row that did not run says why
+# It refuses nothing it can run. Sized for 8 minutes on a GPU machine with PyTorch + CUDA but no TensorRT (then it
+# runs the torch rows and names what it skipped). `--cpu` runs the same logic on CPU stand-ins (tiny model, ort-cpu
+# and torch-cpu rows), for the tests.
 #
-# Usage: benchmarks/gpu_check.sh [--dry-run] [--work DIR]
-#   --dry-run  detect and print the plan (what would run, what would be skipped); run nothing heavy
-#   --work     where the model, engine directory and logs go (default: a new temporary folder);
-#              an existing folder is reused (the export and builds are cached there)
-# Environment: SIZE (512), RUNS (3), OPT_LEVEL (TensorRT builder level, 2), STEP_TIMEOUT (seconds, 420).
-# Exit: 0 every step that ran passed and a GPU step ran; 1 a step failed; 2 usage; 3 no NVIDIA GPU stack found.
+# Usage: benchmarks/gpu_check.sh [--dry-run] [--cpu] [--work DIR] [--model DIR] [--engine DIR]
+#   --dry-run  detect and print the plan; run nothing heavy
+#   --cpu      CPU stand-ins: the tiny model at SIZE 64, rows ort-cpu and torch-cpu (the GPU rows are skipped)
+#   --work     where models, engines, rows and logs go (default: a new temporary folder; an existing one is reused)
+#   --model    an existing `monkey-trt tiny-model` folder;  --engine  an existing engine directory (batch >= 2)
+# Environment: SIZE (512; 64 with --cpu), SOAK (20), OPT_LEVEL (2), STEP_TIMEOUT (420 s), PYTHON (python),
+#   WHEELS (a folder of carried wheels: diffusers/transformers are installed from it, --no-deps, when missing).
+# Exit: 0 every row that ran passed; 1 a row or step failed; 2 usage; 3 no NVIDIA GPU stack found (not with --cpu).
 set -uo pipefail
 
-dry_run=0
-work=""
+dry_run=0; cpu=0; work=""; model=""; engine=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
+    --cpu) cpu=1 ;;
     --work) work="${2:?--work needs a folder}"; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --model) model="${2:?--model needs a folder}"; shift ;;
+    --engine) engine="${2:?--engine needs a folder}"; shift ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-SIZE=${SIZE:-512}
-RUNS=${RUNS:-3}
+PY=${PYTHON:-python}
+if [[ $cpu == 1 ]]; then SIZE=${SIZE:-64}; else SIZE=${SIZE:-512}; fi
+SOAK=${SOAK:-20}
 OPT_LEVEL=${OPT_LEVEL:-2}
 STEP_TIMEOUT=${STEP_TIMEOUT:-420}
-PY=${PYTHON:-python}
-cd "$(dirname "$0")/.." || exit 2
+WHEELS=${WHEELS:-}
+here=$(cd "$(dirname "$0")/.." && pwd) || exit 2
+cd "$here" || exit 2
 work=${work:-$(mktemp -d -t monkey-gpu-check.XXXXXX)}
-mkdir -p "$work/logs" || exit 2
+mkdir -p "$work/logs" "$work/rows" || exit 2
+work=$(cd "$work" && pwd)
 t_start=$(date +%s)
-
-# -- what this machine has -------------------------------------------------------------------
+CLI=("$PY" -m monkey_trt.cli)  # never an activated venv's `monkey-trt`: this interpreter's package
 probe() { "$PY" -c "$1" >/dev/null 2>&1; }
-has_gpu=0; has_torch_cuda=0; has_trt=0; has_ort_cuda=0
+
+# -- what this machine has ---------------------------------------------------------------------------
+has_gpu=0; torch_cuda=0; has_trt=0; ort_cuda=0; ort_trt=0; has_torch=0; has_diffusers=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then has_gpu=1; fi
-probe "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && has_torch_cuda=1
-probe "from monkey_trt.engine.trt.lib import require_tensorrt; from monkey_trt.engine.trt.cuda import require_cuda_device; require_tensorrt(); require_cuda_device()" && has_trt=1
-probe "import onnxruntime as o, sys; sys.exit(0 if 'CUDAExecutionProvider' in o.get_available_providers() else 1)" && has_ort_cuda=1
-if [[ $has_gpu == 0 ]]; then has_torch_cuda=0; has_trt=0; has_ort_cuda=0; fi
+probe "import torch" && has_torch=1
+probe "import diffusers, transformers" && has_diffusers=1
+if [[ $has_diffusers == 0 && -n "$WHEELS" && -d "$WHEELS" && $dry_run == 0 ]]; then
+  wheels=$(ls "$WHEELS"/diffusers-*.whl "$WHEELS"/transformers-*.whl 2>/dev/null)
+  if [[ -n "$wheels" ]]; then
+    echo "== installing carried wheels: $wheels"
+    # shellcheck disable=SC2086
+    "$PY" -m pip install --no-deps --no-index -q $wheels > "$work/logs/wheels.log" 2>&1 || true
+    probe "import diffusers, transformers" && has_diffusers=1
+  fi
+fi
+if [[ $has_gpu == 1 ]]; then
+  probe "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && torch_cuda=1
+  probe "from monkey_trt.engine.trt.lib import require_tensorrt; from monkey_trt.engine.trt.cuda import require_cuda_device; require_tensorrt(); require_cuda_device()" && has_trt=1
+  probe "import onnxruntime as o, sys; sys.exit(0 if 'CUDAExecutionProvider' in o.get_available_providers() else 1)" && ort_cuda=1
+  probe "import onnxruntime as o, sys; sys.exit(0 if 'TensorrtExecutionProvider' in o.get_available_providers() else 1)" && ort_trt=1
+fi
 gpu_name=$( [[ $has_gpu == 1 ]] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo "none")
 
-backends=(); [[ $has_torch_cuda == 1 ]] && backends+=(published torch); [[ $has_ort_cuda == 1 ]] && backends+=(ort); [[ $has_trt == 1 ]] && backends+=(trt)
-join() { local IFS=,; echo "$*"; }
-
-# -- steps -------------------------------------------------------------------------------------
-names=(); states=(); secs=(); notes=()
-record() { names+=("$1"); states+=("$2"); secs+=("$3"); notes+=("$4"); }
+# -- steps and rows --------------------------------------------------------------------------------------
+# every step and row: name|state|seconds|note, in $work/steps.txt (the table reads it)
+: > "$work/steps.txt"
+record() { printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "$4" >> "$work/steps.txt"; }
 skip() { record "$1" skipped 0 "$2"; echo "== $1: skipped ($2)"; }
 run() {  # run NAME COMMAND...: logged to $work/logs/NAME.log, bounded by STEP_TIMEOUT
   local name=$1; shift
@@ -69,67 +94,133 @@ run() {  # run NAME COMMAND...: logged to $work/logs/NAME.log, bounded by STEP_T
   return $rc
 }
 
-echo "monkey-trt GPU check: GPU=$gpu_name torch-cuda=$has_torch_cuda tensorrt=$has_trt ort-cuda=$has_ort_cuda work=$work"
-run doctor monkey-trt doctor
+echo "monkey-trt GPU check: GPU=$gpu_name torch=$has_torch torch-cuda=$torch_cuda diffusers=$has_diffusers tensorrt=$has_trt ort-cuda=$ort_cuda ort-trt-ep=$ort_trt cpu-mode=$cpu size=$SIZE work=$work"
+run doctor "${CLI[@]}" doctor
 
-if [[ $has_gpu == 1 ]]; then
-  run gpu-tests "$PY" -m pytest -m gpu -q -p no:cacheprovider
+preset=sd15; [[ $cpu == 1 ]] && preset=tiny
+need_engine=0; [[ $has_trt == 1 || $ort_cuda == 1 || $ort_trt == 1 || $cpu == 1 ]] && need_engine=1
+torch_ok=0; [[ $has_torch == 1 && $has_diffusers == 1 ]] && torch_ok=1
+why_torch="PyTorch with diffusers and transformers is not installed (set WHEELS to a folder of carried wheels)"
+
+have_model=0
+if [[ -n "$model" ]]; then have_model=1; record model ok 0 "given: $model"
+elif [[ $torch_ok == 0 ]]; then skip model "$why_torch"
+elif [[ $has_gpu == 0 && $cpu == 0 ]]; then skip model "no NVIDIA GPU: nothing to check here (--cpu runs the CPU stand-ins)"
+else model="$work/$preset-model"; run model "${CLI[@]}" tiny-model "$model" --preset "$preset" && have_model=1; fi
+
+have_ref=0
+if [[ $have_model == 0 && $dry_run == 0 ]]; then skip reference "no model"
+elif [[ $torch_ok == 0 ]]; then skip reference "$why_torch"
 else
-  skip gpu-tests "no NVIDIA GPU visible (nvidia-smi)"
+  run reference "$PY" benchmarks/gpu_check_backend.py --spec '{"backend": "torch"}' --model "$model" --size "$SIZE" \
+      --save "$work/reference.npz" --out "$work/rows/reference.json" && have_ref=1
 fi
 
-model="$work/sd15-model"; engine="$work/sd15-engine"
-exported=0
-if [[ $has_torch_cuda == 1 || $has_gpu == 1 ]]; then
-  if run sd15-model monkey-trt tiny-model "$model" --preset sd15 &&
-     run export-${SIZE} monkey-trt export --base "$model/base" --ip-adapter "$model/ip-adapter" --out "$engine" \
-         --height "$SIZE" --width "$SIZE" --precision fp32,fp16 --no-fold; then exported=1; fi
+have_engine=0
+if [[ -n "$engine" ]]; then have_engine=1; record export ok 0 "given: $engine"
+elif [[ $need_engine == 0 ]]; then skip export "no TensorRT, ORT CUDA or ORT TensorRT EP here: nothing runs an engine directory"
+elif [[ $have_model == 0 && $dry_run == 0 ]]; then skip export "no model"
 else
-  skip sd15-model "no NVIDIA GPU: the sd15 export is only needed for the GPU backends"
-  skip export-${SIZE} "no NVIDIA GPU"
+  engine="$work/$preset-engine-$SIZE"
+  run export "${CLI[@]}" export --base "$model/base" --ip-adapter "$model/ip-adapter" --out "$engine" --height "$SIZE" \
+      --width "$SIZE" --batch 2 --precision fp32,fp16 --no-fold && have_engine=1
 fi
 
 for p in fp32 fp16; do
   if [[ $has_trt == 0 ]]; then skip "build-$p" "TensorRT (or cuda-python, or a GPU) is not available"
-  elif [[ $exported == 0 && $dry_run == 0 ]]; then skip "build-$p" "the export did not succeed"
-  else run "build-$p" monkey-trt build --engine-dir "$engine" --precision "$p" --opt-level "$OPT_LEVEL" || true; fi
+  elif [[ $have_engine == 0 && $dry_run == 0 ]]; then skip "build-$p" "no engine directory"
+  else run "build-$p" "${CLI[@]}" build --engine-dir "$engine" --precision "$p" --opt-level "$OPT_LEVEL" || true; fi
 done
 
-# fp32: every backend in fp32; fp16: published/torch with --dtype fp16 (+ CUDA graphs for ours), ort/trt on the fp16 graphs
-for p in fp32 fp16; do
-  list=("${backends[@]}")
-  if [[ ${#list[@]} == 0 ]]; then skip "bench-$p" "no GPU backend can run $p here"; continue; fi
-  if [[ $exported == 0 && $dry_run == 0 ]]; then skip "bench-$p" "the export did not succeed"; continue; fi
-  graphs=(); [[ $p == fp16 ]] && graphs=(--cuda-graph)
-  run "bench-$p" monkey-trt bench --engine-dir "$engine" --backends "$(join "${list[@]}")" --base "$model/base" \
-      --ip-adapter "$model/ip-adapter" --height "$SIZE" --width "$SIZE" --runs "$RUNS" --warmup 1 --device cuda \
-      --precision "$p" --dtype "$p" "${graphs[@]}" --json "$work/bench-$p.json" || true
+# name | available (1/0) | why not | BackendSpec (JSON): the same options everywhere they apply
+rows=()
+if [[ $cpu == 1 ]]; then
+  rows+=("ort-cpu|1||{\"backend\": \"ort\", \"providers\": [\"cpu\"], \"batch_passes\": true, \"verify\": \"size\"}")
+  rows+=("torch-cpu|$torch_ok|$why_torch|{\"backend\": \"torch\", \"batch_passes\": true}")
+fi
+no_gpu="no NVIDIA GPU visible (nvidia-smi)"
+why_trt=$([[ $has_gpu == 0 ]] && echo "$no_gpu" || echo "TensorRT or cuda-python is not installed")
+why_ort_cuda=$([[ $has_gpu == 0 ]] && echo "$no_gpu" || echo "onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu not installed)")
+why_ort_trt=$([[ $has_gpu == 0 ]] && echo "$no_gpu" || echo "onnxruntime has no TensorrtExecutionProvider")
+why_torch_cuda=$([[ $has_gpu == 0 ]] && echo "$no_gpu" || { [[ $torch_ok == 0 ]] && echo "$why_torch" || echo "PyTorch has no CUDA"; })
+torch_cuda_ok=0; [[ $torch_cuda == 1 && $torch_ok == 1 ]] && torch_cuda_ok=1
+rows+=("trt-fp32|$has_trt|$why_trt|{\"backend\": \"trt\", \"precision\": \"fp32\", \"cuda_graph\": true, \"batch_passes\": true, \"verify\": \"size\"}")
+rows+=("trt-fp16|$has_trt|$why_trt|{\"backend\": \"trt\", \"precision\": \"fp16\", \"cuda_graph\": true, \"batch_passes\": true, \"verify\": \"size\"}")
+rows+=("ort-cuda|$ort_cuda|$why_ort_cuda|{\"backend\": \"ort\", \"providers\": [\"cuda\"], \"cuda_graph\": true, \"batch_passes\": true, \"verify\": \"size\"}")
+rows+=("ort-trt-ep|$ort_trt|$why_ort_trt|{\"backend\": \"ort\", \"providers\": [\"tensorrt\"], \"cuda_graph\": true, \"batch_passes\": true, \"verify\": \"size\"}")
+rows+=("torch-fp16|$torch_cuda_ok|$why_torch_cuda|{\"backend\": \"torch\", \"device\": \"cuda\", \"precision\": \"fp16\", \"cuda_graph\": true, \"batch_passes\": true}")
+
+for r in "${rows[@]}"; do
+  IFS='|' read -r name ok why spec <<< "$r"
+  if [[ $ok == 0 ]]; then skip "$name" "$why"; continue; fi
+  if [[ $dry_run == 0 && $have_model == 0 ]]; then skip "$name" "no model"; continue; fi
+  args=(--spec "$spec" --model "$model" --size "$SIZE" --soak "$SOAK" --out "$work/rows/$name.json")
+  [[ $spec != *'"torch"'* ]] && { [[ $have_engine == 1 || $dry_run == 1 ]] || { skip "$name" "no engine directory"; continue; }; args+=(--engine-dir "$engine"); }
+  [[ $have_ref == 1 ]] && args+=(--reference "$work/reference.npz")
+  run "$name" "$PY" benchmarks/gpu_check_backend.py "${args[@]}" || true
 done
 
-# -- summary -----------------------------------------------------------------------------------
+if [[ $has_trt == 1 ]]; then
+  run trt-int8-fp8 bash benchmarks/gpu_int8.sh --work "$work/int8" $([[ $dry_run == 1 ]] && echo --dry-run) || true
+else
+  skip trt-int8-fp8 "$why_trt"
+fi
+
+# -- one table ----------------------------------------------------------------------------------------------
 total=$(( $(date +%s) - t_start ))
 echo
-echo "== summary ($gpu_name; ${total}s; work folder $work)"
-printf '%-14s %-8s %6s  %s\n' step result secs note
-failed=0; ran_gpu=0
-for i in "${!names[@]}"; do
-  printf '%-14s %-8s %6s  %s\n' "${names[$i]}" "${states[$i]}" "${secs[$i]}" "${notes[$i]}"
-  [[ ${states[$i]} == FAILED ]] && failed=1
-  [[ ${states[$i]} == ok && ${names[$i]} != doctor ]] && ran_gpu=1
-done
-for p in fp32 fp16; do
-  [[ -f "$work/bench-$p.json" ]] && "$PY" - "$work/bench-$p.json" "$p" <<'PYEOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-rows, s = d.get("results", []), d.get("settings", {})
-if rows:
-    base = rows[0]["end_to_end_s"]["p50"]
-    print(f"bench {sys.argv[2]} {s.get('width')}x{s.get('height')} (p50, ratio to {rows[0]['backend']}; mask equal): " + ", ".join(
-        f"{r['backend']} {r['end_to_end_s']['p50']:.3f}s ({base / r['end_to_end_s']['p50']:.2f}x; {r['mask_equals_first']})" for r in rows))
+echo "== summary ($gpu_name; ${SIZE}x${SIZE}; ${total}s; work folder $work)"
+"$PY" - "$work" "$SOAK" <<'PYEOF'
+import json, math, sys
+from pathlib import Path
+
+work, soak = Path(sys.argv[1]), int(sys.argv[2])
+MIN_IOU, MIN_PSNR = 0.98, 35.0  # fp16 floors (export/fidelity.py); fp32 rows: mask identical
+FLAT_MIB = 64.0  # memory drift over the soak that still counts as flat
+head = ("row", "result", "secs", "mask=ref", "IoU", "PSNR dB", "max|diff|", "p50 s", "graphs", "GPU MiB", "RSS MiB", "note")
+lines, failed = [], False
+for line in (work / "steps.txt").read_text().splitlines():
+    name, state, secs, note = line.split("|", 3)
+    cells = dict.fromkeys(head, "-")
+    cells.update(row=name, result=state, secs=secs, note=note)
+    f = work / "rows" / f"{name}.json"
+    if state in ("ok", "FAILED") and f.is_file():
+        r = json.loads(f.read_text())
+        if r.get("status") != "ok":
+            cells.update(result="FAILED", note=r.get("error", "")[:120])
+        else:
+            fp16 = r["spec"].get("precision") == "fp16"
+            if "mask_identical" in r:
+                cells["mask=ref"] = "yes" if r["mask_identical"] else "NO"
+                cells["IoU"] = f"{r['mask_iou']:.3f}"
+                cells["PSNR dB"] = "inf" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f}"
+                cells["max|diff|"] = f"{r['max_abs_diff']:.1e}"
+                good = (r["mask_iou"] >= MIN_IOU and r["psnr_db"] >= MIN_PSNR) if fp16 else r["mask_identical"]
+                if not good:
+                    cells.update(result="FAILED", note="below the fidelity floor" + (" (IoU 0.98, 35 dB)" if fp16 else " (mask must be identical)"))
+            cells["p50 s"] = f"{r.get('p50_s', 0):.3f}"
+            g0, g1 = r.get("graphs_after_first"), r.get("graphs_after_soak")
+            if g0 is not None and g1 is not None:
+                cells["graphs"] = f"{g0}->{g1}"
+                if r["spec"].get("cuda_graph") and g1 != g0:
+                    cells.update(result="FAILED", note="CUDA graphs captured again during the soak")
+            for key, a, b in (("GPU MiB", "gpu_start_mib", "gpu_end_mib"), ("RSS MiB", "rss_start_mib", "rss_end_mib")):
+                if r.get(a) is not None and r.get(b) is not None:
+                    cells[key] = f"{r[a]:.0f}->{r[b]:.0f}"
+                    if soak and r[b] - r[a] > FLAT_MIB and cells["result"] == "ok":
+                        cells.update(result="FAILED", note=f"{key.split()[0]} memory grew {r[b] - r[a]:.0f} MiB over {r['soak']} generations")
+            if cells["result"] == "ok":
+                cells["note"] = f"soak {r.get('soak', 0)}, batched steps {r.get('batched_steps')}"
+    failed |= cells["result"] == "FAILED"
+    lines.append(cells)
+widths = {h: max(len(h), *(len(str(c[h])) for c in lines)) for h in head[:-1]}
+print("  ".join(h.ljust(widths[h]) for h in head[:-1]) + "  note")
+for c in lines:
+    print("  ".join(str(c[h]).ljust(widths[h]) for h in head[:-1]) + "  " + c["note"])
+(work / "failed").write_text("1" if failed else "0")
 PYEOF
-done
+failed=$(cat "$work/failed" 2>/dev/null || echo 1)
 if [[ $dry_run == 1 ]]; then echo "dry run: nothing heavy ran"; fi
 if [[ $failed == 1 ]]; then exit 1; fi
-if [[ $has_gpu == 0 ]]; then echo "no NVIDIA GPU stack found: only doctor ran"; exit 3; fi
-if [[ $dry_run == 0 && $ran_gpu == 0 ]]; then exit 3; fi
+if [[ $cpu == 0 && $has_gpu == 0 ]]; then echo "no NVIDIA GPU stack found: only doctor ran"; exit 3; fi
 exit 0

@@ -17,6 +17,8 @@ from monkey_trt.core import __version__
 _EXPORTS = {
     "MonkeyPipeline": "monkey_trt.runtime.pipeline",
     "RuntimeOptions": "monkey_trt.runtime.pipeline",
+    "BackendSpec": "monkey_trt.runtime.backend",
+    "open_backend": "monkey_trt.jobs.backends",
     "MonkeyOutput": "monkey_trt.runtime.result",
     "MonkeyConfig": "monkey_trt.core.config",
     "Request": "monkey_trt.core.config",
@@ -26,7 +28,7 @@ _EXPORTS = {
     "load_manifest": "monkey_trt.enginedir.manifest",
     "load_subject": "monkey_trt.runtime.images",
 }
-__all__ = ["__version__", "MonkeyPipeline", "RuntimeOptions", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",
+__all__ = ["__version__", "MonkeyPipeline", "RuntimeOptions", "BackendSpec", "open_backend", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",
            "EngineDirError", "BackendUnavailable", "load_manifest", "load_subject"]
 
 

@@ -30,7 +30,6 @@ from monkey_trt.core.config import (
     MonkeyConfig,
     Request,
     check_side,
-    check_threads,
     knobs,
 )
 from monkey_trt.core.errors import MonkeyError, first_line
@@ -106,6 +105,15 @@ def config_from_options(values: dict[str, Any]) -> MonkeyConfig:
     return MonkeyConfig(**{name: _int_list(v, k[name].flag) if k[name].kind is tuple else v for name, v in values.items()})
 
 
+def backend_option(name: str, default: Any = _KNOB_DEFAULT) -> Any:
+    """typer.Option of a backend option (runtime.backend.BACKEND_OPTIONS): the same flag, help and default on
+    every command that has it."""
+    from monkey_trt.runtime.backend import BACKEND_OPTIONS
+
+    o = BACKEND_OPTIONS[name]
+    return typer.Option(o.default if default is _KNOB_DEFAULT else default, *o.flags, help=o.help)
+
+
 @contextlib.contextmanager
 def _quiet_libraries():
     """Library chatter (deprecations, 'truncated' notices) is replaced by our own one-line warnings."""
@@ -166,16 +174,15 @@ def generate(
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
     backend: Optional[str] = typer.Option(None, help="torch (PyTorch reference) | ort | trt [default: ort with --engine-dir, else torch]"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends); also the default size and models"),
-    verify: str = typer.Option("sha256", "--verify", help="Engine-dir check before loading: sha256 (every file hashed) | size (sizes; small files hashed)"),
-    device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
-    providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
-    fp16: bool = typer.Option(False, "--fp16", help="ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
-    precision: str = typer.Option("fp32", "--precision", help="ort/trt: the engine directory's fp32, fp16, int8 or fp8 graphs (int8/fp8: the mask pass stays fp32)"),
-    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
-    dtype: str = typer.Option("fp32", "--dtype", help="torch backend: fp32 | fp16 (fp16 changes the math; opt-in)"),
-    batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes",
-                                                help="Run the mask-independent leading steps of both passes as one batch-2 UNet call (exact; default: on for GPUs, off on CPU)"),
+    verify: str = backend_option("verify"),
+    device: str = backend_option("device"),
+    providers: str = backend_option("providers"),
+    fp16: bool = backend_option("fp16"),
+    cuda_graph: bool = backend_option("cuda_graph"),
+    precision: str = backend_option("precision"),
+    threads: int = backend_option("threads"),
+    dtype: str = backend_option("dtype"),
+    batch_passes: Optional[bool] = backend_option("batch_passes"),
     seed: int = _knob_option(_REQUEST["seed"]),
     height: Optional[int] = _knob_option(_REQUEST["height"], None, _OR_ENGINE_SIZE.format(_REQUEST["height"].default)),
     width: Optional[int] = _knob_option(_REQUEST["width"], None, _OR_ENGINE_SIZE.format(_REQUEST["width"].default)),
@@ -195,23 +202,24 @@ def generate(
         summary,
     )
 
+    from monkey_trt.runtime.backend import spec_from_options
+
     t0 = time.perf_counter()
-    if verify not in ("sha256", "size"):
-        raise MonkeyError(f"--verify must be sha256 or size, got {verify!r}")
     _check_sides(height, width)
     if baseline_scale is not None and not baseline:
         raise MonkeyError("--baseline-scale applies to the plain IP-Adapter baseline: add --baseline (or drop --baseline-scale)")
     config = config_from_options(knob_values)
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
+    spec = spec_from_options(d.backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, cuda_graph=cuda_graph,
+                                             precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes))
     if d.dims is not None:  # the engine directory's model: its limits before any work
         config.check_model(d.dims)
     request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
     job = GenerateJob(
         request=request, image=image, out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
-        backend=d.backend, engine_dir=engine_dir, device=device, noise=noise, save_arrays=save_arrays,
+        spec=spec, engine_dir=engine_dir, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else config.scale_final) if baseline else None,
-        providers=tuple(p.strip() for p in providers.split(",") if p.strip()), fp16=fp16, cuda_graph=cuda_graph,
-        precision=precision, threads=threads, verify=verify, batch_passes=batch_passes, dtype=dtype, dims=d.dims,
+        dims=d.dims,
     )
     with _quiet_libraries():
         done = run_generate(job, console)
@@ -228,12 +236,13 @@ def demo(
     size: int = typer.Option(128, "--size", help="Image side (the tiny model is fast at 64..256)"),
     seed: int = typer.Option(0, "--seed", help="Seed (diffusers LCM semantics)"),
     backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference)"),
-    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
+    threads: int = backend_option("threads"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
     from monkey_trt.core.files import check_target
     from monkey_trt.jobs.generate import GenerateJob, run_generate
     from monkey_trt.models.cache import DEMO_PROFILE, ensure_preset, preset_dirs
+    from monkey_trt.runtime.backend import spec_from_options
     from monkey_trt.runtime.outputs import check_out_dir
 
     if backend not in ("ort", "torch"):
@@ -241,7 +250,7 @@ def demo(
     lo, hi = DEMO_PROFILE
     if not lo <= size <= hi or size % 8:
         raise MonkeyError(f"demo --size must be a multiple of 8 in {lo}..{hi}, got {size}")
-    check_threads(threads)
+    spec = spec_from_options(backend, {"threads": threads})
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
     check_out_dir(out, baseline=True)  # before minutes of first-run work
     for d in (workdir, *preset_dirs("tiny", workdir, size, size)):
@@ -251,8 +260,8 @@ def demo(
             model_dir, engine_dir = ensure_preset("tiny", workdir, size, size, engine=backend != "torch", status=update)
         job = GenerateJob(
             request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
-            ip_adapter=str(model_dir / "ip-adapter"), backend=backend, baseline_scale=request.config.scale_final,
-            engine_dir=engine_dir if backend != "torch" else None, threads=threads,
+            ip_adapter=str(model_dir / "ip-adapter"), spec=spec, baseline_scale=request.config.scale_final,
+            engine_dir=engine_dir if backend != "torch" else None,
         )
         done = run_generate(job, console)
     result = done.output
@@ -378,15 +387,22 @@ def build(
 
 
 @app.command()
-def doctor():
+def doctor(
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Also TensorRT's memory numbers (plan, weights, activations per network) for this engine directory's plans"),
+    precision: str = typer.Option("fp32", "--precision", help="With --engine-dir: the plans of this precision (fp32, fp16, int8 or fp8)"),
+):
     """What this machine can run: Python packages, ONNX Runtime providers, TensorRT, CUDA, GPUs."""
     from rich.markup import escape
     from rich.table import Table
 
+    from monkey_trt.enginedir.manifest import check_precision
     from monkey_trt.jobs.doctor import doctor_report
 
+    check_precision(precision)
+    if engine_dir is not None and not engine_dir.is_dir():
+        raise MonkeyError(f"--engine-dir {engine_dir} is not a folder")
     table = Table("check", "status", "detail")
-    for row in doctor_report():
+    for row in doctor_report(engine_dir, precision):
         status = {True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]-[/]"}[row.ok]
         table.add_row(row.name, status, escape(row.detail))
     Console().print(table)
@@ -405,20 +421,24 @@ def bench(
     runs: int = typer.Option(3, help="Timed runs per backend (and as many plain IP-Adapter runs)"),
     warmup: int = typer.Option(1, help="Untimed runs after the first image"),
     soak: int = typer.Option(0, "--soak", help="N more generations per backend: host/GPU memory drift"),
-    device: str = typer.Option("cpu", help="torch/published backends: cpu | cuda"),
-    dtype: str = typer.Option("fp32", help="torch/published backends: fp32 | fp16"),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="torch backend on cuda: CUDA-graph replay of UNet calls"),
+    device: str = backend_option("device"),
+    dtype: str = backend_option("dtype"),
+    cuda_graph: bool = backend_option("cuda_graph"),
     ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start)"),
-    batch_passes: Optional[bool] = typer.Option(None, "--batch-passes/--no-batch-passes", help="Exact pass batching (default: per backend)"),
+    batch_passes: Optional[bool] = backend_option("batch_passes"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
     workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
-    precision: str = typer.Option("fp32", "--precision", help="ort/trt backends: the engine directory's fp32, fp16, int8 or fp8 graphs (a --preset engine gets them exported)"),
-    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
+    precision: str = backend_option("precision"),
+    threads: int = backend_option("threads"),
+    providers: str = backend_option("providers"),
+    fp16: bool = backend_option("fp16"),
+    verify: str = backend_option("verify"),
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
     from monkey_trt.bench.cli import check_output_path, run_bench
     from monkey_trt.bench.job import BenchSettings
+    from monkey_trt.runtime.backend import split_list
 
     _check_sides(height, width)
     check_output_path(json_out, "--json", "json")
@@ -426,19 +446,23 @@ def bench(
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     if preset is not None and engine_dir is not None:
         raise MonkeyError("give --preset or --engine-dir, not both")
+
+    def settings(h: int, w: int) -> BenchSettings:
+        return BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype, cuda_graph=cuda_graph,
+                             ort_cache=ort_cache, batch_passes=batch_passes, precision=precision, threads=threads,
+                             workdir=str(workdir), providers=split_list(providers), fp16=fp16, verify=verify)
+
+    settings(64, 64)  # every backend's spec checked before any work
     with _quiet_libraries():
-        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console,
-                  lambda h, w: BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype,
-                                             cuda_graph=cuda_graph, ort_cache=ort_cache, batch_passes=batch_passes,
-                                             precision=precision, threads=threads))
+        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings)
 
 
 @app.command()
 def serve(
     engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
     backend: str = typer.Option("ort", help="ort | trt"),
-    providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list; default: best installed)"),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+    providers: str = backend_option("providers"),
+    cuda_graph: bool = backend_option("cuda_graph"),
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
     port: int = typer.Option(8000, help="Port (0: any free port, printed at start)"),
     max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting behind the running one; more get 429"),
@@ -455,7 +479,11 @@ def serve(
     min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="--ray: autoscale between --min-replicas and --max-replicas"),
     max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="--ray: autoscaling upper bound"),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: existing cluster (e.g. auto, ray://head:10001)"),
-    precision: str = typer.Option("fp32", "--precision", help="The engine directory's fp32, fp16, int8 or fp8 graphs (as exported)"),
+    precision: str = backend_option("precision"),
+    verify: str = backend_option("verify"),
+    threads: int = backend_option("threads"),
+    fp16: bool = backend_option("fp16"),
+    batch_passes: Optional[bool] = backend_option("batch_passes"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
     from monkey_trt.core.extras import require_extra
@@ -463,18 +491,23 @@ def serve(
     require_extra("serve", "serve")  # one line naming the extra, before anything imports fastapi or prometheus_client
     if ray:
         require_extra("ray", "serve --ray")
+    from monkey_trt.runtime.backend import ENGINE_BACKENDS, spec_from_options
     from monkey_trt.serve.service import ServeConfig
 
     if not 0 <= port <= 65535:
         raise MonkeyError(f"--port must be in 0..65535, got {port}")
+    if backend not in ENGINE_BACKENDS:
+        raise MonkeyError(f"--backend must be ort or trt, got {backend!r}")
+    spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,
+                                           threads=threads, fp16=fp16, batch_passes=batch_passes))
     config = ServeConfig(
-        engine_dir=engine_dir, backend=backend, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
-        cuda_graph=cuda_graph, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
-        subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup, precision=precision,
+        engine_dir=engine_dir, backend=backend, providers=spec.providers, cuda_graph=spec.cuda_graph, max_queue=max_queue,
+        timeout_s=timeout, max_body_mb=max_body_mb, subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup,
+        precision=spec.precision, verify=spec.verify, threads=spec.threads, fp16=spec.fp16, batch_passes=spec.batch_passes,
     )
     from monkey_trt.enginedir.manifest import load_manifest
 
-    load_manifest(engine_dir)  # a wrong engine directory is one line, before any server starts
+    load_manifest(engine_dir, verify=spec.verify)  # a wrong engine directory is one line, before any server starts
     if ray:
         from monkey_trt.serve.ray_app import RayOptions, run_ray
 
@@ -505,10 +538,10 @@ def eval_(
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; each (subject, prompt, seed) has one noise for every method and precision"),
     height: Optional[int] = typer.Option(None, help="Image height [default: the engine's opt size, else 512]"),
     width: Optional[int] = typer.Option(None, help="Image width [default: the engine's opt size, else 512]"),
-    device: str = typer.Option("cpu", help="torch backend device: cpu or cuda"),
-    providers: str = typer.Option("", "--providers", help="ort backend: cpu, cuda, tensorrt (comma list)"),
-    threads: int = typer.Option(0, "--threads", help="CPU threads for torch / each ORT session (0 = library default)"),
-    verify: str = typer.Option("sha256", "--verify", help="Engine-dir check before loading: sha256 | size"),
+    device: str = backend_option("device"),
+    providers: str = backend_option("providers"),
+    threads: int = backend_option("threads"),
+    verify: str = backend_option("verify"),
     judge_device: str = typer.Option("auto", "--judge-device", help="Where the judges run: auto (cuda if present) | cpu | cuda"),
     judge_batch: int = typer.Option(32, "--judge-batch", help="Images scored per judge batch"),
 ):

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "export": {"core", "enginedir", "engine", "runtime", "reference"},
     "models": {"core", "enginedir", "export", "reference", "runtime"},
     "jobs": {"core", "enginedir", "engine", "runtime", "reference", "models"},
-    "bench": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "models"},
+    "bench": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "models", "jobs"},
     "serve": {"core", "enginedir", "engine", "runtime"},
     "eval": {"core", "enginedir", "engine", "runtime", "reference", "jobs"},
     "cli": {"core", "enginedir", "engine", "runtime", "reference", "export", "models", "jobs", "bench", "serve", "eval"},

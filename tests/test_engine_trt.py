@@ -188,7 +188,7 @@ def test_build_config_defaults_and_frozen():
         {"builder_optimization_level": 6},
         {"builder_optimization_level": -1},
         {"builder_optimization_level": 2.5},
-        {"precision": "int8"},
+        {"precision": "int4"},
         {"precision": True},
         {"static_shapes": "yes"},
         {"profile": {"batch": [1, 1, 1]}},
@@ -987,6 +987,57 @@ def test_fake_doctor_reports_tensorrt_memory(fakes, tmp_path, monkeypatch):
     assert "unet" in detail and "activations shared 5.0 MiB (sum 11.0 MiB)" in detail and "\n" not in detail
     monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: (_ for _ in ()).throw(trt_lib.BackendUnavailable(trt_lib.TRT_MISSING)))
     assert doctor.tensorrt_memory_rows(tmp_path, manifest) == []  # nothing to show without TensorRT
+
+
+def test_fake_doctor_command_shows_the_memory_row(fakes, tmp_path, monkeypatch, capsys):
+    """Issue 13: `doctor --engine-dir DIR --precision P` adds TensorRT's memory row (TensorRT, cuda-python, a GPU: faked)."""
+    from monkey_trt.cli import main
+    from monkey_trt.jobs import doctor
+
+    sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
+    _open_pipeline(fakes, tmp_path, monkeypatch, sizes)
+    manifest = _networks_manifest(tmp_path)
+    seen = {}
+    real_rows = doctor.tensorrt_memory_rows
+
+    def rows(engine_dir, manifest_=None, precision="fp32"):
+        seen["precision"] = precision
+        return real_rows(engine_dir, manifest, precision)
+
+    monkeypatch.setattr(doctor, "tensorrt_memory_rows", rows)
+    monkeypatch.setattr(doctor, "nvidia_gpus", lambda: [doctor.GpuInfo("NVIDIA Fake", "1.0", "80 GiB", "9.0")])
+    monkeypatch.setattr(doctor, "_tensorrt_row", lambda: (doctor.CheckRow("tensorrt", True, "fake"), True))
+    monkeypatch.setattr(doctor, "_cuda_python_row", lambda: (doctor.CheckRow("cuda-python", True, "fake"), True))
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["doctor", "--engine-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tensorrt memory" in out and "activations shared 5.0 MiB (sum 11.0 MiB)" in out and seen["precision"] == "fp32"
+    assert main(["doctor", "--engine-dir", str(tmp_path / "nope")]) == 2
+    assert main(["doctor", "--engine-dir", str(tmp_path), "--precision", "fp4"]) == 2
+
+
+def test_fake_bench_reports_trt_memory(fakes, tmp_path, monkeypatch):
+    """Issue 13: bench's trt rows carry TensorRT's memory numbers (the JSON's trt_memory, one printed line)."""
+    from types import SimpleNamespace
+
+    from monkey_trt.bench.job import BackendResult, Spread, memory_lines, trt_memory
+
+    sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
+    runners = _open_pipeline(fakes, tmp_path, monkeypatch, sizes)
+    try:
+        for r in runners.values():
+            r.activate()
+        mem = trt_memory(SimpleNamespace(runners=runners))
+        assert mem["activation_shared_bytes"] == 5 << 20 and set(mem["networks"]) == set(NETWORKS)
+        assert trt_memory(SimpleNamespace(runners={})) is None and trt_memory(object()) is None
+        spread = Spread(1.0, 1.0, 1.0)
+        rows = [BackendResult(name, {}, 1.0, 1.0, spread, 1.0, {}, [], spread, 1.0, 1.0, None, 0, "", trt_memory=m)
+                for name, m in (("ort", None), ("trt", mem))]
+        lines = memory_lines(rows)
+        assert len(lines) == 1 and lines[0].startswith("trt memory: ") and "activations shared 5.0 MiB (sum 11.0 MiB)" in lines[0]
+    finally:
+        for r in runners.values():
+            r.deactivate()
 
 
 # -- the fakes are strict where TensorRT and CUDA are ------------------------------------------------

@@ -21,7 +21,7 @@ from PIL import Image
 from monkey_trt.cli import main
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.eval import store as store_mod
-from monkey_trt.eval.generation import BackendSpec, Generated
+from monkey_trt.eval.generation import EvalBackend, Generated
 from monkey_trt.eval.methods import (
     check_precisions,
     parse_methods,
@@ -105,7 +105,7 @@ class FakeGenerator:
 
 def _job(subjects, out, judges, prompts, precisions="fp32,fp16", methods="monkey,ipadapter@0.5,ipadapter@1.0",
          seeds=(0, 1), batch=4) -> EvalJob:
-    spec = BackendSpec("torch", None, "tiny/base", "tiny/ip-adapter", "ip-adapter_sd15")
+    spec = EvalBackend.make("torch", None, "tiny/base", "tiny/ip-adapter", "ip-adapter_sd15")
     return EvalJob(subjects_dir=subjects, out=out, spec=spec, height=64, width=64, methods=parse_methods(methods),
                    precisions=parse_precisions(precisions), seeds=tuple(seeds), prompts=str(prompts), clip=str(judges[0]),
                    dino=str(judges[1]), judge_device="cpu", judge_batch=batch)

@@ -289,22 +289,30 @@ def test_repeated_subject_skips_the_image_encoder(server, tiny_model_dir):
 
 
 def test_cached_encoders_equal_uncached(engine_dir, subject):
+    """Issue 13 defect 9: the caches wrap the backend's networks; the pipeline object is not changed."""
     from monkey_trt.core.config import MonkeyConfig, Request
     from monkey_trt.runtime.pipeline import MonkeyPipeline
-    from monkey_trt.serve.cache import install_encoder_caches
+    from monkey_trt.serve.cache import with_encoder_caches
 
     req = Request("a toy on the beach", 64, 64, seed=11, config=MonkeyConfig(steps_final=4, masked_steps=(1, 2)))
-    with MonkeyPipeline.from_engine_dir(engine_dir) as plain, MonkeyPipeline.from_engine_dir(engine_dir) as cached:
-        caches = install_encoder_caches(cached, subject_capacity=2, prompt_capacity=2)
-        ref = plain(req, subject)
+    with MonkeyPipeline.from_engine_dir(engine_dir) as pipe:
+        before = dict(vars(pipe))
+        cached = with_encoder_caches(pipe, subject_capacity=2, prompt_capacity=2)
+        ref = pipe(req, subject)
         for _ in range(2):
             out = cached(req, subject)
             np.testing.assert_array_equal(out.image, ref.image)
             np.testing.assert_array_equal(out.mask.mask, ref.mask.mask)
-        assert caches.counters() == {"subject": (1, 1), "prompt": (1, 1)}
+        assert cached.caches.counters() == {"subject": (1, 1), "prompt": (1, 1)}
+        again = pipe(req, subject)  # the pipeline itself still runs uncached
+        np.testing.assert_array_equal(again.image, ref.image)
+        assert cached.caches.counters() == {"subject": (1, 1), "prompt": (1, 1)}
+        assert vars(pipe).keys() == before.keys() and all(vars(pipe)[k] is v for k, v in before.items() if k != "_size")
+        assert "encode_subject" not in vars(pipe) and "encode_prompt" not in vars(pipe)  # no method patched in
+        assert cached.manifest is pipe.manifest  # everything else is the pipeline's
         for i in range(3):  # LRU bound
             cached.encode_prompt(f"prompt {i}")
-        assert len(caches.prompt) == 2
+        assert len(cached.caches.prompt) == 2
 
 
 # -- bounded load, memory -------------------------------------------------------------------------

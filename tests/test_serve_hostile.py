@@ -72,7 +72,7 @@ class LimitedServer:
 
     def __init__(self, limits=None, max_queue=2, timeout_s=30.0, routes=(), **app_kwargs):
         from monkey_trt.serve.app import create_app
-        from monkey_trt.serve.cache import install_encoder_caches
+        from monkey_trt.serve.cache import with_encoder_caches
         from monkey_trt.serve.limits import HttpLimits, uvicorn_config
         from monkey_trt.serve.run import bind
         from monkey_trt.serve.service import MonkeyService, ServeConfig
@@ -80,8 +80,8 @@ class LimitedServer:
         self.pipe = StubPipe()
         self.service = MonkeyService(ServeConfig(Path("stub-engine"), max_queue=max_queue, timeout_s=timeout_s, max_body_mb=20,
                                                  warmup=False))
-        self.service.pipe = self.pipe
-        self.service.caches = install_encoder_caches(self.pipe, 4, 4)
+        self.service.pipe = with_encoder_caches(self.pipe, 4, 4)
+        self.service.caches = self.service.pipe.caches
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         app = create_app(self.service, **app_kwargs)

@@ -18,6 +18,7 @@ from monkey_trt.bench.job import (
     BenchSettings,
     bench_backend,
     compare_to_first,
+    memory_lines,
     report,
     stage_groups,
 )
@@ -92,31 +93,24 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
 
 
 def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
+    spec = s.specs()[name]
+
     def load():
-        if name in ("ort", "trt"):
-            from monkey_trt.runtime.pipeline import MonkeyPipeline
-
-            cache = {"ort_cache": Path(src["workdir"]) / "ort-optimized"} if name == "ort" and s.ort_cache else {}
-            return MonkeyPipeline.from_engine_dir(src["engine_dir"], backend=name, precision=s.precision, threads=s.threads, **cache)
-        from monkey_trt.reference.device import (
-            check_torch_device,
-            set_torch_threads,
-            torch_dtype,
-        )
-
-        check_torch_device(s.device)
-        set_torch_threads(s.threads)
-        dtype = torch_dtype(s.dtype)
         if name == "published":
             from monkey_trt.baselines.published import PublishedPipeline
+            from monkey_trt.reference.device import (
+                check_torch_device,
+                set_torch_threads,
+                torch_dtype,
+            )
 
-            return PublishedPipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
-        from monkey_trt.reference.pipeline import ReferencePipeline
+            check_torch_device(spec.device)
+            set_torch_threads(spec.threads)
+            return PublishedPipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=spec.device,
+                                                     dtype=torch_dtype(spec.dtype))
+        from monkey_trt.jobs.backends import ModelSource, open_backend
 
-        pipe = ReferencePipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=s.device, dtype=dtype)
-        if s.cuda_graph:
-            pipe.enable_cuda_graphs()
-        return pipe
+        return open_backend(spec, src["engine_dir"], ModelSource(src["base"], src["ip_adapter"], src["ip_weight"]))
 
     return load
 
@@ -144,6 +138,8 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     table_console = Console(width=min(Console().width, TABLE_WIDTH))
     for t in results_tables(results, s):
         table_console.print(t)
+    for line in memory_lines(results):  # trt: TensorRT's own memory numbers
+        print(line, flush=True)
     doc = report(s, results, src)
     if json_out is not None:
         from monkey_trt.core.files import write_json_atomic

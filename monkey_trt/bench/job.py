@@ -25,10 +25,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.config import Request, check_threads
+from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.manifest import check_precision
-from monkey_trt.reference.device import check_dtype
+from monkey_trt.runtime.backend import is_default, specs_for
 
 BENCH_BACKENDS = ("published", "torch", "ort", "trt")
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -53,6 +52,10 @@ class BenchSettings:
     threads: int = 0  # CPU threads for torch / each ORT session; 0 = the library default
     prompt: str = "a dog on the beach"
     seed: int = 0
+    providers: tuple[str, ...] = ()  # ort: execution providers (default: best installed)
+    fp16: bool = False  # ort TensorRT EP: fp16 kernels
+    verify: str = "sha256"  # ort/trt: engine-dir check before loading
+    workdir: str | None = None  # ort with ort_cache: ORT's optimised graphs go to <workdir>/ort-optimized
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
@@ -62,9 +65,17 @@ class BenchSettings:
             raise MonkeyError("--backends names a backend twice")
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
             raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
-        check_dtype(self.dtype)
-        check_precision(self.precision)
-        check_threads(self.threads)
+        object.__setattr__(self, "providers", tuple(self.providers))
+        self.specs()  # every backend's spec, checked; an option no listed backend takes is one line
+
+    def specs(self) -> dict:
+        """One runtime.backend.BackendSpec per backend: the options that apply to it (`--dtype` for torch/published,
+        `--precision` and `--providers` for ort/trt, ...)."""
+        values = {"device": self.device, "dtype": self.dtype, "precision": self.precision, "providers": self.providers,
+                  "fp16": self.fp16, "cuda_graph": self.cuda_graph, "batch_passes": self.batch_passes,
+                  "threads": self.threads, "verify": self.verify}
+        cache = {"ort": {"ort_cache": Path(self.workdir) / "ort-optimized"}} if self.ort_cache and self.workdir else {}
+        return specs_for(self.backends, {k: v for k, v in values.items() if not is_default(k, v)}, cache)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,7 @@ class BackendResult:
     mask_equals_first: bool | None = None
     image_max_abs_diff_vs_first: float | None = None
     soak: dict | None = None
+    trt_memory: dict | None = None  # trt: TensorRT's memory numbers (engine.trt.memory_report)
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -170,7 +182,7 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     torch = _torch_cuda()
     if torch is not None:
         torch.cuda.reset_peak_memory_stats()
-    kwargs = {} if name == "published" else {"batch_passes": s.batch_passes}
+    kwargs = {} if name == "published" else {"batch_passes": s.specs()[name].batch_passes}
     status(f"{name}: loading + first image")
     t0 = time.perf_counter()
     pipe = load()
@@ -205,12 +217,34 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
         two_pass_overhead=e2e.p50 / ip.p50, peak_rss_mib=peak_rss_mib(), peak_gpu_mib=_gpu_mib(peak=True),
         batched_steps=outs[0].batched_steps, mask_sha256=hashlib.sha256(outs[0].mask.mask.tobytes()).hexdigest(),
     )
+    result.trt_memory = trt_memory(pipe) if name == "trt" else None
     if s.soak:
         result.soak = _soak(name, pipe, request, subject, s.soak, kwargs, status)
     close = getattr(pipe, "close", None)
     if close is not None:
         close()
     return result, outs[0]
+
+
+def trt_memory(pipe) -> dict | None:
+    """TensorRT's own memory numbers for a trt pipeline's runners (plan, weights, activations per network), or None."""
+    runners = getattr(pipe, "runners", None)
+    if not runners:
+        return None
+    try:
+        from monkey_trt.engine.trt.engine import memory_report
+
+        report = memory_report(runners)
+    except Exception:  # a figure we cannot get is left out, never a failed bench
+        return None
+    return report if report.get("networks") else None
+
+
+def memory_lines(results: list[BackendResult]) -> list[str]:
+    """One line per trt result: `trt memory: unet: plan ..., activations ...; ... activations shared ...`."""
+    from monkey_trt.jobs.doctor import memory_detail
+
+    return [f"{r.backend} memory: {memory_detail(r.trt_memory)}" for r in results if r.trt_memory]
 
 
 def _soak(name, pipe, request, subject, n, kwargs, status) -> dict:

@@ -10,9 +10,9 @@ from typing import Callable
 
 from rich.console import Console
 
-from monkey_trt.core.config import DEFAULT_IP_WEIGHT, check_threads
+from monkey_trt.core.config import DEFAULT_IP_WEIGHT
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.eval.generation import BackendSpec
+from monkey_trt.eval.generation import EvalBackend
 from monkey_trt.eval.judges import DEFAULT_CLIP, DEFAULT_DINO
 from monkey_trt.eval.methods import parse_methods, parse_precisions, parse_seeds
 from monkey_trt.eval.protocol import EvalJob, EvalResult, prepare, run_eval
@@ -48,20 +48,16 @@ class EvalOptions:
 
 
 def build_job(o: EvalOptions) -> EvalJob:
+    from monkey_trt.jobs.backends import ModelSource
     from monkey_trt.jobs.generate import resolve_defaults
+    from monkey_trt.runtime.backend import spec_from_options
 
     methods, precisions, seeds = parse_methods(o.methods), parse_precisions(o.precision), parse_seeds(o.seeds)
     if o.backend is not None and o.backend not in BACKENDS:
         raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {o.backend!r}")
-    if o.verify not in ("sha256", "size"):
-        raise MonkeyError(f"--verify must be sha256 or size, got {o.verify!r}")
-    check_threads(o.threads)
     d = resolve_defaults(o.engine_dir, o.backend, o.height, o.width, o.base, o.ip_adapter)
-    providers = tuple(p.strip() for p in o.providers.split(",") if p.strip())
-    if providers and d.backend != "ort":
-        raise MonkeyError("--providers applies to --backend ort only")
-    spec = BackendSpec(d.backend, o.engine_dir if d.backend != "torch" else None, d.base, d.ip_adapter, o.ip_weight,
-                       device=o.device, providers=providers, threads=o.threads, verify=o.verify)
+    backend = spec_from_options(d.backend, dict(device=o.device, providers=o.providers, threads=o.threads, verify=o.verify))
+    spec = EvalBackend(backend, o.engine_dir if d.backend != "torch" else None, ModelSource(d.base, d.ip_adapter, o.ip_weight))
     return EvalJob(subjects_dir=o.subjects, out=o.out, spec=spec, height=d.height, width=d.width, methods=methods,
                    precisions=precisions, seeds=seeds, prompts=o.prompts, clip=o.clip, dino=o.dino,
                    judge_device=o.judge_device, judge_batch=o.judge_batch)

@@ -1,14 +1,14 @@
 """One backend at one precision, loaded once: MONKEY or plain IP-Adapter images from a given noise plan.
 
-The backend comes from jobs.generate.load_backend (the torch reference, or the lean runtime on an
-engine directory), so eval runs exactly what `generate` runs. The torch backend's precisions are
+The backend comes from jobs.backends.open_backend (the torch reference, or the lean runtime on an
+engine directory) with the same runtime.backend.BackendSpec, so eval runs exactly what `generate` runs. The torch backend's precisions are
 its dtypes (fp32, fp16); ort/trt run the engine directory's graphs of that precision.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +16,41 @@ from PIL import Image
 
 from monkey_trt.core.config import Request
 from monkey_trt.eval.methods import MONKEY, Method
+from monkey_trt.jobs.backends import ModelSource, open_backend
+from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.method import run_ip_adapter
 from monkey_trt.runtime.noise import NoisePlan
 
 
 @dataclass(frozen=True)
-class BackendSpec:
-    """What to load (the same fields `generate` takes)."""
+class EvalBackend:
+    """What to load: the shared BackendSpec (its precision is set per evaluated precision), the engine directory
+    (ort/trt) and the torch backend's models."""
 
-    backend: str  # torch | ort | trt
+    spec: BackendSpec
     engine_dir: Path | None
-    base: str
-    ip_adapter: str
-    ip_weight: str
-    device: str = "cpu"
-    providers: tuple[str, ...] = ()
-    threads: int = 0
-    verify: str = "sha256"
+    models: ModelSource
+
+    @classmethod
+    def make(cls, backend: str, engine_dir: Path | None, base: str, ip_adapter: str, ip_weight: str, **spec_fields) -> "EvalBackend":
+        return cls(BackendSpec(backend=backend, **spec_fields), engine_dir, ModelSource(base, ip_adapter, ip_weight))
+
+    @property
+    def backend(self) -> str:
+        return self.spec.backend
+
+    @property
+    def base(self) -> str:
+        return self.models.base
+
+    @property
+    def ip_adapter(self) -> str:
+        return self.models.ip_adapter
+
+    @property
+    def ip_weight(self) -> str:
+        return self.models.ip_weight
 
 
 @dataclass(frozen=True)
@@ -68,15 +85,7 @@ class Generator:
             close()
 
 
-def open_generator(spec: BackendSpec, precision: str, request: Request) -> Generator:
+def open_generator(backend: EvalBackend, precision: str, request: Request) -> Generator:
     """Load the backend once for `precision` (torch: dtype fp32|fp16; ort/trt: the engine's graphs)."""
-    from monkey_trt.jobs.generate import GenerateJob, load_backend
-
-    torch_backend = spec.backend == "torch"
-    job = GenerateJob(  # image/out are generate's; load_backend reads only the backend fields
-        request=request, image=Path(), out=Path(), base=spec.base, ip_adapter=spec.ip_adapter, ip_weight=spec.ip_weight,
-        backend=spec.backend, engine_dir=spec.engine_dir, device=spec.device, providers=spec.providers,
-        precision="fp32" if torch_backend else precision, dtype=precision if torch_backend else "fp32",
-        threads=spec.threads, verify=spec.verify,
-    )
-    return Generator(load_backend(job), precision)
+    spec = replace(backend.spec, precision=precision)
+    return Generator(open_backend(spec, backend.engine_dir, backend.models), precision)

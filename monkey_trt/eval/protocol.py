@@ -25,7 +25,7 @@ from PIL import Image
 
 from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.eval.generation import BackendSpec, Generated, open_generator
+from monkey_trt.eval.generation import EvalBackend, Generated, open_generator
 from monkey_trt.eval.judges import Judges, JudgeSource, judge_device, resolve_judge
 from monkey_trt.eval.methods import MONKEY, Method, check_precisions
 from monkey_trt.eval.metrics import cosines, mask_iou, psnr_u8
@@ -41,7 +41,7 @@ REFERENCE_PRECISION = "fp32"
 class EvalJob:
     subjects_dir: Path
     out: Path
-    spec: BackendSpec
+    spec: EvalBackend
     height: int
     width: int
     methods: tuple[Method, ...]

@@ -167,15 +167,21 @@ def tensorrt_memory_rows(engine_dir, manifest=None, precision: str = "fp32") -> 
     except Exception as e:
         return [CheckRow("tensorrt memory", False, first_line(e))]
 
+    return [CheckRow("tensorrt memory", True, memory_detail(report))]
+
+
+def memory_detail(report: dict) -> str:
+    """engine.trt's memory report (memory_report / plan_memory) as one line: per network the plan, weights and
+    activation memory, then the activations the pipeline shares against their sum (doctor, bench)."""
     def mib(b: int) -> str:
         return f"{b / 2**20:.1f} MiB"
 
     parts = []
     for net, m in report["networks"].items():
-        weights = f", weights {mib(m['weights_bytes'])}" if m["weights_bytes"] is not None else ""
+        weights = f", weights {mib(m['weights_bytes'])}" if m.get("weights_bytes") is not None else ""
         parts.append(f"{net}: plan {mib(m['plan_bytes'])}{weights}, activations {mib(m['activation_bytes'])}")
     parts.append(f"activations shared {mib(report['activation_shared_bytes'])} (sum {mib(report['activation_sum_bytes'])})")
-    return [CheckRow("tensorrt memory", True, "; ".join(parts))]
+    return "; ".join(parts)
 
 
 def extras_rows() -> list[CheckRow]:
@@ -193,8 +199,9 @@ def extras_rows() -> list[CheckRow]:
     return rows
 
 
-def doctor_report(engine_dir=None) -> list[CheckRow]:
-    """One row per check; never raises, never prints. `engine_dir`: also TensorRT's memory numbers for its plans."""
+def doctor_report(engine_dir=None, precision: str = "fp32") -> list[CheckRow]:
+    """One row per check; never raises, never prints. `engine_dir`: also TensorRT's memory numbers for its
+    `precision` plans (a row saying why not where TensorRT cannot run here)."""
     rows: list[CheckRow] = []
     py_ok = sys.version_info >= (3, 10)
     rows.append(CheckRow("python", py_ok, f"{platform.python_version()} ({sys.executable})" + ("" if py_ok else ": need >= 3.10")))
@@ -241,5 +248,7 @@ def doctor_report(engine_dir=None) -> list[CheckRow]:
     rows.extend(extras_rows())
     rows.append(CheckRow("backends", bool(backends), ", ".join(backends) if backends else "none: install onnxruntime"))
     if engine_dir is not None and "tensorrt" in backends:
-        rows.extend(tensorrt_memory_rows(engine_dir))
+        rows.extend(tensorrt_memory_rows(engine_dir, precision=precision))
+    elif engine_dir is not None:
+        rows.append(CheckRow("tensorrt memory", None, "not measured: needs tensorrt, cuda-python and an NVIDIA GPU"))
     return rows

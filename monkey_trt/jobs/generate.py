@@ -5,7 +5,7 @@ Backends: `torch` (the PyTorch reference), `ort` / `trt` (the lean runtime on an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -15,9 +15,9 @@ from monkey_trt.core.config import (
     DEFAULT_IP_ADAPTER,
     DEFAULT_IP_WEIGHT,
     Request,
-    check_threads,
 )
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.jobs.progress import status, steps
 from monkey_trt.runtime.images import load_subject
@@ -42,21 +42,16 @@ class GenerateJob:
     base: str
     ip_adapter: str
     ip_weight: str = DEFAULT_IP_WEIGHT
-    backend: str = "torch"
+    spec: BackendSpec = field(default_factory=lambda: BackendSpec(backend="torch"))  # how to run (runtime.backend)
     engine_dir: Path | None = None
-    device: str = "cpu"
     noise: Path | None = None
     save_arrays: bool = False
     baseline_scale: float | None = None
-    providers: tuple[str, ...] = ()  # ort backend: execution providers (default: best installed)
-    fp16: bool = False  # ort TensorRT EP: fp16 kernels (changes the math)
-    cuda_graph: bool = False  # ort CUDA/TensorRT EP and trt: replay UNet steps as CUDA graphs
-    precision: str = "fp32"  # ort/trt: fp32 or fp16 graphs of the engine directory (fp16 changes the math: opt-in)
-    threads: int = 0  # CPU threads (torch intra-op / ORT intra-op per session); 0 = library default
-    verify: str = "sha256"  # engine-dir file check: sha256 | size
-    batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
-    dtype: str = "fp32"  # torch backend: fp32 | fp16 (fp16 changes the math: PSNR floor vs fp32)
     dims: ModelDims | None = None  # the model's sizes when known before loading (the engine directory's manifest)
+
+    @property
+    def backend(self) -> str:
+        return self.spec.backend
 
 
 @dataclass(frozen=True)
@@ -99,10 +94,11 @@ def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height
 def run_generate(job: GenerateJob, console: Console) -> Generated:
     if job.backend not in BACKENDS:
         raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
+    if job.backend != "torch" and job.engine_dir is None:
+        raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
     if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
         raise MonkeyError(f"baseline scale must be in [0, 4], got {job.baseline_scale}")
     check_out_dir(job.out, baseline=job.baseline_scale is not None, save_arrays=job.save_arrays)
-    check_threads(job.threads)
     subject = load_subject(job.image)
     req, c = job.request, job.request.config
     noise_file = read_noise_file(job.noise) if job.noise is not None else None
@@ -116,7 +112,7 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
         noise = noise_file.plan(req.latent_shape(pipe.dims), c.noise_steps)
     with steps(console, f"{job.backend} {req.width}x{req.height}") as step:
         result = pipe(req, subject, noise=noise, baseline_scale=job.baseline_scale, decode_mask_pass=True,
-                      batch_passes=job.batch_passes, progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
+                      batch_passes=job.spec.batch_passes, progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
 
     record = request_record(req, seed=None if noise is not None else req.seed, baseline_scale=job.baseline_scale,
                             batched_steps=result.batched_steps, models=pipe.info(), subject=str(job.image),
@@ -126,36 +122,10 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
 
 
 def load_backend(job: GenerateJob):
-    """The pipeline object of `job.backend` (torch reference or the lean runtime)."""
-    if job.backend == "torch":
-        if job.precision != "fp32":
-            raise MonkeyError("--precision picks the engine directory's graphs (ort, trt); the torch backend takes --dtype fp32|fp16")
-        from monkey_trt.core.extras import require_extra
+    """The pipeline of `job.spec` (torch reference or the lean runtime): jobs.backends.open_backend."""
+    from monkey_trt.jobs.backends import ModelSource, open_backend
 
-        require_extra("export", "the torch backend")
-        from monkey_trt.reference.device import (
-            check_torch_device,
-            set_torch_threads,
-            torch_dtype,
-        )
-        from monkey_trt.reference.pipeline import ReferencePipeline
-
-        check_torch_device(job.device)
-        set_torch_threads(job.threads)
-        dtype = torch_dtype(job.dtype)
-        pipe = ReferencePipeline.from_pretrained(job.base, job.ip_adapter, job.ip_weight, device=job.device, dtype=dtype)
-        if job.cuda_graph:
-            pipe.enable_cuda_graphs()
-        return pipe
-    if job.engine_dir is None:
-        raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
-    from monkey_trt.runtime.pipeline import MonkeyPipeline
-
-    if job.backend == "trt" and job.providers:
-        raise MonkeyError("--providers applies to --backend ort only")
-    opts = {"providers": job.providers} if job.backend == "ort" else {}
-    return MonkeyPipeline.from_engine_dir(job.engine_dir, backend=job.backend, fp16=job.fp16, cuda_graph=job.cuda_graph,
-                                          precision=job.precision, threads=job.threads, verify=job.verify, **opts)
+    return open_backend(job.spec, job.engine_dir, ModelSource(job.base, job.ip_adapter, job.ip_weight))
 
 
 def summary(done: Generated, seconds: float) -> str:

@@ -61,6 +61,13 @@ class RuntimeOptions:
         check_threads(self.threads, "threads")
         check_precision(self.precision)
 
+    @classmethod
+    def from_spec(cls, spec) -> "RuntimeOptions":
+        """The lean runtime's part of a runtime.backend.BackendSpec (ort or trt)."""
+        return cls(backend=spec.backend, providers=spec.providers, fp16=spec.fp16, cuda_graph=spec.cuda_graph,
+                   precision=spec.precision, verify=spec.verify, threads=spec.threads, ort_cache=spec.ort_cache,
+                   mask_pass=spec.mask_pass)
+
 
 # -- loading ---------------------------------------------------------------------------------
 def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
@@ -103,6 +110,11 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks:
     return runners
 
 
+def open_engine(spec, engine_dir: Path | str) -> "MonkeyPipeline":
+    """The lean runtime (ort, trt) of a runtime.backend.BackendSpec on an engine directory. No torch."""
+    return MonkeyPipeline.open(spec, engine_dir)
+
+
 class MonkeyPipeline:
     """Both LCM passes of MONKEY on a backend's runners."""
 
@@ -124,13 +136,29 @@ class MonkeyPipeline:
         # which UNet graph runs which pass (runtime/unet_graphs.py): select_unet puts it in runners["unet"]
         self.unet_roles = unet_roles(opts.precision, opts.mask_pass)
         self.unet_runners = {opts.precision: runners["unet"]} if "unet" in runners else {}
+        self.spec = None  # the runtime.backend.BackendSpec it was opened from (set by open())
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
-        opts = RuntimeOptions(backend=backend, **options)
+        """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
+        batch_passes, fp16, ort_cache, mask_pass), checked like the CLI's options."""
+        from monkey_trt.runtime.backend import BackendSpec
+
+        unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
+        if unknown:
+            raise MonkeyError(f"from_engine_dir() got unknown option(s) {', '.join(unknown)}")
+        return cls.open(BackendSpec(backend=backend, **options), root)
+
+    @classmethod
+    def open(cls, spec, root: Path | str) -> "MonkeyPipeline":
+        """An engine directory on the backend of `spec` (a runtime.backend.BackendSpec: ort or trt)."""
+        if spec.backend not in RUNTIME_BACKENDS:
+            raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {spec.backend!r}")
+        opts = RuntimeOptions.from_spec(spec)
         manifest = load_manifest(Path(root), verify=opts.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
         pipe = cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
+        pipe.spec = spec
         try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
             for p in extra_unet_precisions(opts.precision, opts.mask_pass):
                 pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(opts, precision=p), ("unet",))["unet"]
@@ -145,6 +173,7 @@ class MonkeyPipeline:
         devices = {n: r.device for n, r in self.runners.items()}
         return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers, "devices": devices,
                 "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph},
+                **({"spec": self.spec.to_dict()} if self.spec is not None else {}),
                 **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
 
     def close(self) -> None:
@@ -260,11 +289,17 @@ class MonkeyPipeline:
 
         Thread-safe: a pipeline shared by several threads runs their generations one at a time (one
         engine, one set of device buffers); for parallel generations open one pipeline per thread."""
+        return self.run_with(self, request, subject, **kwargs)
+
+    def run_with(self, networks, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
+        """MONKEY on `networks`: this pipeline or a wrapper around it (serve.cache.CachedNetworks: cached encoders)."""
         if not isinstance(request, Request):
             raise MonkeyError(f"request must be a monkey_trt.Request, got {type(request).__name__}")
         if not isinstance(subject, Image.Image):
             raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         if min(subject.size) < 1:
             raise MonkeyError(f"subject image is empty ({subject.size[0]}x{subject.size[1]})")
+        if kwargs.get("batch_passes") is None and self.spec is not None:
+            kwargs["batch_passes"] = self.spec.batch_passes  # the spec's choice (None: the measured default)
         with self._lock:
-            return run_monkey(self, request, subject, **kwargs)
+            return run_monkey(networks, request, subject, **kwargs)

@@ -1,8 +1,8 @@
 """LRU caches for the two encoders: one subject, many prompts skips the image encoder.
 
-`install_encoder_caches(pipe)` memoises `pipe.encode_subject` and `pipe.encode_prompt` on the
-pipeline object itself (instance attributes shadow the methods), so the method code calls the cached
-versions without knowing. Keys are content hashes: the subject's decoded RGB pixels + the engine's
+`with_encoder_caches(pipe)` wraps the backend's networks: a `CachedNetworks` answers `encode_subject` and
+`encode_prompt` from the caches and hands everything else to the pipeline, which it never changes; MONKEY
+runs on the wrapper (`MonkeyPipeline.run_with`), so the method code calls the cached encoders without knowing. Keys are content hashes: the subject's decoded RGB pixels + the engine's
 preprocessing; the prompt text. Values are returned as copies, so a caller can never alter an
 entry; a hit returns exactly what a miss computed, so outputs with and without the cache are equal.
 """
@@ -67,18 +67,36 @@ class EncoderCaches:
         return {"subject": (self.subject.hits, self.subject.misses), "prompt": (self.prompt.hits, self.prompt.misses)}
 
 
-def install_encoder_caches(pipe, subject_capacity: int = 64, prompt_capacity: int = 256) -> EncoderCaches:
-    """Memoise `pipe.encode_subject` / `pipe.encode_prompt` in place; returns the caches (counters)."""
-    caches = EncoderCaches(subject_capacity, prompt_capacity)
-    encode_subject, encode_prompt = pipe.encode_subject, pipe.encode_prompt  # the bound originals
-    preprocess = getattr(getattr(pipe, "manifest", None), "preprocess", None)
+class CachedNetworks:
+    """A pipeline's networks with memoised encoders: a wrapper, the pipeline itself is left as it is.
 
-    def cached_subject(subject: Image.Image):
-        return caches.subject.get_or_compute(subject_key(subject, preprocess), lambda: encode_subject(subject)).copy()
+    Calling it runs MONKEY on the wrapper (the pipeline's checks and lock, `run_with`); every other attribute
+    (manifest, info(), close(), the UNet, the decoder) is the pipeline's."""
 
-    def cached_prompt(prompt: str):
-        text, truncated = caches.prompt.get_or_compute(prompt, lambda: encode_prompt(prompt))
+    def __init__(self, pipe, caches: EncoderCaches):
+        self.pipe, self.caches = pipe, caches
+        self._preprocess = getattr(getattr(pipe, "manifest", None), "preprocess", None)
+
+    def encode_subject(self, subject: Image.Image):
+        key = subject_key(subject, self._preprocess)
+        return self.caches.subject.get_or_compute(key, lambda: self.pipe.encode_subject(subject)).copy()
+
+    def encode_prompt(self, prompt: str):
+        text, truncated = self.caches.prompt.get_or_compute(prompt, lambda: self.pipe.encode_prompt(prompt))
         return text.copy(), truncated
 
-    pipe.encode_subject, pipe.encode_prompt = cached_subject, cached_prompt
-    return caches
+    def __call__(self, request, subject: Image.Image, **kwargs):
+        run_with = getattr(self.pipe, "run_with", None)
+        if run_with is None:  # a pipeline that runs only its own networks: uncached
+            return self.pipe(request, subject, **kwargs)
+        return run_with(self, request, subject, **kwargs)
+
+    def __getattr__(self, name: str):  # only for what this wrapper does not define
+        if name in ("pipe", "caches", "_preprocess"):
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+
+def with_encoder_caches(pipe, subject_capacity: int = 64, prompt_capacity: int = 256) -> CachedNetworks:
+    """`pipe`'s networks behind LRU caches of its two encoders (`.caches`: the counters)."""
+    return CachedNetworks(pipe, EncoderCaches(subject_capacity, prompt_capacity))

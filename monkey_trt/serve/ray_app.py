@@ -91,8 +91,8 @@ def app_builder(args: dict[str, Any]):
     if "engine_dir" not in args:
         raise MonkeyError("app_builder needs args.engine_dir")
     args["engine_dir"] = Path(args["engine_dir"])
-    if "providers" in args:
-        args["providers"] = tuple(args["providers"])
+    if isinstance(args.get("providers"), list):
+        args["providers"] = tuple(args["providers"])  # a string ("cuda,cpu") is split by the BackendSpec
     return build_deployment(ServeConfig(**args), RayOptions(**ray_fields))
 
 

@@ -19,9 +19,10 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
-from monkey_trt.serve.cache import EncoderCaches, install_encoder_caches
+from monkey_trt.serve.cache import EncoderCaches, with_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
 from monkey_trt.serve.schema import ApiError, GenerateParams
 from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull, Slot
@@ -45,6 +46,17 @@ class ServeConfig:
     prompt_cache: int = 256  # LRU entries of prompt embeddings (0 = off)
     warmup: bool = True  # one generation at the profile's smallest size before /readyz says ready
     precision: str = "fp32"  # which exported graphs run: fp32 | fp16 | int8 | fp8 (int8/fp8: the mask pass stays fp32)
+    verify: str = "sha256"  # engine-dir check before loading: sha256 | size
+    threads: int = 0  # CPU threads per ORT session (0 = library default)
+    fp16: bool = False  # ort TensorRT EP: fp16 kernels
+    batch_passes: bool | None = None  # exact pass batching (None: the backend's default)
+
+    @property
+    def spec(self) -> BackendSpec:
+        """How the engine runs: the same BackendSpec `generate` and `bench` open (runtime.backend)."""
+        return BackendSpec(backend=self.backend, providers=self.providers, cuda_graph=self.cuda_graph,
+                           precision=self.precision, verify=self.verify, threads=self.threads, fp16=self.fp16,
+                           batch_passes=self.batch_passes)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -56,9 +68,7 @@ class ServeConfig:
         need(0 < self.timeout_s <= 86_400, f"--timeout must be in (0, 86400] seconds, got {self.timeout_s}")
         need(0 < self.max_body_mb <= 1024, f"--max-body-mb must be in (0, 1024], got {self.max_body_mb}")
         need(0 <= self.subject_cache <= 100_000 and 0 <= self.prompt_cache <= 100_000, "cache sizes must be in 0..100000")
-        from monkey_trt.enginedir.manifest import check_precision
-
-        check_precision(self.precision)
+        object.__setattr__(self, "providers", self.spec.providers)  # every backend field checked by the spec
 
     @property
     def max_body_bytes(self) -> int:
@@ -103,15 +113,13 @@ class MonkeyService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> MonkeyService:
-        """Open the engine directory (MonkeyError on a bad one) and install the encoder caches."""
-        from monkey_trt.runtime.pipeline import MonkeyPipeline
+        """Open the engine directory (MonkeyError on a bad one) behind the encoder caches (a wrapper of its networks)."""
+        from monkey_trt.runtime.pipeline import open_engine
 
         c = self.config
-        opts = {"providers": c.providers} if c.backend == "ort" else {}
-        self.pipe = self.worker.call(
-            lambda: MonkeyPipeline.from_engine_dir(c.engine_dir, backend=c.backend, cuda_graph=c.cuda_graph,
-                                                   precision=c.precision, **opts))
-        self.caches = install_encoder_caches(self.pipe, c.subject_cache, c.prompt_cache)
+        spec = c.spec
+        self.pipe = with_encoder_caches(self.worker.call(lambda: open_engine(spec, c.engine_dir)), c.subject_cache, c.prompt_cache)
+        self.caches = self.pipe.caches
         return self
 
     @property
