@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -110,7 +111,10 @@ def unet_macs(fp32_path: Path, int8_path: Path, feeds: dict, threads: int) -> di
     so.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="monkey-macs-") as d:  # never write into the engine directory
         for data in {e.value for t in g.initializer for e in t.external_data if e.key == "location"}:
-            os.symlink(fp32_path.parent / data, Path(d) / data)  # the weights stay where they are
+            try:  # ORT refuses external data that resolves outside the model's folder (symlinks included)
+                os.link(fp32_path.parent / data, Path(d) / data)  # a hard link: no copy, the engine dir untouched
+            except OSError:  # another filesystem
+                shutil.copyfile(fp32_path.parent / data, Path(d) / data)
         onnx.save(model, str(Path(d) / "unet.onnx"))
         sess = ort.InferenceSession(str(Path(d) / "unet.onnx"), so, providers=["CPUExecutionProvider"])
         shape = {o.name: list(v.shape) for o, v in zip(sess.get_outputs(), sess.run(None, feeds))}
