@@ -86,7 +86,7 @@ def test_generate_out_that_is_an_existing_file(tmp_path, capsys):
     (("--runs", "0"), "--runs in 1..1000"),  # before the preset is written and exported (minutes)
     (("--warmup", "-1"), "--warmup in 0..100"),
     (("--threads", "-2"), "--threads must be >= 0"),
-    (("--dtype", "fp64"), "fp64"),
+    (("--dtype", "fp64"), "--dtype"),  # ort: --dtype is a torch option (BackendSpec); torch: not fp32|fp16
 ])
 def test_bench_sizes(extra, needle, tmp_path, capsys):
     argv = ["bench", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--backends", "ort", *extra]

@@ -133,7 +133,10 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)  # folding runs ORT: keep its optimizer notices quiet
-        model = fold_constants(model, error_ok=True, partitioning="basic")
+        try:  # the whole graph at once (2x faster; same bytes when it folds)
+            model = fold_constants(model, error_ok=False, partitioning=None)
+        except Exception:  # a node ONNX Runtime cannot evaluate: fold partition by partition around it
+            model = fold_constants(model, error_ok=True, partitioning="basic")
     big = exported_bytes > EXTERNAL_DATA_THRESHOLD
     for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
         if f != path and f.suffix != ".onnx":
