@@ -135,7 +135,7 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
             results.append(r)
             outputs.append(out)
     compare_to_first(results, outputs)
-    table_console = Console(width=min(Console().width, TABLE_WIDTH))
+    table_console = Console(width=TABLE_WIDTH)  # not the pipe's 80 columns: backend names stay whole in logs
     for t in results_tables(results, s):
         table_console.print(t)
     for line in memory_lines(results):  # trt: TensorRT's own memory numbers
