@@ -71,6 +71,7 @@ def test_dry_run_on_a_gpu_without_tensorrt_plans_the_torch_parts(tmp_path):
     assert not (tmp_path / "work" / "sd15-model").exists()
 
 
+@pytest.mark.slow  # ~40 s of subprocesses (torch reference, ORT, soak): the default suite keeps the no-GPU and dry-run paths
 def test_cpu_mode_runs_the_rows_compares_soaks_and_ends_with_one_table(tmp_path, tiny_model_dir, engine_dir):
     """The check's logic end to end on CPU stand-ins: the reference, one row per backend from a BackendSpec (ort-cpu,
     torch-cpu), mask identical to the reference, a soak with memory readings, the GPU rows named as skipped."""
