@@ -21,18 +21,10 @@ import typer
 from rich.console import Console
 
 from monkey_trt.core import __version__
-from monkey_trt.core.config import (
-    DEFAULT_BASE,
-    DEFAULT_IP_ADAPTER,
-    DEFAULT_IP_WEIGHT,
-    DEFAULT_MASK_LAYER,
-    Knob,
-    MonkeyConfig,
-    Request,
-    check_side,
-    knobs,
-)
+from monkey_trt.core.config import (DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER, Knob,
+                                    MonkeyConfig, Request, check_side, knobs)
 from monkey_trt.core.errors import MonkeyError, first_line
+from monkey_trt.enginedir.networks import profile_from_options
 from monkey_trt.jobs.progress import status
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -272,34 +264,6 @@ def demo(
     typer.echo(f"outputs in {done.out}: monkey.png, mask.png, overlay.png, ipadapter.png, grid.png, result.json")
 
 
-def _size(text: str, name: str) -> tuple[int, int]:
-    """'HxW' (or a single side) -> (height, width)."""
-    try:
-        parts = [int(x) for x in text.lower().split("x")]
-    except ValueError:
-        raise MonkeyError(f"--{name} must look like 512x512, got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise MonkeyError(f"--{name} must look like 512x512, got {text!r}")
-    return parts[0], parts[1]
-
-
-def _profile(height: int, width: int, min_size: Optional[str], max_size: Optional[str], batch: int):
-    from monkey_trt.enginedir.networks import Profile, ShapeRange
-
-    lo = _size(min_size, "min") if min_size else (height, width)
-    hi = _size(max_size, "max") if max_size else (height, width)
-    for name, v in (("height", height), ("width", width), ("min", lo[0]), ("min", lo[1]), ("max", hi[0]), ("max", hi[1])):
-        if v <= 0 or v % 8:
-            raise MonkeyError(f"--{name} sizes must be positive multiples of 8, got {v}")
-    if not (lo[0] <= height <= hi[0] and lo[1] <= width <= hi[1]):
-        raise MonkeyError(f"need --min <= {height}x{width} <= --max, got {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}")
-    if not 1 <= batch <= 64:
-        raise MonkeyError(f"--batch must be in 1..64, got {batch}")
-    return Profile(ShapeRange(1, 1, batch), ShapeRange(lo[0], height, hi[0]), ShapeRange(lo[1], width, hi[1]))
-
-
 @app.command()
 def export(
     out: Path = typer.Option(..., "--out", help="Engine directory to write"),
@@ -328,7 +292,7 @@ def export(
     if not 7 <= opset <= 21:
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
     precisions = parse_precisions(precision)
-    profile = _profile(height, width, min_size, max_size, batch)
+    profile = profile_from_options(height, width, min_size, max_size, batch)
     require_extra("export", "export")
     from monkey_trt.export.calibration import (
         calibration_from_options,  # int8/fp8: checked before any work

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monkey_trt.core.errors import MonkeyError
+
 NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")  # every engine directory has these
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask")
 UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
@@ -170,3 +172,31 @@ def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
             outputs=(T("images", f32, ("B", 3, "H", "W")),),
         ),
     }
+
+
+# -- export options -> profile ------------------------------------------------------------------
+def parse_size(text: str, name: str) -> tuple[int, int]:
+    """'HxW' (or a single side) -> (height, width)."""
+    try:
+        parts = [int(x) for x in text.lower().split("x")]
+    except ValueError:
+        raise MonkeyError(f"--{name} must look like 512x512, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise MonkeyError(f"--{name} must look like 512x512, got {text!r}")
+    return parts[0], parts[1]
+
+
+def profile_from_options(height: int, width: int, min_size: str | None, max_size: str | None, batch: int) -> "Profile":
+    """`export --height --width --min --max --batch` -> the engine's shape profile (one-line MonkeyError when wrong)."""
+    lo = parse_size(min_size, "min") if min_size else (height, width)
+    hi = parse_size(max_size, "max") if max_size else (height, width)
+    for name, v in (("height", height), ("width", width), ("min", lo[0]), ("min", lo[1]), ("max", hi[0]), ("max", hi[1])):
+        if v <= 0 or v % 8:
+            raise MonkeyError(f"--{name} sizes must be positive multiples of 8, got {v}")
+    if not (lo[0] <= height <= hi[0] and lo[1] <= width <= hi[1]):
+        raise MonkeyError(f"need --min <= {height}x{width} <= --max, got {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}")
+    if not 1 <= batch <= 64:
+        raise MonkeyError(f"--batch must be in 1..64, got {batch}")
+    return Profile(ShapeRange(1, 1, batch), ShapeRange(lo[0], height, hi[0]), ShapeRange(lo[1], width, hi[1]))

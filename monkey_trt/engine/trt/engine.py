@@ -19,14 +19,7 @@ from monkey_trt.core.errors import EngineDirError, MonkeyError, first_line
 from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
 from monkey_trt.engine.trt import cuda, lib
-from monkey_trt.engine.trt.cuda import (
-    DeviceBuffer,
-    Pinned,
-    cu,
-    err_name,
-    is_error,
-    native_handle,
-)
+from monkey_trt.engine.trt.cuda import DeviceBuffer, Pinned, cu, err_name, is_error, native_handle
 from monkey_trt.enginedir import plans
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.enginedir.plans import REBUILD_HINT
