@@ -62,15 +62,6 @@ def keyed_folder(kind: str, material: Mapping, root: Path | None = None) -> Path
     return Path(root if root is not None else cache_root()) / kind / digest({"kind": kind, **material})[:24]
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_digest(files: Mapping[str, str]) -> str:
     """One digest for a set of files given as name -> sha256 (the manifest's record of a graph and its data)."""
     return digest({"files": dict(sorted(files.items()))})

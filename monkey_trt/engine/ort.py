@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
-from monkey_trt.engine.cache import StagedFolder, digest, file_digest, keyed_folder
+from monkey_trt.core.files import sha256_file
+from monkey_trt.engine.cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
 from monkey_trt.enginedir.manifest import check_precision
@@ -342,10 +343,10 @@ class OrtRunner(Runner):
     def source_digest(self) -> str:
         """The digest of the graph file and its external data (given, or hashed once)."""
         if self._source_digest is None:
-            files = {self.model_path.name: file_digest(self.model_path)}
+            files = {self.model_path.name: sha256_file(self.model_path)}
             data = self.model_path.with_name(self.model_path.name + ".data")
             if data.is_file():
-                files[data.name] = file_digest(data)
+                files[data.name] = sha256_file(data)
             self._source_digest = files_digest(files)
         return self._source_digest
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.core.prompts import PAPER_PROMPTS
+from monkey_trt.core.prompts import PAPER_PROMPTS, read_prompt_file
 
 SLOT = "{subject}"
 MAX_PROMPTS = 10_000
@@ -21,23 +21,15 @@ def load_prompts(spec: str) -> tuple[str, ...]:
     """`paper` -> PAPER_PROMPTS; otherwise a UTF-8 text file of prompt templates (see the module doc)."""
     if spec == "paper":
         return PAPER_PROMPTS
-    path = Path(spec)
-    if not path.is_file():
+    if not Path(spec).exists():
         raise MonkeyError(f"--prompts must be 'paper' or a text file, got {spec!r} (no such file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise MonkeyError(f"--prompts {spec}: not UTF-8 text") from None
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = list(dict.fromkeys(p for p in prompts if p and not p.startswith("#")))
-    if not prompts:
-        raise MonkeyError(f"--prompts {spec}: no prompts in the file (one per line; # starts a comment)")
+    prompts = read_prompt_file(spec, "--prompts")
     if len(prompts) > MAX_PROMPTS:
         raise MonkeyError(f"--prompts {spec}: {len(prompts)} prompts, at most {MAX_PROMPTS}")
     for p in prompts:
         if p.count(SLOT) > 1:
             raise MonkeyError(f"--prompts {spec}: {p!r} names {SLOT} more than once")
-    return tuple(prompts)
+    return prompts
 
 
 def subject_phrase(word: str) -> str:

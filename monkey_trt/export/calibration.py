@@ -51,21 +51,9 @@ def default_prompts() -> tuple[str, ...]:
 
 def read_prompts(path: Path) -> tuple[str, ...]:
     """`--calib-prompts FILE`: one prompt per line (UTF-8; blank lines and `#` comments skipped)."""
-    p = Path(path)
-    if not p.exists():
-        raise MonkeyError(f"--calib-prompts {p}: no such file")
-    if not p.is_file():
-        raise MonkeyError(f"--calib-prompts {p} is not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except PermissionError:
-        raise MonkeyError(f"--calib-prompts {p} cannot be read (permission denied)") from None
-    except UnicodeDecodeError:
-        raise MonkeyError(f"--calib-prompts {p} is not UTF-8 text") from None
-    prompts = tuple(dict.fromkeys(s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith("#")))
-    if not prompts:
-        raise MonkeyError(f"--calib-prompts {p} has no prompts (one per line; # starts a comment)")
-    return prompts
+    from monkey_trt.core.prompts import read_prompt_file
+
+    return read_prompt_file(path, "--calib-prompts")
 
 
 @dataclass(frozen=True)
