@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.eval.generation import BackendSpec, Generated
-from monkey_trt.eval.methods import parse_methods
+from monkey_trt.eval.options import parse_methods
 from monkey_trt.eval.protocol import EvalJob, prepare, run_eval
 
 

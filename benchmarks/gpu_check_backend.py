@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from monkey_trt.core.config import Request
     from monkey_trt.core.errors import MonkeyError
     from monkey_trt.engine.compare import mask_iou, psnr
-    from monkey_trt.jobs.backends import ModelSource, open_backend
+    from monkey_trt.commands.backends import ModelSource, open_backend
     from monkey_trt.runtime.backend import BackendSpec
     from monkey_trt.runtime.images import load_subject
 

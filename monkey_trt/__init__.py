@@ -18,7 +18,7 @@ _EXPORTS = {
     "MonkeyPipeline": "monkey_trt.runtime.pipeline",
     "RuntimeOptions": "monkey_trt.runtime.pipeline",
     "BackendSpec": "monkey_trt.runtime.backend",
-    "open_backend": "monkey_trt.jobs.backends",
+    "open_backend": "monkey_trt.commands.backends",
     "MonkeyOutput": "monkey_trt.runtime.result",
     "MonkeyConfig": "monkey_trt.core.config",
     "Request": "monkey_trt.core.config",

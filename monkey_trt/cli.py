@@ -25,7 +25,7 @@ from monkey_trt.core.config import (DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP
                                     MonkeyConfig, Request, check_side, knobs)
 from monkey_trt.core.errors import MonkeyError, first_line
 from monkey_trt.enginedir.networks import profile_from_options
-from monkey_trt.jobs.progress import status
+from monkey_trt.commands.progress import status
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) inference engine.")
@@ -137,14 +137,14 @@ def tiny_model(
 ):
     """Write the embedded model (random weights, hub layouts) for offline tests, demos and benchmarks."""
     from monkey_trt.core.extras import require_extra
-    from monkey_trt.core.files import check_target, record_files
-    from monkey_trt.models.presets import PRESETS
+    from monkey_trt.core.output_folders import check_target, record_files
+    from monkey_trt.embedded.presets import PRESETS
 
     if preset not in PRESETS:
         raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     check_target(out_dir.absolute(), "tiny-model.json", record_files(), ["subject.png", "tiny-model.json"])
     require_extra("export", "tiny-model")
-    from monkey_trt.models.tiny import write_tiny_model
+    from monkey_trt.embedded.tiny import write_tiny_model
 
     with _quiet_libraries(), status(console, f"writing the {preset} model to {out_dir}"):
         paths = write_tiny_model(out_dir, preset=preset)
@@ -187,7 +187,7 @@ def generate(
     """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
     import time
 
-    from monkey_trt.jobs.generate import (
+    from monkey_trt.commands.generate import (
         GenerateJob,
         resolve_defaults,
         run_generate,
@@ -231,9 +231,9 @@ def demo(
     threads: int = backend_option("threads"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
-    from monkey_trt.core.files import check_target
-    from monkey_trt.jobs.generate import GenerateJob, run_generate
-    from monkey_trt.models.cache import DEMO_PROFILE, ensure_preset, preset_dirs
+    from monkey_trt.core.output_folders import check_target
+    from monkey_trt.commands.generate import GenerateJob, run_generate
+    from monkey_trt.embedded.workdir import DEMO_PROFILE, ensure_preset, preset_dirs
     from monkey_trt.runtime.backend import spec_from_options
     from monkey_trt.runtime.outputs import check_out_dir
 
@@ -287,7 +287,7 @@ def export(
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
     from monkey_trt.enginedir.manifest import parse_precisions
-    from monkey_trt.jobs.progress import steps
+    from monkey_trt.commands.progress import steps
 
     if not 7 <= opset <= 21:
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
@@ -360,7 +360,7 @@ def doctor(
     from rich.table import Table
 
     from monkey_trt.enginedir.manifest import check_precision
-    from monkey_trt.jobs.doctor import doctor_report
+    from monkey_trt.commands.doctor import doctor_report
 
     check_precision(precision)
     if engine_dir is not None and not engine_dir.is_dir():
@@ -401,7 +401,7 @@ def bench(
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
     from monkey_trt.bench.cli import check_output_path, run_bench
-    from monkey_trt.bench.job import BenchSettings
+    from monkey_trt.bench.measure import BenchSettings
     from monkey_trt.runtime.backend import split_list
 
     _check_sides(height, width)
@@ -513,7 +513,7 @@ def eval_(
     from monkey_trt.core.extras import require_extra
 
     _check_sides(height, width)
-    from monkey_trt.core.files import check_target
+    from monkey_trt.core.output_folders import check_target
 
     check_target(out.absolute(), "-", lambda _p: set())  # a file, or a folder nothing can be written in: before any judge loads
     require_extra("export", "eval (the CLIP and DINO judges)")

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """OUT_DIR with `base/` (diffusers LCM pipeline) and `ip-adapter/` (h94/IP-Adapter layout)."""
-    from monkey_trt.models.tiny import write_tiny_model
+    from monkey_trt.embedded.tiny import write_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model")
     write_tiny_model(out, preset="tiny")

@@ -25,12 +25,12 @@ ALLOWED: dict[str, set[str]] = {
     "reference": {"core", "enginedir", "runtime"},
     "baselines": {"core", "reference", "runtime"},
     "export": {"core", "enginedir", "engine", "runtime", "reference"},
-    "models": {"core", "enginedir", "export", "reference", "runtime"},
-    "jobs": {"core", "enginedir", "engine", "runtime", "reference", "models"},
-    "bench": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "models", "jobs"},
+    "embedded": {"core", "enginedir", "export", "reference", "runtime"},
+    "commands": {"core", "enginedir", "engine", "runtime", "reference", "embedded"},
+    "bench": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "embedded", "commands"},
     "serve": {"core", "enginedir", "engine", "runtime"},
-    "eval": {"core", "enginedir", "engine", "runtime", "reference", "jobs"},
-    "cli": {"core", "enginedir", "engine", "runtime", "reference", "export", "models", "jobs", "bench", "serve", "eval"},
+    "eval": {"core", "enginedir", "engine", "runtime", "reference", "commands"},
+    "cli": {"core", "enginedir", "engine", "runtime", "reference", "export", "embedded", "commands", "bench", "serve", "eval"},
 }
 LEAN = ("core", "enginedir", "engine", "runtime")  # the lean runtime and what it stands on
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "huggingface_hub", "accelerate")

@@ -176,7 +176,7 @@ def test_serve_config_and_ray_args_build_the_spec():
 
 
 def test_bench_defaults_give_every_backend_its_default_spec():
-    from monkey_trt.bench.job import BenchSettings
+    from monkey_trt.bench.measure import BenchSettings
 
     specs = BenchSettings(("published", "torch", "ort", "trt"), 64, 64).specs()
     assert specs == {b: BackendSpec(b) for b in ("published", "torch", "ort", "trt")}
@@ -211,7 +211,7 @@ def test_python_api_goes_through_the_spec(tmp_path):
 
 
 def test_open_backend_refuses_before_loading(tmp_path):
-    from monkey_trt.jobs.backends import open_backend
+    from monkey_trt.commands.backends import open_backend
 
     with pytest.raises(MonkeyError, match="needs --engine-dir"):
         open_backend(BackendSpec("trt"))

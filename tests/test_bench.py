@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from monkey_trt.bench.job import REQUIRED_STAGES, validate_report
+from monkey_trt.bench.measure import REQUIRED_STAGES, validate_report
 from monkey_trt.cli import main
 
 
@@ -68,7 +68,7 @@ def test_bench_bad_output_path_is_one_line_exit_2_before_work(tmp_path, capsys, 
 
 # -- issue 16: no third-party progress bars, a table that fits 100 columns, a chart of named stages ------------
 def _result(name: str, p50: float, ratio: float | None):
-    from monkey_trt.bench.job import BackendResult, Spread
+    from monkey_trt.bench.measure import BackendResult, Spread
 
     return BackendResult(
         backend=name, info={}, cold_start_s=55.7, load_s=50.0, end_to_end_s=Spread(p50 * 0.98, p50, p50 * 1.05),
@@ -87,7 +87,7 @@ def test_bench_tables_fit_100_columns():
     from rich.console import Console
 
     from monkey_trt.bench.cli import results_tables
-    from monkey_trt.bench.job import BenchSettings
+    from monkey_trt.bench.measure import BenchSettings
 
     s = BenchSettings(("published", "torch", "ort"), 512, 512, runs=1000)
     console = Console(width=300, record=True, file=open("/dev/null", "w"))  # wide: the tables must be narrow on their own
@@ -102,7 +102,7 @@ def test_bench_tables_fit_100_columns():
 
 def test_bench_stage_groups_add_up_and_are_named():
     from monkey_trt.bench.chart import COLOURS
-    from monkey_trt.bench.job import STAGE_GROUPS, stage_groups
+    from monkey_trt.bench.measure import STAGE_GROUPS, stage_groups
 
     for r in RESULTS:
         g = stage_groups(r)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from monkey_trt.jobs.doctor import CheckRow, doctor_report
+from monkey_trt.commands.doctor import CheckRow, doctor_report
 
 
 def _rows() -> dict[str, CheckRow]:
@@ -48,7 +48,7 @@ def test_doctor_does_not_import_heavy_packages():
     """In a fresh process (the test session has torch loaded already)."""
     import subprocess
 
-    code = ("import sys; from monkey_trt.jobs.doctor import doctor_report; doctor_report(); "
+    code = ("import sys; from monkey_trt.commands.doctor import doctor_report; doctor_report(); "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -62,18 +62,18 @@ def test_doctor_does_not_import_heavy_packages():
      ("polygraphy", "0.53.6", True), ("polygraphy", "0.48.1", False), ("onnxruntime-gpu", "1.32.0", True)],
 )
 def test_supported_ranges(dist, version, inside):
-    from monkey_trt.jobs.doctor import supported_range
+    from monkey_trt.commands.doctor import supported_range
 
     assert supported_range(dist, version)[0] is inside
 
 
 def test_gpu_extra_pins_the_same_ranges():
-    """pyproject's `gpu` extra and engine/trt/api.SUPPORTED (what doctor checks) agree."""
+    """pyproject's `gpu` extra and engine/trt/api_names.SUPPORTED (what doctor checks) agree."""
     from pathlib import Path
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-    from monkey_trt.engine.trt.api import SUPPORTED
+    from monkey_trt.engine.trt.api_names import SUPPORTED
 
     extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     pins = {}

@@ -654,7 +654,7 @@ def test_pipeline_reads_the_runner_interface(engine_dir):
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
-    from monkey_trt.engine.cache import cache_root, keyed_folder
+    from monkey_trt.engine.derived_cache import cache_root, keyed_folder
 
     monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "mine"))
     assert cache_root() == tmp_path / "mine"
@@ -672,8 +672,8 @@ def test_staged_folder_publishes_only_whole_new_files(tmp_path):
     """A library writing into the stage (plain ofstreams) never exposes a half-written file: new or changed files
     are copied next to the target and renamed over it; untouched copies are not republished; a failed run
     publishes nothing; a dead process's staging folder is removed by the next one."""
-    from monkey_trt.core.files import staging_owner, staging_prefix
-    from monkey_trt.engine.cache import StagedFolder
+    from monkey_trt.core.output_folders import staging_owner, staging_prefix
+    from monkey_trt.engine.derived_cache import StagedFolder
 
     final = tmp_path / "cache" / "key"
     with StagedFolder(final) as st:
@@ -693,7 +693,7 @@ def test_staged_folder_publishes_only_whole_new_files(tmp_path):
     assert not (final / "c.engine").exists()
     lookalike = final.parent / f"{staging_prefix(final)}{staging_owner(999999999)}-abc"  # a name, no marker: kept
     lookalike.mkdir()
-    code = ("import os, sys; from pathlib import Path; from monkey_trt.core.files import make_staging;"
+    code = ("import os, sys; from pathlib import Path; from monkey_trt.core.output_folders import make_staging;"
             "make_staging(Path(sys.argv[1])); os._exit(9)")  # a run killed mid-way: its marker proves it ours
     subprocess.run([sys.executable, "-c", code, str(final)], check=False, timeout=120,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})

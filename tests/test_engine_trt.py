@@ -976,7 +976,7 @@ def test_fake_shape_sets_are_bounded(fakes, fake_plan):
 
 
 def test_fake_doctor_reports_tensorrt_memory(fakes, tmp_path, monkeypatch):
-    from monkey_trt.jobs import doctor
+    from monkey_trt.commands import doctor
 
     sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
     _open_pipeline(fakes, tmp_path, monkeypatch, sizes)
@@ -992,7 +992,7 @@ def test_fake_doctor_reports_tensorrt_memory(fakes, tmp_path, monkeypatch):
 def test_fake_doctor_command_shows_the_memory_row(fakes, tmp_path, monkeypatch, capsys):
     """Issue 13: `doctor --engine-dir DIR --precision P` adds TensorRT's memory row (TensorRT, cuda-python, a GPU: faked)."""
     from monkey_trt.cli import main
-    from monkey_trt.jobs import doctor
+    from monkey_trt.commands import doctor
 
     sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
     _open_pipeline(fakes, tmp_path, monkeypatch, sizes)
@@ -1020,7 +1020,7 @@ def test_fake_bench_reports_trt_memory(fakes, tmp_path, monkeypatch):
     """Issue 13: bench's trt rows carry TensorRT's memory numbers (the JSON's trt_memory, one printed line)."""
     from types import SimpleNamespace
 
-    from monkey_trt.bench.job import BackendResult, Spread, memory_lines, trt_memory
+    from monkey_trt.bench.measure import BackendResult, Spread, memory_lines, trt_memory
 
     sizes = dict(zip(NETWORKS, (3 << 20, 1 << 20, 5 << 20, 2 << 20)))
     runners = _open_pipeline(fakes, tmp_path, monkeypatch, sizes)

@@ -22,7 +22,7 @@ from monkey_trt.cli import main
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.eval import store as store_mod
 from monkey_trt.eval.generation import EvalBackend, Generated
-from monkey_trt.eval.methods import (
+from monkey_trt.eval.options import (
     check_precisions,
     parse_methods,
     parse_precisions,
@@ -413,7 +413,7 @@ def test_out_folder_rule(subjects, prompts, judges, tmp_path):
     (subjects / "red_box2.png").write_bytes((subjects / "dog3" / "01.jpg").read_bytes())
     with pytest.raises(MonkeyError, match="subject red_box2.png changed"):
         _run(job)
-    from monkey_trt.core.files import folder_lock
+    from monkey_trt.core.output_folders import folder_lock
 
     with folder_lock(out):
         with pytest.raises(MonkeyError, match="another process is writing"):

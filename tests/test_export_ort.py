@@ -197,7 +197,7 @@ def test_sd15_export_at_256_and_one_unet_step(tmp_path):
     """The real SD1.5 architecture (random weights) exports with external data; ORT matches torch on one step."""
     import time
 
-    from monkey_trt.models.tiny import write_tiny_model
+    from monkey_trt.embedded.tiny import write_tiny_model
 
     model = write_tiny_model(tmp_path / "sd15", preset="sd15")
     out = tmp_path / "engine"

@@ -32,15 +32,7 @@ from PIL import Image
 
 from monkey_trt.cli import main
 from monkey_trt.core.errors import EngineDirError
-from monkey_trt.core.files import (
-    STAGING_MARKER,
-    OutputStage,
-    clean_stale_staging,
-    make_staging,
-    record_files,
-    staging_owner,
-    staging_prefix,
-)
+from monkey_trt.core.output_folders import STAGING_MARKER, OutputStage, clean_stale_staging, make_staging, record_files, staging_owner, staging_prefix
 from monkey_trt.enginedir.manifest import MANIFEST, load_manifest
 from monkey_trt.runtime.mask import MaskResult
 from monkey_trt.runtime.outputs import write_outputs
@@ -221,7 +213,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_kill_9_while_writing_the_tiny_model_leaves_no_output_and_is_cleaned_up(tmp_path):
     out = tmp_path / "model"
-    code = f"from monkey_trt.models.tiny import write_tiny_model; write_tiny_model({str(out)!r})"
+    code = f"from monkey_trt.embedded.tiny import write_tiny_model; write_tiny_model({str(out)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any((tmp_path.glob(f"{staging_prefix(out)}*/*/base"))):

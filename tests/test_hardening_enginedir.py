@@ -179,7 +179,7 @@ def test_the_graph_scan_agrees_with_onnx(precision, engine_dir, tmp_path):
     """Names, dtypes and ranks of inputs and outputs, and every external location, as onnx reads them."""
     from onnx.external_data_helper import _get_all_tensors
 
-    from monkey_trt.enginedir.graphs import scan_graph
+    from monkey_trt.enginedir.onnx_scan import scan_graph
 
     eng = copy_engine(engine_dir, tmp_path)
     move_weights(eng, "unet", "unet.w", where="initializer", precision=precision, declare="unet.w")

@@ -18,19 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monkey_trt.core import files as files_mod
+from monkey_trt.core import output_folders as files_mod
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.core.files import (
-    STAGING_MARKER,
-    OutputStage,
-    clean_stale_staging,
-    make_staging,
-    read_staging_marker,
-    record_files,
-    recorded_digests,
-    staging_owner,
-    staging_prefix,
-)
+from monkey_trt.core.output_folders import STAGING_MARKER, OutputStage, clean_stale_staging, make_staging, read_staging_marker, record_files, recorded_digests, staging_owner, staging_prefix
 from monkey_trt.enginedir.manifest import MANIFEST, manifest_files
 from monkey_trt.runtime.mask import MaskResult
 from monkey_trt.runtime.outputs import check_out_dir, write_outputs
@@ -184,7 +174,7 @@ def test_a_marker_that_is_a_symlink_or_junk_proves_nothing(tmp_path):
 
 def test_a_killed_writer_leaves_staging_that_the_next_run_removes(tmp_path):
     out = tmp_path / "out"
-    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from monkey_trt.core.files import make_staging;"
+    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from monkey_trt.core.output_folders import make_staging;"
             "from pathlib import Path; p = make_staging(Path(sys.argv[1])); (p / 'monkey.png').write_bytes(b'x'); os._exit(9)")
     subprocess.run([sys.executable, "-c", code, str(out), str(Path(__file__).resolve().parents[1])], check=False, timeout=60)
     assert len(staging_left(out)) == 1
@@ -303,7 +293,7 @@ def test_export_force_refuses_a_changed_engine_file(name, tmp_path):
 
 
 def test_tiny_model_refuses_a_changed_file(tmp_path):
-    from monkey_trt.models.tiny import TINY_MODEL_RECORD, write_tiny_model
+    from monkey_trt.embedded.tiny import TINY_MODEL_RECORD, write_tiny_model
 
     out = tmp_path / "model"
     write_tiny_model(out, preset="tiny")

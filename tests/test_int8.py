@@ -393,7 +393,7 @@ def test_tensorrt_int8_plans_build_strongly_typed_from_the_qdq_unet(int8_dir, fa
 
 
 def test_bench_and_serve_take_int8(int8_dir):
-    from monkey_trt.bench.job import BenchSettings
+    from monkey_trt.bench.measure import BenchSettings
     from monkey_trt.serve.service import ServeConfig
 
     assert BenchSettings(("ort",), 64, 64, precision="int8").precision == "int8"

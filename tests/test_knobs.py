@@ -78,7 +78,7 @@ def test_http_fields_and_openapi_come_from_the_knobs():
 
 def test_mask_token_against_the_manifest_before_any_work(engine_dir, tiny_model_dir, tmp_path, capsys, monkeypatch):
     from monkey_trt import cli
-    from monkey_trt.jobs import generate as job
+    from monkey_trt.commands import generate as job
 
     monkeypatch.setattr(job, "run_generate", lambda *a, **k: pytest.fail("the engine's limits are checked first"))
     argv = ["generate", "--engine-dir", str(engine_dir), "--image", str(tiny_model_dir / "subject.png"), "--prompt", "a toy",

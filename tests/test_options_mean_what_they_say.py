@@ -13,7 +13,7 @@ from monkey_trt.cli import main
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
     """Any backend load is a test failure: every refusal here must come first."""
-    import monkey_trt.jobs.generate as generate
+    import monkey_trt.commands.generate as generate
 
     def refuse(*_a, **_k):
         raise AssertionError("a model was loaded before the option was refused")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.models.bpe import (
+from monkey_trt.embedded.bpe import (
     bytes_to_unicode,  # GPT-2/CLIP's byte table (the tiny model's tokenizer uses it)
 )
 from monkey_trt.runtime.tokenizer import BOS, EOS, ClipTokenizer
@@ -181,6 +181,6 @@ def test_bad_folders(tmp_path, small_dir):
 
 
 def test_tiny_model_tokenizer_matches_transformers(tiny_model_dir):
-    pytest.importorskip("monkey_trt.models.tiny")
+    pytest.importorskip("monkey_trt.embedded.tiny")
     _, n_trunc = check_folder(tiny_model_dir / "base" / "tokenizer")
     assert n_trunc >= 1

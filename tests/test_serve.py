@@ -292,7 +292,7 @@ def test_cached_encoders_equal_uncached(engine_dir, subject):
     """Issue 13 defect 9: the caches wrap the backend's networks; the pipeline object is not changed."""
     from monkey_trt.core.config import MonkeyConfig, Request
     from monkey_trt.runtime.pipeline import MonkeyPipeline
-    from monkey_trt.serve.cache import with_encoder_caches
+    from monkey_trt.serve.encoder_cache import with_encoder_caches
 
     req = Request("a toy on the beach", 64, 64, seed=11, config=MonkeyConfig(steps_final=4, masked_steps=(1, 2)))
     with MonkeyPipeline.from_engine_dir(engine_dir) as pipe:

@@ -72,7 +72,7 @@ class LimitedServer:
 
     def __init__(self, limits=None, max_queue=2, timeout_s=30.0, routes=(), **app_kwargs):
         from monkey_trt.serve.app import create_app
-        from monkey_trt.serve.cache import with_encoder_caches
+        from monkey_trt.serve.encoder_cache import with_encoder_caches
         from monkey_trt.serve.limits import HttpLimits, uvicorn_config
         from monkey_trt.serve.run import bind
         from monkey_trt.serve.service import MonkeyService, ServeConfig

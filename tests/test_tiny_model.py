@@ -17,20 +17,20 @@ import pytest
 import torch
 
 from monkey_trt.core.config import DEFAULT_MASK_LAYER
-from monkey_trt.models.bpe import (
+from monkey_trt.embedded.bpe import (
     SPECIAL_BOS,
     SPECIAL_EOS,
     build_clip_bpe,
     bytes_to_unicode,
 )
-from monkey_trt.models.presets import (
+from monkey_trt.embedded.presets import (
     PRESETS,
     meta_models,
     scheduler_config,
     unet_config,
 )
-from monkey_trt.models.tiny import write_tiny_model
-from monkey_trt.models.weights import ip_adapter_tensor_specs
+from monkey_trt.embedded.tiny import write_tiny_model
+from monkey_trt.embedded.weights import ip_adapter_tensor_specs
 
 IP_WEIGHT = "ip-adapter_sd15.safetensors"
 PROMPTS = [

@@ -1,5 +1,5 @@
 """API conformance of the TensorRT backend: every TensorRT, Polygraphy and cuda-python name engine/trt/
-touches is listed in engine/trt/api.py, and the list is checked against the published wheels' names
+touches is listed in engine/trt/api_names.py, and the list is checked against the published wheels' names
 (tests/data/api_names.json, everywhere), Polygraphy's real signatures (where installed) and the
 installed TensorRT / cuda-python (`gpu`)."""
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from monkey_trt.engine.trt import api as trt_api
+from monkey_trt.engine.trt import api_names as trt_api
 from monkey_trt.engine.trt.cuda import require_cudart
 
 NAMES = json.loads((Path(__file__).parent / "data" / "api_names.json").read_text())
 ROOTS = {"trt": "tensorrt", "cudart": "cuda runtime", "pg": "polygraphy"}
 # the backend's code: every module of engine/trt/ but the list itself
-BACKEND = sorted(p for p in Path(trt_api.__file__).parent.glob("*.py") if p.name != "api.py")
+BACKEND = sorted(p for p in Path(trt_api.__file__).parent.glob("*.py") if p.name != "api_names.py")
 
 
 def _backend_touched() -> dict[str, set[str]]:
@@ -54,7 +54,7 @@ def test_every_name_engine_code_touches_is_listed():
     for root, names in touched.items():
         assert names, f"found no {root}.X use: the scan is broken"
         unlisted = sorted(n for n in names if n not in listed[root])
-        assert not unlisted, f"engine/trt/ uses {ROOTS[root]} names missing from engine/trt/api.py: {unlisted}"
+        assert not unlisted, f"engine/trt/ uses {ROOTS[root]} names missing from engine/trt/api_names.py: {unlisted}"
 
 
 def test_scan_finds_a_new_name():

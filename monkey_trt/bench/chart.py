@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from monkey_trt.bench.job import STAGE_GROUPS, BackendResult, stage_groups
-from monkey_trt.core.files import write_bytes_atomic
+from monkey_trt.bench.measure import STAGE_GROUPS, BackendResult, stage_groups
+from monkey_trt.core.atomic import write_bytes_atomic
 
 PNG_TAG = "monkey-trt bench"  # tEXt Software of our charts: only those are overwritten
 COLOURS = {"text encoder": (86, 180, 233), "image encoder": (0, 158, 115), "UNet": (230, 159, 0),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from monkey_trt.bench.chart import PNG_TAG
-from monkey_trt.bench.job import (
+from monkey_trt.bench.measure import (
     STAGE_GROUPS,
     BackendResult,
     BenchSettings,
@@ -63,8 +63,8 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
            "subject": str(image) if image else None}
     needs_engine = any(n in ("ort", "trt") for n in names)
     if preset is not None:
-        from monkey_trt.models.cache import ensure_preset
-        from monkey_trt.models.presets import PRESETS
+        from monkey_trt.embedded.workdir import ensure_preset
+        from monkey_trt.embedded.presets import PRESETS
 
         if preset not in PRESETS:
             raise MonkeyError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -108,7 +108,7 @@ def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
             set_torch_threads(spec.threads)
             return PublishedPipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=spec.device,
                                                      dtype=torch_dtype(spec.dtype))
-        from monkey_trt.jobs.backends import ModelSource, open_backend
+        from monkey_trt.commands.backends import ModelSource, open_backend
 
         return open_backend(spec, src["engine_dir"], ModelSource(src["base"], src["ip_adapter"], src["ip_weight"]))
 
@@ -123,7 +123,7 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     src = _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console)
     s = settings(src["height"], src["width"])
     if preset is not None and src["engine_dir"] is not None:
-        from monkey_trt.models.cache import ensure_precision
+        from monkey_trt.embedded.workdir import ensure_precision
 
         ensure_precision(Path(src["engine_dir"]), s.precision, console)
     request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
@@ -142,7 +142,7 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
         print(line, flush=True)
     doc = report(s, results, src)
     if json_out is not None:
-        from monkey_trt.core.files import write_json_atomic
+        from monkey_trt.core.atomic import write_json_atomic
 
         write_json_atomic(json_out, doc)
     if plot is not None:

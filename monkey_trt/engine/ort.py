@@ -8,7 +8,7 @@ On a GPU provider a handle keeps its own device copies; `outputs` names the outp
 (the others are not bound, or stay in device memory). CUDA-graph mode keeps one captured graph per
 input-shape set, each with fixed device buffers bound before its capturing run (see `OrtRunner`).
 Derived caches (the TensorRT EP's engines, ORT's optimised graphs) are keyed by the graph's digest and
-never written next to the model (engine/cache.py).
+never written next to the model (engine/derived_cache.py).
 
 Providers are named "cpu", "cuda" or "tensorrt". A single name expands to its usual fallback
 chain ("tensorrt" -> TensorRT, CUDA, CPU; "cuda" -> CUDA, CPU); a sequence is taken as given
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
-from monkey_trt.core.files import sha256_file
-from monkey_trt.engine.cache import StagedFolder, digest, keyed_folder
-from monkey_trt.engine.cache import source_digest as files_digest
+from monkey_trt.core.atomic import sha256_file
+from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
+from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
 from monkey_trt.enginedir.manifest import check_precision
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monkey_trt.core.errors import EngineDirError
-from monkey_trt.core.files import sha256_file
+from monkey_trt.core.atomic import sha256_file
 
 VERIFY_MODES = ("sha256", "size")
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError
-from monkey_trt.core.files import inside, safe_relpath, valid_digests, write_json_atomic
+from monkey_trt.core.atomic import write_json_atomic
+from monkey_trt.core.output_folders import inside, safe_relpath, valid_digests
 from monkey_trt.enginedir.digests import verify_files
 from monkey_trt.enginedir.networks import (
     CLIP_MEAN,
@@ -337,7 +338,7 @@ def _entry_from_json(name: str, d: dict) -> NetworkEntry:
 def manifest_files(record_path: Path) -> set[str]:
     """The files an engine directory's manifest lists (itself included); empty if it is not one.
 
-    Used by core.files.OutputStage to know what `export --force` may replace. Tolerant: never raises.
+    Used by core.output_folders.OutputStage to know what `export --force` may replace. Tolerant: never raises.
     """
     try:
         raw = json.loads(Path(record_path).read_text())
@@ -370,7 +371,7 @@ def manifest_digests(record_path: Path) -> dict[str, str]:
     return valid_digests(found)
 
 
-manifest_files.digests = manifest_digests  # core.files.recorded_digests reads it
+manifest_files.digests = manifest_digests  # core.output_folders.recorded_digests reads it
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -566,7 +567,7 @@ def check_paths(root: Path, manifest: Manifest) -> None:
 def check_graphs(root: Path, manifest: Manifest) -> None:
     """Every graph of every precision: its external data only in the data file its entry lists (within that
     file), its inputs and outputs the declared ones (see graphs.check_graph). Reads the graphs, not the weights."""
-    from monkey_trt.enginedir.graphs import check_graph
+    from monkey_trt.enginedir.onnx_scan import check_graph
 
     for name, entry in manifest.networks.items():
         for precision in ("fp32", *entry.precisions):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from monkey_trt.core import __version__ as monkey_version
 from monkey_trt.core.errors import EngineDirError, MonkeyError
-from monkey_trt.core.files import inside
+from monkey_trt.core.output_folders import inside
 from monkey_trt.enginedir.digests import sha256_file
 from monkey_trt.enginedir.manifest import check_precision, graph_precision
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc, Profile

@@ -14,7 +14,7 @@ from monkey_trt.core.config import DEFAULT_IP_WEIGHT
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.eval.generation import EvalBackend
 from monkey_trt.eval.judges import DEFAULT_CLIP, DEFAULT_DINO
-from monkey_trt.eval.methods import parse_methods, parse_precisions, parse_seeds
+from monkey_trt.eval.options import parse_methods, parse_precisions, parse_seeds
 from monkey_trt.eval.protocol import EvalJob, EvalResult, prepare, run_eval
 
 BACKENDS = ("torch", "ort", "trt")
@@ -48,8 +48,8 @@ class EvalOptions:
 
 
 def build_job(o: EvalOptions) -> EvalJob:
-    from monkey_trt.jobs.backends import ModelSource
-    from monkey_trt.jobs.generate import resolve_defaults
+    from monkey_trt.commands.backends import ModelSource
+    from monkey_trt.commands.generate import resolve_defaults
     from monkey_trt.runtime.backend import spec_from_options
 
     methods, precisions, seeds = parse_methods(o.methods), parse_precisions(o.precision), parse_seeds(o.seeds)

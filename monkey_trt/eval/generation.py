@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.core.config import Request
-from monkey_trt.eval.methods import MONKEY, Method
-from monkey_trt.jobs.backends import ModelSource, open_backend
+from monkey_trt.eval.options import MONKEY, Method
+from monkey_trt.commands.backends import ModelSource, open_backend
 from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.method import run_ip_adapter

@@ -27,7 +27,7 @@ from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.eval.generation import EvalBackend, Generated, open_generator
 from monkey_trt.eval.judges import Judges, JudgeSource, judge_device, resolve_judge
-from monkey_trt.eval.methods import MONKEY, Method, check_precisions
+from monkey_trt.eval.options import MONKEY, Method, check_precisions
 from monkey_trt.eval.metrics import cosines, mask_iou, psnr_u8
 from monkey_trt.eval.prompts import build_prompt, load_prompts
 from monkey_trt.eval.store import EvalStore, Key, Row, image_name

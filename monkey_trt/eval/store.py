@@ -37,18 +37,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from monkey_trt.core import __version__
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.core.files import (
-    WRITTEN_BY,
-    check_target,
-    clean_stale_staging,
-    current_umask,
-    folder_lock,
-    fsync_dir,
-    make_dirs,
-    make_staging,
-    record_files,
-    remove_staging,
-)
+from monkey_trt.core.atomic import current_umask, fsync_dir
+from monkey_trt.core.output_folders import WRITTEN_BY, check_target, clean_stale_staging, folder_lock, make_dirs, make_staging, record_files, remove_staging
 
 RECORD = "eval.json"
 ROWS = "rows.csv"

@@ -71,7 +71,7 @@ class CalibSubject:
 
 
 def embedded_subject():
-    from monkey_trt.core.subject import draw_subject
+    from monkey_trt.core.embedded_subject import draw_subject
 
     return draw_subject().convert("RGB")
 
@@ -196,7 +196,7 @@ class CalibrationData:
         return h.hexdigest()
 
     def save(self, path: Path) -> None:
-        from monkey_trt.core.files import write_bytes_atomic
+        from monkey_trt.core.atomic import write_bytes_atomic
 
         buf = io.BytesIO()
         np.savez(buf, **self.arrays, __calls__=np.frombuffer(json.dumps(self.calls).encode(), np.uint8))

@@ -20,7 +20,7 @@ import torch
 from monkey_trt.core import __version__
 from monkey_trt.core.config import DEFAULT_MASK_LAYER
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.core.files import OutputStage, check_target, staged_files
+from monkey_trt.core.output_folders import OutputStage, check_target, staged_files
 from monkey_trt.enginedir.digests import sha256_file
 from monkey_trt.enginedir.manifest import (
     MANIFEST,

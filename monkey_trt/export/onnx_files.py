@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from monkey_trt.core.files import current_umask
+from monkey_trt.core.atomic import current_umask
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, external: bool) -> list[str]:

@@ -4,7 +4,7 @@
         arrays.npz (--save-arrays: image [H,W,3] f32 in [0,1], mask [H,W] f32 {0,1})
         ipadapter.png  grid.png (--baseline)
 
-Written through core.files.OutputStage: staged next to OUT, then committed; an error never leaves a
+Written through core.output_folders.OutputStage: staged next to OUT, then committed; an error never leaves a
 half-written folder, and a re-run replaces only the files result.json recorded (anything else in
 OUT is kept). Lean: numpy + PIL.
 """
@@ -20,13 +20,7 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.core import __version__
-from monkey_trt.core.files import (
-    WRITTEN_BY,
-    OutputStage,
-    check_target,
-    file_digests,
-    record_files,
-)
+from monkey_trt.core.output_folders import WRITTEN_BY, OutputStage, check_target, file_digests, record_files
 from monkey_trt.runtime.images import mask_overlay, side_by_side, to_uint8
 
 if TYPE_CHECKING:  # the caller's type only: result.py imports this module

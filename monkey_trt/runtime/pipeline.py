@@ -75,7 +75,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks:
     caches (ORT's TensorRT EP engines, ORT's optimised graphs) go to the user cache folder, keyed by the
     manifest's digests of the files they come from."""
     if opts.backend == "ort":
-        from monkey_trt.engine.cache import source_digest
+        from monkey_trt.engine.derived_cache import source_digest
         from monkey_trt.engine.ort import OrtRunner, default_provider
 
         providers = opts.providers or (default_provider(),)

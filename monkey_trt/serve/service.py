@@ -22,7 +22,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
-from monkey_trt.serve.cache import EncoderCaches, with_encoder_caches
+from monkey_trt.serve.encoder_cache import EncoderCaches, with_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
 from monkey_trt.serve.schema import ApiError, GenerateParams
 from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull, Slot

@@ -18,7 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from monkey_trt.engine.trt import api as trt_api
+from monkey_trt.engine.trt import api_names as trt_api
 
 
 def leaves(names) -> set[str]:

@@ -15,5 +15,5 @@ every entry point raises `BackendUnavailable` with one line, never an ImportErro
 One code path for TensorRT 10.x and 11.x: plans are built by Polygraphy from strongly typed
 networks (the ONNX graph's types decide fp32/fp16), run with name-based tensor I/O and
 `execute_async_v3`; cuda-python 12.x and 13.x runtime bindings. Every TensorRT, Polygraphy and
-cuda-python name used here is listed in `engine/trt/api.py` and checked by tests/test_trt_api.py.
+cuda-python name used here is listed in `engine/trt/api_names.py` and checked by tests/test_trt_api.py.
 """

@@ -17,7 +17,7 @@ from monkey_trt.core.errors import (
     MonkeyError,
     first_line,
 )
-from monkey_trt.core.files import write_json_atomic
+from monkey_trt.core.atomic import write_json_atomic
 from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.trt import cuda, lib
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc

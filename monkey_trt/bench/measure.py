@@ -242,7 +242,7 @@ def trt_memory(pipe) -> dict | None:
 
 def memory_lines(results: list[BackendResult]) -> list[str]:
     """One line per trt result: `trt memory: unet: plan ..., activations ...; ... activations shared ...`."""
-    from monkey_trt.jobs.doctor import memory_detail
+    from monkey_trt.commands.doctor import memory_detail
 
     return [f"{r.backend} memory: {memory_detail(r.trt_memory)}" for r in results if r.trt_memory]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from monkey_trt.enginedir.networks import CLIP_MEAN, CLIP_STD, TEXT_LEN
-from monkey_trt.models.bpe import ClipBpe, build_clip_bpe
+from monkey_trt.embedded.bpe import ClipBpe, build_clip_bpe
 
 __all__ = [
     "PRESETS",

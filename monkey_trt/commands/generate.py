@@ -19,7 +19,7 @@ from monkey_trt.core.config import (
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.enginedir.networks import ModelDims
-from monkey_trt.jobs.progress import status, steps
+from monkey_trt.commands.progress import status, steps
 from monkey_trt.runtime.images import load_subject
 from monkey_trt.runtime.noise import read_noise_file
 from monkey_trt.runtime.outputs import (
@@ -123,7 +123,7 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
 
 def load_backend(job: GenerateJob):
     """The pipeline of `job.spec` (torch reference or the lean runtime): jobs.backends.open_backend."""
-    from monkey_trt.jobs.backends import ModelSource, open_backend
+    from monkey_trt.commands.backends import ModelSource, open_backend
 
     return open_backend(job.spec, job.engine_dir, ModelSource(job.base, job.ip_adapter, job.ip_weight))
 

@@ -22,17 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from monkey_trt.models.bpe import ClipBpe, build_clip_bpe, write_clip_tokenizer
-from monkey_trt.models.json_files import write_json
-from monkey_trt.models.presets import (
+from monkey_trt.embedded.bpe import ClipBpe, build_clip_bpe, write_clip_tokenizer
+from monkey_trt.embedded.json_files import write_json
+from monkey_trt.embedded.presets import (
     ModelPreset,
     feature_extractor_config,
     get_preset,
     meta_models,
     scheduler_config,
 )
-from monkey_trt.core.subject import draw_subject
-from monkey_trt.models.weights import (
+from monkey_trt.core.embedded_subject import draw_subject
+from monkey_trt.embedded.weights import (
     Progress,
     hub_tensor_specs,
     ip_adapter_tensor_specs,
@@ -130,17 +130,12 @@ def write_tiny_model(out_dir: Path, preset: str = "tiny", progress: Progress = N
     is ``"tiny"`` (fast tests) or ``"sd15"`` (real sizes, random weights; several GB).
     ``progress`` receives short human-readable status lines.
 
-    Atomic (monkey_trt.core.files.OutputStage): written into a staging folder next to ``out_dir`` and
+    Atomic (monkey_trt.core.output_folders.OutputStage): written into a staging folder next to ``out_dir`` and
     committed at the end, so an interrupted run never leaves truncated weights; the staging folder
     of a killed run is removed by the next. An existing ``out_dir`` keeps files it did not get from
     here; ``tiny-model.json`` records what was written.
     """
-    from monkey_trt.core.files import (
-        WRITTEN_BY,
-        OutputStage,
-        file_digests,
-        staged_files,
-    )
+    from monkey_trt.core.output_folders import WRITTEN_BY, OutputStage, file_digests, staged_files
 
     p = get_preset(preset)
     out = Path(out_dir).absolute()

@@ -12,7 +12,7 @@ another path share one.
         ...
     # ... and on exit new or changed files are moved into `folder` with os.replace (atomic per file)
 
-Lean: stdlib only (+ core.files for the staging-folder names).
+Lean: stdlib only (+ core.output_folders for the staging-folder names).
 """
 
 from __future__ import annotations
@@ -25,12 +25,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from monkey_trt.core.files import (
-    clean_stale_staging,
-    fsync_dir,
-    make_staging,
-    remove_staging,
-)
+from monkey_trt.core.atomic import fsync_dir
+from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
 
 CACHE_ENV = "MONKEY_TRT_CACHE"
 APP = "monkey-trt"
@@ -71,7 +67,7 @@ class StagedFolder:
     """A cache folder that a library writes into by itself (ORT's TensorRT EP writes its engine, profile
     and timing-cache files with plain ofstreams): it writes into a private staging copy instead, and
     `commit()` moves new or changed files into the shared folder with os.replace, so a reader never
-    sees a half-written file. Staging folders of dead processes are removed (core.files markers).
+    sees a half-written file. Staging folders of dead processes are removed (core.output_folders markers).
 
     The copy is a reflink where the filesystem has them, else a byte copy (engines can be large: the
     cost is paid once per start, not per run).
@@ -85,7 +81,7 @@ class StagedFolder:
     def open(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(self.final)
-        self.path = make_staging(self.final)  # proven ours by its marker (core.files), never by its name
+        self.path = make_staging(self.final)  # proven ours by its marker (core.output_folders), never by its name
         if self.final.is_dir():
             for src in self.final.iterdir():
                 if src.is_file() and not src.is_symlink():

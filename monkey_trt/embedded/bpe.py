@@ -16,7 +16,7 @@ from pathlib import Path
 
 from monkey_trt.core.prompts import PAPER_PROMPTS
 from monkey_trt.enginedir.networks import TEXT_LEN
-from monkey_trt.models.json_files import write_json
+from monkey_trt.embedded.json_files import write_json
 
 __all__ = [
     "SPECIAL_BOS",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from monkey_trt.enginedir.networks import N_IP_TOKENS
-from monkey_trt.models.presets import ModelPreset
+from monkey_trt.embedded.presets import ModelPreset
 
 __all__ = [
     "Progress",

@@ -86,7 +86,7 @@ def _ort_row() -> tuple[CheckRow, list[str]]:
 
 def supported_range(dist: str, version: str | None) -> tuple[bool | None, str]:
     """(inside the `gpu` extra's range?, "range >=a,<b") for an installed version; (None, ...) when unknown."""
-    from monkey_trt.engine.trt.api import SUPPORTED
+    from monkey_trt.engine.trt.api_names import SUPPORTED
 
     lo, hi = SUPPORTED[dist]
     spec = f"{lo},{hi}"

@@ -1,4 +1,4 @@
-"""Atomic writes and the one mechanism for every output folder monkey-trt writes.
+"""Output folders: the one mechanism for every folder monkey-trt writes (staging, records, ownership).
 
 Rule: monkey-trt never deletes or overwrites a file it did not write.
 
@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import socket
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
+from monkey_trt.core.atomic import current_umask, fsync_dir, sha256_file
 from monkey_trt.core.errors import MonkeyError
 
 STAGING_TAG = ".monkey-staging-"
@@ -55,55 +54,6 @@ STAGING_MARKER = "monkey-staging.json"  # inside every staging folder: who made 
 STAGING_PAYLOAD = "stage"  # the staging folder's sub-folder that becomes (or is merged into) the output
 MARKER_MAX_BYTES = 4096
 LOCK_TIMEOUT_S = 120.0
-
-
-# -- single files -------------------------------------------------------------------------
-def write_bytes_atomic(path: Path, data) -> Path:
-    """Write a bytes-like object (incl. TensorRT IHostMemory) to a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def write_json_atomic(path: Path, obj) -> Path:
-    return write_bytes_atomic(path, json.dumps(obj, indent=1).encode())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames in `folder` durable (best effort: not every filesystem supports it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where /proc allows."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # -- names --------------------------------------------------------------------------------
@@ -385,14 +335,6 @@ def recorded_digests(recorded: RecordReader, record_path: Path) -> dict[str, str
         return dict(read(record_path))
     except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         return {}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_digests(folder: Path, names: Iterable[str]) -> dict[str, str]:

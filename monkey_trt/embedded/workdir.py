@@ -4,7 +4,7 @@
 
 `tiny` serves 64..256 px (one engine, dynamic sides); `sd15` (real SD1.5 sizes, random weights,
 ~6 GB on disk, minutes to export) is exported for the requested size only. Both accept UNet batch 1..2
-(exact pass batching). Model and engine are written through core.files.OutputStage (staged, then
+(exact pass batching). Model and engine are written through core.output_folders.OutputStage (staged, then
 committed), so an interrupted run leaves no half-written cache; nothing outside `workdir/<preset>-*`
 is touched.
 """
@@ -16,7 +16,7 @@ from typing import Callable
 
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.core.extras import require_extra
-from monkey_trt.models.presets import PRESETS
+from monkey_trt.embedded.presets import PRESETS
 
 DEMO_PROFILE = (64, 256)  # the cached tiny engine serves square and non-square sizes in this range
 Status = Callable[[str], None]
@@ -44,10 +44,10 @@ def ensure_preset(preset: str, workdir: Path, height: int, width: int, engine: b
     model_dir, engine_dir = preset_dirs(preset, workdir, height, width)
     if not model_ready(model_dir):
         require_extra("export", f"the first run of the {preset} preset (writing and exporting its model)")
-        from monkey_trt.models.tiny import write_tiny_model
+        from monkey_trt.embedded.tiny import write_tiny_model
 
         status(f"writing the embedded {preset} model to {model_dir} (once)")
-        write_tiny_model(model_dir, preset=preset)  # atomic itself (core.files.OutputStage)
+        write_tiny_model(model_dir, preset=preset)  # atomic itself (core.output_folders.OutputStage)
     if engine and not engine_dir_usable(engine_dir, height, width):
         require_extra("export", f"the first run of the {preset} preset (writing and exporting its model)")
         status(f"exporting the {preset} model to ONNX (once{', minutes' if preset == 'sd15' else ''})")
@@ -57,8 +57,8 @@ def ensure_preset(preset: str, workdir: Path, height: int, width: int, engine: b
 
 def model_ready(model_dir: Path) -> bool:
     """Every file the model's record lists is there (write_tiny_model commits atomically)."""
-    from monkey_trt.core.files import record_files
-    from monkey_trt.models.tiny import TINY_MODEL_RECORD
+    from monkey_trt.core.output_folders import record_files
+    from monkey_trt.embedded.tiny import TINY_MODEL_RECORD
 
     names = record_files()(model_dir / TINY_MODEL_RECORD)
     return bool(names) and all((model_dir / n).is_file() for n in names)
