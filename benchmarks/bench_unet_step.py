@@ -18,7 +18,8 @@ from monkey_trt.engine.ort import OrtRunner
 from monkey_trt.enginedir.manifest import load_manifest
 from monkey_trt.export.onnx_export import sample_inputs
 from monkey_trt.export.wrappers import UNetNet
-from monkey_trt.reference.loading import ModelSource, load_reference_models
+from monkey_trt.core.config import ModelSource
+from monkey_trt.reference.loading import load_reference_models
 
 
 def median_seconds(fn, runs: int) -> float:

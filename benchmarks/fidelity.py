@@ -18,7 +18,7 @@ from monkey_trt.core.config import Request
 from monkey_trt.enginedir.networks import Profile, ShapeRange
 from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
 from monkey_trt.embedded.tiny import write_tiny_model
-from monkey_trt.reference.loading import ModelSource
+from monkey_trt.core.config import ModelSource
 from monkey_trt.reference.pipeline import ReferencePipeline
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 

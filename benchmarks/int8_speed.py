@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from monkey_trt.engine.ort import (
     OrtRunner,  # what the runtime runs (int8: its session options)
 )
-from monkey_trt.export.fp16 import _name_nodes
+from monkey_trt.export.graph_walks import name_nodes
 
 
 def cpu_info() -> dict:
@@ -98,7 +98,7 @@ def unet_macs(fp32_path: Path, int8_path: Path, feeds: dict, threads: int) -> di
     """MACs of each Conv/MatMul/Gemm (shapes from one fp32 run), split by whether the int8 graph quantizes it."""
     model = onnx.load(str(fp32_path), load_external_data=False)
     g = model.graph
-    _name_nodes(g)  # the names the quantizer gave unnamed nodes
+    name_nodes(g)  # the names the quantizer gave unnamed nodes
     weights = {t.name: list(t.dims) for t in g.initializer}
     ops = [n for n in g.node if n.op_type in ("Conv", "MatMul", "Gemm")]
     known = {o.name for o in g.output} | {i.name for i in g.input}

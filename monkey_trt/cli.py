@@ -24,8 +24,9 @@ from monkey_trt.core import __version__
 from monkey_trt.core.config import (DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER, Knob,
                                     MonkeyConfig, Request, check_side, knobs)
 from monkey_trt.core.errors import MonkeyError, first_line
-from monkey_trt.enginedir.networks import profile_from_options
 from monkey_trt.commands.progress import status
+from monkey_trt.enginedir.networks import profile_from_options
+from monkey_trt.runtime.backend import BACKEND_OPTIONS, backend_choices
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) inference engine.")
@@ -100,8 +101,6 @@ def config_from_options(values: dict[str, Any]) -> MonkeyConfig:
 def backend_option(name: str, default: Any = _KNOB_DEFAULT) -> Any:
     """typer.Option of a backend option (runtime.backend.BACKEND_OPTIONS): the same flag, help and default on
     every command that has it."""
-    from monkey_trt.runtime.backend import BACKEND_OPTIONS
-
     o = BACKEND_OPTIONS[name]
     return typer.Option(o.default if default is _KNOB_DEFAULT else default, *o.flags, help=o.help)
 
@@ -164,7 +163,7 @@ def generate(
     base: Optional[str] = typer.Option(None, help=f"Base LCM model: hub id or diffusers folder [default: the engine's source, else {DEFAULT_BASE}]"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"IP-Adapter: hub id or folder (h94 layout) [default: the engine's source, else {DEFAULT_IP_ADAPTER}]"),
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
-    backend: Optional[str] = typer.Option(None, help="torch (PyTorch reference) | ort | trt [default: ort with --engine-dir, else torch]"),
+    backend: Optional[str] = typer.Option(None, help=f"{backend_choices('generate', notes=True)} [default: ort with --engine-dir, else torch]"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends); also the default size and models"),
     verify: str = backend_option("verify"),
     device: str = backend_option("device"),
@@ -187,23 +186,18 @@ def generate(
     """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
     import time
 
-    from monkey_trt.commands.generate import (
-        GenerateJob,
-        resolve_defaults,
-        run_generate,
-        summary,
-    )
-
-    from monkey_trt.runtime.backend import spec_from_options
+    from monkey_trt.commands.generate import GenerateJob, default_backend, resolve_defaults, run_generate, summary
+    from monkey_trt.runtime.backend import backend_row, spec_from_options
 
     t0 = time.perf_counter()
     _check_sides(height, width)
     if baseline_scale is not None and not baseline:
         raise MonkeyError("--baseline-scale applies to the plain IP-Adapter baseline: add --baseline (or drop --baseline-scale)")
     config = config_from_options(knob_values)
+    backend = backend_row(default_backend(engine_dir, backend), "generate").name
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
-    spec = spec_from_options(d.backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, cuda_graph=cuda_graph,
-                                             precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes))
+    spec = spec_from_options(backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, cuda_graph=cuda_graph,
+                                           precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes))
     if d.dims is not None:  # the engine directory's model: its limits before any work
         config.check_model(d.dims)
     request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
@@ -306,7 +300,7 @@ def export(
         existing_export_matches,
         export_engine_dir,
     )
-    from monkey_trt.reference.loading import ModelSource
+    from monkey_trt.core.config import ModelSource
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
                          fold_constants=fold, force=force, precisions=precisions, calibration=calibration)
@@ -376,7 +370,7 @@ def doctor(
 def bench(
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny | sd15: write the embedded model and export its engine (cached in --workdir)"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); model source and size default to its manifest"),
-    backends: str = typer.Option("published,torch,ort", "--backends", help="Comma list of published, torch, ort, trt"),
+    backends: str = typer.Option("published,torch,ort", "--backends", help=f"Comma list of {backend_choices('bench', sep=', ')}"),
     base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
     image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: the preset's subject, else a grey square)"),
@@ -412,9 +406,10 @@ def bench(
         raise MonkeyError("give --preset or --engine-dir, not both")
 
     def settings(h: int, w: int) -> BenchSettings:
-        return BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype, cuda_graph=cuda_graph,
-                             ort_cache=ort_cache, batch_passes=batch_passes, precision=precision, threads=threads,
-                             workdir=str(workdir), providers=split_list(providers), fp16=fp16, verify=verify)
+        options = dict(device=device, dtype=dtype, cuda_graph=cuda_graph, batch_passes=batch_passes, precision=precision,
+                       threads=threads, providers=split_list(providers), fp16=fp16, verify=verify)
+        return BenchSettings.from_options(names, h, w, options, ort_cache=ort_cache, runs=runs, warmup=warmup, soak=soak,
+                                          workdir=str(workdir))
 
     settings(64, 64)  # every backend's spec checked before any work
     with _quiet_libraries():
@@ -424,7 +419,7 @@ def bench(
 @app.command()
 def serve(
     engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
-    backend: str = typer.Option("ort", help="ort | trt"),
+    backend: str = typer.Option("ort", help=backend_choices("serve")),
     providers: str = backend_option("providers"),
     cuda_graph: bool = backend_option("cuda_graph"),
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
@@ -455,20 +450,17 @@ def serve(
     require_extra("serve", "serve")  # one line naming the extra, before anything imports fastapi or prometheus_client
     if ray:
         require_extra("ray", "serve --ray")
-    from monkey_trt.runtime.backend import ENGINE_BACKENDS, spec_from_options
+    from monkey_trt.runtime.backend import backend_names, spec_from_options
     from monkey_trt.serve.service import ServeConfig
 
     if not 0 <= port <= 65535:
         raise MonkeyError(f"--port must be in 0..65535, got {port}")
-    if backend not in ENGINE_BACKENDS:
-        raise MonkeyError(f"--backend must be ort or trt, got {backend!r}")
+    if backend not in backend_names("serve"):
+        raise MonkeyError(f"--backend must be {' or '.join(backend_names('serve'))}, got {backend!r}")
     spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,
                                            threads=threads, fp16=fp16, batch_passes=batch_passes))
-    config = ServeConfig(
-        engine_dir=engine_dir, backend=backend, providers=spec.providers, cuda_graph=spec.cuda_graph, max_queue=max_queue,
-        timeout_s=timeout, max_body_mb=max_body_mb, subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup,
-        precision=spec.precision, verify=spec.verify, threads=spec.threads, fp16=spec.fp16, batch_passes=spec.batch_passes,
-    )
+    config = ServeConfig(engine_dir=engine_dir, spec=spec, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
+                         subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup)
     from monkey_trt.enginedir.manifest import load_manifest
 
     load_manifest(engine_dir, verify=spec.verify)  # a wrong engine directory is one line, before any server starts
@@ -492,7 +484,7 @@ def eval_(
     prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
     methods: str = typer.Option("monkey,ipadapter@1.0", "--methods", help="Comma list of monkey, ipadapter@SCALE"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); also the default size and models"),
-    backend: Optional[str] = typer.Option(None, help="torch | ort | trt [default: ort with --engine-dir, else torch]"),
+    backend: Optional[str] = typer.Option(None, help=f"{backend_choices('eval')} [default: ort with --engine-dir, else torch]"),
     precision: str = typer.Option("fp32", "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32"),
     base: Optional[str] = typer.Option(None, help=f"torch backend: base LCM model [default: {DEFAULT_BASE}]"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"torch backend: IP-Adapter [default: {DEFAULT_IP_ADAPTER}]"),
@@ -517,12 +509,15 @@ def eval_(
 
     check_target(out.absolute(), "-", lambda _p: set())  # a file, or a folder nothing can be written in: before any judge loads
     require_extra("export", "eval (the CLIP and DINO judges)")
+    from monkey_trt.commands.generate import default_backend
     from monkey_trt.eval.command import EvalOptions, result_lines, run_command
+    from monkey_trt.runtime.backend import backend_row, spec_from_options
 
-    opts = EvalOptions(subjects=subjects, out=out, prompts=prompts, methods=methods, engine_dir=engine_dir, backend=backend,
-                       precision=precision, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight, clip=clip, dino=dino,
-                       seeds=seeds, height=height, width=width, device=device, providers=providers, threads=threads,
-                       verify=verify, judge_device=judge_device, judge_batch=judge_batch)
+    name = backend_row(default_backend(engine_dir, backend), "eval").name
+    spec = spec_from_options(name, dict(device=device, providers=providers, threads=threads, verify=verify))
+    opts = EvalOptions(subjects=subjects, out=out, spec=spec, prompts=prompts, methods=methods, engine_dir=engine_dir,
+                       precisions=precision, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight, clip=clip, dino=dino,
+                       seeds=seeds, height=height, width=width, judge_device=judge_device, judge_batch=judge_batch)
     with _quiet_libraries():
         result = run_command(opts, console, _warn)
     for line in result_lines(result):

@@ -12,7 +12,7 @@ import pytest
 
 from monkey_trt.cli import app, main
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import BACKEND_OPTIONS, BackendSpec, spec_from_options, specs_for
+from monkey_trt.runtime.backend import BACKEND_OPTIONS, CLI_OPTIONS, BackendSpec, spec_from_options, specs_for
 
 PKG = Path(__file__).resolve().parents[1] / "monkey_trt"
 
@@ -32,7 +32,7 @@ def one_line(capsys, argv) -> str:
 
 @pytest.mark.parametrize("fields, says", [
     ({"backend": "onnx"}, "--backend must be one of"),
-    ({"backend": "ort", "device": "cuda"}, "--device applies to the torch/published backends only, not --backend ort"),
+    ({"backend": "ort", "device": "cuda"}, "--device applies to the published/torch backends only, not --backend ort"),
     ({"backend": "trt", "providers": ("cuda",)}, "--providers applies to --backend ort only, not --backend trt"),
     ({"backend": "torch", "providers": ("cpu",)}, "--providers applies to --backend ort only"),
     ({"backend": "torch", "verify": "size"}, "--verify applies to the ort/trt backends only"),
@@ -83,7 +83,7 @@ def test_options_map_onto_the_spec():
     assert spec_from_options("ort", {"dtype": "fp32", "precision": "int8", "providers": "cpu"}).precision == "int8"
     with pytest.raises(MonkeyError, match="the torch backend takes --dtype"):
         spec_from_options("torch", {"precision": "fp16"})
-    with pytest.raises(MonkeyError, match="--dtype applies to the torch/published backends only, not --backend trt"):
+    with pytest.raises(MonkeyError, match="--dtype applies to the published/torch backends only, not --backend trt"):
         spec_from_options("trt", {"dtype": "fp16"})
     specs = specs_for(("published", "torch", "ort", "trt"), {"device": "cuda", "dtype": "fp16", "cuda_graph": True,
                                                             "precision": "fp16", "providers": "cuda", "threads": 2})
@@ -97,8 +97,8 @@ def test_options_map_onto_the_spec():
 
 # -- the CLI faces ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra, says", [
-    (["--backend", "ort", "--device", "cuda"], "--device applies to the torch/published backends only, not --backend ort"),
-    (["--backend", "trt", "--dtype", "fp16"], "--dtype applies to the torch/published backends only, not --backend trt"),
+    (["--backend", "ort", "--device", "cuda"], "--device applies to the published/torch backends only, not --backend ort"),
+    (["--backend", "trt", "--dtype", "fp16"], "--dtype applies to the published/torch backends only, not --backend trt"),
     (["--backend", "trt", "--providers", "cuda"], "--providers applies to --backend ort only, not --backend trt"),
     (["--backend", "torch", "--providers", "cuda"], "--providers applies to --backend ort only, not --backend torch"),
     (["--backend", "torch", "--precision", "fp16"], "the torch backend takes --dtype"),
@@ -120,7 +120,7 @@ def _commands():
     return typer.main.get_command(app).commands
 
 
-@pytest.mark.parametrize("name", sorted(BACKEND_OPTIONS))
+@pytest.mark.parametrize("name", sorted(CLI_OPTIONS))
 def test_backend_options_have_the_same_help_everywhere(name):
     o = BACKEND_OPTIONS[name]
     where = {}
@@ -169,17 +169,24 @@ def test_serve_takes_precision_verify_threads(monkeypatch, capsys):
 def test_serve_config_and_ray_args_build_the_spec():
     from monkey_trt.serve.service import ServeConfig
 
-    c = ServeConfig(Path("E"), backend="ort", providers="cuda,cpu", cuda_graph=True, threads=2)
-    assert c.providers == ("cuda", "cpu") and c.spec == BackendSpec("ort", providers=("cuda", "cpu"), cuda_graph=True, threads=2)
+    c = ServeConfig.from_fields({"engine_dir": Path("E"), "backend": "ort", "providers": "cuda,cpu", "cuda_graph": True,
+                                 "threads": 2, "mask_pass": "same", "ort_cache": "C", "max_queue": 3})
+    assert c.spec == BackendSpec("ort", providers=("cuda", "cpu"), cuda_graph=True, threads=2, mask_pass="same", ort_cache=Path("C"))
+    assert c.max_queue == 3  # serve keeps every spec field (mask_pass and ort_cache included) and its own
     with pytest.raises(MonkeyError, match="--providers applies to --backend ort only"):
-        ServeConfig(Path("E"), backend="trt", providers=("cuda",))
+        ServeConfig.from_fields({"engine_dir": Path("E"), "backend": "trt", "providers": ["cuda"]})
+    with pytest.raises(MonkeyError, match="--backend must be ort or trt"):
+        ServeConfig(Path("E"), spec=BackendSpec("torch"))
+    with pytest.raises(MonkeyError, match="unknown serve setting"):
+        ServeConfig.from_fields({"engine_dir": Path("E"), "replicaz": 2})
 
 
 def test_bench_defaults_give_every_backend_its_default_spec():
     from monkey_trt.bench.measure import BenchSettings
 
-    specs = BenchSettings(("published", "torch", "ort", "trt"), 64, 64).specs()
-    assert specs == {b: BackendSpec(b) for b in ("published", "torch", "ort", "trt")}
+    s = BenchSettings.from_options(("published", "torch", "ort", "trt"), 64, 64, {}, ort_cache=False)
+    assert s.specs == tuple(BackendSpec(b) for b in ("published", "torch", "ort", "trt"))
+    assert s.backends == ("published", "torch", "ort", "trt") and s.spec("trt") == BackendSpec("trt")
 
 
 def test_bench_passes_backend_options_through_to_each_spec(monkeypatch, capsys):
@@ -190,7 +197,7 @@ def test_bench_passes_backend_options_through_to_each_spec(monkeypatch, capsys):
     monkeypatch.setattr(bench_cli, "run_bench", lambda *a: seen.setdefault("settings", a[-1]))
     assert main(["bench", "--engine-dir", "E", "--backends", "torch,ort,trt", "--device", "cuda", "--cuda-graph",
                  "--providers", "tensorrt", "--fp16", "--precision", "fp16", "--verify", "size", "--threads", "1"]) == 0
-    specs = seen["settings"](64, 64).specs()
+    specs = {sp.backend: sp for sp in seen["settings"](64, 64).specs}
     assert specs["ort"].providers == ("tensorrt",) and specs["ort"].cuda_graph and specs["ort"].fp16
     assert specs["trt"].cuda_graph and specs["trt"].precision == "fp16" and specs["trt"].verify == "size"
     assert specs["torch"].cuda_graph and specs["torch"].device == "cuda" and specs["torch"].precision == "fp32"
@@ -202,7 +209,7 @@ def test_bench_passes_backend_options_through_to_each_spec(monkeypatch, capsys):
 def test_python_api_goes_through_the_spec(tmp_path):
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
-    with pytest.raises(MonkeyError, match="--device applies to the torch/published backends only"):
+    with pytest.raises(MonkeyError, match="--device applies to the published/torch backends only"):
         MonkeyPipeline.from_engine_dir(tmp_path / "nowhere", backend="ort", device="cuda")
     with pytest.raises(MonkeyError, match="unknown option"):
         MonkeyPipeline.from_engine_dir(tmp_path / "nowhere", backend="ort", providrs=("cpu",))
@@ -215,7 +222,7 @@ def test_open_backend_refuses_before_loading(tmp_path):
 
     with pytest.raises(MonkeyError, match="needs --engine-dir"):
         open_backend(BackendSpec("trt"))
-    with pytest.raises(MonkeyError, match="published baseline runs in `monkey-trt bench` only"):
+    with pytest.raises(MonkeyError, match="the published backend runs in `monkey-trt bench` only"):
         open_backend(BackendSpec("published"))
     with pytest.raises(MonkeyError, match="needs a BackendSpec"):
         open_backend({"backend": "ort"})

@@ -89,7 +89,7 @@ def test_bench_tables_fit_100_columns():
     from monkey_trt.bench.cli import results_tables
     from monkey_trt.bench.measure import BenchSettings
 
-    s = BenchSettings(("published", "torch", "ort"), 512, 512, runs=1000)
+    s = BenchSettings.from_options(("published", "torch", "ort"), 512, 512, {}, runs=1000)
     console = Console(width=300, record=True, file=open("/dev/null", "w"))  # wide: the tables must be narrow on their own
     for t in results_tables(RESULTS, s):
         console.print(t)

@@ -27,7 +27,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.manifest import MANIFEST, load_manifest, manifest_files
 from monkey_trt.export.calibration import CalibrationSpec, collect, load_or_collect
 from monkey_trt.engine.compare import mask_iou, psnr
-from monkey_trt.export.fp16 import map_path_nodes
+from monkey_trt.export.graph_walks import map_path_nodes
 from monkey_trt.export.quantize import QuantSettings, kept_nodes, quantize_model_file
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.pipeline import MonkeyPipeline
@@ -396,12 +396,12 @@ def test_bench_and_serve_take_int8(int8_dir):
     from monkey_trt.bench.measure import BenchSettings
     from monkey_trt.serve.service import ServeConfig
 
-    assert BenchSettings(("ort",), 64, 64, precision="int8").precision == "int8"
+    assert BenchSettings.from_options(("ort",), 64, 64, {"precision": "int8"}).spec("ort").precision == "int8"
     with pytest.raises(MonkeyError, match="--precision"):
-        BenchSettings(("ort",), 64, 64, precision="int4")
-    assert ServeConfig(engine_dir=int8_dir, precision="int8").precision == "int8"
+        BenchSettings.from_options(("ort",), 64, 64, {"precision": "int4"})
+    assert ServeConfig.from_fields({"engine_dir": int8_dir, "precision": "int8"}).spec.precision == "int8"
     with pytest.raises(MonkeyError, match="--precision"):
-        ServeConfig(engine_dir=int8_dir, precision="int4")
+        ServeConfig.from_fields({"engine_dir": int8_dir, "precision": "int4"})
 
 
 # -- fp8 (slow: a second quantization of the UNet and the reference evaluator) -----------------------------

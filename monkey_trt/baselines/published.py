@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from monkey_trt.core.config import DEFAULT_IP_WEIGHT, Request
+from monkey_trt.core.config import DEFAULT_IP_WEIGHT, ModelSource, Request
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.reference.loading import (
     ip_weight_file,
@@ -228,3 +228,13 @@ class PublishedPipeline:
                 timings[key] = timings.get(key, 0.0) + sec
         timings["other"] = max(total - sum(timings.values()), 0.0)  # scheduler, pipeline and attention-store overhead
         return {"timings": timings, "unet_calls": tuple(calls)}
+
+
+def open_published(spec, models: ModelSource) -> "PublishedPipeline":
+    """The backend table's opener (runtime.backend: "published"): the authors' published code of a BackendSpec."""
+    from monkey_trt.reference.device import check_torch_device, set_torch_threads, torch_dtype
+
+    check_torch_device(spec.device)
+    set_torch_threads(spec.threads)
+    return PublishedPipeline.from_pretrained(models.base, models.ip_adapter, models.ip_weight, device=spec.device,
+                                             dtype=torch_dtype(spec.dtype))

@@ -29,6 +29,7 @@ from monkey_trt.core.config import (
     Request,
 )
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.runtime.backend import backend_row
 
 
 def check_output_path(path: Path | None, flag: str, kind: str) -> None:
@@ -61,7 +62,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
     """-> {base, ip_adapter, ip_weight, engine_dir, subject, height, width, preset}."""
     src = {"preset": preset, "engine_dir": None, "base": base, "ip_adapter": ip_adapter, "ip_weight": DEFAULT_IP_WEIGHT,
            "subject": str(image) if image else None}
-    needs_engine = any(n in ("ort", "trt") for n in names)
+    needs_engine = any(backend_row(n).needs_engine_dir for n in names)
     if preset is not None:
         from monkey_trt.embedded.workdir import ensure_preset
         from monkey_trt.embedded.presets import PRESETS
@@ -93,24 +94,12 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
 
 
 def _loader(name: str, src: dict, s: BenchSettings) -> Callable[[], object]:
-    spec = s.specs()[name]
+    spec = s.spec(name)
 
     def load():
-        if name == "published":
-            from monkey_trt.baselines.published import PublishedPipeline
-            from monkey_trt.reference.device import (
-                check_torch_device,
-                set_torch_threads,
-                torch_dtype,
-            )
-
-            check_torch_device(spec.device)
-            set_torch_threads(spec.threads)
-            return PublishedPipeline.from_pretrained(src["base"], src["ip_adapter"], src["ip_weight"], device=spec.device,
-                                                     dtype=torch_dtype(spec.dtype))
         from monkey_trt.commands.backends import ModelSource, open_backend
 
-        return open_backend(spec, src["engine_dir"], ModelSource(src["base"], src["ip_adapter"], src["ip_weight"]))
+        return open_backend(spec, src["engine_dir"], ModelSource(src["base"], src["ip_adapter"], src["ip_weight"]), face="bench")
 
     return load
 
@@ -125,7 +114,7 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     if preset is not None and src["engine_dir"] is not None:
         from monkey_trt.embedded.workdir import ensure_precision
 
-        ensure_precision(Path(src["engine_dir"]), s.precision, console)
+        ensure_precision(Path(src["engine_dir"]), s.engine_precision, console)
     request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
     subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
     results, outputs = [], []

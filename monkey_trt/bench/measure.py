@@ -20,16 +20,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from PIL import Image
 
 from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import is_default, specs_for
+from monkey_trt.runtime.backend import BACKEND_OPTIONS, CLI_OPTIONS, BackendSpec, backend_names, is_default, specs_for
 
-BENCH_BACKENDS = ("published", "torch", "ort", "trt")
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_VERSION = 1
 REQUIRED_STAGES = ("encode_prompt", "encode_subject", "mask", "decode")  # + every UNet call in `unet_calls`
@@ -37,45 +36,75 @@ REQUIRED_STAGES = ("encode_prompt", "encode_subject", "mask", "decode")  # + eve
 
 @dataclass(frozen=True)
 class BenchSettings:
-    backends: tuple[str, ...]
+    """What bench measures: one BackendSpec per backend (in run order) and the request and run counts."""
+
+    specs: tuple[BackendSpec, ...]
     height: int
     width: int
     runs: int = 3
     warmup: int = 1
     soak: int = 0
-    device: str = "cpu"  # torch/published backends
-    dtype: str = "fp32"  # torch/published backends: fp32 | fp16
-    cuda_graph: bool = False  # torch backend on cuda: CUDA-graph replay of the UNet calls
-    ort_cache: bool = True  # ort: load ORT's optimised graphs from (and save them to) <workdir>/ort-optimized
-    batch_passes: bool | None = None  # None: each backend's default
-    precision: str = "fp32"  # ort/trt backends: the engine directory's graphs (fp32 | fp16 | int8 | fp8)
-    threads: int = 0  # CPU threads for torch / each ORT session; 0 = the library default
     prompt: str = "a dog on the beach"
     seed: int = 0
-    providers: tuple[str, ...] = ()  # ort: execution providers (default: best installed)
-    fp16: bool = False  # ort TensorRT EP: fp16 kernels
-    verify: str = "sha256"  # ort/trt: engine-dir check before loading
-    workdir: str | None = None  # ort with ort_cache: ORT's optimised graphs go to <workdir>/ort-optimized
+    workdir: str | None = None  # ort with an ORT graph cache: ORT's optimised graphs go to <workdir>/ort-optimized
 
     def __post_init__(self) -> None:
-        unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
-        if not self.backends or unknown:
-            raise MonkeyError(f"--backends must be a comma list of {', '.join(BENCH_BACKENDS)}, got {','.join(self.backends) or '(none)'}")
-        if len(set(self.backends)) != len(self.backends):
-            raise MonkeyError("--backends names a backend twice")
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
             raise MonkeyError(f"need --runs in 1..1000, --warmup in 0..100, --soak in 0..100000, got {self.runs}, {self.warmup}, {self.soak}")
-        object.__setattr__(self, "providers", tuple(self.providers))
-        self.specs()  # every backend's spec, checked; an option no listed backend takes is one line
+        object.__setattr__(self, "specs", tuple(self.specs))
+        if not self.specs or not all(isinstance(sp, BackendSpec) for sp in self.specs):
+            raise MonkeyError("bench needs one BackendSpec per backend")
+        check_backend_list(self.backends)
 
-    def specs(self) -> dict:
-        """One runtime.backend.BackendSpec per backend: the options that apply to it (`--dtype` for torch/published,
-        `--precision` and `--providers` for ort/trt, ...)."""
-        values = {"device": self.device, "dtype": self.dtype, "precision": self.precision, "providers": self.providers,
-                  "fp16": self.fp16, "cuda_graph": self.cuda_graph, "batch_passes": self.batch_passes,
-                  "threads": self.threads, "verify": self.verify}
-        cache = {"ort": {"ort_cache": Path(self.workdir) / "ort-optimized"}} if self.ort_cache and self.workdir else {}
-        return specs_for(self.backends, {k: v for k, v in values.items() if not is_default(k, v)}, cache)
+    @classmethod
+    def from_options(cls, backends: tuple[str, ...], height: int, width: int, options: Mapping[str, Any],
+                     ort_cache: bool = True, **fields: Any) -> "BenchSettings":
+        """One set of backend option values (named as in runtime.backend.BACKEND_OPTIONS) -> a spec per backend: each
+        takes the options that apply to it; an option no listed backend takes is one line. `ort_cache`: ort keeps ORT's
+        optimised graphs in <workdir>/ort-optimized."""
+        check_backend_list(backends)
+        workdir = fields.get("workdir")
+        cache = {"ort": {"ort_cache": Path(workdir) / "ort-optimized"}} if ort_cache and workdir else {}
+        specs = specs_for(tuple(backends), {k: v for k, v in options.items() if not is_default(k, v)}, cache)
+        return cls(tuple(specs[b] for b in backends), height, width, **fields)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(sp.backend for sp in self.specs)
+
+    def spec(self, backend: str) -> BackendSpec:
+        return self.specs[self.backends.index(backend)]
+
+    @property
+    def engine_precision(self) -> str:
+        """The precision the engine-directory backends run (what a --preset export must hold)."""
+        return next((sp.precision for sp in self.specs if sp.row.needs_engine_dir), "fp32")
+
+    def to_json(self) -> dict:
+        """The report's settings: the run's own, each backend option as given (the value of the first backend it applies
+        to), and every backend's whole spec."""
+        d = {k: getattr(self, k) for k in ("height", "width", "runs", "warmup", "soak", "prompt", "seed", "workdir")}
+        d["backends"] = list(self.backends)
+        for name in CLI_OPTIONS:
+            o = BACKEND_OPTIONS[name]
+            field_name = "precision" if name == "dtype" else name
+            got = [getattr(sp, field_name) for sp in self.specs if sp.backend in o.applies]
+            value = got[0] if got else o.default
+            d[name] = list(value) if name == "providers" else value
+        d["providers"] = d["providers"] or []
+        d["ort_cache"] = any(sp.ort_cache is not None for sp in self.specs)
+        d["specs"] = {sp.backend: sp.to_dict() for sp in self.specs}
+        return d
+
+
+def check_backend_list(backends: tuple[str, ...]) -> None:
+    """`--backends`: bench's backends of the table, each once."""
+    names = backend_names("bench")
+    unknown = [b for b in backends if b not in names]
+    if not backends or unknown:
+        raise MonkeyError(f"--backends must be a comma list of {', '.join(names)}, got {','.join(backends) or '(none)'}")
+    if len(set(backends)) != len(backends):
+        raise MonkeyError("--backends names a backend twice")
 
 
 @dataclass(frozen=True)
@@ -182,7 +211,7 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     torch = _torch_cuda()
     if torch is not None:
         torch.cuda.reset_peak_memory_stats()
-    kwargs = {} if name == "published" else {"batch_passes": s.specs()[name].batch_passes}
+    kwargs = {} if name == "published" else {"batch_passes": s.spec(name).batch_passes}
     status(f"{name}: loading + first image")
     t0 = time.perf_counter()
     pipe = load()
@@ -314,7 +343,7 @@ def report(settings: BenchSettings, results: list[BackendResult], source: dict) 
     """The JSON document (schema.json)."""
     return {
         "schema": "monkey-trt-bench", "schema_version": SCHEMA_VERSION, "created_unix": time.time(),
-        "machine": machine_info(), "settings": {**asdict(settings), "backends": list(settings.backends)},
+        "machine": machine_info(), "settings": settings.to_json(),
         "source": source, "results": [_jsonable(asdict(r)) for r in results],
     }
 

@@ -1,59 +1,38 @@
 """`open_backend(spec, engine_dir, models)`: the one way every face opens a backend.
 
-torch: the PyTorch reference (imported here, lazily: only the torch backend loads torch); ort / trt: the lean
-runtime on an engine directory (runtime.pipeline.open_engine). The spec (runtime.backend.BackendSpec) is
+The backend's row of the backend table (runtime.backend.BACKEND_TABLE) says how: an engine-directory backend
+(ort, trt) is the lean runtime on `engine_dir` (runtime.pipeline.open_engine); a model backend (torch, published)
+loads `models` through its row's opener (imported here, lazily: only a model backend loads torch). The spec is
 already validated; what is left to check needs the machine (the CUDA device, the installed providers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from monkey_trt.core.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT
+from monkey_trt.core.config import ModelSource
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.backend import BackendSpec
 from monkey_trt.runtime.pipeline import open_engine
 
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the torch reference loads its weights from (hub ids or folders)."""
-
-    base: str = DEFAULT_BASE
-    ip_adapter: str = DEFAULT_IP_ADAPTER
-    ip_weight: str = DEFAULT_IP_WEIGHT
+__all__ = ["ModelSource", "open_backend"]
 
 
-def open_backend(spec: BackendSpec, engine_dir: Path | str | None = None, models: ModelSource | None = None):
-    """The pipeline of `spec`: callable as `pipe(request, subject, **kwargs)`, with `.dims`, `.info()`, `.close()`."""
+def open_backend(spec: BackendSpec, engine_dir: Path | str | None = None, models: ModelSource | None = None, face: str = "api"):
+    """The pipeline of `spec`: callable as `pipe(request, subject, **kwargs)`, with `.dims`, `.info()`, `.close()`.
+    `face`: the command opening it (the published baseline is offered by bench only)."""
     if not isinstance(spec, BackendSpec):
         raise MonkeyError(f"open_backend needs a BackendSpec, got {type(spec).__name__}")
-    if spec.backend == "published":
-        raise MonkeyError("the published baseline runs in `monkey-trt bench` only")
-    if spec.backend == "torch":
-        return _open_torch(spec, models or ModelSource())
-    if engine_dir is None:
-        raise MonkeyError(f"--backend {spec.backend} needs --engine-dir (make one with `monkey-trt export`)")
-    return open_engine(spec, engine_dir)
-
-
-def _open_torch(spec: BackendSpec, models: ModelSource):
+    row = spec.row
+    if face not in row.faces:
+        raise MonkeyError(f"the {spec.backend} backend runs in {', '.join(f'`monkey-trt {f}`' for f in row.faces)} only")
+    if row.needs_engine_dir:
+        if engine_dir is None:
+            raise MonkeyError(f"--backend {spec.backend} needs --engine-dir (make one with `monkey-trt export`)")
+        return open_engine(spec, engine_dir)
     from monkey_trt.core.extras import require_extra
 
-    require_extra("export", "the torch backend")
-    from monkey_trt.reference.device import (
-        check_torch_device,
-        set_torch_threads,
-        torch_dtype,
-    )
-    from monkey_trt.reference.pipeline import ReferencePipeline
-
-    check_torch_device(spec.device)
-    set_torch_threads(spec.threads)
-    pipe = ReferencePipeline.from_pretrained(models.base, models.ip_adapter, models.ip_weight, device=spec.device,
-                                             dtype=torch_dtype(spec.dtype))
-    if spec.cuda_graph:
-        pipe.enable_cuda_graphs()
+    require_extra("export", f"the {spec.backend} backend")
+    pipe = row.open_function()(spec, models or ModelSource())
     pipe.spec = spec
     return pipe

@@ -1,6 +1,6 @@
 """`generate` as a job: validate everything cheap first, then load a backend, run, write outputs.
 
-Backends: `torch` (the PyTorch reference), `ort` / `trt` (the lean runtime on an engine dir).
+Backends: the backend table's rows offered by `generate` (runtime.backend: torch, ort, trt).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from monkey_trt.core.config import (
     Request,
 )
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import BackendSpec
+from monkey_trt.runtime.backend import BackendSpec, backend_row
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.commands.progress import status, steps
 from monkey_trt.runtime.images import load_subject
@@ -30,9 +30,6 @@ from monkey_trt.runtime.outputs import (
     write_outputs,
 )
 from monkey_trt.runtime.result import MonkeyOutput
-
-BACKENDS = ("torch", "ort", "trt")
-
 
 @dataclass(frozen=True)
 class GenerateJob:
@@ -56,9 +53,8 @@ class GenerateJob:
 
 @dataclass(frozen=True)
 class Defaults:
-    """What `generate` uses for the options the user left out."""
+    """What `generate` uses for the options the user left out (the backend: `default_backend`)."""
 
-    backend: str
     height: int
     width: int
     base: str
@@ -75,26 +71,30 @@ class Generated:
     output: MonkeyOutput
 
 
-def resolve_defaults(engine_dir: Path | None, backend: str | None = None, height: int | None = None, width: int | None = None,
+def default_backend(engine_dir: Path | None, backend: str | None = None) -> str:
+    """--backend left out: ort with an engine directory, else torch (the PyTorch reference)."""
+    return backend or ("ort" if engine_dir is not None else "torch")
+
+
+def resolve_defaults(engine_dir: Path | None, backend: str, height: int | None = None, width: int | None = None,
                      base: str | None = None, ip_adapter: str | None = None) -> Defaults:
-    """Options left as None: from the engine directory's manifest when there is one (backend ort,
-    its profile's opt size, its source models), else torch at 512x512 from the hub defaults."""
+    """Options left as None: from the engine directory's manifest when there is one (its profile's opt size, its
+    source models, and its model sizes when `backend` runs it), else 512x512 and the hub models."""
     if engine_dir is None:
-        return Defaults(backend or "torch", 512 if height is None else height, 512 if width is None else width, base or DEFAULT_BASE, ip_adapter or DEFAULT_IP_ADAPTER)
+        return Defaults(512 if height is None else height, 512 if width is None else width, base or DEFAULT_BASE,
+                        ip_adapter or DEFAULT_IP_ADAPTER)
     from monkey_trt.enginedir.manifest import read_manifest
 
     m = read_manifest(engine_dir)
     src = lambda key, default: m.source[key] if isinstance(m.source.get(key), str) else default  # noqa: E731
-    backend = backend or "ort"
-    return Defaults(backend, m.profile.height.opt if height is None else height, m.profile.width.opt if width is None else width,
+    return Defaults(m.profile.height.opt if height is None else height, m.profile.width.opt if width is None else width,
                     base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER),
-                    m.dims if backend != "torch" else None)
+                    m.dims if backend_row(backend).needs_engine_dir else None)
 
 
 def run_generate(job: GenerateJob, console: Console) -> Generated:
-    if job.backend not in BACKENDS:
-        raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
-    if job.backend != "torch" and job.engine_dir is None:
+    row = backend_row(job.backend, "generate")
+    if row.needs_engine_dir and job.engine_dir is None:
         raise MonkeyError(f"--backend {job.backend} needs --engine-dir (make one with `monkey-trt export`)")
     if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
         raise MonkeyError(f"baseline scale must be in [0, 4], got {job.baseline_scale}")
@@ -125,7 +125,7 @@ def load_backend(job: GenerateJob):
     """The pipeline of `job.spec` (torch reference or the lean runtime): jobs.backends.open_backend."""
     from monkey_trt.commands.backends import ModelSource, open_backend
 
-    return open_backend(job.spec, job.engine_dir, ModelSource(job.base, job.ip_adapter, job.ip_weight))
+    return open_backend(job.spec, job.engine_dir, ModelSource(job.base, job.ip_adapter, job.ip_weight), face="generate")
 
 
 def summary(done: Generated, seconds: float) -> str:

@@ -16,6 +16,7 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 Step = Callable[[str, int, int], None]  # (what, steps done, steps in all)
@@ -39,6 +40,37 @@ def status(console: Console, message: str) -> Iterator[Callable[[str], None]]:
     yield update
 
 
+class Bar:
+    """A transient rich progress bar on a terminal (cleared when closed, so an error line comes alone); off a
+    terminal nothing is drawn and the caller prints lines (`line`). `eta`: elapsed and remaining-time columns."""
+
+    def __init__(self, console: Console, title: str, total: int | None = None, eta: bool = False) -> None:
+        self.on_terminal = console.is_terminal
+        self._bar, self._task = None, None
+        if self.on_terminal:
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+            if eta:
+                columns += [TextColumn("ETA"), TimeRemainingColumn()]
+            self._bar = Progress(*columns, console=console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(title, total=total)
+
+    def update(self, **fields) -> None:
+        """rich's task fields (description, advance, completed, total); nothing off a terminal."""
+        if self._bar is not None:
+            self._bar.update(self._task, **fields)
+
+    @staticmethod
+    def line(text: str, suffix: str = " ...") -> None:
+        sys.stdout.write(f"{text}{suffix}\n")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
 @contextlib.contextmanager
 def steps(console: Console, title: str) -> Iterator[Step]:
     """A transient progress bar (cleared on success and on error, so an error line comes alone);
@@ -47,12 +79,12 @@ def steps(console: Console, title: str) -> Iterator[Step]:
         with status(console, title) as update:
             yield lambda what, done, total: update(f"{title}: {what} ({done + 1}/{total})")
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(title, total=None)
-        yield lambda what, done, total: bar.update(task, description=f"{title}: {what}", completed=done, total=total)
+    bar = Bar(console, title)
+    try:
+        yield lambda what, done, total: bar.update(description=f"{title}: {what}", completed=done, total=total)
+    finally:
+        bar.close()
 
 
 def _line(text: str) -> None:
-    sys.stdout.write(f"{text} ...\n")
-    sys.stdout.flush()
+    Bar.line(text)

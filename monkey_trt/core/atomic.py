@@ -16,11 +16,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_bytes_atomic(path: Path, data) -> Path:
-    """Write a bytes-like object (incl. TensorRT IHostMemory) to a temp file in the same folder, fsync, rename."""
+def write_bytes_atomic(path: Path, data, tmp_dir: Path | None = None, sync_dir: bool = True) -> Path:
+    """Write a bytes-like object (incl. TensorRT IHostMemory) to a temp file, fsync, rename onto `path`.
+
+    The temp file goes next to `path`, or into `tmp_dir` (a staging folder on the same file system: a killed
+    writer then leaves its temp file where its owner's cleanup finds it). `sync_dir`: fsync the folder after."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if tmp_dir is None else tmp_dir)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -31,7 +34,8 @@ def write_bytes_atomic(path: Path, data) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
     return path
 
 

@@ -25,6 +25,16 @@ DEFAULT_MASK_LAYER = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
 MIN_SIDE, MAX_SIDE = 64, 2048
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model backend (the torch reference, the published baseline) and the exporter load their weights
+    from: hub ids or local folders (diffusers layout; h94/IP-Adapter layout), plus the IP-Adapter weight name."""
+
+    base: str = DEFAULT_BASE
+    ip_adapter: str = DEFAULT_IP_ADAPTER
+    ip_weight: str = DEFAULT_IP_WEIGHT  # file stem or name under `models/`
+
+
 class ModelSizes(Protocol):
     """The model sizes a request depends on: enginedir.networks.ModelDims (core cannot import it)."""
 

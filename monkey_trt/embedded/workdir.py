@@ -78,7 +78,7 @@ def export_preset_engine(preset: str, model_dir: Path, engine_dir: Path, height:
                          status: Status = lambda msg: None) -> None:
     from monkey_trt.enginedir.networks import Profile, ShapeRange
     from monkey_trt.export.onnx_export import ExportOptions, export_engine_dir
-    from monkey_trt.reference.loading import ModelSource
+    from monkey_trt.core.config import ModelSource
 
     if preset == "tiny":
         lo, hi = DEMO_PROFILE

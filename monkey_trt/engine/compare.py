@@ -57,7 +57,9 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two {0,1} masks (1.0 when both are empty)."""
-    a, b = a > 0.5, b > 0.5
-    union = np.logical_or(a, b).sum()
+    """Intersection over union of two binary masks ({0,1} or {0,255}: > 0 is in); 1.0 when both are empty."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {list(a.shape)} vs {list(b.shape)}")
+    union = int(np.logical_or(a, b).sum())
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

@@ -9,13 +9,13 @@ silently run fp16 nodes it has no kernel for in fp32, via inserted casts).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from monkey_trt.core.errors import BackendUnavailable, MonkeyError
-from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
+from monkey_trt.core.errors import BackendUnavailable
+from monkey_trt.engine.runner import ProfileShapes, Runner, StaticInputs, TensorDesc
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -25,12 +25,13 @@ class OnnxReferenceRunner(Runner):
 
     backend = "onnx-reference"
 
-    def __init__(self, onnx_path: str | os.PathLike, name: str | None = None) -> None:
+    def __init__(self, onnx_path: str | os.PathLike, name: str | None = None, profile: ProfileShapes | None = None) -> None:
         self.path = Path(onnx_path)
         self.name = name or self.path.stem
+        self.profile = dict(profile or {})  # input -> (min, opt, max): shapes outside are refused (the Runner contract)
         self._ev = None
-        self._inputs: list[TensorSpec] = []
-        self._outputs: list[TensorSpec] = []
+        self._inputs: list[TensorDesc] = []
+        self._outputs: list[TensorDesc] = []
 
     def activate(self) -> None:
         if self._ev is not None:
@@ -49,25 +50,27 @@ class OnnxReferenceRunner(Runner):
         self._ev = None
 
     @property
-    def input_specs(self) -> list[TensorSpec]:
+    def is_active(self) -> bool:
+        return self._ev is not None
+
+    def input_profile(self) -> ProfileShapes:
+        return self.profile
+
+    @property
+    def input_specs(self) -> list[TensorDesc]:
         return list(self._inputs)
 
     @property
-    def output_specs(self) -> list[TensorSpec]:
+    def output_specs(self) -> list[TensorDesc]:
         return list(self._outputs)
 
-    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
-              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
-        if self._ev is None:
-            raise MonkeyError(f"{self.name}: the runner is not active")
-        merged = self._merged(feeds, static)
-        validate_feeds(self.name, self._inputs, merged)
-        wanted = self._wanted(outputs)
+    def _infer(self, merged: dict[str, np.ndarray], feeds: Mapping[str, np.ndarray], static: StaticInputs | None,
+               wanted: list[TensorDesc]) -> dict[str, np.ndarray]:
         outs = self._ev.run([s.name for s in wanted], {s.name: merged[s.name] for s in self._inputs})
         return {s.name: np.array(o, copy=True) for s, o in zip(wanted, outs)}
 
 
-def _spec(value_info) -> TensorSpec:
+def _spec(value_info) -> TensorDesc:
     t = value_info.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in t.shape.dim)
-    return TensorSpec(value_info.name, _ONNX_TO_NP.get(t.elem_type, "float32"), dims)
+    return TensorDesc(value_info.name, _ONNX_TO_NP.get(t.elem_type, "float32"), dims)

@@ -25,7 +25,7 @@ import platform
 import shutil
 import tempfile
 import weakref
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +35,11 @@ from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.core.atomic import sha256_file
 from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.derived_cache import source_digest as files_digest
-from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
+from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.enginedir.manifest import check_precision
 
-__all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "ort_version", "physical_cores",
-           "resolve_providers", "validate_feeds"]  # validate_feeds lives in runner.py; importable here as before
+__all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "open_ort_runners", "ort_version",
+           "physical_cores", "resolve_providers"]
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -141,10 +141,10 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
     return chain
 
 
-def _spec(arg) -> TensorSpec:
+def _spec(arg) -> TensorDesc:
     shape = tuple(d if isinstance(d, (int, str)) and d != "" else -1 for d in (arg.shape or ()))
     shape = tuple(-1 if (isinstance(d, int) and d < 0) else d for d in shape)
-    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+    return TensorDesc(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
 
 
 def _shape_text(shapes: Mapping[str, Sequence[int]]) -> str:
@@ -189,9 +189,10 @@ class OrtRunner(Runner):
         precision: the graph's precision ("fp32" | "fp16"). TensorRT EP: an fp16 graph runs with fp16 kernels
             allowed (ORT's TensorRT EP builds weakly typed networks: without the flag TensorRT would run the
             fp16 layers in fp32), with LayerNorm reductions kept in fp32.
-        trt_profile: TensorRT EP: input name -> (min, opt, max) shapes (the engine directory's profile,
-            `NetworkDesc.profile_shapes`): one engine covers them all; without it the EP rebuilds its engine
-            whenever a shape leaves the range it has seen.
+        trt_profile: input name -> (min, opt, max) shapes (the engine directory's profile,
+            `NetworkDesc.profile_shapes`): `infer` refuses shapes outside it (every provider, the Runner contract), and
+            the TensorRT EP builds one engine that covers them all (without it the EP rebuilds its engine whenever a
+            shape leaves the range it has seen).
         trt_cache_dir: TensorRT EP: the root of its engine + timing caches (default: the user cache folder,
             `engine.cache.cache_root()`); the files go to a sub-folder keyed by `source_digest`, the ORT version,
             the providers and the options, written through a staging copy (never half-written).
@@ -252,8 +253,8 @@ class OrtRunner(Runner):
         self.log_severity = log_severity
         self._source_digest = source_digest
         self.session = None
-        self._inputs: list[TensorSpec] = []
-        self._outputs: list[TensorSpec] = []
+        self._inputs: list[TensorDesc] = []
+        self._outputs: list[TensorDesc] = []
         self._binding = None
         self._trt_stage: StagedFolder | None = None
         self._graph_mode: str | None = None  # None | "ids" (one session, gpu_graph_id per shape set) | "sessions"
@@ -273,9 +274,16 @@ class OrtRunner(Runner):
         return "cuda" if p and p[0] in (PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]) else "cpu"
 
     @property
+    def is_active(self) -> bool:
+        return self.session is not None
+
+    def input_profile(self) -> dict:
+        return self.trt_profile
+
+    @property
     def max_batch(self) -> int | None:
-        """TensorRT EP with a profile: the profile's largest batch; else None (the ONNX graph's batch is dynamic)."""
-        if PROVIDER_NAMES["tensorrt"] not in self._chain or not self.trt_profile:
+        """The profile's largest batch (every provider: the engine directory's contract); None without a profile."""
+        if not self.trt_profile:
             return None
         shapes = {s.name: s.shape for s in self._inputs}  # known once active
         batch = []
@@ -454,24 +462,19 @@ class OrtRunner(Runner):
         self._close_stage()
 
     # -- specs ---------------------------------------------------------------------------
-    def _require_session(self):
-        if self.session is None:
-            raise MonkeyError(f"{self.name}: the runner is not active (use it as a context manager or call activate())")
-        return self.session
-
     @property
-    def input_specs(self) -> list[TensorSpec]:
-        self._require_session()
+    def input_specs(self) -> list[TensorDesc]:
+        self._require_active()
         return list(self._inputs)
 
     @property
-    def output_specs(self) -> list[TensorSpec]:
-        self._require_session()
+    def output_specs(self) -> list[TensorDesc]:
+        self._require_active()
         return list(self._outputs)
 
     # -- inputs bound once -----------------------------------------------------------------
     def bind_static(self, feeds: Mapping[str, np.ndarray]) -> StaticInputs:
-        self._require_session()
+        self._require_active()
         handle = super().bind_static(feeds)
         self._handles.add(handle)
         return handle
@@ -485,12 +488,8 @@ class OrtRunner(Runner):
         handle.device.update({n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for n, a in handle.host.items()})
 
     # -- inference -----------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
-              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
-        self._require_session()
-        merged = self._merged(feeds, static)
-        validate_feeds(self.name, self._inputs, merged)
-        wanted = self._wanted(outputs)
+    def _infer(self, merged: dict[str, np.ndarray], feeds: Mapping[str, np.ndarray], static: StaticInputs | None,
+               wanted: list[TensorDesc]) -> dict[str, np.ndarray]:
         if self._graph_mode is not None:
             return self._infer_graph(merged, feeds, static, wanted)
         b = self._binding
@@ -518,7 +517,7 @@ class OrtRunner(Runner):
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime run failed: {msg}") from None
 
-    def _infer_graph(self, merged: dict, feeds: Mapping, static: StaticInputs | None, wanted: list[TensorSpec]) -> dict:
+    def _infer_graph(self, merged: dict, feeds: Mapping, static: StaticInputs | None, wanted: list[TensorDesc]) -> dict:
         """CUDA-graph mode: one captured graph per input-shape set, each with fixed device buffers bound before
         its capturing run (ORT replays read and write the addresses bound at capture). A call copies its inputs
         into the graph's input buffers (a static input only when the buffer holds another handle's values),
@@ -589,3 +588,29 @@ class OrtRunner(Runner):
 def _flag(on: bool) -> str:
     """Provider option booleans as ORT parses them ("1"/"0": every version accepts these)."""
     return "1" if on else "0"
+
+
+# -- the backend table's opener (runtime.backend: "ort") ------------------------------------------------
+def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str]) -> dict[str, OrtRunner]:
+    """One (not yet activated) OrtRunner per network of an engine directory, for a runtime.backend.BackendSpec.
+
+    Each runs the graph of the spec's precision the manifest names for it (8-bit engines: fp32 besides the UNet),
+    with the engine's shape profile; derived caches are keyed by the manifest's digests (nothing is written into
+    `root`). An 8-bit (Q/DQ) graph gets the TensorRT EP's int8 switch (no calibration table: the scales are in it)."""
+    from monkey_trt.engine.precision import check_ort_precision
+
+    providers = spec.providers or (default_provider(),)
+    check_ort_precision(spec.precision, providers)
+    runners = {}
+    for name in networks:
+        path = manifest.path(root, name, spec.precision)  # EngineDirError (one line) if not exported
+        entry = manifest.networks[name]
+        graph_precision = manifest.run_precision(name, spec.precision)
+        _, sha256, _ = entry.files(graph_precision)
+        runners[name] = OrtRunner(
+            path, providers=providers, name=name, fp16=spec.fp16, precision=graph_precision,
+            trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
+            cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
+            optimized_model_cache=spec.ort_cache, source_digest=files_digest(sha256), int8=graph_precision == "int8",
+        )
+    return runners

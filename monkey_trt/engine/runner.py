@@ -1,4 +1,4 @@
-"""The runner interface: one network on one backend (Polygraphy-style, a context manager).
+"""The runner contract: one network on one backend (Polygraphy-style, a context manager).
 
     with OrtRunner(onnx_path, providers=...) as unet:
         fixed = unet.bind_static({"encoder_hidden_states": text, ...})   # owned by the caller
@@ -8,6 +8,11 @@ Inputs that stay fixed over many calls (one LCM pass: text embeddings, IP tokens
 bound once into a `StaticInputs` handle that the caller owns: a device backend keeps them in device
 buffers of that handle, so two handles (two UNet sessions) never share or overwrite each other's
 inputs. `outputs` names what to bring back to the host (a device backend skips the other copies).
+
+`Runner.infer` is a template method (Polygraphy's `BaseRunner.infer` around `infer_impl`): it checks once, for
+every backend, that the runner is active, merges the static handle under the feeds, validates names, dtypes,
+ranks and static dims, refuses shapes outside the runner's profile (`input_profile`) and resolves `outputs`;
+then each backend's `_infer` runs. tests/test_runner_contract.py checks the contract for every runner.
 
 Lean: numpy only. Backends live in sibling modules (ort.py, trt/, onnx_reference.py).
 """
@@ -22,16 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.networks import TensorDesc  # name, numpy dtype name, shape (-1 or a str: a dynamic axis)
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype name and shape of one network input/output; -1 or a str marks a dynamic axis."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
+ProfileShapes = Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]]  # input -> (min, opt, max) shapes
 
 _HANDLE_IDS = itertools.count(1)
 
@@ -61,10 +59,14 @@ class StaticInputs:
 
 
 class Runner(ABC):
-    """Runs one network. `activate` loads it (session/engine + buffers); `infer` maps names to arrays."""
+    """Runs one network. `activate` loads it (session/engine + buffers); `infer` maps names to arrays.
+
+    A backend implements `activate`, `deactivate`, `is_active`, `input_specs`, `output_specs` and `_infer`
+    (and, for device memory, `_upload_static`); `infer` does every check once, for all of them."""
 
     name: str = "runner"
     backend: str = "?"
+    profile_hint: str = "re-export with a wider profile: monkey-trt export --min/--max/--batch"
 
     def __enter__(self) -> "Runner":
         self.activate()
@@ -78,6 +80,15 @@ class Runner(ABC):
 
     def deactivate(self) -> None:  # pragma: no cover - default is a no-op
         pass
+
+    @property
+    @abstractmethod
+    def is_active(self) -> bool:
+        """Whether `activate` has run (and `deactivate` has not since)."""
+
+    def _require_active(self) -> None:
+        if not self.is_active:
+            raise MonkeyError(f"{self.name}: the runner is not active (use it as a context manager or call activate())")
 
     # -- what callers may ask ----------------------------------------------------------------
     @property
@@ -95,13 +106,17 @@ class Runner(ABC):
         """The largest batch the network accepts (None: any; a TensorRT profile bounds it)."""
         return None
 
-    @property
-    @abstractmethod
-    def input_specs(self) -> list[TensorSpec]: ...
+    def input_profile(self) -> ProfileShapes:
+        """The (min, opt, max) shapes each input accepts (its optimisation profile); {} where any shape goes."""
+        return {}
 
     @property
     @abstractmethod
-    def output_specs(self) -> list[TensorSpec]: ...
+    def input_specs(self) -> list[TensorDesc]: ...
+
+    @property
+    @abstractmethod
+    def output_specs(self) -> list[TensorDesc]: ...
 
     # -- inputs bound once -------------------------------------------------------------------
     def bind_static(self, feeds: Mapping[str, np.ndarray]) -> StaticInputs:
@@ -127,12 +142,12 @@ class Runner(ABC):
     def _merged(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None) -> dict[str, np.ndarray]:
         """`feeds` over the static host values; checks that the handle belongs to this runner and is live."""
         if static is None:
-            return dict(feeds) if isinstance(feeds, Mapping) else feeds
+            return dict(feeds)
         if not isinstance(static, StaticInputs) or static.runner != self.name or static.released:
             raise MonkeyError(f"{self.name}: static inputs must come from this runner's bind_static() and not be released")
-        return {**static.host, **feeds} if isinstance(feeds, Mapping) else feeds
+        return {**static.host, **feeds}
 
-    def _wanted(self, outputs: Collection[str] | None) -> list[TensorSpec]:
+    def _wanted(self, outputs: Collection[str] | None) -> list[TensorDesc]:
         specs = self.output_specs
         if outputs is None:
             return specs
@@ -142,14 +157,40 @@ class Runner(ABC):
             raise MonkeyError(f"{self.name}: unknown output(s) {', '.join(map(repr, unknown))} (outputs: {', '.join(names)})")
         return [s for s in specs if s.name in outputs]
 
-    @abstractmethod
     def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
               outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Run once. Inputs are host numpy arrays (`static` supplies the bound ones; a feed overrides one);
         returns the `outputs` asked for (default: all) as host arrays owned by the caller."""
+        self._require_active()
+        if not isinstance(feeds, Mapping):
+            raise MonkeyError(f"{self.name}: feeds must be a dict of name -> numpy array, got {type(feeds).__name__}")
+        merged = self._merged(feeds, static)
+        inputs = self.input_specs
+        validate_feeds(self.name, inputs, merged)
+        check_profile(self.name, inputs, merged, self.input_profile(), self.profile_hint)
+        return self._infer(merged, feeds, static, self._wanted(outputs))
+
+    @abstractmethod
+    def _infer(self, merged: dict[str, np.ndarray], feeds: Mapping[str, np.ndarray], static: StaticInputs | None,
+               wanted: list[TensorDesc]) -> dict[str, np.ndarray]:
+        """Run with `merged` (checked: every input, right dtype and shape); `feeds` are the per-call ones (the rest came
+        from `static`); return the `wanted` outputs as host arrays the caller owns."""
 
 
-def validate_feeds(name: str, specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
+def check_profile(name: str, specs: Sequence[TensorDesc], feeds: Mapping[str, np.ndarray], profile: ProfileShapes,
+                  hint: str) -> None:
+    """Every input's shape within its profile's [min, max] (inputs without a profile entry: any); one line otherwise."""
+    for spec in specs:
+        bounds = profile.get(spec.name)
+        if bounds is None:
+            continue
+        shape, mn, mx = tuple(feeds[spec.name].shape), tuple(bounds[0]), tuple(bounds[2])
+        if len(mn) == len(shape) == len(mx) and any(not lo <= d <= hi for d, lo, hi in zip(shape, mn, mx)):
+            raise MonkeyError(f"{name}: input {spec.name!r} shape {list(shape)} is outside the engine profile "
+                              f"{list(mn)}..{list(mx)} ({hint})")
+
+
+def validate_feeds(name: str, specs: Sequence[TensorDesc], feeds: Mapping[str, np.ndarray]) -> None:
     """Names, dtypes, ranks and static dims of `feeds` against `specs`; MonkeyError (one line) on a mismatch."""
     if not isinstance(feeds, Mapping):
         raise MonkeyError(f"{name}: feeds must be a dict of name -> numpy array, got {type(feeds).__name__}")

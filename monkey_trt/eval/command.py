@@ -10,27 +10,25 @@ from typing import Callable
 
 from rich.console import Console
 
-from monkey_trt.core.config import DEFAULT_IP_WEIGHT
-from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.config import DEFAULT_IP_WEIGHT, ModelSource
 from monkey_trt.eval.generation import EvalBackend
 from monkey_trt.eval.judges import DEFAULT_CLIP, DEFAULT_DINO
 from monkey_trt.eval.options import parse_methods, parse_precisions, parse_seeds
 from monkey_trt.eval.protocol import EvalJob, EvalResult, prepare, run_eval
-
-BACKENDS = ("torch", "ort", "trt")
-
+from monkey_trt.runtime.backend import BackendSpec, backend_row
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """The command line, as given (None: not given)."""
+    """The command line, as given (None: not given); how to run is the one BackendSpec (its precision is set per
+    evaluated precision, `precisions`)."""
 
     subjects: Path
     out: Path
+    spec: BackendSpec
     prompts: str = "paper"
     methods: str = "monkey,ipadapter@1.0"
     engine_dir: Path | None = None
-    backend: str | None = None
-    precision: str = "fp32"
+    precisions: str = "fp32"  # comma list: each is evaluated and compared with fp32
     base: str | None = None
     ip_adapter: str | None = None
     ip_weight: str = DEFAULT_IP_WEIGHT
@@ -39,25 +37,17 @@ class EvalOptions:
     seeds: str = "0"
     height: int | None = None
     width: int | None = None
-    device: str = "cpu"
-    providers: str = ""
-    threads: int = 0
-    verify: str = "sha256"
     judge_device: str = "auto"
     judge_batch: int = 32
 
 
 def build_job(o: EvalOptions) -> EvalJob:
-    from monkey_trt.commands.backends import ModelSource
     from monkey_trt.commands.generate import resolve_defaults
-    from monkey_trt.runtime.backend import spec_from_options
 
-    methods, precisions, seeds = parse_methods(o.methods), parse_precisions(o.precision), parse_seeds(o.seeds)
-    if o.backend is not None and o.backend not in BACKENDS:
-        raise MonkeyError(f"--backend must be one of {', '.join(BACKENDS)}, got {o.backend!r}")
-    d = resolve_defaults(o.engine_dir, o.backend, o.height, o.width, o.base, o.ip_adapter)
-    backend = spec_from_options(d.backend, dict(device=o.device, providers=o.providers, threads=o.threads, verify=o.verify))
-    spec = EvalBackend(backend, o.engine_dir if d.backend != "torch" else None, ModelSource(d.base, d.ip_adapter, o.ip_weight))
+    methods, precisions, seeds = parse_methods(o.methods), parse_precisions(o.precisions), parse_seeds(o.seeds)
+    row = backend_row(o.spec.backend, "eval")
+    d = resolve_defaults(o.engine_dir, o.spec.backend, o.height, o.width, o.base, o.ip_adapter)
+    spec = EvalBackend(o.spec, o.engine_dir if row.needs_engine_dir else None, ModelSource(d.base, d.ip_adapter, o.ip_weight))
     return EvalJob(subjects_dir=o.subjects, out=o.out, spec=spec, height=d.height, width=d.width, methods=methods,
                    precisions=precisions, seeds=seeds, prompts=o.prompts, clip=o.clip, dino=o.dino,
                    judge_device=o.judge_device, judge_batch=o.judge_batch)

@@ -88,4 +88,4 @@ class Generator:
 def open_generator(backend: EvalBackend, precision: str, request: Request) -> Generator:
     """Load the backend once for `precision` (torch: dtype fp32|fp16; ort/trt: the engine's graphs)."""
     spec = replace(backend.spec, precision=precision)
-    return Generator(open_backend(spec, backend.engine_dir, backend.models), precision)
+    return Generator(open_backend(spec, backend.engine_dir, backend.models, face="eval"), precision)

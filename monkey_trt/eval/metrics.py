@@ -1,6 +1,6 @@
 """The numbers: per-image metrics (cosines, mask IoU, PSNR) and their summaries (mean, 95% CI).
 
-CLIP-T, CLIP-I and DINO are cosines of judge embeddings (engine.compare.cosine); PSNR is
+CLIP-T, CLIP-I and DINO are cosines of judge embeddings (engine.compare.cosine); mask IoU is engine.compare.mask_iou; PSNR is
 engine.compare.psnr on the 8-bit images as written (peak 255), so a resumed run scores exactly what
 an uninterrupted one does. Numpy only.
 """
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monkey_trt.engine.compare import cosine, psnr
+from monkey_trt.engine.compare import cosine, mask_iou, psnr
+
+__all__ = ["cosines", "mask_iou", "mean_ci", "psnr_u8", "t975"]
 
 # Two-sided 95% Student t quantiles t(0.975, df), df = 1..30; beyond, a Cornish-Fisher expansion (error < 1e-4).
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604,
@@ -24,15 +26,6 @@ _Z975 = 1.959963984540054
 def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
     """Row-wise cosine of two [N, D] embedding batches."""
     return [cosine(x, y) for x, y in zip(a, b)]
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two binary masks (> 0 is in); 1.0 when both are empty."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    if a.shape != b.shape:
-        raise ValueError(f"mask shapes differ: {list(a.shape)} vs {list(b.shape)}")
-    union = int(np.logical_or(a, b).sum())
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:

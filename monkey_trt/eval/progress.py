@@ -1,22 +1,13 @@
-"""Progress of an eval run with an ETA: a rich bar on a terminal (transient, so an error line comes
-alone); elsewhere (logs, CI) one plain line on stdout every LINE_EVERY_S seconds and at the end."""
+"""Progress of an eval run with an ETA: a rich bar on a terminal (commands.progress.Bar: transient, so an error
+line comes alone); elsewhere (logs, CI) one plain line on stdout every LINE_EVERY_S seconds and at the end."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from monkey_trt.commands.progress import Bar
 from monkey_trt.eval.protocol import Progress as ProgressBase
 
 LINE_EVERY_S = 10.0
@@ -34,30 +25,25 @@ def eta_text(done: int, total: int, elapsed_s: float) -> str:
 
 class EtaProgress(ProgressBase):
     def __init__(self, console: Console):
-        self.console, self.bar, self.task = console, None, None
+        self.console, self.bar = console, None
         self.total = self.done = 0
         self.t0 = self.last_line = 0.0
 
     def _line(self, text: str) -> None:
-        sys.stdout.write(f"eval: {text}\n")
-        sys.stdout.flush()
+        Bar.line(f"eval: {text}", suffix="")
 
     def start(self, total: int, rescore: int) -> None:
         self.total, self.t0 = total, time.perf_counter()
         what = f"{total} images to generate" + (f", {rescore} from an interrupted run to score" if rescore else "")
         if self.console.is_terminal:
-            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TextColumn("ETA"), TimeRemainingColumn())
-            self.bar = Progress(*columns, console=self.console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(f"eval: {what}", total=max(total, 1), completed=0)
+            self.bar = Bar(self.console, f"eval: {what}", total=max(total, 1), eta=True)
         else:
             self._line(what)
         self.last_line = time.perf_counter()
 
     def note(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, description=f"eval: {text}")
+            self.bar.update(description=f"eval: {text}")
         else:
             self._line(text)
 
@@ -67,7 +53,7 @@ class EtaProgress(ProgressBase):
             self.t0 = time.perf_counter() - (generated.seconds if generated is not None else 0.0)
         what = f"{unit.precision} {unit.method.name}: {unit.subject.id}, seed {unit.seed}"
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=f"eval {what}")
+            self.bar.update(advance=1, description=f"eval {what}")
             return
         now = time.perf_counter()
         if now - self.last_line >= LINE_EVERY_S or self.done == self.total:
@@ -77,5 +63,5 @@ class EtaProgress(ProgressBase):
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
+            self.bar.close()
             self.bar = None

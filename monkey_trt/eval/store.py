@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,7 +36,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from monkey_trt.core import __version__
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.core.atomic import current_umask, fsync_dir
+from monkey_trt.core.atomic import write_bytes_atomic
 from monkey_trt.core.output_folders import WRITTEN_BY, check_target, clean_stale_staging, folder_lock, make_dirs, make_staging, record_files, remove_staging
 
 RECORD = "eval.json"
@@ -220,21 +219,7 @@ class EvalStore:
 
     # atomic writes -----------------------------------------------------------------------------
     def _atomic(self, name: str, data: bytes, sync_dir: bool = True) -> None:
-        target = self.out / name
-        make_dirs(target.parent)
-        fd, tmp = tempfile.mkstemp(dir=self.stage)
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        if sync_dir:
-            fsync_dir(target.parent)
+        write_bytes_atomic(self.out / name, data, tmp_dir=self.stage, sync_dir=sync_dir)  # temp files in our staging folder
 
     def _write_record(self) -> None:
         self.record["updated_unix"] = round(time.time(), 3)

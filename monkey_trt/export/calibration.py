@@ -209,24 +209,9 @@ class CalibrationData:
             return cls({k: z[k] for k in z.files if k != "__calls__"}, calls)
 
 
-class _RecordingUNet:
-    """Wraps the UNet runner: every infer() call's full feeds (its bound static inputs included) are kept."""
-
-    def __init__(self, inner, sink: list):
-        self.inner, self.sink = inner, sink
-
-    def __getattr__(self, name):  # everything else (specs, device, bind_static, activate, ...) is the runner's
-        return getattr(self.inner, name)
-
-    def infer(self, feeds, static=None, outputs=None):
-        fixed = static.host if static is not None else {}  # StaticInputs keeps host copies of what it bound
-        self.sink.append({**{k: np.array(v, copy=True) for k, v in fixed.items()},
-                          **{k: np.array(v, copy=True) for k, v in feeds.items()}})
-        return self.inner.infer(feeds, static=static, outputs=outputs)
-
-
 def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0) -> CalibrationData:
-    """Run MONKEY's two passes on the fp32 engine (ORT CPU) for every case and record each UNet call."""
+    """Run MONKEY's two passes on the fp32 engine (ORT CPU) for every case and record each UNet call
+    (through the pipeline's public hook, `MonkeyPipeline.watch_unet`)."""
     from monkey_trt.runtime.noise import NoisePlan
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
@@ -243,17 +228,9 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
             if s not in subjects:
                 subjects[s] = spec.subjects[s].load()
             sink: list = []
-            unet, graphs = pipe.runners["unet"], dict(getattr(pipe, "unet_runners", {}))
-            pipe.runners["unet"] = _RecordingUNet(unet, sink)
-            if graphs:  # the pipeline picks its UNet per pass (runtime/unet_graphs.py): record whichever runs
-                pipe.unet_runners = {k: _RecordingUNet(r, sink) for k, r in graphs.items()}
-            try:
-                req = Request(prompt=prompt, height=spec.height, width=spec.width, seed=seed, config=c)
+            req = Request(prompt=prompt, height=spec.height, width=spec.width, seed=seed, config=c)
+            with pipe.watch_unet(lambda feeds: sink.append({k: np.array(v, copy=True) for k, v in feeds.items()})):
                 out = pipe(req, subjects[s], noise=NoisePlan.from_seed(seed, req.latent_shape(pipe.dims), c.noise_steps), batch_passes=False)
-            finally:
-                pipe.runners["unet"] = unet
-                if graphs:
-                    pipe.unet_runners = graphs
             labels = [(u.passes, u.step) for u in out.unet_calls]
             if len(labels) != len(sink):
                 raise MonkeyError(f"calibration: recorded {len(sink)} UNet calls but the run reports {len(labels)}")

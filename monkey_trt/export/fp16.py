@@ -29,10 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes, name_nodes
+
 NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
 ISLANDS = ("map", "norms", "embedding")  # what stays fp32; measurements may drop one to show it matters
-# ops whose output is integer/shape data: a backward walk stops there (nothing float lies behind)
-_SHAPE_OPS = ("Shape", "Size")
 
 
 @dataclass(frozen=True)
@@ -45,53 +45,6 @@ class FP16Report:
     fp32_ops: tuple[str, ...]
     map_path_nodes: int
     embedding_nodes: int
-
-
-def _upstream(graph, tensors: list[str], ends=None) -> set[str]:
-    """Names of the nodes `tensors` are computed from: producers walked backwards to graph inputs and
-    initializers; a node for which `ends(node)` holds is included and ends its branch."""
-    producers = {out: node for node in graph.node for out in node.output}
-    keep: set[str] = set()
-    todo = list(tensors)
-    while todo:
-        node = producers.get(todo.pop())
-        if node is None or node.name in keep:
-            continue
-        keep.add(node.name)
-        if ends is None or not ends(node):
-            todo.extend(node.input)
-    return keep
-
-
-def map_path_nodes(graph, output: str = "ip_attn_map") -> set[str]:
-    """Nodes computing `output` from the mask layer's projections (both linear layers included).
-
-    Walks producers backwards from `output`; a MatMul/Gemm with a weight initializer (a linear
-    layer: `to_q`, `to_k_ip`) is included and ends its branch, as do shape ops.
-    """
-    if output not in {o.name for o in graph.output}:
-        return set()
-    weights = {t.name for t in graph.initializer}
-
-    def ends(node) -> bool:
-        # a linear layer's input is an ordinary (fp16) activation; nothing float lies behind a shape op
-        return node.op_type in _SHAPE_OPS or (node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input))
-
-    return _upstream(graph, [output], ends)
-
-
-def embedding_nodes(graph) -> set[str]:
-    """Every node feeding a `Sin`/`Cos` (the sinusoidal timestep embedding), back to graph inputs."""
-    return _upstream(graph, [i for n in graph.node if n.op_type in ("Sin", "Cos") for i in n.input])
-
-
-def _name_nodes(graph) -> None:
-    """Give unnamed nodes a unique name (the converter's node block list matches by name)."""
-    seen: set[str] = set()
-    for i, node in enumerate(graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_monkey_{i}"
-        seen.add(node.name)
 
 
 def convert_model_fp16(model, network: str, extra_fp32_nodes: Iterable[str] = (), islands: Iterable[str] = ISLANDS) -> FP16Report:
@@ -108,7 +61,7 @@ def convert_model_fp16(model, network: str, extra_fp32_nodes: Iterable[str] = ()
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     graph = model.graph
-    _name_nodes(graph)
+    name_nodes(graph)
     islands = set(islands)
     if islands - set(ISLANDS):
         raise ValueError(f"unknown fp32 island(s) {sorted(islands - set(ISLANDS))}")

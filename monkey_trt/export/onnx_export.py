@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from monkey_trt.core import __version__
-from monkey_trt.core.config import DEFAULT_MASK_LAYER
+from monkey_trt.core.config import DEFAULT_MASK_LAYER, ModelSource
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.core.output_folders import OutputStage, check_target, staged_files
 from monkey_trt.enginedir.digests import sha256_file
@@ -49,10 +49,7 @@ from monkey_trt.export.wrappers import (
     UNetNet,
     VaeDecoderNet,
 )
-from monkey_trt.reference.loading import (
-    ModelSource,
-    load_reference_models,
-)
+from monkey_trt.reference.loading import load_reference_models
 from monkey_trt.reference.pipeline import lcm_schedule, torch_guidance_freqs
 from monkey_trt.runtime.tokenizer import ClipTokenizer
 

@@ -56,9 +56,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.export.fp16 import _name_nodes, embedding_nodes, map_path_nodes
+from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
+from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes, name_nodes
 
-QUANT_PRECISIONS = ("int8", "fp8")
 KEEP = ("map", "embedding", "io", "attention", "skip", "downsample")  # kept-precision groups (see the module doc)
 DEFAULT_KEEP = {"int8": ("map", "embedding", "io", "attention", "skip", "downsample"),
                 "fp8": ("map", "embedding", "io", "skip", "downsample")}
@@ -83,8 +83,8 @@ class QuantSettings:
     dedicated_pairs: bool = True  # one DQ per consumer: ORT fuses DQ -> op -> Q only when the DQ feeds that op alone
 
     def __post_init__(self) -> None:
-        if self.precision not in QUANT_PRECISIONS:
-            raise MonkeyError(f"quantized precision must be one of {', '.join(QUANT_PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in QUANTIZED_PRECISIONS:
+            raise MonkeyError(f"quantized precision must be one of {', '.join(QUANTIZED_PRECISIONS)}, got {self.precision!r}")
         keep = DEFAULT_KEEP[self.precision] if self.keep is None else tuple(dict.fromkeys(self.keep))
         unknown = [k for k in keep if k not in KEEP]
         if unknown:
@@ -188,7 +188,7 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
 
         model = version_converter.convert_version(model, 19)
     onnx.load_external_data_for_model(model, str(Path(src).parent))
-    _name_nodes(model.graph)  # the exclusion list matches by name
+    name_nodes(model.graph)  # the exclusion list matches by name
     groups = kept_nodes(model.graph, settings.keep)
     exclude = sorted(set().union(*groups.values())) if groups else []
     candidates = [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.name not in set(exclude)]
@@ -293,7 +293,7 @@ QUANTIZED_NETWORKS = ("unet",)  # the others run fp32 (Manifest.run_precision); 
 
 def quantized_file_names() -> list[str]:
     """Every file an 8-bit export may write (OutputStage's list of names it owns)."""
-    return [f for n in QUANTIZED_NETWORKS for p in QUANT_PRECISIONS for f in (quant_file_name(n, p), quant_file_name(n, p) + ".data")]
+    return [f for n in QUANTIZED_NETWORKS for p in QUANTIZED_PRECISIONS for f in (quant_file_name(n, p), quant_file_name(n, p) + ".data")]
 
 
 def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str], spec, progress=None,
@@ -307,7 +307,7 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
     from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
     from monkey_trt.export.calibration import load_or_collect
 
-    todo = [p for p in precisions if p in QUANT_PRECISIONS]
+    todo = [p for p in precisions if p in QUANTIZED_PRECISIONS]
     if not todo:
         return manifest
     say = progress or (lambda msg, done, total: None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from monkey_trt.core.config import check_threads
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.runtime.backend import TORCH_DTYPES  # fp16 changes the math: opt-in
 
 
 def check_torch_device(device: str) -> None:
@@ -29,7 +30,6 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-TORCH_DTYPES = ("fp32", "fp16")  # fp16 changes the math: opt-in
 
 
 def check_dtype(dtype: str) -> str:

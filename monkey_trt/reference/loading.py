@@ -13,21 +13,12 @@ from pathlib import Path
 
 import torch
 
-from monkey_trt.core.config import DEFAULT_IP_WEIGHT
+from monkey_trt.core.config import ModelSource
 from monkey_trt.core.errors import MonkeyError, first_line
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import IPContext, install_ip_processors
 
 BASE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from: hub ids or local folders, plus the IP-Adapter weight name."""
-
-    base: str
-    ip_adapter: str
-    ip_weight: str = DEFAULT_IP_WEIGHT  # file stem or name under `models/`
 
 
 def _looks_like_path(s: str) -> bool:

@@ -22,16 +22,13 @@ from monkey_trt.core.config import (
     DEFAULT_BASE,
     DEFAULT_IP_ADAPTER,
     DEFAULT_IP_WEIGHT,
+    ModelSource,
     Request,
 )
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import downsample_mask, level_grids
-from monkey_trt.reference.loading import (
-    ModelSource,
-    ReferenceModels,
-    load_reference_models,
-)
+from monkey_trt.reference.loading import ReferenceModels, load_reference_models
 from monkey_trt.runtime.images import clip_preprocess
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan
@@ -217,3 +214,16 @@ class ReferencePipeline:
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""
         return run_monkey(self, request, subject, **kwargs)
+
+
+def open_reference(spec, models: ModelSource) -> ReferencePipeline:
+    """The backend table's opener (runtime.backend: "torch"): the PyTorch reference of a BackendSpec on `models`."""
+    from monkey_trt.reference.device import check_torch_device, set_torch_threads, torch_dtype
+
+    check_torch_device(spec.device)
+    set_torch_threads(spec.threads)
+    pipe = ReferencePipeline.from_pretrained(models.base, models.ip_adapter, models.ip_weight, device=spec.device,
+                                             dtype=torch_dtype(spec.dtype))
+    if spec.cuda_graph:
+        pipe.enable_cuda_graphs()
+    return pipe

@@ -1,70 +1,140 @@
-"""One description of how to run MONKEY: `BackendSpec` (frozen, validated), and the CLI options that fill it.
+"""The backends and how to run one: the backend table (`BACKEND_TABLE`), the backend options' table
+(`BACKEND_OPTIONS`) and `BackendSpec` (frozen, validated), the one object that says how to run MONKEY.
 
 Every face opens a backend from a BackendSpec: `generate`, `bench`, `serve` (and Ray), `eval`, the Python API
-(`MonkeyPipeline.from_engine_dir(root, backend=..., **fields)`) and the benchmarks. `jobs.backends.open_backend`
-opens any of them (the torch reference lazily); `runtime.pipeline.open_engine` opens the lean ones (ort, trt) without torch.
+(`MonkeyPipeline.from_engine_dir(root, backend=..., **fields)`) and the benchmarks. Each backend is one row of
+`BACKEND_TABLE`: its name, its opener, the options that apply to it, whether it runs an engine directory, its
+devices and the faces that offer it. Adding a backend is one row plus its opener (and its runner):
 
-`BACKEND_OPTIONS` is the one table of the backend options' flags, defaults, help and the backends they apply
-to: `cli.backend_option(name)` makes the typer option of every command from it, and `spec_from_options` refuses,
-in one line, an option given for a backend it does not apply to (`--device` with ort, `--providers` with trt).
+    engine-directory backends (ort, trt): opener(root, manifest, spec, networks) -> {network: Runner}, not yet
+        activated; runtime.pipeline.MonkeyPipeline drives them (no torch)
+    model backends (torch, published): opener(spec, models) -> a pipeline on the model weights (torch, loaded lazily
+        by commands.backends.open_backend)
+
+`BACKEND_OPTIONS` is the one table of the backend options' flags, defaults and help: `cli.backend_option(name)`
+makes the typer option of every command from it, and `spec_from_options` refuses, in one line, an option given
+for a backend it does not apply to (`--device` with ort, `--providers` with trt).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from monkey_trt.core.config import check_threads
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.engine.ort import PROVIDER_NAMES
+from monkey_trt.enginedir.digests import VERIFY_MODES
 from monkey_trt.enginedir.manifest import PRECISIONS
+from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES
 
-BACKENDS = ("torch", "ort", "trt")  # what `generate` / the API open; bench adds "published"
-ALL_BACKENDS = ("published", "torch", "ort", "trt")
-TORCH_BACKENDS = ("torch", "published")  # run in PyTorch: device and dtype
-ENGINE_BACKENDS = ("ort", "trt")  # run an engine directory: precision, verify
-PROVIDERS = ("cpu", "cuda", "tensorrt")  # engine.ort.PROVIDER_NAMES' keys (not imported: that module loads onnxruntime)
-TORCH_DTYPES = ("fp32", "fp16")
-VERIFY_MODES = ("sha256", "size")
-MASK_PASS_MODES = ("exact", "same")  # runtime.unet_graphs
+FACES = ("generate", "eval", "bench", "serve", "api")  # where a backend can be offered
+TORCH_DTYPES = ("fp32", "fp16")  # the model backends' precisions (--dtype; fp16 changes the math: opt-in)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One row of the backend table."""
+
+    name: str  # --backend NAME
+    opener: str  # "module:function" (see the module docstring), imported when the backend is opened
+    options: tuple[str, ...]  # the BACKEND_OPTIONS (and option-less BackendSpec fields) that apply to it
+    needs_engine_dir: bool  # True: runs an engine directory's graphs (lean: no torch); False: model weights (torch)
+    devices: tuple[str, ...]  # where it runs
+    precisions: tuple[str, ...]  # what its `precision` may be (model backends: their dtype, `--dtype`)
+    faces: tuple[str, ...] = FACES  # the commands and APIs that offer it
+    note: str = ""  # a word for help texts ("PyTorch reference")
+
+    def open_function(self) -> Callable:
+        """The opener, imported now (a backend's libraries load only when it is opened)."""
+        module, _, name = self.opener.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_ENGINE_OPTIONS = ("precision", "cuda_graph", "batch_passes", "threads", "verify", "mask_pass")
+BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
+    Backend("published", "monkey_trt.baselines.published:open_published", ("device", "dtype", "threads"),
+            needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("bench",),
+            note="the authors' published code"),
+    Backend("torch", "monkey_trt.reference.pipeline:open_reference",
+            ("device", "dtype", "cuda_graph", "batch_passes", "threads"),
+            needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("generate", "eval", "bench", "api"),
+            note="PyTorch reference"),
+    Backend("ort", "monkey_trt.engine.ort:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "ort_cache"),
+            needs_engine_dir=True, devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8")),
+    Backend("trt", "monkey_trt.engine.trt.engine:open_engine_dir_plans", _ENGINE_OPTIONS,
+            needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS),
+)}
+
+
+def backend_row(name: str, face: str | None = None) -> Backend:
+    """The table's row of `name` (offered by `face`, when given); MonkeyError (one line) otherwise."""
+    names = backend_names(face)
+    if name not in names:
+        raise MonkeyError(f"--backend must be one of {', '.join(names)}, got {name!r}")
+    return BACKEND_TABLE[name]
+
+
+def backend_names(face: str | None = None) -> tuple[str, ...]:
+    """The backends `face` offers (every backend when None), in table order."""
+    return tuple(b.name for b in BACKEND_TABLE.values() if face is None or face in b.faces)
+
+
+def backend_choices(face: str, notes: bool = False, sep: str = " | ") -> str:
+    """Help text: `torch | ort | trt` (with notes: `torch (PyTorch reference) | ort | trt`)."""
+    return sep.join(f"{n} ({BACKEND_TABLE[n].note})" if notes and BACKEND_TABLE[n].note else n for n in backend_names(face))
+
+
+def applies_to(option: str) -> tuple[str, ...]:
+    """The backends a backend option (or option-less BackendSpec field) applies to, in table order."""
+    return tuple(b.name for b in BACKEND_TABLE.values() if option in b.options)
 
 
 @dataclass(frozen=True)
 class BackendOption:
     """One backend option: `flag` on every command that has it, with this help and default."""
 
-    name: str  # the BackendSpec field (dtype: the torch backends' precision)
-    flags: tuple[str, ...]
+    name: str  # the BackendSpec field (dtype: the model backends' precision)
+    flags: tuple[str, ...]  # () for a spec field no command line sets (ort_cache, mask_pass)
     default: Any
     help: str
-    applies: tuple[str, ...]  # the backends it means something for
+    label: str = ""  # how a refusal names an option without a flag
 
     @property
     def flag(self) -> str:
-        return self.flags[0].split("/")[0]
+        return self.flags[0].split("/")[0] if self.flags else self.label or self.name
+
+    @property
+    def applies(self) -> tuple[str, ...]:
+        """The backends it means something for (the backend table's rows that list it)."""
+        return applies_to(self.name)
 
 
 BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
-    BackendOption("device", ("--device",), "cpu", "torch/published backends: cpu, cuda or cuda:N", TORCH_BACKENDS),
-    BackendOption("dtype", ("--dtype",), "fp32", "torch/published backends: fp32 | fp16 (fp16 changes the math; opt-in)",
-                  TORCH_BACKENDS),
+    BackendOption("device", ("--device",), "cpu", "torch/published backends: cpu, cuda or cuda:N"),
+    BackendOption("dtype", ("--dtype",), "fp32", "torch/published backends: fp32 | fp16 (fp16 changes the math; opt-in)"),
     BackendOption("precision", ("--precision",), "fp32",
-                  "ort/trt: the engine directory's fp32, fp16, int8 or fp8 graphs (int8/fp8: the mask pass stays fp32)",
-                  ENGINE_BACKENDS),
+                  "ort/trt: the engine directory's fp32, fp16, int8 or fp8 graphs (int8/fp8: the mask pass stays fp32)"),
     BackendOption("providers", ("--providers",), "",
-                  "ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)", ("ort",)),
-    BackendOption("fp16", ("--fp16",), False, "ort TensorRT EP: fp16 kernels (changes the math; opt-in)", ("ort",)),
+                  "ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
+    BackendOption("fp16", ("--fp16",), False, "ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
     BackendOption("cuda_graph", ("--cuda-graph",), False,
-                  "torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs", ("torch", "ort", "trt")),
+                  "torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
     BackendOption("batch_passes", ("--batch-passes/--no-batch-passes",), None,
                   "Run the mask-independent leading steps of both passes as one batch-2 UNet call "
-                  "(exact; default: on for GPUs, off on CPU)", ("torch", "ort", "trt")),
-    BackendOption("threads", ("--threads",), 0, "CPU threads for torch / each ORT session (0 = library default)", ALL_BACKENDS),
+                  "(exact; default: on for GPUs, off on CPU)"),
+    BackendOption("threads", ("--threads",), 0, "CPU threads for torch / each ORT session (0 = library default)"),
     BackendOption("verify", ("--verify",), "sha256",
-                  "Engine-dir check before loading: sha256 (every file hashed) | size (sizes; small files hashed)",
-                  ENGINE_BACKENDS),
+                  "Engine-dir check before loading: sha256 (every file hashed) | size (sizes; small files hashed)"),
+    BackendOption("ort_cache", (), None, "ort: keep ORT's optimised graphs in this folder, keyed by digest (faster cold start)",
+                  label="the ORT graph cache"),
+    BackendOption("mask_pass", (), "exact", "ort/trt int8/fp8: exact = pass 1 (the mask) on the fp32 UNet; same = every call 8-bit",
+                  label="mask_pass"),
 )}
+CLI_OPTIONS = tuple(n for n, o in BACKEND_OPTIONS.items() if o.flags)  # what commands take on the command line
 
 
 def _only(backends: tuple[str, ...]) -> str:
@@ -84,7 +154,7 @@ class BackendSpec:
     (fp32 | fp16, `--dtype`). A field set away from its default for a backend it does not apply to is refused.
     """
 
-    backend: str = "ort"  # torch | ort | trt (| published: bench only)
+    backend: str = "ort"  # a row of BACKEND_TABLE: torch | ort | trt (| published: bench only)
     device: str = "cpu"  # torch/published: cpu | cuda | cuda:N (ort/trt: the providers decide)
     precision: str = "fp32"
     providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
@@ -98,8 +168,8 @@ class BackendSpec:
 
     def __post_init__(self) -> None:
         b = self.backend
-        _need(isinstance(b, str) and b in ALL_BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}, got {b!r}")
-        torch_like = b in TORCH_BACKENDS
+        _need(isinstance(b, str) and b in BACKEND_TABLE, f"--backend must be one of {', '.join(backend_names('api'))}, got {b!r}")
+        row = BACKEND_TABLE[b]
         if isinstance(self.providers, str):  # "cuda,cpu" from a config file
             object.__setattr__(self, "providers", tuple(p.strip() for p in self.providers.split(",") if p.strip()))
         _need(isinstance(self.providers, (tuple, list)) and all(isinstance(p, str) for p in self.providers),
@@ -112,37 +182,40 @@ class BackendSpec:
         check_threads(self.threads)
         # options for other backends: refused, one line (the defaults mean "not given")
         for o in BACKEND_OPTIONS.values():
-            if o.name in ("dtype", "precision"):
-                continue
-            if b not in o.applies and not is_default(o.name, getattr(self, o.name)):
+            if o.name not in ("dtype", "precision") and b not in o.applies and not is_default(o.name, getattr(self, o.name)):
                 raise MonkeyError(f"{o.flag} applies to {_only(o.applies)} only, not --backend {b}")
-        _need(self.ort_cache is None or b == "ort", f"the ORT graph cache applies to --backend ort only, not --backend {b}")
         if self.ort_cache is not None:
             object.__setattr__(self, "ort_cache", Path(self.ort_cache))
         # values
-        if torch_like:
-            _need(self.precision in TORCH_DTYPES, f"--dtype must be fp32 or fp16, got {self.precision!r}")
+        if not row.needs_engine_dir:  # a model backend: its precision is its dtype
+            _need(self.precision in row.precisions, f"--dtype must be fp32 or fp16, got {self.precision!r}")
             _need(isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
                   f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
             _need(not self.cuda_graph or self.device.startswith("cuda"), "--cuda-graph with the torch backend needs --device cuda")
-            _need(self.mask_pass == "exact", f"mask_pass applies to {_only(ENGINE_BACKENDS)} only, not --backend {b}")
             return
         _need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _need(self.precision != "fp8" or "fp8" in row.precisions,
+              "--precision fp8 runs as TensorRT plans only (--backend trt, GPU compute capability >= 8.9): "
+              f"{'ONNX Runtime' if b == 'ort' else f'--backend {b}'} has no fp8 kernels; on the CPU use --precision int8")
+        _need(self.precision in row.precisions, f"--backend {b} runs {', '.join(row.precisions)} graphs, not {self.precision}")
         _need(self.verify in VERIFY_MODES, f"--verify must be sha256 or size, got {self.verify!r}")
         _need(self.mask_pass in MASK_PASS_MODES, f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {self.mask_pass!r}")
-        if b == "ort":
-            bad = [p for p in self.providers if p not in PROVIDERS]
-            _need(not bad, f"unknown execution provider {bad[0] if bad else ''!r} (choose among {', '.join(PROVIDERS)})")
+        if "providers" in row.options:  # ONNX Runtime's execution providers
+            bad = [p for p in self.providers if p not in PROVIDER_NAMES]
+            _need(not bad, f"unknown execution provider {bad[0] if bad else ''!r} (choose among {', '.join(PROVIDER_NAMES)})")
             _need(len(set(self.providers)) == len(self.providers), "--providers names a provider twice")
-            _need(self.precision != "fp8", "--precision fp8 runs as TensorRT plans only (--backend trt, GPU compute capability "
-                                           ">= 8.9): ONNX Runtime has no fp8 kernels; on the CPU use --precision int8")
             _need(not self.fp16 or "tensorrt" in self.providers, "--fp16 applies to ORT's TensorRT EP only (--providers tensorrt)")
             _need(not (self.cuda_graph and self.providers and self.providers[0] == "cpu"),
                   "--cuda-graph needs a GPU provider first (--providers cuda or tensorrt), not cpu")
 
     @property
+    def row(self) -> Backend:
+        """This backend's row of the backend table."""
+        return BACKEND_TABLE[self.backend]
+
+    @property
     def dtype(self) -> str:
-        """The torch backends' dtype (their precision)."""
+        """The model backends' dtype (their precision)."""
         return self.precision
 
     def to_dict(self) -> dict:
@@ -173,14 +246,14 @@ def spec_from_options(backend: str, values: Mapping[str, Any], **extra: Any) -> 
 
     An option given for a backend it does not apply to is one line (`--device applies to the published/torch
     backends only, not --backend ort`). `extra`: spec fields no option sets (ort_cache, mask_pass)."""
-    _need(backend in ALL_BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _need(backend in BACKEND_TABLE, f"--backend must be one of {', '.join(backend_names('api'))}, got {backend!r}")
     for name in _given(values):
         o = BACKEND_OPTIONS[name]
         if backend not in o.applies:
             hint = " (the torch backend takes --dtype fp32|fp16)" if name == "precision" else ""
             raise MonkeyError(f"{o.flag} applies to {_only(o.applies)} only, not --backend {backend}{hint}")
     kw = {k: v for k, v in values.items() if k in BACKEND_OPTIONS and backend in BACKEND_OPTIONS[k].applies}
-    precision = kw.pop("dtype", None) if backend in TORCH_BACKENDS else kw.pop("precision", None)
+    precision = kw.pop("precision", None) if BACKEND_TABLE[backend].needs_engine_dir else kw.pop("dtype", None)
     if isinstance(kw.get("providers"), str):
         kw["providers"] = split_list(kw["providers"])
     return BackendSpec(backend=backend, **({"precision": precision} if precision is not None else {}), **kw, **extra)

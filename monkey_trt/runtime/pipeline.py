@@ -8,98 +8,41 @@ Sections: loading, encoders, the UNet (the hot loop), the method (runtime.method
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.config import MonkeyConfig, Request, check_threads
+from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.engine.precision import check_ort_precision
 from monkey_trt.engine.runner import Runner
-from monkey_trt.enginedir.manifest import (
-    TOKENIZER_FILE,
-    Manifest,
-    check_precision,
-    load_manifest,
-)
+from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest, load_manifest
 from monkey_trt.enginedir.networks import NETWORKS
+from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
 from monkey_trt.runtime.images import clip_preprocess, load_subject
 from monkey_trt.runtime.method import run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
 from monkey_trt.runtime.tokenizer import ClipTokenizer
-from monkey_trt.runtime.unet_graphs import (
-    extra_unet_precisions,
-    ort_quant_options,
-    select,
-    unet_roles,
-)
+from monkey_trt.runtime.unet_graphs import extra_unet_precisions, select, unet_roles
 
-RUNTIME_BACKENDS = ("ort", "trt")
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How to run an engine directory."""
-
-    backend: str = "ort"  # ort | trt
-    providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
-    fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
-    cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
-    precision: str = "fp32"  # which exported graphs run (ort: the ONNX files; trt: the plans built from them)
-    verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
-    threads: int = 0  # CPU threads per ORT session (intra-op); 0 = the library default (physical cores)
-    ort_cache: Path | None = None  # ort CPU/CUDA: keep ORT's optimised graphs here, keyed by digest (monkey-trt's; faster cold start)
-    mask_pass: str = "exact"  # int8/fp8: exact = pass 1 (the mask) on the fp32 UNet; same = every call 8-bit (runtime/unet_graphs.py)
-
-    def __post_init__(self) -> None:
-        check_threads(self.threads, "threads")
-        check_precision(self.precision)
-
-    @classmethod
-    def from_spec(cls, spec) -> "RuntimeOptions":
-        """The lean runtime's part of a runtime.backend.BackendSpec (ort or trt)."""
-        return cls(backend=spec.backend, providers=spec.providers, fp16=spec.fp16, cuda_graph=spec.cuda_graph,
-                   precision=spec.precision, verify=spec.verify, threads=spec.threads, ort_cache=spec.ort_cache,
-                   mask_pass=spec.mask_pass)
+UNetObserver = Callable[[Mapping[str, np.ndarray]], None]  # sees every UNet call's full inputs (read-only)
 
 
 # -- loading ---------------------------------------------------------------------------------
-def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
-    """One activated runner per network (of `networks`). Nothing is written into `root` (a sealed engine directory): derived
-    caches (ORT's TensorRT EP engines, ORT's optimised graphs) go to the user cache folder, keyed by the
-    manifest's digests of the files they come from."""
-    if opts.backend == "ort":
-        from monkey_trt.engine.derived_cache import source_digest
-        from monkey_trt.engine.ort import OrtRunner, default_provider
-
-        providers = opts.providers or (default_provider(),)
-        check_ort_precision(opts.precision, providers)
-        runners = {}
-        for name in networks:
-            path = manifest.path(root, name, opts.precision)  # EngineDirError (one line) if not exported
-            entry = manifest.networks[name]
-            graph_precision = manifest.run_precision(name, opts.precision)  # 8-bit engines: fp32 besides the UNet
-            _, sha256, _ = entry.files(graph_precision)
-            runners[name] = OrtRunner(
-                path, providers=providers, name=name, fp16=opts.fp16,
-                precision=graph_precision, trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
-                cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
-                optimized_model_cache=opts.ort_cache, source_digest=source_digest(sha256),
-                **ort_quant_options(manifest, name, opts.precision),
-            )
-    elif opts.backend == "trt":
-        from monkey_trt.engine.trt.engine import open_trt_runners
-
-        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision, verify=opts.verify)
-        runners = {n: r for n, r in runners.items() if n in networks}
-    else:
-        raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
+def open_runners(root: Path, manifest: Manifest, spec: BackendSpec, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
+    """One activated runner per network (of `networks`), from the opener of the spec's row of the backend table.
+    Nothing is written into `root` (a sealed engine directory): derived caches (ORT's TensorRT EP engines, ORT's
+    optimised graphs) go to the user cache folder, keyed by the manifest's digests of the files they come from."""
+    row = backend_row(spec.backend)
+    if not row.needs_engine_dir:
+        raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {spec.backend!r}")
+    runners = row.open_function()(root, manifest, spec, networks)
     try:
         for r in runners.values():
             r.activate()
@@ -110,18 +53,22 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks:
     return runners
 
 
-def open_engine(spec, engine_dir: Path | str) -> "MonkeyPipeline":
-    """The lean runtime (ort, trt) of a runtime.backend.BackendSpec on an engine directory. No torch."""
+def _engine_backends() -> tuple[str, ...]:
+    return tuple(n for n in backend_names() if backend_row(n).needs_engine_dir)
+
+
+def open_engine(spec: BackendSpec, engine_dir: Path | str) -> "MonkeyPipeline":
+    """The lean runtime (an engine-directory backend of the table: ort, trt) of a BackendSpec. No torch."""
     return MonkeyPipeline.open(spec, engine_dir)
 
 
 class MonkeyPipeline:
     """Both LCM passes of MONKEY on a backend's runners."""
 
-    def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], opts: RuntimeOptions, tokenizer: ClipTokenizer):
+    def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], spec: BackendSpec, tokenizer: ClipTokenizer):
         self._lock = threading.RLock()  # one generation at a time on these runners (see __call__)
-        self.root, self.manifest, self.runners, self.opts = Path(root), manifest, runners, opts
-        self.backend = opts.backend
+        self.root, self.manifest, self.runners, self.spec = Path(root), manifest, runners, spec
+        self.backend = spec.backend
         self.tokenizer = tokenizer
         s = manifest.scheduler
         self.schedule = LCMSchedule(
@@ -134,34 +81,31 @@ class MonkeyPipeline:
         self.n_ip_layers = manifest.dims.n_ip_layers
         self._size = (manifest.profile.height.opt, manifest.profile.width.opt)  # set per request by prepare()
         # which UNet graph runs which pass (runtime/unet_graphs.py): select_unet puts it in runners["unet"]
-        self.unet_roles = unet_roles(opts.precision, opts.mask_pass)
-        self.unet_runners = {opts.precision: runners["unet"]} if "unet" in runners else {}
-        self.spec = None  # the runtime.backend.BackendSpec it was opened from (set by open())
+        self.unet_roles = unet_roles(spec.precision, spec.mask_pass)
+        self.unet_runners = {spec.precision: runners["unet"]} if "unet" in runners else {}
+        self._unet_observers: list[UNetObserver] = []
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
         batch_passes, fp16, ort_cache, mask_pass), checked like the CLI's options."""
-        from monkey_trt.runtime.backend import BackendSpec
-
         unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
         if unknown:
             raise MonkeyError(f"from_engine_dir() got unknown option(s) {', '.join(unknown)}")
         return cls.open(BackendSpec(backend=backend, **options), root)
 
     @classmethod
-    def open(cls, spec, root: Path | str) -> "MonkeyPipeline":
-        """An engine directory on the backend of `spec` (a runtime.backend.BackendSpec: ort or trt)."""
-        if spec.backend not in RUNTIME_BACKENDS:
-            raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {spec.backend!r}")
-        opts = RuntimeOptions.from_spec(spec)
-        manifest = load_manifest(Path(root), verify=opts.verify)
+    def open(cls, spec: BackendSpec, root: Path | str) -> "MonkeyPipeline":
+        """An engine directory on the backend of `spec` (an engine-directory row of the backend table: ort, trt)."""
+        if not isinstance(spec, BackendSpec) or not backend_row(spec.backend).needs_engine_dir:
+            got = spec.backend if isinstance(spec, BackendSpec) else type(spec).__name__
+            raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {got!r}")
+        manifest = load_manifest(Path(root), verify=spec.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
-        pipe = cls(Path(root), manifest, open_runners(Path(root), manifest, opts), opts, tokenizer)
-        pipe.spec = spec
+        pipe = cls(Path(root), manifest, open_runners(Path(root), manifest, spec), spec, tokenizer)
         try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
-            for p in extra_unet_precisions(opts.precision, opts.mask_pass):
-                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(opts, precision=p), ("unet",))["unet"]
+            for p in extra_unet_precisions(spec.precision, spec.mask_pass):
+                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p), ("unet",))["unet"]
         except BaseException:
             pipe.close()
             raise
@@ -172,13 +116,24 @@ class MonkeyPipeline:
         providers = {n: list(r.providers) for n, r in self.runners.items()}
         devices = {n: r.device for n, r in self.runners.items()}
         return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers, "devices": devices,
-                "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph},
-                **({"spec": self.spec.to_dict()} if self.spec is not None else {}),
+                "options": {"precision": self.spec.precision, "fp16": self.spec.fp16, "cuda_graph": self.spec.cuda_graph},
+                "spec": self.spec.to_dict(),
                 **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
 
     def close(self) -> None:
         for r in (*self.runners.values(), *self.unet_runners.values()):
             r.deactivate()
+
+    @contextlib.contextmanager
+    def watch_unet(self, observer: UNetObserver) -> Iterator[None]:
+        """Call `observer(inputs)` on every UNet call inside the block, with the call's full inputs (the session's
+        bound ones and the per-call ones; read-only views: copy what you keep). Export's calibration records
+        through it."""
+        self._unet_observers.append(observer)
+        try:
+            yield
+        finally:
+            self._unet_observers.remove(observer)
 
     def select_unet(self, role: str) -> None:
         """runtime.method: the UNet graph of the coming pass (mask | final | baseline)."""
@@ -237,11 +192,15 @@ class MonkeyPipeline:
         ip_scale = np.zeros((self.n_ip_layers,), np.float32)  # [n_ip_layers], shared by the batch
         only_noise, with_map = ("noise_pred",), ("noise_pred", "ip_attn_map")
 
+        observers = self._unet_observers
+
         def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
             ip_scale[:] = scale
-            out = unet.infer({"sample": np.ascontiguousarray(latents, np.float32),
-                              "timestep": np.asarray(timesteps, np.float32), "ip_scale": ip_scale},
-                             static=fixed, outputs=with_map if want_map else only_noise)
+            feeds = {"sample": np.ascontiguousarray(latents, np.float32), "timestep": np.asarray(timesteps, np.float32),
+                     "ip_scale": ip_scale}
+            for observe in observers:
+                observe({**fixed.host, **feeds})
+            out = unet.infer(feeds, static=fixed, outputs=with_map if want_map else only_noise)
             return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,4]
 
         call.static = fixed  # the session's own inputs (released with the session)
@@ -299,7 +258,7 @@ class MonkeyPipeline:
             raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         if min(subject.size) < 1:
             raise MonkeyError(f"subject image is empty ({subject.size[0]}x{subject.size[1]})")
-        if kwargs.get("batch_passes") is None and self.spec is not None:
+        if kwargs.get("batch_passes") is None:
             kwargs["batch_passes"] = self.spec.batch_passes  # the spec's choice (None: the measured default)
         with self._lock:
             return run_monkey(networks, request, subject, **kwargs)

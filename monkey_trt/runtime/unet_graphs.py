@@ -42,10 +42,3 @@ def select(pipe, role: str) -> None:
     runners = getattr(pipe, "unet_runners", None)
     if runners:
         pipe.runners["unet"] = runners[pipe.unet_roles[role]]
-
-
-def ort_quant_options(manifest, network: str, precision: str) -> dict:
-    """Extra OrtRunner options for an 8-bit graph: the TensorRT provider must be allowed int8 for a Q/DQ graph."""
-    if precision == "int8" and network in manifest.networks and manifest.run_precision(network, precision) == "int8":
-        return {"int8": True}
-    return {}

@@ -312,7 +312,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         if svc is None or svc.pipe is None or not svc.ready.is_set():
             why = (svc.warm_error if svc else None) or "engine not loaded and warmed yet"
             return _error(503, why, request.state.request_id, {"Retry-After": "1"})
-        return {"status": "ready", "engine_dir": str(svc.config.engine_dir), "backend": svc.config.backend,
+        return {"status": "ready", "engine_dir": str(svc.config.engine_dir), "backend": svc.config.spec.backend,
                 "replica": svc.replica, "queue_depth": svc.worker.depth}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, openapi_extra={"responses": simple_responses(

@@ -85,15 +85,14 @@ def build_deployment(config: ServeConfig, opts: RayOptions):
 
 
 def app_builder(args: dict[str, Any]):
-    """`serve run` / `serve deploy` entry: args are ServeConfig fields (engine_dir required) + RayOptions fields."""
+    """`serve run` / `serve deploy` entry: args are ServeConfig fields (engine_dir required), BackendSpec fields
+    (backend, precision, providers, ...) and RayOptions fields, flat."""
     args = dict(args)
     ray_fields = {k: args.pop(k) for k in list(args) if k in RayOptions.__dataclass_fields__}
     if "engine_dir" not in args:
         raise MonkeyError("app_builder needs args.engine_dir")
     args["engine_dir"] = Path(args["engine_dir"])
-    if isinstance(args.get("providers"), list):
-        args["providers"] = tuple(args["providers"])  # a string ("cuda,cpu") is split by the BackendSpec
-    return build_deployment(ServeConfig(**args), RayOptions(**ray_fields))
+    return build_deployment(ServeConfig.from_fields(args), RayOptions(**ray_fields))
 
 
 def run_ray(config: ServeConfig, opts: RayOptions, host: str, port: int, address: str | None, block: bool = True) -> None:
@@ -107,7 +106,7 @@ def run_ray(config: ServeConfig, opts: RayOptions, host: str, port: int, address
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_deployment(config, opts), name="monkey-trt", route_prefix="/")
     scale = f"{opts.min_replicas}..{opts.max_replicas} replicas" if opts.min_replicas is not None else f"{opts.replicas} replica(s)"
-    print(f"monkey-trt serve (Ray): http://{host}:{port} ({scale}, engine {config.engine_dir}, backend {config.backend})", flush=True)
+    print(f"monkey-trt serve (Ray): http://{host}:{port} ({scale}, engine {config.engine_dir}, backend {config.spec.backend})", flush=True)
     if not block:
         return
 

@@ -11,15 +11,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import BackendSpec
+from monkey_trt.runtime.backend import BackendSpec, backend_names
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.encoder_cache import EncoderCaches, with_encoder_caches
@@ -33,42 +34,41 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How to serve one engine directory."""
+    """How to serve one engine directory: how to run it (`spec`, the one BackendSpec) and the service's own limits."""
 
     engine_dir: Path
-    backend: str = "ort"  # ort | trt
-    providers: tuple[str, ...] = ()  # ort: execution providers (default: best installed)
-    cuda_graph: bool = False
+    spec: BackendSpec = field(default_factory=BackendSpec)  # backend, precision, providers, ... (runtime.backend)
     max_queue: int = 8  # requests waiting behind the running one; more -> 429
     timeout_s: float = 120.0  # per request, queue wait included -> 504
     max_body_mb: float = 20.0  # larger bodies -> 413, refused while reading
     subject_cache: int = 64  # LRU entries of subject IP tokens (0 = off)
     prompt_cache: int = 256  # LRU entries of prompt embeddings (0 = off)
     warmup: bool = True  # one generation at the profile's smallest size before /readyz says ready
-    precision: str = "fp32"  # which exported graphs run: fp32 | fp16 | int8 | fp8 (int8/fp8: the mask pass stays fp32)
-    verify: str = "sha256"  # engine-dir check before loading: sha256 | size
-    threads: int = 0  # CPU threads per ORT session (0 = library default)
-    fp16: bool = False  # ort TensorRT EP: fp16 kernels
-    batch_passes: bool | None = None  # exact pass batching (None: the backend's default)
-
-    @property
-    def spec(self) -> BackendSpec:
-        """How the engine runs: the same BackendSpec `generate` and `bench` open (runtime.backend)."""
-        return BackendSpec(backend=self.backend, providers=self.providers, cuda_graph=self.cuda_graph,
-                           precision=self.precision, verify=self.verify, threads=self.threads, fp16=self.fp16,
-                           batch_passes=self.batch_passes)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise MonkeyError(msg)
 
-        need(self.backend in ("ort", "trt"), f"--backend must be ort or trt, got {self.backend!r}")
+        need(isinstance(self.spec, BackendSpec), f"ServeConfig.spec must be a BackendSpec, got {type(self.spec).__name__}")
+        served = backend_names("serve")
+        need(self.spec.backend in served, f"--backend must be {' or '.join(served)}, got {self.spec.backend!r}")
         need(0 <= self.max_queue <= 10_000, f"--max-queue must be in 0..10000, got {self.max_queue}")
         need(0 < self.timeout_s <= 86_400, f"--timeout must be in (0, 86400] seconds, got {self.timeout_s}")
         need(0 < self.max_body_mb <= 1024, f"--max-body-mb must be in (0, 1024], got {self.max_body_mb}")
         need(0 <= self.subject_cache <= 100_000 and 0 <= self.prompt_cache <= 100_000, "cache sizes must be in 0..100000")
-        object.__setattr__(self, "providers", self.spec.providers)  # every backend field checked by the spec
+
+    @classmethod
+    def from_fields(cls, args: Mapping[str, Any]) -> "ServeConfig":
+        """From flat fields (a Ray Serve config's `args`): ServeConfig's own and BackendSpec's, by name."""
+        args = dict(args)
+        spec_fields = {k: args.pop(k) for k in list(args) if k in BackendSpec.__dataclass_fields__}
+        if isinstance(spec_fields.get("providers"), list):
+            spec_fields["providers"] = tuple(spec_fields["providers"])  # a string ("cuda,cpu") is split by the spec
+        unknown = sorted(set(args) - set(cls.__dataclass_fields__) - {"spec"})
+        if unknown:
+            raise MonkeyError(f"unknown serve setting(s) {', '.join(unknown)}")
+        return cls(spec=BackendSpec(**spec_fields), **args)
 
     @property
     def max_body_bytes(self) -> int:

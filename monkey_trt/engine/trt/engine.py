@@ -10,14 +10,14 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError, MonkeyError, first_line
 from monkey_trt.engine.precision import check_gpu_precision
-from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
+from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.engine.trt import cuda, lib
 from monkey_trt.engine.trt.cuda import DeviceBuffer, Pinned, cu, err_name, is_error, native_handle
 from monkey_trt.enginedir import plans
@@ -170,6 +170,7 @@ class TrtEngine(Runner):
     """
 
     backend = "tensorrt"
+    profile_hint = "rebuild with a wider profile: monkey-trt build --min/--max"
 
     def __init__(self, plan_path: str | os.PathLike, name: str | None = None, *, use_cuda_graph: bool = False, device: int = 0,
                  activation_memory: ActivationMemory | None = None, max_shapes: int = 8):
@@ -190,8 +191,8 @@ class TrtEngine(Runner):
         self._stream_handle = 0
         self._active = False
         self._memory_size = 0
-        self._inputs: list[TensorSpec] = []
-        self._outputs: list[TensorSpec] = []
+        self._inputs: list[TensorDesc] = []
+        self._outputs: list[TensorDesc] = []
         self._dtypes: dict[str, np.dtype] = {}
         self._sets: OrderedDict[tuple, _ShapeSet] = OrderedDict()
         self._staging: Pinned | None = None  # pinned staging for bind_static uploads
@@ -253,7 +254,7 @@ class TrtEngine(Runner):
             name = engine.get_tensor_name(i)
             dt = _np_dtype(trt, engine.get_tensor_dtype(name))
             self._dtypes[name] = dt
-            spec = TensorSpec(name, dt.name, tuple(int(d) for d in engine.get_tensor_shape(name)))
+            spec = TensorDesc(name, dt.name, tuple(int(d) for d in engine.get_tensor_shape(name)))
             (self._inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self._outputs).append(spec)
 
     def activate(self) -> None:
@@ -296,12 +297,12 @@ class TrtEngine(Runner):
 
     # -- specs ---------------------------------------------------------------------------
     @property
-    def input_specs(self) -> list[TensorSpec]:
+    def input_specs(self) -> list[TensorDesc]:
         self.load()
         return list(self._inputs)
 
     @property
-    def output_specs(self) -> list[TensorSpec]:
+    def output_specs(self) -> list[TensorDesc]:
         self.load()
         return list(self._outputs)
 
@@ -325,19 +326,14 @@ class TrtEngine(Runner):
                 "activation_bytes": self._memory_size, "io_bytes": sum(s.io_bytes for s in self._sets.values())}
 
     # -- shape sets ----------------------------------------------------------------------
-    def _require_active(self) -> None:
-        if not self._active:
-            raise MonkeyError(f"{self.name}: the engine is not active (use it as a context manager or call activate())")
+    @property
+    def is_active(self) -> bool:
+        return self._active
 
-    def _check_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        for spec in self._inputs:
-            shape = shapes[spec.name]
-            mn, _opt, mx = self.profile_range(spec.name) if any(d < 0 for d in spec.shape) else (shape, shape, shape)
-            if len(mn) == len(shape) == len(mx) and any(not lo <= d <= hi for d, lo, hi in zip(shape, mn, mx)):
-                raise MonkeyError(
-                    f"{self.name}: input {spec.name!r} shape {list(shape)} is outside the engine profile "
-                    f"{list(mn)}..{list(mx)} (rebuild with a wider profile: monkey-trt build --min/--max)"
-                )
+    def input_profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Profile 0's (min, opt, max) of every input with a dynamic dim (static ones are checked by their shape)."""
+        self.load()
+        return {s.name: self.profile_range(s.name) for s in self._inputs if any(d < 0 for d in s.shape)}
 
     def _shape_set(self, shapes: Mapping[str, tuple[int, ...]]) -> _ShapeSet:
         """The kept shape set for these input shapes, or a new one (context, buffers, tensor addresses)."""
@@ -346,7 +342,6 @@ class TrtEngine(Runner):
         if found is not None:
             self._sets.move_to_end(key)
             return found
-        self._check_profile(shapes)
         cudart, trt = self._cudart, self._trt
         ctx = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if ctx is None:
@@ -484,16 +479,8 @@ class TrtEngine(Runner):
         handle.device.update(bufs)
         self._handles.add(handle)
 
-    def infer(self, feeds: Mapping[str, np.ndarray], static: StaticInputs | None = None,
-              outputs: Collection[str] | None = None) -> dict[str, np.ndarray]:
-        """Run once; `static` supplies the inputs bound by `bind_static` (a feed overrides one); returns the
-        `outputs` asked for (default: all) as host arrays owned by the caller."""
-        self._require_active()
-        if not isinstance(feeds, Mapping):
-            validate_feeds(self.name, self._inputs, feeds)  # raises its one-line error
-        merged = self._merged(feeds, static)
-        validate_feeds(self.name, self._inputs, merged)
-        wanted = self._wanted(outputs)
+    def _infer(self, merged: dict[str, np.ndarray], feeds: Mapping[str, np.ndarray], static: StaticInputs | None,
+               wanted: list[TensorDesc]) -> dict[str, np.ndarray]:
         cudart, stream = self._cudart, self._stream
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
@@ -553,6 +540,12 @@ def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool =
     shared = ActivationMemory()
     return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet", activation_memory=shared)
             for n in NETWORKS}
+
+
+def open_engine_dir_plans(root: str | os.PathLike, manifest, spec, networks: Sequence[str] = NETWORKS) -> dict[str, "TrtEngine"]:
+    """The backend table's opener (runtime.backend: "trt"): `networks`' plans for a runtime.backend.BackendSpec."""
+    runners = open_trt_runners(root, manifest, cuda_graph=spec.cuda_graph, precision=spec.precision, verify=spec.verify)
+    return {n: r for n, r in runners.items() if n in networks}
 
 
 def _memory_summary(networks: dict[str, dict], groups: list[list[str]]) -> dict:
