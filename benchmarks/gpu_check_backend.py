@@ -3,7 +3,7 @@
     python benchmarks/gpu_check_backend.py --spec '{"backend": "trt", "precision": "fp16", "cuda_graph": true}' \
         --engine-dir E --model M --size 512 --reference ref.npz --soak 20 --out row.json
 
-Every backend goes through the same `jobs.backends.open_backend(BackendSpec(...))` the CLI uses, on the same request
+Every backend goes through the same `commands.backends.open_backend(BackendSpec(...))` the CLI uses, on the same request
 (seed, size, knobs) and the same subject. `--reference` compares the mask (identical? IoU) and the image (PSNR,
 max |diff|) with the CPU fp32 reference's arrays; `--save` writes this row's arrays (the reference run uses it).
 `--soak N` runs N more generations: p50, CUDA graphs captured after the first generation and after the soak (captured

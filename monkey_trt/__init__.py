@@ -16,7 +16,7 @@ from monkey_trt.core import __version__
 
 _EXPORTS = {
     "MonkeyPipeline": "monkey_trt.runtime.pipeline",
-    "RuntimeOptions": "monkey_trt.runtime.pipeline",
+    "ModelSource": "monkey_trt.core.config",
     "BackendSpec": "monkey_trt.runtime.backend",
     "open_backend": "monkey_trt.commands.backends",
     "MonkeyOutput": "monkey_trt.runtime.result",
@@ -28,7 +28,7 @@ _EXPORTS = {
     "load_manifest": "monkey_trt.enginedir.manifest",
     "load_subject": "monkey_trt.runtime.images",
 }
-__all__ = ["__version__", "MonkeyPipeline", "RuntimeOptions", "BackendSpec", "open_backend", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",
+__all__ = ["__version__", "MonkeyPipeline", "BackendSpec", "ModelSource", "open_backend", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",
            "EngineDirError", "BackendUnavailable", "load_manifest", "load_subject"]
 
 

@@ -1,7 +1,7 @@
 """An independent MONKEY, written for the tests on top of diffusers' own pipeline and loader.
 
-It shares no code with monkey_trt's reference except the explicit CLIP preprocessing (SPEC.md:
-both must use one identical preprocessing). Mirrors SPEC.md step by step:
+It shares no code with monkey_trt's reference except the explicit CLIP preprocessing (docs/method.md, "Models":
+both must use one identical preprocessing). Mirrors docs/method.md step by step:
 
 - pass 1: `LatentConsistencyModelPipeline` + `load_ip_adapter`, scale `scale_mask_pass`; a forward
   hook on the mask layer recomputes head-mean softmax(Q K_ip^T) (no 1/sqrt(d)) from the layer's

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "baselines": {"core", "reference", "runtime"},
     "export": {"core", "enginedir", "engine", "runtime", "reference"},
     "embedded": {"core", "enginedir", "export", "reference", "runtime"},
-    "commands": {"core", "enginedir", "engine", "runtime", "reference", "embedded"},
+    "commands": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "embedded"},
     "bench": {"core", "enginedir", "engine", "runtime", "reference", "baselines", "embedded", "commands"},
     "serve": {"core", "enginedir", "engine", "runtime"},
     "eval": {"core", "enginedir", "engine", "runtime", "reference", "commands"},
@@ -127,6 +127,22 @@ def test_no_import_cycles():
         if n not in state:
             dfs(n, [])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_backend_openers_respect_the_layers():
+    """The backend table names its openers as strings (imported when a backend opens): an engine-directory backend's
+    opener is imported by the runtime, a model backend's by commands.backends; each must be a module that layer may import."""
+    from monkey_trt.runtime.backend import BACKEND_TABLE
+
+    modules = _graph()
+    for name, row in BACKEND_TABLE.items():
+        module, _, function = row.opener.partition(":")
+        assert module in modules and function, f"{name}: opener {row.opener!r} names no module of monkey_trt"
+        resolver = "runtime" if row.needs_engine_dir else "commands"
+        pkg = _package_of(module)
+        assert pkg == resolver or pkg in ALLOWED[resolver], f"{name}: {resolver} may not import {module}"
+        if row.needs_engine_dir:
+            assert pkg in LEAN, f"{name}: an engine-directory backend must run without torch ({module})"
 
 
 def test_lean_layers_name_no_heavy_library():

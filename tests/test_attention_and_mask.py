@@ -1,4 +1,4 @@
-"""MONKEY's masked IP attention vs diffusers' processors; mask extraction vs SPEC.md."""
+"""MONKEY's masked IP attention vs diffusers' processors; mask extraction vs docs/method.md ("Pass 1: the mask")."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from monkey_trt.engine.ort import (
     physical_cores,
     resolve_providers,
 )
-from monkey_trt.engine.runner import TensorSpec
+from monkey_trt.engine.runner import TensorDesc
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((8, 4)).astype(np.float32)
@@ -83,8 +83,8 @@ def test_outputs_are_caller_owned(mlp_path):
 
 def test_specs(mlp_path):
     with OrtRunner(mlp_path) as r:
-        assert r.input_specs == [TensorSpec("x", "float32", ("B", 8)), TensorSpec("ids", "int64", ("B", 5))]
-        assert r.output_specs == [TensorSpec("y", "float32", ("B", 4)), TensorSpec("emb", "float32", ("B", 5, 3))]
+        assert r.input_specs == [TensorDesc("x", "float32", ("B", 8)), TensorDesc("ids", "int64", ("B", 5))]
+        assert r.output_specs == [TensorDesc("y", "float32", ("B", 4)), TensorDesc("emb", "float32", ("B", 5, 3))]
 
 
 def test_specs_need_activation(mlp_path):
@@ -365,7 +365,7 @@ def test_tensorrt_ep_builds_one_engine_for_the_profile(mlp_path, fake_ort):
         for batch in (1, 2, 3, 4, 2, 1):
             f = _feeds(batch)
             _check(r.infer(f), f)
-        with pytest.raises(MonkeyError, match="outside the explicit profile"):
+        with pytest.raises(MonkeyError, match="outside the engine profile"):
             r.infer(_feeds(5))
     s = fake_ort.stats
     assert s.trt_engine_builds == 1 and not s.warnings
@@ -633,7 +633,8 @@ def test_pipeline_reads_the_runner_interface(engine_dir):
     ORT session (TensorRT plans, a stub) reported no providers and never batched. They use providers/device/max_batch."""
     from monkey_trt.enginedir.manifest import TOKENIZER_FILE, load_manifest
     from monkey_trt.enginedir.networks import NETWORKS
-    from monkey_trt.runtime.pipeline import MonkeyPipeline, RuntimeOptions
+    from monkey_trt.runtime.backend import BackendSpec
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
     from monkey_trt.runtime.tokenizer import ClipTokenizer
 
     m = load_manifest(engine_dir)
@@ -641,7 +642,7 @@ def test_pipeline_reads_the_runner_interface(engine_dir):
 
     def pipe(device, providers, max_batch):
         runners = {n: _StubRunner(device, providers, max_batch) for n in NETWORKS}
-        return MonkeyPipeline(engine_dir, m, runners, RuntimeOptions(backend="ort"), tok)
+        return MonkeyPipeline(engine_dir, m, runners, BackendSpec(backend="ort"), tok)
 
     gpu = pipe("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), None)
     assert gpu.info()["providers"].get("unet") == ["CUDAExecutionProvider", "CPUExecutionProvider"]

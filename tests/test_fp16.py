@@ -47,7 +47,7 @@ def test_fp16_unet_keeps_the_mask_map_and_embeddings_fp32(engine_dir):
     model = onnx.load(str(engine_dir / "unet.fp16.onnx"))
     types = _types(model)
     nodes = {n.name: n for n in model.graph.node}
-    # the map path: to_q, to_k_ip, Q K_ip^T, softmax, head mean (SPEC: no 1/sqrt(d), thresholded at 0.5)
+    # the map path: to_q, to_k_ip, Q K_ip^T, softmax, head mean (docs/method.md "Pass 1: the mask": no 1/sqrt(d), thresholded at 0.5)
     path = map_path_nodes(fp32.graph)
     ops = sorted(nodes[n].op_type for n in path if n in nodes)
     assert ops.count("Softmax") == 1 and ops.count("ReduceMean") == 1 and ops.count("MatMul") >= 3

@@ -1,6 +1,6 @@
 """GPU backends end to end against the PyTorch reference (skipped where no GPU / TensorRT / ORT-GPU).
 
-SPEC.md: fp32 — the mask identical, images near bit-exact; fp16 graphs — mask IoU >= 0.98, PSNR >= 35 dB
+docs/method.md ("What every engine keeps identical"): fp32 — the mask identical, images near bit-exact; fp16 graphs — mask IoU >= 0.98, PSNR >= 35 dB
 (the thresholds export/fidelity.py asserts for the fp16 graphs on CPU).
 """
 

@@ -136,7 +136,7 @@ def test_scheduler_and_feature_extractor_configs(tiny_model_dir: Path):
     fields = set(inspect.signature(LCMScheduler.__init__).parameters) - {"self"}
     assert set(scheduler_config()) == fields  # every field of the defaults
     sched.set_timesteps(4)
-    assert sched.timesteps.tolist() == [999, 759, 499, 259]  # SPEC.md
+    assert sched.timesteps.tolist() == [999, 759, 499, 259]  # docs/method.md, "Models"
     sched.set_timesteps(8)
     assert sched.timesteps.tolist() == [999, 879, 759, 639, 499, 379, 259, 139]
 

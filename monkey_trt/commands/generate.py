@@ -122,7 +122,7 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
 
 
 def load_backend(job: GenerateJob):
-    """The pipeline of `job.spec` (torch reference or the lean runtime): jobs.backends.open_backend."""
+    """The pipeline of `job.spec` (torch reference or the lean runtime): commands.backends.open_backend."""
     from monkey_trt.commands.backends import ModelSource, open_backend
 
     return open_backend(job.spec, job.engine_dir, ModelSource(job.base, job.ip_adapter, job.ip_weight), face="generate")

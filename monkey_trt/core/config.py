@@ -1,4 +1,4 @@
-"""MONKEY's knobs (SPEC.md defaults) and the generation request, as frozen dataclasses.
+"""MONKEY's knobs (the defaults of docs/method.md) and the generation request, as frozen dataclasses.
 
 Every user-facing field carries a `Knob` (dataclasses field metadata): its type, range and help.
 The one list drives the range checks here, the `generate` command's options (`monkey_trt.cli`), the

@@ -12,7 +12,7 @@ writes itself:
 
 This module's job is the writing: each folder's layout, the ``tiny-model.json`` record and the
 atomic commit. What it writes comes from its neighbours: the presets and hub configs
-(``models.presets``), the deterministic weights (``models.weights``), the CLIP BPE tokenizer
+(``embedded.presets``), the deterministic weights (``embedded.weights``), the CLIP BPE tokenizer
 (``models.bpe``) and the subject picture (``core.subject``).
 """
 

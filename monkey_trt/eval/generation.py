@@ -1,6 +1,6 @@
 """One backend at one precision, loaded once: MONKEY or plain IP-Adapter images from a given noise plan.
 
-The backend comes from jobs.backends.open_backend (the torch reference, or the lean runtime on an
+The backend comes from commands.backends.open_backend (the torch reference, or the lean runtime on an
 engine directory) with the same runtime.backend.BackendSpec, so eval runs exactly what `generate` runs. The torch backend's precisions are
 its dtypes (fp32, fp16); ort/trt run the engine directory's graphs of that precision.
 """

@@ -41,7 +41,8 @@ class Fidelity:
 def fp16_reference_pipeline(engine_dir: str | Path):
     """The lean runtime on the engine directory's fp16 files, every network on onnx's reference evaluator."""
     from monkey_trt.engine.onnx_reference import OnnxReferenceRunner
-    from monkey_trt.runtime.pipeline import MonkeyPipeline, RuntimeOptions
+    from monkey_trt.runtime.backend import BackendSpec
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
     from monkey_trt.runtime.tokenizer import ClipTokenizer
 
     root = Path(engine_dir)
@@ -49,7 +50,7 @@ def fp16_reference_pipeline(engine_dir: str | Path):
     runners = {n: OnnxReferenceRunner(manifest.path(root, n, "fp16"), name=n) for n in NETWORKS}
     for r in runners.values():
         r.activate()
-    return MonkeyPipeline(root, manifest, runners, RuntimeOptions(backend="ort"), ClipTokenizer.from_dir(root / "tokenizer"))
+    return MonkeyPipeline(root, manifest, runners, BackendSpec(backend="ort"), ClipTokenizer.from_dir(root / "tokenizer"))
 
 
 def measure_fp16(engine_dir, reference, subject, seeds=(0, 1, 2), prompts=("a toy on the beach",), size: int = 128) -> list[Fidelity]:

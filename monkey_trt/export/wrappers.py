@@ -1,4 +1,4 @@
-"""torch modules with exactly the inputs/outputs of engine.networks' descriptors, for tracing.
+"""torch modules with exactly the inputs/outputs of enginedir.networks' descriptors, for tracing.
 
     TextEncoderNet   input_ids [B,77] int64           -> text_embeds [B,77,D]
     ImageEncoderNet  pixel_values [B,3,224,224]       -> ip_tokens [B,4,D]   (CLIP vision + IP projection)

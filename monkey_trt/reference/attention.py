@@ -4,7 +4,7 @@ Same math as diffusers' `IPAdapterAttnProcessor2_0` + `IPAdapterMaskProcessor`:
 
     out = text_attn + scale * (ip_attn * mask_at_this_grid)
 
-plus, at the mask layer, the map SPEC.md defines (note: no 1/sqrt(head_dim) in the map):
+plus, at the mask layer, the map docs/method.md defines ("Pass 1: the mask") (note: no 1/sqrt(head_dim) in the map):
 
     ip_attn_map = mean_heads(softmax(q @ k_ip^T))            [B, Q, n_ip_tokens]
 

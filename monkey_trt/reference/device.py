@@ -22,7 +22,7 @@ def check_torch_device(device: str) -> None:
 
 
 def set_torch_threads(threads: int) -> None:
-    """torch's intra-op thread count (0 = leave torch's default). ORT takes RuntimeOptions.threads."""
+    """torch's intra-op thread count (0 = leave torch's default). ORT takes BackendSpec.threads."""
     check_threads(threads)
     if threads:
         import torch

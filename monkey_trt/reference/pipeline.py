@@ -2,7 +2,7 @@
 
     pass 1: LCM, IP scale `scale_mask_pass` at every step, record the mask layer's IP map at
             `mask_steps`; stop after the last mask step (later steps cannot change the mask)
-    mask:   runtime.mask.extract_mask (SPEC.md, shared with the lean runtime)
+    mask:   runtime.mask.extract_mask (docs/method.md "Pass 1: the mask", shared with the lean runtime)
     pass 2: LCM from the same noise, IP on (scale_final, masked) at `masked_steps`, off elsewhere
     decode: VAE, (x / 2 + 0.5).clamp(0, 1)
 

@@ -1,4 +1,4 @@
-"""Pass 1's attention maps -> MONKEY's binary subject mask (SPEC.md "The map, exactly").
+"""Pass 1's attention maps -> MONKEY's binary subject mask (docs/method.md, "Pass 1: the mask").
 
 numpy only; shared by the PyTorch reference and the lean runtime so both threshold identically.
 

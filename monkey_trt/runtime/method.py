@@ -1,4 +1,4 @@
-"""MONKEY's two passes, written once for every backend (SPEC.md).
+"""MONKEY's two passes, written once for every backend (docs/method.md).
 
 A backend provides only networks (the `Networks` protocol): encoders, the guidance embedding, a UNet
 call that may take a batch, and the VAE decode. The LCM steps (numpy, `runtime.scheduler`), the

@@ -4,7 +4,7 @@
     pip download --no-deps -d W/cb-13.4.4 cuda-bindings==13.4.4
     python tests/data/extract_api_names.py W > tests/data/api_names.json
 
-For each wheel it records which leaf names of engine/trt/api.py (plus the names removed in 11 and the
+For each wheel it records which leaf names of engine/trt/api_names.py (plus the names removed in 11 and the
 versioned names with their stand-ins)
 are defined by the bindings (whole strings of `tensorrt.so` + its `__init__.py`; `cuda/bindings/runtime*.so` and
 `cuda/bindings/utils/*.py`): "present" and "absent", so a name nobody extracted is "unknown".
