@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from monkey_trt.engine.ort import OrtRunner
-from monkey_trt.enginedir.manifest import load_manifest
+from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.export.onnx_export import sample_inputs
 from monkey_trt.export.wrappers import UNetNet
 from monkey_trt.core.config import ModelSource

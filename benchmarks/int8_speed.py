@@ -138,7 +138,7 @@ def unet_macs(fp32_path: Path, int8_path: Path, feeds: dict, threads: int) -> di
 
 def step_feeds(engine: Path, size: int) -> dict:
     """Pass 2's masked-step inputs, batch 1: a calibration-like call (real shapes, IP scale 1, a half mask)."""
-    from monkey_trt.enginedir.manifest import read_manifest
+    from monkey_trt.enginedir.load import read_manifest
     from monkey_trt.export.onnx_export import sample_inputs
 
     m = read_manifest(engine)

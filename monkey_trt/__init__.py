@@ -25,7 +25,7 @@ _EXPORTS = {
     "MonkeyError": "monkey_trt.core.errors",
     "EngineDirError": "monkey_trt.core.errors",
     "BackendUnavailable": "monkey_trt.core.errors",
-    "load_manifest": "monkey_trt.enginedir.manifest",
+    "load_manifest": "monkey_trt.enginedir.load",
     "load_subject": "monkey_trt.runtime.images",
 }
 __all__ = ["__version__", "MonkeyPipeline", "BackendSpec", "ModelSource", "open_backend", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",

@@ -330,7 +330,7 @@ def build(
 ):
     """Build TensorRT engines (profiles, timing cache, versioned cache key) for an engine directory."""
     from monkey_trt.engine.trt.build import build_engine_dir
-    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.load import load_manifest
     from monkey_trt.enginedir.plans import BuildConfig
 
     if old_fp16 or old_fp32:  # the pre-strong-typing flags (TensorRT 11 has no FP16 builder flag)
@@ -461,7 +461,7 @@ def serve(
                                            threads=threads, fp16=fp16, batch_passes=batch_passes))
     config = ServeConfig(engine_dir=engine_dir, spec=spec, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
                          subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup)
-    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.load import load_manifest
 
     load_manifest(engine_dir, verify=spec.verify)  # a wrong engine directory is one line, before any server starts
     if ray:

@@ -149,7 +149,7 @@ def test_faces_expose_the_backend_options():
 
 def test_serve_takes_precision_verify_threads(monkeypatch, capsys):
     """serve builds its BackendSpec from the same options (nothing is served: run_single is a recorder)."""
-    import monkey_trt.enginedir.manifest as manifest
+    import monkey_trt.enginedir.load as manifest
     import monkey_trt.serve.run as run
 
     seen = {}

@@ -594,7 +594,7 @@ def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
     """Issue defect 6 end to end: every network's TensorRT EP session gets the manifest's profile (min/opt/max per
     input), so sizes and batches inside it build nothing more; fp16 options follow the precision asked for."""
     from monkey_trt.core.config import Request
-    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.load import load_manifest
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
     m = load_manifest(engine_dir)
@@ -631,7 +631,8 @@ class _StubRunner:
 def test_pipeline_reads_the_runner_interface(engine_dir):
     """Issue defect 9: info() and batch_passes_default read `runner.session.get_providers()`; a runner without an
     ORT session (TensorRT plans, a stub) reported no providers and never batched. They use providers/device/max_batch."""
-    from monkey_trt.enginedir.manifest import TOKENIZER_FILE, load_manifest
+    from monkey_trt.enginedir.load import load_manifest
+    from monkey_trt.enginedir.manifest import TOKENIZER_FILE
     from monkey_trt.enginedir.networks import NETWORKS
     from monkey_trt.runtime.backend import BackendSpec
     from monkey_trt.runtime.pipeline import MonkeyPipeline

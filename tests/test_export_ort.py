@@ -17,7 +17,8 @@ from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import EngineDirError, MonkeyError
 from monkey_trt.engine.compare import compare_outputs
 from monkey_trt.engine.ort import OrtRunner
-from monkey_trt.enginedir.manifest import MANIFEST, load_manifest
+from monkey_trt.enginedir.load import load_manifest
+from monkey_trt.enginedir.manifest import MANIFEST
 from monkey_trt.export.onnx_export import sample_inputs
 from monkey_trt.export.wrappers import (
     ImageEncoderNet,

@@ -14,7 +14,8 @@ import pytest
 from monkey_trt.cli import main
 from monkey_trt.core.config import Request
 from monkey_trt.engine.compare import mask_iou, psnr
-from monkey_trt.enginedir.manifest import MANIFEST, load_manifest
+from monkey_trt.enginedir.load import load_manifest
+from monkey_trt.enginedir.manifest import MANIFEST
 from monkey_trt.export.fidelity import MIN_MASK_IOU, MIN_PSNR_DB, measure_fp16
 from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes
 from monkey_trt.runtime.noise import NoisePlan

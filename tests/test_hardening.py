@@ -33,7 +33,8 @@ from PIL import Image
 from monkey_trt.cli import main
 from monkey_trt.core.errors import EngineDirError
 from monkey_trt.core.output_folders import STAGING_MARKER, OutputStage, clean_stale_staging, make_staging, record_files, staging_owner, staging_prefix
-from monkey_trt.enginedir.manifest import MANIFEST, load_manifest
+from monkey_trt.enginedir.load import load_manifest
+from monkey_trt.enginedir.manifest import MANIFEST
 from monkey_trt.runtime.mask import MaskResult
 from monkey_trt.runtime.outputs import write_outputs
 from monkey_trt.runtime.result import MonkeyOutput

@@ -19,7 +19,8 @@ import pytest
 
 from monkey_trt.cli import main
 from monkey_trt.core.errors import EngineDirError
-from monkey_trt.enginedir.manifest import MANIFEST, load_manifest, read_manifest
+from monkey_trt.enginedir.load import load_manifest, read_manifest
+from monkey_trt.enginedir.manifest import MANIFEST
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

@@ -24,7 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from monkey_trt.cli import main
 from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.manifest import MANIFEST, load_manifest, manifest_files
+from monkey_trt.enginedir.load import load_manifest
+from monkey_trt.enginedir.manifest import MANIFEST, manifest_files
 from monkey_trt.export.calibration import CalibrationSpec, collect, load_or_collect
 from monkey_trt.engine.compare import mask_iou, psnr
 from monkey_trt.export.graph_walks import map_path_nodes

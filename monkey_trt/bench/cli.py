@@ -76,7 +76,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
         src.update(base=src["base"] or str(model_dir / "base"), ip_adapter=src["ip_adapter"] or str(model_dir / "ip-adapter"),
                    engine_dir=str(edir) if needs_engine else None, subject=src["subject"] or str(model_dir / "subject.png"))
     elif engine_dir is not None:
-        from monkey_trt.enginedir.manifest import load_manifest
+        from monkey_trt.enginedir.load import load_manifest
 
         m = load_manifest(Path(engine_dir), verify="size")
         height = m.profile.height.opt if height is None else height

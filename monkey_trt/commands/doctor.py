@@ -158,7 +158,7 @@ def tensorrt_memory_rows(engine_dir, manifest=None, precision: str = "fp32") -> 
         from monkey_trt.engine.trt.engine import plan_memory
 
         if manifest is None:
-            from monkey_trt.enginedir.manifest import load_manifest
+            from monkey_trt.enginedir.load import load_manifest
 
             manifest = load_manifest(Path(engine_dir))
         report = plan_memory(engine_dir, manifest, precision)

@@ -83,7 +83,7 @@ def resolve_defaults(engine_dir: Path | None, backend: str, height: int | None =
     if engine_dir is None:
         return Defaults(512 if height is None else height, 512 if width is None else width, base or DEFAULT_BASE,
                         ip_adapter or DEFAULT_IP_ADAPTER)
-    from monkey_trt.enginedir.manifest import read_manifest
+    from monkey_trt.enginedir.load import read_manifest
 
     m = read_manifest(engine_dir)
     src = lambda key, default: m.source[key] if isinstance(m.source.get(key), str) else default  # noqa: E731

@@ -66,7 +66,7 @@ def model_ready(model_dir: Path) -> bool:
 
 def engine_dir_usable(engine_dir: Path, height: int, width: int) -> bool:
     """The cached engine loads with the checks the run uses and serves this size."""
-    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.load import load_manifest
 
     try:
         return load_manifest(engine_dir).profile.check(1, height, width) is None
@@ -93,7 +93,7 @@ def export_preset_engine(preset: str, model_dir: Path, engine_dir: Path, height:
 
 def ensure_precision(engine_dir: Path, precision: str, console) -> None:
     """A --preset engine gets the asked precision exported once (int8/fp8 calibrated with the built-in set)."""
-    from monkey_trt.enginedir.manifest import read_manifest
+    from monkey_trt.enginedir.load import read_manifest
 
     if precision in read_manifest(engine_dir).precisions:
         return

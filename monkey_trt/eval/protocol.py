@@ -123,7 +123,7 @@ def _model_settings(job: EvalJob, warnings: list[str]) -> tuple[dict, dict[str, 
         return models, {p: f"torch-{p}" for p in job.precisions}
     if spec.engine_dir is None:
         raise MonkeyError(f"--backend {spec.backend} needs --engine-dir (make one with `monkey-trt export`)")
-    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.load import load_manifest
 
     m = load_manifest(Path(spec.engine_dir), verify="size")
     check_precisions(job.precisions, spec.backend, m.precisions, spec.engine_dir)

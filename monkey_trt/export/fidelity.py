@@ -17,7 +17,7 @@ import numpy as np
 
 from monkey_trt.core.config import Request
 from monkey_trt.engine.compare import mask_iou, psnr
-from monkey_trt.enginedir.manifest import load_manifest
+from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.noise import NoisePlan
 

@@ -22,16 +22,7 @@ from monkey_trt.core.config import DEFAULT_MASK_LAYER, ModelSource
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.core.output_folders import OutputStage, check_target, staged_files
 from monkey_trt.enginedir.digests import sha256_file
-from monkey_trt.enginedir.manifest import (
-    MANIFEST,
-    QUANTIZED_PRECISIONS,
-    ImagePreprocess,
-    Manifest,
-    NetworkEntry,
-    SchedulerConsts,
-    manifest_files,
-    parse_precisions,
-)
+from monkey_trt.enginedir.manifest import MANIFEST, QUANTIZED_PRECISIONS, ImagePreprocess, Manifest, NetworkEntry, SchedulerConsts, manifest_files, parse_precisions
 from monkey_trt.enginedir.networks import (
     NETWORKS,
     ModelDims,
@@ -254,7 +245,7 @@ def existing_export_matches(opts: ExportOptions) -> bool:
     """`opts.out` is an engine directory exported from the same model, mask layer and profile (so only
     missing precisions need adding); False when it does not exist. A directory from another model or
     profile raises the usual "exists: pass --force" error."""
-    from monkey_trt.enginedir.manifest import read_manifest
+    from monkey_trt.enginedir.load import read_manifest
 
     out = Path(opts.out).absolute()
     if not (out / MANIFEST).is_file():
@@ -284,7 +275,7 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
     directory and committed under its lock; the fp32 files stay where they are (`keep`), a file in the
     way that monkey-trt did not write is refused, and an interruption leaves the old directory intact.
     """
-    from monkey_trt.enginedir.manifest import load_manifest
+    from monkey_trt.enginedir.load import load_manifest
 
     root = Path(engine_dir).absolute()
     manifest = load_manifest(root)  # verifies the fp32 files the conversion reads

@@ -20,7 +20,8 @@ from PIL import Image
 from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.runner import Runner
-from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest, load_manifest
+from monkey_trt.enginedir.load import load_manifest
+from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
 from monkey_trt.runtime.images import clip_preprocess, load_subject
