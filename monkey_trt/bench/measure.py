@@ -27,7 +27,7 @@ from PIL import Image
 
 from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import BACKEND_OPTIONS, CLI_OPTIONS, BackendSpec, backend_names, is_default, specs_for
+from monkey_trt.runtime.backend import BACKEND_OPTIONS, CLI_OPTIONS, BackendSpec, backend_names, backend_row, is_default, specs_for
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_VERSION = 1
@@ -64,7 +64,8 @@ class BenchSettings:
         optimised graphs in <workdir>/ort-optimized."""
         check_backend_list(backends)
         workdir = fields.get("workdir")
-        cache = {"ort": {"ort_cache": Path(workdir) / "ort-optimized"}} if ort_cache and workdir else {}
+        cache = {b: {"ort_cache": Path(workdir) / "ort-optimized"} for b in backends
+                 if ort_cache and workdir and "ort_cache" in backend_row(b).options}
         specs = specs_for(tuple(backends), {k: v for k, v in options.items() if not is_default(k, v)}, cache)
         return cls(tuple(specs[b] for b in backends), height, width, **fields)
 
@@ -211,7 +212,8 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     torch = _torch_cuda()
     if torch is not None:
         torch.cuda.reset_peak_memory_stats()
-    kwargs = {} if name == "published" else {"batch_passes": s.spec(name).batch_passes}
+    spec = s.spec(name)
+    kwargs = {"batch_passes": spec.batch_passes} if "batch_passes" in spec.row.options else {}
     status(f"{name}: loading + first image")
     t0 = time.perf_counter()
     pipe = load()
@@ -246,7 +248,7 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
         two_pass_overhead=e2e.p50 / ip.p50, peak_rss_mib=peak_rss_mib(), peak_gpu_mib=_gpu_mib(peak=True),
         batched_steps=outs[0].batched_steps, mask_sha256=hashlib.sha256(outs[0].mask.mask.tobytes()).hexdigest(),
     )
-    result.trt_memory = trt_memory(pipe) if name == "trt" else None
+    result.trt_memory = trt_memory(pipe)  # None unless the pipeline runs TensorRT plans
     if s.soak:
         result.soak = _soak(name, pipe, request, subject, s.soak, kwargs, status)
     close = getattr(pipe, "close", None)

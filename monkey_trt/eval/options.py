@@ -15,7 +15,6 @@ MONKEY = "monkey"
 IPADAPTER = "ipadapter"
 # Names a precision can have; which ones run depends on the backend and the engine directory.
 KNOWN_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-TORCH_PRECISIONS = ("fp32", "fp16")  # the torch backend: its --dtype
 MAX_SEEDS = 1000
 
 
@@ -70,11 +69,14 @@ def parse_precisions(text: str) -> tuple[str, ...]:
 
 def check_precisions(precisions: tuple[str, ...], backend: str, exported: tuple[str, ...] = (), engine_dir=None) -> None:
     """Refuse what the backend cannot run, naming the command that makes it possible."""
-    if backend == "torch":
-        bad = [p for p in precisions if p not in TORCH_PRECISIONS]
+    from monkey_trt.runtime.backend import backend_row
+
+    row = backend_row(backend)
+    if not row.needs_engine_dir:  # a model backend: its precisions are its dtypes
+        bad = [p for p in precisions if p not in row.precisions]
         if bad:
-            raise MonkeyError(f"the torch backend runs {' and '.join(TORCH_PRECISIONS)} only, not {', '.join(bad)}: export an engine "
-                              f"directory (monkey-trt export --precision fp32,{bad[0]} --out DIR) and pass --engine-dir DIR")
+            raise MonkeyError(f"the {backend} backend runs {' and '.join(row.precisions)} only, not {', '.join(bad)}: export an "
+                              f"engine directory (monkey-trt export --precision fp32,{bad[0]} --out DIR) and pass --engine-dir DIR")
         return
     missing = [p for p in precisions if p not in exported]
     if missing:

@@ -116,8 +116,8 @@ def _digest(obj) -> str:
 def _model_settings(job: EvalJob, warnings: list[str]) -> tuple[dict, dict[str, str]]:
     """(the models part of the settings, a digest per precision) — and the backend/precision checks."""
     spec = job.spec
-    if spec.backend == "torch":
-        check_precisions(job.precisions, "torch")
+    if not spec.spec.row.needs_engine_dir:  # a model backend (torch): its precisions are its dtypes
+        check_precisions(job.precisions, spec.backend)
         norm = lambda s: str(Path(s).resolve()) if Path(s).expanduser().is_dir() else s  # noqa: E731
         models = {"base": norm(spec.base), "ip_adapter": norm(spec.ip_adapter), "ip_weight": spec.ip_weight}
         return models, {p: f"torch-{p}" for p in job.precisions}

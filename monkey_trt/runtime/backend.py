@@ -31,7 +31,7 @@ from monkey_trt.enginedir.digests import VERIFY_MODES
 from monkey_trt.enginedir.manifest import PRECISIONS
 from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES
 
-FACES = ("generate", "eval", "bench", "serve", "api")  # where a backend can be offered
+FACES = ("generate", "eval", "bench", "serve", "api", "demo")  # where a backend can be offered
 TORCH_DTYPES = ("fp32", "fp16")  # the model backends' precisions (--dtype; fp16 changes the math: opt-in)
 
 
@@ -61,12 +61,12 @@ BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
             note="the authors' published code"),
     Backend("torch", "monkey_trt.reference.pipeline:open_reference",
             ("device", "dtype", "cuda_graph", "batch_passes", "threads"),
-            needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("generate", "eval", "bench", "api"),
+            needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("generate", "eval", "bench", "api", "demo"),
             note="PyTorch reference"),
     Backend("ort", "monkey_trt.engine.ort:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "ort_cache"),
             needs_engine_dir=True, devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8")),
     Backend("trt", "monkey_trt.engine.trt.engine:open_engine_dir_plans", _ENGINE_OPTIONS,
-            needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS),
+            needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS, faces=("generate", "eval", "bench", "serve", "api")),
 )}
 
 
