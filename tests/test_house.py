@@ -106,15 +106,18 @@ def _readme_tree() -> dict[str, set[str]]:
     block = re.search(r"```\nmonkey_trt/\n(.*?)```", text, re.S)
     assert block, "README: the architecture map's file tree (a ``` block starting with monkey_trt/) is missing"
     tree: dict[str, set[str]] = {}
+    folder = ""
     for line in block.group(1).splitlines():
-        m = re.match(r"\s{2}(\S+/|\S+\.py)\s*(.*)", line)
-        if not m:
-            continue
-        folder, rest = m.group(1), m.group(2)
-        if folder.endswith(".py"):
-            tree.setdefault("", set()).add(folder)
-            continue
-        tree.setdefault(folder.rstrip("/"), set()).update(re.findall(r"[\w/]+\.(?:py|json|html|js|css)\b|[\w]+/", rest))
+        top = re.match(r" {2}(\S+)\s*(.*)", line)
+        nested = re.match(r" {4}(\S+/)\s*(.*)", line)
+        if top and top.group(1).endswith(".py"):
+            tree.setdefault("", set()).add(top.group(1))
+        elif top:
+            folder = top.group(1).rstrip("/")
+            tree.setdefault(folder, set()).update(re.findall(r"[\w]+\.(?:py|json)\b|\w+/", top.group(2)))
+        elif nested and folder:
+            sub = nested.group(1)
+            tree[folder].update(sub + n for n in re.findall(r"[\w]+\.py\b", nested.group(2)))
     return tree
 
 
@@ -141,3 +144,35 @@ def test_readme_architecture_map_lists_every_module():
 def test_readme_architecture_table_has_every_package(package):
     text = (ROOT / "README.md").read_text()
     assert f"| `{package}/` |" in text, f"README's architecture table has no row for {package}/"
+
+
+def test_a_new_backend_is_one_row(monkeypatch, engine_dir, subject):
+    """Adding an engine-directory backend is a row of the table plus its opener: every check and face takes it.
+    Here the row reuses ORT's opener under another name, and must give exactly ORT's output."""
+    import dataclasses
+
+    import numpy as np
+
+    from monkey_trt.commands.backends import open_backend
+    from monkey_trt.core.config import Request
+    from monkey_trt.runtime import backend as backend_mod
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+    from monkey_trt.serve.service import ServeConfig
+
+    row = dataclasses.replace(BACKEND_TABLE["ort"], name="ort2", note="a new backend")
+    monkeypatch.setitem(backend_mod.BACKEND_TABLE, "ort2", row)
+    assert "ort2" in backend_mod.backend_names("serve") and "ort2" in backend_mod.applies_to("providers")
+    assert backend_mod.backend_choices("generate", notes=True).endswith("ort2 (a new backend)")
+    spec = BackendSpec("ort2", providers=("cpu",), threads=1)
+    assert ServeConfig(engine_dir, spec=spec).spec.backend == "ort2"
+    with pytest.raises(Exception, match="--device applies to"):
+        BackendSpec("ort2", device="cuda")
+    request = Request("a toy", 64, 64, seed=1)
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), threads=1) as ort:
+        want = ort(request, subject)
+    pipe = open_backend(spec, engine_dir, face="eval")
+    try:
+        got = pipe(request, subject)
+    finally:
+        pipe.close()
+    assert got.backend == "ort2" and np.array_equal(got.mask.mask, want.mask.mask) and np.array_equal(got.image, want.image)
