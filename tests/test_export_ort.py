@@ -238,3 +238,47 @@ def test_trt_backend_and_build_refuse_cleanly_without_tensorrt(engine_dir, tiny_
     assert main(["build", "--engine-dir", str(engine_dir)]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
     assert not (engine_dir / "trt").exists()
+
+
+def test_canonical_dims_name_inputs_and_outputs_as_declared_and_drop_derived_names():
+    """Polygraphy's folding runs ONNX Runtime's symbolic shape inference, whose sympy expressions print differently
+    under another PYTHONHASHSEED: exports were not reproducible. Only the names change, never a node or a type."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from monkey_trt.enginedir.networks import NetworkDesc, TensorDesc
+    from monkey_trt.export.onnx_export import canonical_dims
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "floor(h/2 + 1/2)*floor(w/2 + 1/2)", 4])
+    mid = helper.make_tensor_value_info("mid", TensorProto.FLOAT, ["B", "(floor(h/2 - 1/2) + 1)", 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["mid"]), helper.make_node("Identity", ["mid"], ["y"])],
+                              "g", [x], [y], value_info=[mid])
+    model = helper.make_model(graph)
+    desc = NetworkDesc("n", (TensorDesc("x", "float32", ("B", 8)),), (TensorDesc("y", "float32", ("B", "Q", 4)),))
+    canonical_dims(model, desc)
+    dims = lambda v: [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(model.graph.input[0]) == ["B", 8]
+    assert dims(model.graph.output[0]) == ["B", "Q", 4]
+    assert dims(model.graph.value_info[0]) == ["B", None, 8]  # a derived name is dropped, the rank and type stay
+    assert model.graph.value_info[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.slow
+def test_export_is_reproducible_across_hash_seeds(tiny_model_dir, tmp_path):
+    """The same export in two processes with different PYTHONHASHSEED gives byte-identical graphs."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"e{seed}"
+        argv = [sys.executable, "-m", "monkey_trt.cli", "export", "--base", str(tiny_model_dir / "base"), "--ip-adapter",
+                str(tiny_model_dir / "ip-adapter"), "--out", str(out), "--height", "64", "--width", "64"]
+        proc = subprocess.run(argv, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out.glob("*.onnx"))})
+    assert digests[0] == digests[1]

@@ -104,8 +104,9 @@ def export_network(module: torch.nn.Module, desc: NetworkDesc, args: tuple, path
         )
 
 
-def finalize_onnx(path: Path, fold: bool) -> list[str]:
-    """Check, fold constants (Polygraphy), infer shapes; weights > 1 GiB go to one `.onnx.data` file.
+def finalize_onnx(path: Path, fold: bool, desc: NetworkDesc | None = None) -> list[str]:
+    """Check, fold constants (Polygraphy), name the symbolic dims canonically (`canonical_dims`), infer shapes;
+    weights > 1 GiB go to one `.onnx.data` file.
 
     Returns the network's file names (relative to its folder).
     """
@@ -125,6 +126,8 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
             model = fold_constants(model, error_ok=False, partitioning=None)
         except Exception:  # a node ONNX Runtime cannot evaluate: fold partition by partition around it
             model = fold_constants(model, error_ok=True, partitioning="basic")
+    if desc is not None:
+        canonical_dims(model, desc)
     big = exported_bytes > EXTERNAL_DATA_THRESHOLD
     for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
         if f != path and f.suffix != ".onnx":
@@ -133,6 +136,22 @@ def finalize_onnx(path: Path, fold: bool) -> list[str]:
     onnx.checker.check_model(str(path))
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
     return files
+
+
+def canonical_dims(model, desc: NetworkDesc) -> None:
+    """Make the graph's symbolic dims the same on every export: inputs and outputs carry the descriptor's names
+    (B, H, W, h, w, Q), and a derived dim elsewhere (ONNX Runtime's symbolic shape inference, run by Polygraphy's
+    folding, writes sympy expressions whose printed form depends on the process's hash seed) is left unnamed.
+    Only names change: no node, weight or type does, and every runtime infers the shapes itself."""
+    declared = {t.name: t.shape for t in (*desc.inputs, *desc.outputs)}
+    symbols = {d for shape in declared.values() for d in shape if isinstance(d, str)}
+    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        shape = declared.get(v.name)
+        for i, d in enumerate(v.type.tensor_type.shape.dim):
+            if shape is not None and i < len(shape) and isinstance(shape[i], str):
+                d.dim_param = shape[i]  # the descriptor's name (clears a dim_value the trace may have fixed)
+            elif d.HasField("dim_param") and d.dim_param not in symbols:
+                d.ClearField("dim_param")
 
 
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
@@ -175,7 +194,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             args = sample_inputs(descs[name], dims, p.batch.opt, *trace_size(name, p.height.opt, p.width.opt, dims))
             export_network(module.eval(), descs[name], args, net_dir / f"{name}.onnx", opts.opset)
             say(f"checking and folding {name}")
-            files = finalize_onnx(net_dir / f"{name}.onnx", opts.fold_constants)
+            files = finalize_onnx(net_dir / f"{name}.onnx", opts.fold_constants, descs[name])
             for f in files:
                 os.replace(net_dir / f, tmp / f)
             net_dir.rmdir()
