@@ -387,7 +387,8 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         timings = {**out.timings, "queue": queue_s, "total": total}
         return result_json(rid, svc.replica, params, out, hits, timings, files)
 
-    @app.post(GENERATE_STREAM, summary="MONKEY with streamed progress (server-sent events)", openapi_extra=_OPENAPI_STREAM)
+    @app.post(GENERATE_STREAM, summary="MONKEY with streamed progress (server-sent events)", response_class=EventStream, status_code=200,
+              openapi_extra=_OPENAPI_STREAM)
     async def generate_stream(request: Request):
         svc = current(request)
         rid = request.state.request_id

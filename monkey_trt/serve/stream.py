@@ -44,12 +44,13 @@ class EventStream(StreamingResponse):
     `ahead(ticket)`: jobs before the request's job (InferenceWorker.ahead); `on_end(status)` runs once,
     however the stream ends (answered, failed, client gone, never started): the final status (499: client gone)."""
 
+    media_type = "text/event-stream"
+
     def __init__(self, run: Callable[[Watcher], Awaitable[dict[str, Any]]], request_id: str,
                  ahead: Callable[[int], int | None], on_end: Callable[[int], None]):
         self._run, self._request_id, self._ahead, self._on_end = run, request_id, ahead, on_end
         self._status = CLIENT_CLOSED
-        super().__init__(self._events(), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(self._events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope, receive, send) -> None:
         try:
