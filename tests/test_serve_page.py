@@ -7,7 +7,6 @@ MONKEY_UPDATE_SCREENSHOTS=1 also writes the screenshots to docs/serve-page.png a
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -18,9 +17,11 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+import tests.test_serve as serve_tests
 from tests.browser import Browser, find_chromium
-from tests.test_serve import Server, subject_png  # noqa: F401  (a fixture)
+from tests.test_serve import Server
 
+subject_png = serve_tests.subject_png  # a fixture
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PHONE_WIDTH = 390
 

@@ -19,8 +19,12 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from tests.test_serve import TINY, Server, assert_one_error, post, subject_png  # noqa: F401  (a fixture)
-from tests.test_serve_hostile import SUBJECT, WAIT_S, stub  # noqa: F401  (a fixture)
+import tests.test_serve as serve_tests
+import tests.test_serve_hostile as hostile_tests
+from tests.test_serve import Server, assert_one_error, post
+from tests.test_serve_hostile import SUBJECT, WAIT_S
+
+subject_png, stub = serve_tests.subject_png, hostile_tests.stub  # fixtures
 
 STREAM = "/v1/generate/stream"
 

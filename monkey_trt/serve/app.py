@@ -281,7 +281,7 @@ async def admitted_request(svc: MonkeyService, request: Request) -> tuple[Slot, 
         check_field_sizes(fields)
         params = parse_fields(fields, svc.default_size)
         svc.check(params)  # engine limits (422) before the image is decoded
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (every failure becomes one ApiError; an unexpected one is logged there)
         slot.release()
         raise as_api_error(e, request.state.request_id) from None
     return slot, params, image_bytes
@@ -375,7 +375,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         try:
             out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot)
             files = await run_in_threadpool(encode_output, out)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (as above)
             raise as_api_error(e, rid) from None
         finally:
             slot.release()
@@ -402,7 +402,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
                 out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot, watch)
                 watch.encoding()
                 files = await run_in_threadpool(encode_output, out)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 (as above)
                 raise as_api_error(e, rid) from None
             total = time.perf_counter() - t0
             svc.metrics.latency.observe(total)

@@ -23,8 +23,8 @@ def _hash(source: str) -> str:
 def page() -> tuple[str, dict[str, str]]:
     """(the page's HTML, its response headers)."""
     html = resources.files("monkey_trt.serve").joinpath("page.html").read_text(encoding="utf-8")
-    scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
-    styles = re.findall(r"<style>(.*?)</style>", html, re.S)
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    styles = re.findall(r"<style>(.*?)</style>", html, re.DOTALL)
     csp = ("default-src 'none'; "
            f"script-src {' '.join(map(_hash, scripts))}; style-src {' '.join(map(_hash, styles))}; "
            "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
