@@ -268,3 +268,19 @@ def test_body_limits_apply_to_the_stream(stub):
     r = httpx.post(srv.url + STREAM, json={"prompt": "a", "image": base64.b64encode(SUBJECT).decode()}, timeout=WAIT_S)
     assert r.status_code == 200 and parse_sse(r.text)[-1][0] == "result"  # JSON bodies stream too
     srv.wait_depth(0)
+
+
+def test_hostile_bodies_on_the_stream_are_refused_as_on_generate(stub):
+    srv = stub(body_idle_s=0.5)
+    s = srv.connect()  # a body that stops coming: 408 before any event
+    s.sendall(f"POST {STREAM} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{".encode())
+    reply = read_until(s, b"}")
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received in time" in reply and b"text/event-stream" not in reply
+    b64 = base64.b64encode(SUBJECT).decode()
+    for body, needle in [(('{"prompt":"x","image":"%s","seed":1%s}' % (b64, "0" * 5000)).encode(), "digits"),
+                         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply")]:
+        r = srv.client.post(STREAM, content=body, headers={"content-type": "application/json"})
+        assert_one_error(r, 400, needle)
+    srv.wait_depth(0)
+    assert srv.metric(500) == 0 and srv.metric(400) == 2 and srv.metric(408) == 1
