@@ -53,8 +53,7 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
         ))
         install_log_rate_limit(RateLimitFilter())  # after uvicorn.Config: it (re)configures the logging
         bound_host, bound_port = sock.getsockname()[:2]
-        print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.backend}; "
-              "open / in a browser to try it, /docs for the API)", flush=True)
+        print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.backend})", flush=True)
         # SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, runs the lifespan shutdown
         # (which drains the inference queue), then re-raises the signal: a handled SIGTERM ends with exit 0.
         main = threading.current_thread() is threading.main_thread()
