@@ -151,6 +151,11 @@ def test_page_in_a_real_browser(page_server, browser, subject_png, tmp_path):
             shutil.copyfile(tmp_path / name, DOCS / name)
     b.send("Emulation.clearDeviceMetricsOverride")
 
+    # a request warning: a prompt past the text encoder's tokens
+    b.eval("document.getElementById('f-prompt').value = 'a toy on the beach '.repeat(40); document.getElementById('run').click(); true")
+    b.wait_for("document.getElementById('warnings').children.length > 0 && /^Done/.test(document.getElementById('status').textContent)", 120)
+    assert "truncated" in b.eval("document.getElementById('warnings').textContent")
+
     # a bad upload: the service's one-line error, as /v1/generate words it
     bad = tmp_path / "not-an-image.png"
     bad.write_bytes(b"this is not an image\n")
