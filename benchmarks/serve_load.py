@@ -1,9 +1,11 @@
 """Load test of `monkey-trt serve`: a real server on loopback, C clients x N requests each.
 
-    python benchmarks/serve_load.py --engine-dir E --image subject.png [--clients 8 --requests 25 --size 64 --max-queue 4]
+    python benchmarks/serve_load.py --engine-dir E --image subject.png [--clients 8 --requests 25 --size 64 --max-queue 4] [--stream]
 
 Prints one JSON object: status counts (only 200 and 429 are expected), p50/p99 latency of the 200s,
-throughput, and the server's RSS after the first 20 and after all requests. A client that gets
+throughput, and the server's RSS after the first 20 and after all requests. `--stream`: the same requests
+to /v1/generate/stream, each read to its last event (latency: until the answer; a 200 whose last event is
+`error` counts under that event's status). A client that gets
 429 waits a little (at most Retry-After, capped at 0.1 s) and moves on to its next request.
 """
 
@@ -41,6 +43,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--max-queue", type=int, default=4)
     ap.add_argument("--backend", default="ort")
+    ap.add_argument("--stream", action="store_true", help="POST /v1/generate/stream (server-sent events) instead")
     args = ap.parse_args()
 
     cmd = [sys.executable, "-m", "monkey_trt.cli", "serve", "--engine-dir", args.engine_dir, "--backend", args.backend,
@@ -67,16 +70,23 @@ def main() -> int:
                     files = {"image": ("subject.png", subject, "image/png"), "prompt": (None, f"a toy, client {i}"),
                              "seed": (None, str(j)), "height": (None, str(args.size)), "width": (None, str(args.size))}
                     t0 = time.perf_counter()
-                    r = c.post("/v1/generate", files=files)
+                    r = c.post("/v1/generate/stream" if args.stream else "/v1/generate", files=files)
                     latency = time.perf_counter() - t0
-                    if r.status_code == 200:
-                        base64.b64decode(r.json()["image_png"])
+                    status = r.status_code
+                    if status == 200 and args.stream:
+                        name, _, data = r.text.rstrip("\n").rpartition("\n\n")[2].partition("\n")
+                        answer = json.loads(data.removeprefix("data: "))
+                        status = 200 if name == "event: result" else answer["status"]
+                    elif status == 200:
+                        answer = r.json()
+                    if status == 200:
+                        base64.b64decode(answer["image_png"])
                     with lock:
-                        records.append((r.status_code, latency))
+                        records.append((status, latency))
                         done += 1
                         if done == 20:
                             rss_20 = rss_mib(server.pid)
-                    if r.status_code == 429:
+                    if status == 429:
                         time.sleep(min(float(r.headers.get("retry-after", 1)), 0.1))
 
         t0 = time.perf_counter()
@@ -90,7 +100,7 @@ def main() -> int:
             statuses[str(s)] = statuses.get(str(s), 0) + 1
         report = {
             "clients": args.clients, "requests_per_client": args.requests, "size": args.size, "max_queue": args.max_queue,
-            "backend": args.backend, "statuses": statuses, "wall_s": round(wall, 2),
+            "backend": args.backend, "endpoint": "/v1/generate/stream" if args.stream else "/v1/generate", "statuses": statuses, "wall_s": round(wall, 2),
             "throughput_rps": round(len(ok) / wall, 2),
             "latency_200_s": {"p50": round(float(np.percentile(ok, 50)), 3), "p99": round(float(np.percentile(ok, 99)), 3),
                               "min": round(float(ok.min()), 3), "max": round(float(ok.max()), 3)} if len(ok) else None,

@@ -54,11 +54,15 @@ class StubPipe:
     def encode_prompt(self, prompt):
         return np.zeros((1, 77, 8), np.float32), False
 
-    def __call__(self, request, subject, baseline_scale=None):
+    def __call__(self, request, subject, baseline_scale=None, progress=None, steps=None):
         self.threads.append(threading.current_thread().name)
         self.encode_subject(subject), self.encode_prompt(request.prompt)
+        if progress is not None:  # a streamed request listens (run_monkey's hooks)
+            progress("stub", 0, 1)
         self.started.release()
         assert self.gate.wait(WAIT_S)
+        if steps is not None:
+            steps("stub", 1, 1)
         h, w = request.height, request.width
         return MonkeyOutput(image=np.zeros((h, w, 3), np.float32), mask=MaskResult(np.zeros((h, w), np.float32), (8, 8), ()),
                             timings={"stub": 0.0}, backend="stub")

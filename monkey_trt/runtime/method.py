@@ -92,8 +92,9 @@ class _Pass:
 class _Clock:
     """Per-stage wall time; `sync` makes device work count against the stage that queued it."""
 
-    def __init__(self, engine: Networks, progress: Callable[[str, int, int], None] | None, stages: list[str]):
-        self.engine, self.progress, self.stages = engine, progress, stages
+    def __init__(self, engine: Networks, progress: Callable[[str, int, int], None] | None, stages: list[str],
+                 steps: Callable[[str, int, int], None] | None = None):
+        self.engine, self.progress, self.stages, self.steps = engine, progress, stages, steps
         self.timings: dict[str, float] = {}
         self.calls: list[UNetCallTiming] = []
 
@@ -146,6 +147,8 @@ class _Run:
         engine, clock, noise = self.engine, self.clock, self.noise
         _unet_for(engine, role)
         session = engine.unet_session(self.text, self.ip_tokens, self.w_emb, masks)
+        first = passes[0].step
+        n_calls = min(until, *(p.last + 1 for p in passes)) - first  # UNet calls of this stage
         while all(not p.done and p.step < until for p in passes):
             i = passes[0].step
             want_map = any(i in p.map_steps for p in passes)
@@ -164,6 +167,8 @@ class _Run:
                     p.maps[i] = maps[b]  # [Q, n_tokens]
                 _advance(engine, p, noise, eps[b : b + 1])
             clock.add("scheduler", time.perf_counter() - t0)
+            if clock.steps is not None:
+                clock.steps(stage, i + 1 - first, n_calls)
 
     def finish(self, p: _Pass, mask: np.ndarray | None, stage: str, role: str) -> _Pass:
         """Pass `p` alone (batch 1, `mask` or unmasked) from where it is to its last step."""
@@ -207,12 +212,15 @@ def run_monkey(
     decode_mask_pass: bool = False,
     batch_passes: bool | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    steps: Callable[[str, int, int], None] | None = None,
 ) -> MonkeyOutput:
     """Both passes (+ the optional plain IP-Adapter baseline from the same noise).
 
     baseline_scale: also run plain IP-Adapter (no mask) at this scale; decode_mask_pass: also decode
     pass 1's prediction at its last mask step; batch_passes: exact pass batching (None: the backend's
-    measured default). `progress(stage, index, total)` is called before each stage (CLI progress bar).
+    measured default). `progress(stage, index, total)` is called before each stage (CLI progress bar);
+    `steps(stage, done, total)` after each UNet call of a pass stage (the service's streamed progress).
+    Neither changes what is computed.
     """
     explicit_noise = noise is not None
     noise = _prepare(engine, request, noise)
@@ -228,7 +236,7 @@ def run_monkey(
     stages += ["mask_pass", "mask", "final_pass", "decode"]
     stages += ["decode_mask_pass"] if decode_mask_pass else []
     stages += ["baseline_pass", "decode_baseline"] if baseline_scale is not None else []
-    clock = _Clock(engine, progress, stages)
+    clock = _Clock(engine, progress, stages, steps)
     notes: list[str] = []
 
     run, truncated = _encode(engine, clock, request, subject, noise)

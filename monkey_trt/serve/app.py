@@ -1,6 +1,8 @@
 """The ASGI app (FastAPI): HTTP onto a `MonkeyService`.
 
+    GET  /              a page to try it in a browser (serve/page.html: self-contained, no CDN)
     POST /v1/generate   multipart (file `image` + fields) or JSON (`image` base64) -> JSON or image/png
+    POST /v1/generate/stream   the same request -> server-sent events: progress, then the JSON answer (serve/stream.py)
     GET  /healthz       the process is alive
     GET  /readyz        the engine is loaded and warmed (503 before)
     GET  /metrics       Prometheus text format
@@ -49,12 +51,15 @@ from monkey_trt.serve.schema import (
     parse_fields,
     request_body_schema,
     simple_responses,
+    stream_responses,
 )
 from monkey_trt.serve.service import MonkeyService, encode_output
-from monkey_trt.serve.worker import QueueFull
+from monkey_trt.serve.stream import EventStream
+from monkey_trt.serve.worker import QueueFull, Slot
 
 log = logging.getLogger("monkey_trt.serve")
 GENERATE = "/v1/generate"
+GENERATE_STREAM = "/v1/generate/stream"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 BODY_IDLE_S = 10.0  # seconds without a byte of the body -> 408
 BODY_TOTAL_S = 60.0  # seconds for the whole body, from the first read -> 408
@@ -96,7 +101,8 @@ class ServeMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         service: MonkeyService | None = getattr(scope["app"].state, "service", None) if "app" in scope else None
         replica = service.replica if service else "-"
-        counted = scope["path"] == GENERATE and service is not None
+        counted = scope["path"] in (GENERATE, GENERATE_STREAM) and service is not None
+        streamed = scope["path"] == GENERATE_STREAM  # a stream that starts counts its own end (EventStream)
 
         length = headers.get(b"content-length")
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
@@ -111,7 +117,7 @@ class ServeMiddleware:
                         and (b"connection", b"close") not in given):
                     extra.append((b"connection", b"close"))  # do not read on through a large body nobody wants
                 message["headers"] = given + extra
-                if counted:
+                if counted and not (streamed and message["status"] == 200):
                     service.metrics.requests.labels(str(CLIENT_CLOSED if disconnected else message["status"])).inc()
             await send(message)
 
@@ -249,6 +255,38 @@ def busy(svc: MonkeyService, e: QueueFull) -> ApiError:
     return ApiError(429, f"server busy: {svc.worker.max_queue} requests already queued; retry later", {"Retry-After": str(e.retry_after_s)})
 
 
+def as_api_error(e: Exception, request_id: str) -> ApiError:
+    """What a generate request's failure answers (an unexpected one is logged with its traceback)."""
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, ClientDisconnect):
+        return ApiError(CLIENT_CLOSED, "the client closed the connection before its request was read")
+    if isinstance(e, StarletteHTTPException):  # the form parser's own refusals (too many parts, bad multipart)
+        return ApiError(e.status_code, str(e.detail))
+    if isinstance(e, MonkeyError):
+        return ApiError(400, str(e))
+    log.error("request %s: internal error", request_id, exc_info=e)
+    return ApiError(500, f"internal error (request id {request_id}; see the server log)")
+
+
+async def admitted_request(svc: MonkeyService, request: Request) -> tuple[Slot, GenerateParams, bytes]:
+    """A generate request admitted (429 if the queue is full), read and checked: (its slot, params, image bytes).
+    On failure its slot is released and the ApiError raised."""
+    try:
+        slot = svc.worker.admit()  # before the body is read: the queue bound bounds memory too
+    except QueueFull as e:
+        raise busy(svc, e) from None
+    try:
+        fields, image_bytes = await read_generate_request(request)
+        check_field_sizes(fields)
+        params = parse_fields(fields, svc.default_size)
+        svc.check(params)  # engine limits (422) before the image is decoded
+    except Exception as e:  # noqa: BLE001 (every failure becomes one ApiError; an unexpected one is logged there)
+        slot.release()
+        raise as_api_error(e, request.state.request_id) from None
+    return slot, params, image_bytes
+
+
 def wants_png(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "image/png" in accept and "application/json" not in accept
@@ -294,6 +332,13 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
             raise ApiError(503, "no engine loaded", {"Retry-After": "1"})
         return svc
 
+    @app.get("/", include_in_schema=False)
+    async def page():  # try it in a browser: one self-contained page, its form built from /openapi.json
+        from monkey_trt.serve.page import page
+
+        html, headers = page()
+        return HTMLResponse(html, headers=headers)
+
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request):  # rendered here from the schema: no Swagger UI from a CDN
         from monkey_trt.serve.docs_page import render_docs
@@ -326,28 +371,12 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         svc = current(request)
         rid = request.state.request_id
         t0 = time.perf_counter()
+        slot, params, image_bytes = await admitted_request(svc, request)
         try:
-            slot = svc.worker.admit()  # before the body is read: the queue bound bounds memory too
-        except QueueFull as e:
-            raise busy(svc, e) from None
-        try:
-            fields, image_bytes = await read_generate_request(request)
-            check_field_sizes(fields)
-            params = parse_fields(fields, svc.default_size)
-            svc.check(params)  # engine limits (422) before the image is decoded
             out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot)
             files = await run_in_threadpool(encode_output, out)
-        except ApiError:
-            raise
-        except ClientDisconnect:
-            raise ApiError(CLIENT_CLOSED, "the client closed the connection before its request was read") from None
-        except StarletteHTTPException as e:  # the form parser's own refusals (too many parts, bad multipart)
-            raise ApiError(e.status_code, str(e.detail)) from None
-        except MonkeyError as e:
-            raise ApiError(400, str(e)) from None
-        except Exception:
-            log.exception("request %s: internal error", rid)
-            raise ApiError(500, f"internal error (request id {rid}; see the server log)") from None
+        except Exception as e:  # noqa: BLE001 (as above)
+            raise as_api_error(e, rid) from None
         finally:
             slot.release()
         total = time.perf_counter() - t0
@@ -357,6 +386,33 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
                             headers={"X-Seed": str(params.request.seed), "X-Mask-Coverage": f"{out.mask.coverage:.6f}"})
         timings = {**out.timings, "queue": queue_s, "total": total}
         return result_json(rid, svc.replica, params, out, hits, timings, files)
+
+    @app.post(GENERATE_STREAM, summary="MONKEY with streamed progress (server-sent events)", response_class=EventStream, status_code=200,
+              openapi_extra=_OPENAPI_STREAM)
+    async def generate_stream(request: Request):
+        svc = current(request)
+        rid = request.state.request_id
+        t0 = time.perf_counter()
+        if not svc.ready.is_set():  # refused with its status, before any event
+            raise ApiError(503, "the engine is still warming up; retry shortly", {"Retry-After": "1"})
+        slot, params, image_bytes = await admitted_request(svc, request)
+
+        async def run(watch) -> dict[str, Any]:
+            try:
+                out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot, watch)
+                watch.encoding()
+                files = await run_in_threadpool(encode_output, out)
+            except Exception as e:  # noqa: BLE001 (as above)
+                raise as_api_error(e, rid) from None
+            total = time.perf_counter() - t0
+            svc.metrics.latency.observe(total)
+            return result_json(rid, svc.replica, params, out, hits, {**out.timings, "queue": queue_s, "total": total}, files)
+
+        def end(status: int) -> None:
+            slot.release()
+            svc.metrics.requests.labels(str(status)).inc()
+
+        return EventStream(run, rid, svc.worker.ahead, end)
 
     return app
 
@@ -380,6 +436,7 @@ _OPENAPI_GENERATE = {
     "requestBody": request_body_schema(),  # from the Knobs of core.config, like the CLI's options
     "responses": generate_responses(),
 }
+_OPENAPI_STREAM = {"requestBody": request_body_schema(), "responses": stream_responses()}
 _HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}
 _READY = {"type": "object", "required": ["status", "engine_dir", "backend", "replica", "queue_depth"], "properties": {
     "status": {"type": "string", "enum": ["ready"]}, "engine_dir": {"type": "string"}, "backend": {"type": "string"},

@@ -51,7 +51,7 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("monkey_requests", "HTTP requests to /v1/generate by status code", ["status"], registry=r)
+        self.requests = Counter("monkey_requests", "HTTP requests to /v1/generate and /v1/generate/stream by status code (a stream: by how it ended)", ["status"], registry=r)
         self.latency = Histogram("monkey_request_seconds", "End-to-end /v1/generate latency (200s)", buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("monkey_stage_seconds", "Time per MONKEY stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("monkey_queue_depth", "Inference jobs accepted and not finished (queued + running)", registry=r)

@@ -264,6 +264,18 @@ def generate_responses() -> dict[str, Any]:
     }
 
 
+def stream_responses() -> dict[str, Any]:
+    """`responses` of POST /v1/generate/stream: server-sent events, or a refusal before the stream starts."""
+    events = ("queued {position: jobs ahead, 0 = next}; stage {stage, label, progress}; "
+              "step {stage, step, steps, progress} after each UNet call; then result (the JSON answer of "
+              "POST /v1/generate) or error {status, error, request_id}: the last event. progress: fraction done, 0..1")
+    return {
+        "200": {"description": f"text/event-stream, one JSON object per event: {events}", "headers": _ID_HEADERS,
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **error_responses(400, 408, 413, 415, 422, 429, 499, 500, 503, 505),
+    }
+
+
 def simple_responses(ok: dict[str, Any], description: str, *errors: int, media: str = "application/json") -> dict[str, Any]:
     """`responses` of a GET endpoint: its 200 body schema and its errors."""
     return {"200": {"description": description, "headers": _ID_HEADERS, "content": {media: {"schema": ok}}},

@@ -25,6 +25,7 @@ from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.encoder_cache import EncoderCaches, with_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
+from monkey_trt.serve.progress import Watcher
 from monkey_trt.serve.schema import ApiError, GenerateParams
 from monkey_trt.serve.worker import DeadlineExceeded, InferenceWorker, QueueFull, Slot
 
@@ -173,20 +174,23 @@ class MonkeyService:
         if r.config.mask_layer != self.pipe.manifest.mask_layer:
             raise ApiError(422, f"this engine exports the attention map of {self.pipe.manifest.mask_layer}, not {r.config.mask_layer}")
 
-    def _generate(self, params: GenerateParams, subject: Image.Image) -> tuple[MonkeyOutput, dict[str, bool]]:
-        """On the inference thread: MONKEY + which encoder caches hit."""
+    def _generate(self, params: GenerateParams, subject: Image.Image, watch: Watcher | None = None
+                  ) -> tuple[MonkeyOutput, dict[str, bool]]:
+        """On the inference thread: MONKEY + which encoder caches hit; `watch` hears its stages and UNet steps."""
         before = self.caches.counters()
-        out = self.pipe(params.request, subject, baseline_scale=params.baseline_scale)
+        hooks = {} if watch is None else {"progress": watch.stage, "steps": watch.step}  # none: the pipeline as before
+        out = self.pipe(params.request, subject, baseline_scale=params.baseline_scale, **hooks)
         after = self.caches.counters()
         return out, {name: after[name][0] > before[name][0] for name in after}
 
     async def generate(self, params: GenerateParams, subject: Image.Image | Callable[[], Image.Image],
-                       slot: Slot | None = None) -> tuple[MonkeyOutput, dict[str, bool], float]:
+                       slot: Slot | None = None, watch: Watcher | None = None) -> tuple[MonkeyOutput, dict[str, bool], float]:
         """Queue one (already `check`ed) generation -> (output, cache hits, seconds waited in the queue).
 
         `subject`: an image, or a function that makes one (an upload's decoder: it runs on the inference
         thread, so one image is decoded at a time). `slot`: the request's admission, taken before its
-        body was read (`worker.admit`); without one the job takes its own.
+        body was read (`worker.admit`); without one the job takes its own. `watch`: a streamed request's
+        listener (its ticket in line, the start of its job, every stage and UNet step; called on the inference thread).
         QueueFull -> 429, DeadlineExceeded -> 504, MonkeyError from the engine -> 422.
         """
         if not self.ready.is_set():
@@ -196,10 +200,12 @@ class MonkeyService:
 
         def job():
             started.append(time.perf_counter())
-            return self._generate(params, subject() if callable(subject) else subject)
+            if watch is not None:
+                watch.started()
+            return self._generate(params, subject() if callable(subject) else subject, watch)
 
         try:
-            out, hits = await self.worker.run(job, self.config.timeout_s, slot)
+            out, hits = await self.worker.run(job, self.config.timeout_s, slot, watch.queued if watch is not None else None)
         except QueueFull as e:
             raise ApiError(429, f"server busy: {self.worker.max_queue} requests already queued; retry later",
                            {"Retry-After": str(e.retry_after_s)}) from None

@@ -73,6 +73,8 @@ class InferenceWorker:
         self._pending = 0  # queued + running
         self._ema_s = 1.0  # moving average of a job's run time, for Retry-After
         self._closed = False
+        self._tickets = 0  # jobs submitted so far: a job's ticket is its number
+        self._waiting: dict[int, None] = {}  # tickets submitted and not started (nor dropped), in order
 
     @property
     def depth(self) -> int:
@@ -89,12 +91,27 @@ class InferenceWorker:
             self._pending += 1
         return Slot(self)
 
+    def ahead(self, ticket: int) -> int | None:
+        """How many jobs wait before job `ticket` (0: it runs next); None once it has started or was dropped."""
+        with self._lock:
+            if ticket not in self._waiting:
+                return None
+            return sum(1 for t in self._waiting if t < ticket)
+
+    def _unwait(self, ticket: int) -> None:
+        with self._lock:
+            self._waiting.pop(ticket, None)
+
     def submit_sync(self, fn: Callable[[], Any], deadline: float | None = None, slot: Slot | None = None) -> Future:
         """Queue `fn` in `slot` (admitted already) or in a new one (QueueFull if there is no room); the future
-        raises DeadlineExceeded if it started too late."""
+        raises DeadlineExceeded if it started too late. `future.ticket`: its place in line (`ahead`)."""
         slot = self.admit() if slot is None else slot.share()  # the job's hold: released when the job ends
+        with self._lock:
+            ticket = self._tickets = self._tickets + 1
+            self._waiting[ticket] = None
 
         def job():
+            self._unwait(ticket)
             try:
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeadlineExceeded()
@@ -108,15 +125,27 @@ class InferenceWorker:
         try:
             fut = self._pool.submit(job)
         except RuntimeError:  # shut down meanwhile
+            self._unwait(ticket)
             slot.release()
             raise QueueFull(1) from None
-        fut.add_done_callback(lambda f: slot.release() if f.cancelled() else None)  # never ran: `job` did not release
+
+        def dropped(f: Future) -> None:  # never ran: `job` did not release
+            if f.cancelled():
+                self._unwait(ticket)
+                slot.release()
+
+        fut.add_done_callback(dropped)
+        fut.ticket = ticket
         return fut
 
-    async def run(self, fn: Callable[[], Any], timeout_s: float | None, slot: Slot | None = None) -> Any:
-        """Run `fn` on the inference thread (in `slot` if given); DeadlineExceeded after `timeout_s` (queue wait included)."""
+    async def run(self, fn: Callable[[], Any], timeout_s: float | None, slot: Slot | None = None,
+                  on_submit: Callable[[int], None] | None = None) -> Any:
+        """Run `fn` on the inference thread (in `slot` if given); DeadlineExceeded after `timeout_s` (queue wait included).
+        `on_submit(ticket)`: called once the job is in line (a streamed request watches its place with `ahead`)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         fut = self.submit_sync(fn, deadline, slot)
+        if on_submit is not None:
+            on_submit(fut.ticket)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
         except asyncio.TimeoutError:
