@@ -252,7 +252,7 @@ class MonkeyPipeline:
         return self.run_with(self, request, subject, **kwargs)
 
     def run_with(self, networks, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
-        """MONKEY on `networks`: this pipeline or a wrapper around it (serve.cache.CachedNetworks: cached encoders)."""
+        """MONKEY on `networks`: this pipeline or a wrapper around it (serve.encoder_cache.CachedNetworks: cached encoders)."""
         if not isinstance(request, Request):
             raise MonkeyError(f"request must be a monkey_trt.Request, got {type(request).__name__}")
         if not isinstance(subject, Image.Image):
