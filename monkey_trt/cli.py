@@ -47,8 +47,7 @@ DEMO_PROMPT = "a toy on the beach"
 
 
 # -- options from the Knobs of core.config ---------------------------------------------------
-def _int_list(text: str, flag: str, item: type = int) -> tuple:
-    """`1,2` -> (1, 2); `item` float: `0,0.5,1` -> (0.0, 0.5, 1.0)."""
+def _int_list(text: str, flag: str, item: type = int) -> tuple:  # `1,2` -> (1, 2); item float: `0,0.5` -> (0.0, 0.5)
     try:
         return tuple(item(x) for x in text.replace(" ", "").split(",") if x != "")
     except ValueError:
@@ -491,24 +490,18 @@ def eval_(
     subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names"),
     out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
     prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
-    protocol: str = typer.Option("paper", "--protocol", help="paper (every subject x every prompt, seed 0, 512²) | authors (what the "
-                                 "authors' code ran: one prompt per subject, no article, seed 123, 256², fp16 on a GPU, both MONKEY "
-                                 "variants); see docs/eval.md"),
-    prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="How word and prompt join: '{a_word} {prompt}' "
-                                                  "(paper: 'a dog in the jungle') or '{word} {prompt}' (authors: 'dog in the jungle')"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of monkey, monkey-all-steps, ipadapter@SCALE "
-                                          "[default: monkey,ipadapter@1.0; authors: monkey,monkey-all-steps,ipadapter@1.0]"),
+    protocol: str = typer.Option("paper", help="paper | authors (what the authors' code ran; docs/eval.md)"),
+    prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="'{a_word} {prompt}' (paper) | '{word} {prompt}' (authors)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of monkey, monkey-all-steps, ipadapter@SCALE [default: the protocol's]"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); also the default size and models"),
     backend: Optional[str] = typer.Option(None, help="torch | ort | trt [default: ort with --engine-dir, else torch]"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared "
-                                            "with fp32 [default: fp32; authors: fp16 where a GPU runs the backend]"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32 [default: fp32; authors: fp16 on a GPU]"),
     base: Optional[str] = typer.Option(None, help=f"torch backend: base LCM model [default: {DEFAULT_BASE}]"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"torch backend: IP-Adapter [default: {DEFAULT_IP_ADAPTER}]"),
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="torch backend: weight file under models/"),
     clip: str = typer.Option("openai/clip-vit-base-patch32", "--clip", help="CLIP judge (CLIP-T, CLIP-I): hub id or folder"),
     dino: str = typer.Option("facebook/dino-vits16", "--dino", help="DINO judge: hub id or folder"),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds; each (subject, prompt, seed) has one noise for every "
-                                        "method and precision [default: 0; authors: 123]"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds; one noise per (subject, prompt, seed) [default: 0; authors: 123]"),
     height: Optional[int] = typer.Option(None, help="Image height [default: the engine's opt size, else 512; authors: 256]"),
     width: Optional[int] = typer.Option(None, help="Image width [default: the engine's opt size, else 512; authors: 256]"),
     device: str = backend_option("device"),
@@ -530,9 +523,8 @@ def eval_(
 
     opts = EvalOptions(subjects=subjects, out=out, prompts=prompts, methods=methods, engine_dir=engine_dir, backend=backend,
                        precision=precision, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight, clip=clip, dino=dino,
-                       seeds=seeds, height=height, width=width, device=device, providers=providers, threads=threads,
-                       verify=verify, judge_device=judge_device, judge_batch=judge_batch, protocol=protocol,
-                       prompt_template=prompt_template)
+                       seeds=seeds, height=height, width=width, device=device, providers=providers, threads=threads, verify=verify,
+                       judge_device=judge_device, judge_batch=judge_batch, protocol=protocol, prompt_template=prompt_template)
     with _quiet_libraries():
         result = run_command(opts, console, _warn)
     for line in result_lines(result):
