@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.core.config import MonkeyConfig, Request, knobs
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.method import pairable_steps
 
@@ -86,3 +86,24 @@ def test_reference_ort_and_published_agree(reference, runtime, published, subjec
     assert [c.passes for c in ref.unet_calls].count("p2") == cfg.steps_final
     plain = reference(Request("a toy in the jungle", 64, 64, seed=123), subject)
     assert np.abs(ref.image - plain.image).max() > 1e-3, "the schedule must change the image"
+
+
+def test_http_fields_take_the_schedule_knobs():
+    """Form text like the CLI's, JSON arrays; a bad list or combination is a 400 with one line (serve/schema.py)."""
+    from monkey_trt.serve.schema import ApiError, field_schema, parse_fields
+
+    form = parse_fields({"prompt": "x", "adapter_steps": "0,1", "final_step_scales": "0.5,0.25,1,0.75,1,1,0,0"}, (64, 64))
+    assert form.request.config == SCHEDULES["step-scales"]
+    doc = parse_fields({"prompt": "x", "adapter_steps": [0, 1], "final_step_scales": [0.5, 0.25, 1, 0.75, 1, 1, 0, 0],
+                        "step_rule": "fixed"}, (64, 64))
+    assert doc.request.config == SCHEDULES["step-scales"]
+    for fields, needle in (({"final_step_scales": "1,x"}, "'final_step_scales' must be a number"),
+                           ({"final_step_scales": 3}, "must be a list of numbers"),
+                           ({"adapter_steps": "3"}, "in both masked_steps and adapter_steps"),
+                           ({"step_rule": "quarters", "steps_final": "2"}, "step_rule quarters derives")):
+        with pytest.raises(ApiError, match=needle) as e:
+            parse_fields({"prompt": "x", **fields}, (64, 64))
+        assert e.value.status == 400
+    k = knobs(MonkeyConfig)
+    assert field_schema(k["final_step_scales"], form=False)["oneOf"][0] == {"type": "array", "items": {"type": "number"}}
+    assert field_schema(k["adapter_steps"], form=True)["default"] == "" and field_schema(k["step_rule"], form=True)["default"] == "fixed"
