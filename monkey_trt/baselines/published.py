@@ -4,7 +4,8 @@
     its IP attention weights, softmax(Q K_ip^T) [B, heads, Q, 4], for every step (as the published
     code does, to read the map afterwards); two full passes through the pipeline:
     pass 1: 4 steps + VAE decode -> the mask from the kept weights of the mask layer
-    pass 2: 8 steps + VAE decode, `IPAdapterMaskProcessor` mask, IP scale switched per step by a callback
+    pass 2: 8 steps + VAE decode, `IPAdapterMaskProcessor` mask; IP scale and mask (on at masked steps, off at
+            unmasked adapter steps) switched per step by a callback
 
 The math is diffusers' `IPAdapterAttnProcessor2_0` (SDPA), so the mask and image equal our torch
 backend's (tests/test_published.py); only the way of running differs. CPU or CUDA, fp32 or fp16.
@@ -183,18 +184,27 @@ class PublishedPipeline:
         mask = extract_mask(self._maps(c.mask_steps, c.mask_layer, n_layers), request.height, request.width, c.mask_token, c.threshold)
         t_mask = time.perf_counter() - t_mask
 
-        scales = c.final_scales()
-
-        def switch_scale(p, i, t, kwargs):
-            if i + 1 < len(scales):
-                p.set_ip_adapter_scale(scales[i + 1])
-            return kwargs
-
+        scales, uses = c.final_scales(), c.final_mask_use()
         ip_mask = IPAdapterMaskProcessor().preprocess(Image.fromarray((mask.mask * 255).astype(np.uint8)),
                                                       height=request.height, width=request.width).to(self.device, self.dtype)
-        pipe.set_ip_adapter_scale(scales[0])
+        attn_kwargs: dict = {}  # the pipeline passes this very dict to the UNet at every step
+
+        def set_step(i: int) -> None:
+            """Step i's IP scale, and the mask on (masked) or off (unmasked IP; the published `mask_step_list`)."""
+            pipe.set_ip_adapter_scale(scales[i])
+            if uses[i] == "open":
+                attn_kwargs.pop("ip_adapter_masks", None)
+            else:
+                attn_kwargs["ip_adapter_masks"] = [ip_mask]
+
+        def switch_step(p, i, t, kwargs):
+            if i + 1 < len(scales):
+                set_step(i + 1)
+            return kwargs
+
+        set_step(0)
         image = pipe(request.prompt, num_inference_steps=c.steps_final, generator=torch.Generator("cpu").manual_seed(request.seed),
-                     cross_attention_kwargs={"ip_adapter_masks": [ip_mask]}, callback_on_step_end=switch_scale, **common).images[0]
+                     cross_attention_kwargs=attn_kwargs, callback_on_step_end=switch_step, **common).images[0]
         total = time.perf_counter() - t0
         self.store.clear()
         return MonkeyOutput(image=image.astype(np.float32), mask=mask, backend=self.backend,

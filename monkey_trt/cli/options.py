@@ -23,11 +23,11 @@ REQUEST = knobs(Request)
 OR_ENGINE_SIZE = " [default: the engine's opt size, else {}]"
 
 
-def int_list(text: str, flag: str) -> tuple[int, ...]:
+def int_list(text: str, flag: str, item: type = int) -> tuple:  # `1,2` -> (1, 2); item float: `0,0.5` -> (0.0, 0.5)
     try:
-        return tuple(int(x) for x in text.replace(" ", "").split(",") if x != "")
+        return tuple(item(x) for x in text.replace(" ", "").split(",") if x != "")
     except ValueError:
-        raise MonkeyError(f"{flag} must be comma-separated integers, got {text!r}") from None
+        raise MonkeyError(f"{flag} must be comma-separated {'numbers' if item is float else 'integers'}, got {text!r}") from None
 
 
 def cli_type(k: Knob) -> type:
@@ -70,7 +70,7 @@ def with_config_options(command: Callable) -> Callable:
 def config_from_options(values: dict[str, Any]) -> MonkeyConfig:
     """The raw option values of `with_config_options` -> MonkeyConfig (lists parsed from `1,2`)."""
     k = knobs(MonkeyConfig)
-    return MonkeyConfig(**{name: int_list(v, k[name].flag) if k[name].kind is tuple else v for name, v in values.items()})
+    return MonkeyConfig(**{name: int_list(v, k[name].flag, k[name].item) if k[name].kind is tuple else v for name, v in values.items()})
 
 
 def backend_option(name: str, default: Any = KNOB_DEFAULT) -> Any:

@@ -234,18 +234,20 @@ def eval_(
     subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names"),
     out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
     prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
-    methods: str = typer.Option("monkey,ipadapter@1.0", "--methods", help="Comma list of monkey, ipadapter@SCALE"),
+    protocol: str = typer.Option("paper", help="paper | authors (what the authors' code ran; docs/eval.md)"),
+    prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="'{a_word} {prompt}' (paper) | '{word} {prompt}' (authors)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of monkey, monkey-all-steps, ipadapter@SCALE [default: the protocol's]"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); also the default size and models"),
     backend: Optional[str] = typer.Option(None, help=f"{backend_choices('eval')} [default: ort with --engine-dir, else torch]"),
-    precision: str = typer.Option("fp32", "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32 [default: fp32; authors: fp16 on a GPU]"),
     base: Optional[str] = typer.Option(None, help=f"torch backend: base LCM model [default: {DEFAULT_BASE}]"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"torch backend: IP-Adapter [default: {DEFAULT_IP_ADAPTER}]"),
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="torch backend: weight file under models/"),
     clip: str = typer.Option("openai/clip-vit-base-patch32", "--clip", help="CLIP judge (CLIP-T, CLIP-I): hub id or folder"),
     dino: str = typer.Option("facebook/dino-vits16", "--dino", help="DINO judge: hub id or folder"),
-    seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; each (subject, prompt, seed) has one noise for every method and precision"),
-    height: Optional[int] = typer.Option(None, help="Image height [default: the engine's opt size, else 512]"),
-    width: Optional[int] = typer.Option(None, help="Image width [default: the engine's opt size, else 512]"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds; one noise per (subject, prompt, seed) [default: 0; authors: 123]"),
+    height: Optional[int] = typer.Option(None, help="Image height [default: the engine's opt size, else 512; authors: 256]"),
+    width: Optional[int] = typer.Option(None, help="Image width [default: the engine's opt size, else 512; authors: 256]"),
     device: str = backend_option("device"),
     providers: str = backend_option("providers"),
     threads: int = backend_option("threads"),
@@ -269,7 +271,8 @@ def eval_(
     spec = spec_from_options(name, dict(device=device, providers=providers, threads=threads, verify=verify))
     opts = EvalOptions(subjects=subjects, out=out, spec=spec, prompts=prompts, methods=methods, engine_dir=engine_dir,
                        precisions=precision, base=base, ip_adapter=ip_adapter, ip_weight=ip_weight, clip=clip, dino=dino,
-                       seeds=seeds, height=height, width=width, judge_device=judge_device, judge_batch=judge_batch)
+                       seeds=seeds, height=height, width=width, judge_device=judge_device, judge_batch=judge_batch,
+                       protocol=protocol, prompt_template=prompt_template)
     with quiet_libraries():
         result = run_command(opts, console, warn)
     for line in result_lines(result):

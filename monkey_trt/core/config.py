@@ -14,7 +14,7 @@ import math
 import numbers
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from monkey_trt.core.errors import MonkeyError
 
@@ -23,6 +23,7 @@ DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DEFAULT_IP_WEIGHT = "ip-adapter_sd15"  # .safetensors preferred, .bin accepted
 DEFAULT_MASK_LAYER = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
 MIN_SIDE, MAX_SIDE = 64, 2048
+STEP_RULES = ("fixed", "quarters")  # MonkeyConfig.step_rule
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class ModelSizes(Protocol):
 class Knob:
     """One user-facing field: `name` is the HTTP field and, dashed, the CLI option (`--mask-steps`).
 
-    kind: int, float, str, or tuple (a list of ints; `1,2` on the command line and in forms).
+    kind: int, float, str, or tuple (a list of `item`s, ints unless given; `1,2` on the command line and in forms).
     lo/hi: the valid range (both ends included unless `hi_open`), None = unchecked here;
     `shown` replaces the range's text in messages; `model_bound` names the ModelSizes count that
     sets the upper end instead of `hi` (checked by `MonkeyConfig.check_model`).
@@ -62,6 +63,7 @@ class Knob:
     hi_open: bool = False
     shown: str | None = None
     model_bound: str | None = None
+    item: type = int  # tuple knobs: the type of each entry (int or float)
 
     @property
     def flag(self) -> str:
@@ -98,6 +100,13 @@ class Knob:
             if not isinstance(value, str):
                 raise MonkeyError(f"{self.name} must be a string, got {value!r}")
             return value
+        if self.item is float:
+            def number(v: Any) -> bool:
+                return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(number(v) for v in value):
+                raise MonkeyError(f"{self.name} must be a list of finite numbers, got {value!r}")
+            return tuple(float(v) for v in value)
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(integral(v) for v in value):
             raise MonkeyError(f"{self.name} must be a list of integers, got {value!r}")
         return tuple(int(v) for v in value)
@@ -113,10 +122,11 @@ class Knob:
 
 
 def knob(default: Any = MISSING, *, help: str, kind: type | None = None, lo: int | float | None = None,
-         hi: int | float | None = None, hi_open: bool = False, shown: str | None = None, model_bound: str | None = None):
-    """A dataclass field with a Knob (kind: the default's type unless given)."""
+         hi: int | float | None = None, hi_open: bool = False, shown: str | None = None, model_bound: str | None = None,
+         item: type = int):
+    """A dataclass field with a Knob (kind: the default's type unless given; item: a tuple knob's entry type)."""
     spec = {"kind": kind or type(default), "help": help, "lo": lo, "hi": hi, "hi_open": hi_open, "shown": shown,
-            "model_bound": model_bound}
+            "model_bound": model_bound, "item": item}
     return field(default=default, metadata={"knob": spec})
 
 
@@ -150,16 +160,38 @@ class MonkeyConfig:
     scale_mask_pass: float = knob(1.0, lo=0.0, hi=4.0, help="IP-Adapter scale at every step of pass 1")
     steps_final: int = knob(8, lo=1, hi=50, help="LCM steps of pass 2 (the final pass)")
     masked_steps: tuple[int, ...] = knob((2, 3, 4, 5), help="0-based steps of pass 2 with IP on (masked)")
-    scale_final: float = knob(1.0, lo=0.0, hi=4.0, help="IP-Adapter scale at the masked steps of pass 2")
+    scale_final: float = knob(1.0, lo=0.0, hi=4.0, help="IP-Adapter scale at the IP steps of pass 2")
     guidance_scale: float = knob(8.5, lo=1.0, hi=30.0, help="LCM embedded guidance (w = guidance_scale - 1)")
+    adapter_steps: tuple[int, ...] = knob((), help="0-based steps of pass 2 with IP on, unmasked (beside masked_steps)")
+    final_step_scales: tuple[float, ...] = knob((), item=float, help="IP scale at each of the steps_final steps of pass 2 "
+                                                "(replaces scale_final; 0 at steps in neither step list)")
+    step_rule: str = knob("fixed", help="fixed: step lists as given; quarters: mask_steps/masked_steps left at their "
+                                        "defaults become range(n)[n//4 : n - n//4] of their pass (the authors' code)")
 
     def __post_init__(self) -> None:
         for k in knobs(MonkeyConfig).values():  # types first (frozen: set through object.__setattr__)
             object.__setattr__(self, k.name, k.coerce(getattr(self, k.name)))
+        if self.step_rule not in STEP_RULES:
+            raise MonkeyError(f"step_rule must be one of {', '.join(STEP_RULES)}, got {self.step_rule!r}")
+        if self.step_rule == "quarters":
+            self._derive_quarter_steps()
         # Normalise list inputs (CLI, JSON) to sorted unique tuples.
-        object.__setattr__(self, "mask_steps", tuple(sorted(set(self.mask_steps))))
-        object.__setattr__(self, "masked_steps", tuple(sorted(set(self.masked_steps))))
+        for name in ("mask_steps", "masked_steps", "adapter_steps"):
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
         self.validate()
+
+    def _derive_quarter_steps(self) -> None:
+        """step_rule=quarters: each step list left at its default becomes range(n)[n//4 : -(n//4)] of its pass."""
+        defaults = knobs(MonkeyConfig)
+        for name, steps_name in (("mask_steps", "steps_mask_pass"), ("masked_steps", "steps_final")):
+            if tuple(getattr(self, name)) != defaults[name].default:
+                continue  # given: kept as it is
+            n = getattr(self, steps_name)
+            defaults[steps_name].check(n)
+            if n < 4:
+                raise MonkeyError(f"step_rule quarters derives {name} from {steps_name} >= 4 (range(n)[n//4 : -(n//4)] is "
+                                  f"empty below 4), got {steps_name}={n}: give {name}")
+            object.__setattr__(self, name, tuple(range(n // 4, n - n // 4)))
 
     def validate(self) -> None:
         """The model-independent rules: the Knob ranges (step counts first: the step lists are checked
@@ -177,14 +209,32 @@ class MonkeyConfig:
             all(0 <= s < self.steps_mask_pass for s in self.mask_steps),
             f"mask_steps {list(self.mask_steps)} must lie in 0..{self.steps_mask_pass - 1} (steps_mask_pass={self.steps_mask_pass})",
         )
-        need(
-            all(0 <= s < self.steps_final for s in self.masked_steps),
-            f"masked_steps {list(self.masked_steps)} must lie in 0..{self.steps_final - 1} (steps_final={self.steps_final})",
-        )
+        for name in ("masked_steps", "adapter_steps"):
+            steps = getattr(self, name)
+            need(all(0 <= s < self.steps_final for s in steps),
+                 f"{name} {list(steps)} must lie in 0..{self.steps_final - 1} (steps_final={self.steps_final})")
+        both = sorted(set(self.masked_steps) & set(self.adapter_steps))
+        need(not both, f"steps {both} are in both masked_steps and adapter_steps: a step's IP-Adapter is masked or unmasked, not both")
+        self._validate_step_scales(need)
         for k in ranged:
             if k.kind is not int:
                 k.check(getattr(self, k.name))
         need(self.mask_layer.endswith("attn2"), f"mask_layer must be a cross-attention (attn2) layer, got {self.mask_layer!r}")
+
+    def _validate_step_scales(self, need: Callable[[bool, str], None]) -> None:
+        """final_step_scales: one scale per pass-2 step, each in scale_final's range, 0 where the IP-Adapter is off."""
+        scales = self.final_step_scales
+        if not scales:
+            return
+        need(len(scales) == self.steps_final,
+             f"final_step_scales has {len(scales)} entries; steps_final is {self.steps_final}: give one scale per step")
+        need(self.scale_final == 1.0, "give scale_final or final_step_scales, not both (final_step_scales sets every step)")
+        rng = knobs(MonkeyConfig)["scale_final"]
+        for i, s in enumerate(scales):
+            need(rng.lo <= s <= rng.hi, f"final_step_scales[{i}] must be in {rng.range_text()}, got {s:g}")
+        on = set(self.masked_steps) | set(self.adapter_steps)
+        off = [i for i, s in enumerate(scales) if s != 0.0 and i not in on]
+        need(not off, f"final_step_scales gives steps {off} a scale, but they are in neither masked_steps nor adapter_steps")
 
     def check_model(self, dims: ModelSizes) -> None:
         """The ranges the model sets (`mask_token` in 0..n_ip_tokens-1), where the model is known:
@@ -204,13 +254,21 @@ class MonkeyConfig:
         return max(self.steps_mask_pass, self.steps_final)
 
     def final_scales(self) -> list[float]:
-        """IP-Adapter scale per step of pass 2: `scale_final` at masked steps, 0 elsewhere."""
-        return [self.scale_final if i in self.masked_steps else 0.0 for i in range(self.steps_final)]
+        """IP-Adapter scale per step of pass 2: at masked and adapter steps `final_step_scales[i]` (given) or
+        `scale_final`; 0 elsewhere."""
+        on = set(self.masked_steps) | set(self.adapter_steps)
+        per_step = self.final_step_scales or (self.scale_final,) * self.steps_final
+        return [per_step[i] if i in on else 0.0 for i in range(self.steps_final)]
+
+    def final_mask_use(self) -> list[str]:
+        """Per step of pass 2: `masked` (IP on, times the mask), `open` (IP on, no mask) or `off` (scale 0:
+        the mask cannot matter, `text + 0 * ip = text`)."""
+        return ["off" if s == 0.0 else "masked" if i in self.masked_steps else "open" for i, s in enumerate(self.final_scales())]
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["mask_steps"] = list(self.mask_steps)
-        d["masked_steps"] = list(self.masked_steps)
+        for name in ("mask_steps", "masked_steps", "adapter_steps", "final_step_scales"):
+            d[name] = list(getattr(self, name))
         return d
 
 

@@ -77,14 +77,14 @@ def render_contact(store: EvalStore, plan, rows, summary) -> str:
            _summary_html(summary), f'<p><img src="{PARETO_PNG}" alt="CLIP-T vs CLIP-I" style="max-width:100%"></p>']
     head = "<th>prompt</th><th>subject</th>" + "".join(f"<th>{_e(m.name)}</th>" for m in methods)
     head += "<th>mask</th>" if any(m.kind == "monkey" for m in methods) else ""
-    for subject in plan.subjects:
+    for index, subject in enumerate(plan.subjects):
         thumb = _img(_thumbnail(store, subject), subject.id)
         out.append(f"<h2>{_e(subject.id)} <span class='s'>({_e(subject.word)})</span></h2><table><tr>{head}</tr>")
-        for template in plan.templates:
+        for template in plan.subject_templates(index):
             cells, mask_cell = [], ""
             prompt = None
             for m in methods:
-                row = by_key.get((subject.id, _prompt(subject, template), seed, m.name, precision))
+                row = by_key.get((subject.id, plan.prompt(subject, template), seed, m.name, precision))
                 if row is None:
                     cells.append("<td>-</td>")
                     continue
@@ -95,16 +95,10 @@ def render_contact(store: EvalStore, plan, rows, summary) -> str:
                     mask_cell = f"<td>{_img(row.mask, 'mask')}{cover}</td>"
             if any(m.kind == "monkey" for m in methods):
                 cells.append(mask_cell or "<td>-</td>")
-            out.append(f"<tr><td class='p'>{_e(prompt or _prompt(subject, template))}</td><td>{thumb}</td>{''.join(cells)}</tr>")
+            out.append(f"<tr><td class='p'>{_e(prompt or plan.prompt(subject, template))}</td><td>{thumb}</td>{''.join(cells)}</tr>")
         out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out)
-
-
-def _prompt(subject, template: str) -> str:
-    from monkey_trt.eval.prompts import build_prompt
-
-    return build_prompt(subject.word, template)
 
 
 def write_contact_sheet(store: EvalStore, plan, rows, summary) -> None:

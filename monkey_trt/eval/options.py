@@ -1,14 +1,16 @@
 """`--methods`, `--precision` and `--seeds`: parsed and checked before any work.
 
-Methods: `monkey` (both passes, the paper's defaults) and `ipadapter@SCALE` (plain IP-Adapter,
-`steps_final` steps at SCALE, no mask: the paper's baseline; `ipadapter` alone is scale 1.0).
+Methods: `monkey` (both passes, the paper's defaults), `monkey-all-steps` (the authors' script's
+variant: the same mask at every pass-2 step, IP scale 1.0 at every step) and `ipadapter@SCALE` (plain
+IP-Adapter, `steps_final` steps at SCALE, no mask: the paper's baseline; `ipadapter` alone is scale 1.0).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from monkey_trt.core.config import MonkeyConfig
 from monkey_trt.core.errors import MonkeyError
 
 MONKEY = "monkey"
@@ -18,15 +20,27 @@ KNOWN_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 MAX_SEEDS = 1000
 
 
+ALL_STEPS = "all-steps"  # the MONKEY variant `monkey-all-steps`
+
+
 @dataclass(frozen=True)
 class Method:
     kind: str  # monkey | ipadapter
     scale: float | None = None  # ipadapter: the IP-Adapter scale at every step
+    variant: str = ""  # monkey: "" (the run's schedule) | all-steps
 
     @property
     def name(self) -> str:
-        """The `method` column: monkey, ipadapter@1.0, ipadapter@0.5 ..."""
-        return MONKEY if self.kind == MONKEY else f"{IPADAPTER}@{float(self.scale)!r}"
+        """The `method` column: monkey, monkey-all-steps, ipadapter@1.0, ipadapter@0.5 ..."""
+        if self.kind == MONKEY:
+            return f"{MONKEY}-{self.variant}" if self.variant else MONKEY
+        return f"{IPADAPTER}@{float(self.scale)!r}"
+
+    def config(self, base: MonkeyConfig) -> MonkeyConfig:
+        """The knobs this method runs with: `base`, or for all-steps the mask at every pass-2 step, scale 1.0."""
+        if self.variant != ALL_STEPS:
+            return base
+        return replace(base, masked_steps=tuple(range(base.steps_final)), adapter_steps=(), final_step_scales=(), scale_final=1.0)
 
     @property
     def file_tag(self) -> str:
@@ -40,6 +54,8 @@ def parse_methods(text: str) -> tuple[Method, ...]:
             continue
         if item == MONKEY:
             m = Method(MONKEY)
+        elif item == f"{MONKEY}-{ALL_STEPS}":
+            m = Method(MONKEY, variant=ALL_STEPS)
         elif item == IPADAPTER or item.startswith(IPADAPTER + "@"):
             raw = item.partition("@")[2] or "1.0"
             try:
@@ -50,7 +66,7 @@ def parse_methods(text: str) -> tuple[Method, ...]:
                 raise MonkeyError(f"--methods: the IP-Adapter scale of {item!r} must be in [0, 4]")
             m = Method(IPADAPTER, scale)
         else:
-            raise MonkeyError(f"--methods: unknown method {item!r} (known: monkey, ipadapter@SCALE)")
+            raise MonkeyError(f"--methods: unknown method {item!r} (known: monkey, monkey-all-steps, ipadapter@SCALE)")
         if m not in methods:
             methods.append(m)
     if not methods:

@@ -4,10 +4,16 @@ The paper appends each location to the subject word: "a dog" + " on the beach" -
 A prompt file holds one prompt per line (blank lines and lines starting with `#` are skipped); a line
 with `{subject}` has the subject phrase put there ("a photo of {subject} at night"), any other line is
 appended to it like the paper's prompts.
+
+The prompt template (`--prompt-template`) says how: `{a_word} {prompt}` (the default: "a dog on the
+beach") or `{word} {prompt}` (the authors' code: the word as the data gives it, "dog on the beach");
+`{prompt}` is the location line, `{word}` the subject word, `{a_word}` the word with "a"/"an". A
+`{subject}` line gets the template's form of the subject (`{a_word}` or `{word}`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
@@ -42,7 +48,27 @@ def subject_phrase(word: str) -> str:
     return f"{'an' if first[:1] and first[0] in 'aeiou' else 'a'} {w}"
 
 
-def build_prompt(word: str, template: str) -> str:
-    """The exact text generated from and scored against."""
-    phrase = subject_phrase(word)
-    return template.replace(SLOT, phrase) if SLOT in template else f"{phrase} {template}"
+DEFAULT_TEMPLATE = "{a_word} {prompt}"
+_FIELDS = ("{prompt}", "{word}", "{a_word}")
+
+
+def check_template(template: str) -> str:
+    """A prompt template: `{prompt}` once and one of `{word}` / `{a_word}` once, no other `{...}`."""
+    rest = template
+    for f in _FIELDS:
+        rest = rest.replace(f, "")
+    ok = (template.count("{prompt}") == 1 and template.count("{word}") + template.count("{a_word}") == 1
+          and "{" not in rest and "}" not in rest and "\n" not in template)
+    if not ok:
+        raise MonkeyError(f"--prompt-template must hold {{prompt}} once and one of {{word}} or {{a_word}} once "
+                          f"(e.g. '{{word}} {{prompt}}'), got {template!r}")
+    return template
+
+
+def build_prompt(word: str, line: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """The exact text generated from and scored against: the prompt line `line` for the subject `word`."""
+    w = " ".join(word.split())
+    subject = subject_phrase(w) if "{a_word}" in template else w
+    if SLOT in line:
+        return line.replace(SLOT, subject)
+    return re.sub(r"\{(prompt|word|a_word)\}", lambda m: line if m.group(1) == "prompt" else subject, template)

@@ -2,7 +2,8 @@
 
     plan    subjects x seeds x prompts x methods, for each precision (fp32 first: the others are
             compared with it); one noise plan per seed, so every method and precision of a
-            (subject, prompt, seed) starts from the same latents and step noises
+            (subject, prompt, seed) starts from the same latents and step noises. The authors'
+            protocol (eval.protocols) gives each subject one prompt: its index modulo the prompt count
     resume  a case in rows.csv is done; a case whose image is on disk (ours, from an interrupted
             run) is only scored; everything else is generated
     models  the backend once per precision (only if something is left to generate there), the
@@ -29,7 +30,8 @@ from monkey_trt.eval.generation import EvalBackend, Generated, open_generator
 from monkey_trt.eval.judges import Judges, JudgeSource, judge_device, resolve_judge
 from monkey_trt.eval.options import MONKEY, Method, check_precisions
 from monkey_trt.eval.metrics import cosines, mask_iou, psnr_u8
-from monkey_trt.eval.prompts import build_prompt, load_prompts
+from monkey_trt.eval.prompts import DEFAULT_TEMPLATE, build_prompt, check_template, load_prompts
+from monkey_trt.eval.protocols import get_protocol
 from monkey_trt.eval.store import EvalStore, Key, Row, image_name
 from monkey_trt.eval.subjects import Subject, discover_subjects
 from monkey_trt.runtime.noise import NoisePlan
@@ -53,6 +55,8 @@ class EvalJob:
     judge_device: str = "auto"
     judge_batch: int = 32
     config: MonkeyConfig = field(default_factory=MonkeyConfig)
+    protocol: str = "paper"  # eval.protocols: paper (every prompt per subject) | authors (one, cycled)
+    prompt_template: str = DEFAULT_TEMPLATE  # eval.prompts: how the subject word and the prompt line join
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,22 @@ class Plan:
     precision_digests: dict[str, str]
     warnings: list[str] = field(default_factory=list)
 
+    def subject_templates(self, index: int) -> tuple[str, ...]:
+        """The prompt lines of subject number `index`: all of them, or (authors) the one its index picks."""
+        if get_protocol(self.job.protocol).cycle_prompts:
+            return (self.templates[index % len(self.templates)],)
+        return self.templates
+
+    def prompt(self, subject: Subject, template: str) -> str:
+        return build_prompt(subject.word, template, self.job.prompt_template)
+
     def units(self, precision: str | None = None) -> list[Unit]:
         out = []
         for p in self.job.precisions if precision is None else (precision,):
-            for s in self.subjects:
+            for k, s in enumerate(self.subjects):
                 for seed in self.job.seeds:
-                    for t in self.templates:
-                        prompt = build_prompt(s.word, t)
-                        out += [Unit(s, t, prompt, seed, m, p) for m in self.job.methods]
+                    for t in self.subject_templates(k):
+                        out += [Unit(s, t, self.prompt(s, t), seed, m, p) for m in self.job.methods]
         return out
 
 
@@ -141,13 +153,15 @@ def prepare(job: EvalJob, warn: Callable[[str], None] = lambda msg: None) -> Pla
     if not 1 <= job.judge_batch <= 1024:
         raise MonkeyError(f"--judge-batch must be in 1..1024, got {job.judge_batch}")
     Request("x", job.height, job.width, 0, job.config)  # size checks
+    get_protocol(job.protocol)
+    check_template(job.prompt_template)
     templates = load_prompts(job.prompts)
     warnings: list[str] = []
     subjects = discover_subjects(job.subjects_dir, warn=lambda m: (warnings.append(m), warn(m)), exclude=job.out)
     models, precision_digests = _model_settings(job, warnings)
     clip, dino = resolve_judge(job.clip, "clip"), resolve_judge(job.dino, "dino")
     judge_device(job.judge_device)
-    settings = {"backend": job.spec.backend, "models": models, "height": job.height, "width": job.width,
+    settings = {"protocol": job.protocol, "backend": job.spec.backend, "models": models, "height": job.height, "width": job.width,
                 "config": job.config.to_dict(), "judges": {"clip": clip.digest, "dino": dino.digest}}
     return Plan(job, subjects, templates, clip, dino, settings, precision_digests, warnings)
 
@@ -258,7 +272,7 @@ def run_eval(plan: Plan, progress: Progress | None = None, open_gen=open_generat
                         scorer.add(_read_back(store, u))
                         result.rescored += 1
                         continue
-                    request = Request(u.prompt, job.height, job.width, u.seed, job.config)
+                    request = Request(u.prompt, job.height, job.width, u.seed, u.method.config(job.config))
                     if gen is None:
                         progress.note(f"loading the {job.spec.backend} backend ({precision})")
                         gen = open_gen(job.spec, precision, request)

@@ -37,7 +37,8 @@ PAPER_TABLE1 = {
     "IP-Adapter": {"clip_t": 0.282, "dino": 0.621, "clip_i": 0.806},
     "MONKEY": {"clip_t": 0.318, "dino": 0.529, "clip_i": 0.743},
 }
-PAPER_METHOD = {"monkey": "MONKEY", "ipadapter@1.0": "IP-Adapter"}  # our method -> its Table 1 row
+# our method -> its Table 1 row (the authors' script scores its all-steps image as MONKEY's: docs/eval.md)
+PAPER_METHOD = {"monkey": "MONKEY", "monkey-all-steps": "MONKEY", "ipadapter@1.0": "IP-Adapter"}
 # How far a precision may move a judge metric (paired, 95% CI) and still count as the fp32 engine:
 # about a seventh of the smallest MONKEY-vs-IP-Adapter gap in Table 1 (CLIP-T 0.036, CLIP-I 0.063, DINO 0.092).
 MARGINS = {"clip_t": 0.005, "clip_i": 0.01, "dino": 0.01}
@@ -151,7 +152,8 @@ def summary_json(summary: list[SummaryRow], settings: dict, counts: dict, front:
                 "delta": {k: s.deltas[k].to_json() for k in METRICS}, "verdict": s.verdict},
             "paper_table1": s.paper, "pareto": i in front,
         })
-    doc = {"schema": "monkey-trt-eval-summary", "schema_version": 1, "settings": settings, "counts": counts,
+    doc = {"schema": "monkey-trt-eval-summary", "schema_version": 1, "protocol": settings.get("protocol", "paper"),
+           "settings": settings, "counts": counts,
            "margins": MARGINS, "paper_table1_dreambooth": PAPER_TABLE1, "rows": rows}
     return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
 
@@ -164,7 +166,8 @@ def write_reports(store: EvalStore, plan, rows: list[Row]) -> tuple[list[str], l
     summary = summarise(rows, reference={k: r for k, r in store.rows.items() if k[4] == "fp32"})
     points = [(s.stats["clip_i"].mean, s.stats["clip_t"].mean) for s in summary]
     front = pareto_front(points)
-    counts = {"subjects": len(plan.subjects), "prompts": len(plan.templates), "seeds": len(plan.job.seeds), "rows": len(rows)}
+    counts = {"subjects": len(plan.subjects), "prompts": len(plan.templates), "prompts_per_subject": len(plan.subject_templates(0)),
+              "seeds": len(plan.job.seeds), "rows": len(rows)}
     store.write_file(SUMMARY_CSV, summary_csv(summary))
     store.write_file(SUMMARY_JSON, summary_json(summary, plan.settings, counts, front))
     chart = [Point(f"{s.method} {s.precision}", s.stats["clip_i"], s.stats["clip_t"], i in front) for i, s in enumerate(summary)]

@@ -7,13 +7,16 @@ pass schedule, mask extraction and every exact speed-up live here, so each backe
     pass 1: IP scale `scale_mask_pass` at every step; record the mask layer's map at `mask_steps`;
             stop after the last mask step (later steps cannot change the mask)
     mask:   runtime.mask.extract_mask
-    pass 2: the same noise; IP on (scale_final, masked) at `masked_steps`, scale 0 elsewhere
+    pass 2: the same noise; IP on, masked, at `masked_steps`; IP on, unmasked, at `adapter_steps`; scale 0
+            elsewhere (per-step scales: MonkeyConfig.final_scales); one UNet session per run of steps
+            that share a mask (masked | unmasked; a scale-0 step joins the run it is in)
 
 Exact pass batching (`batch_passes`): pass 2's steps before its first masked step do not depend on
 the mask and both passes start from the same latents, so pass-1 step i and pass-2 step i (i below
 both the first masked step and pass 1's stop) run as one batch-2 UNet call: per-sample timestep,
-`ip_scale = scale_mask_pass` shared by the batch, and a per-sample mask: none (= ones) for pass 1,
-zeros for pass 2 (`text + s * (ip * 0) = text`, exact).
+`ip_scale = scale_mask_pass` shared by the batch, and a per-sample mask: none (= ones) for pass 1;
+for pass 2 zeros at a scale-0 step (`text + s * (ip * 0) = text`, exact) or none at an unmasked IP
+step whose scale equals `scale_mask_pass`. Any other pass-2 step ends the pairing.
 """
 
 from __future__ import annotations
@@ -115,10 +118,47 @@ class _Clock:
         return out
 
 
+def _pairable_p2(c: MonkeyConfig, use: str, scale: float) -> bool:
+    """Whether a pass-2 step can ride in pass 1's batch exactly: mask-independent, and its scale is 0
+    (a zeros mask) or the shared `scale_mask_pass` (no mask)."""
+    return use == "off" or (use == "open" and scale == c.scale_mask_pass)
+
+
 def pairable_steps(c: MonkeyConfig) -> int:
     """How many leading steps of the two passes can share one batch-2 UNet call (exactly)."""
-    first_masked = min(c.masked_steps) if c.masked_steps else c.steps_final
-    return min(c.mask_pass_steps_needed, first_masked, c.steps_final)
+    n = 0
+    for use, scale in zip(c.final_mask_use(), c.final_scales()):
+        if n >= c.mask_pass_steps_needed or not _pairable_p2(c, use, scale):
+            break
+        n += 1
+    return n
+
+
+def _paired_runs(uses: Sequence[str], paired: int) -> list[tuple[int, str]]:
+    """The paired steps 0..paired-1 as runs of one pass-2 mask: [(first step past the run, off | open)]; never
+    merged (in the batch an `off` step needs its zeros mask: the shared scale is pass 1's)."""
+    runs: list[tuple[int, str]] = []
+    for i in range(paired):
+        if runs and runs[-1][1] == uses[i]:
+            runs[-1] = (i + 1, uses[i])
+        else:
+            runs.append((i + 1, uses[i]))
+    return runs
+
+
+def _runs(uses: Sequence[str], start: int, stop: int) -> list[tuple[int, str]]:
+    """Steps start..stop-1 as runs that share one mask: [(first step past the run, masked | open)]; a scale-0
+    step (`off`) joins the run it is in (the mask cannot change it), leading ones the first run."""
+    runs: list[tuple[int, str]] = []
+    for i in range(start, stop):
+        kind = uses[i] if uses[i] != "off" else (runs[-1][1] if runs else None)
+        if kind is None:
+            kind = next((u for u in uses[i:stop] if u != "off"), "masked")
+        if runs and runs[-1][1] == kind:
+            runs[-1] = (i + 1, kind)
+        else:
+            runs.append((i + 1, kind))
+    return runs
 
 
 @dataclass
@@ -245,8 +285,10 @@ def run_monkey(
 
     p1 = run.new_pass("p1", c.steps_mask_pass, [c.scale_mask_pass] * c.steps_mask_pass, c.mask_pass_steps_needed - 1, c.mask_steps)
     p2 = run.new_pass("p2", c.steps_final, c.final_scales())
-    if paired:
-        run.lockstep([p1, p2], [None, np.zeros((request.height, request.width), np.float32)], "batched_passes", until=paired,
+    uses = c.final_mask_use()
+    zeros = np.zeros((request.height, request.width), np.float32)
+    for until, kind in _paired_runs(uses, paired):  # pass 2 rides at pass 1's scale: zeros at its scale-0 steps
+        run.lockstep([p1, p2], [None, None if kind == "open" else zeros], "batched_passes", until=until,
                      role="mask")  # these calls compute pass 1
 
     run.finish(p1, None, "mask_pass", role="mask")
@@ -259,7 +301,8 @@ def run_monkey(
     elif mask.degenerate:
         notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: those steps were skipped")
 
-    run.finish(p2, mask.mask, "final_pass", role="final")
+    for until, kind in _runs(uses, p2.step, c.steps_final):
+        run.lockstep([p2], [mask.mask if kind == "masked" else None], "final_pass", until=until, role="final")
     image = clock("decode", engine.decode, p2.denoised)
     mask_pass_image = clock("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
 

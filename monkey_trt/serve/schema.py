@@ -72,7 +72,22 @@ def _int_list(name: str, v: Any) -> tuple[int, ...]:
     return tuple(_int(name, x) for x in v)
 
 
+def _float_list(name: str, v: Any) -> tuple[float, ...]:
+    """`[0, 0.5]` (JSON) or `"0,0.5"` (form, like the CLI)."""
+    if isinstance(v, str):
+        v = [x for x in v.replace(" ", "").split(",") if x != ""]
+    if not isinstance(v, list):
+        raise ApiError(400, f"field {name!r} must be a list of numbers or '0,0.5', got {v!r}")
+    return tuple(_float(name, x) for x in v)
+
+
 _CONVERTERS: dict[type, Callable[[str, Any], Any]] = {int: _int, float: _float, str: _str, bool: _bool, tuple: _int_list}
+
+
+def _converter(k: Knob) -> Callable[[str, Any], Any]:
+    return _float_list if k.kind is tuple and k.item is float else _CONVERTERS[k.kind]
+
+
 _SCALE = knobs(MonkeyConfig)["scale_final"]
 # What to return besides MONKEY's image: the plain IP-Adapter image from the same noise.
 BASELINE_KNOBS = {
@@ -87,8 +102,8 @@ FIELD_KNOBS: dict[str, Knob] = {
     **BASELINE_KNOBS,
     **knobs(MonkeyConfig),
 }
-KNOBS: dict[str, Callable[[str, Any], Any]] = {name: _CONVERTERS[k.kind] for name, k in knobs(MonkeyConfig).items()}
-FIELDS: dict[str, Callable[[str, Any], Any]] = {name: _CONVERTERS[k.kind] for name, k in FIELD_KNOBS.items()}
+KNOBS: dict[str, Callable[[str, Any], Any]] = {name: _converter(k) for name, k in knobs(MonkeyConfig).items()}
+FIELDS: dict[str, Callable[[str, Any], Any]] = {name: _converter(k) for name, k in FIELD_KNOBS.items()}
 IMAGE_FIELD = "image"
 MAX_PROMPT_CHARS = 4096  # far beyond 77 tokens; longer prompts are truncated anyway, refuse absurd ones
 
@@ -145,7 +160,7 @@ def field_schema(k: Knob, form: bool) -> dict[str, Any]:
     """The OpenAPI schema of one field: type, range, default and help from its Knob."""
     if k.kind is tuple:  # `[1, 2]` in JSON, `1,2` in both
         schema: dict[str, Any] = {"type": "string"} if form else \
-            {"oneOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}]}
+            {"oneOf": [{"type": "array", "items": {"type": _JSON_TYPES[k.item]}}, {"type": "string"}]}
     else:
         schema = {"type": _JSON_TYPES[k.kind]}
     if k.lo is not None:
@@ -218,7 +233,7 @@ def generate_response_schema() -> dict[str, Any]:
     """The JSON answer of POST /v1/generate (`app.result_json`)."""
     number_map = {"type": "object", "additionalProperties": {"type": "number"}}
     config = {"type": "object", "description": "every MonkeyConfig knob as used",
-              "properties": {n: ({"type": "array", "items": {"type": "integer"}} if k.kind is tuple else {"type": _JSON_TYPES[k.kind]})
+              "properties": {n: ({"type": "array", "items": {"type": _JSON_TYPES[k.item]}} if k.kind is tuple else {"type": _JSON_TYPES[k.kind]})
                              for n, k in knobs(MonkeyConfig).items()}}
     return {
         "type": "object",
