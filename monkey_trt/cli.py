@@ -170,6 +170,7 @@ def generate(
     device: str = backend_option("device"),
     providers: str = backend_option("providers"),
     fp16: bool = backend_option("fp16"),
+    tf32: bool = backend_option("tf32"),
     cuda_graph: bool = backend_option("cuda_graph"),
     precision: str = backend_option("precision"),
     threads: int = backend_option("threads"),
@@ -202,7 +203,7 @@ def generate(
         raise MonkeyError("--baseline-scale applies to the plain IP-Adapter baseline: add --baseline (or drop --baseline-scale)")
     config = config_from_options(knob_values)
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
-    spec = spec_from_options(d.backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, cuda_graph=cuda_graph,
+    spec = spec_from_options(d.backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, tf32=tf32, cuda_graph=cuda_graph,
                                              precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes))
     if d.dims is not None:  # the engine directory's model: its limits before any work
         config.check_model(d.dims)
@@ -397,6 +398,7 @@ def bench(
     threads: int = backend_option("threads"),
     providers: str = backend_option("providers"),
     fp16: bool = backend_option("fp16"),
+    tf32: bool = backend_option("tf32"),
     verify: str = backend_option("verify"),
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
@@ -414,7 +416,7 @@ def bench(
     def settings(h: int, w: int) -> BenchSettings:
         return BenchSettings(names, h, w, runs=runs, warmup=warmup, soak=soak, device=device, dtype=dtype, cuda_graph=cuda_graph,
                              ort_cache=ort_cache, batch_passes=batch_passes, precision=precision, threads=threads,
-                             workdir=str(workdir), providers=split_list(providers), fp16=fp16, verify=verify)
+                             workdir=str(workdir), providers=split_list(providers), fp16=fp16, tf32=tf32, verify=verify)
 
     settings(64, 64)  # every backend's spec checked before any work
     with _quiet_libraries():
@@ -447,6 +449,7 @@ def serve(
     verify: str = backend_option("verify"),
     threads: int = backend_option("threads"),
     fp16: bool = backend_option("fp16"),
+    tf32: bool = backend_option("tf32"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
@@ -463,11 +466,11 @@ def serve(
     if backend not in ENGINE_BACKENDS:
         raise MonkeyError(f"--backend must be ort or trt, got {backend!r}")
     spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,
-                                           threads=threads, fp16=fp16, batch_passes=batch_passes))
+                                           threads=threads, fp16=fp16, tf32=tf32, batch_passes=batch_passes))
     config = ServeConfig(
         engine_dir=engine_dir, backend=backend, providers=spec.providers, cuda_graph=spec.cuda_graph, max_queue=max_queue,
         timeout_s=timeout, max_body_mb=max_body_mb, subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup,
-        precision=spec.precision, verify=spec.verify, threads=spec.threads, fp16=spec.fp16, batch_passes=spec.batch_passes,
+        precision=spec.precision, verify=spec.verify, threads=spec.threads, fp16=spec.fp16, tf32=spec.tf32, batch_passes=spec.batch_passes,
     )
     from monkey_trt.enginedir.manifest import load_manifest
 

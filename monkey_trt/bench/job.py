@@ -54,6 +54,7 @@ class BenchSettings:
     seed: int = 0
     providers: tuple[str, ...] = ()  # ort: execution providers (default: best installed)
     fp16: bool = False  # ort TensorRT EP: fp16 kernels
+    tf32: bool = False  # torch on cuda, ort CUDA/TensorRT EP: TF32 for fp32 math (opt-in)
     verify: str = "sha256"  # ort/trt: engine-dir check before loading
     workdir: str | None = None  # ort with ort_cache: ORT's optimised graphs go to <workdir>/ort-optimized
 
@@ -72,7 +73,7 @@ class BenchSettings:
         """One runtime.backend.BackendSpec per backend: the options that apply to it (`--dtype` for torch/published,
         `--precision` and `--providers` for ort/trt, ...)."""
         values = {"device": self.device, "dtype": self.dtype, "precision": self.precision, "providers": self.providers,
-                  "fp16": self.fp16, "cuda_graph": self.cuda_graph, "batch_passes": self.batch_passes,
+                  "fp16": self.fp16, "tf32": self.tf32, "cuda_graph": self.cuda_graph, "batch_passes": self.batch_passes,
                   "threads": self.threads, "verify": self.verify}
         cache = {"ort": {"ort_cache": Path(self.workdir) / "ort-optimized"}} if self.ort_cache and self.workdir else {}
         return specs_for(self.backends, {k: v for k, v in values.items() if not is_default(k, v)}, cache)

@@ -36,6 +36,7 @@ from monkey_trt.core.files import sha256_file
 from monkey_trt.engine.cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
+from monkey_trt.engine.tf32 import keep_tf32_off, ort_tf32, ort_tf32_mode
 from monkey_trt.enginedir.manifest import check_precision
 
 __all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "ort_version", "physical_cores",
@@ -202,6 +203,7 @@ class OrtRunner(Runner):
             (no calibration table: the scales are in the graph). CPU: common-subexpression elimination is
             off, since it merges the per-consumer QuantizeLinear nodes, and a shared one keeps ORT from
             fusing DequantizeLinear -> MatMul/Conv -> QuantizeLinear into integer kernels.
+        tf32: CUDA/TensorRT EP: allow TF32 for fp32 math (changes the math: opt-in); off otherwise (engine/tf32.py).
         cudnn_conv_algo_search: CUDA EP: "EXHAUSTIVE" | "HEURISTIC" | "DEFAULT".
         device_id: CUDA device.
         intra_op_threads: default = physical cores.
@@ -232,6 +234,7 @@ class OrtRunner(Runner):
         source_digest: str | None = None,
         log_severity: int = 3,
         int8: bool = False,
+        tf32: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
@@ -242,7 +245,7 @@ class OrtRunner(Runner):
         self.fp16 = bool(fp16)
         self.precision = precision
         self.trt_profile = {n: tuple(tuple(int(d) for d in s) for s in mmo) for n, mmo in (trt_profile or {}).items()}
-        self.int8 = bool(int8)
+        self.int8, self.tf32 = bool(int8), bool(tf32)
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
         self.cuda_graph = bool(cuda_graph) and self._chain[0] != PROVIDER_NAMES["cpu"]
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
@@ -294,6 +297,11 @@ class OrtRunner(Runner):
         """CUDA-graph mode: how many graphs (input-shape sets) this runner has captured."""
         return len(self._graphs)
 
+    @property
+    def tf32_mode(self) -> str:
+        """How fp32 math runs here: cpu | allowed | off: use_tf32=0 | off: NVIDIA_TF32_OVERRIDE=0 (engine/tf32.py)."""
+        return ort_tf32_mode(self._chain, self.tf32, _version_tuple(ort_version()))
+
     # -- session -------------------------------------------------------------------------
     def _trt_fp16(self) -> bool:
         return self.fp16 or self.precision == "fp16"
@@ -323,8 +331,10 @@ class OrtRunner(Runner):
                 opts.append(o)
             elif p == PROVIDER_NAMES["cuda"]:
                 # With the TensorRT EP in front, the CUDA graph (if any) belongs to TensorRT.
+                use_tf32, _ = ort_tf32(self._chain, self.tf32, _version_tuple(ort_version()))
                 opts.append({"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
-                             "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"])})
+                             "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"]),
+                             **({"use_tf32": use_tf32} if use_tf32 is not None else {})})
             else:
                 opts.append({})
         return opts
@@ -356,12 +366,14 @@ class OrtRunner(Runner):
 
     def trt_cache_folder(self) -> Path:
         """Where this runner's TensorRT EP engines and timing cache are kept (keyed; see `trt_cache_dir`)."""
-        material = {**self._cache_material(), "trt": self._trt_options(graph=False)}
+        material = {**self._cache_material(), "trt": self._trt_options(graph=False), "tf32": self.tf32}
         return keyed_folder("ort-trt", material, root=self.trt_cache_dir)
 
     def _create(self, path: Path, so, graph: bool | None = None):
         ort = _import_ort()
         graph = self._graph_mode == "ids" if graph is None else graph
+        if ort_tf32(self._chain, self.tf32, _version_tuple(ort_version()))[1]:
+            keep_tf32_off(self.name)
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self._chain,
                                         provider_options=self._provider_options(graph),

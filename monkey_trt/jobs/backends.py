@@ -46,11 +46,13 @@ def _open_torch(spec: BackendSpec, models: ModelSource):
         check_torch_device,
         set_torch_threads,
         torch_dtype,
+        torch_tf32,
     )
     from monkey_trt.reference.pipeline import ReferencePipeline
 
     check_torch_device(spec.device)
     set_torch_threads(spec.threads)
+    torch_tf32(spec.device, spec.tf32)  # fp32 is fp32 on CUDA unless asked (torch's cuDNN default allows TF32)
     pipe = ReferencePipeline.from_pretrained(models.base, models.ip_adapter, models.ip_weight, device=spec.device,
                                              dtype=torch_dtype(spec.dtype))
     if spec.cuda_graph:

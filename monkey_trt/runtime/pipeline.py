@@ -50,6 +50,7 @@ class RuntimeOptions:
     backend: str = "ort"  # ort | trt
     providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
     fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
+    tf32: bool = False  # ort CUDA/TensorRT EP: TF32 for fp32 math (opt-in; engine/tf32.py)
     cuda_graph: bool = False  # ort CUDA/TensorRT EP, trt: replay UNet steps as a CUDA graph
     precision: str = "fp32"  # which exported graphs run (ort: the ONNX files; trt: the plans built from them)
     verify: str = "sha256"  # engine-dir file check: sha256 (every file hashed) | size (sizes; small files hashed)
@@ -64,7 +65,7 @@ class RuntimeOptions:
     @classmethod
     def from_spec(cls, spec) -> "RuntimeOptions":
         """The lean runtime's part of a runtime.backend.BackendSpec (ort or trt)."""
-        return cls(backend=spec.backend, providers=spec.providers, fp16=spec.fp16, cuda_graph=spec.cuda_graph,
+        return cls(backend=spec.backend, providers=spec.providers, fp16=spec.fp16, tf32=spec.tf32, cuda_graph=spec.cuda_graph,
                    precision=spec.precision, verify=spec.verify, threads=spec.threads, ort_cache=spec.ort_cache,
                    mask_pass=spec.mask_pass)
 
@@ -87,7 +88,7 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks:
             graph_precision = manifest.run_precision(name, opts.precision)  # 8-bit engines: fp32 besides the UNet
             _, sha256, _ = entry.files(graph_precision)
             runners[name] = OrtRunner(
-                path, providers=providers, name=name, fp16=opts.fp16,
+                path, providers=providers, name=name, fp16=opts.fp16, tf32=opts.tf32,
                 precision=graph_precision, trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
                 cuda_graph=opts.cuda_graph and name == "unet", intra_op_threads=opts.threads or None,
                 optimized_model_cache=opts.ort_cache, source_digest=source_digest(sha256),
@@ -172,7 +173,8 @@ class MonkeyPipeline:
         providers = {n: list(r.providers) for n, r in self.runners.items()}
         devices = {n: r.device for n, r in self.runners.items()}
         return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers, "devices": devices,
-                "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph},
+                "options": {"precision": self.opts.precision, "fp16": self.opts.fp16, "cuda_graph": self.opts.cuda_graph,
+                            "tf32": {n: getattr(r, "tf32_mode", "per plan (build --tf32)") for n, r in self.runners.items()}},
                 **({"spec": self.spec.to_dict()} if self.spec is not None else {}),
                 **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
 

@@ -49,6 +49,7 @@ class ServeConfig:
     verify: str = "sha256"  # engine-dir check before loading: sha256 | size
     threads: int = 0  # CPU threads per ORT session (0 = library default)
     fp16: bool = False  # ort TensorRT EP: fp16 kernels
+    tf32: bool = False  # ort CUDA/TensorRT EP: TF32 for fp32 math (opt-in)
     batch_passes: bool | None = None  # exact pass batching (None: the backend's default)
 
     @property
@@ -56,7 +57,7 @@ class ServeConfig:
         """How the engine runs: the same BackendSpec `generate` and `bench` open (runtime.backend)."""
         return BackendSpec(backend=self.backend, providers=self.providers, cuda_graph=self.cuda_graph,
                            precision=self.precision, verify=self.verify, threads=self.threads, fp16=self.fp16,
-                           batch_passes=self.batch_passes)
+                           tf32=self.tf32, batch_passes=self.batch_passes)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
