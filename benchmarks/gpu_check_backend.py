@@ -59,13 +59,8 @@ def graphs_captured(pipe) -> int | None:
     unet = getattr(pipe, "runners", {}).get("unet")
     if unet is None:
         return None
-    n = getattr(unet, "graphs_captured", None)
-    if isinstance(n, int):
-        return n
-    sets = getattr(unet, "_shape_sets", None) or getattr(unet, "_sets", None)
-    if isinstance(sets, dict):
-        return sum(1 for s in sets.values() if getattr(s, "graph_exec", None) is not None)
-    return None
+    n = getattr(unet, "graphs_captured", None)  # OrtRunner and TrtEngine: public
+    return n if isinstance(n, int) else None
 
 
 def main(argv: list[str] | None = None) -> int:

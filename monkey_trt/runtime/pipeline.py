@@ -71,7 +71,8 @@ class RuntimeOptions:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
+def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks: Sequence[str] = NETWORKS,
+                 activation_memory=None) -> dict[str, Runner]:
     """One activated runner per network (of `networks`). Nothing is written into `root` (a sealed engine directory): derived
     caches (ORT's TensorRT EP engines, ORT's optimised graphs) go to the user cache folder, keyed by the
     manifest's digests of the files they come from."""
@@ -97,8 +98,8 @@ def open_runners(root: Path, manifest: Manifest, opts: RuntimeOptions, networks:
     elif opts.backend == "trt":
         from monkey_trt.engine.trt.engine import open_trt_runners
 
-        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision, verify=opts.verify)
-        runners = {n: r for n, r in runners.items() if n in networks}
+        runners = open_trt_runners(root, manifest, cuda_graph=opts.cuda_graph, precision=opts.precision, verify=opts.verify,
+                                   networks=networks, activation_memory=activation_memory)  # trt: one pool per pipeline
     else:
         raise MonkeyError(f"runtime backend must be one of {', '.join(RUNTIME_BACKENDS)}, got {opts.backend!r}")
     try:
@@ -162,7 +163,8 @@ class MonkeyPipeline:
         pipe.spec = spec
         try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
             for p in extra_unet_precisions(opts.precision, opts.mask_pass):
-                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(opts, precision=p), ("unet",))["unet"]
+                pool = getattr(pipe.runners["unet"], "activation_memory", None)  # trt: the same activation pool
+                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(opts, precision=p), ("unet",), pool)["unet"]
         except BaseException:
             pipe.close()
             raise
