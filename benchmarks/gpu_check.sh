@@ -262,9 +262,10 @@ for c in lines:
     print("  ".join(str(c[h]).ljust(widths[h]) for h in head[:-1]) + "  " + c["note"])
 if stages:  # per-stage p50 over the soak (the first generation when there is none)
     names = list(dict.fromkeys(k for _row, st in stages for k in st))
-    print("\nper-stage p50 s  " + "  ".join([f"{'row':16}", *(f"{n:>10}" for n in names)]))
+    w = {n: max(8, len(n)) for n in names}
+    print("\nper-stage p50 s  " + "  ".join([f"{'row':16}", *(f"{n:>{w[n]}}" for n in names)]))
     for row, st in stages:
-        print("                 " + "  ".join([f"{row:16}", *(f"{st[n]:10.3f}" if n in st else f"{'-':>10}" for n in names)]))
+        print("                 " + "  ".join([f"{row:16}", *(f"{st[n]:{w[n]}.3f}" if n in st else f"{'-':>{w[n]}}" for n in names)]))
 (work / "failed").write_text("1" if failed else "0")
 PYEOF
 failed=$(cat "$work/failed" 2>/dev/null || echo 1)

@@ -143,7 +143,7 @@ class MonkeyPipeline:
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
-        batch_passes, fp16, ort_cache, mask_pass), checked like the CLI's options."""
+        batch_passes, fp16, tf32, ort_cache, mask_pass), checked like the CLI's options."""
         from monkey_trt.runtime.backend import BackendSpec
 
         unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
