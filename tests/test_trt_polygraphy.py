@@ -99,3 +99,17 @@ def test_tensorrt_refuses_precision_flags_on_strongly_typed_networks(real_polygr
     cfg = config(builder, network)
     cfg.set_flag(flag)
     assert builder.build_serialized_network(network, cfg) is None and "strongly typed" in trt.log[-1]
+
+
+def test_a_polygraphy_too_old_for_tensorrt_11_is_refused_before_any_work(real_polygraphy, tmp_path, monkeypatch):
+    from monkey_trt.core.errors import BackendUnavailable
+    from monkey_trt.engine.trt import build as trt_build
+
+    monkeypatch.setattr(trt_build, "_dist_version", lambda dist: "0.49.26")
+    if real_polygraphy.__version__.startswith("10."):
+        _build(tmp_path)  # TensorRT 10 still has what 0.49 reads
+        return
+    with pytest.raises(BackendUnavailable, match=r"^polygraphy 0.49.26 cannot build with TensorRT 11.4.0.106: .*precision_is_set") as e:
+        _build(tmp_path)
+    assert "\n" not in str(e.value) and "pip install 'polygraphy>=0.53.6'" in str(e.value)
+    assert not real_polygraphy.builds and not (tmp_path / "tiny.plan").exists()
