@@ -36,7 +36,7 @@ from monkey_trt.core.files import sha256_file
 from monkey_trt.engine.cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorSpec, validate_feeds
-from monkey_trt.engine.tf32 import keep_tf32_off, ort_tf32, ort_tf32_mode
+from monkey_trt.engine.tf32 import cuda_tf32_option, keep_tf32_off, ort_tf32_mode
 from monkey_trt.enginedir.manifest import check_precision
 
 __all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "ort_version", "physical_cores",
@@ -242,8 +242,7 @@ class OrtRunner(Runner):
         if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise MonkeyError(f"cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
         check_precision(precision)
-        self.fp16 = bool(fp16)
-        self.precision = precision
+        self.fp16, self.precision = bool(fp16), precision
         self.trt_profile = {n: tuple(tuple(int(d) for d in s) for s in mmo) for n, mmo in (trt_profile or {}).items()}
         self.int8, self.tf32 = bool(int8), bool(tf32)
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
@@ -300,7 +299,7 @@ class OrtRunner(Runner):
     @property
     def tf32_mode(self) -> str:
         """How fp32 math runs here: cpu | allowed | off: use_tf32=0 | off: NVIDIA_TF32_OVERRIDE=0 (engine/tf32.py)."""
-        return ort_tf32_mode(self._chain, self.tf32, _version_tuple(ort_version()))
+        return ort_tf32_mode(self._chain, self.tf32, ort_version())
 
     # -- session -------------------------------------------------------------------------
     def _trt_fp16(self) -> bool:
@@ -331,10 +330,9 @@ class OrtRunner(Runner):
                 opts.append(o)
             elif p == PROVIDER_NAMES["cuda"]:
                 # With the TensorRT EP in front, the CUDA graph (if any) belongs to TensorRT.
-                use_tf32, _ = ort_tf32(self._chain, self.tf32, _version_tuple(ort_version()))
                 opts.append({"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
                              "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"]),
-                             **({"use_tf32": use_tf32} if use_tf32 is not None else {})})
+                             **cuda_tf32_option(self._chain, self.tf32, ort_version())})
             else:
                 opts.append({})
         return opts
@@ -372,8 +370,7 @@ class OrtRunner(Runner):
     def _create(self, path: Path, so, graph: bool | None = None):
         ort = _import_ort()
         graph = self._graph_mode == "ids" if graph is None else graph
-        if ort_tf32(self._chain, self.tf32, _version_tuple(ort_version()))[1]:
-            keep_tf32_off(self.name)
+        keep_tf32_off(self.name, self._chain, self.tf32, ort_version())  # where no provider option can (engine/tf32.py)
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self._chain,
                                         provider_options=self._provider_options(graph),
