@@ -6,7 +6,7 @@
 Every backend goes through the same `commands.backends.open_backend(BackendSpec(...))` the CLI uses, on the same request
 (seed, size, knobs) and the same subject. `--reference` compares the mask (identical? IoU) and the image (PSNR,
 max |diff|) with the CPU fp32 reference's arrays; `--save` writes this row's arrays (the reference run uses it).
-`--soak N` runs N more generations: p50, CUDA graphs captured after the first generation and after the soak (captured
+`--soak N` runs N more generations: p50 (end to end and per stage), CUDA graphs captured after the first generation and after the soak (captured
 once: equal), host RSS and GPU memory at the start and end of the soak (flat: small drift).
 """
 
@@ -59,13 +59,16 @@ def graphs_captured(pipe) -> int | None:
     unet = getattr(pipe, "runners", {}).get("unet")
     if unet is None:
         return None
-    n = getattr(unet, "graphs_captured", None)
-    if isinstance(n, int):
-        return n
-    sets = getattr(unet, "_shape_sets", None) or getattr(unet, "_sets", None)
-    if isinstance(sets, dict):
-        return sum(1 for s in sets.values() if getattr(s, "graph_exec", None) is not None)
-    return None
+    n = getattr(unet, "graphs_captured", None)  # OrtRunner and TrtEngine: public
+    return n if isinstance(n, int) else None
+
+
+def _info(pipe) -> dict:
+    """What ran (device, dtype / providers, the TF32 mode per network): the backend's own info(), JSON-safe."""
+    try:
+        return json.loads(json.dumps(pipe.info(), default=str))
+    except Exception:  # noqa: BLE001 - a row still reports its numbers
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             out = pipe(request, subject, batch_passes=spec.batch_passes)
             row["first_s"] = time.perf_counter() - t
             row["batched_steps"] = out.batched_steps
+            stage_runs = [dict(out.timings)]  # seconds per stage (text, image, unet, vae, ...) of each generation
             image, mask = np.asarray(out.image, np.float32), np.asarray(out.mask.mask, np.float32)
             if a.save is not None:
                 np.savez(a.save, image=image, mask=mask)
@@ -117,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             row["graphs_after_first"] = graphs_captured(pipe)
             times = []
             rss0, gpu0 = _rss_mib(), _gpu_used_mib()
-            for _ in range(a.soak):
+            for i in range(a.soak):
                 t = time.perf_counter()
-                pipe(request, subject, batch_passes=spec.batch_passes)
+                o = pipe(request, subject, batch_passes=spec.batch_passes)
                 times.append(time.perf_counter() - t)
+                stage_runs = ([] if i == 0 else stage_runs) + [dict(o.timings)]  # the soak's, once there is one
             row.update(soak=a.soak, p50_s=statistics.median(times) if times else row["first_s"],
                        graphs_after_soak=graphs_captured(pipe), rss_start_mib=rss0, rss_end_mib=_rss_mib(),
-                       gpu_start_mib=gpu0, gpu_end_mib=_gpu_used_mib())
+                       gpu_start_mib=gpu0, gpu_end_mib=_gpu_used_mib(),
+                       stages_p50_s={k: statistics.median(r.get(k, 0.0) for r in stage_runs) for k in stage_runs[0]},
+                       info=_info(pipe))
         finally:
             close = getattr(pipe, "close", None)
             if close is not None:

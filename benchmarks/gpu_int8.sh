@@ -1,43 +1,52 @@
 #!/usr/bin/env bash
 # The 8-bit rows of the GPU check: TensorRT int8 / fp8 plans against fp16 (and fp32), speed and fidelity.
 # Separate from gpu_check.sh, which can call it as one step:  benchmarks/gpu_int8.sh --work "$work"
-#   1. an sd15-size engine directory at SIZE with fp16, int8 and fp8 graphs (export; 8-bit calibrated on the
-#      built-in set; reused when WORK already has it)
-#   2. TensorRT plans per precision (`monkey-trt build --precision P`); fp8 only on compute capability >= 8.9
-#      (monkey-trt refuses it below with one line, which this script shows and counts as a skip)
+#   1. the engine directory: --engine (gpu_check.sh passes its own: fp32 + fp16 graphs and plans already there) or an
+#      sd15-size one exported at SIZE; the 8-bit graphs are added to it (`export --precision int8`, calibrated on
+#      CALIB_SIZE cases, 11 UNet calls each); nothing already there is exported or built again
+#   2. TensorRT plans per precision (`monkey-trt build --precision P`: a plan already built is kept); fp8 only with
+#      FP8=1 and compute capability >= 8.9 (below, monkey-trt refuses it with one line, shown here as a skip)
 #   3. `monkey-trt bench --backends trt --precision P` per precision (JSON in WORK/logs)
 #   4. `monkey-trt generate --backend trt --precision P --save-arrays` for SEEDS, then mask IoU / PSNR / max|diff|
 #      of each 8-bit run against fp16 and fp32 on the same seed (the mask pass runs the fp32 plans: masks equal fp32)
 #   5. one table: p50 end to end and UNet per precision, speed-up over fp16, fidelity
+# Every step is bounded by what is left of BUDGET; a step that cannot start is a failure, named.
 # NVIDIA's diffusion recipes report ~1.7x (INT8) and ~1.95x (FP8) UNet speed-ups over fp16 on Hopper-class GPUs.
 #
-# Usage: benchmarks/gpu_int8.sh [--dry-run] [--work DIR]
-# Environment: SIZE (512), RUNS (3), SEEDS (0,1,2), OPT_LEVEL (3), PYTHON (python)
-# Exit: 0 every step that ran passed; 1 a step failed; 2 usage; 3 no TensorRT/GPU here (nothing run).
+# Usage: benchmarks/gpu_int8.sh [--dry-run] [--work DIR] [--engine DIR] [--model DIR]
+# Environment: SIZE (512), RUNS (2), SEEDS (0), CALIB_SIZE (1), FP8 (0: fp8 is opt-in), OPT_LEVEL (2),
+#   BUDGET (420 s), PYTHON (python)
+# Exit: 0 every step that ran passed; 1 a step failed (or the budget ran out); 2 usage; 3 no TensorRT/GPU here.
 set -uo pipefail
 
 dry_run=0
-work=""
+work=""; engine=""; model=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
     --work) work="${2:?--work needs a folder}"; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --engine) engine="${2:?--engine needs a folder}"; shift ;;
+    --model) model="${2:?--model needs a folder}"; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 SIZE=${SIZE:-512}
-RUNS=${RUNS:-3}
-SEEDS=${SEEDS:-0,1,2}
-OPT_LEVEL=${OPT_LEVEL:-3}
+RUNS=${RUNS:-2}
+SEEDS=${SEEDS:-0}
+CALIB_SIZE=${CALIB_SIZE:-1}
+FP8=${FP8:-0}
+OPT_LEVEL=${OPT_LEVEL:-2}
+BUDGET=${BUDGET:-420}
 PY=${PYTHON:-python}
 cd "$(dirname "$0")/.." || exit 2
 work=${work:-$(mktemp -d -t monkey-gpu-int8.XXXXXX)}
 mkdir -p "$work/logs" || exit 2
-model="$work/sd15-model"
-engine="$work/sd15-engine-${SIZE}"
-cli() { "$PY" -m monkey_trt.cli "$@"; }
+t_start=$(date +%s)
+model=${model:-"$work/sd15-model"}
+engine=${engine:-"$work/sd15-engine-${SIZE}"}
+CLI=("$PY" -m monkey_trt.cli)  # an array, not a function: `timeout` runs it
 
 cc=$("$PY" - <<'EOF' 2>/dev/null
 try:
@@ -53,38 +62,42 @@ if [[ -z "$cc" ]]; then
   exit 3
 fi
 precisions="fp16 int8"
-if "$PY" -c "import sys; a, b = map(int, '$cc'.split('.')); sys.exit(0 if (a, b) >= (8, 9) else 1)"; then
-  precisions="fp16 int8 fp8"
-fi
-echo "gpu_int8: compute capability $cc, precisions: fp32 $precisions, size ${SIZE}, work $work"
+fp8_ok=0
+"$PY" -c "import sys; a, b = map(int, '$cc'.split('.')); sys.exit(0 if (a, b) >= (8, 9) else 1)" && fp8_ok=1
+[[ $FP8 == 1 && $fp8_ok == 1 ]] && precisions="fp16 int8 fp8"
+echo "gpu_int8: compute capability $cc, precisions: fp32 $precisions, size ${SIZE}, budget ${BUDGET}s, engine $engine, work $work"
 if [[ $dry_run == 1 ]]; then
-  echo "would: export fp32,${precisions// /,} -> build plans per precision -> bench trt per precision -> generate + compare seeds $SEEDS"
+  echo "would: add ${precisions// /,} graphs to $engine (calibration: $CALIB_SIZE case(s)) -> build the missing plans ->" \
+       "bench trt per precision ($RUNS runs) -> generate + compare seeds $SEEDS"
   exit 0
 fi
 
 fail=0
-step() {  # step NAME CMD...: run, log, report
+step() {  # step NAME CMD...: run, log, report; bounded by what is left of BUDGET
   local name=$1; shift
+  local left=$(( BUDGET - ($(date +%s) - t_start) ))
+  if (( left < 10 )); then echo "== $name: FAILED (not started: the ${BUDGET}s budget is spent)"; fail=1; return 1; fi
   echo "== $name"
-  if "$@" >"$work/logs/$name.log" 2>&1; then echo "   ok"; else echo "   FAILED (see $work/logs/$name.log)"; tail -3 "$work/logs/$name.log"; fail=1; fi
+  if timeout "$left" "$@" >"$work/logs/$name.log" 2>&1; then echo "   ok"
+  else echo "   FAILED (see $work/logs/$name.log)"; tail -3 "$work/logs/$name.log"; fail=1; fi
 }
 
-[[ -f "$model/tiny-model.json" ]] || step model cli tiny-model "$model" --preset sd15
-all="fp32,${precisions// /,}"
-step export cli export --out "$engine" --base "$model/base" --ip-adapter "$model/ip-adapter" \
-  --height "$SIZE" --width "$SIZE" --batch 2 --precision "$all"
+[[ -f "$model/tiny-model.json" ]] || step model "${CLI[@]}" tiny-model "$model" --preset sd15
+# the same profile as gpu_check.sh's export: on an existing directory export adds only the precisions it lacks
+step export "${CLI[@]}" export --out "$engine" --base "$model/base" --ip-adapter "$model/ip-adapter" --height "$SIZE" \
+  --width "$SIZE" --batch 2 --precision "fp32,${precisions// /,}" --calib-size "$CALIB_SIZE"
 for p in fp32 $precisions; do
-  step "build-$p" cli build --engine-dir "$engine" --precision "$p" --opt-level "$OPT_LEVEL"
-  step "bench-$p" cli bench --engine-dir "$engine" --backends trt --precision "$p" --runs "$RUNS" --json "$work/logs/bench-$p.json"
+  step "build-$p" "${CLI[@]}" build --engine-dir "$engine" --precision "$p" --opt-level "$OPT_LEVEL"
+  step "bench-$p" "${CLI[@]}" bench --engine-dir "$engine" --backends trt --precision "$p" --runs "$RUNS" --json "$work/logs/bench-$p.json"
   for s in ${SEEDS//,/ }; do
-    step "generate-$p-$s" cli generate --backend trt --engine-dir "$engine" --precision "$p" --image "$model/subject.png" \
+    step "generate-$p-$s" "${CLI[@]}" generate --backend trt --engine-dir "$engine" --precision "$p" --image "$model/subject.png" \
       --prompt "a toy on the beach" --seed "$s" --save-arrays --out "$work/gen-$p-$s"
   done
 done
 # fp8 below compute capability 8.9: one line, exit 2 (shown, not a failure)
-if [[ $precisions != *fp8* ]]; then
+if [[ $fp8_ok == 0 ]]; then
   echo "== fp8 refused below compute capability 8.9:"
-  cli build --engine-dir "$engine" --precision fp8 2>&1 | tail -1
+  "${CLI[@]}" build --engine-dir "$engine" --precision fp8 2>&1 | tail -1
 fi
 
 "$PY" - "$work" "$SEEDS" fp32 $precisions <<'EOF'

@@ -59,7 +59,7 @@ def test_doctor_does_not_import_heavy_packages():
     [("tensorrt", "10.0.1", True), ("tensorrt", "10.16.1.11", True), ("tensorrt", "11.4.0.106", True),
      ("tensorrt", "9.3.0", False), ("tensorrt", "12.0.0", False), ("cuda-python", "12.9.4", True),
      ("cuda-python", "13.4.4", True), ("cuda-python", "12.4.0", False), ("cuda-python", "14.0", False),
-     ("polygraphy", "0.53.6", True), ("polygraphy", "0.48.1", False), ("onnxruntime-gpu", "1.32.0", True)],
+     ("polygraphy", "0.53.6", True), ("polygraphy", "0.48.1", False), ("polygraphy", "0.49.26", False), ("onnxruntime-gpu", "1.32.0", True)],
 )
 def test_supported_ranges(dist, version, inside):
     from monkey_trt.commands.doctor import supported_range
@@ -88,7 +88,7 @@ def test_installed_polygraphy_row_states_its_range():
     rows = _rows()
     if importlib.util.find_spec("polygraphy") is None:
         pytest.skip("polygraphy not installed")
-    assert rows["polygraphy"].ok is True and "supported >=0.49.9,<1" in rows["polygraphy"].detail
+    assert rows["polygraphy"].ok is True and "supported >=0.53.6,<1" in rows["polygraphy"].detail
 
 
 def test_doctor_reports_every_extra():
@@ -135,3 +135,17 @@ def test_serve_modules_missing_for_real_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == ["error: serve needs the serve extra (prometheus_client not installed): "
                                                 "pip install 'monkey-trt[serve]'"]
+
+
+@pytest.mark.parametrize("trt, pg, ok", [("11.4.0.106", "0.49.26", False), ("11.0.0.114", "0.53.6", True),
+                                         ("10.16.1.11", "0.49.26", True), (None, "0.53.6", None)])
+def test_doctor_checks_the_tensorrt_polygraphy_pair(trt, pg, ok):
+    from monkey_trt.commands.doctor import polygraphy_pair_row
+
+    row = polygraphy_pair_row(trt, pg)
+    if ok is None:
+        assert row is None
+        return
+    assert row.ok is ok
+    if not ok:
+        assert "precision_is_set" in row.detail and "pip install 'polygraphy>=0.53.6'" in row.detail and "\n" not in row.detail

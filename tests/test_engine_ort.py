@@ -278,6 +278,8 @@ def fake_ort(monkeypatch, tmp_path):
     from tests.fakes import ort as fakes
 
     monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "user-cache"))
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "unset")  # recorded, so that the test's own value is undone after it
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
     return fakes.install(monkeypatch)
 
 

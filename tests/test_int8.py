@@ -393,6 +393,32 @@ def test_tensorrt_int8_plans_build_strongly_typed_from_the_qdq_unet(int8_dir, fa
         assert "\n" not in str(ei.value) and not fake_gpu
 
 
+def test_an_8bit_trt_engine_opens_one_activation_pool_and_hashes_each_plan_once(int8_dir, fake_gpu, tmp_path, monkeypatch):
+    """Issue 24: the exact mask pass's fp32 UNet joins the pipeline's activation pool (no second TensorRT pool) and only
+    its plan is hashed besides the int8 plans (no second sha256 of every fp32 plan)."""
+    from monkey_trt.engine.trt.build import build_engine_dir
+    from monkey_trt.engine.trt.engine import memory_report
+    from monkey_trt.enginedir import plans
+    from monkey_trt.enginedir.plans import BuildConfig
+
+    d = tmp_path / "engine"
+    shutil.copytree(int8_dir, d)
+    m = load_manifest(d)
+    for precision in ("fp32", "int8"):
+        build_engine_dir(d, m, BuildConfig(profile=m.profile, precision=precision, workspace_gib=1))
+    hashed: list[str] = []
+    real = plans.sha256_file
+    monkeypatch.setattr(plans, "sha256_file", lambda path: hashed.append(f"{Path(path).parent.name[:7]}/{Path(path).name}") or real(path))
+    with MonkeyPipeline.from_engine_dir(d, backend="trt", precision="int8") as p:
+        engines = list({id(e): e for e in (*p.runners.values(), *p.unet_runners.values())}.values())
+        assert set(p.unet_runners) == {"int8", "fp32"} and len(engines) == 5
+        assert len({id(e.activation_memory) for e in engines}) == 1  # one pool, sized for the largest engine
+        report = memory_report({**p.runners, "unet-fp32": p.unet_runners["fp32"]})
+        assert report["activation_allocated_bytes"] <= max(e.memory()["activation_bytes"] for e in engines)
+        assert p.unet_runners["fp32"].graphs_captured == 0  # the public accessor (no CUDA graphs asked for)
+    assert sorted(hashed) == sorted([f"v2-int8/{n}.plan" for n in m.networks] + ["v2-fp32/unet.plan"])
+
+
 def test_bench_and_serve_take_int8(int8_dir):
     from monkey_trt.bench.measure import BenchSettings
     from monkey_trt.serve.service import ServeConfig

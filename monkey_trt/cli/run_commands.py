@@ -33,6 +33,7 @@ def generate(
     device: str = backend_option("device"),
     providers: str = backend_option("providers"),
     fp16: bool = backend_option("fp16"),
+    tf32: bool = backend_option("tf32"),
     cuda_graph: bool = backend_option("cuda_graph"),
     precision: str = backend_option("precision"),
     threads: int = backend_option("threads"),
@@ -60,7 +61,7 @@ def generate(
     config = config_from_options(knob_values)
     backend = backend_row(default_backend(engine_dir, backend), "generate").name
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
-    spec = spec_from_options(backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, cuda_graph=cuda_graph,
+    spec = spec_from_options(backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, tf32=tf32, cuda_graph=cuda_graph,
                                            precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes))
     if d.dims is not None:  # the engine directory's model: its limits before any work
         config.check_model(d.dims)
@@ -145,6 +146,7 @@ def bench(
     threads: int = backend_option("threads"),
     providers: str = backend_option("providers"),
     fp16: bool = backend_option("fp16"),
+    tf32: bool = backend_option("tf32"),
     verify: str = backend_option("verify"),
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
@@ -161,7 +163,7 @@ def bench(
 
     def settings(h: int, w: int) -> BenchSettings:
         options = dict(device=device, dtype=dtype, cuda_graph=cuda_graph, batch_passes=batch_passes, precision=precision,
-                       threads=threads, providers=split_list(providers), fp16=fp16, verify=verify)
+                       threads=threads, providers=split_list(providers), fp16=fp16, tf32=tf32, verify=verify)
         return BenchSettings.from_options(names, h, w, options, ort_cache=ort_cache, runs=runs, warmup=warmup, soak=soak,
                                           workdir=str(workdir))
 
@@ -195,6 +197,7 @@ def serve(
     verify: str = backend_option("verify"),
     threads: int = backend_option("threads"),
     fp16: bool = backend_option("fp16"),
+    tf32: bool = backend_option("tf32"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
@@ -211,7 +214,7 @@ def serve(
     if backend not in backend_names("serve"):
         raise MonkeyError(f"--backend must be {' or '.join(backend_names('serve'))}, got {backend!r}")
     spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,
-                                           threads=threads, fp16=fp16, batch_passes=batch_passes))
+                                           threads=threads, fp16=fp16, tf32=tf32, batch_passes=batch_passes))
     config = ServeConfig(engine_dir=engine_dir, spec=spec, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
                          subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup)
     from monkey_trt.enginedir.load import load_manifest

@@ -120,6 +120,24 @@ def _tensorrt_row() -> tuple[CheckRow, bool]:
     return CheckRow("tensorrt", ok, detail), ok
 
 
+def polygraphy_pair_row(trt_version: str | None, pg_version: str | None) -> CheckRow | None:
+    """The installed TensorRT + Polygraphy pair: a Polygraphy too old for this TensorRT major fails every build."""
+    from monkey_trt.engine.trt.api_names import POLYGRAPHY_FOR_TENSORRT
+
+    if trt_version is None or pg_version is None:
+        return None
+    try:
+        from packaging.version import InvalidVersion, Version
+
+        need = POLYGRAPHY_FOR_TENSORRT.get(Version(trt_version).major)
+        if need is not None and Version(pg_version) < Version(need[0]):
+            return CheckRow("tensorrt+polygraphy", False, f"polygraphy {pg_version} with tensorrt {trt_version}: {need[1]} "
+                                                          f"(pip install 'polygraphy>={need[0]}')")
+    except (ImportError, InvalidVersion):
+        return CheckRow("tensorrt+polygraphy", None, f"tensorrt {trt_version}, polygraphy {pg_version}: not checked")
+    return CheckRow("tensorrt+polygraphy", True, f"tensorrt {trt_version} with polygraphy {pg_version}")
+
+
 def _cuda_python_row() -> tuple[CheckRow, bool]:
     ver = _dist_version("cuda-python", "cuda-bindings")
     found = importlib.util.find_spec("cuda") is not None
@@ -223,6 +241,11 @@ def doctor_report(engine_dir=None, precision: str = "fp32") -> list[CheckRow]:
     rows.append(_optional("transformers", "transformers", "for export and the reference"))
     trt_row, have_trt = _tensorrt_row()
     rows.append(trt_row)
+    if importlib.util.find_spec("tensorrt") is not None:
+        pair = polygraphy_pair_row(_dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu12-bindings",
+                                                 "tensorrt-cu13-bindings"), _dist_version("polygraphy"))
+        if pair is not None:
+            rows.append(pair)
     cuda_row, have_cuda_python = _cuda_python_row()
     rows.append(cuda_row)
 

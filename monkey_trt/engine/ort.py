@@ -36,6 +36,7 @@ from monkey_trt.core.atomic import sha256_file
 from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
+from monkey_trt.engine.tf32 import cuda_tf32_option, keep_tf32_off, ort_tf32_mode
 from monkey_trt.enginedir.manifest import check_precision
 
 __all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "open_ort_runners", "ort_version",
@@ -194,7 +195,7 @@ class OrtRunner(Runner):
             the TensorRT EP builds one engine that covers them all (without it the EP rebuilds its engine whenever a
             shape leaves the range it has seen).
         trt_cache_dir: TensorRT EP: the root of its engine + timing caches (default: the user cache folder,
-            `engine.cache.cache_root()`); the files go to a sub-folder keyed by `source_digest`, the ORT version,
+            `engine.derived_cache.cache_root()`); the files go to a sub-folder keyed by `source_digest`, the ORT version,
             the providers and the options, written through a staging copy (never half-written).
         cuda_graph: CUDA/TensorRT EP: replay each input-shape set as a captured CUDA graph: CUDA EP with ORT >=
             1.18: one session, one graph per shape set (RunOptions "gpu_graph_id"); TensorRT EP (one graph per
@@ -203,13 +204,14 @@ class OrtRunner(Runner):
             (no calibration table: the scales are in the graph). CPU: common-subexpression elimination is
             off, since it merges the per-consumer QuantizeLinear nodes, and a shared one keeps ORT from
             fusing DequantizeLinear -> MatMul/Conv -> QuantizeLinear into integer kernels.
+        tf32: CUDA/TensorRT EP: allow TF32 for fp32 math (changes the math: opt-in); off otherwise (engine/tf32.py).
         cudnn_conv_algo_search: CUDA EP: "EXHAUSTIVE" | "HEURISTIC" | "DEFAULT".
         device_id: CUDA device.
         intra_op_threads: default = physical cores.
         optimized_model_cache: a folder to keep the ORT_ENABLE_ALL-optimised graph in, keyed by `source_digest`,
             ORT version, providers and machine; reused on the next start (CPU/CUDA only; ignored for TensorRT,
             which wants the original graph).
-        source_digest: the digest of the graph files (the manifest's sha256s, `engine.cache.source_digest`);
+        source_digest: the digest of the graph files (the manifest's sha256s, `engine.derived_cache.source_digest`);
             default: the files are hashed when a cache needs it.
     """
 
@@ -233,6 +235,7 @@ class OrtRunner(Runner):
         source_digest: str | None = None,
         log_severity: int = 3,
         int8: bool = False,
+        tf32: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
@@ -240,10 +243,9 @@ class OrtRunner(Runner):
         if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise MonkeyError(f"cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
         check_precision(precision)
-        self.fp16 = bool(fp16)
-        self.precision = precision
+        self.fp16, self.precision = bool(fp16), precision
         self.trt_profile = {n: tuple(tuple(int(d) for d in s) for s in mmo) for n, mmo in (trt_profile or {}).items()}
-        self.int8 = bool(int8)
+        self.int8, self.tf32 = bool(int8), bool(tf32)
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
         self.cuda_graph = bool(cuda_graph) and self._chain[0] != PROVIDER_NAMES["cpu"]
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
@@ -302,6 +304,11 @@ class OrtRunner(Runner):
         """CUDA-graph mode: how many graphs (input-shape sets) this runner has captured."""
         return len(self._graphs)
 
+    @property
+    def tf32_mode(self) -> str:
+        """How fp32 math runs here: cpu | allowed | off: use_tf32=0 | off: NVIDIA_TF32_OVERRIDE=0 (engine/tf32.py)."""
+        return ort_tf32_mode(self._chain, self.tf32, ort_version())
+
     # -- session -------------------------------------------------------------------------
     def _trt_fp16(self) -> bool:
         return self.fp16 or self.precision == "fp16"
@@ -332,7 +339,8 @@ class OrtRunner(Runner):
             elif p == PROVIDER_NAMES["cuda"]:
                 # With the TensorRT EP in front, the CUDA graph (if any) belongs to TensorRT.
                 opts.append({"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
-                             "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"])})
+                             "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"]),
+                             **cuda_tf32_option(self._chain, self.tf32, ort_version())})
             else:
                 opts.append({})
         return opts
@@ -364,12 +372,13 @@ class OrtRunner(Runner):
 
     def trt_cache_folder(self) -> Path:
         """Where this runner's TensorRT EP engines and timing cache are kept (keyed; see `trt_cache_dir`)."""
-        material = {**self._cache_material(), "trt": self._trt_options(graph=False)}
+        material = {**self._cache_material(), "trt": self._trt_options(graph=False), "tf32": self.tf32}
         return keyed_folder("ort-trt", material, root=self.trt_cache_dir)
 
     def _create(self, path: Path, so, graph: bool | None = None):
         ort = _import_ort()
         graph = self._graph_mode == "ids" if graph is None else graph
+        keep_tf32_off(self.name, self._chain, self.tf32, ort_version())  # where no provider option can (engine/tf32.py)
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self._chain,
                                         provider_options=self._provider_options(graph),
@@ -591,12 +600,13 @@ def _flag(on: bool) -> str:
 
 
 # -- the backend table's opener (runtime.backend: "ort") ------------------------------------------------
-def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str]) -> dict[str, OrtRunner]:
+def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared: dict | None = None) -> dict[str, OrtRunner]:
     """One (not yet activated) OrtRunner per network of an engine directory, for a runtime.backend.BackendSpec.
 
     Each runs the graph of the spec's precision the manifest names for it (8-bit engines: fp32 besides the UNet),
     with the engine's shape profile; derived caches are keyed by the manifest's digests (nothing is written into
-    `root`). An 8-bit (Q/DQ) graph gets the TensorRT EP's int8 switch (no calibration table: the scales are in it)."""
+    `root`). An 8-bit (Q/DQ) graph gets the TensorRT EP's int8 switch (no calibration table: the scales are in it).
+    `shared`: the pipeline's shared state (ORT sessions share nothing)."""
     from monkey_trt.engine.precision import check_ort_precision
 
     providers = spec.providers or (default_provider(),)
@@ -608,7 +618,7 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str]) -> dic
         graph_precision = manifest.run_precision(name, spec.precision)
         _, sha256, _ = entry.files(graph_precision)
         runners[name] = OrtRunner(
-            path, providers=providers, name=name, fp16=spec.fp16, precision=graph_precision,
+            path, providers=providers, name=name, fp16=spec.fp16, tf32=spec.tf32, precision=graph_precision,
             trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
             cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
             optimized_model_cache=spec.ort_cache, source_digest=files_digest(sha256), int8=graph_precision == "int8",

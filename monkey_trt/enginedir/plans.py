@@ -199,15 +199,16 @@ def _complete(folder: Path) -> bool:
     return (folder / BUILD_JSON).is_file() and all((folder / f"{n}.plan").is_file() for n in NETWORKS)
 
 
-def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256") -> None:
+def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256", networks=NETWORKS) -> None:
     """Every plan the runtime will open is a regular file inside the engine directory whose size (and,
-    for verify="sha256", digest) is what `build` recorded in build.json; no digest is an error."""
+    for verify="sha256", digest) is what `build` recorded in build.json; no digest is an error. `networks`: the
+    plans to check (those the caller opens: each plan is hashed once per pipeline)."""
     try:
-        networks = json.loads((folder / BUILD_JSON).read_text())["networks"]
+        recorded = json.loads((folder / BUILD_JSON).read_text())["networks"]
     except (OSError, ValueError, KeyError, TypeError):
         raise EngineDirError(f"{folder / BUILD_JSON} is unreadable: run `monkey-trt build --force`") from None
-    for n in NETWORKS:
-        plan, entry = folder / f"{n}.plan", networks.get(n) if isinstance(networks, dict) else None
+    for n in networks:
+        plan, entry = folder / f"{n}.plan", recorded.get(n) if isinstance(recorded, dict) else None
         if plan.is_symlink() or not plan.is_relative_to(engine_dir) or not inside(Path(engine_dir), str(plan.relative_to(engine_dir))):
             raise EngineDirError(f"{engine_dir}: TensorRT plan {plan} is not a plain file inside the engine directory")
         digest = entry.get("sha256") if isinstance(entry, dict) else None

@@ -32,6 +32,23 @@ def set_torch_threads(threads: int) -> None:
 
 
 
+def torch_tf32(device: str, tf32: bool) -> None:
+    """On CUDA: TF32 for fp32 matmuls and cuDNN convolutions only when asked for (torch's cuDNN default allows it;
+    engine/tf32.py). Process-wide, like torch's own switches."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    mode = "tf32" if tf32 else "ieee"
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = mode
+        conv.fp32_precision = mode
+    else:
+        matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 def check_dtype(dtype: str) -> str:
     """`--dtype` of the torch and published backends: fp32 or fp16."""
     if dtype not in TORCH_DTYPES:

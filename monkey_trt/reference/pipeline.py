@@ -218,10 +218,11 @@ class ReferencePipeline:
 
 def open_reference(spec, models: ModelSource) -> ReferencePipeline:
     """The backend table's opener (runtime.backend: "torch"): the PyTorch reference of a BackendSpec on `models`."""
-    from monkey_trt.reference.device import check_torch_device, set_torch_threads, torch_dtype
+    from monkey_trt.reference.device import check_torch_device, set_torch_threads, torch_dtype, torch_tf32
 
     check_torch_device(spec.device)
     set_torch_threads(spec.threads)
+    torch_tf32(spec.device, spec.tf32)  # fp32 is fp32 on CUDA unless asked (torch's cuDNN default allows TF32)
     pipe = ReferencePipeline.from_pretrained(models.base, models.ip_adapter, models.ip_weight, device=spec.device,
                                              dtype=torch_dtype(spec.dtype))
     if spec.cuda_graph:

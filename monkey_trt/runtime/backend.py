@@ -60,10 +60,10 @@ BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
             needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("bench",),
             note="the authors' published code"),
     Backend("torch", "monkey_trt.reference.pipeline:open_reference",
-            ("device", "dtype", "cuda_graph", "batch_passes", "threads"),
+            ("device", "dtype", "tf32", "cuda_graph", "batch_passes", "threads"),
             needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("generate", "eval", "bench", "api", "demo"),
             note="PyTorch reference"),
-    Backend("ort", "monkey_trt.engine.ort:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "ort_cache"),
+    Backend("ort", "monkey_trt.engine.ort:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "tf32", "ort_cache"),
             needs_engine_dir=True, devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8")),
     Backend("trt", "monkey_trt.engine.trt.engine:open_engine_dir_plans", _ENGINE_OPTIONS,
             needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS, faces=("generate", "eval", "bench", "serve", "api")),
@@ -121,6 +121,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
     BackendOption("providers", ("--providers",), "",
                   "ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     BackendOption("fp16", ("--fp16",), False, "ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
+    BackendOption("tf32", ("--tf32",), False,
+                  "torch (cuda), ort CUDA/TensorRT EP: allow TF32 for fp32 math (changes the math; opt-in; trt: `build --tf32`)"),
     BackendOption("cuda_graph", ("--cuda-graph",), False,
                   "torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
     BackendOption("batch_passes", ("--batch-passes/--no-batch-passes",), None,
@@ -159,6 +161,7 @@ class BackendSpec:
     precision: str = "fp32"
     providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
     fp16: bool = False  # ort TensorRT EP: allow fp16 kernels (changes the math: opt-in)
+    tf32: bool = False  # torch on cuda, ort CUDA/TensorRT EP: TF32 for fp32 math (changes the math: opt-in; engine/tf32.py)
     cuda_graph: bool = False  # torch on cuda, ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
     threads: int = 0  # CPU threads for torch / each ORT session (intra-op); 0 = the library default
@@ -175,7 +178,7 @@ class BackendSpec:
         _need(isinstance(self.providers, (tuple, list)) and all(isinstance(p, str) for p in self.providers),
               f"--providers must be a list of names, got {self.providers!r}")
         object.__setattr__(self, "providers", tuple(p.strip().lower() for p in self.providers))
-        for name, kind in (("fp16", bool), ("cuda_graph", bool)):
+        for name, kind in (("fp16", bool), ("tf32", bool), ("cuda_graph", bool)):
             _need(isinstance(getattr(self, name), kind), f"{name} must be true or false, got {getattr(self, name)!r}")
         _need(self.batch_passes is None or isinstance(self.batch_passes, bool),
               f"batch_passes must be true, false or None, got {self.batch_passes!r}")
@@ -207,6 +210,10 @@ class BackendSpec:
             _need(not self.fp16 or "tensorrt" in self.providers, "--fp16 applies to ORT's TensorRT EP only (--providers tensorrt)")
             _need(not (self.cuda_graph and self.providers and self.providers[0] == "cpu"),
                   "--cuda-graph needs a GPU provider first (--providers cuda or tensorrt), not cpu")
+            _need(not (self.cuda_graph and self.precision == "int8" and self.providers[:1] != ("tensorrt",)),
+                  "--cuda-graph with --precision int8 is refused on ORT's CUDA EP: it may run per-channel DequantizeLinear "
+                  "on the CPU (onnxruntime issue 15260), which a CUDA-graph session cannot; use --providers tensorrt, "
+                  "--backend trt, or no --cuda-graph")
 
     @property
     def row(self) -> Backend:

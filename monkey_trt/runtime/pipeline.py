@@ -36,14 +36,17 @@ UNetObserver = Callable[[Mapping[str, np.ndarray]], None]  # sees every UNet cal
 
 
 # -- loading ---------------------------------------------------------------------------------
-def open_runners(root: Path, manifest: Manifest, spec: BackendSpec, networks: Sequence[str] = NETWORKS) -> dict[str, Runner]:
+def open_runners(root: Path, manifest: Manifest, spec: BackendSpec, networks: Sequence[str] = NETWORKS,
+                 shared: dict | None = None) -> dict[str, Runner]:
     """One activated runner per network (of `networks`), from the opener of the spec's row of the backend table.
-    Nothing is written into `root` (a sealed engine directory): derived caches (ORT's TensorRT EP engines, ORT's
-    optimised graphs) go to the user cache folder, keyed by the manifest's digests of the files they come from."""
+    `shared`: what one pipeline's runners share, kept by the backend under its own keys (TensorRT: one activation
+    pool for every plan the pipeline opens). Nothing is written into `root` (a sealed engine directory): derived
+    caches (ORT's TensorRT EP engines, ORT's optimised graphs) go to the user cache folder, keyed by the manifest's
+    digests of the files they come from."""
     row = backend_row(spec.backend)
     if not row.needs_engine_dir:
         raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {spec.backend!r}")
-    runners = row.open_function()(root, manifest, spec, networks)
+    runners = row.open_function()(root, manifest, spec, networks, {} if shared is None else shared)
     try:
         for r in runners.values():
             r.activate()
@@ -85,11 +88,12 @@ class MonkeyPipeline:
         self.unet_roles = unet_roles(spec.precision, spec.mask_pass)
         self.unet_runners = {spec.precision: runners["unet"]} if "unet" in runners else {}
         self._unet_observers: list[UNetObserver] = []
+        self.shared: dict = {}  # what the backend's runners share (open_runners' `shared`)
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
-        batch_passes, fp16, ort_cache, mask_pass), checked like the CLI's options."""
+        batch_passes, fp16, tf32, ort_cache, mask_pass), checked like the CLI's options."""
         unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
         if unknown:
             raise MonkeyError(f"from_engine_dir() got unknown option(s) {', '.join(unknown)}")
@@ -103,10 +107,12 @@ class MonkeyPipeline:
             raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {got!r}")
         manifest = load_manifest(Path(root), verify=spec.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
-        pipe = cls(Path(root), manifest, open_runners(Path(root), manifest, spec), spec, tokenizer)
+        shared: dict = {}
+        pipe = cls(Path(root), manifest, open_runners(Path(root), manifest, spec, NETWORKS, shared), spec, tokenizer)
+        pipe.shared = shared
         try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
-            for p in extra_unet_precisions(spec.precision, spec.mask_pass):
-                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p), ("unet",))["unet"]
+            for p in extra_unet_precisions(spec.precision, spec.mask_pass):  # trt: the same activation pool (shared)
+                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p), ("unet",), pipe.shared)["unet"]
         except BaseException:
             pipe.close()
             raise
@@ -117,7 +123,8 @@ class MonkeyPipeline:
         providers = {n: list(r.providers) for n, r in self.runners.items()}
         devices = {n: r.device for n, r in self.runners.items()}
         return {"engine_dir": str(self.root), "source": self.manifest.source, "providers": providers, "devices": devices,
-                "options": {"precision": self.spec.precision, "fp16": self.spec.fp16, "cuda_graph": self.spec.cuda_graph},
+                "options": {"precision": self.spec.precision, "fp16": self.spec.fp16, "cuda_graph": self.spec.cuda_graph,
+                            "tf32": {n: getattr(r, "tf32_mode", "per plan (build --tf32)") for n, r in self.runners.items()}},
                 "spec": self.spec.to_dict(),
                 **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
 

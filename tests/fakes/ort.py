@@ -57,6 +57,13 @@ GPU build adds around it, following ONNX Runtime's own documentation, tests and 
   current directory) and loads them next time if the profile still covers the shapes;
   `trt_timing_cache_enable` writes the timing cache into `trt_timing_cache_path` (default: the
   engine cache path).
+* TF32 (fp32 matmul/conv operands rounded to 10 mantissa bits on the tensor cores), with the upstream defaults:
+  the CUDA EP's "use_tf32" option is on unless set to 0 (cuda_execution_provider_info.h `bool use_tf32{true}`,
+  the option exists from ORT 1.18: an older `version` rejects the key); the TensorRT EP has no option for it
+  (tensorrt_provider_options.h) and TensorRT's builder config has BuilderFlag.TF32 set by default; for both,
+  NVIDIA_TF32_OVERRIDE=0 in the environment when the session is created turns it off (TensorRT developer guide,
+  "TF32"). A session with TF32 on rounds its float32 inputs and outputs to TF32 (`tf32_round`), so an fp32
+  session that leaves the default on misses the CPU reference in the tests. `stats.tf32_sessions` counts them.
 * Provider options are parsed strictly, as ProviderOptionsParser does: an unknown key or a bool
   that is not 0/1/true/false/True/False is an error.
 
@@ -71,6 +78,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -135,6 +143,7 @@ class Stats:
     d2h_bytes: int = 0
     d2h_by_name: dict = field(default_factory=dict)  # output name -> bytes copied to the host
     trt_engine_builds: int = 0
+    tf32_sessions: int = 0  # sessions created with TF32 on (see the module docstring)
     trt_engine_loads: int = 0
     warnings: list = field(default_factory=list)
     session_log: list = field(default_factory=list)  # (model file name, providers, provider options)
@@ -170,6 +179,14 @@ def _parse_bool(key: str, value) -> bool:
     if s in ("0", "false", "False"):
         return False
     raise Fail(f"[ONNXRuntimeError] : 1 : FAIL : Failed to parse provider option \"{key}\": \"{s}\"")
+
+
+def tf32_round(a: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest TF32 value (10 explicit mantissa bits, round half away from zero on the bit pattern)."""
+    if a.dtype != np.float32:
+        return a
+    bits = np.ascontiguousarray(a).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32).reshape(a.shape)
 
 
 def parse_profile_shapes(text: str) -> dict[str, list[list[int]]] | None:
@@ -435,6 +452,14 @@ def make_fake_ort(providers=(TRT, CUDA, CPU), version: str = "1.20.1", min_runs_
             self._run_counts: dict[int, int] = {}
             self._graphs: dict[int, dict] = {}
             self._trt = _TrtState(self, trt_o) if names[0] == TRT else None
+            override_off = os.environ.get("NVIDIA_TF32_OVERRIDE") == "0"  # read when the libraries initialise
+            if names[0] == TRT:
+                self._tf32 = not override_off  # no EP option; TensorRT's TF32 builder flag is on by default
+            elif names[0] == CUDA:
+                self._tf32 = not override_off and _parse_bool("use_tf32", cuda_o.get("use_tf32", "1"))
+            else:
+                self._tf32 = False
+            stats.tf32_sessions += self._tf32
             stats.sessions += 1
             stats.session_log.append((self._path.name, tuple(names), {k: dict(v) for k, v in opts.items()}))
 
@@ -483,8 +508,9 @@ def make_fake_ort(providers=(TRT, CUDA, CPU), version: str = "1.20.1", min_runs_
             if missing:
                 raise Fail(f"Required inputs ({missing}) are missing from input feed")
             self._trt_check({n: a.shape for n, a in inputs.items()})
-            outs = self._inner.run(None, {n: np.array(a, copy=True) for n, a in inputs.items()})
-            return dict(zip(self._outputs, outs))
+            rnd = tf32_round if self._tf32 else (lambda a: a)
+            outs = self._inner.run(None, {n: rnd(np.array(a, copy=True)) for n, a in inputs.items()})
+            return dict(zip(self._outputs, (rnd(o) for o in outs)))
 
         def run_with_iobinding(self, iobinding: IOBinding, run_options=None) -> None:
             gid = 0
@@ -673,6 +699,8 @@ def make_fake_ort(providers=(TRT, CUDA, CPU), version: str = "1.20.1", min_runs_
                 raise ValueError(f"Specified provider '{name}' is not in available provider names."
                                  f"Available providers: '{', '.join(mod.get_available_providers())}'")
             known = CUDA_OPTIONS if name == CUDA else TRT_OPTIONS if name == TRT else set()
+            if name == CUDA and not multi_graph:  # "use_tf32" came with ORT 1.18, like gpu_graph_id
+                known = known - {"use_tf32"}
             o = {str(k): str(v) for k, v in (o or {}).items()}
             for k, v in o.items():
                 if k not in known:
@@ -706,5 +734,5 @@ def engine_dir_snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-__all__ = ["CPU", "CUDA", "TRT", "Fail", "FakeOrtMisuse", "Stats", "make_fake_ort", "install", "parse_profile_shapes",
+__all__ = ["CPU", "CUDA", "TRT", "Fail", "FakeOrtMisuse", "Stats", "make_fake_ort", "install", "parse_profile_shapes", "tf32_round",
            "validate_profile_shapes", "engine_dir_snapshot"]

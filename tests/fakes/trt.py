@@ -426,7 +426,7 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
         infer_shapes_error = False
 
         def __init__(self, header, model):
-            self.profile, self.evaluator = header["profile"], ReferenceEvaluator(model)
+            self.profile, self.model, self._evaluator = header["profile"], model, None
             self.required_memory = int(header["device_memory"])
             self.weights = int(header["weights"])
 
@@ -439,6 +439,12 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             self.dtypes = {n: i[0] for n, i in {**self.inputs, **self.outputs}.items()}
             self.names = [*self.inputs, *self.outputs]
             self.contexts = 0
+
+        @property
+        def evaluator(self):  # made at the first run (onnx's reference evaluator lacks some opsets' Q/DQ: load still works)
+            if self._evaluator is None:
+                self._evaluator = ReferenceEvaluator(self.model)
+            return self._evaluator
 
         @property
         def num_io_tensors(self):

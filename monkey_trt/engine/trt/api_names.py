@@ -63,10 +63,17 @@ POLYGRAPHY = {
     "Profile.add": ("name", "min", "opt", "max"),
 }
 
+# Polygraphy releases that read an attribute a TensorRT major removed: TensorRT major -> (the first Polygraphy that
+# works with it, why older ones fail). `monkey-trt doctor` checks the installed pair; tests/test_trt_polygraphy.py
+# runs Polygraphy's real build code against fake TensorRT 10 and 11 modules.
+POLYGRAPHY_FOR_TENSORRT = {
+    11: ("0.53.6", "Polygraphy < 0.50 reads ILayer.precision_is_set in CreateConfig, which TensorRT 11 removed: every build fails"),
+}
+
 # the supported ranges (pyproject's `gpu` extra says the same; `monkey-trt doctor` checks installed versions)
 SUPPORTED = {
     "tensorrt": (">=10.0", "<12"),
-    "polygraphy": (">=0.49.9", "<1"),
+    "polygraphy": (">=0.53.6", "<1"),
     "cuda-python": (">=12.6", "<14"),
     "onnxruntime-gpu": (">=1.17", "<2"),
 }

@@ -49,6 +49,23 @@ def require_polygraphy():
     return pg_trt
 
 
+def check_polygraphy_pair(trt_version: str, polygraphy_version: str | None) -> None:
+    """A Polygraphy too old for this TensorRT major (engine/trt/api.POLYGRAPHY_FOR_TENSORRT) fails every build:
+    BackendUnavailable, one line, before any work."""
+    from packaging.version import InvalidVersion, Version
+
+    from monkey_trt.engine.trt.api_names import POLYGRAPHY_FOR_TENSORRT
+
+    try:
+        need = POLYGRAPHY_FOR_TENSORRT.get(Version(trt_version).major)
+        old = need is not None and polygraphy_version is not None and Version(polygraphy_version) < Version(need[0])
+    except InvalidVersion:
+        return
+    if old:
+        raise BackendUnavailable(f"polygraphy {polygraphy_version} cannot build with TensorRT {trt_version}: {need[1]} "
+                                 f"(pip install 'polygraphy>={need[0]}')")
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -68,6 +85,7 @@ def build_engine(
     trt = lib.require_tensorrt()
     cuda.require_cuda_device()
     pg = require_polygraphy()
+    check_polygraphy_pair(str(trt.__version__), _dist_version("polygraphy"))
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     if not onnx_path.is_file():
         raise EngineDirError(f"{desc.name}: ONNX file {onnx_path} does not exist")

@@ -225,6 +225,11 @@ class TrtEngine(Runner):
         """The input shapes of every kept shape set (each with its context, buffers and graph), oldest first."""
         return [{s.name: shape for s, shape in zip(self._inputs, key)} for key in self._sets]
 
+    @property
+    def graphs_captured(self) -> int:
+        """CUDA graphs this engine holds now (one per kept shape set that replays as a graph)."""
+        return sum(1 for s in self._sets.values() if s.graph_exec is not None)
+
     # -- lifecycle -----------------------------------------------------------------------
     def load(self) -> None:
         """Deserialise the plan (needs TensorRT and a GPU)."""
@@ -532,20 +537,24 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str = "fp3
 
 
 def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, precision: str = "fp32",
-                     verify: str = "sha256") -> dict[str, "TrtEngine"]:
-    """One (not yet activated) TrtEngine per network, plans verified, all sharing one ActivationMemory (peak
-    activation memory = the largest network's); CUDA graphs only for the UNet's fixed-shape steps."""
+                     verify: str = "sha256", networks=NETWORKS, activation_memory: ActivationMemory | None = None
+                     ) -> dict[str, "TrtEngine"]:
+    """One TrtEngine per network of `networks` (plans verified: only theirs), sharing one ActivationMemory (`activation_memory`:
+    a pipeline's, e.g. for an 8-bit engine's fp32 mask-pass UNet); CUDA graphs only for the UNet's fixed-shape steps."""
     folder = find_plan_dir(engine_dir, manifest, precision)
-    plans.verify_plans(Path(engine_dir), folder, verify)
-    shared = ActivationMemory()
+    plans.verify_plans(Path(engine_dir), folder, verify, networks)
+    shared = activation_memory if activation_memory is not None else ActivationMemory()
     return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet", activation_memory=shared)
-            for n in NETWORKS}
+            for n in networks}
 
 
-def open_engine_dir_plans(root: str | os.PathLike, manifest, spec, networks: Sequence[str] = NETWORKS) -> dict[str, "TrtEngine"]:
-    """The backend table's opener (runtime.backend: "trt"): `networks`' plans for a runtime.backend.BackendSpec."""
-    runners = open_trt_runners(root, manifest, cuda_graph=spec.cuda_graph, precision=spec.precision, verify=spec.verify)
-    return {n: r for n, r in runners.items() if n in networks}
+def open_engine_dir_plans(root: str | os.PathLike, manifest, spec, networks: Sequence[str] = NETWORKS,
+                          shared: dict | None = None) -> dict[str, "TrtEngine"]:
+    """The backend table's opener (runtime.backend: "trt"): `networks`' plans for a runtime.backend.BackendSpec. Every
+    plan a pipeline opens (an 8-bit engine's fp32 mask-pass UNet too) joins one activation pool, kept in `shared`."""
+    pool = (shared if shared is not None else {}).setdefault("trt_activation_memory", ActivationMemory())
+    return open_trt_runners(root, manifest, cuda_graph=spec.cuda_graph, precision=spec.precision, verify=spec.verify,
+                            networks=tuple(networks), activation_memory=pool)
 
 
 def _memory_summary(networks: dict[str, dict], groups: list[list[str]]) -> dict:
