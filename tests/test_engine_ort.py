@@ -434,7 +434,7 @@ def test_tensorrt_ep_cuda_graph_one_session_per_shape_set(mlp_path, fake_ort):
 
 
 def test_profile_shape_strings_parse_as_ort_parses_them():
-    from monkey_trt.engine.ort import _shape_text
+    from monkey_trt.engine.ort.providers import shape_text as _shape_text
     from tests.fakes.ort import parse_profile_shapes, validate_profile_shapes
 
     text = _shape_text({"sample": (1, 4, 8, 8), "ip_scale": (16,)})

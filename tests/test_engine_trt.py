@@ -20,6 +20,8 @@ from monkey_trt.core.errors import BackendUnavailable, EngineDirError, MonkeyErr
 from monkey_trt.engine.trt import build as trt_build
 from monkey_trt.engine.trt import cuda as trt_cuda
 from monkey_trt.engine.trt import engine as trt_engine
+from monkey_trt.engine.trt import engine_dir as trt_engine_dir
+from monkey_trt.engine.trt import memory as trt_memory
 from monkey_trt.engine.trt import lib as trt_lib
 from monkey_trt.engine.trt.build import build_engine, build_engine_dir
 from monkey_trt.engine.trt.cuda import require_cuda_device
@@ -635,26 +637,26 @@ def test_fake_plan_selection_by_full_key(fakes, tmp_path, monkeypatch):
     manifest = _networks_manifest(tmp_path)
     monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
     with pytest.raises(EngineDirError, match=r"no fp16 TensorRT plans .* run `monkey-trt build --engine-dir .* --precision fp16`") as ei:
-        trt_engine.find_plan_dir(tmp_path, manifest, "fp16")
+        trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp16")
     assert "\n" not in str(ei.value)
     fp32 = build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE))
     fp16 = build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE, precision="fp16"))
     (fp32 / "build.json").touch()  # the newest: must not matter
-    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp16") == fp16
-    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp32") == fp32
+    assert trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp16") == fp16
+    assert trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp32") == fp32
     # a non-default build (static shapes) is found when it is the only one for the key's other parts
     static = build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE, precision="fp16", static_shapes=True))
-    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp16") == fp16  # the default build wins
+    assert trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp16") == fp16  # the default build wins
     import shutil
 
     shutil.rmtree(fp16)
-    assert trt_engine.find_plan_dir(tmp_path, manifest, "fp16") == static
+    assert trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp16") == static
     # another TensorRT version or GPU: none of these plans
     monkeypatch.setattr(fakes.trt, "__version__", "11.5.0.1")
     with pytest.raises(EngineDirError, match="TensorRT 11.5.0.1"):
-        trt_engine.find_plan_dir(tmp_path, manifest, "fp32")
+        trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp32")
     with pytest.raises(EngineDirError, match="export --out .* --precision fp16"):
-        trt_engine.find_plan_dir(tmp_path, _networks_manifest(tmp_path, precisions=("fp32",)), "fp16")
+        trt_engine_dir.find_plan_dir(tmp_path, _networks_manifest(tmp_path, precisions=("fp32",)), "fp16")
 
 
 # -- static inputs (bind_static): owned by the caller's handle, on the device -------------------------
@@ -882,7 +884,7 @@ def _open_pipeline(fakes, tmp_path, monkeypatch, sizes: dict[str, int]):
         return engine
 
     monkeypatch.setattr(fakes.trt.Runtime, "deserialize_cuda_engine", deserialize)
-    return trt_engine.open_trt_runners(tmp_path, manifest, cuda_graph=True)
+    return trt_engine_dir.open_trt_runners(tmp_path, manifest, cuda_graph=True)
 
 
 def test_fake_pipeline_shares_one_activation_buffer(fakes, tmp_path, monkeypatch):
@@ -905,7 +907,7 @@ def test_fake_pipeline_shares_one_activation_buffer(fakes, tmp_path, monkeypatch
         assert pool.nbytes == pool.required == 5 << 20
         io = sum(r.memory()["io_bytes"] for r in runners.values())
         assert cu.peak_bytes <= (5 << 20) + io < sum(sizes.values())
-        report = trt_engine.memory_report(runners)
+        report = trt_engine_dir.memory_report(runners)
         assert report["activation_shared_bytes"] == report["activation_allocated_bytes"] == 5 << 20
         assert report["activation_sum_bytes"] == sum(sizes.values())
         assert {n: m["activation_bytes"] for n, m in report["networks"].items()} == sizes
@@ -921,7 +923,7 @@ def test_fake_activation_memory_grows_and_rebinds(fakes, tmp_path):
     small, big = _build(tmp_path, name="small"), _build(tmp_path, name="big")
     set_plan_header(small, device_memory=1 << 16)
     set_plan_header(big, device_memory=1 << 18)
-    pool = trt_engine.ActivationMemory()
+    pool = trt_memory.ActivationMemory()
     with TrtEngine(small, use_cuda_graph=True, activation_memory=pool) as a:
         f = _feeds(2)
         np.testing.assert_allclose(a.infer(f)["y"], _expected(f), rtol=1e-5, atol=1e-5)

@@ -36,6 +36,7 @@ RECORDS = {
     "QuantSettings.precision": "the 8-bit format of a quantized graph (recorded in the manifest)",
     "QuantReport.precision": "the 8-bit format of a quantized graph (recorded in the manifest)",
     "BuildConfig.precision": "which ONNX graphs a TensorRT plan is built from (part of the plan's cache key)",
+    "BuildConfig.tf32": "whether a TensorRT plan is built with TF32 (`build --tf32`; part of the plan's cache key)",
 }
 
 

@@ -263,7 +263,7 @@ def trt_memory(pipe) -> dict | None:
     if not runners:
         return None
     try:
-        from monkey_trt.engine.trt.engine import memory_report
+        from monkey_trt.engine.trt.engine_dir import memory_report
 
         report = memory_report(runners)
     except Exception:  # a figure we cannot get is left out, never a failed bench

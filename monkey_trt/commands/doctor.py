@@ -173,7 +173,7 @@ def tensorrt_memory_rows(engine_dir, manifest=None, precision: str = "fp32") -> 
     from monkey_trt.core.errors import BackendUnavailable
 
     try:
-        from monkey_trt.engine.trt.engine import plan_memory
+        from monkey_trt.engine.trt.engine_dir import plan_memory
 
         if manifest is None:
             from monkey_trt.enginedir.load import load_manifest

@@ -63,9 +63,9 @@ BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
             ("device", "dtype", "tf32", "cuda_graph", "batch_passes", "threads"),
             needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("generate", "eval", "bench", "api", "demo"),
             note="PyTorch reference"),
-    Backend("ort", "monkey_trt.engine.ort:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "tf32", "ort_cache"),
+    Backend("ort", "monkey_trt.engine.ort.opener:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "tf32", "ort_cache"),
             needs_engine_dir=True, devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8")),
-    Backend("trt", "monkey_trt.engine.trt.engine:open_engine_dir_plans", _ENGINE_OPTIONS,
+    Backend("trt", "monkey_trt.engine.trt.engine_dir:open_engine_dir_plans", _ENGINE_OPTIONS,
             needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS, faces=("generate", "eval", "bench", "serve", "api")),
 )}
 

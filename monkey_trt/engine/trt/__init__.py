@@ -3,10 +3,11 @@
     lib.py     the lazy `tensorrt` import, its version, the shared Logger
     cuda.py    the lazy cuda-python import, device query, CUDA error unpacking, pinned host and device buffers
     build.py   one plan by Polygraphy (strongly typed), and every plan of an engine directory
-    engine.py  TrtEngine (one plan on one GPU: a context, buffers and CUDA graph per input-shape set),
-               ActivationMemory (one activation buffer shared by a pipeline's engines), the runtime's
-               entry open_trt_runners, and the memory report (memory_report, plan_memory)
-    api.py     every TensorRT, Polygraphy and cuda-python name the modules above touch
+    engine.py      TrtEngine (one plan on one GPU: a context, buffers and CUDA graph per input-shape set)
+    memory.py      ActivationMemory (one activation buffer shared by a pipeline's engines)
+    engine_dir.py  an engine directory's plans: find_plan_dir, open_trt_runners (the backend table's opener
+                   open_engine_dir_plans), the memory report (memory_report, plan_memory)
+    api_names.py   every TensorRT, Polygraphy and cuda-python name the modules above touch
 
 Where plans live, their cache key and build.json are the engine directory's contract:
 enginedir/plans.py. TensorRT and cuda-python are imported lazily: on a machine without them

@@ -1,27 +1,23 @@
-"""Run TensorRT plans: `TrtEngine` (one plan on one GPU, name-based tensor I/O, `execute_async_v3`,
-optional CUDA graphs), `ActivationMemory` (one activation buffer shared by every engine of a pipeline)
-and the runtime's entry `open_trt_runners` (the engine directory's verified plans for the installed
-TensorRT and this GPU, sharing one ActivationMemory)."""
+"""Run one TensorRT plan: `TrtEngine` (one plan on one GPU, name-based tensor I/O, `execute_async_v3`, a context,
+buffers and optional CUDA graph per input-shape set, contexts on the shared ActivationMemory of memory.py).
+An engine directory's plans are found and opened by engine_dir.py."""
 
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from monkey_trt.core.errors import EngineDirError, MonkeyError, first_line
-from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.engine.trt import cuda, lib
 from monkey_trt.engine.trt.cuda import DeviceBuffer, Pinned, cu, err_name, is_error, native_handle
-from monkey_trt.enginedir import plans
-from monkey_trt.enginedir.networks import NETWORKS
+from monkey_trt.engine.trt.memory import ActivationMemory, context_memory_size, set_context_memory
 from monkey_trt.enginedir.plans import REBUILD_HINT
 
 
@@ -42,85 +38,6 @@ def _np_dtype(trt, dt) -> np.dtype:
         return np.dtype(trt.nptype(dt))
     except Exception:
         raise MonkeyError(f"TensorRT dtype {dt} has no numpy equivalent") from None
-
-
-def context_memory_size(engine) -> int:
-    """Device memory one execution context of `engine` needs (its activations): `device_memory_size_v2`
-    (TensorRT >= 10.1; it includes weight-streaming scratch), else `device_memory_size` (10.0)."""
-    if hasattr(engine, "device_memory_size_v2"):
-        return int(engine.device_memory_size_v2)
-    return int(engine.device_memory_size)
-
-
-def set_context_memory(context, ptr: int, nbytes: int) -> None:
-    """Give a USER_MANAGED context its device memory: `set_device_memory(ptr, size)` (TensorRT >= 10.1),
-    else the write-only `device_memory` property (10.0)."""
-    if hasattr(context, "set_device_memory"):
-        context.set_device_memory(ptr, nbytes)
-    else:
-        context.device_memory = ptr
-
-
-class ActivationMemory:
-    """One device buffer for the activations of every TensorRT engine that shares it (a pipeline's networks).
-
-    TensorRT's user-managed execution-context memory, as NVIDIA's demo/Diffusion does (NVIDIA/TensorRT
-    demo/Diffusion/demo_diffusion/pipeline/stable_diffusion_pipeline.py: calculateMaxDeviceMemory,
-    activateEngines - one buffer for every engine, CUDA graphs replayed on it): each engine's
-    contexts are created with `ExecutionContextAllocationStrategy.USER_MANAGED` and all point at this
-    buffer, sized for the largest engine (`device_memory_size_v2`), so peak GPU memory for activations
-    is the largest network's, not the sum. Safe because the engines never run at the same time: each
-    `infer` holds `lock` from its first copy to its stream synchronisation (TensorRT: the memory is in
-    use from the enqueue until the work completes; another context must not use it meanwhile).
-
-    Allocated at the first context, freed when the last engine detaches. An engine attaching later
-    with a larger need grows it: every attached engine re-points its contexts and drops its CUDA graphs
-    (they baked in the old address).
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self._needs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # attached engine -> bytes it needs
-        self._buffer: DeviceBuffer | None = None
-        self._cudart = None
-
-    @property
-    def required(self) -> int:
-        """The largest need among the attached engines (what the buffer is sized to; it never shrinks while in use)."""
-        return max(self._needs.values(), default=0)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes allocated now (0 before the first context and after the last engine detached)."""
-        return self._buffer.nbytes if self._buffer is not None else 0
-
-    def attach(self, engine: "TrtEngine", nbytes: int, cudart) -> None:
-        with self.lock:
-            self._cudart = cudart
-            self._needs[engine] = int(nbytes)
-            if self._buffer is not None and self._buffer.nbytes < nbytes:  # grow: every context moves to the new buffer
-                self._buffer.free()
-                self._buffer = None
-                ptr, size = self.acquire()
-                for other in list(self._needs.keys()):
-                    other._rebind_memory(ptr, size)
-
-    def detach(self, engine: "TrtEngine") -> None:
-        with self.lock:
-            self._needs.pop(engine, None)
-            if not self._needs and self._buffer is not None:
-                self._buffer.free()
-                self._buffer = None
-
-    def acquire(self) -> tuple[int, int]:
-        """(device pointer, bytes) for a new context; allocates on first use. (0, 0) when no engine needs any."""
-        with self.lock:
-            need = self.required
-            if need == 0:
-                return 0, 0
-            if self._buffer is None:
-                self._buffer = DeviceBuffer(self._cudart, need, "TensorRT activations")
-            return self._buffer.ptr, self._buffer.nbytes
 
 
 class _ShapeSet:
@@ -524,73 +441,3 @@ class TrtEngine(Runner):
                 views[name] = host
             cu(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")  # before any host read
             return {name: v.copy() for name, v in views.items()}
-
-
-# -- runtime entry -------------------------------------------------------------------------
-def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str = "fp32") -> Path:
-    """The plans for this engine directory's `precision` graphs, the installed TensorRT and this GPU
-    (enginedir.plans.find_plan_dir with the live TensorRT version and device)."""
-    trt = lib.require_tensorrt()
-    dev = cuda.require_cuda_device()
-    check_gpu_precision(precision, dev.compute_capability, dev.name)
-    return plans.find_plan_dir(engine_dir, manifest, precision, trt.__version__, dev.name, dev.compute_capability)
-
-
-def open_trt_runners(engine_dir: str | os.PathLike, manifest, cuda_graph: bool = False, precision: str = "fp32",
-                     verify: str = "sha256", networks=NETWORKS, activation_memory: ActivationMemory | None = None
-                     ) -> dict[str, "TrtEngine"]:
-    """One TrtEngine per network of `networks` (plans verified: only theirs), sharing one ActivationMemory (`activation_memory`:
-    a pipeline's, e.g. for an 8-bit engine's fp32 mask-pass UNet); CUDA graphs only for the UNet's fixed-shape steps."""
-    folder = find_plan_dir(engine_dir, manifest, precision)
-    plans.verify_plans(Path(engine_dir), folder, verify, networks)
-    shared = activation_memory if activation_memory is not None else ActivationMemory()
-    return {n: TrtEngine(folder / f"{n}.plan", name=n, use_cuda_graph=cuda_graph and n == "unet", activation_memory=shared)
-            for n in networks}
-
-
-def open_engine_dir_plans(root: str | os.PathLike, manifest, spec, networks: Sequence[str] = NETWORKS,
-                          shared: dict | None = None) -> dict[str, "TrtEngine"]:
-    """The backend table's opener (runtime.backend: "trt"): `networks`' plans for a runtime.backend.BackendSpec. Every
-    plan a pipeline opens (an 8-bit engine's fp32 mask-pass UNet too) joins one activation pool, kept in `shared`."""
-    pool = (shared if shared is not None else {}).setdefault("trt_activation_memory", ActivationMemory())
-    return open_trt_runners(root, manifest, cuda_graph=spec.cuda_graph, precision=spec.precision, verify=spec.verify,
-                            networks=tuple(networks), activation_memory=pool)
-
-
-def _memory_summary(networks: dict[str, dict], groups: list[list[str]]) -> dict:
-    return {
-        "networks": networks,
-        "activation_shared_bytes": sum(max(networks[n]["activation_bytes"] for n in g) for g in groups if g),
-        "activation_sum_bytes": sum(m["activation_bytes"] for m in networks.values()),
-    }
-
-
-def memory_report(runners: Mapping[str, Runner]) -> dict:
-    """TensorRT's memory numbers for a pipeline's runners (doctor, bench): `networks` (per network
-    `TrtEngine.memory()`), `activation_shared_bytes` (the activation memory they need, sharing: the
-    largest network's per ActivationMemory), `activation_allocated_bytes` (allocated now) and
-    `activation_sum_bytes` (what private per-engine activation memory would sum to). Other runners are left out."""
-    engines = {n: r for n, r in runners.items() if isinstance(r, TrtEngine)}
-    pools: dict[int, tuple[ActivationMemory, list[str]]] = {}
-    for n, e in engines.items():
-        pools.setdefault(id(e.activation_memory), (e.activation_memory, []))[1].append(n)
-    out = _memory_summary({n: e.memory() for n, e in engines.items()}, [names for _p, names in pools.values()])
-    out["activation_allocated_bytes"] = sum(p.nbytes for p, _names in pools.values())
-    return out
-
-
-def plan_memory(engine_dir: str | os.PathLike, manifest, precision: str = "fp32") -> dict:
-    """memory_report's numbers for an engine directory's plans, as open_trt_runners would share them
-    (each plan deserialised in turn, no execution context created, nothing allocated for activations)."""
-    folder = find_plan_dir(engine_dir, manifest, precision)
-    networks = {}
-    for n in NETWORKS:
-        eng = TrtEngine(folder / f"{n}.plan", name=n)
-        try:
-            eng.load()
-            networks[n] = eng.memory()
-        finally:
-            eng.deactivate()
-    out = _memory_summary(networks, [list(networks)])
-    out["activation_allocated_bytes"] = 0
-    return out

@@ -1,21 +1,13 @@
-"""ONNX Runtime backend: one InferenceSession per network file, run through IO binding.
+"""OrtRunner: one ONNX Runtime InferenceSession per network file, run through IO binding.
 
     with OrtRunner("unet.onnx", providers="cpu") as unet:
         fixed = unet.bind_static({"encoder_hidden_states": text, ...})    # the caller's handle
         out = unet.infer({"sample": x, ...}, static=fixed, outputs=("noise_pred",))  # caller-owned copies
 
 On a GPU provider a handle keeps its own device copies; `outputs` names the outputs fetched to the host
-(the others are not bound, or stay in device memory). CUDA-graph mode keeps one captured graph per
-input-shape set, each with fixed device buffers bound before its capturing run (see `OrtRunner`).
-Derived caches (the TensorRT EP's engines, ORT's optimised graphs) are keyed by the graph's digest and
-never written next to the model (engine/derived_cache.py).
-
-Providers are named "cpu", "cuda" or "tensorrt". A single name expands to its usual fallback
-chain ("tensorrt" -> TensorRT, CUDA, CPU; "cuda" -> CUDA, CPU); a sequence is taken as given
-(CPU is appended so unsupported nodes still run). Asking for a provider this onnxruntime build
-lacks raises `BackendUnavailable` naming what is installed.
-
-Lean: numpy + onnxruntime only.
+(the others are not bound, or stay in device memory). CUDA-graph mode (graphs.py) keeps one captured graph per
+input-shape set. Derived caches (the TensorRT EP's engines, ORT's optimised graphs) are keyed by the graph's
+digest and never written next to the model (engine/derived_cache.py). Lean: numpy + onnxruntime only.
 """
 
 from __future__ import annotations
@@ -26,7 +18,6 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +26,13 @@ from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.core.atomic import sha256_file
 from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.derived_cache import source_digest as files_digest
+from monkey_trt.engine.ort.graphs import CudaGraphReplay, CapturedGraph
+from monkey_trt.engine.ort.providers import (GRAPH_IDS_SINCE, PROVIDER_NAMES, flag, import_ort, ort_version, physical_cores,
+                                             resolve_providers, shape_text, version_tuple)
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.engine.tf32 import cuda_tf32_option, keep_tf32_off, ort_tf32_mode
 from monkey_trt.enginedir.manifest import check_precision
 
-__all__ = ["OrtRunner", "PROVIDER_NAMES", "available_providers", "default_provider", "open_ort_runners", "ort_version",
-           "physical_cores", "resolve_providers"]
-
-PROVIDER_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-_FALLBACK = {"cpu": ("cpu",), "cuda": ("cuda", "cpu"), "tensorrt": ("tensorrt", "cuda", "cpu")}
 
 # ONNX Runtime's NodeArg.type strings -> numpy dtype names
 _ORT_TYPES = {
@@ -67,119 +52,13 @@ _ORT_TYPES = {
 }
 
 
-def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - onnxruntime is a core dependency
-        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
-    return ort
-
-
-def ort_version() -> str | None:
-    """The installed onnxruntime version, or None."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    return str(ort.__version__)
-
-
-def available_providers() -> list[str]:
-    """Execution providers the installed onnxruntime offers (ORT names, e.g. "CPUExecutionProvider")."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return []
-    return list(ort.get_available_providers())
-
-
-def default_provider() -> str:
-    """The provider chain `generate` uses when none is named: CUDA when this onnxruntime has it, else CPU.
-
-    The TensorRT EP is opt-in (`--providers tensorrt`): it builds engines on first use and its fp16
-    mode changes the math.
-    """
-    return "cuda" if PROVIDER_NAMES["cuda"] in available_providers() else "cpu"
-
-
-def physical_cores() -> int:
-    """Physical cores usable by this process (hyper-threads not counted); at least 1."""
-    try:
-        usable = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = set(range(os.cpu_count() or 1))
-    cores: set[tuple[str, str]] = set()
-    for cpu in usable:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
-        except OSError:
-            cores.add(("?", str(cpu)))
-    return max(1, min(len(cores), len(usable)))
-
-
-def resolve_providers(providers: str | Sequence[str]) -> list[str]:
-    """Short names ("cpu", "cuda", "tensorrt") -> the ORT provider chain; BackendUnavailable if one is missing."""
-    names = _FALLBACK.get(providers, (providers,)) if isinstance(providers, str) else tuple(providers)
-    if not names:
-        raise MonkeyError("no execution provider given (choose among cpu, cuda, tensorrt)")
-    chain: list[str] = []
-    for n in names:
-        key = str(n).lower()
-        if key not in PROVIDER_NAMES:
-            raise MonkeyError(f"unknown execution provider {n!r} (choose among {', '.join(PROVIDER_NAMES)})")
-        if PROVIDER_NAMES[key] not in chain:
-            chain.append(PROVIDER_NAMES[key])
-    if PROVIDER_NAMES["cpu"] not in chain:
-        chain.append(PROVIDER_NAMES["cpu"])
-    have = available_providers()
-    missing = [p for p in chain if p not in have]
-    if missing:
-        raise BackendUnavailable(
-            f"onnxruntime {ort_version()} has no {', '.join(missing)} (installed: {', '.join(have) or 'none'}); "
-            "for GPUs: pip uninstall onnxruntime && pip install 'monkey-trt[gpu]'"
-        )
-    return chain
-
-
 def _spec(arg) -> TensorDesc:
     shape = tuple(d if isinstance(d, (int, str)) and d != "" else -1 for d in (arg.shape or ()))
     shape = tuple(-1 if (isinstance(d, int) and d < 0) else d for d in shape)
     return TensorDesc(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
 
 
-def _shape_text(shapes: Mapping[str, Sequence[int]]) -> str:
-    """{"x": (1, 8)} -> "x:1x8": the TensorRT EP's trt_profile_*_shapes format."""
-    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in shapes.items())
-
-
-def _version_tuple(text: str | None) -> tuple[int, ...]:
-    out = []
-    for part in (text or "0").split(".")[:3]:
-        digits = "".join(c for c in part if c.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
-
-
-# ONNX Runtime versions from which one session keeps one CUDA graph per RunOptions "gpu_graph_id" (CUDA EP)
-GRAPH_IDS_SINCE = (1, 18)
-
-
-@dataclass(eq=False)
-class _Graph:
-    """One captured CUDA graph: its session, binding, run options and fixed device buffers (ORT requirement)."""
-
-    key: tuple
-    session: object
-    binding: object
-    run_options: object
-    inputs: dict
-    outputs: dict
-    graph_id: int | None = None
-    loaded: dict = field(default_factory=dict)  # static input name -> id of the StaticInputs its buffer holds
-
-
-class OrtRunner(Runner):
+class OrtRunner(CudaGraphReplay, Runner):
     """An ONNX Runtime session for one network file.
 
     Args:
@@ -260,7 +139,7 @@ class OrtRunner(Runner):
         self._binding = None
         self._trt_stage: StagedFolder | None = None
         self._graph_mode: str | None = None  # None | "ids" (one session, gpu_graph_id per shape set) | "sessions"
-        self._graphs: dict[tuple, _Graph] = {}
+        self._graphs: dict[tuple, CapturedGraph] = {}
         self._next_graph_id = 1  # gpu_graph_id 0 is ORT's default (reserved), -1 disables capture for a run
         self._handles: weakref.WeakSet = weakref.WeakSet()
 
@@ -315,15 +194,15 @@ class OrtRunner(Runner):
 
     def _trt_options(self, graph: bool) -> dict:
         fp16 = self._trt_fp16()
-        o: dict = {"device_id": str(self.device_id), "trt_fp16_enable": _flag(fp16),
-                   "trt_cuda_graph_enable": _flag(graph and self._chain[0] == PROVIDER_NAMES["tensorrt"])}
+        o: dict = {"device_id": str(self.device_id), "trt_fp16_enable": flag(fp16),
+                   "trt_cuda_graph_enable": flag(graph and self._chain[0] == PROVIDER_NAMES["tensorrt"])}
         if self.int8:  # a Q/DQ graph: TensorRT refuses int8 layers unless int8 is enabled; no calibration table
             o["trt_int8_enable"] = "1"
         if fp16:
             o["trt_layer_norm_fp32_fallback"] = "1"  # Pow + Reduce of LayerNorm in fp32 (the graph's own fp32 island)
         if self.trt_profile:
             for i, kind in enumerate(("min", "opt", "max")):
-                o[f"trt_profile_{kind}_shapes"] = _shape_text({n: mmo[i] for n, mmo in self.trt_profile.items()})
+                o[f"trt_profile_{kind}_shapes"] = shape_text({n: mmo[i] for n, mmo in self.trt_profile.items()})
         return o
 
     def _provider_options(self, graph: bool) -> list[dict]:
@@ -339,14 +218,14 @@ class OrtRunner(Runner):
             elif p == PROVIDER_NAMES["cuda"]:
                 # With the TensorRT EP in front, the CUDA graph (if any) belongs to TensorRT.
                 opts.append({"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
-                             "enable_cuda_graph": _flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"]),
+                             "enable_cuda_graph": flag(graph and self._chain[0] == PROVIDER_NAMES["cuda"]),
                              **cuda_tf32_option(self._chain, self.tf32, ort_version())})
             else:
                 opts.append({})
         return opts
 
     def _session_options(self, level=None):
-        ort = _import_ort()
+        ort = import_ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = level if level is not None else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = int(self.intra_op_threads)
@@ -376,7 +255,7 @@ class OrtRunner(Runner):
         return keyed_folder("ort-trt", material, root=self.trt_cache_dir)
 
     def _create(self, path: Path, so, graph: bool | None = None):
-        ort = _import_ort()
+        ort = import_ort()
         graph = self._graph_mode == "ids" if graph is None else graph
         keep_tf32_off(self.name, self._chain, self.tf32, ort_version())  # where no provider option can (engine/tf32.py)
         try:
@@ -388,7 +267,7 @@ class OrtRunner(Runner):
             raise MonkeyError(f"{self.name}: onnxruntime cannot load {path}: {msg}") from None
 
     def _open_session(self):
-        ort = _import_ort()
+        ort = import_ort()
         if not self.model_path.is_file():
             raise MonkeyError(f"{self.name}: model file {self.model_path} does not exist")
         cache = self.optimized_model_cache
@@ -426,7 +305,7 @@ class OrtRunner(Runner):
             return
         self._graph_mode = None
         if self.cuda_graph:
-            ids = self._chain[0] == PROVIDER_NAMES["cuda"] and _version_tuple(ort_version()) >= GRAPH_IDS_SINCE
+            ids = self._chain[0] == PROVIDER_NAMES["cuda"] and version_tuple(ort_version()) >= GRAPH_IDS_SINCE
             self._graph_mode = "ids" if ids else "sessions"
         if PROVIDER_NAMES["tensorrt"] in self._chain:
             self._trt_stage = StagedFolder(self.trt_cache_folder())
@@ -493,7 +372,7 @@ class OrtRunner(Runner):
         host values into a graph's fixed input buffers when a call needs them (graph buffers cannot be rebound)."""
         if self.device == "cpu" or self._graph_mode is not None:
             return
-        ort = _import_ort()
+        ort = import_ort()
         handle.device.update({n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for n, a in handle.host.items()})
 
     # -- inference -----------------------------------------------------------------------
@@ -526,101 +405,4 @@ class OrtRunner(Runner):
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime run failed: {msg}") from None
 
-    def _infer_graph(self, merged: dict, feeds: Mapping, static: StaticInputs | None, wanted: list[TensorDesc]) -> dict:
-        """CUDA-graph mode: one captured graph per input-shape set, each with fixed device buffers bound before
-        its capturing run (ORT replays read and write the addresses bound at capture). A call copies its inputs
-        into the graph's input buffers (a static input only when the buffer holds another handle's values),
-        replays, and copies back the outputs asked for."""
-        key = tuple((s.name, tuple(merged[s.name].shape)) for s in self._inputs)
-        g = self._graphs.get(key)
-        if g is None:
-            self._graphs[key] = self._capture(key, merged, static, feeds)
-        else:
-            for s in self._inputs:
-                n = s.name
-                if static is not None and n in static.host and n not in feeds:
-                    if g.loaded.get(n) == static.id:
-                        continue
-                    g.inputs[n].update_inplace(static.host[n])
-                    g.loaded[n] = static.id
-                else:
-                    g.inputs[n].update_inplace(np.ascontiguousarray(merged[n]))
-                    g.loaded.pop(n, None)
-            self._run(g.session, g.binding, g.run_options)
-        g = self._graphs[key]
-        return {s.name: np.array(g.outputs[s.name].numpy(), copy=True) for s in wanted}
 
-    def _capture(self, key: tuple, merged: dict, static: StaticInputs | None, feeds: Mapping) -> _Graph:
-        ort = _import_ort()
-        dev = ("cuda", self.device_id)
-        # 1. the output shapes, from a regular run that captures nothing (gpu_graph_id -1, or the graph-less session)
-        probe_opts = None
-        if self._graph_mode == "ids":
-            probe_opts = ort.RunOptions()
-            probe_opts.add_run_config_entry("gpu_graph_id", "-1")
-        probe = self.session.io_binding()
-        keep = []
-        for s in self._inputs:
-            arr = np.ascontiguousarray(merged[s.name])
-            keep.append(arr)
-            probe.bind_cpu_input(s.name, arr)
-        for s in self._outputs:
-            probe.bind_output(s.name, *dev)
-        self._run(self.session, probe, probe_opts)
-        shapes = {s.name: tuple(v.shape()) for s, v in zip(self._outputs, probe.get_outputs())}
-        del probe
-        # 2. fixed device buffers for every input and output, sized from those shapes
-        inputs = {s.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(merged[s.name]), *dev) for s in self._inputs}
-        outputs = {s.name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[s.name], np.dtype(s.dtype), *dev)
-                   for s in self._outputs}
-        # 3. the graph's session and binding: the shared session with a new gpu_graph_id, or a session of its own
-        graph_id = None
-        if self._graph_mode == "ids":
-            sess, graph_id = self.session, self._next_graph_id
-            self._next_graph_id += 1
-            run_options = ort.RunOptions()
-            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        else:
-            sess, run_options = self._create(self.model_path, self._session_options(), graph=True), None
-            self._commit_stage()
-        binding = sess.io_binding()
-        for n, v in inputs.items():
-            binding.bind_ortvalue_input(n, v)
-        for n, v in outputs.items():
-            binding.bind_ortvalue_output(n, v)
-        # 4. the first run of this graph: ORT's warm-up runs and the capture happen inside it (then a replay)
-        self._run(sess, binding, run_options)
-        loaded = {n: static.id for n in static.host if n not in feeds} if static is not None else {}
-        return _Graph(key, sess, binding, run_options, inputs, outputs, graph_id, loaded)
-
-
-def _flag(on: bool) -> str:
-    """Provider option booleans as ORT parses them ("1"/"0": every version accepts these)."""
-    return "1" if on else "0"
-
-
-# -- the backend table's opener (runtime.backend: "ort") ------------------------------------------------
-def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared: dict | None = None) -> dict[str, OrtRunner]:
-    """One (not yet activated) OrtRunner per network of an engine directory, for a runtime.backend.BackendSpec.
-
-    Each runs the graph of the spec's precision the manifest names for it (8-bit engines: fp32 besides the UNet),
-    with the engine's shape profile; derived caches are keyed by the manifest's digests (nothing is written into
-    `root`). An 8-bit (Q/DQ) graph gets the TensorRT EP's int8 switch (no calibration table: the scales are in it).
-    `shared`: the pipeline's shared state (ORT sessions share nothing)."""
-    from monkey_trt.engine.precision import check_ort_precision
-
-    providers = spec.providers or (default_provider(),)
-    check_ort_precision(spec.precision, providers)
-    runners = {}
-    for name in networks:
-        path = manifest.path(root, name, spec.precision)  # EngineDirError (one line) if not exported
-        entry = manifest.networks[name]
-        graph_precision = manifest.run_precision(name, spec.precision)
-        _, sha256, _ = entry.files(graph_precision)
-        runners[name] = OrtRunner(
-            path, providers=providers, name=name, fp16=spec.fp16, tf32=spec.tf32, precision=graph_precision,
-            trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
-            cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
-            optimized_model_cache=spec.ort_cache, source_digest=files_digest(sha256), int8=graph_precision == "int8",
-        )
-    return runners

@@ -1,0 +1,37 @@
+"""The backend table's opener for ONNX Runtime (runtime.backend: "ort"): an engine directory's graphs as OrtRunners."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from monkey_trt.engine.derived_cache import source_digest as files_digest
+from monkey_trt.engine.ort.providers import default_provider
+from monkey_trt.engine.ort.runner import OrtRunner
+
+
+# -- the backend table's opener (runtime.backend: "ort") ------------------------------------------------
+def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared: dict | None = None) -> dict[str, OrtRunner]:
+    """One (not yet activated) OrtRunner per network of an engine directory, for a runtime.backend.BackendSpec.
+
+    Each runs the graph of the spec's precision the manifest names for it (8-bit engines: fp32 besides the UNet),
+    with the engine's shape profile; derived caches are keyed by the manifest's digests (nothing is written into
+    `root`). An 8-bit (Q/DQ) graph gets the TensorRT EP's int8 switch (no calibration table: the scales are in it).
+    `shared`: the pipeline's shared state (ORT sessions share nothing)."""
+    from monkey_trt.engine.precision import check_ort_precision
+
+    providers = spec.providers or (default_provider(),)
+    check_ort_precision(spec.precision, providers)
+    runners = {}
+    for name in networks:
+        path = manifest.path(root, name, spec.precision)  # EngineDirError (one line) if not exported
+        entry = manifest.networks[name]
+        graph_precision = manifest.run_precision(name, spec.precision)
+        _, sha256, _ = entry.files(graph_precision)
+        runners[name] = OrtRunner(
+            path, providers=providers, name=name, fp16=spec.fp16, tf32=spec.tf32, precision=graph_precision,
+            trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
+            cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
+            optimized_model_cache=spec.ort_cache, source_digest=files_digest(sha256), int8=graph_precision == "int8",
+        )
+    return runners
