@@ -83,6 +83,11 @@ def cpu_abilities() -> dict:
         return {}
 
 
+def _capabilities(core) -> list[str]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES (FP32, BF16, INT8, ...)."""
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
 def _dim(d) -> int:
     return d.get_length() if d.is_static else -1
 
@@ -170,7 +175,7 @@ class OpenVinoRunner(Runner):
             raise MonkeyError(f"{self.name}: model file {self.model_path} does not exist")
         core = ov.Core()
         need = INFERENCE_PRECISIONS[self.inference_precision]
-        caps = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        caps = _capabilities(core)
         if need not in caps:
             raise MonkeyError(f"--precision bf16 needs a CPU with bf16 kernels (AVX-512 BF16 or AMX); "
                               f"{core.get_property('CPU', 'FULL_DEVICE_NAME')} offers {', '.join(caps)}: use --precision fp32 or int8")
