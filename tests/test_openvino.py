@@ -14,6 +14,7 @@ import pytest
 
 from monkey_trt.core.config import Request
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError
+from monkey_trt.engine.compare import psnr
 from monkey_trt.reference.pipeline import torch_noise_plan
 from monkey_trt.runtime.backend import BackendSpec
 
@@ -22,12 +23,6 @@ pytest.importorskip("openvino")
 IMAGE_ATOL = 2e-3  # today's ORT tolerance against the reference (tests/test_export_ort.py)
 BF16_PSNR_FLOOR_DB = 25.0  # a floor against broken kernels; measured 35-39 dB on the tiny model (docs/openvino.md)
 PROMPT = "a toy on the beach"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Images in [0, 1]."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 @pytest.fixture(autouse=True)
