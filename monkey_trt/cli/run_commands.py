@@ -28,7 +28,7 @@ def generate(
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"IP-Adapter: hub id or folder (h94 layout) [default: the engine's source, else {DEFAULT_IP_ADAPTER}]"),
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
     backend: Optional[str] = typer.Option(None, help=f"{backend_choices('generate', notes=True)} [default: ort with --engine-dir, else torch]"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends); also the default size and models"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt/openvino backends); also the default size and models"),
     verify: str = backend_option("verify"),
     device: str = backend_option("device"),
     providers: str = backend_option("providers"),
@@ -123,7 +123,7 @@ def demo(
 
 def bench(
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny | sd15: write the embedded model and export its engine (cached in --workdir)"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); model source and size default to its manifest"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt/openvino); model source and size default to its manifest"),
     backends: str = typer.Option("published,torch,ort", "--backends", help=f"Comma list of {backend_choices('bench', sep=', ')}"),
     base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
@@ -235,7 +235,7 @@ def eval_(
     out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
     prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
     methods: str = typer.Option("monkey,ipadapter@1.0", "--methods", help="Comma list of monkey, ipadapter@SCALE"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); also the default size and models"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt/openvino); also the default size and models"),
     backend: Optional[str] = typer.Option(None, help=f"{backend_choices('eval')} [default: ort with --engine-dir, else torch]"),
     precision: str = typer.Option("fp32", "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32"),
     base: Optional[str] = typer.Option(None, help=f"torch backend: base LCM model [default: {DEFAULT_BASE}]"),

@@ -6,7 +6,7 @@ Every face opens a backend from a BackendSpec: `generate`, `bench`, `serve` (and
 `BACKEND_TABLE`: its name, its opener, the options that apply to it, whether it runs an engine directory, its
 devices and the faces that offer it. Adding a backend is one row plus its opener (and its runner):
 
-    engine-directory backends (ort, trt): opener(root, manifest, spec, networks) -> {network: Runner}, not yet
+    engine-directory backends (ort, trt, openvino): opener(root, manifest, spec, networks) -> {network: Runner}, not yet
         activated; runtime.pipeline.MonkeyPipeline drives them (no torch)
     model backends (torch, published): opener(spec, models) -> a pipeline on the model weights (torch, loaded lazily
         by commands.backends.open_backend)
@@ -168,7 +168,7 @@ class BackendSpec:
     cuda_graph: bool = False  # torch on cuda, ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
     threads: int = 0  # CPU threads for torch / each ORT session (intra-op); 0 = the library default
-    verify: str = "sha256"  # ort/trt engine-dir check: sha256 (every file hashed) | size (sizes; small files hashed)
+    verify: str = "sha256"  # engine-dir check: sha256 (every file hashed) | size (sizes; small files hashed)
     ort_cache: Path | None = None  # ort: keep ORT's optimised graphs here, keyed by digest (faster cold start)
     mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced
 
