@@ -6,6 +6,7 @@ The runner contract itself (names, shapes, profile, static handles) is tests/tes
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import sys
 
@@ -149,3 +150,35 @@ def test_cli_bad_input_is_one_line_exit_2(engine_dir, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "monkey-trt[openvino]" in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_serve_runs_openvino_over_http(engine_dir, tiny_model_dir):
+    """The HTTP face: ServeConfig's spec names the backend; a generation comes back as a PNG."""
+    from fastapi.testclient import TestClient
+
+    from monkey_trt.serve.app import create_app
+    from monkey_trt.serve.service import MonkeyService, ServeConfig
+
+    service = MonkeyService(ServeConfig(engine_dir, spec=BackendSpec(backend="openvino"), warmup=False)).load()
+    with TestClient(create_app(service)) as client:
+        files = {"prompt": (None, PROMPT), "seed": (None, "3"),
+                 "image": ("subject.png", (tiny_model_dir / "subject.png").read_bytes(), "image/png")}
+        r = client.post("/v1/generate", files=files)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert base64.b64decode(body["image_png"]).startswith(b"\x89PNG") and 0 <= body["mask"]["coverage"] <= 1
+    assert service.pipe is None
+
+
+def test_eval_and_doctor_know_openvino():
+    from monkey_trt.commands.doctor import doctor_report
+    from monkey_trt.eval.options import check_precisions
+
+    check_precisions(("fp32", "bf16", "int8"), "openvino", ("fp32", "int8"), "eng")  # bf16 runs the fp32 graphs
+    with pytest.raises(MonkeyError, match="--backend ort has no bf16 kernels"):
+        check_precisions(("fp32", "bf16"), "ort", ("fp32",), "eng")
+    with pytest.raises(MonkeyError, match="no int8 graphs"):
+        check_precisions(("fp32", "int8"), "openvino", ("fp32",), "eng")
+    rows = {r.name: r for r in doctor_report()}
+    assert rows["openvino"].ok is True and "FP32" in rows["openvino"].detail and "CPU flags" in rows["openvino"].detail
+    assert "openvino-cpu" in rows["backends"].detail
