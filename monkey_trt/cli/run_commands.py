@@ -84,7 +84,7 @@ def demo(
     prompt: str = typer.Option(DEMO_PROMPT, "--prompt", help="Text prompt; it owns the background"),
     size: int = typer.Option(128, "--size", help="Image side (the tiny model is fast at 64..256)"),
     seed: int = typer.Option(0, "--seed", help="Seed (diffusers LCM semantics)"),
-    backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference)"),
+    backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference) | openvino (OpenVINO CPU, the same engine)"),
     threads: int = backend_option("threads"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
