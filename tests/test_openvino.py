@@ -182,3 +182,26 @@ def test_eval_and_doctor_know_openvino():
     rows = {r.name: r for r in doctor_report()}
     assert rows["openvino"].ok is True and "FP32" in rows["openvino"].detail and "CPU flags" in rows["openvino"].detail
     assert "openvino-cpu" in rows["backends"].detail
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_compiled_models_carry_the_asked_precision_threads_and_hint(engine_dir, precision):
+    """What OpenVINO compiled (and what it imports from the cache) runs at the asked precision, never its own default."""
+    import openvino as ov
+
+    from monkey_trt.engine.openvino import OpenVinoRunner, cpu_abilities
+    from monkey_trt.enginedir.load import load_manifest
+
+    if precision == "bf16" and "BF16" not in cpu_abilities().get("capabilities", []):
+        pytest.skip("this CPU has no bf16 kernels")
+    m = load_manifest(engine_dir)
+    feeds = {"latents": np.zeros((1, m.dims.latent_channels, 8, 8), np.float32)}
+    for attempt in range(2):  # compiled, then imported from the cache
+        with OpenVinoRunner(engine_dir / m.networks["vae_decoder"].file, inference_precision=precision, threads=1) as r:
+            feeds = {r.input_specs[0].name: feeds[next(iter(feeds))]}
+            r.infer(feeds)
+            assert r.cache_hits == attempt
+            (compiled, _), = r._compiled.values()
+            assert compiled.get_property("INFERENCE_PRECISION_HINT") == {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[precision]
+            assert int(compiled.get_property("NUM_STREAMS")) == 1 and int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+            assert "LATENCY" in str(compiled.get_property("PERFORMANCE_HINT"))
