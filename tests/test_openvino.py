@@ -26,11 +26,13 @@ BF16_PSNR_FLOOR_DB = 25.0  # a floor against broken kernels; measured 35-39 dB o
 PROMPT = "a toy on the beach"
 
 
-@pytest.fixture(autouse=True)
-def user_cache(monkeypatch, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ov-user-cache")
-    monkeypatch.setenv("MONKEY_TRT_CACHE", str(d))
-    return d
+@pytest.fixture(scope="module", autouse=True)
+def user_cache(tmp_path_factory):
+    """One user cache for the module (compiled models shared between tests); tests that count hits use their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        d = tmp_path_factory.mktemp("ov-user-cache")
+        mp.setenv("MONKEY_TRT_CACHE", str(d))
+        yield d
 
 
 def _tree(folder) -> dict[str, str]:
@@ -49,7 +51,7 @@ def test_f32_matches_the_reference_mask_exact(engine_dir, reference, subject, us
     before = _tree(engine_dir)
     with _open(engine_dir) as pipe:
         assert all(r.config()["INFERENCE_PRECISION_HINT"] == "f32" for r in pipe.runners.values())
-        for seed, (h, w) in ((0, (64, 64)), (1, (64, 96))):
+        for seed, (h, w) in ((1, (64, 96)),):
             req = Request(PROMPT, h, w, seed=seed)
             noise = torch_noise_plan(seed, req.latent_shape(reference.dims), 8)
             want, got = reference(req, subject, noise=noise), pipe(req, subject, noise=noise)
@@ -67,7 +69,7 @@ def test_bf16_is_opt_in_and_keeps_the_mask_pass_f32(engine_dir, subject):
 
     if "BF16" not in cpu_abilities().get("capabilities", []):
         pytest.skip("this CPU has no bf16 kernels")
-    req = Request(PROMPT, 64, 64, seed=2)
+    req = Request(PROMPT, 64, 96, seed=1)
     with _open(engine_dir) as f32:
         want = f32(req, subject)
     with _open(engine_dir, precision="bf16") as pipe:
@@ -91,7 +93,7 @@ def test_bf16_on_a_cpu_without_it_is_one_line(engine_dir, monkeypatch):
     _open(engine_dir).close()  # f32 still runs
 
 
-def test_compiled_model_cache_is_reused_and_a_corrupt_entry_replaced(engine_dir, user_cache):
+def test_compiled_model_cache_is_reused_and_a_corrupt_entry_replaced(engine_dir, tmp_path, monkeypatch):
     from monkey_trt.engine.openvino import OpenVinoRunner
     from monkey_trt.enginedir.load import load_manifest
 
@@ -104,6 +106,8 @@ def test_compiled_model_cache_is_reused_and_a_corrupt_entry_replaced(engine_dir,
         with OpenVinoRunner(path, name="vae_decoder") as r:
             return r.infer(feeds), r
 
+    user_cache = tmp_path / "cache"
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(user_cache))
     want, first = run()
     assert first.cache_hits == 0
     (folder,) = [p.parent for p in (user_cache / "openvino").glob("*/model.blob")]
@@ -185,7 +189,7 @@ def test_eval_and_doctor_know_openvino():
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
-def test_compiled_models_carry_the_asked_precision_threads_and_hint(engine_dir, precision):
+def test_compiled_models_carry_the_asked_precision_threads_and_hint(engine_dir, precision, tmp_path, monkeypatch):
     """What OpenVINO compiled (and what it imports from the cache) runs at the asked precision, never its own default."""
     import openvino as ov
 
@@ -194,6 +198,7 @@ def test_compiled_models_carry_the_asked_precision_threads_and_hint(engine_dir, 
 
     if precision == "bf16" and "BF16" not in cpu_abilities().get("capabilities", []):
         pytest.skip("this CPU has no bf16 kernels")
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "cache"))
     m = load_manifest(engine_dir)
     feeds = {"latents": np.zeros((1, m.dims.latent_channels, 8, 8), np.float32)}
     for attempt in range(2):  # compiled, then imported from the cache
