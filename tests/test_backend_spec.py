@@ -35,7 +35,7 @@ def one_line(capsys, argv) -> str:
     ({"backend": "ort", "device": "cuda"}, "--device applies to the published/torch backends only, not --backend ort"),
     ({"backend": "trt", "providers": ("cuda",)}, "--providers applies to --backend ort only, not --backend trt"),
     ({"backend": "torch", "providers": ("cpu",)}, "--providers applies to --backend ort only"),
-    ({"backend": "torch", "verify": "size"}, "--verify applies to the ort/trt backends only"),
+    ({"backend": "torch", "verify": "size"}, "--verify applies to the ort/trt/openvino backends only"),
     ({"backend": "trt", "fp16": True}, "--fp16 applies to --backend ort only"),
     ({"backend": "published", "cuda_graph": True}, "--cuda-graph applies to"),
     ({"backend": "published", "batch_passes": True}, "--batch-passes applies to"),
@@ -59,7 +59,7 @@ def one_line(capsys, argv) -> str:
     ({"backend": "ort", "batch_passes": "yes"}, "batch_passes must be true, false or None"),
     ({"backend": "ort", "cuda_graph": 1}, "cuda_graph must be true or false"),
     ({"backend": "ort", "mask_pass": "half"}, "mask_pass must be one of exact, same"),
-    ({"backend": "torch", "mask_pass": "same"}, "mask_pass applies to the ort/trt backends only"),
+    ({"backend": "torch", "mask_pass": "same"}, "mask_pass applies to the ort/trt/openvino backends only"),
 ])
 def test_every_field_is_checked_in_one_line(fields, says):
     if says is None:
@@ -102,7 +102,7 @@ def test_options_map_onto_the_spec():
     (["--backend", "trt", "--providers", "cuda"], "--providers applies to --backend ort only, not --backend trt"),
     (["--backend", "torch", "--providers", "cuda"], "--providers applies to --backend ort only, not --backend torch"),
     (["--backend", "torch", "--precision", "fp16"], "the torch backend takes --dtype"),
-    (["--backend", "torch", "--verify", "size"], "--verify applies to the ort/trt backends only"),
+    (["--backend", "torch", "--verify", "size"], "--verify applies to the ort/trt/openvino backends only"),
     (["--backend", "torch", "--cuda-graph"], "--cuda-graph with the torch backend needs --device cuda"),
     (["--backend", "ort", "--providers", "cpu", "--cuda-graph"], "--cuda-graph needs a GPU provider first"),
     (["--backend", "ort", "--verify", "md5"], "--verify must be sha256 or size"),

@@ -169,6 +169,24 @@ def test_int8_runs_on_ort_with_the_mask_exact(int8_dir, subject):
         assert 0.0 <= mask_iou(out.mask.mask, ref.mask.mask) <= 1.0 and np.isfinite(out.image).all()
 
 
+def test_int8_runs_on_openvino_with_the_mask_exact(int8_dir, subject, tmp_path, monkeypatch):
+    """--backend openvino --precision int8: the engine's Q/DQ UNet on OpenVINO's CPU plugin for pass 2, pass 1 on
+    the f32 UNet (the mask is ORT's fp32 mask, bit for bit); f32 between the quantized ops, never bf16."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "cache"))
+    with MonkeyPipeline.from_engine_dir(int8_dir, backend="ort", providers=("cpu",)) as p32, \
+            MonkeyPipeline.from_engine_dir(int8_dir, backend="openvino", precision="int8") as p8:
+        assert p8.info()["unet_graphs"] == {"mask": "fp32", "final": "int8", "baseline": "int8"}
+        assert p8.unet_runners["int8"].model_path.name == "unet.int8.onnx"
+        assert {r.config()["INFERENCE_PRECISION_HINT"] for r in (*p8.runners.values(), *p8.unet_runners.values())} == {"f32"}
+        req = Request("a toy in the snow", 64, 64, seed=1)
+        noise = NoisePlan.from_seed(1, req.latent_shape(p32.dims), req.config.noise_steps)
+        ref, got = p32(req, subject, noise=noise), p8(req, subject, noise=noise)
+        np.testing.assert_array_equal(got.mask.mask, ref.mask.mask)
+        assert psnr(ref.image, got.image) >= LOOSE_PSNR_DB
+        assert not np.array_equal(ref.image, got.image), "pass 2 ran the int8 graph"
+
+
 class _Counting:
     def __init__(self, inner, name, log):
         self.inner, self.name, self.log = inner, name, log

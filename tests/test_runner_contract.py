@@ -1,7 +1,7 @@
 """The Runner contract (engine/runner.py), checked once for every runner this machine can run.
 
 A new backend gets these tests by adding a fixture to RUNNERS: ONNX Runtime on the CPU, onnx's reference
-evaluator, and the GPU backends on their upstream-modelled fakes (tests/fakes/ort.py: ORT's CUDA and TensorRT
+evaluator, OpenVINO's CPU plugin, and the GPU backends on their upstream-modelled fakes (tests/fakes/ort.py: ORT's CUDA and TensorRT
 execution providers; tests/fakes/trt.py: TensorRT + cuda-python + Polygraphy). Every runner gets the same graph:
 
     y = (x @ W + b) * s        x [B, 8] float32 (batch 1..4 in the profile), s [4] float32 (static)
@@ -87,6 +87,13 @@ def onnx_reference(onnx_path, monkeypatch, tmp_path) -> Runner:
     return OnnxReferenceRunner(onnx_path, name="tiny", profile=PROFILE)
 
 
+def openvino_cpu(onnx_path, monkeypatch, tmp_path) -> Runner:
+    pytest.importorskip("openvino")
+    from monkey_trt.engine.openvino import OpenVinoRunner
+
+    return OpenVinoRunner(onnx_path, name="tiny", profile=PROFILE, cache_root=tmp_path / "ov-cache")
+
+
 def _fake_ort(monkeypatch, tmp_path):
     from tests.fakes import ort as fakes
 
@@ -139,6 +146,7 @@ def trt_fake(onnx_path, monkeypatch, tmp_path, cuda_graph: bool = False) -> Runn
 RUNNERS = {
     "ort-cpu": ort_cpu,
     "onnx-reference": onnx_reference,
+    "openvino-cpu": openvino_cpu,
     "ort-cuda-fake": ort_cuda_fake,
     "ort-cuda-graph-fake": ort_cuda_graph_fake,
     "ort-tensorrt-ep-fake": ort_tensorrt_ep_fake,
@@ -258,7 +266,7 @@ def test_every_backend_of_the_table_has_a_contract_fixture():
     """The engine-directory backends of runtime.backend.BACKEND_TABLE each run under at least one fixture above."""
     from monkey_trt.runtime.backend import BACKEND_TABLE
 
-    covered = {"ort": ("ort-cpu", "ort-cuda-fake", "ort-tensorrt-ep-fake"), "trt": ("trt-fake",)}
+    covered = {"ort": ("ort-cpu", "ort-cuda-fake", "ort-tensorrt-ep-fake"), "trt": ("trt-fake",), "openvino": ("openvino-cpu",)}
     engine_backends = {n for n, b in BACKEND_TABLE.items() if b.needs_engine_dir}
     assert engine_backends == set(covered), f"add a fixture to RUNNERS for {engine_backends - set(covered)}"
     assert all(name in RUNNERS for names in covered.values() for name in names)

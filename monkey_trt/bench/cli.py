@@ -29,7 +29,7 @@ from monkey_trt.core.config import (
     Request,
 )
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import backend_row
+from monkey_trt.runtime.backend import backend_row, engine_dir_backends
 
 
 def check_output_path(path: Path | None, flag: str, kind: str) -> None:
@@ -86,7 +86,7 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
                    ip_weight=m.source.get("ip_weight", DEFAULT_IP_WEIGHT))
     else:
         if needs_engine:
-            raise MonkeyError("--backends ort/trt need --engine-dir or --preset")
+            raise MonkeyError(f"--backends {engine_dir_backends('bench')} need --engine-dir or --preset")
         height, width = (512 if height is None else height), (512 if width is None else width)
         src.update(base=src["base"] or DEFAULT_BASE, ip_adapter=src["ip_adapter"] or DEFAULT_IP_ADAPTER)
     src.update(height=height, width=width, workdir=str(workdir))

@@ -13,7 +13,7 @@ from monkey_trt.cli.options import (OR_ENGINE_SIZE, REQUEST, backend_option, che
 from monkey_trt.commands.progress import status
 from monkey_trt.core.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, Request
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.backend import backend_choices, backend_names, backend_row
+from monkey_trt.runtime.backend import backend_choices, backend_names, backend_row, engine_dir_backends
 
 DEMO_PROMPT = "a toy on the beach"
 
@@ -28,7 +28,7 @@ def generate(
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help=f"IP-Adapter: hub id or folder (h94 layout) [default: the engine's source, else {DEFAULT_IP_ADAPTER}]"),
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
     backend: Optional[str] = typer.Option(None, help=f"{backend_choices('generate', notes=True)} [default: ort with --engine-dir, else torch]"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt backends); also the default size and models"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help=f"Engine directory ({engine_dir_backends('generate')} backends); also the default size and models"),
     verify: str = backend_option("verify"),
     device: str = backend_option("device"),
     providers: str = backend_option("providers"),
@@ -85,7 +85,7 @@ def demo(
     prompt: str = typer.Option(DEMO_PROMPT, "--prompt", help="Text prompt; it owns the background"),
     size: int = typer.Option(128, "--size", help="Image side (the tiny model is fast at 64..256)"),
     seed: int = typer.Option(0, "--seed", help="Seed (diffusers LCM semantics)"),
-    backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference)"),
+    backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference) | openvino (OpenVINO CPU, the same engine)"),
     threads: int = backend_option("threads"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
@@ -124,7 +124,7 @@ def demo(
 
 def bench(
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny | sd15: write the embedded model and export its engine (cached in --workdir)"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); model source and size default to its manifest"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help=f"Engine directory ({engine_dir_backends('bench')}); model source and size default to its manifest"),
     backends: str = typer.Option("published,torch,ort", "--backends", help=f"Comma list of {backend_choices('bench', sep=', ')}"),
     base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
@@ -240,7 +240,7 @@ def eval_(
     protocol: str = typer.Option("paper", help="paper | authors (what the authors' code ran; docs/eval.md)"),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="'{a_word} {prompt}' (paper) | '{word} {prompt}' (authors)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of monkey, monkey-all-steps, ipadapter@SCALE [default: the protocol's]"),
-    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help="Engine directory (ort/trt); also the default size and models"),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help=f"Engine directory ({engine_dir_backends('eval')}); also the default size and models"),
     backend: Optional[str] = typer.Option(None, help=f"{backend_choices('eval')} [default: ort with --engine-dir, else torch]"),
     precision: Optional[str] = typer.Option(None, "--precision", help="Comma list: fp32, fp16, int8, fp8 (as exported); each is compared with fp32 [default: fp32; authors: fp16 on a GPU]"),
     base: Optional[str] = typer.Option(None, help=f"torch backend: base LCM model [default: {DEFAULT_BASE}]"),

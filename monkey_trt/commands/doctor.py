@@ -84,6 +84,26 @@ def _ort_row() -> tuple[CheckRow, list[str]]:
     return CheckRow("onnxruntime", True, f"{ort.__version__} ({', '.join(providers)}{device})"), providers
 
 
+def _openvino_row() -> CheckRow:
+    """OpenVINO's version, what its CPU plugin offers (FP32, BF16, INT8) and the CPU's VNNI/BF16/AMX flags."""
+    from monkey_trt.engine.openvino import cpu_abilities, cpu_flags, openvino_version
+
+    version = openvino_version()
+    flags = ", ".join(cpu_flags()) or "no VNNI/BF16/AMX flags"
+    if version is None:
+        return CheckRow("openvino", None, f"not installed (--backend openvino): pip install 'monkey-trt[openvino]'; CPU: {flags}")
+    caps = cpu_abilities()
+    if not caps:
+        return CheckRow("openvino", False, f"{version}: its CPU plugin does not load; CPU: {flags}")
+    bf16 = "bf16 yes" if "BF16" in caps["capabilities"] else "bf16 no (--precision bf16 refused)"
+    return CheckRow("openvino", True, f"{version} ({caps['device']}: {', '.join(caps['capabilities'])}; {bf16}; CPU flags: {flags})")
+
+
+def rows_ok(rows: list[CheckRow], name: str) -> bool:
+    """Whether the row called `name` is there and ok."""
+    return any(r.name == name and r.ok is True for r in rows)
+
+
 def supported_range(dist: str, version: str | None) -> tuple[bool | None, str]:
     """(inside the `gpu` extra's range?, "range >=a,<b") for an installed version; (None, ...) when unknown."""
     from monkey_trt.engine.trt.api_names import SUPPORTED
@@ -232,6 +252,7 @@ def doctor_report(engine_dir=None, precision: str = "fp32") -> list[CheckRow]:
 
     ort_row, providers = _ort_row()
     rows.append(ort_row)
+    rows.append(_openvino_row())
     rows.append(_optional("onnx", "onnx", "for export"))
     rows.append(_gpu_package_row("polygraphy", "polygraphy", "for export and TensorRT builds"))
     if _dist_version("onnxruntime-gpu") is not None:
@@ -268,6 +289,8 @@ def doctor_report(engine_dir=None, precision: str = "fp32") -> list[CheckRow]:
         backends.append("ort-tensorrt")
     if has_gpu and have_trt and have_cuda_python:
         backends.append("tensorrt")
+    if rows_ok(rows, "openvino"):
+        backends.append("openvino-cpu")
     rows.extend(extras_rows())
     rows.append(CheckRow("backends", bool(backends), ", ".join(backends) if backends else "none: install onnxruntime"))
     if engine_dir is not None and "tensorrt" in backends:

@@ -13,6 +13,7 @@ EXTRAS = {
     "serve": ("fastapi", "uvicorn", "python_multipart|multipart", "prometheus_client"),
     "gpu": ("tensorrt", "cuda", "polygraphy", "onnx"),
     "ray": ("ray",),
+    "openvino": ("openvino",),
     "dev": ("pytest", "httpx"),
 }
 PURPOSE = {
@@ -20,6 +21,7 @@ PURPOSE = {
     "serve": "monkey-trt serve",
     "gpu": "TensorRT engines, ONNX Runtime CUDA",
     "ray": "serve --ray",
+    "openvino": "--backend openvino (OpenVINO CPU)",
     "dev": "the tests",
 }
 

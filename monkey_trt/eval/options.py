@@ -94,7 +94,9 @@ def check_precisions(precisions: tuple[str, ...], backend: str, exported: tuple[
             raise MonkeyError(f"the {backend} backend runs {' and '.join(row.precisions)} only, not {', '.join(bad)}: export an "
                               f"engine directory (monkey-trt export --precision fp32,{bad[0]} --out DIR) and pass --engine-dir DIR")
         return
-    missing = [p for p in precisions if p not in exported]
+    if "bf16" in precisions and "bf16" not in row.precisions:  # not a graph: kernels only some backends have
+        raise MonkeyError(f"--backend {backend} has no bf16 kernels: bf16 runs on --backend openvino (the fp32 graphs)")
+    missing = [p for p in precisions if p not in exported and not (p == "bf16" and "fp32" in exported)]
     if missing:
         raise MonkeyError(f"engine directory {engine_dir} has no {', '.join(missing)} graphs (it has {', '.join(exported)}): "
                           f"monkey-trt export --precision {','.join(dict.fromkeys(('fp32', *missing)))} --out {engine_dir}")

@@ -6,7 +6,7 @@ Every face opens a backend from a BackendSpec: `generate`, `bench`, `serve` (and
 `BACKEND_TABLE`: its name, its opener, the options that apply to it, whether it runs an engine directory, its
 devices and the faces that offer it. Adding a backend is one row plus its opener (and its runner):
 
-    engine-directory backends (ort, trt): opener(root, manifest, spec, networks) -> {network: Runner}, not yet
+    engine-directory backends (ort, trt, openvino): opener(root, manifest, spec, networks) -> {network: Runner}, not yet
         activated; runtime.pipeline.MonkeyPipeline drives them (no torch)
     model backends (torch, published): opener(spec, models) -> a pipeline on the model weights (torch, loaded lazily
         by commands.backends.open_backend)
@@ -29,7 +29,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.ort import PROVIDER_NAMES
 from monkey_trt.enginedir.digests import VERIFY_MODES
 from monkey_trt.enginedir.manifest import PRECISIONS
-from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES
+from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES, RUN_PRECISIONS
 
 FACES = ("generate", "eval", "bench", "serve", "api", "demo")  # where a backend can be offered
 TORCH_DTYPES = ("fp32", "fp16")  # the model backends' precisions (--dtype; fp16 changes the math: opt-in)
@@ -67,6 +67,10 @@ BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
             needs_engine_dir=True, devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8")),
     Backend("trt", "monkey_trt.engine.trt.engine_dir:open_engine_dir_plans", _ENGINE_OPTIONS,
             needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS, faces=("generate", "eval", "bench", "serve", "api")),
+    Backend("openvino", "monkey_trt.engine.openvino:open_openvino_runners",
+            ("precision", "batch_passes", "threads", "verify", "mask_pass"),
+            needs_engine_dir=True, devices=("cpu",), precisions=("fp32", "int8", "bf16"),
+            faces=("generate", "eval", "bench", "serve", "api", "demo"), note="OpenVINO CPU"),
 )}
 
 
@@ -86,6 +90,11 @@ def backend_names(face: str | None = None) -> tuple[str, ...]:
 def backend_choices(face: str, notes: bool = False, sep: str = " | ") -> str:
     """Help text: `torch | ort | trt` (with notes: `torch (PyTorch reference) | ort | trt`)."""
     return sep.join(f"{n} ({BACKEND_TABLE[n].note})" if notes and BACKEND_TABLE[n].note else n for n in backend_names(face))
+
+
+def engine_dir_backends(face: str | None = None, sep: str = "/") -> str:
+    """Help text: the backends that run an engine directory (`ort/trt/openvino`)."""
+    return sep.join(n for n in backend_names(face) if BACKEND_TABLE[n].needs_engine_dir)
 
 
 def applies_to(option: str) -> tuple[str, ...]:
@@ -117,7 +126,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
     BackendOption("device", ("--device",), "cpu", "torch/published backends: cpu, cuda or cuda:N"),
     BackendOption("dtype", ("--dtype",), "fp32", "torch/published backends: fp32 | fp16 (fp16 changes the math; opt-in)"),
     BackendOption("precision", ("--precision",), "fp32",
-                  "ort/trt: the engine directory's fp32, fp16, int8 or fp8 graphs (int8/fp8: the mask pass stays fp32)"),
+                  "ort/trt/openvino: the engine directory's fp32, fp16, int8 or fp8 graphs; openvino: bf16 = the fp32 "
+                  "UNet on bf16 kernels (int8/fp8/bf16: the mask pass stays fp32)"),
     BackendOption("providers", ("--providers",), "",
                   "ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     BackendOption("fp16", ("--fp16",), False, "ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
@@ -128,12 +138,12 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
     BackendOption("batch_passes", ("--batch-passes/--no-batch-passes",), None,
                   "Run the mask-independent leading steps of both passes as one batch-2 UNet call "
                   "(exact; default: on for GPUs, off on CPU)"),
-    BackendOption("threads", ("--threads",), 0, "CPU threads for torch / each ORT session (0 = library default)"),
+    BackendOption("threads", ("--threads",), 0, "CPU threads for torch / each ORT session / OpenVINO (0 = library default)"),
     BackendOption("verify", ("--verify",), "sha256",
                   "Engine-dir check before loading: sha256 (every file hashed) | size (sizes; small files hashed)"),
     BackendOption("ort_cache", (), None, "ort: keep ORT's optimised graphs in this folder, keyed by digest (faster cold start)",
                   label="the ORT graph cache"),
-    BackendOption("mask_pass", (), "exact", "ort/trt int8/fp8: exact = pass 1 (the mask) on the fp32 UNet; same = every call 8-bit",
+    BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced",
                   label="mask_pass"),
 )}
 CLI_OPTIONS = tuple(n for n, o in BACKEND_OPTIONS.items() if o.flags)  # what commands take on the command line
@@ -152,11 +162,12 @@ def _need(ok: bool, msg: str) -> None:
 class BackendSpec:
     """How to run: which backend, on what, in which precision, with which options. Frozen; every field checked.
 
-    precision: ort/trt: the engine directory's graphs (fp32 | fp16 | int8 | fp8); torch/published: the dtype
+    precision: ort/trt: the engine directory's graphs (fp32 | fp16 | int8 | fp8; openvino: fp32 | int8 | bf16, bf16 =
+    the fp32 UNet on bf16 kernels); torch/published: the dtype
     (fp32 | fp16, `--dtype`). A field set away from its default for a backend it does not apply to is refused.
     """
 
-    backend: str = "ort"  # a row of BACKEND_TABLE: torch | ort | trt (| published: bench only)
+    backend: str = "ort"  # a row of BACKEND_TABLE: torch | ort | trt | openvino (| published: bench only)
     device: str = "cpu"  # torch/published: cpu | cuda | cuda:N (ort/trt: the providers decide)
     precision: str = "fp32"
     providers: tuple[str, ...] = ()  # ort: cpu | cuda | tensorrt in priority order; () = best installed (cuda, else cpu)
@@ -165,9 +176,9 @@ class BackendSpec:
     cuda_graph: bool = False  # torch on cuda, ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
     threads: int = 0  # CPU threads for torch / each ORT session (intra-op); 0 = the library default
-    verify: str = "sha256"  # ort/trt engine-dir check: sha256 (every file hashed) | size (sizes; small files hashed)
+    verify: str = "sha256"  # engine-dir check: sha256 (every file hashed) | size (sizes; small files hashed)
     ort_cache: Path | None = None  # ort: keep ORT's optimised graphs here, keyed by digest (faster cold start)
-    mask_pass: str = "exact"  # ort/trt int8/fp8: exact = pass 1 (the mask) on the fp32 UNet; same = every call 8-bit
+    mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced
 
     def __post_init__(self) -> None:
         b = self.backend
@@ -196,7 +207,7 @@ class BackendSpec:
                   f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
             _need(not self.cuda_graph or self.device.startswith("cuda"), "--cuda-graph with the torch backend needs --device cuda")
             return
-        _need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _need(self.precision in RUN_PRECISIONS, f"--precision must be one of {', '.join(RUN_PRECISIONS)}, got {self.precision!r}")
         _need(self.precision != "fp8" or "fp8" in row.precisions,
               "--precision fp8 runs as TensorRT plans only (--backend trt, GPU compute capability >= 8.9): "
               f"{'ONNX Runtime' if b == 'ort' else f'--backend {b}'} has no fp8 kernels; on the CPU use --precision int8")

@@ -62,7 +62,7 @@ def _engine_backends() -> tuple[str, ...]:
 
 
 def open_engine(spec: BackendSpec, engine_dir: Path | str) -> "MonkeyPipeline":
-    """The lean runtime (an engine-directory backend of the table: ort, trt) of a BackendSpec. No torch."""
+    """The lean runtime (an engine-directory backend of the table: ort, trt, openvino) of a BackendSpec. No torch."""
     return MonkeyPipeline.open(spec, engine_dir)
 
 
@@ -101,7 +101,7 @@ class MonkeyPipeline:
 
     @classmethod
     def open(cls, spec: BackendSpec, root: Path | str) -> "MonkeyPipeline":
-        """An engine directory on the backend of `spec` (an engine-directory row of the backend table: ort, trt)."""
+        """An engine directory on the backend of `spec` (an engine-directory row of the backend table: ort, trt, openvino)."""
         if not isinstance(spec, BackendSpec) or not backend_row(spec.backend).needs_engine_dir:
             got = spec.backend if isinstance(spec, BackendSpec) else type(spec).__name__
             raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {got!r}")

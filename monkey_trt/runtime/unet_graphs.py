@@ -4,6 +4,7 @@ The mask comes from pass 1 alone (its maps at the mask steps). With `mask_pass="
 int8/fp8) pass 1 runs the fp32 UNet, so the mask is the fp32 engine's mask bit for bit, and pass 2 (and the
 plain IP-Adapter baseline) runs the 8-bit UNet: 8 of MONKEY's 11 UNet calls with the default schedule.
 `mask_pass="same"` runs every call in the 8-bit graph (faster; the mask may move, docs/int8.md measures it).
+bf16 (`--backend openvino`: the fp32 graph on bf16 kernels) is treated the same way (docs/openvino.md).
 
     roles = unet_roles("int8", "exact")      # {"mask": "fp32", "final": "int8", "baseline": "int8"}
 
@@ -16,17 +17,19 @@ chosen one in `runners["unet"]`, which is what its UNet session reads.
 from __future__ import annotations
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
+from monkey_trt.enginedir.manifest import PRECISIONS, QUANTIZED_PRECISIONS
 
 ROLES = ("mask", "final", "baseline")
 MASK_PASS_MODES = ("exact", "same")
+RUN_PRECISIONS = (*PRECISIONS, "bf16")  # what a run may ask for: the graphs, and bf16 (openvino: the fp32 graph on bf16 kernels)
+REDUCED_PRECISIONS = (*QUANTIZED_PRECISIONS, "bf16")  # whose mask pass runs the fp32 graph with mask_pass="exact"
 
 
 def unet_roles(precision: str, mask_pass: str = "exact") -> dict[str, str]:
     """Role -> precision of the UNet graph that runs it."""
     if mask_pass not in MASK_PASS_MODES:
         raise MonkeyError(f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {mask_pass!r}")
-    exact = precision in QUANTIZED_PRECISIONS and mask_pass == "exact"
+    exact = precision in REDUCED_PRECISIONS and mask_pass == "exact"
     return {"mask": "fp32" if exact else precision, "final": precision, "baseline": precision}
 
 
