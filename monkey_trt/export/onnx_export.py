@@ -139,19 +139,38 @@ def finalize_onnx(path: Path, fold: bool, desc: NetworkDesc | None = None) -> li
 
 
 def canonical_dims(model, desc: NetworkDesc) -> None:
-    """Make the graph's symbolic dims the same on every export: inputs and outputs carry the descriptor's names
-    (B, H, W, h, w, Q), and a derived dim elsewhere (ONNX Runtime's symbolic shape inference, run by Polygraphy's
-    folding, writes sympy expressions whose printed form depends on the process's hash seed) is left unnamed.
-    Only names change: no node, weight or type does, and every runtime infers the shapes itself."""
+    """Make the graph's symbolic dim names the same on every export, keeping which dims are equal.
+
+    ONNX Runtime's symbolic shape inference (run by Polygraphy's folding) names derived dims by sympy expressions
+    whose printed form depends on the process's hash seed (`floor(h/2 + 1/2)` or `floor(h/2 - 1/2) + 1`), so two exports
+    of one model differed byte for byte. Names are opaque symbols to every runtime: only which dims share a name
+    matters (ORT's optimizer and the quantizer use it). So each name is replaced, consistently everywhere: a name the
+    descriptor declares at an input or output keeps (or gets) the declared symbol (B, H, W, h, w, Q), every other
+    derived name becomes `s0`, `s1`, ... in order of first appearance. Nodes, weights and types never change."""
     declared = {t.name: t.shape for t in (*desc.inputs, *desc.outputs)}
+    io = [*model.graph.input, *model.graph.output]
+    rename: dict[str, str] = {}
+    for v in io:  # the declared symbols first: an expression the trace wrote at a declared axis takes its symbol
+        shape = declared.get(v.name)
+        for i, d in enumerate(v.type.tensor_type.shape.dim):
+            if shape is not None and i < len(shape) and isinstance(shape[i], str) and d.HasField("dim_param"):
+                rename.setdefault(d.dim_param, shape[i])
     symbols = {d for shape in declared.values() for d in shape if isinstance(d, str)}
-    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+    derived = 0
+    for v in (*io, *model.graph.value_info):
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param not in rename:
+                if d.dim_param in symbols:
+                    rename[d.dim_param] = d.dim_param
+                else:
+                    rename[d.dim_param], derived = f"s{derived}", derived + 1
+    for v in (*io, *model.graph.value_info):
         shape = declared.get(v.name)
         for i, d in enumerate(v.type.tensor_type.shape.dim):
             if shape is not None and i < len(shape) and isinstance(shape[i], str):
-                d.dim_param = shape[i]  # the descriptor's name (clears a dim_value the trace may have fixed)
-            elif d.HasField("dim_param") and d.dim_param not in symbols:
-                d.ClearField("dim_param")
+                d.dim_param = shape[i]
+            elif d.HasField("dim_param"):
+                d.dim_param = rename[d.dim_param]
 
 
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:

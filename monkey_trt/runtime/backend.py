@@ -6,8 +6,9 @@ Every face opens a backend from a BackendSpec: `generate`, `bench`, `serve` (and
 `BACKEND_TABLE`: its name, its opener, the options that apply to it, whether it runs an engine directory, its
 devices and the faces that offer it. Adding a backend is one row plus its opener (and its runner):
 
-    engine-directory backends (ort, trt, openvino): opener(root, manifest, spec, networks) -> {network: Runner}, not yet
-        activated; runtime.pipeline.MonkeyPipeline drives them (no torch)
+    engine-directory backends (ort, trt, openvino): opener(root, manifest, spec, networks, shared) -> {network: Runner},
+        not yet activated (`shared`: what one pipeline's runners share, e.g. TensorRT's activation pool);
+        runtime.pipeline.MonkeyPipeline drives them (no torch)
     model backends (torch, published): opener(spec, models) -> a pipeline on the model weights (torch, loaded lazily
         by commands.backends.open_backend)
 
