@@ -125,3 +125,135 @@ def test_a_killed_cache_write_is_cleaned_by_its_marker_only(affine, tmp_path):
     lookalike.mkdir()
     np.testing.assert_allclose(_run(affine, cache), X @ W + B, rtol=1e-6)
     assert not left.exists() and lookalike.is_dir()
+
+
+# -- the calibration cache ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calib(engine_dir):
+    """(manifest, spec, one recording) on the session's tiny engine directory."""
+    from monkey_trt.enginedir.load import load_manifest
+    from monkey_trt.export.calibration import CalibrationSpec, collect
+
+    m = load_manifest(engine_dir, verify="size")
+    spec = CalibrationSpec.build(size=1, height=64, width=64)
+    return m, spec, collect(engine_dir, spec)
+
+
+def _npz(folder: Path) -> Path:
+    (p,) = folder.glob("calib-*.npz")
+    return p
+
+
+def test_altered_calibration_arrays_are_recorded_again(engine_dir, calib, tmp_path):
+    """Before: an npz whose arrays were changed (a valid file) was reused as it was."""
+    from monkey_trt.export.calibration import CalibrationData, load_or_collect
+
+    m, spec, want = calib
+    load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    p = _npz(tmp_path)
+    d = CalibrationData.load(p)
+    d.arrays["sample"] = d.arrays["sample"] * 0 + 7
+    d.save(p)
+    got, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    assert not reused and got.digest == want.digest
+    again, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path)  # replaced: trusted again
+    assert reused and again.digest == want.digest
+
+
+def test_a_damaged_calibration_entry_is_replaced_not_an_error(engine_dir, calib, tmp_path):
+    """Before: a truncated npz failed every later export (zipfile.BadZipFile: exit 1)."""
+    from monkey_trt.export.calibration import load_or_collect
+
+    m, spec, want = calib
+    load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    p = _npz(tmp_path)
+    p.write_bytes(p.read_bytes()[:100])
+    got, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    assert not reused and got.digest == want.digest
+    assert load_or_collect(engine_dir, m, spec, cache=tmp_path)[1]
+
+
+def test_a_calibration_entry_without_our_record_is_neither_used_nor_overwritten(engine_dir, calib, tmp_path):
+    from monkey_trt.export.calibration import load_or_collect
+
+    m, spec, want = calib
+    load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    p = _npz(tmp_path)
+    p.with_suffix(".json").unlink()
+    p.write_bytes(b"someone's file")
+    got, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    assert not reused and got.digest == want.digest and p.read_bytes() == b"someone's file"
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_a_calibration_cache_folder_of_another_user_is_not_used(engine_dir, calib, tmp_path):
+    """Before: an entry in a folder another user owns (who could have written any arrays) was reused."""
+    from monkey_trt.export.calibration import load_or_collect
+
+    m, spec, want = calib
+    folder = tmp_path / "theirs"
+    load_or_collect(engine_dir, m, spec, cache=folder)
+    for p in (folder, *folder.iterdir()):
+        os.chown(p, 4321, 4321)
+    got, reused = load_or_collect(engine_dir, m, spec, cache=folder)
+    assert not reused and got.digest == want.digest
+
+
+def test_calibration_cache_follows_monkey_trt_cache(monkeypatch, tmp_path):
+    from monkey_trt.export.calibration import cache_dir
+
+    monkeypatch.delenv("MONKEY_TRT_CALIB_CACHE", raising=False)
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c" / "calibration"
+
+
+def test_the_quantizers_temp_folders_stay_inside_our_scratch_folder(tmp_path, monkeypatch):
+    """Before: onnxruntime.quantization made `ort.quant.*` in the system temp folder, left there by a killed
+    quantization (nothing of ours could prove them ours). Now they live under the output's own scratch folder."""
+    import tempfile
+
+    from monkey_trt.export.quantize import QuantSettings, quantize_model_file
+    from tests.test_int8 import _small_model
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    made = []
+    real = tempfile.TemporaryDirectory
+
+    def spy(*a, **k):
+        d = real(*a, **k)
+        made.append(Path(d.name))
+        return d
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", spy)
+    out = tmp_path / "out"
+    out.mkdir()
+    feeds = _small_model(tmp_path / "m.onnx")
+    quantize_model_file(tmp_path / "m.onnx", out / "q.onnx", feeds, QuantSettings("int8", reduce_range=False), external=False)
+    ort_made = [d for d in made if d.name.startswith("ort.quant.")]
+    assert ort_made and all(out in d.parents for d in ort_made), made
+    assert list(system_tmp.iterdir()) == [] and tempfile.tempdir == str(system_tmp)
+
+
+def test_a_killed_calibration_cache_write_is_cleaned_by_its_marker(engine_dir, calib, tmp_path):
+    """A write killed (-9) midway leaves its staging folder with a temp file; the next save removes it by its
+    marker. A look-alike temp file of nobody's stays."""
+    from monkey_trt.export.calibration import load_or_collect
+
+    m, spec, want = calib
+    load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    p = _npz(tmp_path)
+    code = ("import os, sys; from monkey_trt.core.output_folders import make_staging; "
+            "s = make_staging(sys.argv[1]); (s / '.x.npz.tmp').write_bytes(b'half'); print(s, flush=True); os.kill(os.getpid(), 9)")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    left = Path(r.stdout.strip()).parent
+    assert r.returncode == -signal.SIGKILL and left.is_dir()
+    lookalike = tmp_path / f".{p.name}.abc.tmp"
+    lookalike.write_bytes(b"not ours")
+    p.write_bytes(b"damaged")  # so the next run records again and writes
+    got, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path)
+    assert not reused and got.digest == want.digest
+    assert not left.exists() and lookalike.read_bytes() == b"not ours"
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted([p.name, p.with_suffix(".json").name, lookalike.name])

@@ -31,6 +31,11 @@ from monkey_trt.core.output_folders import WRITTEN_BY, safe_relpath, valid_diges
 RECORD_MAX_BYTES = 1 << 20
 
 
+def owned_by_me(path: Path) -> bool:
+    """`path` exists, is not a symlink and belongs to the current user (what a cache may trust or write into)."""
+    return _mine(Path(path))
+
+
 def _mine(path: Path) -> bool:
     """`path` exists, is not a symlink and belongs to the current user."""
     try:
@@ -40,11 +45,13 @@ def _mine(path: Path) -> bool:
     return not stat.S_ISLNK(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == os.getuid())
 
 
-def write_record(record_path: Path, kind: str, source: str, files: Mapping[str, Path]) -> dict:
-    """Write `record_path` (atomically) listing `files` (name relative to the record's folder -> path) with their sha256."""
-    rec = {"written_by": WRITTEN_BY, "kind": kind, "source": source,
+def write_record(record_path: Path, kind: str, source: str, files: Mapping[str, Path], extra: Mapping | None = None,
+                 tmp_dir: Path | None = None) -> dict:
+    """Write `record_path` (atomically; the temp file in `tmp_dir` where given) listing `files` (name relative to the
+    record's folder -> path) with their sha256, plus `extra` fields."""
+    rec = {**(extra or {}), "written_by": WRITTEN_BY, "kind": kind, "source": source,
            "files": {name: sha256_file(p) for name, p in sorted(files.items())}}
-    write_bytes_atomic(Path(record_path), json.dumps(rec, indent=1).encode())
+    write_bytes_atomic(Path(record_path), json.dumps(rec, indent=1).encode(), tmp_dir=tmp_dir)
     return rec
 
 
