@@ -24,8 +24,8 @@ def _sparse(path: Path, size: int) -> Path:
 
 
 def test_a_huge_prompt_file_is_refused_before_it_is_read(tmp_path):
-    """Before: read whole (a 1 GB --calib-prompts took 5.7 GB, then exit 1)."""
-    big = _sparse(tmp_path / "prompts.txt", 1 << 30)
+    """Before: read whole (a 1 GB --calib-prompts took 5.7 GB, then exit 1; 32 MiB here)."""
+    big = _sparse(tmp_path / "prompts.txt", 32 << 20)
     tracemalloc.start()
     try:
         with pytest.raises(MonkeyError, match="larger than 16 MiB"):
@@ -52,7 +52,7 @@ def test_prompt_files_refuse_absurd_lines_and_counts(tmp_path):
 def test_the_cli_refuses_a_huge_calib_prompts_file_in_one_line(tiny_model_dir, tmp_path, capsys):
     from monkey_trt.cli import main
 
-    big = _sparse(tmp_path / "prompts.txt", 1 << 30)
+    big = _sparse(tmp_path / "prompts.txt", 32 << 20)
     argv = ["export", "--out", str(tmp_path / "e"), "--base", str(tiny_model_dir / "base"), "--ip-adapter",
             str(tiny_model_dir / "ip-adapter"), "--precision", "int8", "--calib-prompts", str(big)]
     assert main(argv) == 2
