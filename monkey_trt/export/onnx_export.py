@@ -304,6 +304,8 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
         if progress is not None:
             progress(f"waiting for another process writing {root}", 0, 1)
 
+    if not root.is_dir():  # load_manifest's one line for what is not an engine directory
+        return _add_precisions(root, precisions, progress, calibration)
     with folder_lock(root, timeout_s=WRITER_WAIT_S, waiting=waiting):
         return _add_precisions(root, precisions, progress, calibration)
 
