@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every user error is one line on stderr and exit code 2."""
     click = _click_exceptions()
     try:
-        app(args=argv, prog_name="monkey-trt", standalone_mode=False)
+        code = app(args=argv, prog_name="monkey-trt", standalone_mode=False)
     except MonkeyError as e:
         return _fail(str(e))
     except click.NoArgsIsHelpError as e:  # bare `monkey-trt` (or a group without a command)
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:  # click's file errors etc.
         return _fail(e.format_message())
     except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("aborted\n")
-        return 130
+        return _interrupted()
     except OSError as e:  # permissions, a full disk, /proc, a folder where a file was expected ...
         if os.environ.get("MONKEY_TRT_DEBUG"):
             raise
@@ -93,4 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MONKEY_TRT_DEBUG"):
             raise
         return _fail(f"internal error: {type(e).__name__}: {str(e) and first_line(e)} (set MONKEY_TRT_DEBUG=1 for a traceback)", code=1)
-    return 0
+    # Outside standalone mode typer returns (not raises) the code of an Exit, and turns Ctrl-C into Exit(130):
+    if code == 130:
+        return _interrupted()
+    return code if type(code) is int else 0
+
+
+def _interrupted() -> int:
+    """Ctrl-C (SIGINT) is a failure: one line, exit 130 (the shell's 128 + SIGINT), so `export ... && build ...` stops."""
+    sys.stderr.write("error: interrupted (Ctrl-C)\n")
+    sys.stderr.flush()
+    return 130

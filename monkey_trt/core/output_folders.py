@@ -268,8 +268,9 @@ def make_dirs(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, timeout_s: float = LOCK_TIMEOUT_S):
-    """An exclusive flock on `folder` itself (no lock file left behind)."""
+def folder_lock(folder: Path, timeout_s: float = LOCK_TIMEOUT_S, waiting: Callable[[], None] | None = None):
+    """An exclusive flock on `folder` itself (no lock file left behind); `waiting()` is called once if
+    another process holds it."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         deadline = time.monotonic() + timeout_s
@@ -278,6 +279,9 @@ def folder_lock(folder: Path, timeout_s: float = LOCK_TIMEOUT_S):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if waiting is not None:
+                    waiting()
+                    waiting = None
                 if time.monotonic() > deadline:
                     raise MonkeyError(f"another process has been writing in {folder} for {timeout_s:.0f} s; try again later") from None
                 time.sleep(0.05)

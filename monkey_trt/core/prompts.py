@@ -32,21 +32,44 @@ PAPER_PROMPTS: tuple[str, ...] = (
 )
 
 
+MAX_PROMPT_FILE_BYTES = 16 << 20  # 100k prompts of 160 characters; a bigger file is a mistake, refused before it is read
+MAX_FILE_PROMPTS = 100_000  # distinct prompts in one file (eval allows fewer: eval/prompts.py)
+MAX_PROMPT_LINE_CHARS = 4096  # as the HTTP API's prompt (far beyond 77 tokens)
+
+
 def read_prompt_file(path: str | Path, flag: str) -> tuple[str, ...]:
     """A UTF-8 file of one prompt per line (blank lines and `#` comments skipped, duplicates once, order kept);
-    one-line MonkeyError naming `flag` when it is missing, unreadable, not UTF-8 or empty."""
+    one-line MonkeyError naming `flag` when it is missing, unreadable, not UTF-8, empty, or too big (over
+    MAX_PROMPT_FILE_BYTES, MAX_FILE_PROMPTS prompts or a line of MAX_PROMPT_LINE_CHARS): memory and time are
+    bounded by those, whatever the file holds."""
     p = Path(path)
     if not p.exists():
         raise MonkeyError(f"{flag} {p}: no such file")
     if not p.is_file():
         raise MonkeyError(f"{flag} {p} is not a file")
+    cap = f"{flag} {p} is larger than {MAX_PROMPT_FILE_BYTES >> 20} MiB: a prompt file is one prompt per line (at most {MAX_FILE_PROMPTS})"
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise MonkeyError(cap)
+        with open(p, "rb") as f:
+            raw = f.read(MAX_PROMPT_FILE_BYTES + 1)  # bounded even if the file grows meanwhile
+        if len(raw) > MAX_PROMPT_FILE_BYTES:
+            raise MonkeyError(cap)
+        text = raw.decode("utf-8")
     except PermissionError:
         raise MonkeyError(f"{flag} {p} cannot be read (permission denied)") from None
     except UnicodeDecodeError:
         raise MonkeyError(f"{flag} {p} is not UTF-8 text") from None
-    prompts = tuple(dict.fromkeys(s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith("#")))
+    prompts: dict[str, None] = {}
+    for i, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if len(s) > MAX_PROMPT_LINE_CHARS:
+            raise MonkeyError(f"{flag} {p} line {i} is {len(s)} characters; a prompt is at most {MAX_PROMPT_LINE_CHARS}")
+        prompts[s] = None
+        if len(prompts) > MAX_FILE_PROMPTS:
+            raise MonkeyError(f"{flag} {p} holds more than {MAX_FILE_PROMPTS} prompts")
     if not prompts:
         raise MonkeyError(f"{flag} {p} has no prompts (one per line; # starts a comment)")
-    return prompts
+    return tuple(prompts)

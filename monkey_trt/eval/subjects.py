@@ -7,12 +7,15 @@ image by name), each with a subject word.
 
 The word comes from the sidecar (keyed by file name, file stem or folder name), else from the name:
 `_`/`-` become spaces and trailing digits go ("dog2" -> "dog", "red_cartoon" -> "red cartoon").
-Every image is decoded and hashed before any work, so a bad one fails the run in a second, not an hour in.
+Every image is decoded and hashed before any work, so a bad one fails the run in a second, not an hour in;
+the decoded pixels are not kept (`Subject.image` decodes again, the last two held), so memory does not grow
+with the number of subjects.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -29,6 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 SIDECARS = ("subjects.csv", "subjects.json")
 MAX_SUBJECTS = 10_000
 MAX_WORD = 100
+DECODED_KEPT = 2  # decoded subjects held at once (units run subject by subject)
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,22 @@ class Subject:
     path: Path
     word: str
     sha256: str
-    image: Image.Image  # 8-bit RGB, decoded once
+
+    @property
+    def image(self) -> Image.Image:
+        """8-bit RGB, decoded when asked (the last DECODED_KEPT kept): a run holds a few subjects, not all of them."""
+        return _decoded(str(self.path), self.sha256)
 
     def __hash__(self) -> int:
         return hash(self.id)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Subject) and other.id == self.id
+
+
+@functools.lru_cache(maxsize=DECODED_KEPT)
+def _decoded(path: str, sha256: str) -> Image.Image:
+    return load_subject(Path(path))
 
 
 def word_from_name(name: str) -> str:
@@ -119,6 +132,14 @@ def read_sidecar(folder: Path) -> dict[str, str]:
     return words
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def discover_subjects(folder: Path, warn=lambda msg: None, exclude: Path | None = None) -> list[Subject]:
     """Every subject of `folder`, decoded (RGB) and hashed; MonkeyError on an empty folder or a bad image."""
     folder = Path(folder)
@@ -137,8 +158,8 @@ def discover_subjects(folder: Path, warn=lambda msg: None, exclude: Path | None 
             warn(f"{sid} is not in the sidecar: its word comes from the name ({word_from_name(sid)!r})")
         used.add(key)
         word = sidecar[key] if key is not None else word_from_name(sid)
-        image = load_subject(path)  # a bad image is one line naming it
-        subjects.append(Subject(sid, path, word, hashlib.sha256(path.read_bytes()).hexdigest(), image))
+        load_subject(path)  # decoded now, then let go: a bad image is one line naming it, before any work
+        subjects.append(Subject(sid, path, word, _file_sha256(path)))
     unused = sorted(set(sidecar) - used)
     if unused:
         warn(f"the sidecar names {len(unused)} entries with no image: {', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")

@@ -99,8 +99,12 @@ def read_images(folder: Path) -> tuple[CalibSubject, ...]:
         entries = sorted((e for e in d.iterdir() if not e.name.startswith(".")), key=lambda e: e.name)
     except PermissionError:
         raise MonkeyError(f"--calib-images {d} cannot be read (permission denied)") from None
-    images = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
-    others = [e.name + ("/" if e.is_dir() else "") for e in entries if e not in images]
+    images, others = [], []  # one pass (40k entries: a list membership test per entry was quadratic)
+    for e in entries:
+        if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(e)
+        else:
+            others.append(e.name + ("/" if e.is_dir() else ""))
     if not entries:
         raise MonkeyError(f"--calib-images {d} is empty: put the subject images to calibrate on there")
     if others:
@@ -109,8 +113,12 @@ def read_images(folder: Path) -> tuple[CalibSubject, ...]:
                           f"({', '.join(IMAGE_SUFFIXES)})")
     out = []
     for e in images:
-        load_subject(e)  # decodes fully: a damaged image is one line naming it
-        out.append(CalibSubject(e.name, hashlib.sha256(e.read_bytes()).hexdigest(), str(e.absolute())))
+        load_subject(e)  # decodes fully (then let go): a damaged image is one line naming it
+        h = hashlib.sha256()
+        with open(e, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        out.append(CalibSubject(e.name, h.hexdigest(), str(e.absolute())))
     return tuple(out)
 
 
@@ -195,12 +203,13 @@ class CalibrationData:
         h.update(json.dumps(self.calls, sort_keys=True).encode())
         return h.hexdigest()
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, tmp_dir: Path | None = None) -> None:
+        """Atomically; the temp file in `tmp_dir` (a staging folder) where given."""
         from monkey_trt.core.atomic import write_bytes_atomic
 
         buf = io.BytesIO()
         np.savez(buf, **self.arrays, __calls__=np.frombuffer(json.dumps(self.calls).encode(), np.uint8))
-        write_bytes_atomic(Path(path), buf.getvalue())
+        write_bytes_atomic(Path(path), buf.getvalue(), tmp_dir=tmp_dir)
 
     @classmethod
     def load(cls, path: Path) -> "CalibrationData":
@@ -219,18 +228,19 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
     c = spec.config
     rows: list[dict] = []
     calls: list[dict] = []
-    subjects: dict[int, object] = {}
+    current: tuple[int, object] | None = None  # the one decoded subject held (cases cycle subjects: decoded per case)
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
                                         threads=threads, verify="size") as pipe:
         for i, (prompt, s, seed) in enumerate(cases):
             if progress is not None:
                 progress(f"calibration case {i + 1}/{len(cases)}", i, len(cases))
-            if s not in subjects:
-                subjects[s] = spec.subjects[s].load()
+            if current is None or current[0] != s:
+                current = None  # let the previous one go before decoding the next
+                current = (s, spec.subjects[s].load())
             sink: list = []
             req = Request(prompt=prompt, height=spec.height, width=spec.width, seed=seed, config=c)
             with pipe.watch_unet(lambda feeds: sink.append({k: np.array(v, copy=True) for k, v in feeds.items()})):
-                out = pipe(req, subjects[s], noise=NoisePlan.from_seed(seed, req.latent_shape(pipe.dims), c.noise_steps), batch_passes=False)
+                out = pipe(req, current[1], noise=NoisePlan.from_seed(seed, req.latent_shape(pipe.dims), c.noise_steps), batch_passes=False)
             labels = [(u.passes, u.step) for u in out.unet_calls]
             if len(labels) != len(sink):
                 raise MonkeyError(f"calibration: recorded {len(sink)} UNet calls but the run reports {len(labels)}")
@@ -245,31 +255,76 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
 
 
 def cache_dir() -> Path:
-    """$MONKEY_TRT_CALIB_CACHE, else $XDG_CACHE_HOME/monkey-trt/calibration (~/.cache/...)."""
+    """$MONKEY_TRT_CALIB_CACHE, else <the user cache folder>/calibration ($MONKEY_TRT_CACHE, else
+    $XDG_CACHE_HOME/monkey-trt or ~/.cache/monkey-trt: engine/derived_cache.cache_root)."""
+    from monkey_trt.engine.derived_cache import cache_root
+
     env = os.environ.get("MONKEY_TRT_CALIB_CACHE")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "monkey-trt" / "calibration"
+    return cache_root() / "calibration"
+
+
+CACHE_KIND = "calibration"
 
 
 def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress: Progress | None = None,
                     cache: Path | None = None, threads: int = 0) -> tuple[CalibrationData, bool]:
-    """(data, reused): the cached recording when every input is unchanged, else a fresh one (then cached)."""
+    """(data, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
+
+    An entry is used only when its record (`calib-v2-<key>.json`, engine/derived_record.py) is ours and the
+    current user's, for this key, with the file's sha256 and the arrays' digest matching; an entry of ours that
+    is damaged or altered is replaced; anything else there (another user's, no record) is neither used nor
+    overwritten."""
+    from monkey_trt.engine.derived_record import check_record, owned_by_me, remove_recorded
+
     digests = {n: dict(sorted(e.sha256.items())) for n, e in sorted(manifest.networks.items())}
     folder = Path(cache) if cache is not None else cache_dir()
-    path = folder / f"calib-{spec.key(digests)}.npz"
-    if path.is_file():
+    key = spec.key(digests)
+    path, record = folder / f"calib-v2-{key}.npz", folder / f"calib-v2-{key}.json"
+    state = check_record(record, CACHE_KIND, key, present=path)
+    if state == "ok":
         try:
-            return CalibrationData.load(path), True
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            pass  # damaged: record again below and replace it
+            data = CalibrationData.load(path)
+            if data.digest == _record_field(record, "data_sha256"):
+                return data, True
+        except Exception:  # noqa: BLE001 - a damaged entry of ours (zip, npy, json: numpy raises many kinds) is replaced
+            pass
+        state = "wrong"
+    if state == "wrong":
+        remove_recorded(record, CACHE_KIND)
     data = collect(engine_dir, spec, progress, threads)
+    free = not os.path.lexists(path) and not os.path.lexists(record)  # never over a file we did not write
+    if free and (not folder.exists() or owned_by_me(folder)):  # nor into another user's folder
+        _save_entry(data, path, record, key)
+    return data, False
+
+
+def _save_entry(data: CalibrationData, path: Path, record: Path, key: str) -> None:
+    """The arrays, then their record; temp files in a staging folder whose marker lets the next run remove
+    what a killed write left (core/output_folders.py), never by a name pattern."""
+    from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
+    from monkey_trt.engine.derived_record import write_record
+
+    stage = None
     try:
-        data.save(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(path)
+        stage = make_staging(path)
+        data.save(path, tmp_dir=stage)
+        write_record(record, CACHE_KIND, key, {path.name: path}, extra={"data_sha256": data.digest}, tmp_dir=stage)
     except OSError:
         pass  # a read-only cache costs time next run, never the export
-    return data, False
+    finally:
+        if stage is not None:
+            remove_staging(stage)
+
+
+def _record_field(record: Path, name: str):
+    try:
+        return json.loads(Path(record).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def calibration_from_options(precisions, profile, prompts_file: Path | None, images_dir: Path | None,

@@ -20,7 +20,7 @@ import torch
 from monkey_trt.core import __version__
 from monkey_trt.core.config import DEFAULT_MASK_LAYER, ModelSource
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.core.output_folders import OutputStage, check_target, staged_files
+from monkey_trt.core.output_folders import OutputStage, check_target, folder_lock, staged_files
 from monkey_trt.enginedir.digests import sha256_file
 from monkey_trt.enginedir.manifest import MANIFEST, QUANTIZED_PRECISIONS, ImagePreprocess, Manifest, NetworkEntry, SchedulerConsts, manifest_files, parse_precisions
 from monkey_trt.enginedir.networks import (
@@ -46,6 +46,7 @@ from monkey_trt.runtime.tokenizer import ClipTokenizer
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # networks above 1 GiB keep weights in one `<net>.onnx.data` file
 Progress = Callable[[str, int, int], None]  # (what, steps done, steps in all)
+WRITER_WAIT_S = 6 * 3600.0  # how long a writer of an engine directory waits for another (an sd15 int8 export takes minutes)
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,26 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
     Through atomic.OutputStage like every output: the new graphs and manifest are staged next to the
     directory and committed under its lock; the fp32 files stay where they are (`keep`), a file in the
     way that monkey-trt did not write is refused, and an interruption leaves the old directory intact.
+    Writers of one directory take turns (a lock on the directory itself, held from reading its manifest
+    to the commit), so what each reports added is there: a second writer waits, then adds only what is
+    still missing.
     """
+    root = Path(engine_dir).absolute()
+
+    def waiting() -> None:
+        if progress is not None:
+            progress(f"waiting for another process writing {root}", 0, 1)
+
+    if not root.is_dir():  # load_manifest's one line for what is not an engine directory
+        return _add_precisions(root, precisions, progress, calibration)
+    with folder_lock(root, timeout_s=WRITER_WAIT_S, waiting=waiting):
+        return _add_precisions(root, precisions, progress, calibration)
+
+
+def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress | None, calibration) -> tuple[str, ...]:
+    """add_precisions under the directory's lock."""
     from monkey_trt.enginedir.load import load_manifest
 
-    root = Path(engine_dir).absolute()
     manifest = load_manifest(root)  # verifies the fp32 files the conversion reads
     todo = [p for p in precisions if p not in manifest.precisions]
     if not todo:

@@ -218,7 +218,7 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         cwd = os.getcwd()
         try:
             os.chdir(tmp)  # ORT's calibrator keeps scratch files in the working folder on some versions
-            with _quiet_library():
+            with _quiet_library(), _scratch_in(tmp):
                 quantize_static(
                     str(work), str(dst), _Reader(data), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
                     per_channel=settings.per_channel, reduce_range=bool(settings.reduce_range), activation_type=atype,
@@ -230,6 +230,19 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
     quantized = tuple(sorted(candidates))
     return QuantReport("unet", settings.precision, len(candidates) + len(exclude), quantized,
                        {k: tuple(sorted(v)) for k, v in groups.items()})
+
+
+@contextlib.contextmanager
+def _scratch_in(folder: str):
+    """The quantizer's own temp folders (`ort.quant.*`, `tempfile` default folder) go into `folder`, inside our
+    staging folder: a killed quantization leaves nothing in the system temp folder, and its staging folder is
+    removed by the next run (its marker proves it ours; core/output_folders.py), never by a name pattern."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
 
 
 @contextlib.contextmanager

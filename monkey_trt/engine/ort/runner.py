@@ -12,10 +12,9 @@ digest and never written next to the model (engine/derived_cache.py). Lean: nump
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import shutil
-import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,9 @@ import numpy as np
 
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.core.atomic import sha256_file
+from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
 from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
+from monkey_trt.engine.derived_record import check_record, remove_recorded, write_record
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.ort.graphs import CudaGraphReplay, CapturedGraph
 from monkey_trt.engine.ort.providers import (GRAPH_IDS_SINCE, PROVIDER_NAMES, flag, import_ort, ort_version, physical_cores,
@@ -35,6 +36,8 @@ from monkey_trt.enginedir.manifest import check_precision
 
 
 # ONNX Runtime's NodeArg.type strings -> numpy dtype names
+ORT_CACHE_RECORD = "monkey-derived.json"  # beside a cached optimised graph: its files' sha256 (engine/derived_record.py)
+ORT_CACHE_KIND = "ort-optimized-graph"
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -246,7 +249,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         return self._source_digest
 
     def _cache_material(self) -> dict:
-        return {"v": 2, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
+        return {"v": 3, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
                 "machine": platform.machine(), "processor": platform.processor()}
 
     def trt_cache_folder(self) -> Path:
@@ -273,15 +276,23 @@ class OrtRunner(CudaGraphReplay, Runner):
         cache = self.optimized_model_cache
         if cache is None or PROVIDER_NAMES["tensorrt"] in self._chain:
             return self._create(self.model_path, self._session_options())
-        final = cache / f"{self.name}-{digest(self._cache_material())[:24]}"
-        cached = final / "model.onnx"
-        if cached.is_file():
+        key = digest(self._cache_material())
+        final = cache / f"{self.name}-{key[:24]}"
+        record = final / ORT_CACHE_RECORD
+        state = check_record(record, ORT_CACHE_KIND, key, present=final)  # every cached file re-hashed: never trusted unchecked
+        if state == "ok":
             try:
-                return self._create(cached, self._session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
+                return self._create(final / "model.onnx", self._session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
             except MonkeyError:
-                shutil.rmtree(final, ignore_errors=True)  # stale/corrupt: rebuild below
+                state = "wrong"  # our own entry that ORT refuses (another ORT build's format): replaced below
+        if state == "wrong" and remove_recorded(record, ORT_CACHE_KIND):
+            with contextlib.suppress(OSError):
+                final.rmdir()  # only when nothing but what we wrote was there
+        if os.path.lexists(final):  # someone else's, or not ours to replace: used neither way
+            return self._create(self.model_path, self._session_options())
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache))
+        clean_stale_staging(final)  # what a killed cache write left: proven ours by its marker, never by its name
+        tmp = make_staging(final)
         try:
             so = self._session_options()
             so.optimized_model_filepath = str(tmp / "model.onnx")
@@ -289,16 +300,16 @@ class OrtRunner(CudaGraphReplay, Runner):
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
             sess = self._create(self.model_path, so)
-            for f in tmp.iterdir():
+            written = {f.name: f for f in tmp.iterdir() if f.is_file()}
+            for f in written.values():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            try:
-                os.replace(tmp, final)
-            except OSError:  # another process got there first
-                pass
+            write_record(tmp / ORT_CACHE_RECORD, ORT_CACHE_KIND, key, written)
+            with contextlib.suppress(OSError):  # another process got there first: its entry stays
+                os.rename(tmp, final)
             return sess
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_staging(tmp)
 
     def activate(self) -> None:
         if self.session is not None:
