@@ -6,7 +6,6 @@ process prints (or for its exit), never for a sleep.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
