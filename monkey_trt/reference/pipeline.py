@@ -32,7 +32,7 @@ from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import downsample_mask, level_grids
 from monkey_trt.reference.loading import ReferenceModels, load_reference_models
 from monkey_trt.runtime.images import clip_preprocess
-from monkey_trt.runtime.method import run_monkey
+from monkey_trt.runtime.method import check_run_options, run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule
@@ -116,6 +116,8 @@ class ReferencePipeline:
     @torch.no_grad()
     def encode_subject(self, subject: Image.Image) -> torch.Tensor:
         """Subject image -> IP tokens [1, 4, D] (CLIP vision embeds through the IP projection)."""
+        if not isinstance(subject, Image.Image):
+            raise MonkeyError(f"subject must be a PIL image, got {type(subject).__name__}")
         pixels = torch.from_numpy(clip_preprocess(subject)).to(self.m.device, self.m.dtype)  # [1, 3, 224, 224]
         embeds = self.m.image_encoder(pixels).image_embeds  # [1, E]
         return self.m.image_proj(embeds)  # [1, 4, D]
@@ -228,6 +230,7 @@ class ReferencePipeline:
     @locked
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""
+        check_run_options(kwargs)
         return run_monkey(self, request, subject, **kwargs)
 
 

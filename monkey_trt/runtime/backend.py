@@ -18,6 +18,8 @@ for a backend it does not apply to (`--device` with ort, `--providers` with trt)
 
 from __future__ import annotations
 
+import os
+
 import importlib
 import re
 from dataclasses import dataclass, fields
@@ -199,6 +201,8 @@ class BackendSpec:
             if o.name not in ("dtype", "precision") and b not in o.applies and not is_default(o.name, getattr(self, o.name)):
                 raise MonkeyError(f"{o.flag} applies to {_only(o.applies)} only, not --backend {b}")
         if self.ort_cache is not None:
+            _need(isinstance(self.ort_cache, (str, os.PathLike)) and str(self.ort_cache) != "",
+                  f"ort_cache must be a folder path, got {self.ort_cache!r}")
             object.__setattr__(self, "ort_cache", Path(self.ort_cache))
         # values
         if not row.needs_engine_dir:  # a model backend: its precision is its dtype

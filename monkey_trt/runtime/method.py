@@ -82,6 +82,27 @@ def finite(engine: Networks, stage: str, value: Any, detail: str = "") -> Any:
     return value
 
 
+RUN_OPTIONS = ("noise", "baseline_scale", "decode_mask_pass", "batch_passes", "progress", "steps")
+
+
+def check_run_options(options: dict) -> None:
+    """A pipeline call's keyword options (run_monkey's), by name and type: MonkeyError, never a TypeError."""
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise MonkeyError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(RUN_OPTIONS)}")
+    noise = options.get("noise")
+    if noise is not None and not isinstance(noise, NoisePlan):
+        raise MonkeyError(f"noise must be a monkey_trt NoisePlan (monkey_trt.runtime.noise.load_noise_file reads one), got {type(noise).__name__}")
+    if not isinstance(options.get("decode_mask_pass", False), bool):
+        raise MonkeyError(f"decode_mask_pass must be true or false, got {options['decode_mask_pass']!r}")
+    if options.get("batch_passes") is not None and not isinstance(options["batch_passes"], bool):
+        raise MonkeyError(f"batch_passes must be true, false or None, got {options['batch_passes']!r}")
+    for name in ("progress", "steps"):
+        if options.get(name) is not None and not callable(options[name]):
+            raise MonkeyError(f"{name} must be a function or None, got {type(options[name]).__name__}")
+    check_baseline_scale(options.get("baseline_scale"))
+
+
 def check_baseline_scale(scale: Any) -> float | None:
     """baseline_scale: None (no baseline) or a finite number in [0, 4] (scale_final's range), like the CLI and HTTP."""
     if scale is None:
@@ -290,6 +311,8 @@ def run_monkey(
     `steps(stage, done, total)` after each UNet call of a pass stage (the service's streamed progress).
     Neither changes what is computed.
     """
+    check_run_options({"noise": noise, "decode_mask_pass": decode_mask_pass, "batch_passes": batch_passes,
+                       "progress": progress, "steps": steps})
     explicit_noise = noise is not None
     baseline_scale = check_baseline_scale(baseline_scale)
     noise = _prepare(engine, request, noise)

@@ -26,7 +26,7 @@ from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
 from monkey_trt.runtime.images import clip_preprocess, load_subject
-from monkey_trt.runtime.method import run_monkey
+from monkey_trt.runtime.method import check_run_options, run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
@@ -106,6 +106,8 @@ class MonkeyPipeline:
         if not isinstance(spec, BackendSpec) or not backend_row(spec.backend).needs_engine_dir:
             got = spec.backend if isinstance(spec, BackendSpec) else type(spec).__name__
             raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {got!r}")
+        if not isinstance(root, (str, Path)) or str(root) == "":
+            raise MonkeyError(f"the engine directory must be a folder path, got {root!r}")
         manifest = load_manifest(Path(root), verify=spec.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
         shared: dict = {}
@@ -170,6 +172,8 @@ class MonkeyPipeline:
     def encode_subject(self, subject: Image.Image) -> np.ndarray:
         """Subject -> IP tokens [1, n_ip_tokens, D]."""
         p = self.manifest.preprocess
+        if not isinstance(subject, Image.Image):
+            raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         pixels = clip_preprocess(subject, size=p.size, mean=p.mean, std=p.std)  # [1, 3, 224, 224]
         return self.runners["image_encoder"].infer({"pixel_values": pixels}, outputs=("ip_tokens",))["ip_tokens"]
 
@@ -259,6 +263,9 @@ class MonkeyPipeline:
         """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`.
 
         The size defaults to the engine's optimal size (its profile's opt)."""
+        unknown = sorted(set(knobs) - set(MonkeyConfig.__dataclass_fields__))
+        if unknown:
+            raise MonkeyError(f"generate() got unknown knob(s) {', '.join(unknown)} (the knobs: docs/method.md)")
         subject = image if isinstance(image, Image.Image) else load_subject(image)
         height = self.manifest.profile.height.opt if height is None else height
         width = self.manifest.profile.width.opt if width is None else width
@@ -283,6 +290,7 @@ class MonkeyPipeline:
             raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         if min(subject.size) < 1:
             raise MonkeyError(f"subject image is empty ({subject.size[0]}x{subject.size[1]})")
+        check_run_options(kwargs)
         if kwargs.get("batch_passes") is None:
             kwargs["batch_passes"] = self.spec.batch_passes  # the spec's choice (None: the measured default)
         with self._lock:

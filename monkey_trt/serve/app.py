@@ -46,6 +46,7 @@ from monkey_trt.serve.schema import (
     IMAGE_FIELD,
     ApiError,
     GenerateParams,
+    check_json_types,
     generate_responses,
     image_from_json,
     parse_fields,
@@ -183,7 +184,10 @@ async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes
             raise ApiError(400, "the JSON body must be an object")
         if IMAGE_FIELD not in body:
             raise ApiError(400, "field 'image' (the subject image, base64) is required")
-        return {k: v for k, v in body.items() if k != IMAGE_FIELD}, image_from_json(body[IMAGE_FIELD])
+        fields = {k: v for k, v in body.items() if k != IMAGE_FIELD}
+        check_field_sizes(fields)  # before a value is quoted in an error
+        check_json_types(fields)
+        return fields, image_from_json(body[IMAGE_FIELD])
     raise ApiError(415, f"Content-Type must be multipart/form-data or application/json, got {ctype or 'none'!r}")
 
 
@@ -193,10 +197,20 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a key given twice is refused (json.loads would keep the last one silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ApiError(400, f"field {key[:MAX_FIELD_NAME]!r} is given more than once")
+        obj[key] = value
+    return obj
+
+
 def parse_json(raw: bytes) -> Any:
     """The JSON body; invalid, too deeply nested or holding huge integers -> ApiError 400."""
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw, parse_int=_bounded_int, object_pairs_hook=_unique_keys)
     except ApiError:
         raise
     except RecursionError:
