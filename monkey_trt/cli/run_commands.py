@@ -39,7 +39,7 @@ def generate(
     threads: int = backend_option("threads"),
     dtype: str = backend_option("dtype"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
-    seed: int = knob_option(REQUEST["seed"]),
+    seed: Optional[int] = knob_option(REQUEST["seed"], None, f" [default: {REQUEST['seed'].default}; not with --noise]"),
     height: Optional[int] = knob_option(REQUEST["height"], None, OR_ENGINE_SIZE.format(REQUEST["height"].default)),
     width: Optional[int] = knob_option(REQUEST["width"], None, OR_ENGINE_SIZE.format(REQUEST["width"].default)),
     noise: Optional[Path] = typer.Option(None, "--noise", help=".npz with latents [1,4,H/8,W/8] and step_noise [K,1,4,H/8,W/8] (K = longer pass's steps - 1); replaces --seed"),
@@ -58,6 +58,9 @@ def generate(
     check_sides(height, width)
     if baseline_scale is not None and not baseline:
         raise MonkeyError("--baseline-scale applies to the plain IP-Adapter baseline: add --baseline (or drop --baseline-scale)")
+    if seed is not None and noise is not None:
+        raise MonkeyError("--seed and --noise both set the noise: --noise replaces the seed (drop one of them)")
+    seed = REQUEST["seed"].default if seed is None else seed
     config = config_from_options(knob_values)
     backend = backend_row(default_backend(engine_dir, backend), "generate").name
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)

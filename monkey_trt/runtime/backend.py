@@ -31,7 +31,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.ort import PROVIDER_NAMES
 from monkey_trt.enginedir.digests import VERIFY_MODES
 from monkey_trt.enginedir.manifest import PRECISIONS
-from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES, RUN_PRECISIONS
+from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES, REDUCED_PRECISIONS, RUN_PRECISIONS
 
 FACES = ("generate", "eval", "bench", "serve", "api", "demo")  # where a backend can be offered
 TORCH_DTYPES = ("fp32", "fp16")  # the model backends' precisions (--dtype; fp16 changes the math: opt-in)
@@ -218,6 +218,9 @@ class BackendSpec:
         _need(self.precision in row.precisions, f"--backend {b} runs {', '.join(row.precisions)} graphs, not {self.precision}")
         _need(self.verify in VERIFY_MODES, f"--verify must be sha256 or size, got {self.verify!r}")
         _need(self.mask_pass in MASK_PASS_MODES, f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {self.mask_pass!r}")
+        _need(self.mask_pass == "exact" or self.precision in REDUCED_PRECISIONS,
+              f"mask_pass='same' applies to the reduced precisions ({', '.join(REDUCED_PRECISIONS)}), not --precision "
+              f"{self.precision}: its passes all run one graph already (drop mask_pass)")
         if "providers" in row.options:  # ONNX Runtime's execution providers
             bad = [p for p in self.providers if p not in PROVIDER_NAMES]
             _need(not bad, f"unknown execution provider {bad[0] if bad else ''!r} (choose among {', '.join(PROVIDER_NAMES)})")
