@@ -188,7 +188,7 @@ def serve(
     subject_cache: int = typer.Option(64, "--subject-cache", help="Subjects whose IP tokens are cached (LRU; 0 = off)"),
     prompt_cache: int = typer.Option(256, "--prompt-cache", help="Prompts whose embeddings are cached (LRU; 0 = off)"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One generation before /readyz says ready"),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug or trace"),
     ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve (one engine per replica)"),
     replicas: int = typer.Option(1, "--replicas", help="--ray: replicas"),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="--ray: GPUs per replica"),
@@ -214,6 +214,10 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise MonkeyError(f"--port must be in 0..65535, got {port}")
+    levels = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+    if log_level.lower() not in levels:  # before the engine loads (uvicorn would refuse it after)
+        raise MonkeyError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
+    log_level = log_level.lower()
     if backend not in backend_names("serve"):
         raise MonkeyError(f"--backend must be {' or '.join(backend_names('serve'))}, got {backend!r}")
     spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,
