@@ -143,3 +143,4 @@ def test_service_answers_500_naming_the_stage_and_warmup_stays_red(engine_dir, s
 @pytest.fixture(scope="module")
 def subject_png(tiny_model_dir) -> bytes:
     return (tiny_model_dir / "subject.png").read_bytes()
+

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -301,6 +302,28 @@ async def admitted_request(svc: MonkeyService, request: Request) -> tuple[Slot, 
     return slot, params, image_bytes
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns when the client hangs up (its body is read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_client_leaves(request: Request, work):
+    """`work` (a generation) unless the client hangs up first: then it is cancelled (a queued job is dropped, a
+    running one finishes and is discarded) and the request ends as 499, counted by the middleware."""
+    job, gone = asyncio.ensure_future(work), asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not job.done():
+        job.cancel()
+        with contextlib.suppress(BaseException):
+            await job
+        raise ApiError(CLIENT_CLOSED, "the client closed the connection before the answer; its queued work was dropped")
+    return job.result()
+
+
 def wants_png(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "image/png" in accept and "application/json" not in accept
@@ -387,7 +410,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         t0 = time.perf_counter()
         slot, params, image_bytes = await admitted_request(svc, request)
         try:
-            out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot)
+            out, hits, queue_s = await until_client_leaves(request, svc.generate(params, subject_decoder(image_bytes), slot))
             files = await run_in_threadpool(encode_output, out)
         except Exception as e:  # noqa: BLE001 (as above)
             raise as_api_error(e, rid) from None
