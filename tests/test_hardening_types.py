@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
