@@ -170,8 +170,10 @@ def test_serve_config_and_ray_args_build_the_spec():
     from monkey_trt.serve.service import ServeConfig
 
     c = ServeConfig.from_fields({"engine_dir": Path("E"), "backend": "ort", "providers": "cuda,cpu", "cuda_graph": True,
-                                 "threads": 2, "mask_pass": "same", "ort_cache": "C", "max_queue": 3})
-    assert c.spec == BackendSpec("ort", providers=("cuda", "cpu"), cuda_graph=True, threads=2, mask_pass="same", ort_cache=Path("C"))
+                                 "threads": 2, "precision": "fp16", "ort_cache": "C", "max_queue": 3})
+    assert c.spec == BackendSpec("ort", providers=("cuda", "cpu"), cuda_graph=True, threads=2, precision="fp16", ort_cache=Path("C"))
+    same = ServeConfig.from_fields({"engine_dir": Path("E"), "precision": "int8", "mask_pass": "same"})
+    assert same.spec == BackendSpec("ort", precision="int8", mask_pass="same")  # mask_pass: the reduced precisions only
     assert c.max_queue == 3  # serve keeps every spec field (mask_pass and ort_cache included) and its own
     with pytest.raises(MonkeyError, match="--providers applies to --backend ort only"):
         ServeConfig.from_fields({"engine_dir": Path("E"), "backend": "trt", "providers": ["cuda"]})

@@ -343,6 +343,21 @@ def test_adding_int8_with_bad_calibration_leaves_the_directory_as_it_was(engine_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging left"
 
 
+def test_calibration_options_for_a_precision_the_directory_has_are_refused(int8_dir, tiny_model_dir, tmp_path, capsys):
+    """Issue 25, class 8: `--calib-size` (or another --calib-*) adding int8 where int8 is already: they would
+    change nothing, so exit 2 saying what would (--force re-exports), the directory untouched."""
+    before = _tree_digest(int8_dir)
+    capsys.readouterr()
+    err = _fails(_export_argv(tiny_model_dir, int8_dir, "--precision", "int8", "--calib-size", "2"), capsys, "already has int8")
+    assert "--calib-size would change nothing" in err and "--force" in err
+    (tmp_path / "p.txt").write_text("a toy on the beach\n")
+    _fails(_export_argv(tiny_model_dir, int8_dir, "--precision", "fp16,int8", "--calib-prompts", str(tmp_path / "p.txt")), capsys,
+           "--calib-prompts would change nothing")
+    assert _tree_digest(int8_dir) == before
+    assert main(_export_argv(tiny_model_dir, int8_dir, "--precision", "int8")) == 0  # no --calib-*: nothing to add, said so
+    assert "already has int8" in capsys.readouterr().out and _tree_digest(int8_dir) == before
+
+
 def test_fp8_refused_on_onnx_runtime(int8_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "gen"
     argv = ["generate", "--image", str(tiny_model_dir / "subject.png"), "--prompt", "a toy", "--out", str(out),

@@ -37,7 +37,7 @@ def diffusers_pipe(tiny_model_dir):
 def generate_cli(tiny_model_dir, out, prompt, seed, height=64, width=64, extra=()):
     argv = ["generate", "--image", str(tiny_model_dir / "subject.png"), "--prompt", prompt, "--out", str(out),
             "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
-            "--seed", str(seed), "--height", str(height), "--width", str(width), "--backend", "torch", "--save-arrays", *extra]
+            *(("--seed", str(seed)) if seed is not None else ()), "--height", str(height), "--width", str(width), "--backend", "torch", "--save-arrays", *extra]
     assert main(argv) == 0
     return np.load(out / "arrays.npz"), json.loads((out / "result.json").read_text())
 
@@ -82,7 +82,7 @@ def test_noise_file_equals_seed(tiny_model_dir, tmp_path, reference, subject):
     plan = torch_noise_plan(11, req.latent_shape(reference.dims), 8)
     save_noise_file(tmp_path / "noise.npz", plan)
     a, rec = generate_cli(tiny_model_dir, tmp_path / "a", PROMPTS[1], 11)
-    b, rec_b = generate_cli(tiny_model_dir, tmp_path / "b", PROMPTS[1], 999, extra=("--noise", str(tmp_path / "noise.npz")))
+    b, rec_b = generate_cli(tiny_model_dir, tmp_path / "b", PROMPTS[1], None, extra=("--noise", str(tmp_path / "noise.npz")))
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
     assert rec_b["seed"] is None and rec_b["noise_file"]["sha256"] == hashlib.sha256((tmp_path / "noise.npz").read_bytes()).hexdigest()
 

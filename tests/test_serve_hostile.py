@@ -286,6 +286,28 @@ def test_connection_cap_answers_503_json_and_recovers(stub):
         time.sleep(0.05)
 
 
+def test_healthz_answers_while_idle_connections_fill_the_cap(stub):
+    """Issue 25, class 9: a liveness probe must not fail because slow clients hold every connection."""
+    from monkey_trt.serve.limits import HttpLimits
+
+    srv = stub(limits=HttpLimits(max_connections=4, header_timeout_s=WAIT_S))
+    srv.client.close()
+    held = [srv.connect() for _ in range(4)]  # idle: connected, nothing sent
+    try:
+        for _ in range(3):
+            with srv.connect() as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                data, _ = read_until_closed(s)
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b'{"status": "ok"}'), data[:200]
+        with srv.connect() as s:  # anything else over the cap is still refused
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data, _ = read_until_closed(s)
+        assert_json_reply(data, 503, "too many open connections")
+    finally:
+        for s in held:
+            s.close()
+
+
 # -- write timeout ----------------------------------------------------------------------------------
 def test_client_that_stops_reading_its_response_is_dropped(stub):
     from fastapi.responses import Response

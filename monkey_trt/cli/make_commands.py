@@ -82,6 +82,11 @@ def export(
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
                          fold_constants=fold, force=force, precisions=precisions, calibration=calibration)
     add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
+    if add_only:  # --calib-* that would calibrate nothing are refused, not ignored
+        from monkey_trt.export.conflicts import check_calibration_applies
+
+        check_calibration_applies(out, precisions, {"--calib-prompts": calib_prompts, "--calib-images": calib_images,
+                                                    "--calib-size": calib_size})
     if not add_only:
         check_export_out(out, force)
     with quiet_libraries(), steps(console, "export") as step:

@@ -39,7 +39,7 @@ def generate(
     threads: int = backend_option("threads"),
     dtype: str = backend_option("dtype"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
-    seed: int = knob_option(REQUEST["seed"]),
+    seed: Optional[int] = knob_option(REQUEST["seed"], None, f" [default: {REQUEST['seed'].default}; not with --noise]"),
     height: Optional[int] = knob_option(REQUEST["height"], None, OR_ENGINE_SIZE.format(REQUEST["height"].default)),
     width: Optional[int] = knob_option(REQUEST["width"], None, OR_ENGINE_SIZE.format(REQUEST["width"].default)),
     noise: Optional[Path] = typer.Option(None, "--noise", help=".npz with latents [1,4,H/8,W/8] and step_noise [K,1,4,H/8,W/8] (K = longer pass's steps - 1); replaces --seed"),
@@ -58,6 +58,9 @@ def generate(
     check_sides(height, width)
     if baseline_scale is not None and not baseline:
         raise MonkeyError("--baseline-scale applies to the plain IP-Adapter baseline: add --baseline (or drop --baseline-scale)")
+    if seed is not None and noise is not None:
+        raise MonkeyError("--seed and --noise both set the noise: --noise replaces the seed (drop one of them)")
+    seed = REQUEST["seed"].default if seed is None else seed
     config = config_from_options(knob_values)
     backend = backend_row(default_backend(engine_dir, backend), "generate").name
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
@@ -185,7 +188,7 @@ def serve(
     subject_cache: int = typer.Option(64, "--subject-cache", help="Subjects whose IP tokens are cached (LRU; 0 = off)"),
     prompt_cache: int = typer.Option(256, "--prompt-cache", help="Prompts whose embeddings are cached (LRU; 0 = off)"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One generation before /readyz says ready"),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug or trace"),
     ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve (one engine per replica)"),
     replicas: int = typer.Option(1, "--replicas", help="--ray: replicas"),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="--ray: GPUs per replica"),
@@ -211,6 +214,10 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise MonkeyError(f"--port must be in 0..65535, got {port}")
+    levels = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+    if log_level.lower() not in levels:  # before the engine loads (uvicorn would refuse it after)
+        raise MonkeyError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
+    log_level = log_level.lower()
     if backend not in backend_names("serve"):
         raise MonkeyError(f"--backend must be {' or '.join(backend_names('serve'))}, got {backend!r}")
     spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,

@@ -139,7 +139,7 @@ def knobs(cls: type) -> dict[str, Knob]:
 def check_threads(threads: int, flag: str = "--threads") -> int:
     """CPU threads for torch / each ORT session: 0 (the library default) or a positive count."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise MonkeyError(f"{flag} must be >= 0 (0 = library default), got {threads}")
+        raise MonkeyError(f"{flag} must be >= 0 (an integer; 0 = library default), got {threads!r}")
     import os
 
     most = 4 * (os.cpu_count() or 1)  # the machine's cores x 4: beyond that, threads only contend
@@ -296,7 +296,9 @@ class Request:
     config: MonkeyConfig = field(default_factory=MonkeyConfig)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
+        if not isinstance(self.prompt, str):
+            raise MonkeyError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not self.prompt.strip():
             raise MonkeyError("prompt is empty: MONKEY needs a text prompt for the background")
         try:
             self.prompt.encode("utf-8")

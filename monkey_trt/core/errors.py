@@ -17,3 +17,13 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty): one-line errors."""
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
+
+
+class NonFiniteOutput(MonkeyError):
+    """A stage of the method produced NaN or inf (a broken engine: e.g. 8-bit scales that are NaN). The service
+    answers it with a 5xx naming the stage (the request was fine; the engine is not)."""
+
+    def __init__(self, backend: str, stage: str, detail: str = ""):
+        self.stage = stage
+        super().__init__(f"{backend}: the {stage} stage produced non-finite values (NaN/inf){detail}: the engine is "
+                         "broken (re-export it, or run it with --precision fp32)")

@@ -17,6 +17,7 @@ their JSON form and the precisions. The exporter builds a `Manifest` and calls `
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -155,10 +156,21 @@ class Manifest:
         try:
             return Path(root) / self.networks[network].files(self.run_precision(network, precision))[0]
         except KeyError:
-            raise EngineDirError(
-                f"{root} has no {precision} ONNX for {network} (exported: {', '.join(self.precisions)}): "
-                f"run `monkey-trt export --out {root} --precision {precision}`"
-            ) from None
+            what = f"{precision} ONNX" if precision not in QUANTIZED_PRECISIONS else f"{precision} ONNX for {network}"
+            raise EngineDirError(f"{root} has no {what} (exported: {', '.join(self.precisions)}): "
+                                 f"run `{self.export_command(root, precision)}`") from None
+
+    def export_command(self, root: Path, precision: str) -> str:
+        """The `monkey-trt export` that adds `precision` to this directory: its own model, mask layer and profile
+        (the defaults would name the hub's model, which the directory refuses without --force)."""
+        src, p = self.source, self.profile
+        parts = ["monkey-trt export", f"--out {shlex.quote(str(root))}"]
+        parts += [f"--{k.replace('_', '-')} {shlex.quote(str(src[k]))}" for k in ("base", "ip_adapter", "ip_weight") if src.get(k)]
+        parts += [f"--height {p.height.opt} --width {p.width.opt}", f"--min {p.height.min}x{p.width.min}",
+                  f"--max {p.height.max}x{p.width.max}", f"--batch {p.batch.max}", f"--mask-layer {shlex.quote(self.mask_layer)}"]
+        if self.exporter.get("onnx_opset"):
+            parts.append(f"--opset {self.exporter['onnx_opset']}")
+        return " ".join([*parts, f"--precision {precision}"])
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_json(self) -> dict:

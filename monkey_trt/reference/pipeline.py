@@ -12,6 +12,7 @@ initial latents first, then one randn per step but the last; each pass re-seeds.
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -26,11 +27,12 @@ from monkey_trt.core.config import (
     Request,
 )
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.threads import locked
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import downsample_mask, level_grids
 from monkey_trt.reference.loading import ReferenceModels, load_reference_models
 from monkey_trt.runtime.images import clip_preprocess
-from monkey_trt.runtime.method import run_monkey
+from monkey_trt.runtime.method import check_run_options, run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule
@@ -77,6 +79,7 @@ class ReferencePipeline:
 
     def __init__(self, models: ReferenceModels):
         self.m = models
+        self._lock = threading.RLock()  # every public method, one thread at a time (the UNet's shared ctx; core/threads.py)
         self.map_layer: int | None = None  # IP-layer index of the mask layer, set by prepare()
         self.schedule = lcm_schedule(models.scheduler)
         self.graphed = None  # GraphedUNet when CUDA-graph replay is on (enable_cuda_graphs)
@@ -93,11 +96,13 @@ class ReferencePipeline:
     ) -> "ReferencePipeline":
         return cls(load_reference_models(ModelSource(base, ip_adapter, ip_weight), device, dtype))
 
+    @locked
     def info(self) -> dict:
         """What ran: the loaded folders, weight digests, device and dtype."""
         return {**self.m.files, "device": str(self.m.device), "dtype": str(self.m.dtype)}
 
     # -- encoders -------------------------------------------------------------------------
+    @locked
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, bool]:
         """-> (text embeddings [1, text_len, D], truncated). Truncates like diffusers, with a warning."""
@@ -107,9 +112,12 @@ class ReferencePipeline:
         embeds = self.m.text_encoder(ids.to(self.m.device))[0]  # [1, 77, D]
         return embeds, truncated
 
+    @locked
     @torch.no_grad()
     def encode_subject(self, subject: Image.Image) -> torch.Tensor:
         """Subject image -> IP tokens [1, 4, D] (CLIP vision embeds through the IP projection)."""
+        if not isinstance(subject, Image.Image):
+            raise MonkeyError(f"subject must be a PIL image, got {type(subject).__name__}")
         pixels = torch.from_numpy(clip_preprocess(subject)).to(self.m.device, self.m.dtype)  # [1, 3, 224, 224]
         embeds = self.m.image_encoder(pixels).image_embeds  # [1, E]
         return self.m.image_proj(embeds)  # [1, 4, D]
@@ -122,6 +130,7 @@ class ReferencePipeline:
         """Batching fills a GPU's idle parallelism; on a 2-core CPU it measured no faster (README)."""
         return self.m.device.type == "cuda"
 
+    @locked
     def unet_session(self, text: torch.Tensor, ip_tokens: torch.Tensor, w_emb: torch.Tensor,
                      masks: Sequence[np.ndarray | None]):
         """Calls of one batch layout. masks[b]: sample b's pixel mask [H, W], None = unmasked.
@@ -146,6 +155,10 @@ class ReferencePipeline:
 
         @torch.no_grad()
         def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            with self._lock:  # m.ctx is the UNet's shared state: one call at a time
+                return eager_call(latents, timesteps, scale, want_map)
+
+        def eager_call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
             if self.graphed is not None:
                 return graphed_call(latents, timesteps, scale, want_map)
             m.ctx.ip_tokens, m.ctx.scales, m.ctx.masks = tokens, [float(scale)] * len(m.ip_layers), level_masks
@@ -168,6 +181,7 @@ class ReferencePipeline:
 
         return call
 
+    @locked
     def enable_cuda_graphs(self) -> None:
         """Replay UNet calls as CUDA graphs (CUDA only; one capture per batch layout, then replays)."""
         if self.m.device.type != "cuda":
@@ -180,6 +194,7 @@ class ReferencePipeline:
         if self.m.device.type == "cuda":
             torch.cuda.synchronize(self.m.device)
 
+    @locked
     @torch.no_grad()
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [1, 4, h, w] -> image [H, W, 3] float32 in [0, 1]."""
@@ -194,6 +209,7 @@ class ReferencePipeline:
         """The loaded models' sizes (latents, text and IP token counts)."""
         return self.m.dims
 
+    @locked
     def prepare(self, request: Request) -> None:
         request.config.check_model(self.dims)
         if request.config.mask_layer not in self.m.ip_layers:
@@ -211,8 +227,10 @@ class ReferencePipeline:
     def noise_for(self, request: Request) -> NoisePlan:
         return torch_noise_plan(request.seed, request.latent_shape(self.dims), request.config.noise_steps)
 
+    @locked
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""
+        check_run_options(kwargs)
         return run_monkey(self, request, subject, **kwargs)
 
 

@@ -19,6 +19,8 @@ for a backend it does not apply to (`--device` with ort, `--providers` with trt)
 
 from __future__ import annotations
 
+import os
+
 import importlib
 import re
 from dataclasses import dataclass, fields
@@ -30,7 +32,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.ort import PROVIDER_NAMES
 from monkey_trt.enginedir.digests import VERIFY_MODES
 from monkey_trt.enginedir.manifest import PRECISIONS
-from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES, RUN_PRECISIONS
+from monkey_trt.runtime.unet_graphs import MASK_PASS_MODES, REDUCED_PRECISIONS, RUN_PRECISIONS
 
 FACES = ("generate", "eval", "bench", "serve", "api", "demo")  # where a backend can be offered
 TORCH_DTYPES = ("fp32", "fp16")  # the model backends' precisions (--dtype; fp16 changes the math: opt-in)
@@ -200,6 +202,8 @@ class BackendSpec:
             if o.name not in ("dtype", "precision") and b not in o.applies and not is_default(o.name, getattr(self, o.name)):
                 raise MonkeyError(f"{o.flag} applies to {_only(o.applies)} only, not --backend {b}")
         if self.ort_cache is not None:
+            _need(isinstance(self.ort_cache, (str, os.PathLike)) and str(self.ort_cache) != "",
+                  f"ort_cache must be a folder path, got {self.ort_cache!r}")
             object.__setattr__(self, "ort_cache", Path(self.ort_cache))
         # values
         if not row.needs_engine_dir:  # a model backend: its precision is its dtype
@@ -215,6 +219,9 @@ class BackendSpec:
         _need(self.precision in row.precisions, f"--backend {b} runs {', '.join(row.precisions)} graphs, not {self.precision}")
         _need(self.verify in VERIFY_MODES, f"--verify must be sha256 or size, got {self.verify!r}")
         _need(self.mask_pass in MASK_PASS_MODES, f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {self.mask_pass!r}")
+        _need(self.mask_pass == "exact" or self.precision in REDUCED_PRECISIONS,
+              f"mask_pass='same' applies to the reduced precisions ({', '.join(REDUCED_PRECISIONS)}), not --precision "
+              f"{self.precision}: its passes all run one graph already (drop mask_pass)")
         if "providers" in row.options:  # ONNX Runtime's execution providers
             bad = [p for p in self.providers if p not in PROVIDER_NAMES]
             _need(not bad, f"unknown execution provider {bad[0] if bad else ''!r} (choose among {', '.join(PROVIDER_NAMES)})")

@@ -8,6 +8,8 @@ mean/std) exactly.
 
 from __future__ import annotations
 
+import os
+
 import io
 import warnings
 from pathlib import Path
@@ -28,6 +30,8 @@ MAX_ASPECT_RATIO = 32  # long side / short side; the encoder's resize (short sid
 
 def load_subject(path) -> Image.Image:
     """Open, fully decode and normalise a subject image to 8-bit RGB (EXIF orientation applied)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise MonkeyError(f"subject image must be a PIL image or a file path, got {type(path).__name__}")
     p = Path(path)
     name = repr(str(p))
     if not p.exists():

@@ -22,14 +22,14 @@ step whose scale equals `scale_mask_pass`. Any other pass-2 step ends the pairin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.config import MonkeyConfig, Request
-from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.config import MonkeyConfig, Request, knobs
+from monkey_trt.core.errors import MonkeyError, NonFiniteOutput
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.runtime.mask import MaskResult, extract_mask
 from monkey_trt.runtime.noise import NoisePlan
@@ -71,6 +71,46 @@ def _unet_for(engine: Networks, role: str) -> None:
     select = getattr(engine, "select_unet", None)
     if select is not None:
         select(role)
+
+
+def finite(engine: Networks, stage: str, value: Any, detail: str = "") -> Any:
+    """`value` (numpy, or a backend's own tensor with `isfinite`) unchanged, or NonFiniteOutput naming the stage."""
+    check = getattr(value, "isfinite", None)  # torch tensors (the reference); numpy arrays have none
+    ok = bool(check().all()) if callable(check) else bool(np.isfinite(value).all())
+    if not ok:
+        raise NonFiniteOutput(engine.backend, stage, detail)
+    return value
+
+
+RUN_OPTIONS = ("noise", "baseline_scale", "decode_mask_pass", "batch_passes", "progress", "steps")
+
+
+def check_run_options(options: dict) -> None:
+    """A pipeline call's keyword options (run_monkey's), by name and type: MonkeyError, never a TypeError."""
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise MonkeyError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(RUN_OPTIONS)}")
+    noise = options.get("noise")
+    if noise is not None and not isinstance(noise, NoisePlan):
+        raise MonkeyError(f"noise must be a monkey_trt NoisePlan (monkey_trt.runtime.noise.load_noise_file reads one), got {type(noise).__name__}")
+    if not isinstance(options.get("decode_mask_pass", False), bool):
+        raise MonkeyError(f"decode_mask_pass must be true or false, got {options['decode_mask_pass']!r}")
+    if options.get("batch_passes") is not None and not isinstance(options["batch_passes"], bool):
+        raise MonkeyError(f"batch_passes must be true, false or None, got {options['batch_passes']!r}")
+    for name in ("progress", "steps"):
+        if options.get(name) is not None and not callable(options[name]):
+            raise MonkeyError(f"{name} must be a function or None, got {type(options[name]).__name__}")
+    check_baseline_scale(options.get("baseline_scale"))
+
+
+def check_baseline_scale(scale: Any) -> float | None:
+    """baseline_scale: None (no baseline) or a finite number in [0, 4] (scale_final's range), like the CLI and HTTP."""
+    if scale is None:
+        return None
+    k = replace(knobs(MonkeyConfig)["scale_final"], name="baseline_scale")
+    value = k.coerce(scale)
+    k.check(value)
+    return value
 
 
 @dataclass
@@ -115,6 +155,12 @@ class _Clock:
         out = fn(*args, **kwargs)
         self.engine.sync()
         self.add(stage, time.perf_counter() - t0)
+        return out
+
+    def checked(self, stage: str, fn, *args, **kwargs):
+        """Like calling the clock, and the stage's array output (or first item) must be finite."""
+        out = self(stage, fn, *args, **kwargs)
+        finite(self.engine, stage, out[0] if isinstance(out, tuple) else out)
         return out
 
 
@@ -198,6 +244,9 @@ class _Run:
             t0 = time.perf_counter()
             eps, maps = session(latents, timesteps, scale, want_map)
             engine.sync()
+            finite(engine, stage, eps, f" (UNet noise_pred, step {i})")
+            if want_map:
+                finite(engine, stage, maps, f" (attention map, step {i})")
             seconds = time.perf_counter() - t0
             clock.calls.append(UNetCallTiming("+".join(p.name for p in passes), i, len(passes), seconds))
             clock.add(stage, seconds)
@@ -237,9 +286,9 @@ def _prepare(engine: Networks, request: Request, noise: NoisePlan | None) -> Noi
 
 def _encode(engine: Networks, clock: _Clock, request: Request, subject: Image.Image, noise: NoisePlan) -> tuple[_Run, bool]:
     """Prompt, subject and guidance encoded once for every pass: (the run, prompt truncated)."""
-    text, truncated = clock("encode_prompt", engine.encode_prompt, request.prompt)
-    ip_tokens = clock("encode_subject", engine.encode_subject, subject)
-    w_emb = engine.guidance(request.config.guidance_scale)
+    text, truncated = clock.checked("encode_prompt", engine.encode_prompt, request.prompt)
+    ip_tokens = clock.checked("encode_subject", engine.encode_subject, subject)
+    w_emb = finite(engine, "guidance", engine.guidance(request.config.guidance_scale))
     return _Run(engine, clock, noise, text, ip_tokens, w_emb), truncated
 
 
@@ -262,7 +311,10 @@ def run_monkey(
     `steps(stage, done, total)` after each UNet call of a pass stage (the service's streamed progress).
     Neither changes what is computed.
     """
+    check_run_options({"noise": noise, "decode_mask_pass": decode_mask_pass, "batch_passes": batch_passes,
+                       "progress": progress, "steps": steps})
     explicit_noise = noise is not None
+    baseline_scale = check_baseline_scale(baseline_scale)
     noise = _prepare(engine, request, noise)
     c = request.config
     batch = engine.batch_passes_default if batch_passes is None else batch_passes
@@ -303,13 +355,13 @@ def run_monkey(
 
     for until, kind in _runs(uses, p2.step, c.steps_final):
         run.lockstep([p2], [mask.mask if kind == "masked" else None], "final_pass", until=until, role="final")
-    image = clock("decode", engine.decode, p2.denoised)
-    mask_pass_image = clock("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
+    image = clock.checked("decode", engine.decode, p2.denoised)
+    mask_pass_image = clock.checked("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
 
     baseline = None
     if baseline_scale is not None:
         pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass", role="baseline")
-        baseline = clock("decode_baseline", engine.decode, pb.denoised)
+        baseline = clock.checked("decode_baseline", engine.decode, pb.denoised)
     info = getattr(engine, "info", None)
     record = request_record(request, seed=None if explicit_noise else request.seed, baseline_scale=baseline_scale,
                             batched_steps=paired, models=info() if callable(info) else {})
@@ -337,6 +389,6 @@ def run_ip_adapter(engine: Networks, request: Request, subject: Image.Image, sca
     clock = _Clock(engine, None, [])
     run, truncated = _encode(engine, clock, request, subject, noise)
     p = run.plain_pass("ip", c.steps_final, [scale] * c.steps_final, "baseline_pass", role="baseline")
-    image = clock("decode", engine.decode, p.denoised)
+    image = clock.checked("decode", engine.decode, p.denoised)
     return MonkeyOutput(image=image, mask=MaskResult.full(request.height, request.width), timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
                         unet_calls=tuple(clock.calls))

@@ -12,7 +12,9 @@ OUT is kept). Lean: numpy + PIL.
 from __future__ import annotations
 
 import json
+import os
 import platform
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.core import __version__
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.core.output_folders import WRITTEN_BY, OutputStage, check_target, file_digests, record_files
 from monkey_trt.runtime.images import mask_overlay, side_by_side, to_uint8
 
@@ -58,6 +61,21 @@ def request_record(request, *, seed: int | None, baseline_scale: float | None, b
 def check_out_dir(out: Path, baseline: bool = False, save_arrays: bool = False) -> None:
     """Refuse before any work: OUT is a file, cannot be created, or holds a user's file of an output's name."""
     check_target(Path(out).absolute(), MARKER, record_files(), output_names(baseline, save_arrays))
+    check_creatable(Path(out).absolute())
+
+
+def check_creatable(target: Path) -> None:
+    """A folder that does not exist yet can be made where it goes (permissions pass on /proc, creation fails): made
+    and removed once in its nearest existing folder, so `--out /proc/x` is refused before minutes of work."""
+    if target.exists():
+        return
+    anc = target.parent
+    while not anc.exists():
+        anc = anc.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".monkey-trt-probe-", dir=anc))  # ours: made and removed here
+    except OSError as e:
+        raise MonkeyError(f"cannot create {target}: {e.strerror or e} (in {anc})") from None
 
 
 def _pil(image: np.ndarray) -> Image.Image:

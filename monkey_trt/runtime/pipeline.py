@@ -19,13 +19,14 @@ from PIL import Image
 
 from monkey_trt.core.config import MonkeyConfig, Request
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.threads import locked
 from monkey_trt.engine.runner import Runner
 from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest
 from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
 from monkey_trt.runtime.images import clip_preprocess, load_subject
-from monkey_trt.runtime.method import run_monkey
+from monkey_trt.runtime.method import check_run_options, run_monkey
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
@@ -70,7 +71,7 @@ class MonkeyPipeline:
     """Both LCM passes of MONKEY on a backend's runners."""
 
     def __init__(self, root: Path, manifest: Manifest, runners: dict[str, Runner], spec: BackendSpec, tokenizer: ClipTokenizer):
-        self._lock = threading.RLock()  # one generation at a time on these runners (see __call__)
+        self._lock = threading.RLock()  # every public method, one thread at a time (core/threads.py)
         self.root, self.manifest, self.runners, self.spec = Path(root), manifest, runners, spec
         self.backend = spec.backend
         self.tokenizer = tokenizer
@@ -105,6 +106,8 @@ class MonkeyPipeline:
         if not isinstance(spec, BackendSpec) or not backend_row(spec.backend).needs_engine_dir:
             got = spec.backend if isinstance(spec, BackendSpec) else type(spec).__name__
             raise MonkeyError(f"runtime backend must be one of {', '.join(_engine_backends())}, got {got!r}")
+        if not isinstance(root, (str, Path)) or str(root) == "":
+            raise MonkeyError(f"the engine directory must be a folder path, got {root!r}")
         manifest = load_manifest(Path(root), verify=spec.verify)
         tokenizer = ClipTokenizer.from_file(Path(root) / TOKENIZER_FILE)  # before any session: nothing to leak
         shared: dict = {}
@@ -118,6 +121,7 @@ class MonkeyPipeline:
             raise
         return pipe
 
+    @locked
     def info(self) -> dict:
         """What ran: the engine directory, its source models and each network's execution providers and device."""
         providers = {n: list(r.providers) for n, r in self.runners.items()}
@@ -128,6 +132,7 @@ class MonkeyPipeline:
                 "spec": self.spec.to_dict(),
                 **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
 
+    @locked
     def close(self) -> None:
         for r in (*self.runners.values(), *self.unet_runners.values()):
             r.deactivate()
@@ -137,12 +142,15 @@ class MonkeyPipeline:
         """Call `observer(inputs)` on every UNet call inside the block, with the call's full inputs (the session's
         bound ones and the per-call ones; read-only views: copy what you keep). Export's calibration records
         through it."""
-        self._unet_observers.append(observer)
+        with self._lock:
+            self._unet_observers.append(observer)
         try:
             yield
         finally:
-            self._unet_observers.remove(observer)
+            with self._lock:
+                self._unet_observers.remove(observer)
 
+    @locked
     def select_unet(self, role: str) -> None:
         """runtime.method: the UNet graph of the coming pass (mask | final | baseline)."""
         select(self, role)
@@ -154,17 +162,22 @@ class MonkeyPipeline:
         self.close()
 
     # -- encoders --------------------------------------------------------------------------
+    @locked
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, bool]:
         """-> (text embeddings [1, text_len, D] float32, truncated)."""
         ids, truncated = self.tokenizer.encode(prompt, max_length=self.dims.text_len)  # [1, text_len] int64
         return self.runners["text_encoder"].infer({"input_ids": ids}, outputs=("text_embeds",))["text_embeds"], truncated
 
+    @locked
     def encode_subject(self, subject: Image.Image) -> np.ndarray:
         """Subject -> IP tokens [1, n_ip_tokens, D]."""
         p = self.manifest.preprocess
+        if not isinstance(subject, Image.Image):
+            raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         pixels = clip_preprocess(subject, size=p.size, mean=p.mean, std=p.std)  # [1, 3, 224, 224]
         return self.runners["image_encoder"].infer({"pixel_values": pixels}, outputs=("ip_tokens",))["ip_tokens"]
 
+    @locked
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [1, 4, h, w] -> image [H, W, 3] float32 in [0, 1] (scaling and clamp are in the graph)."""
         images = self.runners["vae_decoder"].infer({"latents": latents}, outputs=("images",))["images"]  # [1, 3, H, W]
@@ -182,6 +195,7 @@ class MonkeyPipeline:
         """Batching pays off where the device has idle parallelism (GPUs), not on a busy CPU (measured)."""
         return self.runners["unet"].device != "cpu" and self.max_unet_batch >= 2
 
+    @locked
     def unet_session(self, text: np.ndarray, ip_tokens: np.ndarray, w_emb: np.ndarray,
                      masks: Sequence[np.ndarray | None]) -> Callable:
         """Calls of one batch layout; masks[b]: sample b's pixel mask [H, W] (None: ones, i.e. unmasked).
@@ -200,9 +214,13 @@ class MonkeyPipeline:
         ip_scale = np.zeros((self.n_ip_layers,), np.float32)  # [n_ip_layers], shared by the batch
         only_noise, with_map = ("noise_pred",), ("noise_pred", "ip_attn_map")
 
-        observers = self._unet_observers
+        observers, lock = self._unet_observers, self._lock
 
         def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
+            with lock:  # a session may be called from any thread: one UNet call at a time on these runners
+                return _unet_call(latents, timesteps, scale, want_map)
+
+        def _unet_call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
             ip_scale[:] = scale
             feeds = {"sample": np.ascontiguousarray(latents, np.float32), "timestep": np.asarray(timesteps, np.float32),
                      "ip_scale": ip_scale}
@@ -218,6 +236,7 @@ class MonkeyPipeline:
         """Runners return host arrays: their work is done when infer() returns."""
 
     # -- the method ------------------------------------------------------------------------
+    @locked
     def prepare(self, request: Request) -> None:
         request.config.check_model(self.dims)
         self._size = (request.height, request.width)
@@ -238,11 +257,15 @@ class MonkeyPipeline:
     def noise_for(self, request: Request) -> NoisePlan:
         return NoisePlan.from_seed(request.seed, request.latent_shape(self.dims), request.config.noise_steps)
 
+    @locked
     def generate(self, prompt: str, image: Image.Image | str | Path, height: int | None = None, width: int | None = None,
                  seed: int = 0, **knobs) -> MonkeyOutput:
         """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`.
 
         The size defaults to the engine's optimal size (its profile's opt)."""
+        unknown = sorted(set(knobs) - set(MonkeyConfig.__dataclass_fields__))
+        if unknown:
+            raise MonkeyError(f"generate() got unknown knob(s) {', '.join(unknown)} (the knobs: docs/method.md)")
         subject = image if isinstance(image, Image.Image) else load_subject(image)
         height = self.manifest.profile.height.opt if height is None else height
         width = self.manifest.profile.width.opt if width is None else width
@@ -254,8 +277,9 @@ class MonkeyPipeline:
     def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
         """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey).
 
-        Thread-safe: a pipeline shared by several threads runs their generations one at a time (one
-        engine, one set of device buffers); for parallel generations open one pipeline per thread."""
+        Thread-safe, like every public method (core/threads.py): a pipeline shared by several threads runs their
+        calls one at a time (one engine, one set of device buffers); for parallel generations open one pipeline
+        per thread. After close() every call is a MonkeyError (the runners are not active)."""
         return self.run_with(self, request, subject, **kwargs)
 
     def run_with(self, networks, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
@@ -266,6 +290,7 @@ class MonkeyPipeline:
             raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         if min(subject.size) < 1:
             raise MonkeyError(f"subject image is empty ({subject.size[0]}x{subject.size[1]})")
+        check_run_options(kwargs)
         if kwargs.get("batch_passes") is None:
             kwargs["batch_passes"] = self.spec.batch_passes  # the spec's choice (None: the measured default)
         with self._lock:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.mask import MaskResult
 from monkey_trt.runtime.outputs import write_outputs
@@ -57,5 +60,14 @@ class MonkeyOutput:
         fields, ...) to `out`, by the same rules (a re-run replaces only what the earlier one wrote).
         `subject` (PIL): also grid.png with a baseline; `record`: extra result.json fields. The overlay shows
         pass 1's prediction like the CLI's when the output has it (`pipe.generate()`, or `decode_mask_pass=True`)."""
-        return write_outputs(Path(out), self, subject, {**self.record, **(record or {})}, save_arrays=save_arrays)
+        if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+            raise MonkeyError(f"save() needs a folder path, got {out!r}")
+        if subject is not None and not isinstance(subject, Image.Image):
+            raise MonkeyError(f"subject must be a PIL image or None, got {type(subject).__name__}")
+        if not isinstance(save_arrays, bool) or not (record is None or isinstance(record, dict)):
+            raise MonkeyError("save_arrays must be true or false and record a dict or None")
+        try:
+            return write_outputs(Path(out), self, subject, {**self.record, **(record or {})}, save_arrays=save_arrays)
+        except OSError as e:  # the folder cannot be made or written (e.g. under /proc): the user's path, not the staging's
+            raise MonkeyError(f"cannot write {out}: {e.strerror or e}") from None
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -46,6 +47,7 @@ from monkey_trt.serve.schema import (
     IMAGE_FIELD,
     ApiError,
     GenerateParams,
+    check_json_types,
     generate_responses,
     image_from_json,
     parse_fields,
@@ -183,7 +185,10 @@ async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes
             raise ApiError(400, "the JSON body must be an object")
         if IMAGE_FIELD not in body:
             raise ApiError(400, "field 'image' (the subject image, base64) is required")
-        return {k: v for k, v in body.items() if k != IMAGE_FIELD}, image_from_json(body[IMAGE_FIELD])
+        fields = {k: v for k, v in body.items() if k != IMAGE_FIELD}
+        check_field_sizes(fields)  # before a value is quoted in an error
+        check_json_types(fields)
+        return fields, image_from_json(body[IMAGE_FIELD])
     raise ApiError(415, f"Content-Type must be multipart/form-data or application/json, got {ctype or 'none'!r}")
 
 
@@ -193,10 +198,20 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a key given twice is refused (json.loads would keep the last one silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ApiError(400, f"field {key[:MAX_FIELD_NAME]!r} is given more than once")
+        obj[key] = value
+    return obj
+
+
 def parse_json(raw: bytes) -> Any:
     """The JSON body; invalid, too deeply nested or holding huge integers -> ApiError 400."""
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw, parse_int=_bounded_int, object_pairs_hook=_unique_keys)
     except ApiError:
         raise
     except RecursionError:
@@ -287,6 +302,28 @@ async def admitted_request(svc: MonkeyService, request: Request) -> tuple[Slot, 
     return slot, params, image_bytes
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns when the client hangs up (its body is read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_client_leaves(request: Request, work):
+    """`work` (a generation) unless the client hangs up first: then it is cancelled (a queued job is dropped, a
+    running one finishes and is discarded) and the request ends as 499, counted by the middleware."""
+    job, gone = asyncio.ensure_future(work), asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not job.done():
+        job.cancel()
+        with contextlib.suppress(BaseException):
+            await job
+        raise ApiError(CLIENT_CLOSED, "the client closed the connection before the answer; its queued work was dropped")
+    return job.result()
+
+
 def wants_png(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "image/png" in accept and "application/json" not in accept
@@ -373,7 +410,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         t0 = time.perf_counter()
         slot, params, image_bytes = await admitted_request(svc, request)
         try:
-            out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot)
+            out, hits, queue_s = await until_client_leaves(request, svc.generate(params, subject_decoder(image_bytes), slot))
             files = await run_in_threadpool(encode_output, out)
         except Exception as e:  # noqa: BLE001 (as above)
             raise as_api_error(e, rid) from None

@@ -1,7 +1,9 @@
 """Limits below the app, where uvicorn would otherwise trust the client: the HTTP protocol and the logs.
 
 `limited_protocol(limits)` is uvicorn's h11 protocol with
-  - a cap on open connections: one over `max_connections` is answered 503 (JSON) and closed at once;
+  - a cap on open connections: one over `max_connections` is answered 503 (JSON) and closed; a few more
+    (`PROBE_LANE`) may first send their request line for `PROBE_WAIT_S`: `GET /healthz` is answered 200 there,
+    so a liveness probe never fails because slow or idle clients fill the cap (anything else: the 503);
   - a header read timeout: a request's line and headers must arrive within `header_timeout_s` of the
     connection opening or of the previous response (a silent idle connection is closed, a partial
     request gets 408); a body the app did not read is drained within the same time or the connection closes;
@@ -78,6 +80,21 @@ def json_error_bytes(status: int, message: str, extra: dict[str, str] | None = N
     return head.encode("latin-1") + body
 
 
+PROBE_LANE = 8  # connections over the cap that may still ask GET /healthz
+PROBE_WAIT_S = 0.5  # how long such a connection has to send its request line before the 503
+_PROBE_LINE = re.compile(rb"(GET|HEAD) /healthz(\?\S*)? HTTP/1\.[01]\r?\n")
+
+
+def probe_answer(head: bytes) -> bytes | None:
+    """The whole response to a connection over the cap whose first bytes are `head`: 200 for a liveness probe
+    (`GET /healthz`), None while its request line is incomplete, else None too (the caller answers 503)."""
+    if not _PROBE_LINE.match(head):
+        return None
+    body = json.dumps({"status": "ok"}).encode()
+    return (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode("latin-1") + body
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:200] or type(e).__name__
 
@@ -92,6 +109,7 @@ class LimitedH11Protocol(H11Protocol):
         self._header_timer: object | None = None
         self._write_timer: object | None = None
         self._refused = False
+        self._in_lane = False  # over the cap, waiting for a liveness probe's request line (PROBE_LANE)
         self._framing_error: h11.RemoteProtocolError | None = None
         next_event = self.conn.next_event
 
@@ -105,20 +123,55 @@ class LimitedH11Protocol(H11Protocol):
         self.conn.next_event = next_event_noted
 
     # -- the connection cap ------------------------------------------------------------------
+    probes = [0]  # connections in the probe lane now (one list per limits class: see `limited_protocol`)
+
     def connection_made(self, transport) -> None:
         if len(self.connections) >= self.limits.max_connections:
             self._refused = True
             self.transport = transport
-            PROCESS.inc("connection_cap")
-            log.warning("connection refused: %d connections open (the cap)", self.limits.max_connections)
-            transport.write(json_error_bytes(503, f"too many open connections (at most {self.limits.max_connections}); retry shortly",
-                                             {"retry-after": "1"}))
-            transport.close()
+            self._probe_head = b""
+            if self.probes[0] < PROBE_LANE:  # it may still be a liveness probe: wait briefly for its request line
+                self.probes[0] += 1
+                self._in_lane = True
+                self._probe_timer = self.loop.call_later(PROBE_WAIT_S, self._refuse)
+                return
+            self._refuse()
             return
         super().connection_made(transport)
         self._arm_header_timer()
 
+    def _leave_lane(self) -> None:
+        if self._in_lane:
+            self._in_lane = False
+            self.probes[0] -= 1
+            self._probe_timer.cancel()
+
+    def _refuse(self) -> None:
+        """Over the cap and not a liveness probe: 503 (JSON) and close."""
+        self._leave_lane()
+        if self.transport.is_closing():
+            return
+        PROCESS.inc("connection_cap")
+        log.warning("connection refused: %d connections open (the cap)", self.limits.max_connections)
+        self.transport.write(json_error_bytes(503, f"too many open connections (at most {self.limits.max_connections}); retry shortly",
+                                              {"retry-after": "1"}))
+        self.transport.close()
+
+    def _probe_data(self, data: bytes) -> None:
+        if not self._in_lane or self.transport.is_closing():
+            return
+        self._probe_head = (self._probe_head + data)[:512]
+        answer = probe_answer(self._probe_head)
+        if answer is not None:
+            self._leave_lane()
+            self.transport.write(answer)
+            self.transport.close()
+        elif b"\n" in self._probe_head or len(self._probe_head) >= 512:
+            self._refuse()
+
     def connection_lost(self, exc) -> None:
+        if self._refused:
+            self._leave_lane()
         self._cancel_header_timer()
         if self._write_timer is not None:
             self._write_timer.cancel()
@@ -129,6 +182,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            self._probe_data(data)
             return
         cycle, state = self.cycle, self.conn.their_state
         if state is h11.IDLE and self._headers_too_long(data):
@@ -218,7 +272,7 @@ class LimitedH11Protocol(H11Protocol):
 
 def limited_protocol(limits: HttpLimits) -> type[LimitedH11Protocol]:
     """The protocol class to give uvicorn (`Config(http=...)`)."""
-    return type("LimitedH11Protocol", (LimitedH11Protocol,), {"limits": limits})
+    return type("LimitedH11Protocol", (LimitedH11Protocol,), {"limits": limits, "probes": [0]})
 
 
 def uvicorn_config(app, limits: HttpLimits | None = None, **kwargs):

@@ -9,6 +9,8 @@ traffic, and fails its health check if the engine is not ready.
 
 from __future__ import annotations
 
+import math
+
 import signal
 import time
 from dataclasses import dataclass
@@ -32,8 +34,8 @@ class RayOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.replicas <= 1024:
             raise MonkeyError(f"--replicas must be in 1..1024, got {self.replicas}")
-        if self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
-            raise MonkeyError("--gpus-per-replica / --cpus-per-replica must be >= 0")
+        if not all(isinstance(x, (int, float)) and 0 <= x < math.inf for x in (self.gpus_per_replica, self.cpus_per_replica)):
+            raise MonkeyError("--gpus-per-replica / --cpus-per-replica must be finite numbers >= 0")
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise MonkeyError("--min-replicas and --max-replicas go together")
         if self.min_replicas is not None and not 0 <= self.min_replicas <= self.max_replicas:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,22 +29,25 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+# numbers as text: ASCII digits only (Python's int()/float() also take `6_4` and full-width digits: refused here)
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(?i:nan|inf|infinity)")
+
+
 def _int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise ApiError(400, f"field {name!r} must be an integer, got {v!r}")
-    try:
-        return int(v.strip()) if isinstance(v, str) else v
-    except ValueError:
-        raise ApiError(400, f"field {name!r} must be an integer, got {v!r}") from None
+    if isinstance(v, str) and not _INT_TEXT.fullmatch(v.strip()):
+        raise ApiError(400, f"field {name!r} must be an integer (ASCII digits), got {v!r}")
+    return int(v.strip()) if isinstance(v, str) else v
 
 
 def _float(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise ApiError(400, f"field {name!r} must be a number, got {v!r}")
-    try:
-        x = float(v)
-    except ValueError:
-        raise ApiError(400, f"field {name!r} must be a number, got {v!r}") from None
+    if isinstance(v, str) and not _FLOAT_TEXT.fullmatch(v.strip()):
+        raise ApiError(400, f"field {name!r} must be a number (ASCII digits), got {v!r}")
+    x = float(v)
     if not math.isfinite(x):
         raise ApiError(400, f"field {name!r} must be a finite number, got {v!r}")
     return x
@@ -114,6 +118,22 @@ class GenerateParams:
 
     request: Request
     baseline_scale: float | None  # plain IP-Adapter from the same noise (`baseline`), None = not asked
+
+
+def check_json_types(fields: dict[str, Any]) -> None:
+    """A JSON body's values in JSON's own types: booleans are true/false (not "yes", 1), a list holds numbers
+    only (not `[1, "2"]`); numbers may still come as text, like a form's (checked by the converters)."""
+    for name, v in fields.items():
+        k = FIELD_KNOBS.get(name)
+        if k is None or v is None:
+            continue
+        if k.kind is bool and not isinstance(v, bool):
+            raise ApiError(400, f"field {name!r} must be true or false (a JSON boolean), got {v!r}")
+        if k.kind is tuple and isinstance(v, list):
+            want = (int,) if k.item is int else (int, float)
+            if not all(isinstance(x, want) and not isinstance(x, bool) for x in v):
+                kind = "integers" if k.item is int else "numbers"
+                raise ApiError(400, f"field {name!r} must be a list of {kind} only, got {v!r}")
 
 
 def parse_fields(fields: dict[str, Any], default_size: tuple[int, int]) -> GenerateParams:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from monkey_trt.core.errors import MonkeyError
+from monkey_trt.core.errors import MonkeyError, NonFiniteOutput
 from monkey_trt.runtime.backend import BackendSpec, backend_names
 from monkey_trt.runtime.images import to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
@@ -191,7 +191,7 @@ class MonkeyService:
         thread, so one image is decoded at a time). `slot`: the request's admission, taken before its
         body was read (`worker.admit`); without one the job takes its own. `watch`: a streamed request's
         listener (its ticket in line, the start of its job, every stage and UNet step; called on the inference thread).
-        QueueFull -> 429, DeadlineExceeded -> 504, MonkeyError from the engine -> 422.
+        QueueFull -> 429, DeadlineExceeded -> 504, NonFiniteOutput -> 500 (with its stage), MonkeyError from the engine -> 422.
         """
         if not self.ready.is_set():
             raise ApiError(503, "the engine is still warming up; retry shortly", {"Retry-After": "1"})
@@ -211,6 +211,8 @@ class MonkeyService:
                            {"Retry-After": str(e.retry_after_s)}) from None
         except DeadlineExceeded:
             raise ApiError(504, f"request did not finish within the {self.config.timeout_s:g}s timeout") from None
+        except NonFiniteOutput as e:  # the request was fine, the engine is broken: a server error naming the stage
+            raise ApiError(500, str(e)) from None
         except MonkeyError as e:
             raise ApiError(422, str(e)) from None
         self.metrics.observe_stages(out.timings)

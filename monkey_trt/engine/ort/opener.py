@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.ort.providers import default_provider
 from monkey_trt.engine.ort.runner import OrtRunner
@@ -21,6 +22,9 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
     from monkey_trt.engine.precision import check_ort_precision
 
     providers = spec.providers or (default_provider(),)
+    if spec.cuda_graph and providers[0] == "cpu":  # the default on a machine without CUDA: refused, not ignored
+        raise MonkeyError("--cuda-graph needs a GPU execution provider first (--providers cuda or tensorrt); this "
+                          "machine's onnxruntime has no CUDA, so ORT would run on the CPU: drop --cuda-graph")
     check_ort_precision(spec.precision, providers)
     runners = {}
     for name in networks:
