@@ -10,6 +10,8 @@
 # earlier run is reused.
 set -euo pipefail
 out=$(realpath -m "${1:?usage: golden_run.sh OUT}")
+# OUT is ours alone: the help texts below are written with plain redirects, so a folder holding anything is refused
+if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then echo "golden_run.sh: $out is not empty; give a new folder" >&2; exit 2; fi
 mkdir -p "$out"
 PY=${PY:-python}
 mt() { "$PY" -m monkey_trt.cli "$@"; }
