@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "MONKEY_TRT_CACHE" not in os.environ:  # the session's own user cache (remembered digests, ORT's graphs): never yours
+    _cache = tempfile.mkdtemp(prefix="monkey-trt-test-cache-")
+    os.environ["MONKEY_TRT_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def one_line(capsys, argv) -> str:
     ({"backend": "ort", "cuda_graph": True, "providers": ("cpu",)}, "--cuda-graph needs a GPU provider first"),
     ({"backend": "ort", "cuda_graph": True, "providers": ("cuda", "cpu")}, None),
     ({"backend": "ort", "threads": -1}, "--threads must be >= 0"),
-    ({"backend": "ort", "verify": "md5"}, "--verify must be sha256 or size"),
+    ({"backend": "ort", "verify": "md5"}, "--verify must be one of sha256, rehash, size"),
     ({"backend": "ort", "batch_passes": "yes"}, "batch_passes must be true, false or None"),
     ({"backend": "ort", "cuda_graph": 1}, "cuda_graph must be true or false"),
     ({"backend": "ort", "mask_pass": "half"}, "mask_pass must be one of exact, same"),
@@ -105,7 +105,7 @@ def test_options_map_onto_the_spec():
     (["--backend", "torch", "--verify", "size"], "--verify applies to the ort/trt/openvino backends only"),
     (["--backend", "torch", "--cuda-graph"], "--cuda-graph with the torch backend needs --device cuda"),
     (["--backend", "ort", "--providers", "cpu", "--cuda-graph"], "--cuda-graph needs a GPU provider first"),
-    (["--backend", "ort", "--verify", "md5"], "--verify must be sha256 or size"),
+    (["--backend", "ort", "--verify", "md5"], "--verify must be one of sha256, rehash, size"),
 ])
 def test_generate_refuses_options_of_other_backends(capsys, tmp_path, extra, says):
     err = one_line(capsys, ["generate", "--image", str(tmp_path / "none.png"), "--prompt", "a dog", "--out", str(tmp_path / "o"),

@@ -21,31 +21,13 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from monkey_trt.core.atomic import fsync_dir
 from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
+from monkey_trt.core.user_cache import APP, CACHE_ENV, cache_root  # noqa: F401  (re-exported: engine.derived_cache.cache_root)
 
-CACHE_ENV = "MONKEY_TRT_CACHE"
-APP = "monkey-trt"
-
-
-def cache_root() -> Path:
-    """$MONKEY_TRT_CACHE, else the platform's user cache folder: $XDG_CACHE_HOME/monkey-trt or
-    ~/.cache/monkey-trt (Linux), ~/Library/Caches/monkey-trt (macOS), %LOCALAPPDATA%/monkey-trt/Cache (Windows)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / APP
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA")
-        return (Path(base) if base else Path.home() / "AppData" / "Local") / APP / "Cache"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / APP
 
 
 def digest(material: Mapping) -> str:

@@ -27,6 +27,7 @@ from monkey_trt.core import __version__ as monkey_version
 from monkey_trt.core.errors import EngineDirError, MonkeyError
 from monkey_trt.core.output_folders import inside
 from monkey_trt.enginedir.digests import sha256_file
+from monkey_trt.enginedir.remembered import sha256_matches
 from monkey_trt.enginedir.manifest import check_precision, graph_precision
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc, Profile
 
@@ -201,7 +202,7 @@ def _complete(folder: Path) -> bool:
 
 def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256", networks=NETWORKS) -> None:
     """Every plan the runtime will open is a regular file inside the engine directory whose size (and,
-    for verify="sha256", digest) is what `build` recorded in build.json; no digest is an error. `networks`: the
+    unless verify="size", digest: enginedir/remembered.py) is what `build` recorded in build.json; no digest is an error. `networks`: the
     plans to check (those the caller opens: each plan is hashed once per pipeline)."""
     try:
         recorded = json.loads((folder / BUILD_JSON).read_text())["networks"]
@@ -214,8 +215,8 @@ def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(digest, str) or not isinstance(entry.get("bytes"), int):
             raise EngineDirError(f"{folder}: no digest recorded for {n}.plan: run `monkey-trt build --force`")
-        if plan.stat().st_size != entry["bytes"] or (verify == "sha256" and sha256_file(plan) != digest):
-            raise EngineDirError(f"{folder}: {n}.plan fails its {'sha256' if verify == 'sha256' else 'size'} check (altered)")
+        if plan.stat().st_size != entry["bytes"] or (verify != "size" and not sha256_matches(plan, digest, remember=verify == "sha256")):
+            raise EngineDirError(f"{folder}: {n}.plan fails its {'size' if verify == 'size' else 'sha256'} check (altered)")
 
 
 # -- build.json: the record of one plan folder ----------------------------------------------

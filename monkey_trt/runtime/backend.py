@@ -143,7 +143,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
                   "(exact; default: on for GPUs, off on CPU)"),
     BackendOption("threads", ("--threads",), 0, "CPU threads for torch / each ORT session / OpenVINO (0 = library default)"),
     BackendOption("verify", ("--verify",), "sha256",
-                  "Engine-dir check before loading: sha256 (every file hashed) | size (sizes; small files hashed)"),
+                  "Engine-dir check before loading: sha256 (every file's digest; a check of an unchanged file is remembered "
+                  "in your cache) | rehash (every file hashed on every load) | size (sizes; small files hashed)"),
     BackendOption("ort_cache", (), None, "ort: keep ORT's optimised graphs in this folder, keyed by digest (faster cold start)",
                   label="the ORT graph cache"),
     BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced",
@@ -179,7 +180,7 @@ class BackendSpec:
     cuda_graph: bool = False  # torch on cuda, ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
     threads: int = 0  # CPU threads for torch / each ORT session (intra-op); 0 = the library default
-    verify: str = "sha256"  # engine-dir check: sha256 (every file hashed) | size (sizes; small files hashed)
+    verify: str = "sha256"  # engine-dir check: sha256 (remembered per file state) | rehash (always hashed) | size
     ort_cache: Path | None = None  # ort: keep ORT's optimised graphs here, keyed by digest (faster cold start)
     mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced
 
@@ -217,7 +218,7 @@ class BackendSpec:
               "--precision fp8 runs as TensorRT plans only (--backend trt, GPU compute capability >= 8.9): "
               f"{'ONNX Runtime' if b == 'ort' else f'--backend {b}'} has no fp8 kernels; on the CPU use --precision int8")
         _need(self.precision in row.precisions, f"--backend {b} runs {', '.join(row.precisions)} graphs, not {self.precision}")
-        _need(self.verify in VERIFY_MODES, f"--verify must be sha256 or size, got {self.verify!r}")
+        _need(self.verify in VERIFY_MODES, f"--verify must be one of {', '.join(VERIFY_MODES)}, got {self.verify!r}")
         _need(self.mask_pass in MASK_PASS_MODES, f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {self.mask_pass!r}")
         _need(self.mask_pass == "exact" or self.precision in REDUCED_PRECISIONS,
               f"mask_pass='same' applies to the reduced precisions ({', '.join(REDUCED_PRECISIONS)}), not --precision "
