@@ -186,8 +186,10 @@ def test_serve_config_and_ray_args_build_the_spec():
 def test_bench_defaults_give_every_backend_its_default_spec():
     from monkey_trt.bench.measure import BenchSettings
 
-    s = BenchSettings.from_options(("published", "torch", "ort", "trt"), 64, 64, {}, ort_cache=False)
+    s = BenchSettings.from_options(("published", "torch", "ort", "trt"), 64, 64, {})
     assert s.specs == tuple(BackendSpec(b) for b in ("published", "torch", "ort", "trt"))
+    off = BenchSettings.from_options(("ort",), 64, 64, {}, ort_cache=False, workdir="W")  # --no-ort-cache: off, not the default
+    assert off.spec("ort").ort_cache is False and off.to_json()["ort_cache"] is False
     assert s.backends == ("published", "torch", "ort", "trt") and s.spec("trt") == BackendSpec("trt")
 
 

@@ -25,10 +25,11 @@ def test_bench_preset_tiny_one_run(tmp_path):
     """`--preset tiny` writes the embedded model (cached in --workdir); published vs our torch backend."""
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["bench", "--preset", "tiny", "--workdir", str(tmp_path / "cache"), "--backends", "published,torch",
-            "--height", "64", "--width", "64", "--runs", "1", "--warmup", "0", "--json", str(out), "--plot", str(png)]
+            "--height", "64", "--width", "64", "--runs", "1", "--warmup", "0", "--no-cold", "--json", str(out), "--plot", str(png)]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     _check_report(doc, ["published", "torch"])
+    assert doc["settings"]["cold_process"] is False and all(r["cold"] is None for r in doc["results"])
     assert doc["results"][0]["ratio_to_published"] == 1.0 and len(doc["results"][0]["unet_calls"]) == 12
     with Image.open(png) as im:
         im.verify()
@@ -48,6 +49,10 @@ def test_bench_engine_dir_defaults_from_manifest(engine_dir, tmp_path):
     assert doc["settings"]["height"] == 64 and doc["results"][0]["soak"]["generations"] == 2
     assert doc["results"][1]["image_max_abs_diff_vs_first"] <= 2e-3
     assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 4  # ORT's optimised graphs, cached atomically
+    for r in doc["results"]:  # issue 21: a real cold start, open and first image apart, in a fresh process
+        c = r["cold"]
+        assert c["process"] == "fresh" and c["open_s"] > 0 and c["first_image_s"] > 0
+        assert c["total_s"] >= c["imports_s"] + c["open_s"] + c["first_image_s"]
     assert main(argv[:4] + ["ort"] + argv[5:]) == 0  # second load from the cache: same figures, same mask
     again = json.loads(out.read_text())["results"][0]
     assert again["mask_sha256"] == doc["results"][0]["mask_sha256"]

@@ -491,3 +491,18 @@ def test_fp8_unet_graph_and_fidelity_by_the_reference_evaluator(int8_dir, subjec
         got = p32(req, subject, noise=noise)
     np.testing.assert_array_equal(got.mask.mask, ref.mask.mask)
     assert psnr(ref.image, got.image) >= LOOSE_PSNR_DB
+
+
+def test_int8_same_bits_with_and_without_the_default_ort_cache(int8_dir, subject, tmp_path, monkeypatch):
+    """Issue 21 point 5: ORT's optimised graphs are cached by default on the CPU provider; the int8 UNet (and the fp32
+    mask pass) loaded from that cache give the image and mask of a fresh optimisation, bit for bit."""
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "user-cache"))
+    runs = []
+    for options in ({"ort_cache": False}, {}, {}):  # off, then writing the cache, then reading it
+        with MonkeyPipeline.from_engine_dir(int8_dir, backend="ort", providers=("cpu",), precision="int8", threads=1,
+                                            **options) as pipe:
+            out = pipe.generate("a toy on the beach", subject, seed=5)
+        runs.append((out.image, out.mask.mask))
+    assert len([p for p in (tmp_path / "user-cache" / "ort-optimized").iterdir() if p.name.startswith("unet-")]) == 2
+    for image, mask in runs[1:]:
+        assert np.array_equal(image, runs[0][0]) and np.array_equal(mask, runs[0][1])

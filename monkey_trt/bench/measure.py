@@ -1,10 +1,11 @@
 """`monkey-trt bench`: whole MONKEY generations per backend, in one process, every figure a user picks an engine by.
 
-Per backend: load + first image (cold start), `warmup` untimed runs, `runs` timed runs (end-to-end
+Per backend: load + first image (in this process), `warmup` untimed runs, `runs` timed runs (end-to-end
 min/p50/p90, images/s, per-stage p50, every UNet call), the same number of plain 8-step IP-Adapter
 runs on the same backend (two-pass overhead = MONKEY p50 / IP-Adapter p50), peak host RSS (VmHWM,
 reset per backend where the kernel allows) and peak GPU memory (torch's allocator: torch and
-published backends only), then `soak` more generations for memory drift. Stage timings are wall
+published backends only), then `soak` more generations for memory drift, and last a real cold start: open
+and first image timed apart in a fresh process (bench/coldstart.py), the user caches written by then. Stage timings are wall
 time around each stage with a device synchronise (GPU) or plain perf counters (CPU).
 
 The JSON written by `--json` follows `schema.json` (shipped in this package). Speed is
@@ -47,6 +48,7 @@ class BenchSettings:
     prompt: str = "a dog on the beach"
     seed: int = 0
     workdir: str | None = None  # ort with an ORT graph cache: ORT's optimised graphs go to <workdir>/ort-optimized
+    cold_process: bool = True  # also open each backend and make one image in a fresh process (bench/coldstart.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
@@ -61,11 +63,13 @@ class BenchSettings:
                      ort_cache: bool = True, **fields: Any) -> "BenchSettings":
         """One set of backend option values (named as in runtime.backend.BACKEND_OPTIONS) -> a spec per backend: each
         takes the options that apply to it; an option no listed backend takes is one line. `ort_cache`: ort keeps ORT's
-        optimised graphs in <workdir>/ort-optimized."""
+        optimised graphs in <workdir>/ort-optimized (False: no cache at all)."""
         check_backend_list(backends)
         workdir = fields.get("workdir")
-        cache = {b: {"ort_cache": Path(workdir) / "ort-optimized"} for b in backends
-                 if ort_cache and workdir and "ort_cache" in backend_row(b).options}
+        cache = {}  # ort: <workdir>/ort-optimized; without a workdir the spec's default (the user cache where safe)
+        for b in backends:
+            if "ort_cache" in backend_row(b).options and (workdir or not ort_cache):
+                cache[b] = {"ort_cache": Path(workdir) / "ort-optimized" if ort_cache else False}
         specs = specs_for(tuple(backends), {k: v for k, v in options.items() if not is_default(k, v)}, cache)
         return cls(tuple(specs[b] for b in backends), height, width, **fields)
 
@@ -84,7 +88,7 @@ class BenchSettings:
     def to_json(self) -> dict:
         """The report's settings: the run's own, each backend option as given (the value of the first backend it applies
         to), and every backend's whole spec."""
-        d = {k: getattr(self, k) for k in ("height", "width", "runs", "warmup", "soak", "prompt", "seed", "workdir")}
+        d = {k: getattr(self, k) for k in ("height", "width", "runs", "warmup", "soak", "prompt", "seed", "workdir", "cold_process")}
         d["backends"] = list(self.backends)
         for name in CLI_OPTIONS:
             o = BACKEND_OPTIONS[name]
@@ -93,7 +97,7 @@ class BenchSettings:
             value = got[0] if got else o.default
             d[name] = list(value) if name == "providers" else value
         d["providers"] = d["providers"] or []
-        d["ort_cache"] = any(sp.ort_cache is not None for sp in self.specs)
+        d["ort_cache"] = any(sp.ort_cache is not False for sp in self.specs if "ort_cache" in sp.row.options)
         d["specs"] = {sp.backend: sp.to_dict() for sp in self.specs}
         return d
 
@@ -140,6 +144,7 @@ class BackendResult:
     image_max_abs_diff_vs_first: float | None = None
     soak: dict | None = None
     trt_memory: dict | None = None  # trt: TensorRT's memory numbers (engine.trt.memory_report)
+    cold: dict | None = None  # a fresh process's open_s, first_image_s, imports_s, total_s (bench/coldstart.py)
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -204,8 +209,10 @@ def _call_labels(out) -> list[str]:
 
 
 def bench_backend(name: str, load: Callable[[], object], request: Request, subject: Image.Image, s: BenchSettings,
-                  status: Callable[[str], None] = lambda msg: None) -> tuple[BackendResult, object]:
-    """Everything measured for one backend. Returns (result, the first timed output)."""
+                  status: Callable[[str], None] = lambda msg: None,
+                  cold: Callable[[], dict] | None = None) -> tuple[BackendResult, object]:
+    """Everything measured for one backend. Returns (result, the first timed output). `cold`: measures a fresh
+    process's open and first image (bench/coldstart.py), run last, when this process has let go of the backend."""
     import hashlib
 
     reset_peak_rss()
@@ -254,6 +261,9 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     close = getattr(pipe, "close", None)
     if close is not None:
         close()
+    if cold is not None and s.cold_process:
+        status(f"{name}: open + first image in a fresh process")
+        result.cold = cold()
     return result, outs[0]
 
 

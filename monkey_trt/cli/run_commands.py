@@ -140,7 +140,8 @@ def bench(
     device: str = backend_option("device"),
     dtype: str = backend_option("dtype"),
     cuda_graph: bool = backend_option("cuda_graph"),
-    ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start)"),
+    ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start); --no-ort-cache: none"),
+    cold: bool = typer.Option(True, "--cold/--no-cold", help="Also time open and first image apart in a fresh process per backend (after the runs)"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
@@ -168,7 +169,7 @@ def bench(
         options = dict(device=device, dtype=dtype, cuda_graph=cuda_graph, batch_passes=batch_passes, precision=precision,
                        threads=threads, providers=split_list(providers), fp16=fp16, tf32=tf32, verify=verify)
         return BenchSettings.from_options(names, h, w, options, ort_cache=ort_cache, runs=runs, warmup=warmup, soak=soak,
-                                          workdir=str(workdir))
+                                          workdir=str(workdir), cold_process=cold)
 
     settings(64, 64)  # every backend's spec checked before any work
     with quiet_libraries():

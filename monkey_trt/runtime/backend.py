@@ -145,7 +145,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
     BackendOption("verify", ("--verify",), "sha256",
                   "Engine-dir check before loading: sha256 (every file's digest; a check of an unchanged file is remembered "
                   "in your cache) | rehash (every file hashed on every load) | size (sizes; small files hashed)"),
-    BackendOption("ort_cache", (), None, "ort: keep ORT's optimised graphs in this folder, keyed by digest (faster cold start)",
+    BackendOption("ort_cache", (), None, "ort: keep ORT's optimised graphs (faster cold start): None = in the user cache "
+                  "where safe (the CPU provider), True = there for any provider, False = off, or a folder",
                   label="the ORT graph cache"),
     BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced",
                   label="mask_pass"),
@@ -181,7 +182,7 @@ class BackendSpec:
     batch_passes: bool | None = None  # exact pass batching; None: the backend's measured default
     threads: int = 0  # CPU threads for torch / each ORT session (intra-op); 0 = the library default
     verify: str = "sha256"  # engine-dir check: sha256 (remembered per file state) | rehash (always hashed) | size
-    ort_cache: Path | None = None  # ort: keep ORT's optimised graphs here, keyed by digest (faster cold start)
+    ort_cache: Path | bool | None = None  # ort: ORT's optimised graphs kept: None = user cache where safe (CPU), True, False, a folder
     mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced
 
     def __post_init__(self) -> None:
@@ -202,9 +203,9 @@ class BackendSpec:
         for o in BACKEND_OPTIONS.values():
             if o.name not in ("dtype", "precision") and b not in o.applies and not is_default(o.name, getattr(self, o.name)):
                 raise MonkeyError(f"{o.flag} applies to {_only(o.applies)} only, not --backend {b}")
-        if self.ort_cache is not None:
+        if self.ort_cache is not None and not isinstance(self.ort_cache, bool):
             _need(isinstance(self.ort_cache, (str, os.PathLike)) and str(self.ort_cache) != "",
-                  f"ort_cache must be a folder path, got {self.ort_cache!r}")
+                  f"ort_cache must be true, false, None or a folder path, got {self.ort_cache!r}")
             object.__setattr__(self, "ort_cache", Path(self.ort_cache))
         # values
         if not row.needs_engine_dir:  # a model backend: its precision is its dtype
@@ -248,7 +249,7 @@ class BackendSpec:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["providers"] = list(self.providers)
-        d["ort_cache"] = None if self.ort_cache is None else str(self.ort_cache)
+        d["ort_cache"] = self.ort_cache if self.ort_cache is None or isinstance(self.ort_cache, bool) else str(self.ort_cache)
         return d
 
 

@@ -232,6 +232,43 @@ class MonkeyPipeline:
         call.static = fixed  # the session's own inputs (released with the session)
         return call
 
+    @locked
+    def warm_up(self) -> dict[str, float]:
+        """Run every network once (each UNet graph the passes use, with the map) at the profile's opt size, batch 1,
+        so that a generation at that size does not pay the backends' first-call work (allocations, kernel choices);
+        returns seconds per network. Optional: a process that makes one image only moves that cost (its first image
+        would pay it); a service or a notebook answers its first request sooner."""
+        import time
+
+        p, d = self.manifest.profile, self.dims
+        H, W = p.height.opt, p.width.opt
+        took: dict[str, float] = {}
+        t = time.perf_counter()
+        text, _ = self.encode_prompt("warm-up")  # [1, text_len, D]
+        took["text_encoder"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ip = self.encode_subject(Image.new("RGB", (d.image_size, d.image_size), (128, 128, 128)))  # [1, n_ip_tokens, D]
+        took["image_encoder"] = time.perf_counter() - t
+        latents = np.zeros((1, d.latent_channels, H // d.vae_factor, W // d.vae_factor), np.float32)  # [1, C, h, w]
+        size, current = self._size, self.runners.get("unet")
+        try:
+            self._size = (H, W)
+            for precision, unet in self.unet_runners.items():  # 8-bit engines: the fp32 mask pass's graph too
+                self.runners["unet"] = unet
+                t = time.perf_counter()
+                call = self.unet_session(text, ip, self.guidance(8.0), [None])
+                call(latents, np.array([999.0], np.float32), 1.0, True)
+                call.static.release()
+                took[f"unet ({precision})"] = time.perf_counter() - t
+        finally:
+            self._size = size
+            if current is not None:
+                self.runners["unet"] = current
+        t = time.perf_counter()
+        self.decode(latents)
+        took["vae_decoder"] = time.perf_counter() - t
+        return took
+
     def sync(self) -> None:
         """Runners return host arrays: their work is done when infer() returns."""
 

@@ -8,7 +8,9 @@ naming what is installed. Lean: stdlib (onnxruntime imported when asked).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -74,6 +76,23 @@ def physical_cores() -> int:
         except OSError:
             cores.add(("?", str(cpu)))
     return max(1, min(len(cores), len(usable)))
+
+
+def cpu_identity() -> dict:
+    """What ORT's CPU graph optimisations depend on: the CPU model and its feature flags (NCHWc block size, integer
+    kernels), read from /proc/cpuinfo where there is one; platform's names elsewhere."""
+    model, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "model": model or platform.processor(),
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
 
 
 def resolve_providers(providers: str | Sequence[str]) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.derived_record import check_record, remove_recorded, write_record
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.ort.graphs import CudaGraphReplay, CapturedGraph
-from monkey_trt.engine.ort.providers import (GRAPH_IDS_SINCE, PROVIDER_NAMES, flag, import_ort, ort_version, physical_cores,
+from monkey_trt.engine.ort.providers import (GRAPH_IDS_SINCE, PROVIDER_NAMES, cpu_identity, flag, import_ort, ort_version, physical_cores,
                                              resolve_providers, shape_text, version_tuple)
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.engine.tf32 import cuda_tf32_option, keep_tf32_off, ort_tf32_mode
@@ -91,7 +90,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         device_id: CUDA device.
         intra_op_threads: default = physical cores.
         optimized_model_cache: a folder to keep the ORT_ENABLE_ALL-optimised graph in, keyed by `source_digest`,
-            ORT version, providers and machine; reused on the next start (CPU/CUDA only; ignored for TensorRT,
+            ORT version, providers and CPU (model and feature flags); reused on the next start (CPU/CUDA only; ignored for TensorRT,
             which wants the original graph).
         source_digest: the digest of the graph files (the manifest's sha256s, `engine.derived_cache.source_digest`);
             default: the files are hashed when a cache needs it.
@@ -249,8 +248,8 @@ class OrtRunner(CudaGraphReplay, Runner):
         return self._source_digest
 
     def _cache_material(self) -> dict:
-        return {"v": 3, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
-                "machine": platform.machine(), "processor": platform.processor()}
+        return {"v": 4, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
+                "cpu": cpu_identity()}  # ORT_ENABLE_ALL graphs hold CPU-specific layouts (NCHWc blocks): keyed by the CPU
 
     def trt_cache_folder(self) -> Path:
         """Where this runner's TensorRT EP engines and timing cache are kept (keyed; see `trt_cache_dir`)."""
