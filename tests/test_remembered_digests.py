@@ -186,3 +186,36 @@ def test_an_engine_directory_is_hashed_once_and_a_tampered_file_refused(engine_d
     _rewrite_same_size(eng / "unet.onnx")
     with pytest.raises(EngineDirError, match="unet.onnx of network unet fails its sha256 check"):
         load_manifest(eng)
+
+
+def test_checks_of_proven_bytes_are_remembered(engine_dir, cache, tmp_path, monkeypatch):
+    """The manifest's schema validation (keyed by its sha256) and each graph's structure check (keyed by its verified
+    digest) run once; a changed manifest is validated again, and `verify="size"` (bytes not proven) always scans."""
+    from monkey_trt.enginedir import load, onnx_scan
+
+    calls = {"schema": 0, "graph": 0}
+    real_schema, real_graph = load._validate_schema, onnx_scan.check_graph
+
+    def schema(*a):
+        calls["schema"] += 1
+        return real_schema(*a)
+
+    def graph(*a):
+        calls["graph"] += 1
+        return real_graph(*a)
+
+    monkeypatch.setattr(load, "_validate_schema", schema)
+    monkeypatch.setattr(onnx_scan, "check_graph", graph)
+    eng = tmp_path / "eng"
+    shutil.copytree(engine_dir, eng)
+    time.sleep(TICK)
+    load_manifest(eng)
+    assert calls["schema"] == 1 and calls["graph"] >= 8
+    n = calls["graph"]
+    load_manifest(eng)
+    assert calls == {"schema": 1, "graph": n}  # remembered
+    load_manifest(eng, verify="size")
+    assert calls == {"schema": 1, "graph": 2 * n}  # graphs not proven by their digests: scanned
+    (eng / "manifest.json").write_text((eng / "manifest.json").read_text() + "\n")
+    load_manifest(eng)
+    assert calls["schema"] == 2

@@ -18,6 +18,7 @@ Every fault is an EngineDirError with one line naming the directory and what is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from monkey_trt.core.errors import EngineDirError
 from monkey_trt.core.output_folders import inside, safe_relpath
 from monkey_trt.enginedir.digests import verify_files
+from monkey_trt.enginedir.remembered import passed, remember_pass
 from monkey_trt.enginedir.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest
 from monkey_trt.enginedir.manifest_schema import (
     MANIFEST_MAX_BYTES,
@@ -50,14 +52,16 @@ def read_manifest(root: Path) -> Manifest:
         raise EngineDirError(f"{root} is not an engine directory: {MANIFEST} is missing")
     if not inside(root, MANIFEST):
         raise EngineDirError(f"{root}: {MANIFEST} is a symlink leaving the engine directory")
-    raw = _read_json(mpath)
+    raw, digest = _read_json(mpath)
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise EngineDirError(f"{mpath} is not a monkey-trt manifest")
     version = raw.get("schema_version")
     if type(version) is int and version != SCHEMA_VERSION:
         raise EngineDirError(f"{mpath} has schema version {version}, this monkey-trt reads {SCHEMA_VERSION}: re-export the engine directory")
-    _check_list_lengths(raw, mpath)
-    _validate_schema(raw, mpath)
+    if not passed("manifest-schema", {"sha256": digest}):  # these very bytes validated before (enginedir/remembered.py)
+        _check_list_lengths(raw, mpath)
+        _validate_schema(raw, mpath)
+        remember_pass("manifest-schema", {"sha256": digest})
     try:
         manifest = Manifest.from_json(raw)
     except (KeyError, TypeError, ValueError) as e:  # the schema should have caught it; keep it one line anyway
@@ -69,7 +73,7 @@ def read_manifest(root: Path) -> Manifest:
 
 
 def _read_json(mpath: Path):
-    """The manifest's JSON: refused when larger than MANIFEST_MAX_BYTES (unread), nested too deep, with
+    """(The manifest's JSON, the sha256 of its bytes): refused when larger than MANIFEST_MAX_BYTES (unread), nested too deep, with
     NaN/Infinity, a float that overflows or an integer too long to convert."""
     def finite(text: str) -> float:
         x = float(text)
@@ -88,7 +92,7 @@ def _read_json(mpath: Path):
             data = f.read(MANIFEST_MAX_BYTES + 1)
         if len(data) > MANIFEST_MAX_BYTES:
             raise EngineDirError(f"{mpath} is too large (more than {MANIFEST_MAX_BYTES} bytes)")
-        return json.loads(data.decode("utf-8"), parse_float=finite, parse_constant=no_constant)
+        return json.loads(data.decode("utf-8"), parse_float=finite, parse_constant=no_constant), hashlib.sha256(data).hexdigest()
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and int-conversion limits included
         why = "an integer has too many digits" if "integer string conversion" in str(e) else " ".join(str(e).split())[:200]
         raise EngineDirError(f"{mpath} is corrupt: {why}") from None
@@ -227,17 +231,31 @@ def check_paths(root: Path, manifest: Manifest) -> None:
         claim(fname, "files")
 
 
-def check_graphs(root: Path, manifest: Manifest) -> None:
+def check_graphs(root: Path, manifest: Manifest, proven: bool = False) -> None:
     """Every graph of every precision: its external data only in the data file its entry lists (within that
-    file), its inputs and outputs the declared ones (see graphs.check_graph). Reads the graphs, not the weights."""
+    file), its inputs and outputs the declared ones (see graphs.check_graph). Reads the graphs, not the weights.
+    `proven`: the graph files were just checked against the manifest's sha256 (verify sha256/rehash), so a graph
+    that passed before with these bytes, this data file size and these declarations is not read again."""
     from monkey_trt.enginedir.onnx_scan import check_graph
 
     for name, entry in manifest.networks.items():
         for precision in ("fp32", *entry.precisions):
-            file = entry.files(precision)[0]
+            file, digests, _ = entry.files(precision)
             data_file = entry.data_file if precision == "fp32" else entry.precisions[precision].data_file
             who = f"network {name}" + ("" if precision == "fp32" else f" ({precision})")
+            material = None
+            if proven:
+                try:
+                    data_size = os.stat(Path(root) / data_file).st_size if data_file else None
+                except OSError:
+                    data_size = None
+                material = {"graph": digests[file], "file": file, "who": who, "data_file": data_file, "data_size": data_size,
+                            "inputs": [repr(t) for t in entry.desc.inputs], "outputs": [repr(t) for t in entry.desc.outputs]}
+                if passed("graph", material):
+                    continue
             check_graph(Path(root), file, who, data_file, entry.desc.inputs, entry.desc.outputs)
+            if material is not None:
+                remember_pass("graph", material)
 
 
 def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
@@ -245,5 +263,5 @@ def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
     every graph's external-data locations and signature: nothing a session would open is left unchecked."""
     manifest = read_manifest(root)
     verify_files(Path(root), manifest, verify)
-    check_graphs(Path(root), manifest)
+    check_graphs(Path(root), manifest, proven=verify == "sha256")
     return manifest

@@ -15,7 +15,14 @@ replaced file gets a new inode. The record is trusted only when
 A record that is ours but stale is replaced after the file is hashed again; anything else at a record's name
 is left alone (never deleted or overwritten) and the file is hashed every time. A file changed within
 RACY_NS of its check is not remembered: timestamps move in coarse ticks, so a write in the same tick as the
-check could leave them unchanged (git's "racy clean" rule). Lean: stdlib only.
+check could leave them unchanged (git's "racy clean" rule).
+
+Checks that are a function of bytes already proven (the manifest's schema for its sha256, a graph's structure for
+its verified digest) are remembered the same way, keyed by what they read and by the code that checks them:
+
+    if not passed("graph", material): check(...); remember_pass("graph", material)
+
+Lean: stdlib only.
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ FOLDER = "verified"  # under cache_root()
 RACY_NS = 2_000_000_000  # a file changed less than 2 s before its check is hashed again next time
 RECORD_MAX_BYTES = 1 << 16
 
-__all__ = ["KIND", "RACY_NS", "record_path", "sha256_matches"]
+CHECK_KIND = "passed-check"
+CHECKERS = ("load.py", "manifest.py", "manifest_schema.py", "networks.py", "onnx_scan.py")  # what decides a check
+
+__all__ = ["KIND", "RACY_NS", "passed", "record_path", "remember_pass", "sha256_matches"]
 
 
 def memo_folder() -> Path:
@@ -65,8 +75,8 @@ def _private_folder(folder: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and mine and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _read(rp: Path) -> dict | None:
-    """Our record at `rp` (a regular file of the current user's, written by monkey-trt for KIND), else None."""
+def _read(rp: Path, kind: str = KIND) -> dict | None:
+    """Our record at `rp` (a regular file of the current user's, written by monkey-trt for `kind`), else None."""
     try:
         fd = os.open(rp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -79,7 +89,7 @@ def _read(rp: Path) -> dict | None:
             rec = json.loads(f.read(RECORD_MAX_BYTES + 1).decode("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(rec, dict) or rec.get("written_by") != WRITTEN_BY or rec.get("kind") != KIND:
+    if not isinstance(rec, dict) or rec.get("written_by") != WRITTEN_BY or rec.get("kind") != kind:
         return None
     return rec
 
@@ -125,3 +135,51 @@ def sha256_matches(path: str | os.PathLike, expected: str, remember: bool = True
     if remember:
         _remember(p, expected, st)
     return True
+
+
+_CODE: list[str] = []
+
+
+def _code_digest() -> str:
+    """sha256 of the enginedir modules that decide the checks (a new release checks again)."""
+    if not _CODE:
+        h = hashlib.sha256()
+        for name in CHECKERS:
+            h.update((Path(__file__).with_name(name)).read_bytes())
+        _CODE.append(h.hexdigest())
+    return _CODE[0]
+
+
+def _check_record(check: str, material) -> tuple[Path, str]:
+    digest = hashlib.sha256(json.dumps({"check": check, "code": _code_digest(), "material": material},
+                                       sort_keys=True, default=str).encode()).hexdigest()
+    return memo_folder() / f"check-{digest[:32]}.json", digest
+
+
+def passed(check: str, material) -> bool:
+    """Whether the check `check` passed before on exactly `material` (JSON-able: digests of what it read) with this
+    code; never when the record is not provably ours (see the module docstring)."""
+    try:
+        rp, digest = _check_record(check, material)
+    except OSError:
+        return False
+    if not _private_folder(rp.parent):
+        return False
+    rec = _read(rp, CHECK_KIND)
+    return rec is not None and rec.get("check") == check and rec.get("digest") == digest
+
+
+def remember_pass(check: str, material) -> None:
+    """Record that `check` passed on `material` (best effort, as `_remember`)."""
+    try:
+        rp, digest = _check_record(check, material)
+        folder = rp.parent
+        if not os.path.lexists(folder):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700)
+        if not _private_folder(folder) or (os.path.lexists(rp) and _read(rp, CHECK_KIND) is None):
+            return
+        rec = {"written_by": WRITTEN_BY, "kind": CHECK_KIND, "check": check, "digest": digest}
+        write_bytes_atomic(rp, json.dumps(rec).encode(), sync_dir=False)
+    except OSError:
+        return
