@@ -132,7 +132,7 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     with console.status("bench") as status:
         for name in s.backends:
             r, out = bench_backend(name, _loader(name, src, s), request, subject, s, status=status.update,
-                                   cold=_cold(name, src, s, request))
+                                   fresh=_cold(name, src, s, request))
             results.append(r)
             outputs.append(out)
     compare_to_first(results, outputs)

@@ -4,9 +4,10 @@ Per backend: load + first image (in this process), `warmup` untimed runs, `runs`
 min/p50/p90, images/s, per-stage p50, every UNet call), the same number of plain 8-step IP-Adapter
 runs on the same backend (two-pass overhead = MONKEY p50 / IP-Adapter p50), peak host RSS (VmHWM,
 reset per backend where the kernel allows) and peak GPU memory (torch's allocator: torch and
-published backends only), then `soak` more generations for memory drift, and last a real cold start: open
-and first image timed apart in a fresh process (bench/coldstart.py), the user caches written by then. Stage timings are wall
-time around each stage with a device synchronise (GPU) or plain perf counters (CPU).
+published backends only), then `soak` more generations for memory drift, and last a real cold start:
+open and first image timed apart in a fresh process (bench/coldstart.py), the user caches written by
+then. Stage timings are wall time around each stage with a device synchronise (GPU) or plain perf
+counters (CPU).
 
 The JSON written by `--json` follows `schema.json` (shipped in this package). Speed is
 measured here, never asserted in tests.
@@ -210,8 +211,8 @@ def _call_labels(out) -> list[str]:
 
 def bench_backend(name: str, load: Callable[[], object], request: Request, subject: Image.Image, s: BenchSettings,
                   status: Callable[[str], None] = lambda msg: None,
-                  cold: Callable[[], dict] | None = None) -> tuple[BackendResult, object]:
-    """Everything measured for one backend. Returns (result, the first timed output). `cold`: measures a fresh
+                  fresh: Callable[[], dict] | None = None) -> tuple[BackendResult, object]:
+    """Everything measured for one backend. Returns (result, the first timed output). `fresh`: measures a fresh
     process's open and first image (bench/coldstart.py), run last, when this process has let go of the backend."""
     import hashlib
 
@@ -261,9 +262,9 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     close = getattr(pipe, "close", None)
     if close is not None:
         close()
-    if cold is not None and s.cold_process:
+    if fresh is not None and s.cold_process:
         status(f"{name}: open + first image in a fresh process")
-        result.cold = cold()
+        result.cold = fresh()
     return result, outs[0]
 
 
