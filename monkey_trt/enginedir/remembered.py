@@ -5,7 +5,7 @@
 
 A file whose sha256 matched is remembered in the user's own cache (`core.user_cache.cache_root()/verified/`),
 one record per (absolute path, expected digest), holding what changes when the file does: device, inode, size,
-mtime_ns and ctime_ns. The next check re-hashes when any of them differs. No user can set a ctime: a file
+mtime_ns and ctime_ns (POSIX only). The next check re-hashes when any of them differs. No user can set a ctime: a file
 rewritten in place with its size kept and its mtime restored (os.utime) still gets a new ctime, and a
 replaced file gets a new inode. The record is trusted only when
 
@@ -128,6 +128,7 @@ def sha256_matches(path: str | os.PathLike, expected: str, remember: bool = True
     OSError when the file cannot be read, as sha256_file."""
     p = os.path.abspath(path)
     st = os.stat(p)
+    remember = remember and os.name == "posix"  # Windows' st_ctime is the creation time, which a user can set
     if remember and _remembered(p, expected, st):
         return True
     if sha256_file(Path(p)) != expected:
