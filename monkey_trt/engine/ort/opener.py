@@ -17,7 +17,7 @@ ORT_CACHE_FOLDER = "ort-optimized"  # under the user cache folder (engine.derive
 def ort_cache_folder(setting: Path | bool | None, providers: Sequence[str]) -> Path | None:
     """Where ORT's optimised graphs are kept for a BackendSpec's `ort_cache`: a folder -> that folder; False -> nowhere;
     True -> <user cache>/ort-optimized; None (the default) -> there where it is safe: the CPU provider alone, whose
-    cached graphs give the same bits as a fresh optimisation (fp32, fp16, int8: tests/test_cold_start.py) and
+    cached graphs give the same bits as a fresh optimisation (fp32, fp16: tests/test_cold_start.py; int8: tests/test_int8.py) and
     are keyed by the CPU; GPU providers opt in (True or a folder: not measured on a GPU yet). The TensorRT EP never
     uses it (OrtRunner: it wants the original graph)."""
     if setting is None:
@@ -52,6 +52,7 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
             path, providers=providers, name=name, fp16=spec.fp16, tf32=spec.tf32, precision=graph_precision,
             trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
             cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
-            optimized_model_cache=ort_cache_folder(spec.ort_cache, providers), source_digest=files_digest(sha256), int8=graph_precision == "int8",
+            optimized_model_cache=ort_cache_folder(spec.ort_cache, providers), source_digest=files_digest(sha256),
+            int8=graph_precision == "int8",
         )
     return runners
