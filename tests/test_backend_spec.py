@@ -40,7 +40,7 @@ def one_line(capsys, argv) -> str:
     ({"backend": "published", "cuda_graph": True}, "--cuda-graph applies to"),
     ({"backend": "published", "batch_passes": True}, "--batch-passes applies to"),
     ({"backend": "ort", "ort_cache": "/tmp/x", "providers": ("cpu",)}, None),
-    ({"backend": "trt", "ort_cache": "/tmp/x"}, "ORT graph cache applies to --backend ort only"),
+    ({"backend": "trt", "ort_cache": "/tmp/x"}, "--ort-cache applies to --backend ort only"),
     ({"backend": "torch", "precision": "int8"}, "--dtype must be fp32 or fp16"),
     ({"backend": "torch", "device": "tpu"}, "--device must be cpu, cuda or cuda:N"),
     ({"backend": "torch", "cuda_graph": True}, "--cuda-graph with the torch backend needs --device cuda"),

@@ -39,6 +39,7 @@ def generate(
     threads: int = backend_option("threads"),
     dtype: str = backend_option("dtype"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
+    ort_cache: Optional[bool] = backend_option("ort_cache"),
     seed: Optional[int] = knob_option(REQUEST["seed"], None, f" [default: {REQUEST['seed'].default}; not with --noise]"),
     height: Optional[int] = knob_option(REQUEST["height"], None, OR_ENGINE_SIZE.format(REQUEST["height"].default)),
     width: Optional[int] = knob_option(REQUEST["width"], None, OR_ENGINE_SIZE.format(REQUEST["width"].default)),
@@ -65,7 +66,8 @@ def generate(
     backend = backend_row(default_backend(engine_dir, backend), "generate").name
     d = resolve_defaults(engine_dir, backend, height, width, base, ip_adapter)
     spec = spec_from_options(backend, dict(verify=verify, device=device, providers=providers, fp16=fp16, tf32=tf32, cuda_graph=cuda_graph,
-                                           precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes))
+                                           precision=precision, threads=threads, dtype=dtype, batch_passes=batch_passes,
+                                           ort_cache=ort_cache))
     if d.dims is not None:  # the engine directory's model: its limits before any work
         config.check_model(d.dims)
     request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
@@ -140,7 +142,7 @@ def bench(
     device: str = backend_option("device"),
     dtype: str = backend_option("dtype"),
     cuda_graph: bool = backend_option("cuda_graph"),
-    ort_cache: bool = typer.Option(True, "--ort-cache/--no-ort-cache", help="ort: cache ORT's optimised graphs in WORKDIR/ort-optimized (cold start); --no-ort-cache: none"),
+    ort_cache: Optional[bool] = backend_option("ort_cache"),
     cold: bool = typer.Option(True, "--cold/--no-cold", help="Also time open and first image apart in a fresh process per backend (after the runs)"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
@@ -168,7 +170,7 @@ def bench(
     def settings(h: int, w: int) -> BenchSettings:
         options = dict(device=device, dtype=dtype, cuda_graph=cuda_graph, batch_passes=batch_passes, precision=precision,
                        threads=threads, providers=split_list(providers), fp16=fp16, tf32=tf32, verify=verify)
-        return BenchSettings.from_options(names, h, w, options, ort_cache=ort_cache, runs=runs, warmup=warmup, soak=soak,
+        return BenchSettings.from_options(names, h, w, options, ort_cache=ort_cache is not False, runs=runs, warmup=warmup, soak=soak,
                                           workdir=str(workdir), cold_process=cold)
 
     settings(64, 64)  # every backend's spec checked before any work
@@ -203,6 +205,7 @@ def serve(
     fp16: bool = backend_option("fp16"),
     tf32: bool = backend_option("tf32"),
     batch_passes: Optional[bool] = backend_option("batch_passes"),
+    ort_cache: Optional[bool] = backend_option("ort_cache"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
     from monkey_trt.core.extras import require_extra
@@ -222,7 +225,7 @@ def serve(
     if backend not in backend_names("serve"):
         raise MonkeyError(f"--backend must be {' or '.join(backend_names('serve'))}, got {backend!r}")
     spec = spec_from_options(backend, dict(providers=providers, cuda_graph=cuda_graph, precision=precision, verify=verify,
-                                           threads=threads, fp16=fp16, tf32=tf32, batch_passes=batch_passes))
+                                           threads=threads, fp16=fp16, tf32=tf32, batch_passes=batch_passes, ort_cache=ort_cache))
     config = ServeConfig(engine_dir=engine_dir, spec=spec, max_queue=max_queue, timeout_s=timeout, max_body_mb=max_body_mb,
                          subject_cache=subject_cache, prompt_cache=prompt_cache, warmup=warmup)
     from monkey_trt.enginedir.load import load_manifest

@@ -145,8 +145,9 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
     BackendOption("verify", ("--verify",), "sha256",
                   "Engine-dir check before loading: sha256 (every file's digest; a check of an unchanged file is remembered "
                   "in your cache) | rehash (every file hashed on every load) | size (sizes; small files hashed)"),
-    BackendOption("ort_cache", (), None, "ort: keep ORT's optimised graphs (faster cold start): None = in the user cache "
-                  "where safe (the CPU provider), True = there for any provider, False = off, or a folder",
+    BackendOption("ort_cache", ("--ort-cache/--no-ort-cache",), None,
+                  "ort: keep ORT's optimised graphs for faster starts (default: on for the CPU provider, in the user cache; "
+                  "bench: WORKDIR/ort-optimized); --no-ort-cache: off",
                   label="the ORT graph cache"),
     BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced",
                   label="mask_pass"),
