@@ -61,3 +61,17 @@ def test_warm_up_runs_every_network_once_and_changes_no_bits(engine_dir, subject
         assert pipe.runners["unet"] is pipe.unet_runners["fp32"] and pipe._size == (64, 64)
         warm = pipe.generate("a toy on the beach", subject, seed=3)
     assert np.array_equal(warm.image, cold.image) and np.array_equal(warm.mask.mask, cold.mask.mask)
+
+
+def test_generate_no_ort_cache_turns_it_off(engine_dir, tiny_model_dir, user_cache, tmp_path, capsys):
+    from monkey_trt.cli import main
+
+    argv = ["generate", "--engine-dir", str(engine_dir), "--image", str(tiny_model_dir / "subject.png"), "--prompt", "a toy",
+            "--threads", "1", "--providers", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "off"), "--no-ort-cache"]) == 0
+    assert _entries(user_cache) == []
+    assert main([*argv, "--out", str(tmp_path / "on")]) == 0
+    assert _entries(user_cache) == ["image_encoder", "text_encoder", "unet", "vae_decoder"]
+    capsys.readouterr()
+    assert main([*argv[:-2], "--backend", "torch", "--out", str(tmp_path / "t"), "--no-ort-cache"]) == 2
+    assert "--ort-cache applies to --backend ort only" in capsys.readouterr().err
