@@ -75,3 +75,12 @@ def test_generate_no_ort_cache_turns_it_off(engine_dir, tiny_model_dir, user_cac
     capsys.readouterr()
     assert main([*argv[:-2], "--backend", "torch", "--out", str(tmp_path / "t"), "--no-ort-cache"]) == 2
     assert "--ort-cache applies to --backend ort only" in capsys.readouterr().err
+
+
+def test_a_failing_cold_start_process_is_one_line(tmp_path):
+    from monkey_trt.bench.coldstart import cold_start
+    from monkey_trt.core.config import Request
+    from monkey_trt.core.errors import MonkeyError
+
+    with pytest.raises(MonkeyError, match=r"^ort: the cold-start process failed: error: engine directory .* does not exist"):
+        cold_start(BackendSpec("ort"), str(tmp_path / "none"), None, Request("a toy", 64, 64, 0), None)
