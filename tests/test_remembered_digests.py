@@ -216,6 +216,8 @@ def test_checks_of_proven_bytes_are_remembered(engine_dir, cache, tmp_path, monk
     assert calls == {"schema": 1, "graph": n}  # remembered
     load_manifest(eng, verify="size")
     assert calls == {"schema": 1, "graph": 2 * n}  # graphs not proven by their digests: scanned
+    load_manifest(eng, verify="rehash")
+    assert calls == {"schema": 2, "graph": 3 * n}  # rehash remembers nothing
     (eng / "manifest.json").write_text((eng / "manifest.json").read_text() + "\n")
     load_manifest(eng)
-    assert calls["schema"] == 2
+    assert calls["schema"] == 3

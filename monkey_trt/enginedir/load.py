@@ -39,8 +39,9 @@ from monkey_trt.enginedir.manifest_schema import (
 from monkey_trt.enginedir.networks import network_descs
 
 
-def read_manifest(root: Path) -> Manifest:
+def read_manifest(root: Path, remember: bool = True) -> Manifest:
     """Read ENGINE_DIR/manifest.json and check its schema, ranges and paths (no file contents but the manifest's).
+    `remember`: a schema validation of these very bytes is remembered (enginedir/remembered.py; not for `--verify rehash`).
 
     Every fault is an EngineDirError with one line naming the directory and what is wrong.
     """
@@ -58,10 +59,11 @@ def read_manifest(root: Path) -> Manifest:
     version = raw.get("schema_version")
     if type(version) is int and version != SCHEMA_VERSION:
         raise EngineDirError(f"{mpath} has schema version {version}, this monkey-trt reads {SCHEMA_VERSION}: re-export the engine directory")
-    if not passed("manifest-schema", {"sha256": digest}):  # these very bytes validated before (enginedir/remembered.py)
+    if not (remember and passed("manifest-schema", {"sha256": digest})):  # these very bytes validated before
         _check_list_lengths(raw, mpath)
         _validate_schema(raw, mpath)
-        remember_pass("manifest-schema", {"sha256": digest})
+        if remember:
+            remember_pass("manifest-schema", {"sha256": digest})
     try:
         manifest = Manifest.from_json(raw)
     except (KeyError, TypeError, ValueError) as e:  # the schema should have caught it; keep it one line anyway
@@ -261,7 +263,7 @@ def check_graphs(root: Path, manifest: Manifest, proven: bool = False) -> None:
 def load_manifest(root: Path, verify: str = "sha256") -> Manifest:
     """Read and validate ENGINE_DIR/manifest.json, check every file it lists (`verify`: sha256 | size), then
     every graph's external-data locations and signature: nothing a session would open is left unchecked."""
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, remember=verify != "rehash")
     verify_files(Path(root), manifest, verify)
     check_graphs(Path(root), manifest, proven=verify == "sha256")
     return manifest
