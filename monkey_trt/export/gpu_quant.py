@@ -281,3 +281,74 @@ def check_gpu_graph(model) -> dict:
             fail(f"{n.op_type} {n.name} outputs a float type other than fp16/fp32")
     return {"dequantize_nodes": len(dq), "quantized_layers": len(layers), "island_nodes": len(islands),
             "fp16_nodes": fp16_nodes}
+
+
+# -- into an engine directory ---------------------------------------------------------------------------------
+def check_quant_base(choice: str, precisions) -> str:
+    """`export --quant-base`: a known choice, and given away from auto only with an 8-bit precision."""
+    if choice not in QUANT_BASE_CHOICES:
+        raise MonkeyError(f"--quant-base must be one of {', '.join(QUANT_BASE_CHOICES)}, got {choice!r}")
+    if choice != DEFAULT_QUANT_BASE and not any(p in QUANTIZED_PRECISIONS for p in precisions):
+        raise MonkeyError("--quant-base applies to --precision int8 or fp8 only")
+    return choice
+
+
+@dataclass(frozen=True)
+class BasePlan:
+    """What an export does for one 8-bit precision: calibrate (the CPU graph is missing and needed), convert to
+    the GPU graph, and which bases the directory keeps."""
+
+    precision: str
+    bases: tuple[str, ...]  # wanted (resolve_bases)
+    calibrate: bool  # quantize_static on the fp32 UNet (export/quantize.py): the CPU graph is needed and missing
+    convert: bool  # the GPU graph is wanted and missing
+
+
+def plan_bases(manifest, precisions, choice: str, fp16_graphs: bool, gpu: bool | None = None) -> list[BasePlan]:
+    """The BasePlan of each 8-bit precision in `precisions` against `manifest` (None: a new directory)."""
+    out = []
+    for p in precisions:
+        if p not in QUANTIZED_PRECISIONS:
+            continue
+        bases = resolve_bases(choice, p, fp16_graphs, gpu_visible() if gpu is None and choice == "auto" else bool(gpu))
+        have = () if manifest is None else _bases_present(manifest, p)
+        convert = GPU_BASE in bases and GPU_BASE not in have
+        calibrate = "fp32" not in have and ("fp32" in bases or convert)
+        out.append(BasePlan(p, bases, calibrate, convert))
+    return out
+
+
+def _bases_present(manifest, precision: str) -> tuple[str, ...]:
+    """Bases every quantized network of `manifest` has for `precision` (() when none is quantized)."""
+    nets = [n for n in manifest.networks if manifest.bases(n, precision)]
+    return tuple(b for b in QUANT_BASES if nets and all(b in manifest.bases(n, precision) for n in nets))
+
+
+def add_gpu_graphs(root: Path, manifest, dst_dir: Path, plans: list[BasePlan], progress=None):
+    """Convert the CPU 8-bit graphs of `plans` into GPU graphs in `dst_dir` (the staging folder of the same commit;
+    the CPU graph is read from `dst_dir` when this commit wrote it (plan.calibrate), else from `root`), and drop
+    the CPU graphs this commit wrote but no plan keeps (files we staged ourselves; one already in `root` is kept).
+    Returns the manifest with the entries."""
+    from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
+
+    say = progress or (lambda msg, done, total: None)
+    entries, exporter = dict(manifest.networks), dict(manifest.exporter)
+    for plan in plans:
+        cpu_key, gpu_key = graph_key(plan.precision, "fp32"), graph_key(plan.precision, GPU_BASE)
+        for name, e in list(entries.items()):
+            cpu = e.precisions.get(cpu_key)
+            if cpu is None:
+                continue
+            precisions = dict(e.precisions)
+            if plan.convert and gpu_key not in precisions:
+                say(f"converting {name}'s {plan.precision} graph to the GPU graph (fp16 base)", 0, 1)
+                src = (Path(dst_dir) if plan.calibrate else Path(root)) / cpu.file
+                precisions[gpu_key], _report = write_gpu_quantized(src, dst_dir, name, plan.precision, cpu.quantization)
+            if "fp32" not in plan.bases and plan.calibrate:
+                for f in cpu.sha256:  # calibrate: add_quantized wrote it into our staging folder, this commit: ours
+                    (Path(dst_dir) / f).unlink(missing_ok=True)
+                precisions.pop(cpu_key)
+            entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, precisions)
+        if plan.convert:
+            exporter[f"{plan.precision}_gpu_converter"] = "onnxruntime.transformers.float16 + export/gpu_quant.py"
+    return Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})
