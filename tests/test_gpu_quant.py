@@ -160,11 +160,16 @@ def test_gpu_graph_against_the_cpu_graph_on_ort_cpu(both_dir, calib_dir):
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
     feeds = _recorded_feeds(calib_dir)
     assert len(feeds) == 11
+    maps = {"cpu": [], "gpu": []}
     for f in feeds:
         out = {k: s.run(None, f) for k, s in run.items()}
         assert out["gpu"][0].dtype == np.float32  # the manifest's float32 outputs
         assert rel(out["gpu"][0], out["fp32"][0]) <= REL_SLACK * rel(out["cpu"][0], out["fp32"][0]) + ABS_SLACK
-        assert float(np.abs(out["gpu"][1] - out["fp32"][1]).max()) < 0.1  # the map: fp32 island on fp16 features
+        for k in maps:
+            maps[k].append(rel(out[k][1], out["fp32"][1]))
+    # the map (an fp32 island fed by quantized features) moves per call either way (measured 0.02-0.12 rel. for both
+    # graphs); over MONKEY's calls the GPU graph's maps are as close to fp32's as the CPU graph's (means 0.046, 0.051)
+    assert np.mean(maps["gpu"]) <= 1.5 * np.mean(maps["cpu"]) + ABS_SLACK
 
 
 @pytest.mark.slow
@@ -225,10 +230,10 @@ def test_a_base_that_does_not_match_its_key_is_refused(both_dir, tmp_path):
         load_manifest(d)
 
 
-def test_wrong_base_is_one_line_exit_2_for_ort_cpu_and_trt_build(both_dir, tmp_path, capsys, monkeypatch):
+def test_wrong_base_is_one_line_exit_2_for_ort_cpu_and_trt_build(both_dir, tiny_model_dir, tmp_path, capsys):
     gpu_only = _without(both_dir, tmp_path / "gpu-only", "int8")
     argv = ["generate", "--engine-dir", str(gpu_only), "--precision", "int8", "--prompt", "a toy",
-            "--out", str(tmp_path / "o")]
+            "--image", str(tiny_model_dir / "subject.png"), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and "quantized from fp16 only (the GPU graph)" in err
@@ -373,3 +378,31 @@ def test_gpu_int8_unet_steps_on_the_fake_tensorrt(both_dir, fake_trt, tmp_path, 
     assert mod.main(["--engine-dir", str(both_dir), "--graphs", "fp16,int8-fp16", "--work", str(tmp_path / "w"),
                      "--budget", "-1", "--json", str(budget)]) == 0  # no time left: nothing starts, said so
     assert [r.get("skipped") for r in json.loads(budget.read_text())["rows"]] == ["budget", "budget"]
+
+
+def test_seven_bit_cpu_weights_get_their_eighth_bit_back_in_the_gpu_graph():
+    """A CPU graph quantized on a CPU without VNNI has 7-bit weights (reduce_range); the GPU graph re-quantizes them
+    from the fp32 weights to the full symmetric int8 range, per output channel, halving the rounding error."""
+    from onnx import helper, numpy_helper
+
+    from monkey_trt.export.gpu_quant import requantize_weights
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 4, 3, 3)) * np.linspace(0.01, 1.0, 8)[:, None, None, None]).astype(np.float32)
+    amax = np.abs(w).max(axis=(1, 2, 3))
+    s7 = (amax / 63.5).astype(np.float32)  # onnxruntime's reduce_range: [-64, 64]
+    q7 = np.clip(np.rint(w / s7[:, None, None, None]), -64, 64).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_quantized", "w_scale", "w_zero_point"], ["w_dq"], axis=0),
+         helper.make_node("Conv", ["x", "w_dq"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", 1, [1, 4, 5, 5])], [helper.make_tensor_value_info("y", 1, None)],
+        [numpy_helper.from_array(q7, "w_quantized"), numpy_helper.from_array(s7, "w_scale"),
+         numpy_helper.from_array(np.zeros(8, np.int8), "w_zero_point")])
+    assert requantize_weights(graph, {"w": w}.get) == 1
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    q8, s8 = inits["w_quantized"], inits["w_scale"]
+    assert q8.dtype == np.int8 and int(np.abs(q8).max()) == 127 and s8.shape == (8,) and s8.dtype == np.float32
+    err7 = np.abs(q7 * s7[:, None, None, None] - w).max(axis=(1, 2, 3))
+    err8 = np.abs(q8 * s8[:, None, None, None] - w).max(axis=(1, 2, 3))
+    assert np.all(err8 <= s8 / 2 + 1e-7) and np.all(err8 <= err7) and err8.mean() < 0.75 * err7.mean()
+    assert requantize_weights(graph, lambda name: None) == 0  # no fp32 weight of that name: left as it is

@@ -28,7 +28,7 @@ stays the fp32-based one: ONNX Runtime's CPU provider has no fp16 integer kernel
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
@@ -101,11 +101,12 @@ class GpuQuantReport:
     fp32_nodes: int
     fp32_ops: tuple[str, ...]
     subnormal_scales: int  # scale values below fp16's smallest normal (2^-14): kept, less precise
+    requantized_weights: int = 0  # 7-bit CPU weights given their 8th bit back from the fp32 UNet (requantize_weights)
 
     def to_json(self) -> dict:
         return {"base": GPU_BASE, "opset": self.opset, "folded_biases": self.folded_biases,
                 "dequantize_nodes": self.dequantize_nodes, "fp32_nodes": self.fp32_nodes, "fp32_ops": list(self.fp32_ops),
-                "subnormal_scales": self.subnormal_scales,
+                "subnormal_scales": self.subnormal_scales, "requantized_weights": self.requantized_weights,
                 "converter": "onnxruntime.transformers.float16 (export/fp16.py islands)"}
 
 
@@ -143,6 +144,37 @@ def fold_constant_dequantize(graph) -> int:
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return folded
+
+
+def requantize_weights(graph, fp32_weights) -> int:
+    """Full 8-bit int8 weights (symmetric, per channel, [-127, 127]) from the fp32 UNet's own weights, for a CPU
+    graph quantized with 7-bit weights (`reduce_range`: AVX2 CPUs without VNNI). GPUs have no 16-bit saturation
+    to avoid, so the GPU graph gets the 8th bit back. `fp32_weights(name)` -> the fp32 array, or None. Returns
+    how many weights were re-quantized (ONNX Runtime names them `<weight>_quantized` / `_scale`)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    done = 0
+    for node in graph.node:
+        q = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if q is None or q.data_type != 3 or not q.name.endswith("_quantized") or node.input[1] not in inits:  # 3: INT8
+            continue
+        w = fp32_weights(q.name[: -len("_quantized")])
+        if w is None or w.shape != tuple(q.dims):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
+        per_channel = numpy_helper.to_array(inits[node.input[1]]).ndim == 1
+        reduce = tuple(i for i in range(w.ndim) if i != axis) if per_channel else None
+        amax = np.abs(w.astype(np.float64)).max(axis=reduce, keepdims=per_channel)
+        scale = np.where(amax > 0, amax / 127.0, 1.0)
+        new_q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        inits[q.name].CopyFrom(numpy_helper.from_array(new_q, q.name))
+        flat = scale.reshape(-1) if per_channel else np.asarray(scale)
+        sname = node.input[1]
+        inits[sname].CopyFrom(numpy_helper.from_array(flat.astype(numpy_helper.to_array(inits[sname]).dtype), sname))
+        done += 1
+    return done
 
 
 def convert_qdq_fp16(model, network: str = "unet") -> GpuQuantReport:
@@ -184,10 +216,21 @@ def _to_opset(src: Path, dst: Path, external: bool) -> None:
     shape_inference.infer_shapes_path(str(dst), str(dst))  # by path: works past protobuf's 2 GB
 
 
-def write_gpu_quantized(src: Path, dst_dir: Path, network: str, precision: str, record: dict | None = None):
+def _weights_of(fp32_onnx: Path):
+    """name -> the fp32 graph's initializer as an array, read one at a time (external data stays on disk)."""
+    import onnx
+    from onnx import numpy_helper
+
+    tensors = {t.name: t for t in onnx.load(str(fp32_onnx), load_external_data=False).graph.initializer}
+    return lambda name: numpy_helper.to_array(tensors[name], base_dir=str(Path(fp32_onnx).parent)) if name in tensors else None
+
+
+def write_gpu_quantized(src: Path, dst_dir: Path, network: str, precision: str, record: dict | None = None,
+                        fp32_src: Path | None = None):
     """DST_DIR/<network>.<precision>-fp16.onnx (+ .data) from the CPU (fp32-based) Q/DQ graph `src`, checked by
     check_gpu_graph; returns its PrecisionFiles (base fp16; `record`: the CPU graph's quantization record, whose
-    calibration and settings it shares) and the GpuQuantReport."""
+    calibration and settings it shares) and the GpuQuantReport. `fp32_src`: the network's fp32 graph, whose
+    weights replace 7-bit int8 weights (a CPU graph made with `reduce_range`) by full 8-bit ones."""
     import onnx
 
     from monkey_trt.enginedir.digests import sha256_file
@@ -201,7 +244,9 @@ def write_gpu_quantized(src: Path, dst_dir: Path, network: str, precision: str, 
         work = Path(tmp) / "qdq19.onnx"
         _to_opset(src, work, external)
         model = onnx.load(str(work), load_external_data=True)
-        report = convert_qdq_fp16(model, network)
+        seven_bit = precision == "int8" and bool((record or {}).get("settings", {}).get("reduce_range"))
+        requantized = requantize_weights(model.graph, _weights_of(fp32_src)) if seven_bit and fp32_src else 0
+        report = replace(convert_qdq_fp16(model, network), requantized_weights=requantized)
         files = save_onnx(model, dst, external)
         del model
     onnx.checker.check_model(str(dst))
@@ -343,7 +388,8 @@ def add_gpu_graphs(root: Path, manifest, dst_dir: Path, plans: list[BasePlan], p
             if plan.convert and gpu_key not in precisions:
                 say(f"converting {name}'s {plan.precision} graph to the GPU graph (fp16 base)", 0, 1)
                 src = (Path(dst_dir) if plan.calibrate else Path(root)) / cpu.file
-                precisions[gpu_key], _report = write_gpu_quantized(src, dst_dir, name, plan.precision, cpu.quantization)
+                precisions[gpu_key], _report = write_gpu_quantized(src, dst_dir, name, plan.precision, cpu.quantization,
+                                                                   fp32_src=Path(root) / e.file)
             if "fp32" not in plan.bases and plan.calibrate:
                 for f in cpu.sha256:  # calibrate: add_quantized wrote it into our staging folder, this commit: ours
                     (Path(dst_dir) / f).unlink(missing_ok=True)
