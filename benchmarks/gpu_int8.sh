@@ -19,7 +19,7 @@
 #
 # Usage: benchmarks/gpu_int8.sh [--dry-run] [--work DIR] [--engine DIR] [--model DIR]
 # Environment: SIZE (512), RUNS (2), SEEDS (0), CALIB_SIZE (1), FP8 (0: fp8 is opt-in), OPT_LEVEL (2),
-#   STEP_RUNS (20), STEP_SHARE (50), CONTRAST (1), MASK_PASS_FP16 (1), BUDGET (420 s), PYTHON (python)
+#   STEP_RUNS (20), STEP_SHARE (70), CONTRAST (1), MASK_PASS_FP16 (1), BUDGET (420 s), PYTHON (python)
 # Exit: 0 every step that ran passed; 1 a step failed (or the budget ran out); 2 usage; 3 no TensorRT/GPU here.
 set -uo pipefail
 
@@ -44,7 +44,7 @@ FP8=${FP8:-0}
 OPT_LEVEL=${OPT_LEVEL:-2}
 BUDGET=${BUDGET:-420}
 STEP_RUNS=${STEP_RUNS:-20}
-STEP_SHARE=${STEP_SHARE:-50}
+STEP_SHARE=${STEP_SHARE:-70}
 CONTRAST=${CONTRAST:-1}
 MASK_PASS_FP16=${MASK_PASS_FP16:-1}
 PY=${PYTHON:-python}

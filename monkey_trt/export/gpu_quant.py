@@ -12,10 +12,12 @@ sinusoidal embeddings):
 
 1. opset >= 19: QuantizeLinear/DequantizeLinear take fp16 inputs and scales from opset 19 on (opset 13's
    scales are float32 only); the graph is converted while its weights stay on disk.
-2. constant biases: the quantizer stores a Conv/Gemm bias as int32 with a DequantizeLinear of scale
+2. 7-bit weights (a CPU graph quantized with `reduce_range`, on a CPU without VNNI) are re-quantized to the full
+   int8 range from the fp32 UNet's weights (requantize_weights): GPUs have no 16-bit saturation to avoid.
+3. constant biases: the quantizer stores a Conv/Gemm bias as int32 with a DequantizeLinear of scale
    activation scale x weight scale (~1e-5, below fp16's normal range); they are folded back to float
    initializers here (TensorRT fuses a float bias into a quantized layer; the fp32 value is exact).
-3. fp16 conversion (onnxruntime.transformers.float16, as export/fp16.py): every float initializer and tensor
+4. fp16 conversion (onnxruntime.transformers.float16, as export/fp16.py): every float initializer and tensor
    outside the islands becomes fp16, Q/DQ scales included, so each DequantizeLinear outputs fp16 (its output
    type is its scale's type) and feeds an fp16 layer; casts go in at the islands' borders and the graph's
    inputs/outputs keep the manifest's float32.
@@ -32,7 +34,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.manifest import GPU_BASE, QUANT_BASES, QUANTIZED_PRECISIONS, graph_key
+from monkey_trt.enginedir.manifest import (
+    GPU_BASE,
+    QUANT_BASES,
+    QUANTIZED_PRECISIONS,
+    graph_key,
+)
 
 QDQ_OPSET = 19  # fp16 inputs and scales in QuantizeLinear/DequantizeLinear
 QUANT_BASE_CHOICES = ("auto", "fp32", "fp16", "both")  # `export --quant-base`
