@@ -351,10 +351,10 @@ def fake_trt(monkeypatch):
     monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
     monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake, log))
     monkeypatch.setattr(trt_lib, "_LOGGERS", {})
-    return log
+    return log, fake
 
 
-def test_gpu_int8_unet_steps_on_the_fake_tensorrt(both_dir, fake_trt, tmp_path, capsys):
+def test_gpu_int8_unet_steps_on_the_fake_tensorrt(both_dir, fake_trt, tmp_path, capsys, monkeypatch):
     """The helper gpu_int8.sh calls: one strongly typed UNet plan per graph (the fake runs the plan's ONNX with onnx's
     reference evaluator), timed, tabled; bad graphs are one line, exit 2."""
     import importlib.util
@@ -362,13 +362,27 @@ def test_gpu_int8_unet_steps_on_the_fake_tensorrt(both_dir, fake_trt, tmp_path, 
     spec = importlib.util.spec_from_file_location("gpu_int8_unet", Path(__file__).parents[1] / "benchmarks" / "gpu_int8_unet.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    log, fake = fake_trt
+    # The fake resolves an output's symbolic dims from its inputs' only (tests/fakes/trt.py); TensorRT's shape inference
+    # gets the map's query count Q from h and w. Here Q comes from ONNX Runtime running the same feeds.
+    import onnxruntime as ort
+
+    feeds = mod.feeds_for(load_manifest(both_dir))
+    q = ort.InferenceSession(str(both_dir / "unet.onnx"), providers=["CPUExecutionProvider"]).run(["ip_attn_map"], feeds)[0].shape[1]
+    init = fake.Engine.__init__
+
+    def with_q(self, header, model):
+        init(self, header, model)
+        self.outputs = {n: (dt, tuple(q if d == "Q" else d for d in dims)) for n, (dt, dims) in self.outputs.items()}
+
+    monkeypatch.setattr(fake.Engine, "__init__", with_q)
     out = tmp_path / "steps.json"
     argv = ["--engine-dir", str(both_dir), "--graphs", "fp16,int8-fp16,int8", "--work", str(tmp_path / "w"), "--runs", "1",
             "--warmup", "0", "--json", str(out)]
     assert mod.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["graph"] for r in rows] == ["fp16", "int8-fp16", "int8"] and all(r["finite"] and r["step_p50_s"] > 0 for r in rows)
-    assert all(kw == {"strongly_typed": True} for name, kw in fake_trt if name == "network_from_onnx_path")
+    assert all(kw == {"strongly_typed": True} for name, kw in log if name == "network_from_onnx_path")
     table = capsys.readouterr().out
     assert "| fp16 | - |" in table and "1.00x" in table and "| int8-fp16 | fp16 |" in table and "| int8 | fp32 |" in table
     assert mod.main(["--table", str(out)]) == 0 and "| int8 | fp32 |" in capsys.readouterr().out
