@@ -350,7 +350,7 @@ class BasePlan:
     """What an export does for one 8-bit precision: calibrate (the CPU graph is missing and needed), convert to
     the GPU graph, and which bases the directory keeps."""
 
-    precision: str
+    eight_bit: str  # int8 | fp8
     bases: tuple[str, ...]  # wanted (resolve_bases)
     calibrate: bool  # quantize_static on the fp32 UNet (export/quantize.py): the CPU graph is needed and missing
     convert: bool  # the GPU graph is wanted and missing
@@ -386,16 +386,16 @@ def add_gpu_graphs(root: Path, manifest, dst_dir: Path, plans: list[BasePlan], p
     say = progress or (lambda msg, done, total: None)
     entries, exporter = dict(manifest.networks), dict(manifest.exporter)
     for plan in plans:
-        cpu_key, gpu_key = graph_key(plan.precision, "fp32"), graph_key(plan.precision, GPU_BASE)
+        cpu_key, gpu_key = graph_key(plan.eight_bit, "fp32"), graph_key(plan.eight_bit, GPU_BASE)
         for name, e in list(entries.items()):
             cpu = e.precisions.get(cpu_key)
             if cpu is None:
                 continue
             precisions = dict(e.precisions)
             if plan.convert and gpu_key not in precisions:
-                say(f"converting {name}'s {plan.precision} graph to the GPU graph (fp16 base)", 0, 1)
+                say(f"converting {name}'s {plan.eight_bit} graph to the GPU graph (fp16 base)", 0, 1)
                 src = (Path(dst_dir) if plan.calibrate else Path(root)) / cpu.file
-                precisions[gpu_key], _report = write_gpu_quantized(src, dst_dir, name, plan.precision, cpu.quantization,
+                precisions[gpu_key], _report = write_gpu_quantized(src, dst_dir, name, plan.eight_bit, cpu.quantization,
                                                                    fp32_src=Path(root) / e.file)
             if "fp32" not in plan.bases and plan.calibrate:
                 for f in cpu.sha256:  # calibrate: add_quantized wrote it into our staging folder, this commit: ours
@@ -403,5 +403,5 @@ def add_gpu_graphs(root: Path, manifest, dst_dir: Path, plans: list[BasePlan], p
                 precisions.pop(cpu_key)
             entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, precisions)
         if plan.convert:
-            exporter[f"{plan.precision}_gpu_converter"] = "onnxruntime.transformers.float16 + export/gpu_quant.py"
+            exporter[f"{plan.eight_bit}_gpu_converter"] = "onnxruntime.transformers.float16 + export/gpu_quant.py"
     return Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})

@@ -342,8 +342,8 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
 
     manifest = load_manifest(root)  # verifies the fp32 files the conversion reads
     bases = plan_bases(manifest, precisions, quant_base, "fp16" in precisions or "fp16" in manifest.precisions)
-    gpu_added = [f"{b.precision}-fp16" for b in bases if b.convert]  # 8-bit graphs of a base the directory lacks
-    todo = [p for p in precisions if p not in manifest.precisions or any(b.precision == p and b.calibrate for b in bases)]
+    gpu_added = [f"{b.eight_bit}-fp16" for b in bases if b.convert]  # 8-bit graphs of a base the directory lacks
+    todo = [p for p in precisions if p not in manifest.precisions or any(b.eight_bit == p and b.calibrate for b in bases)]
     if not todo and not gpu_added:
         return ()
     kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
@@ -361,7 +361,7 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
                 entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, "fp16": files})
             exporter["fp16_converter"] = f"onnxruntime.transformers.float16 {_version('onnxruntime')}"
         updated = Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})
-        quantized = [b.precision for b in bases if b.calibrate]
+        quantized = [b.eight_bit for b in bases if b.calibrate]
         if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
             updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
                                     progress=progress)
