@@ -27,7 +27,7 @@ from monkey_trt.core import __version__ as monkey_version
 from monkey_trt.core.errors import EngineDirError, MonkeyError
 from monkey_trt.core.output_folders import inside
 from monkey_trt.enginedir.digests import sha256_file
-from monkey_trt.enginedir.manifest import GPU_BASE, check_precision, graph_precision
+from monkey_trt.enginedir.manifest import GPU_BASE, QUANTIZED_PRECISIONS, check_precision, graph_precision
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc, Profile
 
 KEY_VERSION = 2  # bump when the key material or the plan layout changes (2: precision = which ONNX graphs)
@@ -154,7 +154,14 @@ def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None, precis
 def check_gpu_graphs(engine_dir, manifest, precision: str) -> None:
     """Every network has the graph TensorRT builds for `precision` (8-bit: fp16-based); else Manifest.path's one line."""
     for n in manifest.networks:
-        manifest.path(Path(engine_dir), n, precision, GPU_BASE)
+        gpu_graph_path(engine_dir, manifest, n, precision)
+
+
+def gpu_graph_path(engine_dir, manifest, network: str, precision: str) -> Path:
+    """The ONNX file TensorRT builds for `network` in `precision`: 8-bit graphs of the fp16 base (the GPU graph)."""
+    if precision in QUANTIZED_PRECISIONS:
+        return manifest.path(Path(engine_dir), network, precision, GPU_BASE)
+    return manifest.path(Path(engine_dir), network, precision)
 
 
 def plan_folder(engine_dir: str | os.PathLike, manifest, cfg: BuildConfig, trt_version: str, device_name: str,

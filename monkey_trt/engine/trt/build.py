@@ -20,7 +20,6 @@ from monkey_trt.core.errors import (
 from monkey_trt.core.atomic import write_json_atomic
 from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.trt import cuda, lib
-from monkey_trt.enginedir.manifest import GPU_BASE
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc
 from monkey_trt.enginedir.plans import (
     BUILD_JSON,
@@ -28,6 +27,7 @@ from monkey_trt.enginedir.plans import (
     BuildConfig,
     build_record,
     check_gpu_graphs,
+    gpu_graph_path,
     network_record,
     plan_folder,
     recorded_networks,
@@ -204,7 +204,7 @@ def build_engine_dir(
             say(net, f"up to date ({plan})")
             continue
         say(net, f"building ({cfg.precision})")
-        onnx_path = manifest.path(engine_dir, net, cfg.precision, GPU_BASE)
+        onnx_path = gpu_graph_path(engine_dir, manifest, net, cfg.precision)
         info = build_engine(onnx_path, plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
         built[net] = network_record(plan, onnx_path, info.seconds)
         say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
