@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The 8-bit rows of the GPU check: TensorRT int8 / fp8 plans against fp16 (and fp32), speed and fidelity.
+# The 8-bit rows of the GPU check: TensorRT int8 / fp8 plans from the GPU-shaped graphs (fp16 base) against fp16,
+# with the fp32-based int8 graph for contrast; speed and fidelity.
 # Separate from gpu_check.sh, which can call it as one step:  benchmarks/gpu_int8.sh --work "$work"
 #   1. the engine directory: --engine (gpu_check.sh passes its own: fp32 + fp16 graphs and plans already there) or an
-#      sd15-size one exported at SIZE; the 8-bit graphs are added to it (`export --precision int8`, calibrated on
-#      CALIB_SIZE cases, 11 UNet calls each); nothing already there is exported or built again
-#   2. TensorRT plans per precision (`monkey-trt build --precision P`: a plan already built is kept); fp8 only with
-#      FP8=1 and compute capability >= 8.9 (below, monkey-trt refuses it with one line, shown here as a skip)
-#   3. `monkey-trt bench --backends trt --precision P` per precision (JSON in WORK/logs)
-#   4. `monkey-trt generate --backend trt --precision P --save-arrays` for SEEDS, then mask IoU / PSNR / max|diff|
-#      of each 8-bit run against fp16 and fp32 on the same seed (the mask pass runs the fp32 plans: masks equal fp32)
-#   5. one table: p50 end to end and UNet per precision, speed-up over fp16, fidelity
+#      sd15-size one exported at SIZE; the 8-bit graphs are added with both bases (`export --precision int8
+#      --quant-base both`: the GPU graph, and the CPU graph for the contrast row), calibrated on CALIB_SIZE cases
+#      (11 UNet calls each); nothing already there is exported again
+#   2. the UNet step per graph (benchmarks/gpu_int8_unet.py: one static plan each at the opt size, p50 of STEP_RUNS):
+#      fp16, int8-fp16, fp8-fp16 (FP8=1 on compute capability >= 8.9), then int8 (fp32 base, CONTRAST=1), while
+#      STEP_SHARE % of the BUDGET is left to them
+#   3. TensorRT plans per precision (`monkey-trt build --precision P`: 8-bit plans build the fp16-based graphs; a plan
+#      already built is kept), `bench --backends trt` and `generate --save-arrays` on SEEDS per precision, then mask
+#      IoU / PSNR / max|diff| against fp16 and fp32 (mask pass exact: the fp32 plans, masks equal fp32)
+#   4. MASK_PASS_FP16=1: int8 with mask_pass="fp16" (pass 1 on the fp16 plans): its mask IoU against fp32
+#   5. two tables: the UNet step per graph (speed-up over fp16), and end to end per precision with fidelity
 # Every step is bounded by what is left of BUDGET; a step that cannot start is a failure, named.
 # NVIDIA's diffusion recipes report ~1.7x (INT8) and ~1.95x (FP8) UNet speed-ups over fp16 on Hopper-class GPUs.
 #
 # Usage: benchmarks/gpu_int8.sh [--dry-run] [--work DIR] [--engine DIR] [--model DIR]
 # Environment: SIZE (512), RUNS (2), SEEDS (0), CALIB_SIZE (1), FP8 (0: fp8 is opt-in), OPT_LEVEL (2),
-#   BUDGET (420 s), PYTHON (python)
+#   STEP_RUNS (20), STEP_SHARE (70), CONTRAST (1), MASK_PASS_FP16 (1), BUDGET (420 s), PYTHON (python)
 # Exit: 0 every step that ran passed; 1 a step failed (or the budget ran out); 2 usage; 3 no TensorRT/GPU here.
 set -uo pipefail
 
@@ -27,7 +31,7 @@ while [[ $# -gt 0 ]]; do
     --work) work="${2:?--work needs a folder}"; shift ;;
     --engine) engine="${2:?--engine needs a folder}"; shift ;;
     --model) model="${2:?--model needs a folder}"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -39,7 +43,19 @@ CALIB_SIZE=${CALIB_SIZE:-1}
 FP8=${FP8:-0}
 OPT_LEVEL=${OPT_LEVEL:-2}
 BUDGET=${BUDGET:-420}
+STEP_RUNS=${STEP_RUNS:-20}
+STEP_SHARE=${STEP_SHARE:-70}
+CONTRAST=${CONTRAST:-1}
+MASK_PASS_FP16=${MASK_PASS_FP16:-1}
 PY=${PYTHON:-python}
+for v in SIZE RUNS CALIB_SIZE OPT_LEVEL BUDGET STEP_RUNS STEP_SHARE; do
+  [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "error: $v must be a positive integer, got '${!v}'" >&2; exit 2; }
+done
+for v in FP8 CONTRAST MASK_PASS_FP16; do
+  [[ ${!v} == 0 || ${!v} == 1 ]] || { echo "error: $v must be 0 or 1, got '${!v}'" >&2; exit 2; }
+done
+[[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "error: SEEDS must be a comma list of integers, got '$SEEDS'" >&2; exit 2; }
+(( STEP_SHARE <= 100 )) || { echo "error: STEP_SHARE must be a percentage (1..100), got '$STEP_SHARE'" >&2; exit 2; }
 cd "$(dirname "$0")/.." || exit 2
 work=${work:-$(mktemp -d -t monkey-gpu-int8.XXXXXX)}
 mkdir -p "$work/logs" || exit 2
@@ -66,9 +82,13 @@ fp8_ok=0
 "$PY" -c "import sys; a, b = map(int, '$cc'.split('.')); sys.exit(0 if (a, b) >= (8, 9) else 1)" && fp8_ok=1
 [[ $FP8 == 1 && $fp8_ok == 1 ]] && precisions="fp16 int8 fp8"
 echo "gpu_int8: compute capability $cc, precisions: fp32 $precisions, size ${SIZE}, budget ${BUDGET}s, engine $engine, work $work"
+graphs="fp16 int8-fp16"
+[[ $precisions == *fp8* ]] && graphs+=" fp8-fp16"
+[[ $CONTRAST == 1 ]] && graphs+=" int8"
 if [[ $dry_run == 1 ]]; then
-  echo "would: add ${precisions// /,} graphs to $engine (calibration: $CALIB_SIZE case(s)) -> build the missing plans ->" \
-       "bench trt per precision ($RUNS runs) -> generate + compare seeds $SEEDS"
+  echo "would: add ${precisions#fp16 } graphs (both bases) to $engine (calibration: $CALIB_SIZE case(s)) -> UNet step" \
+       "plans ${graphs// /,} ($STEP_RUNS runs) -> build the missing plans -> bench trt per precision ($RUNS runs) ->" \
+       "generate + compare seeds $SEEDS$([[ $MASK_PASS_FP16 == 1 ]] && echo ' -> int8 with the fp16 mask pass')"
   exit 0
 fi
 
@@ -85,7 +105,12 @@ step() {  # step NAME CMD...: run, log, report; bounded by what is left of BUDGE
 [[ -f "$model/tiny-model.json" ]] || step model "${CLI[@]}" tiny-model "$model" --preset sd15
 # the same profile as gpu_check.sh's export: on an existing directory export adds only the precisions it lacks
 step export "${CLI[@]}" export --out "$engine" --base "$model/base" --ip-adapter "$model/ip-adapter" --height "$SIZE" \
-  --width "$SIZE" --batch 2 --precision "fp32,${precisions// /,}" --calib-size "$CALIB_SIZE"
+  --width "$SIZE" --batch 2 --precision "fp32,${precisions// /,}" --calib-size "$CALIB_SIZE" --quant-base both
+# the UNet step per graph first (the comparison this script is for), within STEP_SHARE % of the budget
+step_budget=$(( BUDGET * STEP_SHARE / 100 - ($(date +%s) - t_start) ))
+(( step_budget < 10 )) && step_budget=10
+step unet-steps "$PY" benchmarks/gpu_int8_unet.py --engine-dir "$engine" --graphs "${graphs// /,}" \
+  --work "$work/unet-plans" --runs "$STEP_RUNS" --opt-level "$OPT_LEVEL" --budget "$step_budget" --json "$work/logs/unet-steps.json"
 for p in fp32 $precisions; do
   step "build-$p" "${CLI[@]}" build --engine-dir "$engine" --precision "$p" --opt-level "$OPT_LEVEL"
   step "bench-$p" "${CLI[@]}" bench --engine-dir "$engine" --backends trt --precision "$p" --runs "$RUNS" --json "$work/logs/bench-$p.json"
@@ -94,13 +119,22 @@ for p in fp32 $precisions; do
       --prompt "a toy on the beach" --seed "$s" --save-arrays --out "$work/gen-$p-$s"
   done
 done
+if [[ $MASK_PASS_FP16 == 1 ]]; then  # pass 1 on the fp16 plans (built above): the mask's IoU against fp32
+  for s in ${SEEDS//,/ }; do
+    step "generate-int8maskfp16-$s" "$PY" benchmarks/gpu_int8_unet.py --mask-pass-fp16 --engine-dir "$engine" \
+      --subject "$model/subject.png" --seed "$s" --out "$work/gen-int8maskfp16-$s" --work "$work/unet-plans"
+  done
+fi
 # fp8 below compute capability 8.9: one line, exit 2 (shown, not a failure)
 if [[ $fp8_ok == 0 ]]; then
   echo "== fp8 refused below compute capability 8.9:"
   "${CLI[@]}" build --engine-dir "$engine" --precision fp8 2>&1 | tail -1
 fi
 
-"$PY" - "$work" "$SEEDS" fp32 $precisions <<'EOF'
+[[ -f $work/logs/unet-steps.json ]] && "$PY" benchmarks/gpu_int8_unet.py --table "$work/logs/unet-steps.json"
+extra=""; [[ $MASK_PASS_FP16 == 1 ]] && extra="int8maskfp16"
+"$PY" - "$work" "$SEEDS" fp32 $precisions $extra <<'EOF'
+
 import json, sys
 from pathlib import Path
 import numpy as np

@@ -4,7 +4,9 @@
         [--graph NAME=PATH ...] [--executor ort|reference] [--json OUT]
 
 Every graph runs MONKEY twice per case: `exact` (pass 1 on the fp32 UNet, pass 2 on the 8-bit one: the
-mask is the fp32 mask by construction) and `same` (every UNet call 8-bit). The reference is the fp32 engine
+mask is the fp32 mask by construction) and `same` (every UNet call 8-bit); `--modes exact,same,fp16` adds
+`fp16` (pass 1 on the engine's fp16 UNet, the GPU option). The GPU-shaped graphs (fp16 base, e.g.
+`--graph int8-fp16=ENGINE/unet.int8-fp16.onnx`) run here on ORT's CPU kernels. The reference is the fp32 engine
 (ONNX Runtime, CPU) on the same noise. Graphs: the engine directory's unet.int8.onnx / unet.fp8.onnx, plus any
 `--graph NAME=PATH` (e.g. variants with a wider kept-precision set). Executors: `ort` (ONNX Runtime's CPU
 provider: integer kernels for int8; for fp8 it dequantizes and runs fp32 kernels, i.e. it simulates the
@@ -76,6 +78,7 @@ def main() -> None:
     pipe = MonkeyPipeline.from_engine_dir(e, backend="ort", providers=("cpu",), threads=a.threads, verify="size")
     size = a.size or pipe.manifest.profile.height.opt
     r32 = pipe.runners["unet"]
+    r16 = open_graph(e / "unet.fp16.onnx", a.executor, a.threads, False) if "fp16" in a.modes.split(",") else None
     runners = {name: open_graph(path, a.executor, a.threads, "fp8" not in name) for name, path in graphs.items()}
     rows, steps = [], {"fp32": []}
     load = [os.getloadavg()[0]]
@@ -89,7 +92,7 @@ def main() -> None:
             for name, r in runners.items():
                 prec = "fp8" if "fp8" in name else "int8"
                 for mode in modes:
-                    pipe.unet_runners, pipe.unet_roles = {"fp32": r32, prec: r}, unet_roles(prec, mode)
+                    pipe.unet_runners, pipe.unet_roles = {"fp32": r32, "fp16": r16, prec: r}, unet_roles(prec, mode)
                     got = pipe(req, subject, noise=noise, batch_passes=False)
                     steps.setdefault(name, []).extend(u.seconds for u in got.unet_calls if u.passes == "p2")
                     rows.append({"graph": name, "mode": mode, "seed": seed, "prompt": prompt,

@@ -414,7 +414,7 @@ def test_tensorrt_int8_plans_build_strongly_typed_from_the_qdq_unet(int8_dir, fa
     assert folder.name.startswith("v2-int8-") and all((folder / f"{n}.plan").is_file() for n in m.networks)
     built = json.loads((folder / BUILD_JSON).read_text())
     assert built["inputs"]["precision"] == "int8"
-    assert set(built["inputs"]["onnx_files"]["unet"]) == {"unet.int8.onnx"}  # the Q/DQ graph
+    assert set(built["inputs"]["onnx_files"]["unet"]) == {"unet.int8-fp16.onnx"}  # the GPU-shaped Q/DQ graph (fp16 base)
     assert set(built["inputs"]["onnx_files"]["vae_decoder"]) == {"vae_decoder.onnx"}  # not quantized: fp32
     assert all(kw == {"strongly_typed": True} for name, kw in fake_gpu if name == "network_from_onnx_path")
     # below the tensor cores a precision needs: one line, before any build

@@ -14,6 +14,7 @@ from monkey_trt.commands.progress import status
 from monkey_trt.core.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.networks import profile_from_options
+from monkey_trt.export.gpu_quant import DEFAULT_QUANT_BASE
 
 
 def tiny_model(
@@ -54,6 +55,7 @@ def export(
     calib_prompts: Optional[Path] = typer.Option(None, "--calib-prompts", help="int8/fp8: calibration prompts, one per line [default: the paper's 20 prompts]"),
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="int8/fp8: folder of subject images to calibrate on [default: the embedded subject]"),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="int8/fp8: calibration cases (prompt, subject, seed), 11 UNet calls each [default: 8]"),
+    quant_base: str = typer.Option(DEFAULT_QUANT_BASE, "--quant-base", help="int8/fp8: fp32 = the CPU graph (ORT CPU, OpenVINO), fp16 = the GPU graph (TensorRT, ORT CUDA/TensorRT EP), both; auto: the CPU graph, and the GPU graph too when the directory has fp16 graphs, a GPU is visible or for fp8 (docs/int8.md)"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
@@ -70,6 +72,9 @@ def export(
     )
 
     calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size)
+    from monkey_trt.export.gpu_quant import check_quant_base
+
+    check_quant_base(quant_base, precisions)
     from monkey_trt.export.onnx_export import (
         ExportOptions,
         add_precisions,
@@ -80,18 +85,19 @@ def export(
     from monkey_trt.core.config import ModelSource
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
-                         fold_constants=fold, force=force, precisions=precisions, calibration=calibration)
+                         fold_constants=fold, force=force, precisions=precisions, calibration=calibration,
+                         quant_base=quant_base)
     add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
     if add_only:  # --calib-* that would calibrate nothing are refused, not ignored
         from monkey_trt.export.conflicts import check_calibration_applies
 
         check_calibration_applies(out, precisions, {"--calib-prompts": calib_prompts, "--calib-images": calib_images,
-                                                    "--calib-size": calib_size})
+                                                    "--calib-size": calib_size}, quant_base)
     if not add_only:
         check_export_out(out, force)
     with quiet_libraries(), steps(console, "export") as step:
         if add_only:
-            added = add_precisions(out, precisions, progress=step, calibration=calibration)
+            added = add_precisions(out, precisions, progress=step, calibration=calibration, quant_base=quant_base)
             result, note = out, (f"added {', '.join(added)}" if added else f"already has {', '.join(precisions)}")
         else:
             result, note = export_engine_dir(opts, progress=step), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))

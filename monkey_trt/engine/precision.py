@@ -14,6 +14,7 @@ Lean: stdlib only.
 from __future__ import annotations
 
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.enginedir.manifest import CPU_BASE, GPU_BASE
 
 INT8_MIN_CC = (7, 5)
 FP8_MIN_CC = (8, 9)
@@ -31,6 +32,13 @@ def check_ort_precision(precision: str, providers=()) -> None:
     if precision == "fp8":
         raise MonkeyError("--precision fp8 runs as TensorRT plans only (--backend trt, GPU compute capability >= 8.9): "
                           "ONNX Runtime has no fp8 kernels; on the CPU use --precision int8")
+
+
+def quant_base(providers) -> str:
+    """The base of the 8-bit graphs ONNX Runtime runs with `providers` (the first one decides, as ORT places nodes
+    there first): the fp16-based GPU graph for CUDA/TensorRT, the fp32-based CPU graph for the CPU provider.
+    TensorRT plans always build the GPU graph (enginedir/plans.py), OpenVINO the CPU one."""
+    return CPU_BASE if not providers or providers[0] == "cpu" else GPU_BASE
 
 
 def check_gpu_precision(precision: str, compute_capability, device_name: str = "this GPU") -> None:

@@ -6,6 +6,7 @@
       text_encoder.onnx  image_encoder.onnx  unet.onnx (+ unet.onnx.data)  vae_decoder.onnx
       <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
       unet.int8.onnx  unet.fp8.onnx (+ .data)  the 8-bit (Q/DQ) UNet, `--precision int8|fp8` (export/quantize.py)
+      unet.int8-fp16.onnx  unet.fp8-fp16.onnx   the same, GPU-shaped: float parts fp16 (export/gpu_quant.py)
       trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
 
 This module holds what a manifest says: the dataclasses (`Manifest`, `NetworkEntry`, `PrecisionFiles`, ...),
@@ -35,6 +36,10 @@ PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # fp32: the entry's own files; oth
 # 8-bit precisions quantize the UNet only (export/quantize.py): a network without its own graph of such a
 # precision runs its fp32 graph (Manifest.run_precision), as the manifest's quantization record says.
 QUANTIZED_PRECISIONS = ("int8", "fp8")
+# An 8-bit graph's base: the precision of its float parts. fp32: the CPU graph (ORT CPU, OpenVINO); fp16: the
+# GPU graph (TensorRT, ORT CUDA/TensorRT EP; export/gpu_quant.py). Keys in NetworkEntry.precisions: graph_key.
+QUANT_BASES = ("fp32", "fp16")
+CPU_BASE, GPU_BASE = QUANT_BASES
 TOKENIZER_FILE = "tokenizer/tokenizer.json"  # the one tokenizer file the runtime opens
 
 
@@ -44,6 +49,23 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise EngineDirError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
+
+
+def graph_key(precision: str, base: str = CPU_BASE) -> str:
+    """The key of `precision`'s graph of `base` in NetworkEntry.precisions: "int8" (fp32 base, as written before
+    bases existed), "int8-fp16"; non-8-bit precisions have one graph (the base is ignored)."""
+    if base not in QUANT_BASES:
+        raise EngineDirError(f"an 8-bit graph's base must be one of {', '.join(QUANT_BASES)}, got {base!r}")
+    return f"{precision}-{base}" if precision in QUANTIZED_PRECISIONS and base != CPU_BASE else precision
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """graph_key's inverse: "int8-fp16" -> ("int8", "fp16"); "fp16" -> ("fp16", "fp32")."""
+    precision, _, base = key.partition("-")
+    return precision, base or CPU_BASE
+
+
+GRAPH_KEYS = tuple(dict.fromkeys(graph_key(p, b) for p in PRECISIONS if p != "fp32" for b in QUANT_BASES))
 
 
 def parse_precisions(text: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -89,18 +111,20 @@ class PrecisionFiles:
     sizes: dict[str, int]
     fp32_ops: tuple[str, ...] = ()  # op types kept in fp32 (see export/fp16.py for why)
     quantization: dict = field(default_factory=dict)  # 8-bit graphs: library + version, settings, calibration (export/quantize.py)
+    base: str = CPU_BASE  # 8-bit graphs: the precision of the float parts (QUANT_BASES); absent in older manifests: fp32
 
     def to_json(self) -> dict:
         d = {"file": self.file, "data_file": self.data_file, "sha256": self.sha256, "sizes": self.sizes,
              "fp32_ops": list(self.fp32_ops)}
         if self.quantization:
             d["quantization"] = self.quantization
+            d["base"] = self.base
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "PrecisionFiles":
         return cls(d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()},
-                   tuple(d.get("fp32_ops", ())), dict(d.get("quantization", {})))
+                   tuple(d.get("fp32_ops", ())), dict(d.get("quantization", {})), d.get("base", CPU_BASE))
 
 
 @dataclass(frozen=True)
@@ -145,22 +169,31 @@ class Manifest:
         """Precisions the engine directory runs ("fp32" always): every network has the graph, or for the 8-bit
         precisions, at least one network (the others run fp32, see run_precision)."""
         return tuple(p for p in PRECISIONS if p == "fp32" or all(p in e.precisions for e in self.networks.values())
-                     or (p in QUANTIZED_PRECISIONS and any(p in e.precisions for e in self.networks.values())))
+                     or (p in QUANTIZED_PRECISIONS and any(self.bases(n, p) for n in self.networks)))
 
-    def run_precision(self, network: str, precision: str) -> str:
-        """Which of `network`'s graphs runs when the engine runs `precision` (see graph_precision)."""
-        return graph_precision(self, network, precision)
+    def bases(self, network: str, precision: str) -> tuple[str, ...]:
+        """The bases of `network`'s `precision` graphs in this directory (8-bit: QUANT_BASES order)."""
+        have = self.networks[network].precisions
+        return tuple(b for b in QUANT_BASES if graph_key(precision, b) in have)
 
-    def path(self, root: Path, network: str, precision: str = "fp32") -> Path:
-        """The ONNX file of `network` in `precision`; EngineDirError if that precision was not exported."""
+    def run_precision(self, network: str, precision: str, base: str = CPU_BASE) -> str:
+        """Which of `network`'s graphs (a graph_key) runs when the engine runs `precision` on `base`'s providers."""
+        return graph_precision(self, network, precision, base)
+
+    def path(self, root: Path, network: str, precision: str = "fp32", base: str = CPU_BASE) -> Path:
+        """The ONNX file of `network` in `precision` (8-bit: of `base`); EngineDirError if that graph was not exported."""
         try:
-            return Path(root) / self.networks[network].files(self.run_precision(network, precision))[0]
+            return Path(root) / self.networks[network].files(self.run_precision(network, precision, base))[0]
         except KeyError:
+            others = self.bases(network, precision) if precision in QUANTIZED_PRECISIONS else ()
+            if others:  # the other base only: one line naming the export that adds this one (no calibration)
+                raise EngineDirError(wrong_base_message(root, network, precision, base, others[0],
+                                                        self.export_command(root, precision, base))) from None
             what = f"{precision} ONNX" if precision not in QUANTIZED_PRECISIONS else f"{precision} ONNX for {network}"
             raise EngineDirError(f"{root} has no {what} (exported: {', '.join(self.precisions)}): "
                                  f"run `{self.export_command(root, precision)}`") from None
 
-    def export_command(self, root: Path, precision: str) -> str:
+    def export_command(self, root: Path, precision: str, base: str | None = None) -> str:
         """The `monkey-trt export` that adds `precision` to this directory: its own model, mask layer and profile
         (the defaults would name the hub's model, which the directory refuses without --force)."""
         src, p = self.source, self.profile
@@ -170,7 +203,7 @@ class Manifest:
                   f"--max {p.height.max}x{p.width.max}", f"--batch {p.batch.max}", f"--mask-layer {shlex.quote(self.mask_layer)}"]
         if self.exporter.get("onnx_opset"):
             parts.append(f"--opset {self.exporter['onnx_opset']}")
-        return " ".join([*parts, f"--precision {precision}"])
+        return " ".join([*parts, f"--precision {precision}", *([f"--quant-base {base}"] if base else [])])
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_json(self) -> dict:
@@ -218,14 +251,26 @@ class Manifest:
         return write_json_atomic(Path(root) / MANIFEST, self.to_json())
 
 
-def graph_precision(manifest, network: str, precision: str) -> str:
-    """Which of `network`'s graphs runs when the engine runs `precision`: its own, or fp32 for a network an
-    8-bit export left unquantized (only when that 8-bit precision was exported: never a silent fallback).
-    Takes any manifest-like object with `networks` (entries with `precisions`) and `precisions`."""
-    if (precision in QUANTIZED_PRECISIONS and precision in manifest.precisions
-            and precision not in manifest.networks[network].precisions):
-        return "fp32"
-    return precision
+def graph_precision(manifest, network: str, precision: str, base: str = CPU_BASE) -> str:
+    """Which of `network`'s graphs (its graph_key) runs when the engine runs `precision` on providers that take
+    `base`'s 8-bit graphs: its own, or fp32 for a network an 8-bit export left unquantized (only when that 8-bit
+    precision was exported: never a silent fallback). An 8-bit network with only the other base's graph gets
+    this base's key, which it lacks (Manifest.path says which export adds it). Takes any manifest-like object
+    with `networks` (entries with `precisions`) and `precisions`."""
+    if precision in QUANTIZED_PRECISIONS and precision in manifest.precisions:
+        have = manifest.networks[network].precisions
+        if not any(graph_key(precision, b) in have for b in QUANT_BASES):
+            return "fp32"
+    return graph_key(precision, base)
+
+
+def wrong_base_message(root, network: str, precision: str, base: str, other: str, command: str) -> str:
+    """One line: `network` has `precision` graphs of base `other` only; the providers asked run `base`'s."""
+    who = {CPU_BASE: ("CPU", "ONNX Runtime's CPU provider and OpenVINO run"),
+           GPU_BASE: ("GPU", "TensorRT and ONNX Runtime's CUDA/TensorRT providers run")}
+    note = " (converts the calibrated graph: no new calibration)" if other == CPU_BASE else ""
+    return (f"{root} has the {precision} {network} quantized from {other} only (the {who[other][0]} graph); "
+            f"{who[base][1]} the {base}-based one: run `{command}`{note}")
 
 
 def _entry_to_json(e: NetworkEntry) -> dict:
@@ -241,9 +286,12 @@ def _entry_from_json(name: str, d: dict) -> NetworkEntry:
     tensors = lambda ts: tuple(TensorDesc(t["name"], t["dtype"], tuple(t["shape"])) for t in ts)  # noqa: E731
     desc = NetworkDesc(name, tensors(d["inputs"]), tensors(d["outputs"]))
     precisions = {p: PrecisionFiles.from_json(f) for p, f in d.get("precisions", {}).items()}
-    unknown = sorted(set(precisions) - set(PRECISIONS))
+    unknown = sorted(set(precisions) - set(GRAPH_KEYS))
     if unknown:
         raise ValueError(f"network {name}: unknown precision(s) {', '.join(unknown)}")
+    wrong = sorted(k for k, f in precisions.items() if split_key(k)[0] in QUANTIZED_PRECISIONS and split_key(k)[1] != f.base)
+    if wrong:
+        raise ValueError(f"network {name}: graph {wrong[0]} records base {precisions[wrong[0]].base}")
     return NetworkEntry(desc, d["file"], d.get("data_file"), dict(d["sha256"]), {k: int(v) for k, v in d["sizes"].items()},
                         precisions)
 

@@ -4,7 +4,7 @@ hostile manifest is one line (enginedir/load.py), never an out-of-memory kill. L
 
 from __future__ import annotations
 
-from monkey_trt.enginedir.manifest import PRECISIONS, SCHEMA, SCHEMA_VERSION, TOKENIZER_FILE
+from monkey_trt.enginedir.manifest import GRAPH_KEYS, QUANT_BASES, SCHEMA, SCHEMA_VERSION, TOKENIZER_FILE
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims
 
 # Every number has a range (a hostile manifest is one line, never an out-of-memory kill): generous
@@ -74,8 +74,9 @@ MANIFEST_SCHEMA = {
                                p: {"type": "object", "required": ["file", "data_file", "sha256", "sizes"],
                                    "properties": {**_FILES, "fp32_ops": {"type": "array", "maxItems": 1024,
                                                                          "items": {"type": "string", "maxLength": 256}},
-                                                  "quantization": {"type": "object", "maxProperties": 64}}}
-                               for p in PRECISIONS if p != "fp32"}}}}},
+                                                  "quantization": {"type": "object", "maxProperties": 64},
+                                                  "base": {"enum": list(QUANT_BASES)}}}
+                               for p in GRAPH_KEYS}}}}},
         "files": {**_DIGESTS, "required": [TOKENIZER_FILE]},
         "source": {"type": "object"},
         "exporter": {"type": "object"},

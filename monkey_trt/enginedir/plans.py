@@ -27,9 +27,9 @@ from monkey_trt.core import __version__ as monkey_version
 from monkey_trt.core.errors import EngineDirError, MonkeyError
 from monkey_trt.core.output_folders import inside
 from monkey_trt.enginedir.digests import sha256_file
-from monkey_trt.enginedir.remembered import sha256_matches
-from monkey_trt.enginedir.manifest import check_precision, graph_precision
+from monkey_trt.enginedir.manifest import GPU_BASE, QUANTIZED_PRECISIONS, check_precision, graph_precision
 from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc, Profile
+from monkey_trt.enginedir.remembered import sha256_matches
 
 KEY_VERSION = 2  # bump when the key material or the plan layout changes (2: precision = which ONNX graphs)
 TRT_SUBDIR = "trt"
@@ -142,12 +142,27 @@ def _key_material(onnx_sha256: str, cfg: BuildConfig, trt_version: str, device_n
 
 
 def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None, precision: str = "fp32") -> str:
-    """One sha256 over the ONNX (+ external data) hashes of one precision (all networks by default)."""
+    """One sha256 over the ONNX (+ external data) hashes of one precision (all networks by default). 8-bit: the
+    GPU-shaped graphs (fp16 base, export/gpu_quant.py), the ones TensorRT builds (check_gpu_graphs first)."""
     names = sorted(networks) if networks is not None else sorted(manifest.networks)
-    material = {n: dict(sorted(manifest.networks[n].files(graph_precision(manifest, n, precision))[1].items())) for n in names}
+    material = {n: dict(sorted(manifest.networks[n].files(graph_precision(manifest, n, precision, GPU_BASE))[1].items()))
+                for n in names}
     if precision != "fp32":  # fp32 keeps the v1 material, so the digest of an fp32 engine directory is unchanged
         material = {"precision": precision, "files": material}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def check_gpu_graphs(engine_dir, manifest, precision: str) -> None:
+    """Every network has the graph TensorRT builds for `precision` (8-bit: fp16-based); else Manifest.path's one line."""
+    for n in manifest.networks:
+        gpu_graph_path(engine_dir, manifest, n, precision)
+
+
+def gpu_graph_path(engine_dir, manifest, network: str, precision: str) -> Path:
+    """The ONNX file TensorRT builds for `network` in `precision`: 8-bit graphs of the fp16 base (the GPU graph)."""
+    if precision in QUANTIZED_PRECISIONS:
+        return manifest.path(Path(engine_dir), network, precision, GPU_BASE)
+    return manifest.path(Path(engine_dir), network, precision)
 
 
 def plan_folder(engine_dir: str | os.PathLike, manifest, cfg: BuildConfig, trt_version: str, device_name: str,
@@ -173,6 +188,7 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str, trt_v
     command = default.build_command(root)
     if precision not in manifest.precisions:
         raise EngineDirError(f"{root} has no {precision} ONNX: run `monkey-trt export --out {root} --precision {precision}` then `{command}`")
+    check_gpu_graphs(root, manifest, precision)
     digest = manifest_onnx_digest(manifest, precision=precision)
     folder = root / TRT_SUBDIR / cache_key(digest, default, trt_version, device_name, cc)
     if _complete(folder):
@@ -256,7 +272,8 @@ def build_record(manifest, cfg: BuildConfig, trt_version: str, device_name: str,
         "inputs": {
             "onnx_sha256": onnx_digest,
             "precision": cfg.precision,
-            "onnx_files": {n: dict(e.files(graph_precision(manifest, n, cfg.precision))[1]) for n, e in sorted(manifest.networks.items())},
+            "onnx_files": {n: dict(e.files(graph_precision(manifest, n, cfg.precision, GPU_BASE))[1])
+                           for n, e in sorted(manifest.networks.items())},
             "build_config": cfg.to_dict(),
             "tensorrt": str(trt_version),
             "device_name": device_name,

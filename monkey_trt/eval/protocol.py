@@ -121,6 +121,16 @@ class EvalResult:
     summary: list = field(default_factory=list)  # report.SummaryRow per method x precision
 
 
+def _graph_files(m, network: str, precision: str) -> dict:
+    """sha256 per file of the graphs `precision` may run for `network`: an 8-bit UNet's graphs of every base the
+    directory has (the CPU and the GPU graph; one base: exactly the digests recorded before bases existed)."""
+    from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
+
+    bases = m.bases(network, precision) if precision in QUANTIZED_PRECISIONS else ()
+    keys = [m.run_precision(network, precision, b) for b in bases] or [m.run_precision(network, precision)]
+    return {f: d for k in keys for f, d in m.networks[network].files(k)[1].items()}
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -144,7 +154,7 @@ def _model_settings(job: EvalJob, warnings: list[str]) -> tuple[dict, dict[str, 
         raise MonkeyError(f"engine directory {spec.engine_dir}: {why}")
     if m.mask_layer != job.config.mask_layer:
         raise MonkeyError(f"engine directory {spec.engine_dir} exports the map of {m.mask_layer}, not {job.config.mask_layer}")
-    digests = {p: _digest({n: e.files(m.run_precision(n, p))[1] for n, e in sorted(m.networks.items())}) for p in job.precisions}
+    digests = {p: _digest({n: _graph_files(m, n, p) for n in sorted(m.networks)}) for p in job.precisions}
     return {"engine": m.source}, digests
 
 

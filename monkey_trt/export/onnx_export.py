@@ -33,7 +33,8 @@ from monkey_trt.enginedir.networks import (
 )
 from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.onnx_files import save_onnx
-from monkey_trt.export.quantize import add_quantized, quantized_file_names
+from monkey_trt.export.gpu_quant import DEFAULT_QUANT_BASE, add_gpu_graphs, check_quant_base, gpu_quant_file_names, plan_bases
+from monkey_trt.export.quantize import QUANTIZED_NETWORKS, add_quantized, quantized_file_names
 from monkey_trt.export.wrappers import (
     ImageEncoderNet,
     TextEncoderNet,
@@ -60,9 +61,11 @@ class ExportOptions:
     force: bool = False  # replace an existing engine directory
     precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written (the reference and the fp16 source)
     calibration: object | None = None  # int8/fp8: export.calibration.CalibrationSpec (None: the built-in defaults)
+    quant_base: str = DEFAULT_QUANT_BASE  # int8/fp8: which bases (CPU / GPU graphs) to write (export/gpu_quant.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
+        check_quant_base(self.quant_base, self.precisions)
 
 
 def sample_inputs(desc: NetworkDesc, dims: ModelDims, batch: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
@@ -204,7 +207,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + (quantized_file_names() if quantized else [])) as stage:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + (quantized_file_names() + gpu_quant_file_names(QUANTIZED_NETWORKS) if quantized else [])) as stage:
         tmp = stage.path
         entries = {}
         for name, module in modules.items():
@@ -246,7 +249,10 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         if quantized:  # the staged directory is a complete fp32 engine: calibrate on it, same commit
             say(f"calibrating and quantizing the UNet to {', '.join(quantized)}")
             spec = opts.calibration or default_calibration(opts.profile)
-            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total))
+            sub = _sub_progress(progress, done, total)
+            bases = plan_bases(None, quantized, opts.quant_base, fp16)  # the GPU graphs beside (or instead of) the CPU ones
+            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=sub)
+            manifest = add_gpu_graphs(tmp, manifest, tmp, bases, progress=sub)
             manifest.write(tmp)
         return stage.commit(staged_files(tmp))
 
@@ -307,7 +313,7 @@ def _same_model(recorded, given: str) -> bool:
 
 
 def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None,
-                   calibration=None) -> tuple[str, ...]:
+                   calibration=None, quant_base: str = DEFAULT_QUANT_BASE) -> tuple[str, ...]:
     """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
 
     Through atomic.OutputStage like every output: the new graphs and manifest are staged next to the
@@ -324,21 +330,25 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
             progress(f"waiting for another process writing {root}", 0, 1)
 
     if not root.is_dir():  # load_manifest's one line for what is not an engine directory
-        return _add_precisions(root, precisions, progress, calibration)
+        return _add_precisions(root, precisions, progress, calibration, quant_base)
     with folder_lock(root, timeout_s=WRITER_WAIT_S, waiting=waiting):
-        return _add_precisions(root, precisions, progress, calibration)
+        return _add_precisions(root, precisions, progress, calibration, quant_base)
 
 
-def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress | None, calibration) -> tuple[str, ...]:
+def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress | None, calibration,
+                    quant_base: str = DEFAULT_QUANT_BASE) -> tuple[str, ...]:
     """add_precisions under the directory's lock."""
     from monkey_trt.enginedir.load import load_manifest
 
     manifest = load_manifest(root)  # verifies the fp32 files the conversion reads
-    todo = [p for p in precisions if p not in manifest.precisions]
-    if not todo:
+    bases = plan_bases(manifest, precisions, quant_base, "fp16" in precisions or "fp16" in manifest.precisions)
+    gpu_added = [f"{b.eight_bit}-fp16" for b in bases if b.convert]  # 8-bit graphs of a base the directory lacks
+    todo = [p for p in precisions if p not in manifest.precisions or any(b.eight_bit == p and b.calibrate for b in bases)]
+    if not todo and not gpu_added:
         return ()
     kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
-    new_names = [f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names() + [MANIFEST]
+    new_names = ([f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names()
+                 + gpu_quant_file_names(QUANTIZED_NETWORKS) + [MANIFEST])
     with OutputStage.open(root, MANIFEST, manifest_files, names=new_names) as stage:
         entries = dict(manifest.networks)
         exporter = dict(manifest.exporter)
@@ -351,13 +361,14 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
                 entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, "fp16": files})
             exporter["fp16_converter"] = f"onnxruntime.transformers.float16 {_version('onnxruntime')}"
         updated = Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})
-        quantized = [p for p in todo if p in QUANTIZED_PRECISIONS]
+        quantized = [b.eight_bit for b in bases if b.calibrate]
         if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
             updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
                                     progress=progress)
+        updated = add_gpu_graphs(root, updated, stage.path, bases, progress=progress)  # the GPU graphs (no calibration)
         updated.write(stage.path)
         stage.commit(staged_files(stage.path), keep=kept)
-    return tuple(todo)
+    return tuple(dict.fromkeys([*todo, *gpu_added]))
 
 
 def scheduler_consts(scheduler, time_cond_dim: int) -> SchedulerConsts:

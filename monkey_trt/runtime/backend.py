@@ -149,7 +149,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
                   "ort: keep ORT's optimised graphs for faster starts (default: on for the CPU provider, in the user cache; "
                   "bench: WORKDIR/ort-optimized); --no-ort-cache: off",
                   label="the ORT graph cache"),
-    BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced",
+    BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; "
+                  "same = every call reduced; fp16 (ort/trt int8/fp8, for GPUs) = pass 1 on the fp16 UNet",
                   label="mask_pass"),
 )}
 CLI_OPTIONS = tuple(n for n, o in BACKEND_OPTIONS.items() if o.flags)  # what commands take on the command line
@@ -184,7 +185,7 @@ class BackendSpec:
     threads: int = 0  # CPU threads for torch / each ORT session (intra-op); 0 = the library default
     verify: str = "sha256"  # engine-dir check: sha256 (remembered per file state) | rehash (always hashed) | size
     ort_cache: Path | bool | None = None  # ort: ORT's optimised graphs kept: None = user cache where safe (CPU), True, False, a folder
-    mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced
+    mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced; fp16 = on fp16
 
     def __post_init__(self) -> None:
         b = self.backend
@@ -223,8 +224,11 @@ class BackendSpec:
         _need(self.verify in VERIFY_MODES, f"--verify must be one of {', '.join(VERIFY_MODES)}, got {self.verify!r}")
         _need(self.mask_pass in MASK_PASS_MODES, f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {self.mask_pass!r}")
         _need(self.mask_pass == "exact" or self.precision in REDUCED_PRECISIONS,
-              f"mask_pass='same' applies to the reduced precisions ({', '.join(REDUCED_PRECISIONS)}), not --precision "
+              f"mask_pass={self.mask_pass!r} applies to the reduced precisions ({', '.join(REDUCED_PRECISIONS)}), not --precision "
               f"{self.precision}: its passes all run one graph already (drop mask_pass)")
+        _need(self.mask_pass != "fp16" or ("fp16" in row.precisions and self.precision != "bf16"),
+              f"mask_pass='fp16' runs pass 1 on the fp16 UNet: an int8/fp8 engine on the ort or trt backend, not "
+              f"--backend {b} --precision {self.precision}")
         if "providers" in row.options:  # ONNX Runtime's execution providers
             bad = [p for p in self.providers if p not in PROVIDER_NAMES]
             _need(not bad, f"unknown execution provider {bad[0] if bad else ''!r} (choose among {', '.join(PROVIDER_NAMES)})")

@@ -115,7 +115,8 @@ class MonkeyPipeline:
         pipe.shared = shared
         try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
             for p in extra_unet_precisions(spec.precision, spec.mask_pass):  # trt: the same activation pool (shared)
-                pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p), ("unet",), pipe.shared)["unet"]
+                extra = replace(spec, precision=p, mask_pass="exact")  # that graph runs its own passes whole
+                pipe.unet_runners[p] = open_runners(Path(root), manifest, extra, ("unet",), pipe.shared)["unet"]
         except BaseException:
             pipe.close()
             raise

@@ -4,6 +4,8 @@ The mask comes from pass 1 alone (its maps at the mask steps). With `mask_pass="
 int8/fp8) pass 1 runs the fp32 UNet, so the mask is the fp32 engine's mask bit for bit, and pass 2 (and the
 plain IP-Adapter baseline) runs the 8-bit UNet: 8 of MONKEY's 11 UNet calls with the default schedule.
 `mask_pass="same"` runs every call in the 8-bit graph (faster; the mask may move, docs/int8.md measures it).
+`mask_pass="fp16"` (int8/fp8 on GPUs) runs pass 1 on the fp16 UNet: faster than fp32 there, the mask close to
+exact (docs/int8.md reports its IoU); it needs the directory's fp16 graphs (and `build --precision fp16` for trt).
 bf16 (`--backend openvino`: the fp32 graph on bf16 kernels) is treated the same way (docs/openvino.md).
 
     roles = unet_roles("int8", "exact")      # {"mask": "fp32", "final": "int8", "baseline": "int8"}
@@ -20,7 +22,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.manifest import PRECISIONS, QUANTIZED_PRECISIONS
 
 ROLES = ("mask", "final", "baseline")
-MASK_PASS_MODES = ("exact", "same")
+MASK_PASS_MODES = ("exact", "same", "fp16")
 RUN_PRECISIONS = (*PRECISIONS, "bf16")  # what a run may ask for: the graphs, and bf16 (openvino: the fp32 graph on bf16 kernels)
 REDUCED_PRECISIONS = (*QUANTIZED_PRECISIONS, "bf16")  # whose mask pass runs the fp32 graph with mask_pass="exact"
 
@@ -29,8 +31,9 @@ def unet_roles(precision: str, mask_pass: str = "exact") -> dict[str, str]:
     """Role -> precision of the UNet graph that runs it."""
     if mask_pass not in MASK_PASS_MODES:
         raise MonkeyError(f"mask_pass must be one of {', '.join(MASK_PASS_MODES)}, got {mask_pass!r}")
-    exact = precision in REDUCED_PRECISIONS and mask_pass == "exact"
-    return {"mask": "fp32" if exact else precision, "final": precision, "baseline": precision}
+    reduced = precision in REDUCED_PRECISIONS
+    mask = {"exact": "fp32", "fp16": "fp16"}.get(mask_pass, precision) if reduced else precision
+    return {"mask": mask, "final": precision, "baseline": precision}
 
 
 def extra_unet_precisions(precision: str, mask_pass: str = "exact") -> tuple[str, ...]:

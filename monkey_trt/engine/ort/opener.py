@@ -9,6 +9,7 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.derived_cache import cache_root, source_digest as files_digest
 from monkey_trt.engine.ort.providers import default_provider
 from monkey_trt.engine.ort.runner import OrtRunner
+from monkey_trt.enginedir.manifest import split_key
 
 
 ORT_CACHE_FOLDER = "ort-optimized"  # under the user cache folder (engine.derived_cache.cache_root)
@@ -35,21 +36,24 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
     with the engine's shape profile; derived caches are keyed by the manifest's digests (nothing is written into
     `root`). An 8-bit (Q/DQ) graph gets the TensorRT EP's int8 switch (no calibration table: the scales are in it).
     `shared`: the pipeline's shared state (ORT sessions share nothing)."""
-    from monkey_trt.engine.precision import check_ort_precision
+    from monkey_trt.engine.precision import check_ort_precision, quant_base
 
     providers = spec.providers or (default_provider(),)
     if spec.cuda_graph and providers[0] == "cpu":  # the default on a machine without CUDA: refused, not ignored
         raise MonkeyError("--cuda-graph needs a GPU execution provider first (--providers cuda or tensorrt); this "
                           "machine's onnxruntime has no CUDA, so ORT would run on the CPU: drop --cuda-graph")
     check_ort_precision(spec.precision, providers)
+    base = quant_base(providers)  # 8-bit: the GPU providers run the fp16-based graph, the CPU the fp32-based one
     runners = {}
     for name in networks:
-        path = manifest.path(root, name, spec.precision)  # EngineDirError (one line) if not exported
+        path = manifest.path(root, name, spec.precision, base)  # EngineDirError (one line) if not exported
         entry = manifest.networks[name]
-        graph_precision = manifest.run_precision(name, spec.precision)
-        _, sha256, _ = entry.files(graph_precision)
+        key = manifest.run_precision(name, spec.precision, base)
+        graph_precision = split_key(key)[0]
+        _, sha256, _ = entry.files(key)
         runners[name] = OrtRunner(
-            path, providers=providers, name=name, fp16=spec.fp16, tf32=spec.tf32, precision=graph_precision,
+            # a GPU-shaped 8-bit graph computes in fp16 around its Q/DQ: the TensorRT EP needs fp16 kernels for it
+            path, providers=providers, name=name, fp16=spec.fp16 or key != graph_precision, tf32=spec.tf32, precision=graph_precision,
             trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
             cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
             optimized_model_cache=ort_cache_folder(spec.ort_cache, providers), source_digest=files_digest(sha256),

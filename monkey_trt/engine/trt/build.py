@@ -26,6 +26,8 @@ from monkey_trt.enginedir.plans import (
     TIMING_CACHE,
     BuildConfig,
     build_record,
+    check_gpu_graphs,
+    gpu_graph_path,
     network_record,
     plan_folder,
     recorded_networks,
@@ -190,6 +192,7 @@ def build_engine_dir(
         raise MonkeyError(f"unknown network(s) {', '.join(unknown)} (the engine directory has {', '.join(manifest.networks)})")
     if cfg.precision not in manifest.precisions:
         raise EngineDirError(f"{engine_dir} has no {cfg.precision} ONNX: run `monkey-trt export --out {engine_dir} --precision {cfg.precision}`")
+    check_gpu_graphs(engine_dir, manifest, cfg.precision)  # 8-bit: the fp16-based (GPU-shaped) graphs, or one line
     out = plan_folder(engine_dir, manifest, cfg, trt.__version__, dev.name, dev.compute_capability)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -201,7 +204,7 @@ def build_engine_dir(
             say(net, f"up to date ({plan})")
             continue
         say(net, f"building ({cfg.precision})")
-        onnx_path = manifest.path(engine_dir, net, cfg.precision)
+        onnx_path = gpu_graph_path(engine_dir, manifest, net, cfg.precision)
         info = build_engine(onnx_path, plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
         built[net] = network_record(plan, onnx_path, info.seconds)
         say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
