@@ -86,3 +86,10 @@ def test_no_paragraph_is_said_twice():
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", README) if len(p.strip()) > 80 and not p.strip().startswith("```")]
     twice = sorted({p[:80] for p in paragraphs if paragraphs.count(p) > 1})
     assert twice == [], twice
+
+
+def test_first_paragraph_says_what_has_run_where():
+    """Before: only "Measured numbers", far below, admitted that TensorRT had never run on a GPU."""
+    first = README.split("\n\n")[1]  # the paragraph after the title
+    assert first.startswith("**MONKEY") and "**What has run where:**" in first
+    assert "tested on fakes" in first and "never yet run on a GPU" in first and "TensorRT" in first
