@@ -172,7 +172,8 @@ def bench(
 
     settings(64, 64)  # every backend's spec checked before any work
     with quiet_libraries():
-        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings)
+        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings,
+                  warn=warn)
 
 
 def serve(
