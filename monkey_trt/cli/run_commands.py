@@ -244,7 +244,9 @@ def serve(
 def eval_(
     subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names"),
     out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
-    prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
+    prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a UTF-8 text file: one prompt per line, "
+                                "appended to the subject ('on the beach' -> 'a dog on the beach') or with {subject} where it goes; "
+                                "blank and # lines skipped (docs/eval.md)"),
     protocol: str = typer.Option("paper", help="paper | authors (what the authors' code ran; docs/eval.md)"),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="'{a_word} {prompt}' (paper) | '{word} {prompt}' (authors)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of monkey, monkey-all-steps, ipadapter@SCALE [default: the protocol's]"),
