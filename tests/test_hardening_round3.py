@@ -250,3 +250,25 @@ def test_ctrl_c_stops_serve_with_exit_130(engine_dir, ignore_sigint):
     _out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted (Ctrl-C)"
+
+
+# -- the newcomer's path: real weights offline ------------------------------------------------------------------
+@pytest.mark.parametrize("missing", ["base", "ip_adapter"])
+def test_weights_not_in_the_cache_are_one_line_before_torch_loads(missing, tiny_model_dir, tmp_path):
+    """Before: 7 s of importing torch and diffusers, then a line naming neither the option nor how to download."""
+    base = "SimianLuo/LCM_Dreamshaper_v7" if missing == "base" else str(tiny_model_dir / "base")
+    script = textwrap.dedent(f"""
+        import sys
+        from monkey_trt.cli import main
+        code = main(["generate", "--image", {str(tiny_model_dir / 'subject.png')!r}, "--prompt", "x", "--out", {str(tmp_path / 'out')!r},
+                     "--base", {base!r}, "--ip-adapter", "h94/IP-Adapter"])
+        print(code, "torch" in sys.modules)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.stdout.split()[-2:] == ["2", "False"], (r.stdout, r.stderr)  # exit 2, torch never imported
+    err = r.stderr.strip().splitlines()[-1]
+    flag, name = ("--base", "SimianLuo/LCM_Dreamshaper_v7") if missing == "base" else ("--ip-adapter", "h94/IP-Adapter")
+    assert err.startswith(f"error: {flag} {name} is not in the Hugging Face cache and the hub cannot be used (HF_HUB_OFFLINE is set)")
+    assert f"pass a local folder with {flag}" in err and f"`hf download {name}" in err
+    assert not (tmp_path / "out").exists()
