@@ -243,13 +243,31 @@ def test_ctrl_c_stops_serve_with_exit_130(engine_dir, ignore_sigint):
     for line in p.stdout:
         if line.startswith("monkey-trt serve: http://"):
             url = line.split()[2]
+            _wait_ready(url)
             with urllib.request.urlopen(url + "/healthz", timeout=30) as r:
                 assert r.status == 200
             p.send_signal(signal.SIGINT)
             break
-    _out, err = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted (Ctrl-C)"
+    # the newcomer's path: a ready line and one access line per request at the default log level (before: neither)
+    assert "monkey_trt.serve: ready: no warm-up (--no-warmup) (/readyz answers 200)" in err
+    assert '"GET /healthz HTTP/1.1" 200' in out, out
+
+
+def _wait_ready(url: str) -> None:
+    """Until GET /readyz answers 200 (each try waits for the answer: no sleep decides anything)."""
+    import urllib.error
+
+    for _ in range(1000):
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=30) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as e:  # 503 until warm
+            assert e.code == 503
+    raise AssertionError("never ready")
 
 
 # -- the newcomer's path: real weights offline ------------------------------------------------------------------

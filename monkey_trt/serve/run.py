@@ -49,7 +49,7 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
         app = create_app(service)
         server = uvicorn.Server(uvicorn_config(
             app, limits, log_level=log_level, timeout_graceful_shutdown=int(config.timeout_s) + 5,
-            access_log=log_level == "debug",
+            access_log=log_level in ("info", "debug", "trace"),  # one line per request at the default level (rate-limited)
         ))
         install_log_rate_limit(RateLimitFilter())  # after uvicorn.Config: it (re)configures the logging
         bound_host, bound_port = sock.getsockname()[:2]
