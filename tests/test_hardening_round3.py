@@ -293,3 +293,27 @@ def test_weights_not_in_the_cache_are_one_line_before_torch_loads(missing, tiny_
     assert err.startswith(f"error: {flag} {name} is not in the Hugging Face cache and the hub cannot be used (HF_HUB_OFFLINE is set)")
     assert f"pass a local folder with {flag}" in err and f"`hf download {name}" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_ctrl_c_stops_eval_and_bench_with_exit_130(command, engine_dir, tiny_model_dir, judges, tmp_path):
+    """A real SIGINT once the command says it is working (export and generate: tests/test_writers_and_signals.py)."""
+    if command == "eval":
+        subjects = tmp_path / "subjects"
+        subjects.mkdir()
+        shutil.copy(tiny_model_dir / "subject.png", subjects / "toy.png")
+        args = ["eval", "--subjects", str(subjects), "--out", str(tmp_path / "out"), "--clip", str(judges[0]),
+                "--dino", str(judges[1]), "--engine-dir", str(engine_dir)]
+        marker = "images ("  # `eval: 1/40 images (...)`: generating
+    else:
+        args = ["bench", "--engine-dir", str(engine_dir), "--backends", "ort", "--runs", "50", "--json", str(tmp_path / "b.json")]
+        marker = "bench: ort fp32: run 1/50"
+    p = _cli(*args)
+    for line in p.stdout:
+        if marker in line:
+            p.send_signal(signal.SIGINT)
+            break
+    _out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted (Ctrl-C)"
+    assert not (tmp_path / "b.json").exists()
