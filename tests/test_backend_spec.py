@@ -131,9 +131,29 @@ def test_backend_options_have_the_same_help_everywhere(name):
     # export and build configure engines, not a backend (build's hidden --fp16 is the old flag); eval's --precision
     # is a list of precisions to compare, doctor's the plans whose memory it reads
     shared = {c: v for c, v in where.items() if c not in ("export", "build", "doctor") and not (name == "precision" and c == "eval")}
-    assert shared and all(v == (o.help, o.default) for v in shared.values()), shared
+    assert shared and all(v == (o.help_for(c), o.default) for c, v in shared.items()), shared
     expected = {"generate", "bench", "serve"} - ({"serve"} if name in ("device", "dtype") else set())
     assert expected <= set(shared)
+
+
+@pytest.mark.parametrize("name", sorted(CLI_OPTIONS))
+def test_backend_option_help_names_only_the_commands_backends(name):
+    """Before: `serve --help` offered --cuda-graph/--tf32/--threads for torch, `generate`/`eval --help` --device
+    for published: backends those commands do not have."""
+    from monkey_trt.runtime.backend import BACKEND_TABLE, backend_names
+
+    o = BACKEND_OPTIONS[name]
+    for cmd_name, cmd in _commands().items():
+        face = "eval" if cmd_name == "eval" else cmd_name
+        if cmd_name in ("export", "build", "doctor", "tiny-model"):
+            continue
+        for p in cmd.params:
+            if o.flag in getattr(p, "opts", ()):
+                help_text = p.help.replace("ORT", "ort").replace("OpenVINO", "openvino")
+                for b in BACKEND_TABLE:
+                    named = re.search(rf"(^|[^\w-]){b}([^\w-]|$)", help_text.split(";")[0]) is not None
+                    if named:
+                        assert b in backend_names(face), (cmd_name, b, p.help)
 
 
 def test_faces_expose_the_backend_options():
@@ -198,7 +218,7 @@ def test_bench_passes_backend_options_through_to_each_spec(monkeypatch, capsys):
     import monkey_trt.bench.cli as bench_cli
 
     seen = {}
-    monkeypatch.setattr(bench_cli, "run_bench", lambda *a: seen.setdefault("settings", a[-1]))
+    monkeypatch.setattr(bench_cli, "run_bench", lambda *a, **k: seen.setdefault("settings", a[-1]))
     assert main(["bench", "--engine-dir", "E", "--backends", "torch,ort,trt", "--device", "cuda", "--cuda-graph",
                  "--providers", "tensorrt", "--fp16", "--precision", "fp16", "--verify", "size", "--threads", "1"]) == 0
     specs = {sp.backend: sp for sp in seen["settings"](64, 64).specs}

@@ -38,14 +38,22 @@ def test_bench_preset_tiny_one_run(tmp_path):
     assert main(argv[:-4] + ["--json", str(out)]) == 0  # our own earlier output may be replaced
 
 
-def test_bench_engine_dir_defaults_from_manifest(engine_dir, tmp_path):
-    """Model source and size come from the manifest (64x64 opt); --soak reports memory drift."""
+def test_bench_engine_dir_defaults_from_manifest(engine_dir, tmp_path, capsys):
+    """Model source and size come from the manifest (64x64 opt); --soak reports memory drift. Off a terminal
+    every step is a line (before: a minute of silence), the tables name each backend's precision and the JSON
+    says how busy the machine was."""
     out = tmp_path / "b.json"
     argv = ["bench", "--engine-dir", str(engine_dir), "--backends", "ort,torch", "--runs", "1", "--warmup", "0",
             "--soak", "2", "--workdir", str(tmp_path / "cache"), "--json", str(out)]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for line in ("bench: ort fp32: loading + first image ...", "bench: ort fp32: run 1/1 ...", "bench: torch fp32: soak 1/2 ..."):
+        assert line in printed.splitlines(), printed
+    assert [ln.split()[:2] for ln in printed.splitlines() if ln.strip().startswith(("ort ", "torch "))] == [["ort", "fp32"], ["torch", "fp32"]] * 2
     doc = json.loads(out.read_text())
     _check_report(doc, ["ort", "torch"])
+    load = doc["machine"]["load"]
+    assert len(load["load_average_before"]) == 3 and load["others_cores"] >= 0 and load["cpu_count"] >= 1
     assert doc["settings"]["height"] == 64 and doc["results"][0]["soak"]["generations"] == 2
     assert doc["results"][1]["image_max_abs_diff_vs_first"] <= 2e-3
     assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 4  # ORT's optimised graphs, cached atomically
@@ -147,3 +155,24 @@ def test_published_backend_prints_no_progress_bars(tiny_model_dir, capfd):
     captured = capfd.readouterr()
     for stream in (captured.out, captured.err):
         assert "it/s" not in stream and "%|" not in stream and "Loading" not in stream, stream[-500:]
+
+
+def test_busy_machine_is_measured_and_warned_about(monkeypatch):
+    """Others' CPU time = the machine's busy time less bench's own, over the wall time (here: made-up /proc figures)."""
+    import monkey_trt.bench.machine_load as ml
+
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    ticks = iter([(0, 0), (3 * hz, 4 * hz)])  # 3 s of busy CPU time in all ...
+    own = iter([10.0, 11.0])  # ... of which 1 s was bench's own
+    clock = iter([100.0, 102.0])  # over 2 s of wall time: others used 1 core
+    monkeypatch.setattr(ml, "_cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(ml, "_own_seconds", lambda: next(own))
+    monkeypatch.setattr(ml.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(ml.os, "getloadavg", lambda: (0.1, 0.2, 0.3))
+    w = ml.LoadWatch.start().stop()
+    assert w.others_cores == 1.0 and w.to_json()["load_average_before"] == [0.1, 0.2, 0.3]
+    assert "other processes used 1.00 of" in w.busy_warning()
+    w.others_cores = 0.0
+    assert w.busy_warning() is None
+    w.before = (40.0, 1.0, 1.0)
+    assert "the load average was 40.00 when it started" in w.busy_warning()

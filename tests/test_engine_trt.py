@@ -589,7 +589,7 @@ def test_fake_engine_rejects_out_of_profile_and_bad_feeds(fakes, fake_plan):
 def test_fake_damaged_or_missing_plan(fakes, tmp_path):
     bad = tmp_path / "unet.plan"
     bad.write_bytes(b"\0" * 64)
-    with pytest.raises(EngineDirError, match=r"monkey-trt build --force") as ei:
+    with pytest.raises(EngineDirError, match=rf"run `monkey-trt build --engine-dir {tmp_path} --precision fp32 --force`") as ei:
         TrtEngine(bad).load()
     assert "\n" not in str(ei.value) and "Fake GPU" in str(ei.value)
     with pytest.raises(EngineDirError, match="missing"):
@@ -630,7 +630,8 @@ def _networks_manifest(tmp_path, precisions=("fp32", "fp16")):
     tiny = _tiny_manifest(tmp_path)
     entry = tiny.networks["tiny"]
     nets = {n: entry for n in NETWORKS}
-    return SimpleNamespace(networks=nets, dims=ModelDims(), profile=TINY_PROFILE, precisions=precisions, path=tiny.path)
+    return SimpleNamespace(networks=nets, dims=ModelDims(), profile=TINY_PROFILE, precisions=precisions, path=tiny.path,
+                           export_command=lambda root, p: f"monkey-trt export --out {root} --base tiny --precision {p}")
 
 
 def test_fake_plan_selection_by_full_key(fakes, tmp_path, monkeypatch):

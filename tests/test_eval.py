@@ -473,7 +473,7 @@ def test_cli_end_to_end_on_the_tiny_model(tiny_model_dir, judges, tmp_path, caps
                      "--threads", "1", prompts=prompts)
     assert main(argv) == 0, capsys.readouterr().err
     stdout = capsys.readouterr().out
-    assert "4 rows: 4 generated" in stdout and "0.318/0.529/0.743" in stdout
+    assert "4 rows: 4 generated" in stdout and "0.318/0.743/0.529" in stdout  # the paper's MONKEY row, in the run's order T/I/D
     rows = _csv_rows(out / "rows.csv")
     assert [(r["method"], r["prompt"]) for r in rows] == [
         ("monkey", "a toy on the beach"), ("ipadapter@1.0", "a toy on the beach"),
@@ -507,3 +507,37 @@ def test_cli_ort_fp32_and_fp16_on_the_tiny_engine(engine_dir, tiny_model_dir, ju
     assert len(rows) == 4 and all(float(r["psnr_vs_fp32"]) > 30 and float(r["mask_iou_vs_fp32"]) >= 0.9 for r in rows)
     code = main(_cli_args(subj, tmp_path / "o2", judges, "--engine-dir", str(engine_dir), "--precision", "int8", prompts=prompts))
     assert code == 2 and f"monkey-trt export --precision fp32,int8 --out {engine_dir}" in capsys.readouterr().err
+
+
+def test_summary_tables_fit_100_columns_with_the_papers_numbers_in_the_runs_order():
+    """Before: one 11-column table printed 180 wide, the paper's numbers T/D/I beside the run's CLIP-T, CLIP-I, DINO."""
+    from rich.console import Console
+
+    from monkey_trt.eval.metrics import Stat
+    from monkey_trt.eval.report import METRICS, TABLE_WIDTH, SummaryRow, summary_tables
+
+    wide = Stat(n=1000, mean=-0.999, lo=-1.0, hi=-0.998, min=-1.0)
+    rows = [SummaryRow("monkey-all-steps", "fp32", 10000, {k: wide for k in METRICS}),
+            SummaryRow("monkey-all-steps", "int8", 10000, {k: wide for k in METRICS}, iou=wide, psnr=Stat(n=9, mean=35.25, lo=30.0, hi=40.0, min=12.5),
+                       deltas={k: wide for k in METRICS}, verdict="equivalent"),
+            SummaryRow("ipadapter@0.6", "fp16", 3, {k: wide for k in METRICS})]
+    console = Console(width=300, record=True, file=open("/dev/null", "w"))  # wide: the tables must be narrow on their own
+    for t in summary_tables(rows, "paper protocol, openvino 512x512: 100 subject(s) x 20 prompt(s) x 3 seed(s)"):
+        console.print(t)
+    text = console.export_text()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= TABLE_WIDTH, text
+    assert "paper T/I/D" in text and "0.318/0.743/0.529" in text  # MONKEY (all steps) in Table 1: T .318, I .743, D .529
+    assert "35.2 (12.5)" in text and "equivalent" in text and "Δ CLIP-T/CLIP-I/DINO" in text
+
+
+def test_prompt_file_format_is_in_the_help_and_the_docs(capsys):
+    """Before: `--help` said "a text file, one per line"; neither it nor docs/eval.md said how a line becomes a prompt."""
+    assert main(["eval", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one prompt per line" in text and "{subject}" in text and "# lines skipped" in text
+    doc = (ROOT / "docs" / "eval.md").read_text()
+    assert "The prompt file (`--prompts FILE`)" in doc and "a photo of {subject} at night" in doc
+    from monkey_trt.eval.prompts import build_prompt
+
+    assert build_prompt("dog", "a photo of {subject} at night") == "a photo of a dog at night"  # as the docs say
+    assert build_prompt("dog", "on the beach", "{word} {prompt}") == "dog on the beach"

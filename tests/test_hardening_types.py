@@ -139,9 +139,22 @@ def test_http_form_numbers_are_ascii(client, tiny_model_dir, fields, needle):
     assert r.status_code == 400 and needle in r.json()["error"], r.text
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("steps_final", "4", "'steps_final' must be an integer (a JSON number, not text)"), ("seed", "7", "'seed' must be an integer"),
+    ("seed", 7.0, "'seed' must be an integer"), ("threshold", "0.5", "'threshold' must be a number (a JSON number, not text)"),
+    ("height", "64", "'height' must be an integer"), ("baseline_scale", "1", "'baseline_scale' must be a number"),
+])
+def test_http_json_numbers_are_json_numbers(client, b64, field, value, needle):
+    """The JSON body's schema says integer/number: text there is refused (a form's fields are text by nature)."""
+    r = client.post("/v1/generate", content=json.dumps({"prompt": "x", "image": b64, field: value}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
 def test_http_plain_numbers_still_parse(client, b64):
-    """The strict parser still takes what is valid: numbers as JSON numbers or ASCII text, lists of one type."""
-    body = {"prompt": "x", "image": b64, "seed": "7", "threshold": "5e-1", "baseline": True, **{k: list(v) if isinstance(v, tuple) else v for k, v in ONE.items()}}
+    """The strict parser still takes what is valid: numbers as JSON numbers, lists of one type (or the documented "1,2")."""
+    body = {"prompt": "x", "image": b64, "seed": 7, "threshold": 5e-1, "baseline": True, **{k: list(v) if isinstance(v, tuple) else v for k, v in ONE.items()}}
+    body["mask_steps"] = ",".join(map(str, body["mask_steps"]))
     r = client.post("/v1/generate", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     assert r.json()["seed"] == 7 and r.json()["config"]["threshold"] == 0.5 and r.json()["baseline_scale"] == 1.0

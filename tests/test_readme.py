@@ -57,3 +57,39 @@ def test_service_example_waits_for_readyz_before_calling():
     serving = README.split("## Serving over HTTP", 1)[1]
     wait = serving.index("until curl -sf http://127.0.0.1:8000/readyz")
     assert wait < serving.index("/v1/generate \\") and wait < serving.index("-o monkey.png")
+
+
+def test_paths_the_docs_name_exist():
+    """A path into the repository named in the README or docs/ (`engine/trt/api_names.py`, `tests/x.py`) is there:
+    before, the README named `engine/trt.py` and `engine/trt_api.py`, gone since the split into engine/trt/."""
+    packages = {p.name for p in (ROOT / "monkey_trt").iterdir() if p.is_dir() and not p.name.startswith("_")}
+    top = {"monkey_trt", "tests", "docs", "benchmarks", "examples", ".ci"}
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in re.findall(r"`([\w.-]+/[\w./-]*\.(?:py|md|json|sh|html))`", doc.read_text()):
+            head = path.split("/", 1)[0]
+            if head in top and not (ROOT / path).exists() or head in packages and not (ROOT / "monkey_trt" / path).exists():
+                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+    assert missing == [], missing
+
+
+def test_quickstart_lines_run_as_pasted():
+    """No placeholder a shell reads as a redirection: `git clone <this repository>` ran `git clone` with its
+    input from a file named `this` (bash: No such file or directory)."""
+    block = README.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    for line in block.strip().splitlines():
+        command = line.split("  #", 1)[0]
+        assert not re.search(r"(^|\s)[<>]", command), line
+
+
+def test_no_paragraph_is_said_twice():
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", README) if len(p.strip()) > 80 and not p.strip().startswith("```")]
+    twice = sorted({p[:80] for p in paragraphs if paragraphs.count(p) > 1})
+    assert twice == [], twice
+
+
+def test_first_paragraph_says_what_has_run_where():
+    """Before: only "Measured numbers", far below, admitted that TensorRT had never run on a GPU."""
+    first = README.split("\n\n")[1]  # the paragraph after the title
+    assert first.startswith("**MONKEY") and "**What has run where:**" in first
+    assert "tested on fakes" in first and "never yet run on a GPU" in first and "TensorRT" in first

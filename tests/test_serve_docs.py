@@ -101,3 +101,21 @@ def test_error_answers_match_the_error_schema(client, openapi):
     r = client.get("/readyz")
     assert r.status_code == 503
     jsonschema.validate(r.json(), openapi["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]["schema"])
+
+
+def test_integer_ranges_are_integers(client, openapi):
+    """Before: FastAPI's OpenAPI model turned every bound into a float: `height` showed `≥ 64.0`, the seed's
+    maximum `9.223372036854776e+18` (not even the right number)."""
+    from monkey_trt.serve.schema import request_body_schema
+
+    for path in ("/v1/generate", "/v1/generate/stream"):
+        body = openapi["paths"][path]["post"]["requestBody"]
+        assert body == request_body_schema()  # exactly as written
+        for c in body["content"].values():
+            for name, s in c["schema"]["properties"].items():
+                if s.get("type") == "integer":
+                    for bound in ("minimum", "maximum", "exclusiveMaximum", "default"):
+                        assert type(s.get(bound, 0)) is int, (path, name, bound, s[bound])
+    assert openapi["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["seed"]["maximum"] == 2**63 - 1
+    page = client.get("/docs").text
+    assert "&ge; 64," in page and "&le; 2048<" in page and "&le; 9223372036854775807" in page and "64.0" not in page

@@ -46,10 +46,12 @@ def _bar_note(r: BackendResult) -> str:
     return ", ".join(parts)
 
 
-def render_chart(results: list[BackendResult], title: str) -> Image.Image:
-    """One horizontal stacked bar per backend (p50 seconds per stage), axis ticks, ratios, a legend."""
+def render_chart(results: list[BackendResult], title: str, labels: list[str] | None = None) -> Image.Image:
+    """One horizontal stacked bar per backend (p50 seconds per stage), axis ticks, ratios, a legend; `labels`:
+    the bars' names (default: the backends')."""
     font, small = _font(16), _font(13)
-    row, left, right, top = 44, 120, 330, 60
+    labels = labels or [r.backend for r in results]
+    row, left, right, top = 44, 150, 330, 60
     width = 1200
     legend_h = 70
     height = top + row * len(results) + 40 + legend_h
@@ -68,7 +70,7 @@ def render_chart(results: list[BackendResult], title: str) -> Image.Image:
         d.text((x - d.textlength(label, font=small) / 2, axis_y + 8), label, fill="black", font=small)
     for i, r in enumerate(results):
         y = top + i * row
-        d.text((12, y + 10), r.backend, fill="black", font=font)
+        d.text((12, y + 10), labels[i], fill="black", font=font)
         x = float(left)
         for stage, sec in stage_groups(r).items():
             w = sec * scale
@@ -89,11 +91,11 @@ def render_chart(results: list[BackendResult], title: str) -> Image.Image:
     return img
 
 
-def write_chart(path: Path, results: list[BackendResult], title: str) -> Path:
+def write_chart(path: Path, results: list[BackendResult], title: str, labels: list[str] | None = None) -> Path:
     from PIL.PngImagePlugin import PngInfo
 
     meta = PngInfo()
     meta.add_text("Software", PNG_TAG)
     buf = io.BytesIO()
-    render_chart(results, title).save(buf, format="PNG", pnginfo=meta)
+    render_chart(results, title, labels).save(buf, format="PNG", pnginfo=meta)
     return write_bytes_atomic(path, buf.getvalue())

@@ -116,7 +116,10 @@ def _cold(name: str, src: dict, s: BenchSettings, request: Request) -> Callable[
 
 
 def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot,
-              console: Console, settings: Callable[[int, int], BenchSettings]) -> list[BackendResult]:
+              console: Console, settings: Callable[[int, int], BenchSettings],
+              warn: Callable[[str], None] = lambda msg: None) -> list[BackendResult]:
+    from monkey_trt.bench.machine_load import LoadWatch
+    from monkey_trt.commands.progress import status
     from monkey_trt.runtime.images import load_subject
 
     settings(64, 64)  # validate every setting (backends, runs, dtype, precision, threads) before any work
@@ -129,12 +132,15 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
     subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
     results, outputs = [], []
-    with console.status("bench") as status:
+    watch = LoadWatch.start()
+    with status(console, "bench") as update:  # off a terminal: one line per step (a minute is never silent)
         for name in s.backends:
-            r, out = bench_backend(name, _loader(name, src, s), request, subject, s, status=status.update,
+            r, out = bench_backend(name, _loader(name, src, s), request, subject, s,
+                                   status=lambda msg, name=name: update(f"bench: {msg.replace(name, label(name, s), 1)}"),
                                    fresh=_cold(name, src, s, request))
             results.append(r)
             outputs.append(out)
+    watch.stop()
     compare_to_first(results, outputs)
     table_console = Console(width=TABLE_WIDTH)  # not the pipe's 80 columns: backend names stay whole in logs
     for t in results_tables(results, s):
@@ -142,6 +148,10 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     for line in memory_lines(results):  # trt: TensorRT's own memory numbers
         print(line, flush=True)
     doc = report(s, results, src)
+    doc["machine"]["load"] = watch.to_json()
+    busy = watch.busy_warning()
+    if busy:
+        warn(busy)
     if json_out is not None:
         from monkey_trt.core.atomic import write_json_atomic
 
@@ -149,8 +159,14 @@ def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width,
     if plot is not None:
         from monkey_trt.bench.chart import write_chart
 
-        write_chart(plot, results, f"MONKEY {s.width}x{s.height}, p50 per stage ({doc['machine']['gpu'] or doc['machine']['cpu']})")
+        write_chart(plot, results, f"MONKEY {s.width}x{s.height}, p50 per stage ({doc['machine']['gpu'] or doc['machine']['cpu']})",
+                    labels=[label(r.backend, s) for r in results])
     return results
+
+
+def label(backend: str, s: BenchSettings) -> str:
+    """A backend as the tables and the chart name it: with the precision it ran (`ort fp16`, `torch fp32`)."""
+    return f"{backend} {s.spec(backend).precision}"
 
 
 TABLE_WIDTH = 100  # the tables fit a 100-column terminal (and a log)
@@ -167,7 +183,7 @@ def results_tables(results: list[BackendResult], s: BenchSettings) -> list[Table
     for r in results:
         e = r.end_to_end_s
         e2e.add_row(
-            r.backend, f"{e.p50:.3f}", f"{e.min:.2f}/{e.p90:.2f}", f"{r.images_per_s:.2f}",
+            label(r.backend, s), f"{e.p50:.3f}", f"{e.min:.2f}/{e.p90:.2f}", f"{r.images_per_s:.2f}",
             "-" if r.ratio_to_published is None else f"{r.ratio_to_published:.2f}x", f"{r.two_pass_overhead:.2f}x",
             cold_text(r), f"{r.peak_rss_mib:.0f}",
             "-" if r.mask_equals_first is None else ("yes" if r.mask_equals_first else "NO"),
@@ -179,7 +195,7 @@ def results_tables(results: list[BackendResult], s: BenchSettings) -> list[Table
         stages.add_column(short.get(g, g), justify="right")
     for r in results:
         g = stage_groups(r)
-        stages.add_row(r.backend, *(f"{g[k]:.4f}" if k in ("mask", "LCM scheduler") else f"{g[k]:.3f}" for k in STAGE_GROUPS))
+        stages.add_row(label(r.backend, s), *(f"{g[k]:.4f}" if k in ("mask", "LCM scheduler") else f"{g[k]:.3f}" for k in STAGE_GROUPS))
     return [e2e, stages]
 
 

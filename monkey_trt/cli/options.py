@@ -73,11 +73,11 @@ def config_from_options(values: dict[str, Any]) -> MonkeyConfig:
     return MonkeyConfig(**{name: int_list(v, k[name].flag, k[name].item) if k[name].kind is tuple else v for name, v in values.items()})
 
 
-def backend_option(name: str, default: Any = KNOB_DEFAULT) -> Any:
-    """typer.Option of a backend option (runtime.backend.BACKEND_OPTIONS): the same flag, help and default on
-    every command that has it."""
+def backend_option(name: str, face: str, default: Any = KNOB_DEFAULT) -> Any:
+    """typer.Option of a backend option (runtime.backend.BACKEND_OPTIONS): the same flag and default on every
+    command that has it; the help names the backends that command (`face`) offers."""
     o = BACKEND_OPTIONS[name]
-    return typer.Option(o.default if default is KNOB_DEFAULT else default, *o.flags, help=o.help)
+    return typer.Option(o.default if default is KNOB_DEFAULT else default, *o.flags, help=o.help_for(face))
 
 
 @contextlib.contextmanager

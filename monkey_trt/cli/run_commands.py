@@ -29,17 +29,17 @@ def generate(
     ip_weight: str = typer.Option(DEFAULT_IP_WEIGHT, "--ip-weight", help="Weight file under models/ (.safetensors or .bin)"),
     backend: Optional[str] = typer.Option(None, help=f"{backend_choices('generate', notes=True)} [default: ort with --engine-dir, else torch]"),
     engine_dir: Optional[Path] = typer.Option(None, "--engine-dir", help=f"Engine directory ({engine_dir_backends('generate')} backends); also the default size and models"),
-    verify: str = backend_option("verify"),
-    device: str = backend_option("device"),
-    providers: str = backend_option("providers"),
-    fp16: bool = backend_option("fp16"),
-    tf32: bool = backend_option("tf32"),
-    cuda_graph: bool = backend_option("cuda_graph"),
-    precision: str = backend_option("precision"),
-    threads: int = backend_option("threads"),
-    dtype: str = backend_option("dtype"),
-    batch_passes: Optional[bool] = backend_option("batch_passes"),
-    ort_cache: Optional[bool] = backend_option("ort_cache"),
+    verify: str = backend_option("verify", "generate"),
+    device: str = backend_option("device", "generate"),
+    providers: str = backend_option("providers", "generate"),
+    fp16: bool = backend_option("fp16", "generate"),
+    tf32: bool = backend_option("tf32", "generate"),
+    cuda_graph: bool = backend_option("cuda_graph", "generate"),
+    precision: str = backend_option("precision", "generate"),
+    threads: int = backend_option("threads", "generate"),
+    dtype: str = backend_option("dtype", "generate"),
+    batch_passes: Optional[bool] = backend_option("batch_passes", "generate"),
+    ort_cache: Optional[bool] = backend_option("ort_cache", "generate"),
     seed: Optional[int] = knob_option(REQUEST["seed"], None, f" [default: {REQUEST['seed'].default}; not with --noise]"),
     height: Optional[int] = knob_option(REQUEST["height"], None, OR_ENGINE_SIZE.format(REQUEST["height"].default)),
     width: Optional[int] = knob_option(REQUEST["width"], None, OR_ENGINE_SIZE.format(REQUEST["width"].default)),
@@ -91,7 +91,7 @@ def demo(
     size: int = typer.Option(128, "--size", help="Image side (the tiny model is fast at 64..256)"),
     seed: int = typer.Option(0, "--seed", help="Seed (diffusers LCM semantics)"),
     backend: str = typer.Option("ort", help="ort (exported once, cached) | torch (the reference) | openvino (OpenVINO CPU, the same engine)"),
-    threads: int = backend_option("threads"),
+    threads: int = backend_option("threads", "demo"),
 ):
     """The main job end to end on the embedded tiny model, offline: export once (cached), run on ORT."""
     from monkey_trt.core.output_folders import check_target
@@ -139,21 +139,21 @@ def bench(
     runs: int = typer.Option(3, help="Timed runs per backend (and as many plain IP-Adapter runs)"),
     warmup: int = typer.Option(1, help="Untimed runs after the first image"),
     soak: int = typer.Option(0, "--soak", help="N more generations per backend: host/GPU memory drift"),
-    device: str = backend_option("device"),
-    dtype: str = backend_option("dtype"),
-    cuda_graph: bool = backend_option("cuda_graph"),
-    ort_cache: Optional[bool] = backend_option("ort_cache"),
+    device: str = backend_option("device", "bench"),
+    dtype: str = backend_option("dtype", "bench"),
+    cuda_graph: bool = backend_option("cuda_graph", "bench"),
+    ort_cache: Optional[bool] = backend_option("ort_cache", "bench"),
     cold: bool = typer.Option(True, "--cold/--no-cold", help="Also time open and first image apart in a fresh process per backend (after the runs)"),
-    batch_passes: Optional[bool] = backend_option("batch_passes"),
+    batch_passes: Optional[bool] = backend_option("batch_passes", "bench"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
     workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
-    precision: str = backend_option("precision"),
-    threads: int = backend_option("threads"),
-    providers: str = backend_option("providers"),
-    fp16: bool = backend_option("fp16"),
-    tf32: bool = backend_option("tf32"),
-    verify: str = backend_option("verify"),
+    precision: str = backend_option("precision", "bench"),
+    threads: int = backend_option("threads", "bench"),
+    providers: str = backend_option("providers", "bench"),
+    fp16: bool = backend_option("fp16", "bench"),
+    tf32: bool = backend_option("tf32", "bench"),
+    verify: str = backend_option("verify", "bench"),
 ):
     """Per backend: per-stage and end-to-end times, cold start, memory, ratio to `published`, two-pass overhead."""
     from monkey_trt.bench.cli import check_output_path, run_bench
@@ -175,14 +175,15 @@ def bench(
 
     settings(64, 64)  # every backend's spec checked before any work
     with quiet_libraries():
-        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings)
+        run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings,
+                  warn=warn)
 
 
 def serve(
     engine_dir: Path = typer.Option(..., "--engine-dir", help="Engine directory from `monkey-trt export`"),
     backend: str = typer.Option("ort", help=backend_choices("serve")),
-    providers: str = backend_option("providers"),
-    cuda_graph: bool = backend_option("cuda_graph"),
+    providers: str = backend_option("providers", "serve"),
+    cuda_graph: bool = backend_option("cuda_graph", "serve"),
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
     port: int = typer.Option(8000, help="Port (0: any free port, printed at start)"),
     max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting behind the running one; more get 429"),
@@ -199,13 +200,13 @@ def serve(
     min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="--ray: autoscale between --min-replicas and --max-replicas"),
     max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="--ray: autoscaling upper bound"),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: existing cluster (e.g. auto, ray://head:10001)"),
-    precision: str = backend_option("precision"),
-    verify: str = backend_option("verify"),
-    threads: int = backend_option("threads"),
-    fp16: bool = backend_option("fp16"),
-    tf32: bool = backend_option("tf32"),
-    batch_passes: Optional[bool] = backend_option("batch_passes"),
-    ort_cache: Optional[bool] = backend_option("ort_cache"),
+    precision: str = backend_option("precision", "serve"),
+    verify: str = backend_option("verify", "serve"),
+    threads: int = backend_option("threads", "serve"),
+    fp16: bool = backend_option("fp16", "serve"),
+    tf32: bool = backend_option("tf32", "serve"),
+    batch_passes: Optional[bool] = backend_option("batch_passes", "serve"),
+    ort_cache: Optional[bool] = backend_option("ort_cache", "serve"),
 ):
     """Serve MONKEY over HTTP: POST /v1/generate, /healthz, /readyz, /metrics, /docs."""
     from monkey_trt.core.extras import require_extra
@@ -247,7 +248,9 @@ def serve(
 def eval_(
     subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names"),
     out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
-    prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a text file, one per line"),
+    prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a UTF-8 text file: one prompt per line, "
+                                "appended to the subject ('on the beach' -> 'a dog on the beach') or with {subject} where it goes; "
+                                "blank and # lines skipped (docs/eval.md)"),
     protocol: str = typer.Option("paper", help="paper | authors (what the authors' code ran; docs/eval.md)"),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="'{a_word} {prompt}' (paper) | '{word} {prompt}' (authors)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of monkey, monkey-all-steps, ipadapter@SCALE [default: the protocol's]"),
@@ -262,10 +265,10 @@ def eval_(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds; one noise per (subject, prompt, seed) [default: 0; authors: 123]"),
     height: Optional[int] = typer.Option(None, help="Image height [default: the engine's opt size, else 512; authors: 256]"),
     width: Optional[int] = typer.Option(None, help="Image width [default: the engine's opt size, else 512; authors: 256]"),
-    device: str = backend_option("device"),
-    providers: str = backend_option("providers"),
-    threads: int = backend_option("threads"),
-    verify: str = backend_option("verify"),
+    device: str = backend_option("device", "eval"),
+    providers: str = backend_option("providers", "eval"),
+    threads: int = backend_option("threads", "eval"),
+    verify: str = backend_option("verify", "eval"),
     judge_device: str = typer.Option("auto", "--judge-device", help="Where the judges run: auto (cuda if present) | cpu | cuda"),
     judge_batch: int = typer.Option(32, "--judge-batch", help="Images scored per judge batch"),
 ):

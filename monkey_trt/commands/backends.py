@@ -33,6 +33,9 @@ def open_backend(spec: BackendSpec, engine_dir: Path | str | None = None, models
     from monkey_trt.core.extras import require_extra
 
     require_extra("export", f"the {spec.backend} backend")
+    from monkey_trt.reference.hub import check_models_available
+
+    check_models_available(models or ModelSource(), face="api" if face == "api" else "cli")  # before torch loads
     pipe = row.open_function()(spec, models or ModelSource())
     pipe.spec = spec
     return pipe

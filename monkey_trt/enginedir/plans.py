@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -36,7 +37,6 @@ TRT_SUBDIR = "trt"
 TIMING_CACHE = "timing.cache"
 BUILD_JSON = "build.json"
 BUILD_SCHEMA = "monkey-trt/trt-build"
-REBUILD_HINT = "run `monkey-trt build --force`"
 
 
 # -- build configuration and cache key ---------------------------------------------------
@@ -95,7 +95,7 @@ class BuildConfig:
 
     def build_command(self, engine_dir) -> str:
         """The `monkey-trt build` command line that makes plans for this config."""
-        parts = [f"monkey-trt build --engine-dir {engine_dir} --precision {self.precision}"]
+        parts = [f"monkey-trt build --engine-dir {shlex.quote(str(engine_dir))} --precision {self.precision}"]
         default = BuildConfig(self.profile)
         if self.static_shapes:
             parts.append("--static")
@@ -187,7 +187,7 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str, trt_v
     default = BuildConfig(profile=manifest.profile, precision=precision)
     command = default.build_command(root)
     if precision not in manifest.precisions:
-        raise EngineDirError(f"{root} has no {precision} ONNX: run `monkey-trt export --out {root} --precision {precision}` then `{command}`")
+        raise EngineDirError(f"{root} has no {precision} ONNX: run `{manifest.export_command(root, precision)}` then `{command}`")
     check_gpu_graphs(root, manifest, precision)
     digest = manifest_onnx_digest(manifest, precision=precision)
     folder = root / TRT_SUBDIR / cache_key(digest, default, trt_version, device_name, cc)
@@ -212,6 +212,20 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str, trt_v
                          f"(sm {cc}): run `{command}`")
 
 
+def rebuild_command(folder: Path) -> str:
+    """`monkey-trt build ... --force` that rebuilds the plans of `folder` (ENGINE_DIR/trt/<key>) as they were
+    built (its build.json), else the default build of the precision its key names."""
+    folder = Path(folder)
+    root = folder.parent.parent if folder.parent.name == TRT_SUBDIR else folder
+    try:
+        _inputs, cfg, _key = _recorded_build(folder / BUILD_JSON)
+        return f"{cfg.build_command(root)} --force"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, MonkeyError):
+        parts = folder.name.split("-")
+        precision = parts[1] if len(parts) > 2 and parts[0] == f"v{KEY_VERSION}" else "fp32"
+        return f"monkey-trt build --engine-dir {shlex.quote(str(root))} --precision {precision} --force"
+
+
 def _complete(folder: Path) -> bool:
     return (folder / BUILD_JSON).is_file() and all((folder / f"{n}.plan").is_file() for n in NETWORKS)
 
@@ -223,16 +237,17 @@ def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha
     try:
         recorded = json.loads((folder / BUILD_JSON).read_text())["networks"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise EngineDirError(f"{folder / BUILD_JSON} is unreadable: run `monkey-trt build --force`") from None
+        raise EngineDirError(f"{folder / BUILD_JSON} is unreadable: run `{rebuild_command(folder)}`") from None
     for n in networks:
         plan, entry = folder / f"{n}.plan", recorded.get(n) if isinstance(recorded, dict) else None
         if plan.is_symlink() or not plan.is_relative_to(engine_dir) or not inside(Path(engine_dir), str(plan.relative_to(engine_dir))):
             raise EngineDirError(f"{engine_dir}: TensorRT plan {plan} is not a plain file inside the engine directory")
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(digest, str) or not isinstance(entry.get("bytes"), int):
-            raise EngineDirError(f"{folder}: no digest recorded for {n}.plan: run `monkey-trt build --force`")
+            raise EngineDirError(f"{folder}: no digest recorded for {n}.plan: run `{rebuild_command(folder)}`")
         if plan.stat().st_size != entry["bytes"] or (verify != "size" and not sha256_matches(plan, digest, remember=verify == "sha256")):
-            raise EngineDirError(f"{folder}: {n}.plan fails its {'size' if verify == 'size' else 'sha256'} check (altered)")
+            raise EngineDirError(f"{folder}: {n}.plan fails its {"size" if verify == "size" else "sha256"} check (altered): "
+                                 f"run `{rebuild_command(folder)}`")
 
 
 # -- build.json: the record of one plan folder ----------------------------------------------

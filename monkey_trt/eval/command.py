@@ -79,7 +79,7 @@ def protocol_notes(o: EvalOptions, job: EvalJob) -> list[str]:
 def run_command(o: EvalOptions, console: Console, warn: Callable[[str], None]) -> EvalResult:
     """Check, run, print the summary table; a Ctrl-C says how to continue."""
     from monkey_trt.eval.progress import EtaProgress
-    from monkey_trt.eval.report import summary_table
+    from monkey_trt.eval.report import TABLE_WIDTH, summary_tables
 
     job = build_job(o)
     for note in protocol_notes(o, job):
@@ -99,7 +99,9 @@ def run_command(o: EvalOptions, console: Console, warn: Callable[[str], None]) -
     n_sub, n_prompt = len(plan.subjects), len(plan.subject_templates(0))
     title = (f"{job.protocol} protocol, {job.spec.backend} {job.width}x{job.height}: {n_sub} subject(s) x {n_prompt} prompt(s) x "
              f"{len(job.seeds)} seed(s); mean ±95% CI")
-    Console(width=max(Console().width, 180)).print(summary_table(result.summary, title))
+    table_console = Console(width=TABLE_WIDTH)  # not the pipe's 80 columns
+    for table in summary_tables(result.summary, title):
+        table_console.print(table)
     return result
 
 

@@ -55,10 +55,10 @@ def _f(x, digits=3) -> str:
 
 def _summary_html(summary) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("method", "precision", "n", "CLIP-T", "CLIP-I", "DINO", "IoU vs fp32",
-                                              "PSNR vs fp32", "verdict", "paper T / D / I"))
+                                              "PSNR vs fp32", "verdict", "paper T / I / D"))
     lines = [f"<table><tr>{head}</tr>"]
     for s in summary:
-        paper = "-" if s.paper is None else " / ".join(f"{s.paper[k]:.3f}" for k in ("clip_t", "dino", "clip_i"))
+        paper = "-" if s.paper is None else " / ".join(f"{s.paper[k]:.3f}" for k in ("clip_t", "clip_i", "dino"))  # the run's order
         cells = [s.method, s.precision, s.n] + [_f(s.stats[k].mean) for k in ("clip_t", "clip_i", "dino")]
         cells += [_f(s.iou.mean) if s.iou else "-", _f(s.psnr.mean, 1) if s.psnr else "-", s.verdict or "-", paper]
         lines.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")

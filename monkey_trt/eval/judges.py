@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from monkey_trt.core.errors import MonkeyError, first_line
+from monkey_trt.core.weight_files import damage
 from monkey_trt.runtime.images import clip_preprocess, to_rgb8
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -78,6 +79,9 @@ def resolve_judge(name: str, kind: str) -> JudgeSource:
     weights = next((folder / w for w in WEIGHT_FILES if (folder / w).is_file()), None)
     if weights is None:
         raise MonkeyError(f"{flag} {name}: no weights ({' or '.join(WEIGHT_FILES)}) in {folder}")
+    why = damage(weights)  # before any image is generated: a cut-short download is found now, not after the run
+    if why:
+        raise MonkeyError(f"{flag} {name}: {weights} is {why}: download it again")
     h = hashlib.sha256(config_path.read_bytes())
     h.update(file_digest(weights).encode())
     return JudgeSource(kind, name, folder, model_type, h.hexdigest()[:16])

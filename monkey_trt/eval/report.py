@@ -177,8 +177,13 @@ def write_reports(store: EvalStore, plan, rows: list[Row]) -> tuple[list[str], l
     return [SUMMARY_CSV, SUMMARY_JSON, PARETO_PNG, CONTACT_HTML], summary
 
 
-def summary_table(summary: list[SummaryRow], title: str):
-    """A rich Table: the numbers, the verdicts and the paper's beside them."""
+TABLE_WIDTH = 100  # the summary fits a 100-column terminal (and a log)
+
+
+def summary_tables(summary: list[SummaryRow], title: str) -> list:
+    """rich Tables of at most TABLE_WIDTH columns: the scores beside the paper's (in the run's own order,
+    CLIP-T/CLIP-I/DINO), then, when a precision was compared with fp32, the comparison and its verdict."""
+    from rich import box
     from rich.table import Table
 
     def ci(st: Stat | None) -> str:
@@ -186,15 +191,24 @@ def summary_table(summary: list[SummaryRow], title: str):
             return "-"
         return f"{st.mean:.3f}" if math.isnan(st.lo) else f"{st.mean:.3f} ±{st.half_width:.3f}"
 
-    t = Table(title=title)
-    for col in ("method", "precision", "n", "CLIP-T", "CLIP-I", "DINO", "IoU vs fp32", "PSNR vs fp32", "Δ vs fp32 (T/I/D)",
-                "verdict", "paper T/D/I"):
-        t.add_column(col, justify="left" if col in ("method", "precision", "verdict") else "right", no_wrap=True)
+    def table(heading: str, cols: tuple[str, ...]) -> Table:
+        t = Table(title=heading, box=box.SIMPLE_HEAD, title_justify="left", collapse_padding=True, pad_edge=False)
+        for col in cols:
+            t.add_column(col, justify="left" if col in ("method", "precision", "verdict") else "right", no_wrap=True)
+        return t
+
+    scores = table(title, ("method", "precision", "n", "CLIP-T", "CLIP-I", "DINO", "paper T/I/D"))
     for s in summary:
-        psnr = "-" if s.psnr is None else ("identical" if math.isinf(s.psnr.mean) else f"{s.psnr.mean:.1f} dB (min {s.psnr.min:.1f})")
+        paper = "-" if s.paper is None else "/".join(f"{s.paper[k]:.3f}" for k in METRICS)
+        scores.add_row(s.method, s.precision, str(s.n), *(ci(s.stats[k]) for k in METRICS), paper)
+    compared = [s for s in summary if s.iou is not None or s.psnr is not None or s.deltas is not None]
+    if not compared:
+        return [scores]
+    versus = table("against fp32, same noise (Δ: this precision - fp32, mean)",
+                   ("method", "precision", "IoU (min)", "PSNR dB (min)", "Δ CLIP-T/CLIP-I/DINO", "verdict"))
+    for s in compared:
+        psnr = "-" if s.psnr is None else ("identical" if math.isinf(s.psnr.mean) else f"{s.psnr.mean:.1f} ({s.psnr.min:.1f})")
         delta = "-" if s.deltas is None else "/".join(f"{s.deltas[k].mean:+.3f}" for k in METRICS)
-        paper = "-" if s.paper is None else "/".join(f"{s.paper[k]:.3f}" for k in ("clip_t", "dino", "clip_i"))
-        iou = "-" if s.iou is None else f"{s.iou.mean:.3f} (min {s.iou.min:.2f})"
-        t.add_row(s.method, s.precision, str(s.n), ci(s.stats["clip_t"]), ci(s.stats["clip_i"]), ci(s.stats["dino"]),
-                  iou, psnr, delta, s.verdict or "-", paper)
-    return t
+        iou = "-" if s.iou is None else f"{s.iou.mean:.3f} ({s.iou.min:.2f})"
+        versus.add_row(s.method, s.precision, iou, psnr, delta, s.verdict or "-")
+    return [scores, versus]

@@ -101,6 +101,7 @@ def read_images(folder: Path) -> tuple[CalibSubject, ...]:
         raise MonkeyError(f"--calib-images {d} cannot be read (permission denied)") from None
     images, others = [], []  # one pass (40k entries: a list membership test per entry was quadratic)
     for e in entries:
+        _check_name(d, e.name)  # recorded in manifest.json: refused now, not after minutes of calibration
         if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES:
             images.append(e)
         else:
@@ -120,6 +121,15 @@ def read_images(folder: Path) -> tuple[CalibSubject, ...]:
                 h.update(block)
         out.append(CalibSubject(e.name, h.hexdigest(), str(e.absolute())))
     return tuple(out)
+
+
+def _check_name(folder: Path, name: str) -> None:
+    """A file name that is not valid UTF-8 (os.listdir gives it with surrogate escapes) cannot be recorded."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise MonkeyError(f"--calib-images {folder}: the file name '{shown}' is not valid UTF-8: rename it") from None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from monkey_trt.core.disk import check_room, full_disk_is_an_error
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
 from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes, name_nodes
@@ -65,6 +66,7 @@ DEFAULT_KEEP = {"int8": ("map", "embedding", "io", "attention", "skip", "downsam
 QUANT_OPS = ("Conv", "MatMul", "Gemm")  # the weighted layers (+ attention's MatMuls unless kept)
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 LIBRARY = "onnxruntime.quantization"
+QUANT_ROOM = 2  # x the fp32 UNet: the quantizer's copy of it and its shape-inferred copy are on disk at once (a lower bound)
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         cwd = os.getcwd()
         try:
             os.chdir(tmp)  # ORT's calibrator keeps scratch files in the working folder on some versions
-            with _quiet_library(), _scratch_in(tmp):
+            with full_disk_is_an_error(tmp, f"quantizing the UNet to {settings.precision}", shown=Path(src).parent), \
+                    _quiet_library(), _scratch_in(tmp):
                 quantize_static(
                     str(work), str(dst), _Reader(data), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
                     per_channel=settings.per_channel, reduce_range=bool(settings.reduce_range), activation_type=atype,
@@ -324,6 +327,8 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
     if not todo:
         return manifest
     say = progress or (lambda msg, done, total: None)
+    unet = sum(sum(manifest.networks[n].sizes.values()) for n in QUANTIZED_NETWORKS)  # the fp32 graphs (+ data)
+    check_room(dst_dir, QUANT_ROOM * unet, "quantizing the UNet", shown=root)  # before minutes of calibration
     say("calibrating: recording MONKEY's UNet calls on the fp32 engine", 0, 1)
     data, reused = load_or_collect(Path(root), manifest, spec, progress=say, cache=cache)
     calib = {**spec.record(), "calls": len(data), "data_sha256": data.digest, "reused_cache": reused}

@@ -17,12 +17,10 @@ from monkey_trt.core.config import ModelSource
 from monkey_trt.core.errors import MonkeyError, first_line
 from monkey_trt.enginedir.networks import ModelDims
 from monkey_trt.reference.attention import IPContext, install_ip_processors
+from monkey_trt.reference.hub import hub_unreachable  # resolve_repo's probe (tests replace it here)
+from monkey_trt.reference.hub import looks_like_path as _looks_like_path
 
 BASE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-def _looks_like_path(s: str) -> bool:
-    return s.startswith((".", "/", "~")) or "\\" in s or Path(s).exists() or s.count("/") != 1
 
 
 def _pick_hub_files(files: list[str], prefixes: tuple[str, ...]) -> list[str]:
@@ -70,25 +68,6 @@ def resolve_repo(name: str, prefixes: tuple[str, ...], extra: tuple[tuple[str, .
             raise MonkeyError(
                 f"cannot get {name} from the Hugging Face hub ({type(online_error).__name__}) and it is not cached: pass a local folder"
             ) from None
-
-
-def hub_unreachable(timeout_s: float = 3.0) -> str | None:
-    """Why the hub cannot be used right now (offline mode, or no TCP connection to it within
-    `timeout_s`), or None. A quick probe, so no network fails in seconds, not after retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as e:
-        return f"cannot connect to {host}:{port}: {e.strerror or type(e).__name__}"
-    return None
 
 
 def resolve_base(base: str) -> Path:

@@ -112,8 +112,16 @@ class BackendOption:
     name: str  # the BackendSpec field (dtype: the model backends' precision)
     flags: tuple[str, ...]  # () for a spec field no command line sets (ort_cache, mask_pass)
     default: Any
-    help: str
+    help: str  # `{who}` stands for the backends it applies to, named by `who` (those the command offers)
     label: str = ""  # how a refusal names an option without a flag
+    who: tuple[tuple[str, str], ...] = ()  # (backend, how the help names it)
+    sep: str = "/"
+
+    def help_for(self, face: str | None = None) -> str:
+        """The help on a command (`face`): names only the backends that command offers."""
+        names = dict(self.who)
+        offered = [names[b] for b in backend_names(face) if b in names and b in self.applies]
+        return self.help.replace("{who}", self.sep.join(offered))
 
     @property
     def flag(self) -> str:
@@ -126,8 +134,9 @@ class BackendOption:
 
 
 BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
-    BackendOption("device", ("--device",), "cpu", "torch/published backends: cpu, cuda or cuda:N"),
-    BackendOption("dtype", ("--dtype",), "fp32", "torch/published backends: fp32 | fp16 (fp16 changes the math; opt-in)"),
+    BackendOption("device", ("--device",), "cpu", "{who}: cpu, cuda or cuda:N", who=(("published", "published"), ("torch", "torch"))),
+    BackendOption("dtype", ("--dtype",), "fp32", "{who}: fp32 | fp16 (fp16 changes the math; opt-in)",
+                  who=(("published", "published"), ("torch", "torch"))),
     BackendOption("precision", ("--precision",), "fp32",
                   "ort/trt/openvino: the engine directory's fp32, fp16, int8 or fp8 graphs; openvino: bf16 = the fp32 "
                   "UNet on bf16 kernels (int8/fp8/bf16: the mask pass stays fp32)"),
@@ -135,13 +144,15 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
                   "ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     BackendOption("fp16", ("--fp16",), False, "ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
     BackendOption("tf32", ("--tf32",), False,
-                  "torch (cuda), ort CUDA/TensorRT EP: allow TF32 for fp32 math (changes the math; opt-in; trt: `build --tf32`)"),
-    BackendOption("cuda_graph", ("--cuda-graph",), False,
-                  "torch (cuda), ort CUDA/TensorRT EP, trt: replay UNet steps as CUDA graphs"),
+                  "{who}: allow TF32 for fp32 math (changes the math; opt-in; trt: `build --tf32`)",
+                  who=(("torch", "torch (cuda)"), ("ort", "ort CUDA/TensorRT EP")), sep=", "),
+    BackendOption("cuda_graph", ("--cuda-graph",), False, "{who}: replay UNet steps as CUDA graphs",
+                  who=(("torch", "torch (cuda)"), ("ort", "ort CUDA/TensorRT EP"), ("trt", "trt")), sep=", "),
     BackendOption("batch_passes", ("--batch-passes/--no-batch-passes",), None,
                   "Run the mask-independent leading steps of both passes as one batch-2 UNet call "
                   "(exact; default: on for GPUs, off on CPU)"),
-    BackendOption("threads", ("--threads",), 0, "CPU threads for torch / each ORT session / OpenVINO (0 = library default)"),
+    BackendOption("threads", ("--threads",), 0, "CPU threads for {who} (0 = library default)",
+                  who=(("published", "published"), ("torch", "torch"), ("ort", "each ORT session"), ("openvino", "OpenVINO")), sep=" / "),
     BackendOption("verify", ("--verify",), "sha256",
                   "Engine-dir check before loading: sha256 (every file's digest; a check of an unchanged file is remembered "
                   "in your cache) | rehash (every file hashed on every load) | size (sizes; small files hashed)"),

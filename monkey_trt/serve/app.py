@@ -347,6 +347,18 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
     app = FastAPI(title="monkey-trt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="MONKEY (masked IP-Adapter personalization, SD1.5/LCM) as an HTTP service.")
     app.state.service = service
+    generated = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document with our request bodies as written: its OpenAPI model reads every `minimum`/`maximum`
+        as a float (an integer field showed `64.0`, the seed's maximum `9.223372036854776e+18`)."""
+        if app.openapi_schema is None:
+            doc = generated()
+            for path, extra in ((GENERATE, _OPENAPI_GENERATE), (GENERATE_STREAM, _OPENAPI_STREAM)):
+                doc["paths"][path]["post"]["requestBody"] = extra["requestBody"]
+        return app.openapi_schema
+
+    app.openapi = openapi
     limit = max_body_bytes if max_body_bytes is not None else (service.config.max_body_bytes if service else 20 * 2**20)
     app.add_middleware(ServeMiddleware, max_body_bytes=limit, body_idle_s=body_idle_s, body_total_s=body_total_s)
 

@@ -1,4 +1,4 @@
-"""One box: load the engine, bind the socket, run uvicorn until SIGTERM/SIGINT (graceful: exit 0).
+"""One box: load the engine, bind the socket, run uvicorn until SIGTERM (graceful: exit 0) or SIGINT (graceful, then exit 130).
 
 uvicorn runs under `limits.HttpLimits` (connection cap, header timeout and size, JSON framing errors)
 and the service's log lines, uvicorn's included, pass a rate limit (`limits.RateLimitFilter`).
@@ -49,20 +49,27 @@ def run_single(config: ServeConfig, host: str, port: int, log_level: str = "info
         app = create_app(service)
         server = uvicorn.Server(uvicorn_config(
             app, limits, log_level=log_level, timeout_graceful_shutdown=int(config.timeout_s) + 5,
-            access_log=log_level == "debug",
+            access_log=log_level in ("info", "debug", "trace"),  # one line per request at the default level (rate-limited)
         ))
         install_log_rate_limit(RateLimitFilter())  # after uvicorn.Config: it (re)configures the logging
         bound_host, bound_port = sock.getsockname()[:2]
         print(f"monkey-trt serve: http://{bound_host}:{bound_port} (engine {config.engine_dir}, backend {config.spec.backend})", flush=True)
         # SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, runs the lifespan shutdown
         # (which drains the inference queue), then re-raises the signal: a handled SIGTERM ends with exit 0.
+        # SIGINT (Ctrl-C) is a failure, as for every command: exit 130 even where SIGINT was inherited ignored
+        # (a job started with `&` from a script), when uvicorn's re-raise of it does nothing.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+        stops: list[int] = []
+        handle = server.handle_exit
+        server.handle_exit = lambda sig, frame: (stops.append(sig), handle(sig, frame))
         try:
             server.run(sockets=[sock])
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
+        if signal.SIGINT in stops:
+            raise KeyboardInterrupt
         if not server.started:
             raise MonkeyError("the server did not start (see the log above)")
     finally:

@@ -121,12 +121,17 @@ class GenerateParams:
 
 
 def check_json_types(fields: dict[str, Any]) -> None:
-    """A JSON body's values in JSON's own types: booleans are true/false (not "yes", 1), a list holds numbers
-    only (not `[1, "2"]`); numbers may still come as text, like a form's (checked by the converters)."""
+    """A JSON body's values in JSON's own types, as its schema says: numbers are JSON numbers (not "4": text is
+    a form's way), booleans are true/false (not "yes", 1), a list holds numbers only (not `[1, "2"]`; the
+    documented `"1,2"` text is still taken)."""
     for name, v in fields.items():
         k = FIELD_KNOBS.get(name)
         if k is None or v is None:
             continue
+        if k.kind is int and type(v) is not int:
+            raise ApiError(400, f"field {name!r} must be an integer (a JSON number, not text), got {v!r}")
+        if k.kind is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ApiError(400, f"field {name!r} must be a number (a JSON number, not text), got {v!r}")
         if k.kind is bool and not isinstance(v, bool):
             raise ApiError(400, f"field {name!r} must be true or false (a JSON boolean), got {v!r}")
         if k.kind is tuple and isinstance(v, list):

@@ -133,9 +133,12 @@ class MonkeyService:
         from monkey_trt.core.config import Request
 
         try:
+            t0 = time.perf_counter()
             if self.config.warmup:
                 p = self.pipe.manifest.profile
                 self.pipe(Request("warm-up", p.height.min, p.width.min, 0), Image.new("RGB", (64, 64), (128, 128, 128)))
+            log.info("ready: %s (/readyz answers 200)", f"warmed up in {time.perf_counter() - t0:.1f} s" if self.config.warmup
+                     else "no warm-up (--no-warmup)")  # before /readyz turns green: who sees 200 can find the line
             self.ready.set()
         except Exception as e:  # a warm-up failure leaves /readyz at 503 with the reason
             self.warm_error = f"{type(e).__name__}: {e}"

@@ -18,7 +18,7 @@ from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.engine.trt import cuda, lib
 from monkey_trt.engine.trt.cuda import DeviceBuffer, Pinned, cu, err_name, is_error, native_handle
 from monkey_trt.engine.trt.memory import ActivationMemory, context_memory_size, set_context_memory
-from monkey_trt.enginedir.plans import REBUILD_HINT
+from monkey_trt.enginedir.plans import rebuild_command
 
 
 def _np_dtype(trt, dt) -> np.dtype:
@@ -157,7 +157,7 @@ class TrtEngine(Runner):
         cudart = cuda.require_cudart()
         cu(cudart, cudart.cudaSetDevice(self.device_index), "cudaSetDevice")
         if not self.plan_path.is_file():
-            raise EngineDirError(f"{self.name}: TensorRT plan {self.plan_path} is missing: run `monkey-trt build`")
+            raise EngineDirError(f"{self.name}: TensorRT plan {self.plan_path} is missing: run `{rebuild_command(self.plan_path.parent)}`")
         data = self.plan_path.read_bytes()
         runtime = trt.Runtime(lib.trt_logger(trt, trt.Logger.ERROR))
         try:
@@ -167,7 +167,7 @@ class TrtEngine(Runner):
         if engine is None:
             raise EngineDirError(
                 f"{self.name}: {self.plan_path} does not load with TensorRT {trt.__version__} on {dev.name} "
-                f"(built by another TensorRT version, for another GPU, or damaged): {REBUILD_HINT}"
+                f"(built by another TensorRT version, for another GPU, or damaged): run `{rebuild_command(self.plan_path.parent)}`"
             )
         self._trt, self._runtime, self.engine, self._cudart = trt, runtime, engine, cudart
         self._memory_size = context_memory_size(engine)
