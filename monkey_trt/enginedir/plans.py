@@ -246,7 +246,7 @@ def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha
         if not isinstance(digest, str) or not isinstance(entry.get("bytes"), int):
             raise EngineDirError(f"{folder}: no digest recorded for {n}.plan: run `{rebuild_command(folder)}`")
         if plan.stat().st_size != entry["bytes"] or (verify != "size" and not sha256_matches(plan, digest, remember=verify == "sha256")):
-            raise EngineDirError(f"{folder}: {n}.plan fails its {"size" if verify == "size" else "sha256"} check (altered): "
+            raise EngineDirError(f"{folder}: {n}.plan fails its {'size' if verify == 'size' else 'sha256'} check (altered): "
                                  f"run `{rebuild_command(folder)}`")
 
 
