@@ -178,7 +178,7 @@ def results_tables(results: list[BackendResult], s: BenchSettings) -> list[Table
     from rich import box
 
     e2e = Table(title=f"MONKEY {s.width}x{s.height}, {s.runs} run(s): end to end", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("backend", "p50 s", "min/p90 s", "img/s", "vs pub", "2-pass", "open+1st s", "RSS MiB", "mask ="):
+    for col in ("backend", "p50 s", "min/p90 s", "img/s", "vs pub", "2-pass", "open+1st", "RSS MiB", "mask ="):
         e2e.add_column(col, justify="left" if col == "backend" else "right")
     for r in results:
         e = r.end_to_end_s
@@ -200,7 +200,7 @@ def results_tables(results: list[BackendResult], s: BenchSettings) -> list[Table
 
 
 def cold_text(r: BackendResult) -> str:
-    """`open+1st s`: a fresh process's open + first image (`2.1+0.9`), else this process's load + first image."""
+    """`open+1st` (seconds): a fresh process's open + first image (`2.1+0.9`), else this process's load + first image."""
     if r.cold:
         return f"{r.cold['open_s']:.1f}+{r.cold['first_image_s']:.1f}"
     return f"{r.load_s:.1f}+{r.cold_start_s - r.load_s:.1f}*"
