@@ -32,6 +32,7 @@ from monkey_trt.enginedir.networks import (
     symbol_sizes,
 )
 from monkey_trt.export.fp16 import write_fp16_network
+from monkey_trt.export.map_graph import map_file_names, with_map_graphs
 from monkey_trt.export.onnx_files import save_onnx
 from monkey_trt.export.quantize import add_quantized, quantized_file_names
 from monkey_trt.export.wrappers import (
@@ -177,7 +178,7 @@ def canonical_dims(model, desc: NetworkDesc) -> None:
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
     fp16 = "fp16" in opts.precisions
     quantized = [p for p in opts.precisions if p in QUANTIZED_PRECISIONS]
-    total = 2 + (3 if fp16 else 2) * len(NETWORKS) + (1 if quantized else 0)  # load, export + check (+ fp16) per network, manifest (+ 8-bit)
+    total = 3 + (3 if fp16 else 2) * len(NETWORKS) + (1 if quantized else 0)  # load, export + check (+ fp16) per network, manifest (+ 8-bit), map-only UNet
     done = 0
 
     def say(msg: str) -> None:
@@ -204,7 +205,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + (quantized_file_names() if quantized else [])) as stage:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + map_file_names() + (quantized_file_names() if quantized else [])) as stage:
         tmp = stage.path
         entries = {}
         for name, module in modules.items():
@@ -247,7 +248,9 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             say(f"calibrating and quantizing the UNet to {', '.join(quantized)}")
             spec = opts.calibration or default_calibration(opts.profile)
             manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total))
-            manifest.write(tmp)
+        say("cutting the map-only UNet (pass 1's last call)")
+        manifest = with_map_graphs(manifest, lambda _f: tmp, tmp)  # from every UNet precision written above
+        manifest.write(tmp)
         return stage.commit(staged_files(tmp))
 
 
@@ -338,7 +341,8 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
     if not todo:
         return ()
     kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
-    new_names = [f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names() + [MANIFEST]
+    new_names = ([f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names()
+                 + map_file_names() + [MANIFEST])
     with OutputStage.open(root, MANIFEST, manifest_files, names=new_names) as stage:
         entries = dict(manifest.networks)
         exporter = dict(manifest.exporter)
@@ -355,6 +359,10 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
         if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
             updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
                                     progress=progress)
+        if progress is not None:
+            progress("cutting the map-only UNet (pass 1's last call)", 0, 1)
+        # every UNet precision now (a directory from before the map-only graph gets its fp32 one too)
+        updated = with_map_graphs(updated, lambda f: stage.path if (stage.path / f).is_file() else root, stage.path)
         updated.write(stage.path)
         stage.commit(staged_files(stage.path), keep=kept)
     return tuple(todo)

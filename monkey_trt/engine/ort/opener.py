@@ -9,6 +9,13 @@ from monkey_trt.core.errors import MonkeyError
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.ort.providers import default_provider
 from monkey_trt.engine.ort.runner import OrtRunner
+from monkey_trt.enginedir.networks import MAP_NETWORK
+
+# The map-only UNet must give the full UNet's map bit for bit (the mask must not move). Cut after the mask layer, the
+# residual sum after that layer's self-attention feeds only norm2 (in the full graph also the next residual add), so
+# ORT's SkipLayerNormFusion fuses Add + LayerNormalization there and rounds differently (measured: 6e-8 on the map).
+# Off for that graph only (it never fires on the full SD UNet, where every such sum has two consumers).
+MAP_GRAPH_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 # -- the backend table's opener (runtime.backend: "ort") ------------------------------------------------
@@ -37,5 +44,6 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
             trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
             cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
             optimized_model_cache=spec.ort_cache, source_digest=files_digest(sha256), int8=graph_precision == "int8",
+            disabled_optimizers=MAP_GRAPH_DISABLED_OPTIMIZERS if name == MAP_NETWORK else (),
         )
     return runners
