@@ -143,3 +143,46 @@ def test_a_map_only_graph_that_does_not_match_its_manifest_entry_is_one_line(eng
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
     assert "unet_map.onnx" in err and ("missing" if damage == "missing" else "sha256") in err
     assert not out.exists()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """tests/fakes/trt.py's TensorRT, Polygraphy and CUDA runtime (a compute capability 9.0 GPU)."""
+    pytest.importorskip("polygraphy.backend.trt")
+    from monkey_trt.engine.trt import build as trt_build
+    from monkey_trt.engine.trt import cuda as trt_cuda
+    from monkey_trt.engine.trt import lib as trt_lib
+    from tests.fakes.trt import FakeCudart, fake_polygraphy, fake_tensorrt
+
+    cudart = FakeCudart()
+    fake_trt = fake_tensorrt(cudart)
+    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake_trt, []))
+    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
+    return fake_trt
+
+
+def test_tensorrt_builds_and_opens_the_map_only_plan(engine_dir, fake_gpu, tmp_path):
+    """`build` makes unet_map.plan beside the four; a plan set without it is incomplete (one line: build); the
+    pipeline opens it (verified like every plan) and a UNet session offers it for pass 1's last call."""
+    from monkey_trt.core.errors import EngineDirError
+    from monkey_trt.engine.trt.build import build_engine_dir
+    from monkey_trt.engine.trt.engine_dir import find_plan_dir
+    from monkey_trt.enginedir.plans import BUILD_JSON, BuildConfig
+
+    d = tmp_path / "engine"
+    shutil.copytree(engine_dir, d)
+    m = load_manifest(d)
+    folder = build_engine_dir(d, m, BuildConfig(profile=m.profile, workspace_gib=1))
+    assert sorted(p.name for p in folder.glob("*.plan")) == sorted(f"{n}.plan" for n in (*NETWORKS, MAP_NETWORK))
+    assert json.loads((folder / BUILD_JSON).read_text())["networks"][MAP_NETWORK]["onnx"] == "unet_map.onnx"
+    with MonkeyPipeline.from_engine_dir(d, backend="trt") as pipe:
+        assert set(pipe.map_runners) == {"fp32"} and pipe.map_runners["fp32"].is_active
+        assert [s.name for s in pipe.map_runners["fp32"].output_specs] == [MAP_OUTPUT]
+        text, ip, w = np.zeros((1, 77, m.dims.text_dim), np.float32), np.zeros((1, 4, m.dims.text_dim), np.float32), pipe.guidance(8.0)
+        assert callable(pipe.unet_session(text, ip, w, [None]).map_only)
+    (folder / f"{MAP_NETWORK}.plan").unlink()
+    with pytest.raises(EngineDirError, match="run `monkey-trt build") as ei:
+        find_plan_dir(d, m, "fp32")
+    assert "\n" not in str(ei.value)

@@ -6,6 +6,8 @@
       text_encoder.onnx  image_encoder.onnx  unet.onnx (+ unet.onnx.data)  vae_decoder.onnx
       <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
       unet.int8.onnx  unet.fp8.onnx (+ .data)  the 8-bit (Q/DQ) UNet, `--precision int8|fp8` (export/quantize.py)
+      unet_map.onnx  unet_map.<precision>.onnx (+ .data)  the map-only UNet of every UNet precision (export/map_graph.py;
+                               optional: directories exported before it have none)
       trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
 
 This module holds what a manifest says: the dataclasses (`Manifest`, `NetworkEntry`, `PrecisionFiles`, ...),
