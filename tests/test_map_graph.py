@@ -14,6 +14,7 @@ import pytest
 
 from monkey_trt.cli import main
 from monkey_trt.core.config import MonkeyConfig, Request
+from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.manifest import MANIFEST
 from monkey_trt.enginedir.networks import MAP_NETWORK, MAP_OUTPUT, NETWORKS
@@ -111,6 +112,20 @@ def test_a_directory_exported_before_the_map_only_unet_opens_and_runs(engine_dir
     assert all(c.graph == "unet" for c in out.unet_calls)
     new = runtime(req, subject)
     assert np.array_equal(out.mask.mask, new.mask.mask) and np.array_equal(out.image, new.image)
+
+
+def test_map_only_false_keeps_the_memory_and_runs_the_full_unet(engine_dir, runtime, subject):
+    req = Request("a toy on the beach", 64, 64, 2, MonkeyConfig())
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", map_only=False) as pipe:
+        assert pipe.map_runners == {}
+        out = pipe(req, subject)
+    assert all(c.graph == "unet" for c in out.unet_calls)
+    new = runtime(req, subject)
+    assert np.array_equal(out.mask.mask, new.mask.mask) and np.array_equal(out.image, new.image)
+    with pytest.raises(MonkeyError, match="map_only must be true or false"):
+        BackendSpec(backend="ort", map_only="no")
+    with pytest.raises(MonkeyError, match="map_only applies to the ort/trt/openvino backends only"):
+        BackendSpec(backend="torch", map_only=False)
 
 
 def test_adding_a_precision_to_an_old_directory_adds_the_map_only_unet(engine_dir, tmp_path):

@@ -277,7 +277,7 @@ def check_export_out(out: Path, force: bool) -> Path:
     """Before any work: `out` is new (or an empty folder), or `force` and an earlier engine directory
     whose own files may be replaced (a user's files there are kept; one in the way is refused)."""
     out = Path(out).absolute()
-    check_target(out, MANIFEST, manifest_files, expected_files())
+    check_target(out, MANIFEST, manifest_files, expected_files() + map_file_names())
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MonkeyError(f"{out} exists: pass --force to replace the engine directory's files")
     return out

@@ -97,7 +97,7 @@ class MonkeyPipeline:
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
-        batch_passes, fp16, tf32, ort_cache, mask_pass), checked like the CLI's options."""
+        batch_passes, fp16, tf32, ort_cache, mask_pass, map_only), checked like the CLI's options."""
         unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
         if unknown:
             raise MonkeyError(f"from_engine_dir() got unknown option(s) {', '.join(unknown)}")
@@ -119,7 +119,7 @@ class MonkeyPipeline:
         try:  # 8-bit engines: the other UNet graph(s) the passes need (runtime/unet_graphs.py)
             for p in extra_unet_precisions(spec.precision, spec.mask_pass):  # trt: the same activation pool (shared)
                 pipe.unet_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p), ("unet",), pipe.shared)["unet"]
-            if MAP_NETWORK in manifest.networks:  # directories exported before it run that call on the full UNet
+            if spec.map_only and MAP_NETWORK in manifest.networks:  # directories exported before it: the full UNet
                 p = pipe.unet_roles["mask"]
                 pipe.map_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p), (MAP_NETWORK,), pipe.shared)[MAP_NETWORK]
         except BaseException:
