@@ -201,3 +201,25 @@ def test_tensorrt_builds_and_opens_the_map_only_plan(engine_dir, fake_gpu, tmp_p
     with pytest.raises(EngineDirError, match="run `monkey-trt build") as ei:
         find_plan_dir(d, m, "fp32")
     assert "\n" not in str(ei.value)
+
+
+def test_the_cut_of_a_graph_with_external_weights_copies_only_the_weights_it_keeps(engine_dir, tmp_path):
+    """sd15-size UNets keep their weights in `unet.onnx.data`: the cut streams the tensors it keeps into its own
+    data file (nothing else), and the graph is the same as the cut of the inline graph."""
+    import onnx
+
+    from monkey_trt.export.map_graph import write_map_graph
+    from monkey_trt.export.onnx_files import save_onnx
+
+    src = tmp_path / "big"
+    src.mkdir()
+    assert save_onnx(onnx.load(str(engine_dir / "unet.onnx")), src / "unet.onnx", external=True) == ["unet.onnx", "unet.onnx.data"]
+    assert write_map_graph(src / "unet.onnx", src / "unet_map.onnx") == ["unet_map.onnx", "unet_map.onnx.data"]
+    cut, inline = onnx.load(str(src / "unet_map.onnx")), onnx.load(str(engine_dir / "unet_map.onnx"))
+    assert [n.name for n in cut.graph.node] == [n.name for n in inline.graph.node]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in cut.graph.initializer}
+    want = {t.name: onnx.numpy_helper.to_array(t) for t in inline.graph.initializer}
+    assert weights.keys() == want.keys() and all(np.array_equal(weights[k], want[k]) for k in want)
+    kept = sum(a.nbytes for a in want.values() if a.nbytes > 1024)
+    assert (src / "unet_map.onnx.data").stat().st_size < kept + 4096 * len(want)  # the kept tensors (+ page alignment)
+    assert (src / "unet_map.onnx.data").stat().st_size < (src / "unet.onnx.data").stat().st_size

@@ -81,7 +81,7 @@ def cut_graph(model: onnx.ModelProto, output: str = MAP_OUTPUT) -> onnx.ModelPro
 def _copy_external(model: onnx.ModelProto, src_dir: Path, data_path: Path) -> None:
     """Copy every external tensor of `model` from its file under `src_dir` into `data_path`, in order, and
     point the tensor there (streamed: at most CHUNK bytes in memory)."""
-    from onnx.external_data_helper import ExternalDataInfo, set_external_data
+    from onnx.external_data_helper import ExternalDataInfo
 
     with open(data_path, "wb") as dst:
         for t in model.graph.initializer:
@@ -101,7 +101,10 @@ def _copy_external(model: onnx.ModelProto, src_dir: Path, data_path: Path) -> No
                         raise ValueError(f"{info.location} ends before tensor {t.name}")
                     dst.write(chunk)
                     left -= len(chunk)
-            set_external_data(t, data_path.name, offset=offset, length=length)
+            del t.external_data[:]  # the tensor already lives outside: only where changes
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
 
 
 def write_map_graph(src: Path, dst: Path) -> list[str]:
