@@ -47,7 +47,7 @@ def test_bench_engine_dir_defaults_from_manifest(engine_dir, tmp_path):
     _check_report(doc, ["ort", "torch"])
     assert doc["settings"]["height"] == 64 and doc["results"][0]["soak"]["generations"] == 2
     assert doc["results"][1]["image_max_abs_diff_vs_first"] <= 2e-3
-    assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 4  # ORT's optimised graphs, cached atomically
+    assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 5  # ORT's optimised graphs (+ the map-only UNet's), cached atomically
     assert main(argv[:4] + ["ort"] + argv[5:]) == 0  # second load from the cache: same figures, same mask
     again = json.loads(out.read_text())["results"][0]
     assert again["mask_sha256"] == doc["results"][0]["mask_sha256"]
