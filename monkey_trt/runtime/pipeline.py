@@ -88,7 +88,6 @@ class MonkeyPipeline:
         # which UNet graph runs which pass (runtime/unet_graphs.py): select_unet puts it in runners["unet"]
         self.unet_roles = unet_roles(spec.precision, spec.mask_pass)
         self.unet_runners = {spec.precision: runners["unet"]} if "unet" in runners else {}
-        self.unet_role = "mask"  # the role of the UNet graph in runners["unet"] (select_unet sets it)
         # the map-only UNet (export/map_graph.py) of the mask pass's precision, when the directory has one: pass 1's last call
         self.map_runners: dict[str, Runner] = {}
         self._unet_observers: list[UNetObserver] = []
@@ -161,7 +160,6 @@ class MonkeyPipeline:
     def select_unet(self, role: str) -> None:
         """runtime.method: the UNet graph of the coming pass (mask | final | baseline)."""
         select(self, role)
-        self.unet_role = role
 
     def __enter__(self) -> "MonkeyPipeline":
         return self
@@ -239,7 +237,8 @@ class MonkeyPipeline:
             return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,4]
 
         call.static = fixed  # the session's own inputs (released with the session)
-        map_runner = self.map_runners.get(self.unet_roles.get(self.unet_role, self.spec.precision))
+        precision = next((p for p, r in self.unet_runners.items() if r is unet), None)  # of the graph select_unet put there
+        map_runner = self.map_runners.get(precision)
         if map_runner is not None:  # the map-only UNet of the same precision: the same map bits, about half the work
             map_fixed: list = []  # bound on first use (on a GPU: its own device copies)
 
