@@ -56,7 +56,7 @@ def test_bench_engine_dir_defaults_from_manifest(engine_dir, tmp_path, capsys):
     assert len(load["load_average_before"]) == 3 and load["others_cores"] >= 0 and load["cpu_count"] >= 1
     assert doc["settings"]["height"] == 64 and doc["results"][0]["soak"]["generations"] == 2
     assert doc["results"][1]["image_max_abs_diff_vs_first"] <= 2e-3
-    assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 4  # ORT's optimised graphs, cached atomically
+    assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 5  # ORT's optimised graphs (+ the map-only UNet's), cached atomically
     for r in doc["results"]:  # issue 21: a real cold start, open and first image apart, in a fresh process
         c = r["cold"]
         assert c["process"] == "fresh" and c["open_s"] > 0 and c["first_image_s"] > 0

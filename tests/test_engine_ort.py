@@ -551,7 +551,7 @@ def test_gpu_soak_captures_one_graph_per_shape_set(engine_dir, cpu_pipe, subject
                 assert np.array_equal(out.mask.mask, want.mask.mask)
                 np.testing.assert_allclose(out.image, want.image, rtol=0, atol=1e-5)
         assert len(unet_shapes) == 4 and unet.graphs_captured == 4
-    assert fake_ort.stats.captures == 4 and fake_ort.stats.sessions == 4  # one per network, none rebuilt
+    assert fake_ort.stats.captures == 4 and fake_ort.stats.sessions == 5  # one per network (+ the map-only UNet), none rebuilt
 
 
 def _read_only(root: Path, on: bool) -> None:
@@ -586,10 +586,10 @@ def test_engine_dir_is_never_written(engine_dir, subject, fake_ort, tmp_path):
         _read_only(root, False)
     cache = tmp_path / "user-cache" / "ort-trt"
     folders = sorted(cache.iterdir())
-    assert len(folders) == 4 and all(not f.name.startswith(".") for f in folders)  # no staging folders left
+    assert len(folders) == 5 and all(not f.name.startswith(".") for f in folders)  # + the map-only UNet's; no staging folders left
     for f in folders:
         assert sorted(p.suffix for p in f.iterdir()) == [".engine", ".profile", ".timing"]
-    assert fake_ort.stats.trt_engine_builds == 4 and fake_ort.stats.trt_engine_loads == 4  # the second start loaded them
+    assert fake_ort.stats.trt_engine_builds == 5 and fake_ort.stats.trt_engine_loads == 5  # the second start loaded them
 
 
 def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
@@ -606,7 +606,7 @@ def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
             pipe(Request("a toy", h, w, seed=2), subject)
         assert pipe.info()["providers"]["unet"][0] == "TensorrtExecutionProvider"
     s = fake_ort.stats
-    assert s.trt_engine_builds == 4 and not s.warnings
+    assert s.trt_engine_builds == 5 and not s.warnings  # the four networks and the map-only UNet
     logged = {f: o["TensorrtExecutionProvider"] for f, _, o in s.session_log}
     for name, entry in m.networks.items():
         ranges = entry.desc.profile_shapes(m.profile, m.dims)

@@ -34,7 +34,7 @@ IMAGE_ATOL = 2e-3
 
 def test_engine_dir_layout_and_manifest(engine_dir):
     m = load_manifest(engine_dir)
-    assert set(m.networks) == {"text_encoder", "image_encoder", "unet", "vae_decoder"}
+    assert set(m.networks) == {"text_encoder", "image_encoder", "unet", "vae_decoder", "unet_map"}  # + the map-only UNet
     assert m.networks["unet"].desc.input_names == ["sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask"]
     assert m.networks["unet"].desc.output_names == ["noise_pred", "ip_attn_map"]
     assert m.mask_layer == MonkeyConfig().mask_layer and len(m.ip_layers) == 16

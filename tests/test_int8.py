@@ -26,6 +26,7 @@ from monkey_trt.core.config import Request
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.manifest import MANIFEST, manifest_files
+from monkey_trt.enginedir.networks import NETWORKS
 from monkey_trt.export.calibration import CalibrationSpec, collect, load_or_collect
 from monkey_trt.engine.compare import mask_iou, psnr
 from monkey_trt.export.graph_walks import map_path_nodes
@@ -204,11 +205,13 @@ def test_pass_one_on_fp32_pass_two_on_int8(int8_dir, subject, batch_passes):
     log: list = []
     with MonkeyPipeline.from_engine_dir(int8_dir, backend="ort", providers=("cpu",), precision="int8") as p:
         p.unet_runners = {k: _Counting(r, k, log) for k, r in p.unet_runners.items()}
+        p.map_runners = {k: _Counting(r, k, log) for k, r in p.map_runners.items()}  # pass 1's last call: map-only
         req = Request("a toy on the beach", 64, 64, seed=0)
         out = p(req, subject, batch_passes=batch_passes, baseline_scale=1.0)
     c = req.config
     labels = [u.passes for u in out.unet_calls]
     assert [name for name, _ in log] == ["fp32" if "p1" in lab else "int8" for lab in labels]
+    assert [u.graph for u in out.unet_calls if "p1" in u.passes][-1] == "unet_map"  # the fp32 map-only UNet
     assert labels.count("ip") == c.steps_final and all(name == "int8" for name, b in log[-c.steps_final:])
     assert sum(1 for lab in labels if "p1" in lab) == c.mask_pass_steps_needed
     assert unet_roles("fp16") == {"mask": "fp16", "final": "fp16", "baseline": "fp16"}
@@ -443,13 +446,13 @@ def test_an_8bit_trt_engine_opens_one_activation_pool_and_hashes_each_plan_once(
     real = plans.sha256_file
     monkeypatch.setattr(plans, "sha256_file", lambda path: hashed.append(f"{Path(path).parent.name[:7]}/{Path(path).name}") or real(path))
     with MonkeyPipeline.from_engine_dir(d, backend="trt", precision="int8") as p:
-        engines = list({id(e): e for e in (*p.runners.values(), *p.unet_runners.values())}.values())
-        assert set(p.unet_runners) == {"int8", "fp32"} and len(engines) == 5
+        engines = list({id(e): e for e in (*p.runners.values(), *p.unet_runners.values(), *p.map_runners.values())}.values())
+        assert set(p.unet_runners) == {"int8", "fp32"} and set(p.map_runners) == {"fp32"} and len(engines) == 6
         assert len({id(e.activation_memory) for e in engines}) == 1  # one pool, sized for the largest engine
         report = memory_report({**p.runners, "unet-fp32": p.unet_runners["fp32"]})
         assert report["activation_allocated_bytes"] <= max(e.memory()["activation_bytes"] for e in engines)
         assert p.unet_runners["fp32"].graphs_captured == 0  # the public accessor (no CUDA graphs asked for)
-    assert sorted(hashed) == sorted([f"v2-int8/{n}.plan" for n in m.networks] + ["v2-fp32/unet.plan"])
+    assert sorted(hashed) == sorted([f"v2-int8/{n}.plan" for n in NETWORKS] + ["v2-fp32/unet.plan", "v2-fp32/unet_map.plan"])
 
 
 def test_bench_and_serve_take_int8(int8_dir):

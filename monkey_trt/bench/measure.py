@@ -133,7 +133,7 @@ class BackendResult:
     end_to_end_s: Spread
     images_per_s: float
     stages_s: dict[str, float]  # p50 per stage
-    unet_calls: list[dict]  # [{label, passes, step, batch, p50_s}]
+    unet_calls: list[dict]  # [{label, passes, step, batch, graph, p50_s}]
     ip_adapter_s: Spread  # plain IP-Adapter, steps_final steps + decode, same backend
     two_pass_overhead: float  # MONKEY p50 / IP-Adapter p50
     peak_rss_mib: float
@@ -247,7 +247,7 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     stages = {k: statistics.median(o.timings.get(k, 0.0) for o in outs) for k in stage_names}
     calls = []
     for j, c in enumerate(outs[0].unet_calls):
-        calls.append({"label": c.label, "passes": c.passes, "step": c.step, "batch": c.batch,
+        calls.append({"label": c.label, "passes": c.passes, "step": c.step, "batch": c.batch, "graph": c.graph,
                       "p50_s": statistics.median(o.unet_calls[j].seconds for o in outs)})
     e2e, ip = Spread.of(totals), Spread.of(ip_totals)
     result = BackendResult(
@@ -276,7 +276,10 @@ def trt_memory(pipe) -> dict | None:
     try:
         from monkey_trt.engine.trt.engine_dir import memory_report
 
-        report = memory_report(runners)
+        from monkey_trt.enginedir.networks import MAP_NETWORK
+
+        maps = getattr(pipe, "map_runners", None) or {}  # the map-only UNet's plan (at most one) counts too
+        report = memory_report({**runners, **{MAP_NETWORK: r for r in maps.values()}})
     except Exception:  # a figure we cannot get is left out, never a failed bench
         return None
     return report if report.get("networks") else None

@@ -33,6 +33,7 @@ from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.engine.derived_cache import keyed_folder
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
+from monkey_trt.enginedir.networks import MAP_NETWORK
 
 __all__ = ["OpenVinoRunner", "INFERENCE_PRECISIONS", "cpu_abilities", "open_openvino_runners", "openvino_version"]
 
@@ -266,7 +267,7 @@ def open_openvino_runners(root: Path, manifest, spec, networks: Sequence[str], s
     """One (not yet activated) OpenVinoRunner per network of an engine directory, for a runtime.backend.BackendSpec.
 
     fp32 and int8 run the manifest's graphs of that precision (int8: the Q/DQ UNet, f32 between its quantized ops;
-    the other networks fp32); bf16 runs the fp32 UNet graph with bf16 kernels (the other networks stay f32).
+    the other networks fp32); bf16 runs the fp32 UNet graphs (full and map-only) with bf16 kernels (the others stay f32).
     The compiled models are keyed by the manifest's digests (nothing is written into `root`)."""
     import_openvino()
     graph = "fp32" if spec.precision == "bf16" else spec.precision
@@ -276,7 +277,7 @@ def open_openvino_runners(root: Path, manifest, spec, networks: Sequence[str], s
         entry = manifest.networks[name]
         _, sha256, _ = entry.files(manifest.run_precision(name, graph))
         runners[name] = OpenVinoRunner(
-            path, name=name, inference_precision="bf16" if spec.precision == "bf16" and name == "unet" else "f32",
+            path, name=name, inference_precision="bf16" if spec.precision == "bf16" and name in ("unet", MAP_NETWORK) else "f32",
             threads=spec.threads, profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
             source_digest=files_digest(sha256),
         )

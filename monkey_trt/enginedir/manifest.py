@@ -7,6 +7,8 @@
       <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
       unet.int8.onnx  unet.fp8.onnx (+ .data)  the 8-bit (Q/DQ) UNet, `--precision int8|fp8` (export/quantize.py)
       unet.int8-fp16.onnx  unet.fp8-fp16.onnx   the same, GPU-shaped: float parts fp16 (export/gpu_quant.py)
+      unet_map.onnx  unet_map.<precision>.onnx (+ .data)  the map-only UNet of every UNet precision (export/map_graph.py;
+                               optional: directories exported before it have none)
       trt/<cache key>/...      TensorRT plans + timing cache (written by `monkey-trt build`)
 
 This module holds what a manifest says: the dataclasses (`Manifest`, `NetworkEntry`, `PrecisionFiles`, ...),

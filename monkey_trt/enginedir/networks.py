@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from monkey_trt.core.errors import MonkeyError
 
 NETWORKS = ("text_encoder", "image_encoder", "unet", "vae_decoder")  # every engine directory has these
+# The map-only UNet (export/map_graph.py): the UNet cut after the mask layer's map, for pass 1's last call. Optional:
+# directories exported before it run that call on the full UNet.
+MAP_NETWORK = "unet_map"
+MAP_OUTPUT = "ip_attn_map"
+OPTIONAL_NETWORKS = (MAP_NETWORK,)
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "ip_tokens", "ip_scale", "ip_mask")
 UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
 TEXT_LEN = 77  # CLIP text context (tokens)
@@ -136,7 +141,7 @@ def symbol_sizes(batch: int, height: int, width: int, dims: ModelDims) -> dict[s
 
 
 def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
-    """The four networks of an engine directory."""
+    """The four networks of an engine directory, and the optional map-only UNet (OPTIONAL_NETWORKS)."""
     f32, i64 = "float32", "int64"
     T = TensorDesc
     return {
@@ -163,7 +168,7 @@ def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
             ),
             outputs=(
                 T("noise_pred", f32, ("B", dims.latent_channels, "h", "w")),
-                T("ip_attn_map", f32, ("B", "Q", dims.n_ip_tokens)),
+                T(MAP_OUTPUT, f32, ("B", "Q", dims.n_ip_tokens)),
             ),
         ),
         "vae_decoder": NetworkDesc(
@@ -171,7 +176,25 @@ def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
             inputs=(T("latents", f32, ("B", dims.latent_channels, "h", "w")),),
             outputs=(T("images", f32, ("B", 3, "H", "W")),),
         ),
-    }
+    } | {MAP_NETWORK: _map_desc(dims)}
+
+
+def _map_desc(dims: ModelDims) -> NetworkDesc:
+    """The UNet's inputs (every one reaches the mask layer), the map alone out."""
+    T = TensorDesc
+    return NetworkDesc(
+        MAP_NETWORK,
+        inputs=(
+            T("sample", "float32", ("B", dims.latent_channels, "h", "w")),
+            T("timestep", "float32", ("B",)),
+            T("encoder_hidden_states", "float32", ("B", dims.text_len, dims.text_dim)),
+            T("timestep_cond", "float32", ("B", dims.time_cond_dim)),
+            T("ip_tokens", "float32", ("B", dims.n_ip_tokens, dims.text_dim)),
+            T("ip_scale", "float32", (dims.n_ip_layers,)),
+            T("ip_mask", "float32", ("B", 1, "H", "W")),
+        ),
+        outputs=(T(MAP_OUTPUT, "float32", ("B", "Q", dims.n_ip_tokens)),),
+    )
 
 
 # -- export options -> profile ------------------------------------------------------------------

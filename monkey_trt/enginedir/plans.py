@@ -1,7 +1,7 @@
 """The TensorRT plan store of an engine directory: which folder holds the plans for a build, and its record.
 
     ENGINE_DIR/trt/<cache key>/
-        text_encoder.plan  image_encoder.plan  unet.plan  vae_decoder.plan
+        text_encoder.plan  image_encoder.plan  unet.plan  vae_decoder.plan  (+ unet_map.plan: the map-only UNet)
         timing.cache       TensorRT tactic timing cache, shared by the four builds
         build.json         what the key was made of, versions, build time per network
 
@@ -29,7 +29,7 @@ from monkey_trt.core.errors import EngineDirError, MonkeyError
 from monkey_trt.core.output_folders import inside
 from monkey_trt.enginedir.digests import sha256_file
 from monkey_trt.enginedir.manifest import GPU_BASE, QUANTIZED_PRECISIONS, check_precision, graph_precision
-from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc, Profile
+from monkey_trt.enginedir.networks import NETWORKS, OPTIONAL_NETWORKS, ModelDims, NetworkDesc, Profile
 from monkey_trt.enginedir.remembered import sha256_matches
 
 KEY_VERSION = 2  # bump when the key material or the plan layout changes (2: precision = which ONNX graphs)
@@ -191,7 +191,7 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str, trt_v
     check_gpu_graphs(root, manifest, precision)
     digest = manifest_onnx_digest(manifest, precision=precision)
     folder = root / TRT_SUBDIR / cache_key(digest, default, trt_version, device_name, cc)
-    if _complete(folder):
+    if _complete(folder, manifest):
         return folder
     matches = []
     for meta_path in sorted((root / TRT_SUBDIR).glob(f"*/{BUILD_JSON}")):
@@ -201,7 +201,7 @@ def find_plan_dir(engine_dir: str | os.PathLike, manifest, precision: str, trt_v
             continue
         if (key == meta_path.parent.name and inputs["onnx_sha256"] == digest and cfg.precision == precision
                 and inputs["tensorrt"] == str(trt_version) and inputs["device_name"] == device_name
-                and _norm_cc(inputs["compute_capability"]) == cc and _complete(meta_path.parent)):
+                and _norm_cc(inputs["compute_capability"]) == cc and _complete(meta_path.parent, manifest)):
             matches.append(meta_path.parent)
     if len(matches) == 1:
         return matches[0]
@@ -226,8 +226,14 @@ def rebuild_command(folder: Path) -> str:
         return f"monkey-trt build --engine-dir {shlex.quote(str(root))} --precision {precision} --force"
 
 
-def _complete(folder: Path) -> bool:
-    return (folder / BUILD_JSON).is_file() and all((folder / f"{n}.plan").is_file() for n in NETWORKS)
+def _complete(folder: Path, manifest) -> bool:
+    """build.json and a plan for every network of the manifest (the map-only UNet too, where it has one)."""
+    return (folder / BUILD_JSON).is_file() and all((folder / f"{n}.plan").is_file() for n in plan_networks(manifest))
+
+
+def plan_networks(manifest) -> tuple[str, ...]:
+    """The networks `build` makes plans for: the four, and the optional ones the manifest holds (networks.py)."""
+    return NETWORKS + tuple(n for n in OPTIONAL_NETWORKS if n in manifest.networks)
 
 
 def verify_plans(engine_dir: str | os.PathLike, folder: Path, verify: str = "sha256", networks=NETWORKS) -> None:

@@ -32,6 +32,7 @@ from monkey_trt.enginedir.networks import (
     symbol_sizes,
 )
 from monkey_trt.export.fp16 import write_fp16_network
+from monkey_trt.export.map_graph import map_file_names, with_map_graphs
 from monkey_trt.export.onnx_files import save_onnx
 from monkey_trt.export.gpu_quant import DEFAULT_QUANT_BASE, add_gpu_graphs, check_quant_base, gpu_quant_file_names, plan_bases
 from monkey_trt.export.quantize import QUANTIZED_NETWORKS, add_quantized, quantized_file_names
@@ -180,7 +181,7 @@ def canonical_dims(model, desc: NetworkDesc) -> None:
 def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> Path:
     fp16 = "fp16" in opts.precisions
     quantized = [p for p in opts.precisions if p in QUANTIZED_PRECISIONS]
-    total = 2 + (3 if fp16 else 2) * len(NETWORKS) + (1 if quantized else 0)  # load, export + check (+ fp16) per network, manifest (+ 8-bit)
+    total = 3 + (3 if fp16 else 2) * len(NETWORKS) + (1 if quantized else 0)  # load, export + check (+ fp16) per network, manifest (+ 8-bit), map-only UNet
     done = 0
 
     def say(msg: str) -> None:
@@ -207,7 +208,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + (quantized_file_names() + gpu_quant_file_names(QUANTIZED_NETWORKS) if quantized else [])) as stage:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + map_file_names() + (quantized_file_names() + gpu_quant_file_names(QUANTIZED_NETWORKS) if quantized else [])) as stage:
         tmp = stage.path
         entries = {}
         for name, module in modules.items():
@@ -253,7 +254,9 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             bases = plan_bases(None, quantized, opts.quant_base, fp16)  # the GPU graphs beside (or instead of) the CPU ones
             manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=sub)
             manifest = add_gpu_graphs(tmp, manifest, tmp, bases, progress=sub)
-            manifest.write(tmp)
+        say("cutting the map-only UNet (pass 1's last call)")
+        manifest = with_map_graphs(manifest, lambda _f: tmp, tmp)  # from every UNet precision written above
+        manifest.write(tmp)
         return stage.commit(staged_files(tmp))
 
 
@@ -280,7 +283,7 @@ def check_export_out(out: Path, force: bool) -> Path:
     """Before any work: `out` is new (or an empty folder), or `force` and an earlier engine directory
     whose own files may be replaced (a user's files there are kept; one in the way is refused)."""
     out = Path(out).absolute()
-    check_target(out, MANIFEST, manifest_files, expected_files())
+    check_target(out, MANIFEST, manifest_files, expected_files() + map_file_names())
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MonkeyError(f"{out} exists: pass --force to replace the engine directory's files")
     return out
@@ -348,7 +351,7 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
         return ()
     kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
     new_names = ([f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names()
-                 + gpu_quant_file_names(QUANTIZED_NETWORKS) + [MANIFEST])
+                 + gpu_quant_file_names(QUANTIZED_NETWORKS) + map_file_names() + [MANIFEST])
     with OutputStage.open(root, MANIFEST, manifest_files, names=new_names) as stage:
         entries = dict(manifest.networks)
         exporter = dict(manifest.exporter)
@@ -366,6 +369,10 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
             updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
                                     progress=progress)
         updated = add_gpu_graphs(root, updated, stage.path, bases, progress=progress)  # the GPU graphs (no calibration)
+        if progress is not None:
+            progress("cutting the map-only UNet (pass 1's last call)", 0, 1)
+        # every UNet precision now (a directory from before the map-only graph gets its fp32 one too)
+        updated = with_map_graphs(updated, lambda f: stage.path if (stage.path / f).is_file() else root, stage.path)
         updated.write(stage.path)
         stage.commit(staged_files(stage.path), keep=kept)
     return tuple(dict.fromkeys([*todo, *gpu_added]))

@@ -57,7 +57,7 @@ class Backend:
         return getattr(importlib.import_module(module), name)
 
 
-_ENGINE_OPTIONS = ("precision", "cuda_graph", "batch_passes", "threads", "verify", "mask_pass")
+_ENGINE_OPTIONS = ("precision", "cuda_graph", "batch_passes", "threads", "verify", "mask_pass", "map_only")
 BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("published", "monkey_trt.baselines.published:open_published", ("device", "dtype", "threads"),
             needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("bench",),
@@ -71,7 +71,7 @@ BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("trt", "monkey_trt.engine.trt.engine_dir:open_engine_dir_plans", _ENGINE_OPTIONS,
             needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS, faces=("generate", "eval", "bench", "serve", "api")),
     Backend("openvino", "monkey_trt.engine.openvino:open_openvino_runners",
-            ("precision", "batch_passes", "threads", "verify", "mask_pass"),
+            ("precision", "batch_passes", "threads", "verify", "mask_pass", "map_only"),
             needs_engine_dir=True, devices=("cpu",), precisions=("fp32", "int8", "bf16"),
             faces=("generate", "eval", "bench", "serve", "api", "demo"), note="OpenVINO CPU"),
 )}
@@ -110,7 +110,7 @@ class BackendOption:
     """One backend option: `flag` on every command that has it, with this help and default."""
 
     name: str  # the BackendSpec field (dtype: the model backends' precision)
-    flags: tuple[str, ...]  # () for a spec field no command line sets (ort_cache, mask_pass)
+    flags: tuple[str, ...]  # () for a spec field no command line sets (ort_cache, mask_pass, map_only)
     default: Any
     help: str  # `{who}` stands for the backends it applies to, named by `who` (those the command offers)
     label: str = ""  # how a refusal names an option without a flag
@@ -163,6 +163,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
     BackendOption("mask_pass", (), "exact", "ort/trt/openvino int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; "
                   "same = every call reduced; fp16 (ort/trt int8/fp8, for GPUs) = pass 1 on the fp16 UNet",
                   label="mask_pass"),
+    BackendOption("map_only", (), True, "ort/trt/openvino: pass 1's last call on the map-only UNet where the engine directory "
+                  "has one (same mask; its weights are loaded beside the UNet's: False saves that memory)", label="map_only"),
 )}
 CLI_OPTIONS = tuple(n for n, o in BACKEND_OPTIONS.items() if o.flags)  # what commands take on the command line
 
@@ -197,6 +199,7 @@ class BackendSpec:
     verify: str = "sha256"  # engine-dir check: sha256 (remembered per file state) | rehash (always hashed) | size
     ort_cache: Path | bool | None = None  # ort: ORT's optimised graphs kept: None = user cache where safe (CPU), True, False, a folder
     mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced; fp16 = on fp16
+    map_only: bool = True  # engine backends: pass 1's last call on the map-only UNet (export/map_graph.py), when there is one
 
     def __post_init__(self) -> None:
         b = self.backend
@@ -207,7 +210,7 @@ class BackendSpec:
         _need(isinstance(self.providers, (tuple, list)) and all(isinstance(p, str) for p in self.providers),
               f"--providers must be a list of names, got {self.providers!r}")
         object.__setattr__(self, "providers", tuple(p.strip().lower() for p in self.providers))
-        for name, kind in (("fp16", bool), ("tf32", bool), ("cuda_graph", bool)):
+        for name, kind in (("fp16", bool), ("tf32", bool), ("cuda_graph", bool), ("map_only", bool)):
             _need(isinstance(getattr(self, name), kind), f"{name} must be true or false, got {getattr(self, name)!r}")
         _need(self.batch_passes is None or isinstance(self.batch_passes, bool),
               f"batch_passes must be true, false or None, got {self.batch_passes!r}")

@@ -5,7 +5,8 @@ call that may take a batch, and the VAE decode. The LCM steps (numpy, `runtime.s
 pass schedule, mask extraction and every exact speed-up live here, so each backend gets them all.
 
     pass 1: IP scale `scale_mask_pass` at every step; record the mask layer's map at `mask_steps`;
-            stop after the last mask step (later steps cannot change the mask)
+            stop after the last mask step (later steps cannot change the mask); that last call
+            runs the map-only UNet where the engine has one and nobody reads its noise_pred
     mask:   runtime.mask.extract_mask
     pass 2: the same noise; IP on, masked, at `masked_steps`; IP on, unmasked, at `adapter_steps`; scale 0
             elsewhere (per-step scales: MonkeyConfig.final_scales); one UNet session per run of steps
@@ -17,6 +18,11 @@ both the first masked step and pass 1's stop) run as one batch-2 UNet call: per-
 `ip_scale = scale_mask_pass` shared by the batch, and a per-sample mask: none (= ones) for pass 1;
 for pass 2 zeros at a scale-0 step (`text + s * (ip * 0) = text`, exact) or none at an unmasked IP
 step whose scale equals `scale_mask_pass`. Any other pass-2 step ends the pairing.
+
+Map-only last call: pass 1's last step needs only its map (the prediction it would give is read only to decode the
+pass-1 image, `decode_mask_pass`). Run alone, that call goes to the session's `map_only` (the UNet cut after the mask
+layer: the same map bits, export/map_graph.py) where the backend offers one; in a pass batch, or when the pass-1 image
+is asked for, it runs the full UNet. Each call's record says which graph ran (`UNetCallTiming.graph`).
 """
 
 from __future__ import annotations
@@ -123,6 +129,7 @@ class _Pass:
     last: int  # index of the last step to run
     latents: np.ndarray  # [1,4,h,w] float32: the input of step `step`
     map_steps: tuple[int, ...] = ()
+    map_only_at: int | None = None  # a step whose noise_pred nobody reads (pass 1's last, without decode_mask_pass)
     step: int = 0
     denoised: np.ndarray | None = None
     maps: dict[int, np.ndarray] = field(default_factory=dict)
@@ -241,20 +248,29 @@ class _Run:
             latents = np.concatenate([p.latents for p in passes]) if len(passes) > 1 else passes[0].latents
             timesteps = np.array([p.timesteps[p.step] for p in passes], np.float32)  # [B]
             scale = passes[0].scales[i]
+            map_only = getattr(session, "map_only", None) if len(passes) == 1 and passes[0].map_only_at == i and want_map else None
             t0 = time.perf_counter()
-            eps, maps = session(latents, timesteps, scale, want_map)
+            if map_only is not None:
+                eps, maps = None, map_only(latents, timesteps, scale)  # [1,Q,n_tokens]: no noise_pred
+            else:
+                eps, maps = session(latents, timesteps, scale, want_map)
             engine.sync()
-            finite(engine, stage, eps, f" (UNet noise_pred, step {i})")
+            if eps is not None:
+                finite(engine, stage, eps, f" (UNet noise_pred, step {i})")
             if want_map:
                 finite(engine, stage, maps, f" (attention map, step {i})")
             seconds = time.perf_counter() - t0
-            clock.calls.append(UNetCallTiming("+".join(p.name for p in passes), i, len(passes), seconds))
+            clock.calls.append(UNetCallTiming("+".join(p.name for p in passes), i, len(passes), seconds,
+                                              "unet" if map_only is None else "unet_map"))
             clock.add(stage, seconds)
             t0 = time.perf_counter()
             for b, p in enumerate(passes):
                 if i in p.map_steps:
                     p.maps[i] = maps[b]  # [Q, n_tokens]
-                _advance(engine, p, noise, eps[b : b + 1])
+                if eps is None:  # the map-only call: the pass ends here, its latents unread
+                    p.step, p.denoised = p.step + 1, None
+                else:
+                    _advance(engine, p, noise, eps[b : b + 1])
             clock.add("scheduler", time.perf_counter() - t0)
             if clock.steps is not None:
                 clock.steps(stage, i + 1 - first, n_calls)
@@ -336,6 +352,8 @@ def run_monkey(
         notes.append(f"prompt is longer than {engine.dims.text_len} tokens and was truncated")
 
     p1 = run.new_pass("p1", c.steps_mask_pass, [c.scale_mask_pass] * c.steps_mask_pass, c.mask_pass_steps_needed - 1, c.mask_steps)
+    if not decode_mask_pass:  # nobody reads pass 1's last prediction: the map-only UNet may run that call
+        p1.map_only_at = p1.last
     p2 = run.new_pass("p2", c.steps_final, c.final_scales())
     uses = c.final_mask_use()
     zeros = np.zeros((request.height, request.width), np.float32)

@@ -126,6 +126,7 @@ def write_outputs(out: Path, result: MonkeyOutput, subject: Image.Image | None, 
             "prompt_truncated": result.prompt_truncated,
             "warnings": list(result.warnings),
             "timings_s": {k: round(v, 6) for k, v in result.timings.items()},
+            "unet_calls": [{"passes": c.passes, "step": c.step, "batch": c.batch, "graph": c.graph} for c in result.unet_calls],
             "files": names,
             "digests": file_digests(tmp, [n for n in names if n != MARKER]),  # a changed file is refused next time
             "versions": versions(),

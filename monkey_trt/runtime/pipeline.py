@@ -23,7 +23,7 @@ from monkey_trt.core.threads import locked
 from monkey_trt.engine.runner import Runner
 from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest
-from monkey_trt.enginedir.networks import NETWORKS
+from monkey_trt.enginedir.networks import MAP_NETWORK, MAP_OUTPUT, NETWORKS
 from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
 from monkey_trt.runtime.images import clip_preprocess, load_subject
 from monkey_trt.runtime.method import check_run_options, run_monkey
@@ -88,13 +88,15 @@ class MonkeyPipeline:
         # which UNet graph runs which pass (runtime/unet_graphs.py): select_unet puts it in runners["unet"]
         self.unet_roles = unet_roles(spec.precision, spec.mask_pass)
         self.unet_runners = {spec.precision: runners["unet"]} if "unet" in runners else {}
+        # the map-only UNet (export/map_graph.py) of the mask pass's precision, when the directory has one: pass 1's last call
+        self.map_runners: dict[str, Runner] = {}
         self._unet_observers: list[UNetObserver] = []
         self.shared: dict = {}  # what the backend's runners share (open_runners' `shared`)
 
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
-        batch_passes, fp16, tf32, ort_cache, mask_pass), checked like the CLI's options."""
+        batch_passes, fp16, tf32, ort_cache, mask_pass, map_only), checked like the CLI's options."""
         unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
         if unknown:
             raise MonkeyError(f"from_engine_dir() got unknown option(s) {', '.join(unknown)}")
@@ -117,6 +119,9 @@ class MonkeyPipeline:
             for p in extra_unet_precisions(spec.precision, spec.mask_pass):  # trt: the same activation pool (shared)
                 extra = replace(spec, precision=p, mask_pass="exact")  # that graph runs its own passes whole
                 pipe.unet_runners[p] = open_runners(Path(root), manifest, extra, ("unet",), pipe.shared)["unet"]
+            if spec.map_only and MAP_NETWORK in manifest.networks:  # directories exported before it: the full UNet
+                p = pipe.unet_roles["mask"]
+                pipe.map_runners[p] = open_runners(Path(root), manifest, replace(spec, precision=p, mask_pass="exact"), (MAP_NETWORK,), pipe.shared)[MAP_NETWORK]
         except BaseException:
             pipe.close()
             raise
@@ -131,11 +136,12 @@ class MonkeyPipeline:
                 "options": {"precision": self.spec.precision, "fp16": self.spec.fp16, "cuda_graph": self.spec.cuda_graph,
                             "tf32": {n: getattr(r, "tf32_mode", "per plan (build --tf32)") for n, r in self.runners.items()}},
                 "spec": self.spec.to_dict(),
-                **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {})}
+                **({"unet_graphs": dict(self.unet_roles)} if len(self.unet_runners) > 1 else {}),
+                "map_only_unet": sorted(self.map_runners)}
 
     @locked
     def close(self) -> None:
-        for r in (*self.runners.values(), *self.unet_runners.values()):
+        for r in (*self.runners.values(), *self.unet_runners.values(), *self.map_runners.values()):
             r.deactivate()
 
     @contextlib.contextmanager
@@ -206,12 +212,13 @@ class MonkeyPipeline:
         unet, n = self.runners["unet"], len(masks)
         H, W = self._size
         ip_mask = np.stack([np.ones((H, W), np.float32) if m is None else np.asarray(m, np.float32) for m in masks])[:, None]  # [B,1,H,W]
-        fixed = unet.bind_static({
+        static_inputs = {
             "encoder_hidden_states": np.repeat(text, n, axis=0),  # [B, 77, D]
             "timestep_cond": np.repeat(w_emb, n, axis=0),  # [B, time_cond_dim]
             "ip_tokens": np.repeat(ip_tokens, n, axis=0),  # [B, n_ip_tokens, D]
             "ip_mask": np.ascontiguousarray(ip_mask),
-        })
+        }
+        fixed = unet.bind_static(static_inputs)
         ip_scale = np.zeros((self.n_ip_layers,), np.float32)  # [n_ip_layers], shared by the batch
         only_noise, with_map = ("noise_pred",), ("noise_pred", "ip_attn_map")
 
@@ -231,6 +238,24 @@ class MonkeyPipeline:
             return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,4]
 
         call.static = fixed  # the session's own inputs (released with the session)
+        precision = next((p for p, r in self.unet_runners.items() if r is unet), None)  # of the graph select_unet put there
+        map_runner = self.map_runners.get(precision)
+        if map_runner is not None:  # the map-only UNet of the same precision: the same map bits, about half the work
+            map_fixed: list = []  # bound on first use (on a GPU: its own device copies)
+
+            def map_only(latents: np.ndarray, timesteps: np.ndarray, scale: float) -> np.ndarray:
+                """latents [B,4,h,w], timesteps [B] -> the map [B,Q,n_tokens] alone (no noise_pred)."""
+                with lock:
+                    if not map_fixed:
+                        map_fixed.append(map_runner.bind_static(static_inputs))
+                    ip_scale[:] = scale
+                    feeds = {"sample": np.ascontiguousarray(latents, np.float32),
+                             "timestep": np.asarray(timesteps, np.float32), "ip_scale": ip_scale}
+                    for observe in observers:  # the call's inputs are a UNet call's: calibration sees it as one
+                        observe({**map_fixed[0].host, **feeds})
+                    return map_runner.infer(feeds, static=map_fixed[0], outputs=(MAP_OUTPUT,))[MAP_OUTPUT]
+
+            call.map_only = map_only
         return call
 
     @locked

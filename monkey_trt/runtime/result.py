@@ -23,10 +23,11 @@ class UNetCallTiming:
     step: int  # 0-based step index within the pass(es)
     batch: int
     seconds: float
+    graph: str = "unet"  # which graph ran: "unet", or "unet_map" (the map-only UNet: pass 1's last call, noise_pred unread)
 
     @property
     def label(self) -> str:
-        return f"unet {self.passes} s{self.step}"
+        return f"unet {self.passes} s{self.step}" + (" map-only" if self.graph != "unet" else "")
 
 
 @dataclass(frozen=True)

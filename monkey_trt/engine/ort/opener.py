@@ -10,7 +10,7 @@ from monkey_trt.engine.derived_cache import cache_root, source_digest as files_d
 from monkey_trt.engine.ort.providers import default_provider
 from monkey_trt.engine.ort.runner import OrtRunner
 from monkey_trt.enginedir.manifest import split_key
-
+from monkey_trt.enginedir.networks import MAP_NETWORK
 
 ORT_CACHE_FOLDER = "ort-optimized"  # under the user cache folder (engine.derived_cache.cache_root)
 
@@ -26,6 +26,13 @@ def ort_cache_folder(setting: Path | bool | None, providers: Sequence[str]) -> P
     if setting is False:
         return None
     return cache_root() / ORT_CACHE_FOLDER if setting is True else Path(setting)
+
+
+# The map-only UNet must give the full UNet's map bit for bit (the mask must not move). Cut after the mask layer, the
+# residual sum after that layer's self-attention feeds only norm2 (in the full graph also the next residual add), so
+# ORT's SkipLayerNormFusion fuses Add + LayerNormalization there and rounds differently (measured: 6e-8 on the map).
+# Off for that graph only (it never fires on the full SD UNet, where every such sum has two consumers).
+MAP_GRAPH_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 # -- the backend table's opener (runtime.backend: "ort") ------------------------------------------------
@@ -58,5 +65,6 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
             cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
             optimized_model_cache=ort_cache_folder(spec.ort_cache, providers), source_digest=files_digest(sha256),
             int8=graph_precision == "int8",
+            disabled_optimizers=MAP_GRAPH_DISABLED_OPTIMIZERS if name == MAP_NETWORK else (),
         )
     return runners

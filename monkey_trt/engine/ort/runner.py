@@ -94,6 +94,7 @@ class OrtRunner(CudaGraphReplay, Runner):
             which wants the original graph).
         source_digest: the digest of the graph files (the manifest's sha256s, `engine.derived_cache.source_digest`);
             default: the files are hashed when a cache needs it.
+        disabled_optimizers: ORT graph transformers not to run on this graph (the map-only UNet: opener.py says why).
     """
 
     backend = "onnxruntime"
@@ -117,6 +118,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         log_severity: int = 3,
         int8: bool = False,
         tf32: bool = False,
+        disabled_optimizers: Sequence[str] = (),
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
@@ -127,6 +129,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         self.fp16, self.precision = bool(fp16), precision
         self.trt_profile = {n: tuple(tuple(int(d) for d in s) for s in mmo) for n, mmo in (trt_profile or {}).items()}
         self.int8, self.tf32 = bool(int8), bool(tf32)
+        self.disabled_optimizers = tuple(dict.fromkeys(("CommonSubexpressionElimination",) * self.int8 + tuple(disabled_optimizers)))
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else None
         self.cuda_graph = bool(cuda_graph) and self._chain[0] != PROVIDER_NAMES["cpu"]
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
@@ -248,8 +251,10 @@ class OrtRunner(CudaGraphReplay, Runner):
         return self._source_digest
 
     def _cache_material(self) -> dict:
-        return {"v": 4, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
-                "cpu": cpu_identity()}  # ORT_ENABLE_ALL graphs hold CPU-specific layouts (NCHWc blocks): keyed by the CPU
+        material = {"v": 4, "graph": self.source_digest(), "ort": ort_version(), "providers": list(self._chain),
+                    "cpu": cpu_identity()}  # ORT_ENABLE_ALL graphs hold CPU-specific layouts (NCHWc blocks): keyed by the CPU
+        extra = [o for o in self.disabled_optimizers if not (self.int8 and o == "CommonSubexpressionElimination")]
+        return {**material, "disabled_optimizers": extra} if extra else material  # other graphs keep their keys
 
     def trt_cache_folder(self) -> Path:
         """Where this runner's TensorRT EP engines and timing cache are kept (keyed; see `trt_cache_dir`)."""
@@ -263,7 +268,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self._chain,
                                         provider_options=self._provider_options(graph),
-                                        **({"disabled_optimizers": ["CommonSubexpressionElimination"]} if self.int8 else {}))
+                                        **({"disabled_optimizers": list(self.disabled_optimizers)} if self.disabled_optimizers else {}))
         except Exception as e:  # ORT raises Fail/InvalidGraph/NoSuchFile/RuntimeException...
             msg = first_line(e)
             raise MonkeyError(f"{self.name}: onnxruntime cannot load {path}: {msg}") from None

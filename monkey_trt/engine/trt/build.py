@@ -20,7 +20,7 @@ from monkey_trt.core.errors import (
 from monkey_trt.core.atomic import write_json_atomic
 from monkey_trt.engine.precision import check_gpu_precision
 from monkey_trt.engine.trt import cuda, lib
-from monkey_trt.enginedir.networks import NETWORKS, ModelDims, NetworkDesc
+from monkey_trt.enginedir.networks import ModelDims, NetworkDesc
 from monkey_trt.enginedir.plans import (
     BUILD_JSON,
     TIMING_CACHE,
@@ -30,6 +30,7 @@ from monkey_trt.enginedir.plans import (
     gpu_graph_path,
     network_record,
     plan_folder,
+    plan_networks,
     recorded_networks,
 )
 
@@ -177,7 +178,8 @@ def build_engine_dir(
     force: bool = False,
     progress: Callable[[str, str], None] | None = None,
 ) -> Path:
-    """Build the plans of `networks` (default: all four) into ENGINE_DIR/trt/<cache key>/.
+    """Build the plans of `networks` (default: all four, and the map-only UNet where the manifest has it) into
+    ENGINE_DIR/trt/<cache key>/.
 
     A network whose plan already exists for the key is skipped unless `force`. `progress`
     is called as progress(network, message) before and after each network. Returns the folder.
@@ -186,7 +188,7 @@ def build_engine_dir(
     dev = cuda.require_cuda_device()
     check_gpu_precision(cfg.precision, dev.compute_capability, dev.name)  # int8/fp8: tensor cores for it, before any build
     engine_dir = Path(engine_dir)
-    nets = list(networks) if networks is not None else list(NETWORKS)
+    nets = list(networks) if networks is not None else list(plan_networks(manifest))
     unknown = [n for n in nets if n not in manifest.networks]
     if unknown:
         raise MonkeyError(f"unknown network(s) {', '.join(unknown)} (the engine directory has {', '.join(manifest.networks)})")

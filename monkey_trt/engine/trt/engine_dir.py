@@ -76,7 +76,7 @@ def plan_memory(engine_dir: str | os.PathLike, manifest, precision: str = "fp32"
     (each plan deserialised in turn, no execution context created, nothing allocated for activations)."""
     folder = find_plan_dir(engine_dir, manifest, precision)
     networks = {}
-    for n in NETWORKS:
+    for n in plans.plan_networks(manifest):
         eng = TrtEngine(folder / f"{n}.plan", name=n)
         try:
             eng.load()
