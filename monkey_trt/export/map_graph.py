@@ -33,9 +33,9 @@ def map_file_name(precision: str) -> str:
 
 def map_file_names() -> list[str]:
     """Every file a map-only graph may be written as (OutputStage's list of names it owns)."""
-    from monkey_trt.enginedir.manifest import PRECISIONS
+    from monkey_trt.enginedir.manifest import GRAPH_KEYS
 
-    return [f for p in PRECISIONS for f in (map_file_name(p), map_file_name(p) + ".data")]
+    return [f for p in ("fp32", *GRAPH_KEYS) for f in (map_file_name(p), map_file_name(p) + ".data")]
 
 
 def _needed(node: onnx.NodeProto) -> list[str]:
@@ -142,7 +142,8 @@ def map_entry(desc, unet: NetworkEntry, locate: Callable[[str], Path], dst_dir: 
         of = unet.precisions.get(precision)  # the UNet graph's record (fp16's fp32 ops, 8-bit's quantization) holds for its cut
         made[precision] = PrecisionFiles(files[0], files[1] if len(files) > 1 else None,
                                          {p.name: sha256_file(p) for p in paths}, {p.name: p.stat().st_size for p in paths},
-                                         of.fp32_ops if of else (), dict(of.quantization) if of else {})
+                                         of.fp32_ops if of else (), dict(of.quantization) if of else {},
+                                         *((of.base,) if of else ()))  # an 8-bit graph's base (fp32 / fp16) too
     if previous is not None:
         return NetworkEntry(previous.desc, previous.file, previous.data_file, previous.sha256, previous.sizes,
                             {**previous.precisions, **made})
