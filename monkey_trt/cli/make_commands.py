@@ -54,6 +54,7 @@ def export(
     calib_prompts: Optional[Path] = typer.Option(None, "--calib-prompts", help="int8/fp8: calibration prompts, one per line [default: the paper's 20 prompts]"),
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="int8/fp8: folder of subject images to calibrate on [default: the embedded subject]"),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="int8/fp8: calibration cases (prompt, subject, seed), 11 UNet calls each [default: 8]"),
+    quantize_image_encoder: bool = typer.Option(False, "--quantize-image-encoder", help="int8/fp8: quantize the image encoder too (opt-in: it feeds the mask, see docs/int8.md)"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
@@ -70,6 +71,9 @@ def export(
     )
 
     calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size)
+    from monkey_trt.export.quantize_nets import OPT_IN_FLAG, check_opt_in
+
+    check_opt_in(precisions, quantize_image_encoder)
     from monkey_trt.export.onnx_export import (
         ExportOptions,
         add_precisions,
@@ -80,18 +84,19 @@ def export(
     from monkey_trt.core.config import ModelSource
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
-                         fold_constants=fold, force=force, precisions=precisions, calibration=calibration)
+                         fold_constants=fold, force=force, precisions=precisions, calibration=calibration,
+                         quantize_image_encoder=quantize_image_encoder)
     add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
     if add_only:  # --calib-* that would calibrate nothing are refused, not ignored
         from monkey_trt.export.conflicts import check_calibration_applies
 
         check_calibration_applies(out, precisions, {"--calib-prompts": calib_prompts, "--calib-images": calib_images,
-                                                    "--calib-size": calib_size})
+                                                    "--calib-size": calib_size, OPT_IN_FLAG: quantize_image_encoder or None})
     if not add_only:
         check_export_out(out, force)
     with quiet_libraries(), steps(console, "export") as step:
         if add_only:
-            added = add_precisions(out, precisions, progress=step, calibration=calibration)
+            added = add_precisions(out, precisions, progress=step, calibration=calibration, image_encoder=quantize_image_encoder)
             result, note = out, (f"added {', '.join(added)}" if added else f"already has {', '.join(precisions)}")
         else:
             result, note = export_engine_dir(opts, progress=step), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))

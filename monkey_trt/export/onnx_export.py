@@ -34,6 +34,7 @@ from monkey_trt.enginedir.networks import (
 from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.onnx_files import save_onnx
 from monkey_trt.export.quantize import add_quantized, quantized_file_names
+from monkey_trt.export.quantize_nets import networks_8bit
 from monkey_trt.export.wrappers import (
     ImageEncoderNet,
     TextEncoderNet,
@@ -60,6 +61,7 @@ class ExportOptions:
     force: bool = False  # replace an existing engine directory
     precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written (the reference and the fp16 source)
     calibration: object | None = None  # int8/fp8: export.calibration.CalibrationSpec (None: the built-in defaults)
+    quantize_image_encoder: bool = False  # int8/fp8: the image encoder too (opt-in, it feeds the mask: export/quantize_nets.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
@@ -244,9 +246,10 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         )
         manifest.write(tmp)
         if quantized:  # the staged directory is a complete fp32 engine: calibrate on it, same commit
-            say(f"calibrating and quantizing the UNet to {', '.join(quantized)}")
+            nets = networks_8bit(opts.quantize_image_encoder)
+            say(f"calibrating and quantizing the UNet, {', '.join(nets)} to {', '.join(quantized)}")
             spec = opts.calibration or default_calibration(opts.profile)
-            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total))
+            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total), networks=nets)
             manifest.write(tmp)
         return stage.commit(staged_files(tmp))
 
@@ -307,7 +310,7 @@ def _same_model(recorded, given: str) -> bool:
 
 
 def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None,
-                   calibration=None) -> tuple[str, ...]:
+                   calibration=None, image_encoder: bool = False) -> tuple[str, ...]:
     """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
 
     Through atomic.OutputStage like every output: the new graphs and manifest are staged next to the
@@ -324,12 +327,13 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
             progress(f"waiting for another process writing {root}", 0, 1)
 
     if not root.is_dir():  # load_manifest's one line for what is not an engine directory
-        return _add_precisions(root, precisions, progress, calibration)
+        return _add_precisions(root, precisions, progress, calibration, image_encoder)
     with folder_lock(root, timeout_s=WRITER_WAIT_S, waiting=waiting):
-        return _add_precisions(root, precisions, progress, calibration)
+        return _add_precisions(root, precisions, progress, calibration, image_encoder)
 
 
-def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress | None, calibration) -> tuple[str, ...]:
+def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress | None, calibration,
+                    image_encoder: bool = False) -> tuple[str, ...]:
     """add_precisions under the directory's lock."""
     from monkey_trt.enginedir.load import load_manifest
 
@@ -354,7 +358,7 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
         quantized = [p for p in todo if p in QUANTIZED_PRECISIONS]
         if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
             updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
-                                    progress=progress)
+                                    progress=progress, networks=networks_8bit(image_encoder))
         updated.write(stage.path)
         stage.commit(staged_files(stage.path), keep=kept)
     return tuple(todo)
