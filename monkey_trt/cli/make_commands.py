@@ -71,7 +71,8 @@ def export(
     )
 
     calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size)
-    from monkey_trt.export.quantize_nets import OPT_IN_FLAG, check_opt_in
+    from monkey_trt.export.quant_groups import OPT_IN_FLAG
+    from monkey_trt.export.quantize_nets import check_opt_in
 
     check_opt_in(precisions, quantize_image_encoder)
     from monkey_trt.export.onnx_export import (

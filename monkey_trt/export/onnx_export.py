@@ -33,8 +33,9 @@ from monkey_trt.enginedir.networks import (
 )
 from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.onnx_files import save_onnx
-from monkey_trt.export.quantize import add_quantized, quantized_file_names
-from monkey_trt.export.quantize_nets import networks_8bit
+from monkey_trt.export.quant_groups import networks_8bit
+from monkey_trt.export.quantize import quantized_file_names
+from monkey_trt.export.quantize_nets import add_8bit
 from monkey_trt.export.wrappers import (
     ImageEncoderNet,
     TextEncoderNet,
@@ -249,7 +250,8 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             nets = networks_8bit(opts.quantize_image_encoder)
             say(f"calibrating and quantizing the UNet, {', '.join(nets)} to {', '.join(quantized)}")
             spec = opts.calibration or default_calibration(opts.profile)
-            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total), networks=nets)
+            manifest = add_8bit(tmp, manifest, tmp, quantized, spec, progress=_sub_progress(progress, done, total),
+                                image_encoder=opts.quantize_image_encoder)
             manifest.write(tmp)
         return stage.commit(staged_files(tmp))
 
@@ -357,8 +359,8 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
         updated = Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})
         quantized = [p for p in todo if p in QUANTIZED_PRECISIONS]
         if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
-            updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
-                                    progress=progress, networks=networks_8bit(image_encoder))
+            updated = add_8bit(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
+                               progress=progress, image_encoder=image_encoder)
         updated.write(stage.path)
         stage.commit(staged_files(stage.path), keep=kept)
     return tuple(todo)

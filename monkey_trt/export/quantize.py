@@ -58,11 +58,12 @@ from pathlib import Path
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
 from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes, name_nodes
+from monkey_trt.export.quant_groups import all_8bit_networks, default_keep, more_kept_nodes
 
 KEEP = ("map", "embedding", "io", "attention", "skip", "downsample",  # kept-precision groups (see the module doc)
-        "upsample", "mid_attention", "patch_embedding", "projection")  # (the VAE decoder's, the image encoder's: quantize_nets.py)
+        "upsample", "mid_attention", "patch_embedding", "projection")  # (the VAE decoder's, the image encoder's: quant_groups.py)
 DEFAULT_KEEP = {"int8": ("map", "embedding", "io", "attention", "skip", "downsample"),
-                "fp8": ("map", "embedding", "io", "skip", "downsample")}  # the UNet's; the others: quantize_nets.DEFAULT_KEEP
+                "fp8": ("map", "embedding", "io", "skip", "downsample")}  # the UNet's; the others: quant_groups.DEFAULT_KEEP
 QUANT_OPS = ("Conv", "MatMul", "Gemm")  # the weighted layers (+ attention's MatMuls unless kept)
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 LIBRARY = "onnxruntime.quantization"
@@ -74,7 +75,7 @@ class QuantSettings:
 
     precision: str = "int8"
     keep: tuple[str, ...] | None = None  # None: the network's default (DEFAULT_KEEP[precision] for the UNet)
-    network: str = "unet"  # which network's graph (its default kept set: quantize_nets.default_keep)
+    network: str = "unet"  # which network's graph (the others' default kept sets: quant_groups.DEFAULT_KEEP)
     calibrate_method: str = "minmax"  # int8: minmax | percentile | entropy; fp8 always uses ORT's "distribution"
     percentile: float = 99.999
     per_channel: bool = True
@@ -87,9 +88,10 @@ class QuantSettings:
     def __post_init__(self) -> None:
         if self.precision not in QUANTIZED_PRECISIONS:
             raise MonkeyError(f"quantized precision must be one of {', '.join(QUANTIZED_PRECISIONS)}, got {self.precision!r}")
-        from monkey_trt.export.quantize_nets import default_keep
-
-        keep = default_keep(self.network, self.precision) if self.keep is None else tuple(dict.fromkeys(self.keep))
+        if self.keep is None:
+            keep = DEFAULT_KEEP[self.precision] if self.network == "unet" else default_keep(self.network, self.precision)
+        else:
+            keep = tuple(dict.fromkeys(self.keep))
         unknown = [k for k in keep if k not in KEEP]
         if unknown:
             raise MonkeyError(f"unknown kept-precision group(s) {', '.join(unknown)} (known: {', '.join(KEEP)})")
@@ -141,8 +143,6 @@ def kept_nodes(graph, keep: Iterable[str]) -> dict[str, set[str]]:
         out["skip"] = {n.name for n in graph.node if n.op_type == "Conv" and "/conv_shortcut/" in n.name}
     if "downsample" in keep:
         out["downsample"] = {n.name for n in graph.node if n.op_type == "Conv" and "/downsamplers." in n.name}
-    from monkey_trt.export.quantize_nets import more_kept_nodes
-
     out.update(more_kept_nodes(graph, keep, weights))
     return out
 
@@ -314,21 +314,18 @@ QUANTIZED_NETWORKS = ("unet",)  # calibrated on its recorded calls here; the VAE
 
 def quantized_file_names() -> list[str]:
     """Every file an 8-bit export may write (OutputStage's list of names it owns), the opt-in image encoder's included."""
-    from monkey_trt.export.quantize_nets import all_8bit_networks
-
     return [f for n in all_8bit_networks() for p in QUANTIZED_PRECISIONS for f in (quant_file_name(n, p), quant_file_name(n, p) + ".data")]
 
 
 def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str], spec, progress=None,
-                  settings: dict | None = None, cache: Path | None = None, networks: tuple[str, ...] | None = None):
+                  settings: dict | None = None, cache: Path | None = None):
     """Calibrate on the fp32 engine directory `root` and write the 8-bit graphs of `precisions` into `dst_dir`
     (the staging folder of the same commit); returns the manifest with their entries and exporter record.
 
     `spec`: the CalibrationSpec (export/calibration.py); `settings`: precision -> QuantSettings (default:
-    QuantSettings(precision)). The calibration recording is shared by all precisions and cached. `networks`: the
-    networks quantized besides the UNet (default: quantize_nets.networks_8bit(), the VAE decoder).
+    QuantSettings(precision)). The calibration recording is shared by all precisions and cached. The UNet only:
+    quantize_nets.add_8bit adds the VAE decoder (and the opt-in image encoder).
     """
-    from monkey_trt.export.quantize_nets import networks_8bit, quantize_networks
     from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
     from monkey_trt.export.calibration import load_or_collect
 
@@ -349,6 +346,4 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
             e = entries[name]
             entries[name] = NetworkEntry(e.desc, e.file, e.data_file, e.sha256, e.sizes, {**e.precisions, p: files})
         exporter[f"{p}_quantizer"] = library_version()
-    entries = quantize_networks(root, manifest, dst_dir, todo, spec, networks_8bit() if networks is None else networks,
-                                entries, say, cache=cache)
     return Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})

@@ -1,7 +1,6 @@
 """The 8-bit VAE decoder (always, with the UNet) and image encoder (opt-in): which layers stay float, and their calibration.
 
-    networks = networks_8bit(image_encoder=False)          # ("vae_decoder",): what int8/fp8 quantize besides the UNet
-    entries = quantize_networks(root, manifest, dst_dir, precisions, spec, networks, entries, say)
+    manifest = add_8bit(root, manifest, dst_dir, ("int8",), spec, progress=say, image_encoder=False)
 
 The same quantizer as the UNet's (export/quantize.py: onnxruntime.quantization, QDQ, symmetric int8 or
 float8 e4m3fn, per-channel weights, one Q/DQ pair per consumer), calibrated on what each network sees when
@@ -9,7 +8,7 @@ MONKEY runs on the fp32 engine (export/network_calibration.py): the VAE decoder 
 the image encoder on the cases' preprocessed subjects.
 
 * **VAE decoder** (quantized with every 8-bit export): it only shapes the final image, never the mask.
-  Kept in float by default (each a `KEEP` group; the per-group table is in docs/int8.md): `io`
+  Kept in float by default (each a `KEEP` group, quant_groups.py; the per-group table is in docs/int8.md): `io`
   (post_quant_conv, conv_in, conv_out: 4- and 3-channel layers, ~0.1% of the MACs; conv_out writes the
   pixels: +3 dB on the tiny model) and, for int8, `attention` (the mid-block's activation x activation
   products, as in the UNet: softmax probabilities fall below int8's step; ~1.4% of the MACs). Not kept by
@@ -27,54 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
-
-VAE = "vae_decoder"
-IMAGE_ENCODER = "image_encoder"
-QUANTIZED_WITH_UNET = (VAE,)  # 8-bit whenever the UNet is (the image only)
-OPT_IN = (IMAGE_ENCODER,)  # 8-bit only when asked (export --quantize-image-encoder): it feeds the mask
-OPT_IN_FLAG = "--quantize-image-encoder"  # the one option that asks (cli/make_commands.py)
-DEFAULT_KEEP = {  # measured on the tiny model (docs/int8.md); fp8 keeps small probabilities: attention quantized
-    VAE: {"int8": ("io", "attention"), "fp8": ("io",)},
-    IMAGE_ENCODER: {"int8": ("projection", "attention"), "fp8": ("projection",)},
-}
-
-
-def default_keep(network: str, precision: str) -> tuple[str, ...]:
-    """The kept-precision groups of `network` at `precision` (the UNet's: quantize.DEFAULT_KEEP)."""
-    from monkey_trt.export.quantize import DEFAULT_KEEP as UNET_KEEP
-
-    if network == "unet":
-        return UNET_KEEP[precision]
-    if network not in DEFAULT_KEEP:
-        raise MonkeyError(f"no 8-bit graph for {network!r} (8-bit networks: unet, {', '.join(DEFAULT_KEEP)})")
-    return DEFAULT_KEEP[network][precision]
-
-
-def networks_8bit(image_encoder: bool = False) -> tuple[str, ...]:
-    """The networks an 8-bit export quantizes besides the UNet."""
-    return QUANTIZED_WITH_UNET + (OPT_IN if image_encoder else ())
-
-
-def all_8bit_networks() -> tuple[str, ...]:
-    """Every network that may have an 8-bit graph (the staging's ownership list: quantize.quantized_file_names)."""
-    return ("unet", *QUANTIZED_WITH_UNET, *OPT_IN)
-
-
-def more_kept_nodes(graph, keep, weights: set[str]) -> dict[str, set[str]]:
-    """The VAE decoder's and image encoder's groups (quantize.kept_nodes has the UNet's)."""
-    keep, out = set(keep), {}
-    weighted = lambda n: any(i in weights for i in n.input[1:2])  # noqa: E731
-    if "upsample" in keep:
-        out["upsample"] = {n.name for n in graph.node if n.op_type == "Conv" and "/upsamplers." in n.name}
-    if "mid_attention" in keep:
-        out["mid_attention"] = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "/mid_block/attentions." in n.name
-                                and weighted(n)}
-    if "patch_embedding" in keep:
-        out["patch_embedding"] = {n.name for n in graph.node if n.op_type == "Conv" and "/patch_embedding/" in n.name}
-    if "projection" in keep:
-        out["projection"] = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-                             and ("/visual_projection/" in n.name or n.name.startswith("/image_proj/"))}
-    return out
+from monkey_trt.export.quant_groups import OPT_IN_FLAG, VAE, networks_8bit
+from monkey_trt.export.quantize import QuantSettings, add_quantized, write_quantized_network
 
 
 def check_opt_in(precisions, image_encoder: bool) -> None:
@@ -85,6 +38,19 @@ def check_opt_in(precisions, image_encoder: bool) -> None:
         raise MonkeyError(f"{OPT_IN_FLAG} applies to --precision int8 or fp8 only")
 
 
+def add_8bit(root: Path, manifest, dst_dir: Path, precisions, spec, progress=None, image_encoder: bool = False,
+             cache: Path | None = None):
+    """The 8-bit graphs of `precisions`: the UNet (quantize.add_quantized), the VAE decoder and, when asked, the
+    image encoder, each calibrated on the fp32 engine `root`, written into `dst_dir`; returns the manifest."""
+    from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS, Manifest
+
+    todo = [p for p in precisions if p in QUANTIZED_PRECISIONS]
+    updated = add_quantized(root, manifest, dst_dir, todo, spec, progress=progress, cache=cache)
+    say = progress or (lambda msg, done, total: None)
+    entries = quantize_networks(root, manifest, dst_dir, todo, spec, networks_8bit(image_encoder), updated.networks, say, cache=cache)
+    return Manifest(**{**updated.__dict__, "networks": entries})
+
+
 def quantize_networks(root: Path, manifest, dst_dir: Path, precisions, spec, networks: tuple[str, ...], entries: dict,
                       say, settings: dict | None = None, cache: Path | None = None) -> dict:
     """Calibrate `networks` (VAE decoder, image encoder) on the fp32 engine `root` and write their 8-bit graphs
@@ -92,7 +58,6 @@ def quantize_networks(root: Path, manifest, dst_dir: Path, precisions, spec, net
     QuantSettings (default: that network's)."""
     from monkey_trt.enginedir.manifest import NetworkEntry
     from monkey_trt.export.network_calibration import load_or_collect_inputs
-    from monkey_trt.export.quantize import QuantSettings, write_quantized_network
 
     if not networks or not precisions:
         return entries
