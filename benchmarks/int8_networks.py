@@ -8,7 +8,9 @@ ENGINE holds fp32 and the 8-bit graphs (`export --precision int8 [--quantize-ima
 once; then, on the same noise:
 
 * `engine`: the engine at `--precision` (UNet pass 2, VAE decoder and, if exported, image encoder 8-bit):
-  mask IoU, identical masks, image PSNR against fp32;
+  mask IoU, identical masks, image PSNR against fp32; `engine, image encoder fp32`: the same with the
+  image encoder fp32 (what an export without `--quantize-image-encoder` runs); `UNet only (before)`: only the
+  UNet 8-bit (what an engine exported before the 8-bit VAE decoder runs);
 * `vae only`: the fp32 run's own final latents decoded by the 8-bit VAE decoder (its error alone);
 * `vae keep=G`: the same with the VAE decoder re-quantized keeping the groups G in float (one `--vae-keep`
   list each, `+`-joined; `none` = nothing kept), calibrated on the export's recorded decoder inputs: the table
@@ -118,6 +120,22 @@ def main() -> None:
 
             got = q(req, subject, noise=noise)
             row("engine", got.image, got.mask.mask)
+            if ie8 is not None:  # the default export's engine: UNet + VAE decoder 8-bit, image encoder fp32
+                mine = q.runners["image_encoder"]
+                q.runners["image_encoder"] = fp32.runners["image_encoder"]
+                try:
+                    dflt = q(req, subject, noise=noise)
+                finally:
+                    q.runners["image_encoder"] = mine
+                row("engine, image encoder fp32", dflt.image, dflt.mask.mask)
+            if vae8 is not None:  # the engine before the 8-bit VAE decoder: the UNet alone 8-bit
+                mine = dict(q.runners)
+                q.runners.update(image_encoder=fp32.runners["image_encoder"], vae_decoder=fp32.runners["vae_decoder"])
+                try:
+                    unet_only = q(req, subject, noise=noise)
+                finally:
+                    q.runners.update(mine)
+                row("UNet only (before)", unet_only.image, unet_only.mask.mask)
             if vae8 is not None:
                 row("vae only", decode_with(vae8, latents[0]))
                 for _ in range(a.decode_runs):
