@@ -3,7 +3,8 @@
     python benchmarks/int8_networks.py --engine-dir ENGINE [--seeds 0,1,2] [--prompts 3] [--precision int8]
         [--vae-keep=io,io+attention,...] [--ie-keep=...] [--threads 2] [--decode-runs 3] [--json OUT]
 
-ENGINE holds fp32 and the 8-bit graphs (`export --precision int8 [--quantize-image-encoder]`). Per case
+ENGINE holds fp32 and the 8-bit graphs (fp8: ONNX Runtime dequantizes and runs fp32 kernels, i.e. it applies
+the fp8 rounding; only the networks' own rows, as ONNX Runtime's pipeline refuses fp8) (`export --precision int8 [--quantize-image-encoder]`). Per case
 (held-out paper prompts x seeds, the embedded subject, the engine's opt size) the fp32 engine runs MONKEY
 once; then, on the same noise:
 
@@ -94,7 +95,7 @@ def main() -> None:
     prompts = held_out_prompts(a.prompts)
     common = dict(backend="ort", providers=("cpu",), threads=a.threads, verify="size")
     fp32 = MonkeyPipeline.from_engine_dir(e, precision="fp32", **common)
-    q = MonkeyPipeline.from_engine_dir(e, precision=P, **common)
+    q = MonkeyPipeline.from_engine_dir(e, precision=P, **common) if P != "fp8" else None  # fp8: the networks alone
     m = fp32.manifest
     size = m.profile.height.opt
     has = {n: P in m.networks[n].precisions for n in ("image_encoder", "vae_decoder")}
@@ -118,9 +119,10 @@ def main() -> None:
                 rows.append({"what": what, "seed": seed, "prompt": prompt, "mask_iou": mask_iou(ref.mask.mask, mask),
                              "mask_identical": bool(np.array_equal(ref.mask.mask, mask)), "psnr_db": psnr(ref.image, img)})
 
-            got = q(req, subject, noise=noise)
-            row("engine", got.image, got.mask.mask)
-            if ie8 is not None:  # the default export's engine: UNet + VAE decoder 8-bit, image encoder fp32
+            if q is not None:
+                got = q(req, subject, noise=noise)
+                row("engine", got.image, got.mask.mask)
+            if q is not None and ie8 is not None:  # the default export's engine: UNet + VAE decoder 8-bit, image encoder fp32
                 mine = q.runners["image_encoder"]
                 q.runners["image_encoder"] = fp32.runners["image_encoder"]
                 try:
@@ -128,7 +130,7 @@ def main() -> None:
                 finally:
                     q.runners["image_encoder"] = mine
                 row("engine, image encoder fp32", dflt.image, dflt.mask.mask)
-            if vae8 is not None:  # the engine before the 8-bit VAE decoder: the UNet alone 8-bit
+            if q is not None and vae8 is not None:  # the engine before the 8-bit VAE decoder: the UNet alone 8-bit
                 mine = dict(q.runners)
                 q.runners.update(image_encoder=fp32.runners["image_encoder"], vae_decoder=fp32.runners["vae_decoder"])
                 try:
