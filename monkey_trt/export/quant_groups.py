@@ -16,6 +16,9 @@ IMAGE_ENCODER = "image_encoder"
 QUANTIZED_WITH_UNET = (VAE,)  # 8-bit whenever the UNet is (it shapes the image only)
 OPT_IN = (IMAGE_ENCODER,)  # 8-bit only when asked: it feeds the mask
 OPT_IN_FLAG = "--quantize-image-encoder"  # the one option that asks (cli/make_commands.py)
+# fp8's only calibration (onnxruntime's "distribution") keeps every calibrated tensor of every call until the end:
+# a VAE decoder call at 512² is several GB of them, so fp8 calibrates these networks on their first calls only
+FP8_CALIB_CALLS = 2
 DEFAULT_KEEP = {  # measured on the tiny model (docs/int8.md); fp8 keeps small probabilities: attention quantized
     VAE: {"int8": ("io", "attention"), "fp8": ("io",)},
     IMAGE_ENCODER: {"int8": ("projection", "attention"), "fp8": ("projection",)},

@@ -19,6 +19,9 @@ the image encoder on the cases' preprocessed subjects.
   (the visual projection and the IP-Adapter's token projection, whose outputs are the tokens) and, for
   int8, `attention`: the best mask IoU of the sets measured (docs/int8.md); `patch_embedding` (the patch
   conv on the pixels) is a group too, not kept (it did not help).
+
+fp8 calibrates them on their first FP8_CALIB_CALLS recorded calls (quant_groups.py: onnxruntime's float8
+calibration holds every calibrated tensor of every call in memory; recorded in the manifest's settings).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.export.quant_groups import OPT_IN_FLAG, VAE, networks_8bit
+from monkey_trt.export.quant_groups import FP8_CALIB_CALLS, OPT_IN_FLAG, VAE, networks_8bit
 from monkey_trt.export.quantize import QuantSettings, add_quantized, write_quantized_network
 
 
@@ -66,7 +69,7 @@ def quantize_networks(root: Path, manifest, dst_dir: Path, precisions, spec, net
     entries = dict(entries)
     for p in precisions:
         for name in networks:
-            s = (settings or {}).get((name, p)) or QuantSettings(p, network=name)
+            s = (settings or {}).get((name, p)) or QuantSettings(p, network=name, calib_calls=FP8_CALIB_CALLS if p == "fp8" else None)
             calib = {**spec.record(), "calls": data.calls(name), "data_sha256": data.digest(name), "reused_cache": reused,
                      "inputs": "pass 2's final latents" if name == VAE else "the cases' preprocessed subjects"}
             say(f"quantizing {name} to {p} ({data.calls(name)} calibration calls)", 0, 1)
