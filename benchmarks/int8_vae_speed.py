@@ -51,12 +51,28 @@ def main() -> None:
     e, out = a.engine_dir, a.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    p32 = MonkeyPipeline.from_engine_dir(e, precision="fp32", threads=a.threads, verify="size")
-    m = p32.manifest
+    # one pipeline (an sd15-size engine is GBs per copy): int8 where the engine has the int8 UNet; the fp32
+    # reference runs on it with every UNet call on the fp32 graph (pass 1 already holds it)
+    from monkey_trt.enginedir.load import load_manifest
+    from monkey_trt.runtime.unet_graphs import unet_roles
+
+    m = load_manifest(e, verify="size")
+    has_int8 = "int8" in m.precisions
     size = m.profile.height.opt
     spec = CalibrationSpec.build(size=a.calib_size, height=size, width=size)
+    # first, before the measuring pipeline opens: the recording opens (and closes) its own fp32 pipeline
     data, _ = load_or_collect_inputs(e, m, spec, ("vae_decoder",), cache=out / "cache", threads=a.threads)
     print(f"recorded {data.calls('vae_decoder')} decoder inputs in {time.perf_counter() - t0:.0f} s", flush=True)
+    pipe = MonkeyPipeline.from_engine_dir(e, precision="int8" if has_int8 else "fp32", threads=a.threads, verify="size")
+    runners8, roles8 = dict(pipe.unet_runners), dict(pipe.unet_roles)
+    assert m.run_precision("vae_decoder", "int8") == "fp32", "ENGINE already has an 8-bit VAE decoder"
+
+    def as_fp32():
+        pipe.unet_runners, pipe.unet_roles = {"fp32": runners8["fp32"]}, unet_roles("fp32")
+
+    def as_int8():
+        pipe.unet_runners, pipe.unet_roles = dict(runners8), dict(roles8)
+
     graphs = {}
     for k in [k for k in a.keep.split(",") if k]:
         dst = out / f"vae_decoder.{k.replace('+', '_')}.int8.onnx"
@@ -68,27 +84,29 @@ def main() -> None:
         r = OrtRunner(dst, providers="cpu", name="vae_decoder", intra_op_threads=a.threads or None, int8=True)
         r.activate()
         graphs[k] = r
-    p8 = MonkeyPipeline.from_engine_dir(e, precision="int8", threads=a.threads, verify="size") if "int8" in m.precisions else None
     subject = embedded_subject()
     rows, times = [], {"fp32": [], **{k: [] for k in graphs}}
     load = [os.getloadavg()[0]]
     for i, prompt in enumerate(held_out_prompts(a.cases)):
         seed = 100 + i
         req = Request(prompt, size, size, seed=seed)
-        noise = NoisePlan.from_seed(seed, req.latent_shape(p32.dims), req.config.noise_steps)
+        noise = NoisePlan.from_seed(seed, req.latent_shape(pipe.dims), req.config.noise_steps)
         latents: list = []
-        with p32.watch_network("vae_decoder", lambda f: latents.append(np.array(f["latents"], copy=True))):
-            ref = p32(req, subject, noise=noise)
+        as_fp32()
+        with pipe.watch_network("vae_decoder", lambda f: latents.append(np.array(f["latents"], copy=True))):
+            ref = pipe(req, subject, noise=noise)
         row = {"prompt": prompt, "seed": seed}
         dec = lambda r: np.ascontiguousarray(r.infer({"latents": latents[0]}, outputs=("images",))["images"][0].transpose(1, 2, 0))  # noqa: E731
         for k, r in graphs.items():
             row[f"vae_psnr[{k}]"] = psnr(ref.image, dec(r))
         for _ in range(a.runs):
-            for k, r in (("fp32", p32.runners["vae_decoder"]), *graphs.items()):
+            for k, r in (("fp32", pipe.runners["vae_decoder"]), *graphs.items()):
                 t = time.perf_counter()
                 dec(r)
                 times[k].append(time.perf_counter() - t)
-        if p8 is not None:
+        if has_int8:
+            as_int8()
+            p8 = pipe
             unet_only = p8(req, subject, noise=noise)
             row["engine_psnr[unet int8, vae fp32]"] = psnr(ref.image, unet_only.image)
             row["mask_identical"] = bool(np.array_equal(ref.mask.mask, unet_only.mask.mask))
