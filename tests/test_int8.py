@@ -424,6 +424,8 @@ def test_calibration_options_for_a_precision_the_directory_has_are_refused(int8_
     (tmp_path / "p.txt").write_text("a toy on the beach\n")
     _fails(_export_argv(tiny_model_dir, int8_dir, "--precision", "fp16,int8", "--calib-prompts", str(tmp_path / "p.txt")), capsys,
            "--calib-prompts would change nothing")
+    _fails(_export_argv(tiny_model_dir, int8_dir, "--precision", "int8", "--quantize-image-encoder"), capsys,
+           "--quantize-image-encoder would change nothing")  # adding the encoder to an int8 directory: --force
     assert _tree_digest(int8_dir) == before
     assert main(_export_argv(tiny_model_dir, int8_dir, "--precision", "int8")) == 0  # no --calib-*: nothing to add, said so
     assert "already has int8" in capsys.readouterr().out and _tree_digest(int8_dir) == before
