@@ -550,6 +550,8 @@ def test_fp8_unet_graph_and_fidelity_by_the_reference_evaluator(int8_dir, subjec
     assert add_precisions(d, ("fp8",), calibration=CalibrationSpec.build(size=1, height=64, width=64)) == ("fp8",)
     m = load_manifest(d)
     assert m.precisions == ("fp32", "fp16", "int8", "fp8")
+    v = m.networks["vae_decoder"].precisions["fp8"].quantization  # the fp8 VAE decoder: its first FP8_CALIB_CALLS calls
+    assert v["settings"]["keep"] == ["io"] and v["settings"]["calib_calls"] == 2 and v["settings"]["calibrate_method"] == "distribution"
     g = onnx.load(str(d / "unet.fp8.onnx")).graph
     inits = {t.name: t for t in g.initializer}
     assert any(inits[n.input[2]].data_type == TensorProto.FLOAT8E4M3FN for n in g.node if n.op_type == "QuantizeLinear")
