@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,10 +42,8 @@ from monkey_trt.export.calibration import CalibrationSpec, embedded_subject
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 
-import sys
-
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_fidelity import held_out_prompts  # noqa: E402
+from int8_fidelity import held_out_prompts
 
 
 def runner(path: Path, name: str, threads: int, int8: bool):

@@ -34,7 +34,7 @@ from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.pipeline import MonkeyPipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_fidelity import held_out_prompts  # noqa: E402
+from int8_fidelity import held_out_prompts
 
 
 def main() -> None:
@@ -96,7 +96,7 @@ def main() -> None:
         with pipe.watch_network("vae_decoder", lambda f: latents.append(np.array(f["latents"], copy=True))):
             ref = pipe(req, subject, noise=noise)
         row = {"prompt": prompt, "seed": seed}
-        dec = lambda r: np.ascontiguousarray(r.infer({"latents": latents[0]}, outputs=("images",))["images"][0].transpose(1, 2, 0))  # noqa: E731
+        dec = lambda r: np.ascontiguousarray(r.infer({"latents": latents[0]}, outputs=("images",))["images"][0].transpose(1, 2, 0))
         for k, r in graphs.items():
             row[f"vae_psnr[{k}]"] = psnr(ref.image, dec(r))
         for _ in range(a.runs):

@@ -84,7 +84,7 @@ def test_opt_in_image_encoder_graph_and_the_mask_it_moves(engine_dir, subject, t
     d = tmp_path / "engine"
     shutil.copytree(engine_dir, d)
     m = load_manifest(d, verify="size")
-    say = lambda *a: None  # noqa: E731
+    say = lambda *a: None
     entries = quantize_networks(d, m, d, ["int8"], CalibrationSpec.build(**SPEC), ("image_encoder",), m.networks, say,
                                 cache=tmp_path / "cache")
     rec = entries["image_encoder"].precisions["int8"]

@@ -45,7 +45,7 @@ class NetworkInputs:
         return [{INPUT_NAMES[network]: a[i : i + 1]} for i in range(len(a))]
 
     def calls(self, network: str) -> int:
-        return int(len(self.arrays[network]))
+        return len(self.arrays[network])
 
     def digest(self, network: str) -> str:
         a = np.ascontiguousarray(self.arrays[network])
@@ -60,7 +60,7 @@ class NetworkInputs:
         return buf.getvalue()
 
     @classmethod
-    def load(cls, path: Path) -> "NetworkInputs":
+    def load(cls, path: Path) -> NetworkInputs:
         with np.load(Path(path), allow_pickle=False) as z:
             return cls({k: z[k] for k in z.files})
 
@@ -106,7 +106,11 @@ def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str
     """(inputs, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
     An entry is used only when its record is ours, for this key, with the file's sha256 and the arrays'
     digest matching; one of ours that is damaged is replaced; anything else there is never touched."""
-    from monkey_trt.engine.derived_record import check_record, owned_by_me, remove_recorded
+    from monkey_trt.engine.derived_record import (
+        check_record,
+        owned_by_me,
+        remove_recorded,
+    )
     from monkey_trt.export.calibration import cache_dir
 
     networks = tuple(sorted(networks))
@@ -134,7 +138,11 @@ def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str
 def _save(data: NetworkInputs, path: Path, record: Path, key: str) -> None:
     """The arrays, then their record; temp files in a staging folder whose marker proves it ours."""
     from monkey_trt.core.atomic import write_bytes_atomic
-    from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
+    from monkey_trt.core.output_folders import (
+        clean_stale_staging,
+        make_staging,
+        remove_staging,
+    )
     from monkey_trt.engine.derived_record import write_record
 
     stage = None

@@ -45,7 +45,7 @@ def all_8bit_networks() -> tuple[str, ...]:
 def more_kept_nodes(graph, keep, weights: set[str]) -> dict[str, set[str]]:
     """Group -> names of the nodes it keeps in float, for the VAE decoder's and image encoder's groups."""
     keep, out = set(keep), {}
-    weighted = lambda n: any(i in weights for i in n.input[1:2])  # noqa: E731
+    weighted = lambda n: any(i in weights for i in n.input[1:2])
     if "upsample" in keep:
         out["upsample"] = {n.name for n in graph.node if n.op_type == "Conv" and "/upsamplers." in n.name}
     if "mid_attention" in keep:

@@ -29,8 +29,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.export.quant_groups import FP8_CALIB_CALLS, OPT_IN_FLAG, VAE, networks_8bit
-from monkey_trt.export.quantize import QuantSettings, add_quantized, write_quantized_network
+from monkey_trt.export.quant_groups import (
+    FP8_CALIB_CALLS,
+    OPT_IN_FLAG,
+    VAE,
+    networks_8bit,
+)
+from monkey_trt.export.quantize import (
+    QuantSettings,
+    add_quantized,
+    write_quantized_network,
+)
 
 
 def check_opt_in(precisions, image_encoder: bool) -> None:
