@@ -36,6 +36,8 @@ from monkey_trt.runtime.pipeline import MonkeyPipeline
 from monkey_trt.runtime.unet_graphs import unet_roles
 
 LOOSE_PSNR_DB = 15.0  # a floor against broken graphs, not the measured fidelity (docs/int8.md: ~27 dB tiny)
+VAE_PSNR_DB = 38.0  # the int8 VAE decoder alone, tiny model, 64², 1 calibration case (measured 44.4, min 42.2: docs/int8.md)
+ENGINE_PSNR_DB = 30.0  # the int8 UNet (pass 2) + VAE decoder, tiny model, 64², 1 calibration case (measured 38.8, min 37.3: docs/int8.md)
 
 
 def _export_argv(tiny_model_dir, out, *extra):
@@ -78,12 +80,19 @@ def test_manifest_records_int8(int8_dir, engine_dir):
     assert cal["size"] == 1 and cal["calls"] == 11 and cal["height"] == cal["width"] == 64  # 3 pass-1 + 8 pass-2 calls
     assert len(cal["data_sha256"]) == 64 and cal["default_prompts"] and cal["subjects"][0]["name"] == "embedded"
     assert rec["quantized_nodes"] > 0 and rec["kept_nodes"]["map"] > 0
-    # the other networks were not quantized: they run their fp32 graphs, and say so
-    for name in ("text_encoder", "image_encoder", "vae_decoder"):
+    # the VAE decoder is 8-bit too, calibrated on pass 2's final latents (one per case), with its own kept set
+    v = m.networks["vae_decoder"].precisions["int8"]
+    assert v.file == "vae_decoder.int8.onnx" and m.run_precision("vae_decoder", "int8") == "int8"
+    vrec = v.quantization
+    assert vrec["settings"]["network"] == "vae_decoder" and vrec["settings"]["keep"] == ["io", "attention"]
+    assert vrec["calibration"]["calls"] == 1 and vrec["calibration"]["inputs"] == "pass 2's final latents"
+    assert len(vrec["calibration"]["data_sha256"]) == 64 and vrec["kept_nodes"]["io"] == 3 and vrec["quantized_nodes"] > 0
+    # the encoders were not quantized (the image encoder only with --quantize-image-encoder): fp32, and say so
+    for name in ("text_encoder", "image_encoder"):
         assert "int8" not in m.networks[name].precisions and m.run_precision(name, "int8") == "fp32"
         assert m.path(int8_dir, name, "int8") == int8_dir / f"{name}.onnx"
     assert m.path(int8_dir, "unet", "int8") == int8_dir / "unet.int8.onnx"
-    assert "unet.int8.onnx" in manifest_files(int8_dir / MANIFEST)
+    assert {"unet.int8.onnx", "vae_decoder.int8.onnx"} <= manifest_files(int8_dir / MANIFEST)
     assert m.exporter["int8_quantizer"] == rec["library"]
     # adding int8 kept every earlier file as it was
     before = _tree_digest(engine_dir)
@@ -186,6 +195,68 @@ def test_int8_runs_on_openvino_with_the_mask_exact(int8_dir, subject, tmp_path, 
         np.testing.assert_array_equal(got.mask.mask, ref.mask.mask)
         assert psnr(ref.image, got.image) >= LOOSE_PSNR_DB
         assert not np.array_equal(ref.image, got.image), "pass 2 ran the int8 graph"
+
+
+def test_int8_vae_decoder_graph_and_its_bound(int8_dir, subject):
+    """The 8-bit VAE decoder: Q/DQ on its ResNet convs, none on its kept groups (io, attention); decoding the
+    fp32 run's own final latents stays within VAE_PSNR_DB of the fp32 decoder (measured 45 dB at 128²,
+    docs/int8.md); the int8 engine runs it (pass 2's image) with the mask exact."""
+    fp32 = onnx.load(str(int8_dir / "vae_decoder.onnx")).graph
+    g = onnx.load(str(int8_dir / "vae_decoder.int8.onnx")).graph
+    dq = _dq_inputs(g)
+    convs = [n for n in g.node if n.op_type == "Conv" and "/resnets." in n.name and "/conv_shortcut/" not in n.name]
+    assert convs and all(set(c.input[:2]) <= set(dq[c.name]) for c in convs)
+    groups = kept_nodes(fp32, QuantSettings("int8", network="vae_decoder").keep)
+    assert set(groups) == {"io", "attention"} and len(groups["io"]) == 3 and len(groups["attention"]) == 2
+    assert all(not dq[n] for names in groups.values() for n in names)
+    with MonkeyPipeline.from_engine_dir(int8_dir, backend="ort", providers=("cpu",)) as p32, \
+            MonkeyPipeline.from_engine_dir(int8_dir, backend="ort", providers=("cpu",), precision="int8") as p8:
+        assert p8.runners["vae_decoder"].model_path.name == "vae_decoder.int8.onnx"
+        assert p8.runners["image_encoder"].model_path.name == "image_encoder.onnx"
+        req = Request("a toy in the snow", 64, 64, seed=4)
+        noise = NoisePlan.from_seed(4, req.latent_shape(p32.dims), req.config.noise_steps)
+        latents: list = []
+        with p32.watch_network("vae_decoder", lambda f: latents.append(np.array(f["latents"], copy=True))):
+            ref = p32(req, subject, noise=noise)
+        assert len(latents) == 1  # pass 2's final latents, the one decode of a default run
+        alone = p8.decode(latents[0])
+        assert VAE_PSNR_DB <= psnr(ref.image, alone) < float("inf"), "the int8 decoder ran, within its bound"
+        got = p8(req, subject, noise=noise)
+        np.testing.assert_array_equal(got.mask.mask, ref.mask.mask)
+        assert psnr(ref.image, got.image) >= ENGINE_PSNR_DB
+
+
+def test_generate_picks_the_8bit_vae_up_with_no_new_flag(int8_dir, tiny_model_dir, tmp_path):
+    """`generate --precision int8` on the CLI: the UNet's pass 2 and the VAE decoder 8-bit, masks identical to fp32's."""
+    arrays = {}
+    for p in ("fp32", "int8"):
+        argv = ["generate", "--engine-dir", str(int8_dir), "--precision", p, "--prompt", "a toy on the beach", "--seed", "5",
+                "--image", str(tiny_model_dir / "subject.png"), "--out", str(tmp_path / p), "--save-arrays"]
+        assert main(argv) == 0
+        with np.load(tmp_path / p / "arrays.npz") as z:
+            arrays[p] = {k: z[k] for k in z.files}
+    np.testing.assert_array_equal(arrays["int8"]["mask"], arrays["fp32"]["mask"])
+    assert ENGINE_PSNR_DB <= psnr(arrays["fp32"]["image"], arrays["int8"]["image"]) < float("inf")
+
+
+def test_an_engine_dir_from_before_the_8bit_vae_still_opens_and_runs(int8_dir, subject, tmp_path):
+    """A UNet-only int8 directory (exported before the VAE decoder was quantized) opens and runs: its VAE decoder fp32."""
+    d = tmp_path / "engine"
+    shutil.copytree(int8_dir, d)
+    raw = json.loads((d / MANIFEST).read_text())
+    del raw["networks"]["vae_decoder"]["precisions"]["int8"]
+    (d / MANIFEST).write_text(json.dumps(raw))
+    (d / "vae_decoder.int8.onnx").unlink()
+    m = load_manifest(d)
+    assert m.precisions == ("fp32", "fp16", "int8") and m.run_precision("vae_decoder", "int8") == "fp32"
+    with MonkeyPipeline.from_engine_dir(d, backend="ort", providers=("cpu",), precision="int8") as p8, \
+            MonkeyPipeline.from_engine_dir(d, backend="ort", providers=("cpu",)) as p32:
+        assert p8.runners["vae_decoder"].model_path.name == "vae_decoder.onnx"
+        req = Request("a toy in the snow", 64, 64, seed=1)
+        noise = NoisePlan.from_seed(1, req.latent_shape(p32.dims), req.config.noise_steps)
+        ref, got = p32(req, subject, noise=noise), p8(req, subject, noise=noise)
+        np.testing.assert_array_equal(got.mask.mask, ref.mask.mask)
+        assert psnr(ref.image, got.image) >= ENGINE_PSNR_DB
 
 
 class _Counting:
@@ -356,6 +427,8 @@ def test_calibration_options_for_a_precision_the_directory_has_are_refused(int8_
     (tmp_path / "p.txt").write_text("a toy on the beach\n")
     _fails(_export_argv(tiny_model_dir, int8_dir, "--precision", "fp16,int8", "--calib-prompts", str(tmp_path / "p.txt")), capsys,
            "--calib-prompts would change nothing")
+    _fails(_export_argv(tiny_model_dir, int8_dir, "--precision", "int8", "--quantize-image-encoder"), capsys,
+           "--quantize-image-encoder would change nothing")  # adding the encoder to an int8 directory: --force
     assert _tree_digest(int8_dir) == before
     assert main(_export_argv(tiny_model_dir, int8_dir, "--precision", "int8")) == 0  # no --calib-*: nothing to add, said so
     assert "already has int8" in capsys.readouterr().out and _tree_digest(int8_dir) == before
@@ -418,7 +491,8 @@ def test_tensorrt_int8_plans_build_strongly_typed_from_the_qdq_unet(int8_dir, fa
     built = json.loads((folder / BUILD_JSON).read_text())
     assert built["inputs"]["precision"] == "int8"
     assert set(built["inputs"]["onnx_files"]["unet"]) == {"unet.int8-fp16.onnx"}  # the GPU-shaped Q/DQ graph (fp16 base)
-    assert set(built["inputs"]["onnx_files"]["vae_decoder"]) == {"vae_decoder.onnx"}  # not quantized: fp32
+    assert set(built["inputs"]["onnx_files"]["vae_decoder"]) == {"vae_decoder.int8-fp16.onnx"}  # the 8-bit VAE decoder too, GPU-shaped
+    assert set(built["inputs"]["onnx_files"]["image_encoder"]) == {"image_encoder.onnx"}  # not quantized: fp32
     assert all(kw == {"strongly_typed": True} for name, kw in fake_gpu if name == "network_from_onnx_path")
     # below the tensor cores a precision needs: one line, before any build
     for precision, cc, name in (("fp8", "8.6", "A10"), ("int8", "7.0", "V100")):
@@ -479,6 +553,8 @@ def test_fp8_unet_graph_and_fidelity_by_the_reference_evaluator(int8_dir, subjec
     assert add_precisions(d, ("fp8",), calibration=CalibrationSpec.build(size=1, height=64, width=64)) == ("fp8",)
     m = load_manifest(d)
     assert m.precisions == ("fp32", "fp16", "int8", "fp8")
+    v = m.networks["vae_decoder"].precisions["fp8"].quantization  # the fp8 VAE decoder: its first FP8_CALIB_CALLS calls
+    assert v["settings"]["keep"] == ["io"] and v["settings"]["calib_calls"] == 2 and v["settings"]["calibrate_method"] == "distribution"
     g = onnx.load(str(d / "unet.fp8.onnx")).graph
     inits = {t.name: t for t in g.initializer}
     assert any(inits[n.input[2]].data_type == TensorProto.FLOAT8E4M3FN for n in g.node if n.op_type == "QuantizeLinear")

@@ -56,6 +56,7 @@ def export(
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="int8/fp8: folder of subject images to calibrate on [default: the embedded subject]"),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="int8/fp8: calibration cases (prompt, subject, seed), 11 UNet calls each [default: 8]"),
     quant_base: str = typer.Option(DEFAULT_QUANT_BASE, "--quant-base", help="int8/fp8: fp32 = the CPU graph (ORT CPU, OpenVINO), fp16 = the GPU graph (TensorRT, ORT CUDA/TensorRT EP), both; auto: the CPU graph, and the GPU graph too when the directory has fp16 graphs, a GPU is visible or for fp8 (docs/int8.md)"),
+    quantize_image_encoder: bool = typer.Option(False, "--quantize-image-encoder", help="int8/fp8: quantize the image encoder too (opt-in: it feeds the mask, see docs/int8.md)"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
@@ -75,6 +76,10 @@ def export(
     from monkey_trt.export.gpu_quant import check_quant_base
 
     check_quant_base(quant_base, precisions)
+    from monkey_trt.export.quant_groups import OPT_IN_FLAG
+    from monkey_trt.export.quantize_nets import check_opt_in
+
+    check_opt_in(precisions, quantize_image_encoder)
     from monkey_trt.export.onnx_export import (
         ExportOptions,
         add_precisions,
@@ -86,18 +91,19 @@ def export(
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
                          fold_constants=fold, force=force, precisions=precisions, calibration=calibration,
-                         quant_base=quant_base)
+                         quant_base=quant_base, quantize_image_encoder=quantize_image_encoder)
     add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
     if add_only:  # --calib-* that would calibrate nothing are refused, not ignored
         from monkey_trt.export.conflicts import check_calibration_applies
 
         check_calibration_applies(out, precisions, {"--calib-prompts": calib_prompts, "--calib-images": calib_images,
-                                                    "--calib-size": calib_size}, quant_base)
+                                                    "--calib-size": calib_size, OPT_IN_FLAG: quantize_image_encoder or None}, quant_base)
     if not add_only:
         check_export_out(out, force)
     with quiet_libraries(), steps(console, "export") as step:
         if add_only:
-            added = add_precisions(out, precisions, progress=step, calibration=calibration, quant_base=quant_base)
+            added = add_precisions(out, precisions, progress=step, calibration=calibration, quant_base=quant_base,
+                                   image_encoder=quantize_image_encoder)
             result, note = out, (f"added {', '.join(added)}" if added else f"already has {', '.join(precisions)}")
         else:
             result, note = export_engine_dir(opts, progress=step), ", ".join(("fp32", *[p for p in precisions if p != "fp32"]))

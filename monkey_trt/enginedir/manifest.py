@@ -5,7 +5,7 @@
       tokenizer/tokenizer.json CLIP BPE for `tokenizers`
       text_encoder.onnx  image_encoder.onnx  unet.onnx (+ unet.onnx.data)  vae_decoder.onnx
       <net>.fp16.onnx (+ .data) the fp16 graphs, when exported with `--precision fp16`
-      unet.int8.onnx  unet.fp8.onnx (+ .data)  the 8-bit (Q/DQ) UNet, `--precision int8|fp8` (export/quantize.py)
+      <net>.int8.onnx  <net>.fp8.onnx (+ .data)  the 8-bit (Q/DQ) UNet and VAE decoder (+ the opt-in image encoder), `--precision int8|fp8`
       unet.int8-fp16.onnx  unet.fp8-fp16.onnx   the same, GPU-shaped: float parts fp16 (export/gpu_quant.py)
       unet_map.onnx  unet_map.<precision>.onnx (+ .data)  the map-only UNet of every UNet precision (export/map_graph.py;
                                optional: directories exported before it have none)
@@ -35,8 +35,8 @@ SCHEMA = "monkey-trt/engine-dir"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # fp32: the entry's own files; others: NetworkEntry.precisions (optional, additive)
-# 8-bit precisions quantize the UNet only (export/quantize.py): a network without its own graph of such a
-# precision runs its fp32 graph (Manifest.run_precision), as the manifest's quantization record says.
+# 8-bit precisions quantize the UNet and VAE decoder (+ the image encoder on request; export/quantize_nets.py): a network
+# without its own graph of such a precision runs its fp32 graph (Manifest.run_precision), as the manifest's quantization record says.
 QUANTIZED_PRECISIONS = ("int8", "fp8")
 # An 8-bit graph's base: the precision of its float parts. fp32: the CPU graph (ORT CPU, OpenVINO); fp16: the
 # GPU graph (TensorRT, ORT CUDA/TensorRT EP; export/gpu_quant.py). Keys in NetworkEntry.precisions: graph_key.

@@ -35,7 +35,9 @@ from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.map_graph import map_file_names, with_map_graphs
 from monkey_trt.export.onnx_files import save_onnx
 from monkey_trt.export.gpu_quant import DEFAULT_QUANT_BASE, add_gpu_graphs, check_quant_base, gpu_quant_file_names, plan_bases
-from monkey_trt.export.quantize import QUANTIZED_NETWORKS, add_quantized, quantized_file_names
+from monkey_trt.export.quant_groups import all_8bit_networks
+from monkey_trt.export.quantize import quantized_file_names
+from monkey_trt.export.quantize_nets import add_8bit
 from monkey_trt.export.wrappers import (
     ImageEncoderNet,
     TextEncoderNet,
@@ -63,6 +65,7 @@ class ExportOptions:
     precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written (the reference and the fp16 source)
     calibration: object | None = None  # int8/fp8: export.calibration.CalibrationSpec (None: the built-in defaults)
     quant_base: str = DEFAULT_QUANT_BASE  # int8/fp8: which bases (CPU / GPU graphs) to write (export/gpu_quant.py)
+    quantize_image_encoder: bool = False  # int8/fp8: the image encoder too (opt-in, it feeds the mask: export/quantize_nets.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
@@ -208,7 +211,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         "vae_decoder": VaeDecoderNet(m.vae),
     }
     p = opts.profile
-    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + map_file_names() + (quantized_file_names() + gpu_quant_file_names(QUANTIZED_NETWORKS) if quantized else [])) as stage:
+    with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + map_file_names() + (quantized_file_names() + gpu_quant_file_names(all_8bit_networks()) if quantized else [])) as stage:
         tmp = stage.path
         entries = {}
         for name, module in modules.items():
@@ -248,11 +251,12 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         )
         manifest.write(tmp)
         if quantized:  # the staged directory is a complete fp32 engine: calibrate on it, same commit
-            say(f"calibrating and quantizing the UNet to {', '.join(quantized)}")
+            nets = networks_8bit(opts.quantize_image_encoder)
+            say(f"calibrating and quantizing the UNet, {', '.join(nets)} to {', '.join(quantized)}")
             spec = opts.calibration or default_calibration(opts.profile)
             sub = _sub_progress(progress, done, total)
             bases = plan_bases(None, quantized, opts.quant_base, fp16)  # the GPU graphs beside (or instead of) the CPU ones
-            manifest = add_quantized(tmp, manifest, tmp, quantized, spec, progress=sub)
+            manifest = add_8bit(tmp, manifest, tmp, quantized, spec, progress=sub, image_encoder=opts.quantize_image_encoder)
             manifest = add_gpu_graphs(tmp, manifest, tmp, bases, progress=sub)
         say("cutting the map-only UNet (pass 1's last call)")
         manifest = with_map_graphs(manifest, lambda _f: tmp, tmp)  # from every UNet precision written above
@@ -316,7 +320,7 @@ def _same_model(recorded, given: str) -> bool:
 
 
 def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Progress | None = None,
-                   calibration=None, quant_base: str = DEFAULT_QUANT_BASE) -> tuple[str, ...]:
+                   calibration=None, quant_base: str = DEFAULT_QUANT_BASE, image_encoder: bool = False) -> tuple[str, ...]:
     """Add the missing `precisions` to an existing engine directory from its fp32 ONNX; returns those added.
 
     Through atomic.OutputStage like every output: the new graphs and manifest are staged next to the
@@ -333,13 +337,13 @@ def add_precisions(engine_dir: Path, precisions: tuple[str, ...], progress: Prog
             progress(f"waiting for another process writing {root}", 0, 1)
 
     if not root.is_dir():  # load_manifest's one line for what is not an engine directory
-        return _add_precisions(root, precisions, progress, calibration, quant_base)
+        return _add_precisions(root, precisions, progress, calibration, quant_base, image_encoder)
     with folder_lock(root, timeout_s=WRITER_WAIT_S, waiting=waiting):
-        return _add_precisions(root, precisions, progress, calibration, quant_base)
+        return _add_precisions(root, precisions, progress, calibration, quant_base, image_encoder)
 
 
 def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress | None, calibration,
-                    quant_base: str = DEFAULT_QUANT_BASE) -> tuple[str, ...]:
+                    quant_base: str = DEFAULT_QUANT_BASE, image_encoder: bool = False) -> tuple[str, ...]:
     """add_precisions under the directory's lock."""
     from monkey_trt.enginedir.load import load_manifest
 
@@ -351,7 +355,7 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
         return ()
     kept = sorted(manifest_files(root / MANIFEST) - {MANIFEST})
     new_names = ([f for name in NETWORKS for f in (f"{name}.fp16.onnx", f"{name}.fp16.onnx.data")] + quantized_file_names()
-                 + gpu_quant_file_names(QUANTIZED_NETWORKS) + map_file_names() + [MANIFEST])
+                 + gpu_quant_file_names(all_8bit_networks()) + map_file_names() + [MANIFEST])
     with OutputStage.open(root, MANIFEST, manifest_files, names=new_names) as stage:
         entries = dict(manifest.networks)
         exporter = dict(manifest.exporter)
@@ -366,8 +370,8 @@ def _add_precisions(root: Path, precisions: tuple[str, ...], progress: Progress 
         updated = Manifest(**{**manifest.__dict__, "networks": entries, "exporter": exporter})
         quantized = [b.eight_bit for b in bases if b.calibrate]
         if quantized:  # calibrated on the fp32 graphs where they are; the 8-bit files go into the same commit
-            updated = add_quantized(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
-                                    progress=progress)
+            updated = add_8bit(root, updated, stage.path, quantized, calibration or default_calibration(manifest.profile),
+                               progress=progress, image_encoder=image_encoder)
         updated = add_gpu_graphs(root, updated, stage.path, bases, progress=progress)  # the GPU graphs (no calibration)
         if progress is not None:
             progress("cutting the map-only UNet (pass 1's last call)", 0, 1)

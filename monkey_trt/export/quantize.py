@@ -59,10 +59,12 @@ from monkey_trt.core.disk import check_room, full_disk_is_an_error
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
 from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes, name_nodes
+from monkey_trt.export.quant_groups import all_8bit_networks, default_keep, more_kept_nodes
 
-KEEP = ("map", "embedding", "io", "attention", "skip", "downsample")  # kept-precision groups (see the module doc)
+KEEP = ("map", "embedding", "io", "attention", "skip", "downsample",  # kept-precision groups (see the module doc)
+        "upsample", "mid_attention", "patch_embedding", "projection")  # (the VAE decoder's, the image encoder's: quant_groups.py)
 DEFAULT_KEEP = {"int8": ("map", "embedding", "io", "attention", "skip", "downsample"),
-                "fp8": ("map", "embedding", "io", "skip", "downsample")}
+                "fp8": ("map", "embedding", "io", "skip", "downsample")}  # the UNet's; the others: quant_groups.DEFAULT_KEEP
 QUANT_OPS = ("Conv", "MatMul", "Gemm")  # the weighted layers (+ attention's MatMuls unless kept)
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 LIBRARY = "onnxruntime.quantization"
@@ -74,7 +76,8 @@ class QuantSettings:
     """How one network is quantized; recorded in the manifest (`quantization`)."""
 
     precision: str = "int8"
-    keep: tuple[str, ...] | None = None  # None: DEFAULT_KEEP[precision]
+    keep: tuple[str, ...] | None = None  # None: the network's default (DEFAULT_KEEP[precision] for the UNet)
+    network: str = "unet"  # which network's graph (the others' default kept sets: quant_groups.DEFAULT_KEEP)
     calibrate_method: str = "minmax"  # int8: minmax | percentile | entropy; fp8 always uses ORT's "distribution"
     percentile: float = 99.999
     per_channel: bool = True
@@ -87,7 +90,10 @@ class QuantSettings:
     def __post_init__(self) -> None:
         if self.precision not in QUANTIZED_PRECISIONS:
             raise MonkeyError(f"quantized precision must be one of {', '.join(QUANTIZED_PRECISIONS)}, got {self.precision!r}")
-        keep = DEFAULT_KEEP[self.precision] if self.keep is None else tuple(dict.fromkeys(self.keep))
+        if self.keep is None:
+            keep = DEFAULT_KEEP[self.precision] if self.network == "unet" else default_keep(self.network, self.precision)
+        else:
+            keep = tuple(dict.fromkeys(self.keep))
         unknown = [k for k in keep if k not in KEEP]
         if unknown:
             raise MonkeyError(f"unknown kept-precision group(s) {', '.join(unknown)} (known: {', '.join(KEEP)})")
@@ -131,14 +137,15 @@ def kept_nodes(graph, keep: Iterable[str]) -> dict[str, set[str]]:
         emb |= {n.name for n in graph.node if n.op_type in QUANT_OPS and
                 ("/time_embedding/" in n.name or n.name.endswith("time_emb_proj/Gemm") or "/time_emb_proj/" in n.name)}
         out["embedding"] = emb
-    if "io" in keep:
-        out["io"] = {n.name for n in graph.node if n.op_type == "Conv" and ("/conv_in/" in n.name or "/conv_out/" in n.name)}
+    if "io" in keep:  # (+ the VAE decoder's post_quant_conv: 4 channels in, 4 out)
+        out["io"] = {n.name for n in graph.node if n.op_type == "Conv" and any(k in n.name for k in ("/conv_in/", "/conv_out/", "/post_quant_conv/"))}
     if "attention" in keep:
         out["attention"] = {n.name for n in graph.node if n.op_type == "MatMul" and not _is_weighted(n, weights)}
     if "skip" in keep:
         out["skip"] = {n.name for n in graph.node if n.op_type == "Conv" and "/conv_shortcut/" in n.name}
     if "downsample" in keep:
         out["downsample"] = {n.name for n in graph.node if n.op_type == "Conv" and "/downsamplers." in n.name}
+    out.update(more_kept_nodes(graph, keep, weights))
     return out
 
 
@@ -231,7 +238,7 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         finally:
             os.chdir(cwd)
     quantized = tuple(sorted(candidates))
-    return QuantReport("unet", settings.precision, len(candidates) + len(exclude), quantized,
+    return QuantReport(settings.network, settings.precision, len(candidates) + len(exclude), quantized,
                        {k: tuple(sorted(v)) for k, v in groups.items()})
 
 
@@ -304,12 +311,13 @@ def _strip_metadata(model) -> None:
 
 
 # -- into an engine directory -------------------------------------------------------------------
-QUANTIZED_NETWORKS = ("unet",)  # the others run fp32 (Manifest.run_precision); docs/int8.md has the measurements
+QUANTIZED_NETWORKS = ("unet",)  # calibrated on its recorded calls here; the VAE decoder (+ the opt-in image encoder): quantize_nets.py
+# the text encoder always runs fp32 (Manifest.run_precision); docs/int8.md has the measurements
 
 
 def quantized_file_names() -> list[str]:
-    """Every file an 8-bit export may write (OutputStage's list of names it owns)."""
-    return [f for n in QUANTIZED_NETWORKS for p in QUANTIZED_PRECISIONS for f in (quant_file_name(n, p), quant_file_name(n, p) + ".data")]
+    """Every file an 8-bit export may write (OutputStage's list of names it owns), the opt-in image encoder's included."""
+    return [f for n in all_8bit_networks() for p in QUANTIZED_PRECISIONS for f in (quant_file_name(n, p), quant_file_name(n, p) + ".data")]
 
 
 def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str], spec, progress=None,
@@ -318,7 +326,8 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
     (the staging folder of the same commit); returns the manifest with their entries and exporter record.
 
     `spec`: the CalibrationSpec (export/calibration.py); `settings`: precision -> QuantSettings (default:
-    QuantSettings(precision)). The calibration recording is shared by all precisions and cached.
+    QuantSettings(precision)). The calibration recording is shared by all precisions and cached. The UNet only:
+    quantize_nets.add_8bit adds the VAE decoder (and the opt-in image encoder).
     """
     from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
     from monkey_trt.export.calibration import load_or_collect

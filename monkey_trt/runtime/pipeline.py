@@ -34,6 +34,7 @@ from monkey_trt.runtime.tokenizer import ClipTokenizer
 from monkey_trt.runtime.unet_graphs import extra_unet_precisions, select, unet_roles
 
 UNetObserver = Callable[[Mapping[str, np.ndarray]], None]  # sees every UNet call's full inputs (read-only)
+WATCHED_NETWORKS = ("image_encoder", "vae_decoder")  # watch_network: the networks called once per image
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class MonkeyPipeline:
         # the map-only UNet (export/map_graph.py) of the mask pass's precision, when the directory has one: pass 1's last call
         self.map_runners: dict[str, Runner] = {}
         self._unet_observers: list[UNetObserver] = []
+        self._observers: dict[str, list[UNetObserver]] = {n: [] for n in WATCHED_NETWORKS}  # watch_network
         self.shared: dict = {}  # what the backend's runners share (open_runners' `shared`)
 
     @classmethod
@@ -157,6 +159,26 @@ class MonkeyPipeline:
             with self._lock:
                 self._unet_observers.remove(observer)
 
+    @contextlib.contextmanager
+    def watch_network(self, network: str, observer: UNetObserver) -> Iterator[None]:
+        """Call `observer(inputs)` on every call of `network` (image_encoder: `pixel_values` [1, 3, 224, 224];
+        vae_decoder: `latents` [1, 4, h, w], pass 2's final latents, and pass 1's or the baseline's when they
+        are decoded) inside the block; read-only views: copy what you keep. Export's calibration of the 8-bit
+        VAE decoder and image encoder records through it (export/network_calibration.py)."""
+        if network not in self._observers:
+            raise MonkeyError(f"watch_network: network must be one of {', '.join(WATCHED_NETWORKS)}, got {network!r}")
+        with self._lock:
+            self._observers[network].append(observer)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._observers[network].remove(observer)
+
+    def _observe(self, network: str, feeds: dict) -> None:
+        for observe in self._observers[network]:
+            observe(feeds)
+
     @locked
     def select_unet(self, role: str) -> None:
         """runtime.method: the UNet graph of the coming pass (mask | final | baseline)."""
@@ -182,11 +204,13 @@ class MonkeyPipeline:
         if not isinstance(subject, Image.Image):
             raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
         pixels = clip_preprocess(subject, size=p.size, mean=p.mean, std=p.std)  # [1, 3, 224, 224]
+        self._observe("image_encoder", {"pixel_values": pixels})
         return self.runners["image_encoder"].infer({"pixel_values": pixels}, outputs=("ip_tokens",))["ip_tokens"]
 
     @locked
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [1, 4, h, w] -> image [H, W, 3] float32 in [0, 1] (scaling and clamp are in the graph)."""
+        self._observe("vae_decoder", {"latents": latents})
         images = self.runners["vae_decoder"].infer({"latents": latents}, outputs=("images",))["images"]  # [1, 3, H, W]
         return np.ascontiguousarray(images[0].transpose(1, 2, 0))
 

@@ -1,0 +1,166 @@
+"""Calibration inputs of the 8-bit VAE decoder and image encoder: what they see when MONKEY runs, recorded on the fp32 engine.
+
+    data, reused = load_or_collect_inputs(engine_dir, manifest, spec, ("vae_decoder",), progress=...)
+    data.feeds("vae_decoder")   # one feed dict per call: {"latents": [1, 4, h, w]}, pass 2's final latents
+    data.digest("vae_decoder")  # sha256 of its arrays: the manifest's calibration record
+
+The same cases as the UNet's calibration (export/calibration.CalibrationSpec: prompt, subject, seed at the
+engine's opt size), run through MONKEY on the fp32 engine (ONNX Runtime, CPU); the pipeline's public hook
+`MonkeyPipeline.watch_network` records each decoder and image-encoder call's inputs. A case decodes only
+pass 2's final latents (no pass-1 image, no baseline), so the decoder is calibrated on exactly what it
+decodes at run time; the image encoder sees each case's preprocessed subject. One array per call is small
+(the latents: 64 KiB at 512², the pixels: 600 KiB), so the inputs are kept, never summarised.
+
+Cached like the UNet's recording (`calibration.cache_dir()`, a record per entry: engine/derived_record.py),
+under its own kind and key, so adding fp8 after int8 records nothing again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monkey_trt.core.config import Request
+
+CACHE_KIND = "calibration-inputs"
+INPUTS_VERSION = 1  # bump when what is recorded changes: old cache entries are then never read
+INPUT_NAMES = {"vae_decoder": "latents", "image_encoder": "pixel_values"}  # the one input each network takes
+
+
+@dataclass
+class NetworkInputs:
+    """network -> its recorded input, [calls, ...] (each call batch 1)."""
+
+    arrays: dict[str, np.ndarray]
+
+    def feeds(self, network: str) -> list[dict[str, np.ndarray]]:
+        a = self.arrays[network]
+        return [{INPUT_NAMES[network]: a[i : i + 1]} for i in range(len(a))]
+
+    def calls(self, network: str) -> int:
+        return len(self.arrays[network])
+
+    def digest(self, network: str) -> str:
+        a = np.ascontiguousarray(self.arrays[network])
+        return hashlib.sha256(f"{network}|{a.dtype.str}|{a.shape}|".encode() + a.tobytes()).hexdigest()
+
+    def all_digest(self) -> str:
+        return hashlib.sha256("|".join(f"{n}:{self.digest(n)}" for n in sorted(self.arrays)).encode()).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **self.arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, path: Path) -> NetworkInputs:
+        with np.load(Path(path), allow_pickle=False) as z:
+            return cls({k: z[k] for k in z.files})
+
+
+def collect_inputs(engine_dir: Path, spec, networks: tuple[str, ...], progress=None, threads: int = 0) -> NetworkInputs:
+    """Run MONKEY on the fp32 engine (ORT CPU) for every case of `spec` and record the inputs of `networks`
+    (image_encoder, vae_decoder) through `MonkeyPipeline.watch_network`."""
+    from monkey_trt.runtime.noise import NoisePlan
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    cases, c = spec.cases(), spec.config
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in networks}
+
+    def recorder(network: str):
+        key = INPUT_NAMES[network]
+        return lambda feeds: rows[network].append(np.array(feeds[key], np.float32, copy=True))
+
+    current = None  # (subject index, decoded image): one held at a time
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
+                                        threads=threads, verify="size") as pipe, contextlib.ExitStack() as watching:
+        for n in networks:
+            watching.enter_context(pipe.watch_network(n, recorder(n)))
+        for i, (prompt, s, seed) in enumerate(cases):
+            if progress is not None:
+                progress(f"calibration case {i + 1}/{len(cases)} ({', '.join(networks)})", i, len(cases))
+            if current is None or current[0] != s:
+                current = None
+                current = (s, spec.subjects[s].load())
+            req = Request(prompt=prompt, height=spec.height, width=spec.width, seed=seed, config=c)
+            pipe(req, current[1], noise=NoisePlan.from_seed(seed, req.latent_shape(pipe.dims), c.noise_steps))
+    return NetworkInputs({n: np.concatenate(rows[n]) for n in networks})
+
+
+def _key(spec, networks: tuple[str, ...], manifest) -> str:
+    digests = {n: dict(sorted(e.sha256.items())) for n, e in sorted(manifest.networks.items())}
+    material = {"spec": spec.record(), "prompts": list(spec.prompts), "networks": digests,
+                "recorded": sorted(networks), "version": INPUTS_VERSION}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str, ...], progress=None,
+                           cache: Path | None = None, threads: int = 0) -> tuple[NetworkInputs, bool]:
+    """(inputs, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
+    An entry is used only when its record is ours, for this key, with the file's sha256 and the arrays'
+    digest matching; one of ours that is damaged is replaced; anything else there is never touched."""
+    from monkey_trt.engine.derived_record import (
+        check_record,
+        owned_by_me,
+        remove_recorded,
+    )
+    from monkey_trt.export.calibration import cache_dir
+
+    networks = tuple(sorted(networks))
+    folder = Path(cache) if cache is not None else cache_dir()
+    key = _key(spec, networks, manifest)
+    path, record = folder / f"inputs-v1-{key}.npz", folder / f"inputs-v1-{key}.json"
+    state = check_record(record, CACHE_KIND, key, present=path)
+    if state == "ok":
+        try:
+            data = NetworkInputs.load(path)
+            if data.all_digest() == _record_field(record, "data_sha256") and set(data.arrays) == set(networks):
+                return data, True
+        except Exception:  # noqa: BLE001 - a damaged entry of ours (zip, npy: numpy raises many kinds) is replaced
+            pass
+        state = "wrong"
+    if state == "wrong":
+        remove_recorded(record, CACHE_KIND)
+    data = collect_inputs(engine_dir, spec, networks, progress, threads)
+    free = not os.path.lexists(path) and not os.path.lexists(record)  # never over a file we did not write
+    if free and (not folder.exists() or owned_by_me(folder)):
+        _save(data, path, record, key)
+    return data, False
+
+
+def _save(data: NetworkInputs, path: Path, record: Path, key: str) -> None:
+    """The arrays, then their record; temp files in a staging folder whose marker proves it ours."""
+    from monkey_trt.core.atomic import write_bytes_atomic
+    from monkey_trt.core.output_folders import (
+        clean_stale_staging,
+        make_staging,
+        remove_staging,
+    )
+    from monkey_trt.engine.derived_record import write_record
+
+    stage = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(path)
+        stage = make_staging(path)
+        write_bytes_atomic(path, data.to_bytes(), tmp_dir=stage)
+        write_record(record, CACHE_KIND, key, {path.name: path}, extra={"data_sha256": data.all_digest()}, tmp_dir=stage)
+    except OSError:
+        pass  # a read-only cache costs time next run, never the export
+    finally:
+        if stage is not None:
+            remove_staging(stage)
+
+
+def _record_field(record: Path, name: str):
+    try:
+        return json.loads(Path(record).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
