@@ -84,7 +84,8 @@ def test_the_default_export_writes_both_bases_and_records_them(both_dir):
     assert gpu["calibration"] == unet["int8"].quantization["calibration"]  # the same calibrated graph
     raw = json.loads((both_dir / "manifest.json").read_text())["networks"]["unet"]["precisions"]
     assert raw["int8"]["base"] == "fp32" and raw["int8-fp16"]["base"] == "fp16"
-    assert all(split == "fp32" for split in (m.run_precision(n, "int8", "fp16") for n in ("text_encoder", "vae_decoder")))
+    assert m.run_precision("text_encoder", "int8", "fp16") == "fp32"  # never quantized
+    assert m.run_precision("vae_decoder", "int8", "fp16") == "int8-fp16"  # the 8-bit VAE decoder has its GPU graph too
 
 
 def test_gpu_graph_walk_fp16_around_qdq_islands_fp32(both_dir):
@@ -198,13 +199,13 @@ def test_ort_cpu_runs_the_cpu_graph_and_gpu_providers_the_gpu_graph(both_dir, mo
     m = load_manifest(both_dir)
     cpu = open_ort_runners(both_dir, m, BackendSpec(precision="int8", providers=("cpu",)), ("unet", "vae_decoder"))
     assert cpu["unet"].model_path.name == "unet.int8.onnx" and cpu["unet"].int8 and not cpu["unet"].fp16
-    assert cpu["vae_decoder"].model_path.name == "vae_decoder.onnx"
+    assert cpu["vae_decoder"].model_path.name == "vae_decoder.int8.onnx"  # the 8-bit VAE decoder, CPU graph
     monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "cache"))
     fakes.install(monkeypatch)  # an onnxruntime GPU build (tests/fakes/ort.py)
     for providers in (("cuda",), ("tensorrt",)):
         gpu = open_ort_runners(both_dir, m, BackendSpec(precision="int8", providers=providers), ("unet", "vae_decoder"))
         assert gpu["unet"].model_path.name == "unet.int8-fp16.onnx" and gpu["unet"].int8 and gpu["unet"].fp16
-        assert gpu["vae_decoder"].model_path.name == "vae_decoder.onnx"  # not quantized: fp32, as before
+        assert gpu["vae_decoder"].model_path.name == "vae_decoder.int8-fp16.onnx"  # and its GPU graph
     check_gpu_graphs(both_dir, m, "int8")  # what `build` checks: present
     assert manifest_onnx_digest(m, ["unet"], "int8") != manifest_onnx_digest(m, ["unet"], "fp32")
 
