@@ -153,19 +153,29 @@ class QuantReport:
 
 
 class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over recorded feed dicts."""
+    """onnxruntime.quantization.CalibrationDataReader over recorded feed dicts, one call at a time.
+
+    With `CalibStridedMinMax` = 1 the quantizer asks for the calls one range of one at a time (`set_range`) and
+    reduces each before the next (min/max merged; histograms merged by its HistogramCollector), so the
+    calibration's memory is one call's outputs, whatever the number of calls (quantize_static in ORT 1.32)."""
 
     def __init__(self, feeds: list[dict]):
-        self._feeds, self._i = feeds, 0
+        self._feeds, self._i, self._end = feeds, 0, len(feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._i, self._end = start_index, min(end_index, len(self._feeds))
 
     def get_next(self):
-        if self._i >= len(self._feeds):
+        if self._i >= self._end:
             return None
         self._i += 1
         return self._feeds[self._i - 1]
 
     def rewind(self):
-        self._i = 0
+        self._i, self._end = 0, len(self._feeds)
 
 
 def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: QuantSettings, external: bool) -> QuantReport:
@@ -200,7 +210,9 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
     extra = {
         "ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True,  # TensorRT: zero points are 0
         # not "CalibMaxIntermediateOutputs": onnxruntime 1.32 drops each full batch of it without merging its
-        # ranges, so only the last partial batch would count (the recorded min/max are scalars: memory is small)
+        # ranges, so only the last partial batch would count. Streaming instead: one call per range, each reduced
+        # (min/max merged, histograms merged) before the next is run (see _Reader)
+        "CalibStridedMinMax": 1,
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # a linear layer's output channels
         "OpTypesToExcludeOutputQuantization": [t for t in QUANT_OPS if t not in settings.output_ops],
         "DedicatedQDQPair": settings.dedicated_pairs,
