@@ -155,9 +155,7 @@ class QuantReport:
 class _Reader:
     """onnxruntime.quantization.CalibrationDataReader over recorded feed dicts, one call at a time.
 
-    With `CalibStridedMinMax` = 1 the quantizer asks for the calls one range of one at a time (`set_range`) and
-    reduces each before the next (min/max merged; histograms merged by its HistogramCollector), so the
-    calibration's memory is one call's outputs, whatever the number of calls (quantize_static in ORT 1.32)."""
+    calibrate_streaming hands the calls to ORT's calibrator one range of one at a time (`set_range`)."""
 
     def __init__(self, feeds: list[dict]):
         self._feeds, self._i, self._end = feeds, 0, len(feeds)
@@ -210,9 +208,7 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
     extra = {
         "ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True,  # TensorRT: zero points are 0
         # not "CalibMaxIntermediateOutputs": onnxruntime 1.32 drops each full batch of it without merging its
-        # ranges, so only the last partial batch would count. Streaming instead: one call per range, each reduced
-        # (min/max merged, histograms merged) before the next is run (see _Reader)
-        "CalibStridedMinMax": 1,
+        # ranges, so only the last partial batch would count. calibrate_streaming reduces call by call instead
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # a linear layer's output channels
         "OpTypesToExcludeOutputQuantization": [t for t in QUANT_OPS if t not in settings.output_ops],
         "DedicatedQDQPair": settings.dedicated_pairs,
@@ -231,17 +227,48 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         try:
             os.chdir(tmp)  # ORT's calibrator keeps scratch files in the working folder on some versions
             with _quiet_library(), _scratch_in(tmp):
+                # calibrated first, on its own (the calibrator's session and the quantizer's copy of the model are
+                # never in memory together), then quantized from the ranges through ORT's calibration cache
+                ranges = Path(tmp) / "ranges.json"
+                calibrate_streaming(work, data, method, extra, external, Path(tmp), ranges)
                 quantize_static(
-                    str(work), str(dst), _Reader(data), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
+                    str(work), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
                     per_channel=settings.per_channel, reduce_range=bool(settings.reduce_range), activation_type=atype,
                     weight_type=qtype, nodes_to_quantize=candidates, nodes_to_exclude=exclude,
                     use_external_data_format=external, calibrate_method=method, extra_options=extra,
+                    calibration_cache_path=str(ranges),
                 )
         finally:
             os.chdir(cwd)
     quantized = tuple(sorted(candidates))
     return QuantReport("unet", settings.precision, len(candidates) + len(exclude), quantized,
                        {k: tuple(sorted(v)) for k, v in groups.items()})
+
+
+# ORT's quantize_static options that configure its calibrator (onnxruntime/quantization/quantize.py, 1.32)
+CALIBRATOR_OPTIONS = (("CalibTensorRangeSymmetric", "symmetric"), ("CalibMovingAverage", "moving_average"),
+                      ("CalibMovingAverageConstant", "averaging_constant"), ("CalibPercentile", "percentile"))
+
+
+def calibrate_streaming(model: Path, feeds: list[dict], method, extra: dict, external: bool, tmp: Path, out: Path) -> None:
+    """The activation ranges of `model` over `feeds`, written to `out` (ORT's calibration cache, save_tensors_data).
+
+    ORT's own calibrator (create_calibrator, what quantize_static builds) is driven one call at a time: after each
+    call its ranges are merged (MinMax: min of the minima, max of the maxima, exact) or its histograms merged
+    (percentile, entropy, fp8's distribution), and that call's outputs dropped. Memory is one call's outputs,
+    whatever the number of calls (the same as quantize_static's `CalibStridedMinMax` = 1)."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    options = {key: extra[name] for name, key in CALIBRATOR_OPTIONS if name in extra}
+    calibrator = create_calibrator(Path(model), list(QUANT_OPS), augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=method, use_external_data_format=external, extra_options=options)
+    reader = _Reader(feeds)
+    for i in range(len(feeds)):
+        reader.set_range(i, i + 1)
+        calibrator.collect_data(reader)
+    ranges = calibrator.compute_data()
+    del calibrator
+    save_tensors_data(ranges, out)
 
 
 @contextlib.contextmanager
