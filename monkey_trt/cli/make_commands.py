@@ -54,6 +54,8 @@ def export(
     calib_prompts: Optional[Path] = typer.Option(None, "--calib-prompts", help="int8/fp8: calibration prompts, one per line [default: the paper's 20 prompts]"),
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="int8/fp8: folder of subject images to calibrate on [default: the embedded subject]"),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="int8/fp8: calibration cases (prompt, subject, seed), 11 UNet calls each [default: 8]"),
+    calib_height: Optional[int] = typer.Option(None, "--calib-height", help="int8/fp8: calibrate at this height (inside the profile) [default: the opt height]"),
+    calib_width: Optional[int] = typer.Option(None, "--calib-width", help="int8/fp8: calibrate at this width (inside the profile) [default: the opt width]"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
@@ -69,7 +71,7 @@ def export(
         calibration_from_options,  # int8/fp8: checked before any work
     )
 
-    calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size)
+    calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size, calib_height, calib_width)
     from monkey_trt.export.onnx_export import (
         ExportOptions,
         add_precisions,
@@ -86,7 +88,8 @@ def export(
         from monkey_trt.export.conflicts import check_calibration_applies
 
         check_calibration_applies(out, precisions, {"--calib-prompts": calib_prompts, "--calib-images": calib_images,
-                                                    "--calib-size": calib_size})
+                                                    "--calib-size": calib_size, "--calib-height": calib_height,
+                                                    "--calib-width": calib_width})
     if not add_only:
         check_export_out(out, force)
     with quiet_libraries(), steps(console, "export") as step:

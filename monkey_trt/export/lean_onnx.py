@@ -36,7 +36,7 @@ def _stored_bytes(t: TensorProto) -> int:
     return len(t.raw_data)
 
 
-def fold_graph_only(model: onnx.ModelProto, hold_bytes: int = HOLD_BYTES) -> onnx.ModelProto:
+def fold_graph_only(model: onnx.ModelProto, hold_bytes: int | None = None) -> onnx.ModelProto:
     """Polygraphy's constant folding with every weight over `hold_bytes` (and every external one) kept out of it.
 
     Returns the folded model with those weights back as initializers, unchanged (still pointing into their files
@@ -48,6 +48,7 @@ def fold_graph_only(model: onnx.ModelProto, hold_bytes: int = HOLD_BYTES) -> onn
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # folding runs ORT: keep its optimizer notices quiet
+    hold_bytes = HOLD_BYTES if hold_bytes is None else hold_bytes
     g = model.graph
     held: dict[str, TensorProto] = {}
     keep = []
