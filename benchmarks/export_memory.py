@@ -40,7 +40,7 @@ def _rss_kib(pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str], interval: float = 0.05) -> dict:
+def measure(cmd: list[str], interval: float = 0.05, live: bool = False) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -62,7 +62,11 @@ def measure(cmd: list[str], interval: float = 0.05) -> dict:
         line = line.rstrip()
         tail = (tail + [line])[-20:]
         with lock:
-            steps.append({"step": line[:110], "t0": time.monotonic() - t0, "peak_kib": 0})
+            now = time.monotonic() - t0
+            last = steps[-1]
+            if live:  # the step just ended, as it ends (a long run can be read while it goes)
+                print(f"{last['peak_kib'] / 2**20:7.2f} GiB {now - last['t0']:8.1f} s  {last['step']}", flush=True)
+            steps.append({"step": line[:110], "t0": now, "peak_kib": 0})
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     done.set()
@@ -82,9 +86,9 @@ def main() -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         ap.error("give the command after --")
-    r = measure(cmd)
-    for s in r["steps"]:
-        print(f"{s['peak_kib'] / 2**20:7.2f} GiB {s['seconds']:8.1f} s  {s['step']}")
+    r = measure(cmd, live=True)
+    last = r["steps"][-1]
+    print(f"{last['peak_kib'] / 2**20:7.2f} GiB {last['seconds']:8.1f} s  {last['step']}")
     print(f"peak {r['peak_rss_kib'] / 2**20:.2f} GiB (ru_maxrss), {r['wall_s']} s, exit {r['rc']}")
     if a.json:
         a.json.write_text(json.dumps(r, indent=1))
