@@ -195,7 +195,6 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
         from onnx import version_converter
 
         model = version_converter.convert_version(model, 19)
-    onnx.load_external_data_for_model(model, str(Path(src).parent))
     name_nodes(model.graph)  # the exclusion list matches by name
     groups = kept_nodes(model.graph, settings.keep)
     exclude = sorted(set().union(*groups.values())) if groups else []
@@ -220,7 +219,8 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
     with tempfile.TemporaryDirectory(prefix=".monkey-quant-", dir=dst.parent) as tmp:
         # the calibrator writes its augmented copy of the model next to the input: keep both in our temp folder
         work = Path(tmp) / "fp32.onnx"
-        onnx.save(model, str(work), save_as_external_data=external, location="fp32.onnx.data" if external else None)
+        _copy_weight_files(model, Path(src).parent, Path(tmp))  # the graph refers to them: never loaded here
+        onnx.save(model, str(work))
         del model
         data = feeds if settings.calib_calls is None else feeds[: settings.calib_calls]
         cwd = os.getcwd()
@@ -243,6 +243,21 @@ def quantize_model_file(src: Path, dst: Path, feeds: list[dict], settings: Quant
     quantized = tuple(sorted(candidates))
     return QuantReport("unet", settings.precision, len(candidates) + len(exclude), quantized,
                        {k: tuple(sorted(v)) for k, v in groups.items()})
+
+
+def _copy_weight_files(model, src_dir: Path, dst_dir: Path) -> None:
+    """Copy the files `model`'s external weights live in from `src_dir` into `dst_dir` (streamed, a copy and never a
+    link: the quantizer writes beside its input, and the engine's own files must not change)."""
+    import shutil
+
+    from onnx import TensorProto
+
+    names = {e.value for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    for name in sorted(names):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise MonkeyError(f"external data location {name!r} leaves the model's folder")
+        shutil.copyfile(src_dir / name, dst_dir / name)
 
 
 # ORT's quantize_static options that configure its calibrator (onnxruntime/quantization/quantize.py, 1.32)
