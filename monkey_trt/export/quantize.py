@@ -260,6 +260,21 @@ def _copy_weight_files(model, src_dir: Path, dst_dir: Path) -> None:
         shutil.copyfile(src_dir / name, dst_dir / name)
 
 
+def _lean_session(calibrator) -> None:
+    """Reopen the calibrator's session (CalibraterBase.infer_session: same graph, same CPU provider, no graph
+    optimisation as ORT's create_inference_session) without the CPU memory arena and memory pattern: the
+    augmented UNet's activations are freed as they die instead of growing an arena."""
+    import onnxruntime
+
+    so = onnxruntime.SessionOptions()
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    calibrator.infer_session = None
+    calibrator.infer_session = onnxruntime.InferenceSession(calibrator.augmented_model_path, sess_options=so,
+                                                            providers=["CPUExecutionProvider"])
+
+
 # ORT's quantize_static options that configure its calibrator (onnxruntime/quantization/quantize.py, 1.32)
 CALIBRATOR_OPTIONS = (("CalibTensorRangeSymmetric", "symmetric"), ("CalibMovingAverage", "moving_average"),
                       ("CalibMovingAverageConstant", "averaging_constant"), ("CalibPercentile", "percentile"))
@@ -277,6 +292,7 @@ def calibrate_streaming(model: Path, feeds: list[dict], method, extra: dict, ext
     options = {key: extra[name] for name, key in CALIBRATOR_OPTIONS if name in extra}
     calibrator = create_calibrator(Path(model), list(QUANT_OPS), augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=method, use_external_data_format=external, extra_options=options)
+    _lean_session(calibrator)  # sd15 UNet at 512², calibration alone: 22.1 GiB peak with ORT's arena, 14.3 without
     reader = _Reader(feeds)
     for i in range(len(feeds)):
         reader.set_range(i, i + 1)
