@@ -231,8 +231,9 @@ def test_the_quantizers_temp_folders_stay_inside_our_scratch_folder(tmp_path, mo
     out.mkdir()
     feeds = _small_model(tmp_path / "m.onnx")
     quantize_model_file(tmp_path / "m.onnx", out / "q.onnx", feeds, QuantSettings("int8", reduce_range=False), external=False)
-    ort_made = [d for d in made if d.name.startswith("ort.quant.")]
-    assert ort_made and all(out in d.parents for d in ort_made), made
+    # every temp folder made (ours; ORT's `ort.quant.*` where it makes one: since the calibration runs on its own
+    # and quantize_static reads its ranges from a cache file, it makes none) is inside the output's scratch folder
+    assert made and all(out in d.parents for d in made), made
     assert list(system_tmp.iterdir()) == [] and tempfile.tempdir == str(system_tmp)
 
 

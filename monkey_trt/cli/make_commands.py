@@ -57,6 +57,8 @@ def export(
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="int8/fp8: calibration cases (prompt, subject, seed), 11 UNet calls each [default: 8]"),
     quant_base: str = typer.Option(DEFAULT_QUANT_BASE, "--quant-base", help="int8/fp8: fp32 = the CPU graph (ORT CPU, OpenVINO), fp16 = the GPU graph (TensorRT, ORT CUDA/TensorRT EP), both; auto: the CPU graph, and the GPU graph too when the directory has fp16 graphs, a GPU is visible or for fp8 (docs/int8.md)"),
     quantize_image_encoder: bool = typer.Option(False, "--quantize-image-encoder", help="int8/fp8: quantize the image encoder too (opt-in: it feeds the mask, see docs/int8.md)"),
+    calib_height: Optional[int] = typer.Option(None, "--calib-height", help="int8/fp8: calibrate at this height (inside the profile) [default: the opt height]"),
+    calib_width: Optional[int] = typer.Option(None, "--calib-width", help="int8/fp8: calibrate at this width (inside the profile) [default: the opt width]"),
 ):
     """Export text encoder, image encoder (+IP projection), UNet (IP mask/scale in, map out), VAE decoder to ONNX."""
     from monkey_trt.core.extras import require_extra
@@ -72,7 +74,7 @@ def export(
         calibration_from_options,  # int8/fp8: checked before any work
     )
 
-    calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size)
+    calibration = calibration_from_options(precisions, profile, calib_prompts, calib_images, calib_size, calib_height, calib_width)
     from monkey_trt.export.gpu_quant import check_quant_base
 
     check_quant_base(quant_base, precisions)
@@ -97,7 +99,8 @@ def export(
         from monkey_trt.export.conflicts import check_calibration_applies
 
         check_calibration_applies(out, precisions, {"--calib-prompts": calib_prompts, "--calib-images": calib_images,
-                                                    "--calib-size": calib_size, OPT_IN_FLAG: quantize_image_encoder or None}, quant_base)
+                                                    "--calib-size": calib_size, "--calib-height": calib_height,
+                                                    "--calib-width": calib_width, OPT_IN_FLAG: quantize_image_encoder or None}, quant_base)
     if not add_only:
         check_export_out(out, force)
     with quiet_libraries(), steps(console, "export") as step:

@@ -337,16 +337,36 @@ def _record_field(record: Path, name: str):
         return None
 
 
+CALIB_MULTIPLE = 8  # SD1.5's VAE factor: calibration sizes are latent-aligned like every request
+
+
 def calibration_from_options(precisions, profile, prompts_file: Path | None, images_dir: Path | None,
-                             size: int | None) -> CalibrationSpec | None:
-    """`export --calib-*`: the spec for the 8-bit precisions at the profile's opt size, every input checked now
-    (before minutes of export); None when no 8-bit precision is asked (then --calib-* are refused)."""
+                             size: int | None, height: int | None = None, width: int | None = None) -> CalibrationSpec | None:
+    """`export --calib-*`: the spec for the 8-bit precisions, every input checked now (before minutes of export);
+    None when no 8-bit precision is asked (then --calib-* are refused).
+
+    The calibration runs at the profile's opt size unless `--calib-height/--calib-width` ask for another size
+    inside the profile (smaller: cheaper calibration; the manifest records the size used)."""
     from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
 
     if not any(p in QUANTIZED_PRECISIONS for p in precisions):
-        given = [f for f, v in (("--calib-prompts", prompts_file), ("--calib-images", images_dir), ("--calib-size", size)) if v is not None]
+        given = [f for f, v in (("--calib-prompts", prompts_file), ("--calib-images", images_dir), ("--calib-size", size),
+                                ("--calib-height", height), ("--calib-width", width)) if v is not None]
         if given:
             raise MonkeyError(f"{', '.join(given)} apply to --precision int8 or fp8 only")
         return None
-    return CalibrationSpec.build(prompts_file, images_dir, DEFAULT_SIZE if size is None else size,
-                                 height=profile.height.opt, width=profile.width.opt)
+    h = check_calib_side("--calib-height", height, profile.height)
+    w = check_calib_side("--calib-width", width, profile.width)
+    return CalibrationSpec.build(prompts_file, images_dir, DEFAULT_SIZE if size is None else size, height=h, width=w)
+
+
+def check_calib_side(flag: str, value: int | None, rng) -> int:
+    """A calibration side: the profile's opt when not given, else inside the profile's range, a multiple of 8."""
+    if value is None:
+        return rng.opt
+    if isinstance(value, bool) or not isinstance(value, int) or value % CALIB_MULTIPLE:
+        raise MonkeyError(f"{flag} must be a multiple of {CALIB_MULTIPLE}, got {value!r}")
+    if not rng.contains(value):
+        raise MonkeyError(f"{flag} {value} is outside the engine profile {rng.min}..{rng.max} "
+                          "(calibrate at a size the engine serves, or re-export with --min/--max)")
+    return value

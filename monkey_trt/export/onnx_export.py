@@ -9,6 +9,7 @@ the earlier manifest lists. torch/diffusers are used here only.
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -113,34 +114,34 @@ def export_network(module: torch.nn.Module, desc: NetworkDesc, args: tuple, path
 
 
 def finalize_onnx(path: Path, fold: bool, desc: NetworkDesc | None = None) -> list[str]:
-    """Check, fold constants (Polygraphy), name the symbolic dims canonically (`canonical_dims`), infer shapes;
-    weights > 1 GiB go to one `.onnx.data` file.
+    """Check, fold constants (Polygraphy, on the graph with its big weights held aside: export/lean_onnx.py), name
+    the symbolic dims canonically (`canonical_dims`), infer shapes; weights > 1 GiB go to one `.onnx.data` file.
 
-    Returns the network's file names (relative to its folder).
+    The weights are never all in memory at once: the graph is loaded without its external data, and what the
+    exporter scattered into files is copied into the one data file a chunk at a time. Returns the network's file
+    names (relative to its folder).
     """
     import onnx
 
+    from monkey_trt.export.lean_onnx import fold_graph_only, write_streaming
+
     exported_bytes = sum(f.stat().st_size for f in path.parent.iterdir())  # .onnx + any per-tensor files
-    model = onnx.load(str(path), load_external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
     if fold:
-        from polygraphy.backend.onnx import fold_constants
-        from polygraphy.logger import G_LOGGER
-
-        G_LOGGER.module_severity = G_LOGGER.ERROR
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)  # folding runs ORT: keep its optimizer notices quiet
-        try:  # the whole graph at once (2x faster; same bytes when it folds)
-            model = fold_constants(model, error_ok=False, partitioning=None)
-        except Exception:  # a node ONNX Runtime cannot evaluate: fold partition by partition around it
-            model = fold_constants(model, error_ok=True, partitioning="basic")
+        model = fold_graph_only(model)
     if desc is not None:
         canonical_dims(model, desc)
     big = exported_bytes > EXTERNAL_DATA_THRESHOLD
-    for f in path.parent.iterdir():  # the exporter may have scattered one file per tensor
-        if f != path and f.suffix != ".onnx":
-            f.unlink()
-    files = save_onnx(model, path, external=big)
+    work = path.parent / ".exported"  # the exporter's files, read while the final ones are written
+    work.mkdir()
+    for f in list(path.parent.iterdir()):
+        if f != work:
+            os.replace(f, work / f.name)
+    files = write_streaming(model, work, path, external=big)
+    del model
+    for f in work.iterdir():  # the exporter may have scattered one file per tensor
+        f.unlink()
+    work.rmdir()
     onnx.checker.check_model(str(path))
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
     return files
@@ -204,22 +205,20 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         if any(v % dims.vae_factor for v in side.as_list()):
             raise MonkeyError(f"profile sizes must be multiples of {dims.vae_factor}, got {side.as_list()}")
     descs = network_descs(dims)
-    modules = {
-        "text_encoder": TextEncoderNet(m.text_encoder),
-        "image_encoder": ImageEncoderNet(m.image_encoder, m.image_proj),
-        "unet": UNetNet(m.unet, m.ctx, m.ip_layers.index(opts.mask_layer)),
-        "vae_decoder": VaeDecoderNet(m.vae),
-    }
+    meta = _model_facts(m, dims)  # what the manifest needs once the torch modules are gone
     p = opts.profile
     with OutputStage.open(out, MANIFEST, manifest_files, names=expected_files() + map_file_names() + (quantized_file_names() + gpu_quant_file_names(all_8bit_networks()) if quantized else [])) as stage:
         tmp = stage.path
         entries = {}
-        for name, module in modules.items():
+        for name in EXPORT_ORDER:  # one network at a time, its torch module let go once traced
             say(f"exporting {name}")
             net_dir = tmp / f".{name}"
             net_dir.mkdir()
             args = sample_inputs(descs[name], dims, p.batch.opt, *trace_size(name, p.height.opt, p.width.opt, dims))
+            module = _take_module(m, name, opts.mask_layer)
             export_network(module.eval(), descs[name], args, net_dir / f"{name}.onnx", opts.opset)
+            del module, args
+            gc.collect()
             say(f"checking and folding {name}")
             files = finalize_onnx(net_dir / f"{name}.onnx", opts.fold_constants, descs[name])
             for f in files:
@@ -234,16 +233,17 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
                 sha256={f: sha256_file(tmp / f) for f in files}, sizes={f: (tmp / f).stat().st_size for f in files},
                 precisions=precisions,
             )
+        entries = {name: entries[name] for name in NETWORKS}
         say("writing tokenizer and manifest")
-        tok = ClipTokenizer.from_dir(Path(m.files["base"]) / "tokenizer")
+        tok = ClipTokenizer.from_dir(Path(meta["files"]["base"]) / "tokenizer")
         (tmp / "tokenizer").mkdir()
         tok.save(tmp / "tokenizer")
         manifest = Manifest(
-            dims=dims, profile=p, mask_layer=opts.mask_layer, ip_layers=tuple(m.ip_layers),
-            scheduler=scheduler_consts(m.scheduler, dims.time_cond_dim), preprocess=ImagePreprocess(size=dims.image_size),
-            vae_scaling_factor=float(m.vae.config.scaling_factor), networks=entries,
+            dims=dims, profile=p, mask_layer=opts.mask_layer, ip_layers=meta["ip_layers"],
+            scheduler=meta["scheduler"], preprocess=ImagePreprocess(size=dims.image_size),
+            vae_scaling_factor=meta["vae_scaling_factor"], networks=entries,
             files={f"tokenizer/{f.name}": sha256_file(f) for f in sorted((tmp / "tokenizer").iterdir())},
-            source={**asdict(opts.source), **m.files},
+            source={**asdict(opts.source), **meta["files"]},
             exporter={"monkey_trt": __version__, "torch": torch.__version__, "onnx_opset": opts.opset,
                       "diffusers": _version("diffusers"), "transformers": _version("transformers"),
                       "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants,
@@ -262,6 +262,28 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
         manifest = with_map_graphs(manifest, lambda _f: tmp, tmp)  # from every UNet precision written above
         manifest.write(tmp)
         return stage.commit(staged_files(tmp))
+
+
+EXPORT_ORDER = ("text_encoder", "vae_decoder", "image_encoder", "unet")  # small first: each traced with fewer others loaded
+
+
+def _model_facts(m, dims: ModelDims) -> dict:
+    """What the manifest takes from the loaded models, read before they are let go."""
+    return {"ip_layers": tuple(m.ip_layers), "scheduler": scheduler_consts(m.scheduler, dims.time_cond_dim),
+            "vae_scaling_factor": float(m.vae.config.scaling_factor), "files": dict(m.files)}
+
+
+def _take_module(m, name: str, mask_layer: str) -> torch.nn.Module:
+    """The export wrapper of network `name`; `m` lets go of the torch modules only it used (freed once traced)."""
+    if name == "text_encoder":
+        module, m.text_encoder = TextEncoderNet(m.text_encoder), None
+    elif name == "image_encoder":
+        module, m.image_encoder, m.image_proj = ImageEncoderNet(m.image_encoder, m.image_proj), None, None
+    elif name == "unet":
+        module, m.unet, m.ctx = UNetNet(m.unet, m.ctx, m.ip_layers.index(mask_layer)), None, None
+    else:
+        module, m.vae = VaeDecoderNet(m.vae), None
+    return module
 
 
 def default_calibration(profile: Profile):
