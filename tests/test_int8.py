@@ -509,7 +509,6 @@ def test_an_8bit_trt_engine_opens_one_activation_pool_and_hashes_each_plan_once(
     its plan is hashed besides the int8 plans (no second sha256 of every fp32 plan)."""
     from monkey_trt.engine.trt.build import build_engine_dir
     from monkey_trt.engine.trt.engine_dir import memory_report
-    from monkey_trt.enginedir import plans
     from monkey_trt.enginedir.plans import BuildConfig
 
     d = tmp_path / "engine"

@@ -34,9 +34,8 @@ from monkey_trt.enginedir.networks import (
 )
 from monkey_trt.export.fp16 import write_fp16_network
 from monkey_trt.export.map_graph import map_file_names, with_map_graphs
-from monkey_trt.export.onnx_files import save_onnx
 from monkey_trt.export.gpu_quant import DEFAULT_QUANT_BASE, add_gpu_graphs, check_quant_base, gpu_quant_file_names, plan_bases
-from monkey_trt.export.quant_groups import all_8bit_networks
+from monkey_trt.export.quant_groups import all_8bit_networks, networks_8bit
 from monkey_trt.export.quantize import quantized_file_names
 from monkey_trt.export.quantize_nets import add_8bit
 from monkey_trt.export.wrappers import (
