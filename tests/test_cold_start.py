@@ -46,7 +46,7 @@ def test_the_cached_graphs_give_the_same_bits(engine_dir, subject, user_cache, p
     plain = _generate(engine_dir, subject, precision=precision, ort_cache=False)
     assert _entries(user_cache) == []  # off means off
     first = _generate(engine_dir, subject, precision=precision)  # optimises and writes the cache
-    assert _entries(user_cache) == ["image_encoder", "text_encoder", "unet", "vae_decoder"]
+    assert _entries(user_cache) == ["image_encoder", "text_encoder", "unet", "unet_map", "vae_decoder"]  # + the map-only UNet
     cached = _generate(engine_dir, subject, precision=precision)  # loads the cached graphs
     for got in (first, cached):
         assert np.array_equal(got[0], plain[0]) and np.array_equal(got[1], plain[1])  # image and mask, bit for bit
@@ -71,7 +71,7 @@ def test_generate_no_ort_cache_turns_it_off(engine_dir, tiny_model_dir, user_cac
     assert main([*argv, "--out", str(tmp_path / "off"), "--no-ort-cache"]) == 0
     assert _entries(user_cache) == []
     assert main([*argv, "--out", str(tmp_path / "on")]) == 0
-    assert _entries(user_cache) == ["image_encoder", "text_encoder", "unet", "vae_decoder"]
+    assert _entries(user_cache) == ["image_encoder", "text_encoder", "unet", "unet_map", "vae_decoder"]  # + the map-only UNet
     capsys.readouterr()
     assert main([*argv[:-2], "--backend", "torch", "--out", str(tmp_path / "t"), "--no-ort-cache"]) == 2
     assert "--ort-cache applies to --backend ort only" in capsys.readouterr().err
