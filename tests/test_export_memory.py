@@ -57,7 +57,7 @@ def _copy_raw(raw: Path, dst: Path) -> Path:
     return dst / raw.name
 
 
-@pytest.mark.parametrize("hold_bytes", [0, None])
+@pytest.mark.parametrize("hold_bytes", [pytest.param(0, marks=pytest.mark.slow), None])  # 0 (every weight held aside): the slow set
 def test_folding_the_graph_without_its_weights_gives_the_same_bytes(raw, tmp_path, monkeypatch, hold_bytes):
     """Every weight held aside (0) or the default threshold: byte for byte the whole-model folding's file."""
     raw_unet, desc = raw
@@ -70,6 +70,7 @@ def test_folding_the_graph_without_its_weights_gives_the_same_bytes(raw, tmp_pat
     assert src.read_bytes() == (tmp_path / "reference.onnx").read_bytes()
 
 
+@pytest.mark.slow  # 20 s of folding the UNet: the slow set (the default set folds it once, above)
 def test_weights_streamed_into_one_data_file_are_the_same_model(raw, tmp_path, monkeypatch):
     raw_unet, desc = raw
     inline = _copy_raw(raw_unet, tmp_path / "inline")
@@ -86,6 +87,7 @@ def test_weights_streamed_into_one_data_file_are_the_same_model(raw, tmp_path, m
     assert sum(t.data_location == TensorProto.EXTERNAL for t in skeleton.graph.initializer) > 10
 
 
+@pytest.mark.slow  # reproducible exports are also checked by the default set (test_export_ort)
 def test_a_second_finalize_of_the_same_export_is_byte_identical(raw, tmp_path):
     raw_unet, desc = raw
     outs = []
