@@ -296,7 +296,7 @@ def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress:
     if state == "ok":
         try:
             data = CalibrationData.load(path)
-            if data.digest == _record_field(record, "data_sha256"):
+            if data.digest == record_field(record, "data_sha256"):
                 return data, True
         except Exception:  # noqa: BLE001 - a damaged entry of ours (zip, npy, json: numpy raises many kinds) is replaced
             pass
@@ -311,8 +311,12 @@ def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress:
 
 
 def _save_entry(data: CalibrationData, path: Path, record: Path, key: str) -> None:
-    """The arrays, then their record; temp files in a staging folder whose marker lets the next run remove
-    what a killed write left (core/output_folders.py), never by a name pattern."""
+    save_cache_entry(path, record, CACHE_KIND, key, lambda stage: data.save(path, tmp_dir=stage), data.digest)
+
+
+def save_cache_entry(path: Path, record: Path, kind: str, key: str, write: Callable[[Path], None], data_sha256: str) -> None:
+    """A recording cache entry: `write(staging folder)` writes `path`, then its record; temp files in a staging folder
+    whose marker lets the next run remove what a killed write left (core/output_folders.py), never by a name pattern."""
     from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
     from monkey_trt.engine.derived_record import write_record
 
@@ -321,8 +325,8 @@ def _save_entry(data: CalibrationData, path: Path, record: Path, key: str) -> No
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(path)
         stage = make_staging(path)
-        data.save(path, tmp_dir=stage)
-        write_record(record, CACHE_KIND, key, {path.name: path}, extra={"data_sha256": data.digest}, tmp_dir=stage)
+        write(stage)
+        write_record(record, kind, key, {path.name: path}, extra={"data_sha256": data_sha256}, tmp_dir=stage)
     except OSError:
         pass  # a read-only cache costs time next run, never the export
     finally:
@@ -330,7 +334,7 @@ def _save_entry(data: CalibrationData, path: Path, record: Path, key: str) -> No
             remove_staging(stage)
 
 
-def _record_field(record: Path, name: str):
+def record_field(record: Path, name: str):
     try:
         return json.loads(Path(record).read_text()).get(name)
     except (OSError, ValueError, AttributeError):

@@ -111,7 +111,7 @@ def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str
         owned_by_me,
         remove_recorded,
     )
-    from monkey_trt.export.calibration import cache_dir
+    from monkey_trt.export.calibration import cache_dir, record_field
 
     networks = tuple(sorted(networks))
     folder = Path(cache) if cache is not None else cache_dir()
@@ -121,7 +121,7 @@ def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str
     if state == "ok":
         try:
             data = NetworkInputs.load(path)
-            if data.all_digest() == _record_field(record, "data_sha256") and set(data.arrays) == set(networks):
+            if data.all_digest() == record_field(record, "data_sha256") and set(data.arrays) == set(networks):
                 return data, True
         except Exception:  # noqa: BLE001 - a damaged entry of ours (zip, npy: numpy raises many kinds) is replaced
             pass
@@ -136,31 +136,9 @@ def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str
 
 
 def _save(data: NetworkInputs, path: Path, record: Path, key: str) -> None:
-    """The arrays, then their record; temp files in a staging folder whose marker proves it ours."""
+    """The arrays, then their record (export/calibration.save_cache_entry)."""
     from monkey_trt.core.atomic import write_bytes_atomic
-    from monkey_trt.core.output_folders import (
-        clean_stale_staging,
-        make_staging,
-        remove_staging,
-    )
-    from monkey_trt.engine.derived_record import write_record
+    from monkey_trt.export.calibration import save_cache_entry
 
-    stage = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_staging(path)
-        stage = make_staging(path)
-        write_bytes_atomic(path, data.to_bytes(), tmp_dir=stage)
-        write_record(record, CACHE_KIND, key, {path.name: path}, extra={"data_sha256": data.all_digest()}, tmp_dir=stage)
-    except OSError:
-        pass  # a read-only cache costs time next run, never the export
-    finally:
-        if stage is not None:
-            remove_staging(stage)
-
-
-def _record_field(record: Path, name: str):
-    try:
-        return json.loads(Path(record).read_text()).get(name)
-    except (OSError, ValueError, AttributeError):
-        return None
+    save_cache_entry(path, record, CACHE_KIND, key, lambda stage: write_bytes_atomic(path, data.to_bytes(), tmp_dir=stage),
+                     data.all_digest())
