@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from monkey_trt.core.errors import first_line
+from monkey_trt.core.errors import MonkeyError, first_line
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,20 @@ def extras_rows() -> list[CheckRow]:
     return rows
 
 
+def user_cache_row() -> CheckRow:
+    """The user cache's derived entries against their size bound (engine/cache_budget.py)."""
+    from monkey_trt.core.user_cache import BUDGET_ENV, cache_budget_bytes, cache_root
+    from monkey_trt.engine.cache_budget import usage
+
+    try:
+        budget = cache_budget_bytes()
+    except MonkeyError as e:
+        return CheckRow("user cache", False, str(e))
+    used, count = usage()
+    return CheckRow("user cache", True, f"{cache_root()}: {count} derived entries, {used / 1e9:.2f} GB of {budget / 1e9:.1f} GB "
+                                        f"(least recently used go first; {BUDGET_ENV} sets the bound)")
+
+
 def doctor_report(engine_dir=None, precision: str = "fp32") -> list[CheckRow]:
     """One row per check; never raises, never prints. `engine_dir`: also TensorRT's memory numbers for its
     `precision` plans (a row saying why not where TensorRT cannot run here)."""
@@ -292,6 +306,7 @@ def doctor_report(engine_dir=None, precision: str = "fp32") -> list[CheckRow]:
     if rows_ok(rows, "openvino"):
         backends.append("openvino-cpu")
     rows.extend(extras_rows())
+    rows.append(user_cache_row())
     rows.append(CheckRow("backends", bool(backends), ", ".join(backends) if backends else "none: install onnxruntime"))
     if engine_dir is not None and "tensorrt" in backends:
         rows.extend(tensorrt_memory_rows(engine_dir, precision=precision))

@@ -21,6 +21,7 @@ Lean: numpy + openvino (the `openvino` extra), imported when a runner is activat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,10 @@ import numpy as np
 
 from monkey_trt.core.atomic import sha256_file, write_bytes_atomic
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
-from monkey_trt.engine.derived_cache import keyed_folder
+from monkey_trt.engine.cache_budget import (OPENVINO_FOLDER, OPENVINO_KIND, RECORD_NAME, enforce_budget, in_default_root,
+                                            mark_used)
+from monkey_trt.engine.derived_cache import digest, keyed_folder
+from monkey_trt.engine.derived_record import check_record, remove_recorded, write_record
 from monkey_trt.engine.derived_cache import source_digest as files_digest
 from monkey_trt.engine.runner import Runner, StaticInputs, TensorDesc
 from monkey_trt.enginedir.networks import MAP_NETWORK
@@ -41,6 +45,8 @@ EXTRA_HINT = "pip install 'monkey-trt[openvino]'"
 INFERENCE_PRECISIONS = {"f32": "FP32", "bf16": "BF16"}  # INFERENCE_PRECISION_HINT -> the CPU capability it needs
 CPU_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")  # /proc/cpuinfo names
 
+
+BLOB = "model.blob"  # a compiled model in its cache entry (engine/cache_budget.py: the entry's record lists it)
 
 def import_openvino():
     """The openvino module, or BackendUnavailable (one line) naming the extra."""
@@ -207,25 +213,39 @@ class OpenVinoRunner(Runner):
             self._source_digest = files_digest(files)
         return self._source_digest
 
+    def _cache_material(self, key: tuple) -> dict:
+        return {"kind": OPENVINO_FOLDER, "v": 1, "graph": self.source_digest(), "openvino": openvino_version(),
+                "config": self.config(), "shapes": [[n, list(s)] for n, s in key], "machine": platform.machine(),
+                "cpu": cpu_abilities(), "flags": list(cpu_flags())}
+
     def cache_folder(self, key: tuple) -> Path:
         """Where the compiled model of one input-shape set is kept (keyed: graph, OpenVINO, CPU, config, shapes)."""
-        material = {"v": 1, "graph": self.source_digest(), "openvino": openvino_version(), "config": self.config(),
-                    "shapes": [[n, list(s)] for n, s in key], "machine": platform.machine(), "cpu": cpu_abilities(),
-                    "flags": list(cpu_flags())}
-        return keyed_folder("openvino", material, root=self.cache_root)
+        return keyed_folder(OPENVINO_FOLDER, self._cache_material(key), root=self.cache_root)
+
+    def _cached(self, core, cfg, record: Path, source: str):
+        """The compiled model from its cache entry when our record proves it (None: missing, foreign or replaced)."""
+        state = check_record(record, OPENVINO_KIND, source, present=record.parent / BLOB)  # the blob re-hashed
+        if state == "ok":
+            try:
+                compiled = core.import_model((record.parent / BLOB).read_bytes(), "CPU", cfg)
+            except Exception:  # our own entry that this OpenVINO refuses: compiled again and replaced below
+                state = "wrong"
+            else:
+                mark_used(record)  # the cache's size bound removes least recently used entries first
+                self.cache_hits += 1
+                return compiled
+        if state == "wrong" and remove_recorded(record, OPENVINO_KIND):
+            with contextlib.suppress(OSError):
+                record.parent.rmdir()  # only when nothing but what we wrote was there
+        return None
 
     def _compile(self, key: tuple):
         core, cfg = self._core, self.config()
         folder = self.cache_folder(key)
-        blob, sig = folder / "model.blob", folder / "model.blob.sha256"
-        if blob.is_file() and sig.is_file():
-            try:
-                if sig.read_text().strip() == sha256_file(blob):
-                    compiled = core.import_model(blob.read_bytes(), "CPU", cfg)
-                    self.cache_hits += 1
-                    return compiled
-            except Exception:  # an unreadable or refused entry: compiled again and replaced below
-                pass
+        record, source = folder / RECORD_NAME, digest(self._cache_material(key))
+        compiled = self._cached(core, cfg, record, source)
+        if compiled is not None:
+            return compiled
         model = self._model if self._model is not None else self._read(core)
         self._model = None
         try:
@@ -235,14 +255,18 @@ class OpenVinoRunner(Runner):
             raise MonkeyError(f"{self.name}: OpenVINO cannot compile {self.model_path.name} for "
                               f"{', '.join(f'{n} {list(s)}' for n, s in key)}: {first_line(e)}") from None
         del model
-        try:  # the blob first, its sha256 last: a reader trusts a blob only under its own digest
-            sig.unlink(missing_ok=True)
+        if os.path.lexists(folder / RECORD_NAME) or os.path.lexists(folder / BLOB):
+            return compiled  # someone else's entry (or another user's): used neither way, never overwritten
+        try:  # the blob first, the record (its sha256) last: a reader trusts a blob only under our record
             data = compiled.export_model()
             data = data.getvalue() if hasattr(data, "getvalue") else data  # BytesIO (OpenVINO >= 2024) or bytes
-            write_bytes_atomic(blob, data)
-            write_bytes_atomic(sig, (sha256_file(blob) + "\n").encode())
+            folder.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(folder / BLOB, data)
+            write_record(record, OPENVINO_KIND, source, {BLOB: folder / BLOB})
         except OSError:  # a read-only or full cache folder: run uncached
-            pass
+            return compiled
+        if self.cache_root is None and in_default_root(folder):  # the user cache's size bound (engine/cache_budget.py)
+            enforce_budget(keep=(folder,))
         return compiled
 
     # -- inference -----------------------------------------------------------------------

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monkey_trt.core.errors import MonkeyError
+from monkey_trt.engine.cache_budget import ORT_FOLDER
 from monkey_trt.engine.derived_cache import cache_root, source_digest as files_digest
 from monkey_trt.engine.ort.providers import default_provider
 from monkey_trt.engine.ort.runner import OrtRunner
 from monkey_trt.enginedir.manifest import split_key
 from monkey_trt.enginedir.networks import MAP_NETWORK
 
-ORT_CACHE_FOLDER = "ort-optimized"  # under the user cache folder (engine.derived_cache.cache_root)
+ORT_CACHE_FOLDER = ORT_FOLDER  # under the user cache folder (engine.derived_cache.cache_root; bounded: engine/cache_budget.py)
 
 
 def ort_cache_folder(setting: Path | bool | None, providers: Sequence[str]) -> Path | None:

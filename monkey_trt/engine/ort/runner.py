@@ -23,6 +23,7 @@ import numpy as np
 from monkey_trt.core.errors import BackendUnavailable, MonkeyError, first_line
 from monkey_trt.core.atomic import sha256_file
 from monkey_trt.core.output_folders import clean_stale_staging, make_staging, remove_staging
+from monkey_trt.engine.cache_budget import ORT_KIND, RECORD_NAME, enforce_budget, in_default_root, mark_used
 from monkey_trt.engine.derived_cache import StagedFolder, digest, keyed_folder
 from monkey_trt.engine.derived_record import check_record, remove_recorded, write_record
 from monkey_trt.engine.derived_cache import source_digest as files_digest
@@ -35,8 +36,8 @@ from monkey_trt.enginedir.manifest import check_precision
 
 
 # ONNX Runtime's NodeArg.type strings -> numpy dtype names
-ORT_CACHE_RECORD = "monkey-derived.json"  # beside a cached optimised graph: its files' sha256 (engine/derived_record.py)
-ORT_CACHE_KIND = "ort-optimized-graph"
+ORT_CACHE_RECORD = RECORD_NAME  # beside a cached optimised graph: its files' sha256 (engine/derived_record.py)
+ORT_CACHE_KIND = ORT_KIND
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -286,7 +287,9 @@ class OrtRunner(CudaGraphReplay, Runner):
         state = check_record(record, ORT_CACHE_KIND, key, present=final)  # every cached file re-hashed: never trusted unchecked
         if state == "ok":
             try:
-                return self._create(final / "model.onnx", self._session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
+                sess = self._create(final / "model.onnx", self._session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
+                mark_used(record)  # the cache's size bound removes least recently used entries first
+                return sess
             except MonkeyError:
                 state = "wrong"  # our own entry that ORT refuses (another ORT build's format): replaced below
         if state == "wrong" and remove_recorded(record, ORT_CACHE_KIND):
@@ -311,6 +314,8 @@ class OrtRunner(CudaGraphReplay, Runner):
             write_record(tmp / ORT_CACHE_RECORD, ORT_CACHE_KIND, key, written)
             with contextlib.suppress(OSError):  # another process got there first: its entry stays
                 os.rename(tmp, final)
+            if in_default_root(final):  # the user cache's size bound (engine/cache_budget.py); a named folder is the user's
+                enforce_budget(keep=(final,))
             return sess
         finally:
             remove_staging(tmp)
