@@ -196,7 +196,7 @@ def test_ort_runs_every_image_count_of_the_profile_and_the_map_only_graph_keeps_
                 assert out["noise_pred"].shape == (2, 4, 8, 9) and np.isfinite(out["noise_pred"]).all()
                 amap = out[MAP_OUTPUT]
                 assert amap.shape == (2, 2 * 3, n_img * T)  # Q = 2 x 3 at the mask layer for 8 x 9 latents
-                assert np.allclose(amap.reshape(2, -1, n_img, T).sum(-1), 1.0, atol=1e-5 if precision == "fp32" else 2e-3)
+                assert np.allclose(amap.reshape(2, -1, n_img, T).sum(-1), 1.0, atol=1e-5)  # fp16 too: the map path is fp32
                 if n_img in (1, 3):
                     cut = runners[MAP_NETWORK].infer(feeds, outputs=(MAP_OUTPUT,))[MAP_OUTPUT]
                     assert np.array_equal(amap.view(np.uint32), cut.view(np.uint32)), f"{precision} N={n_img}: map bits differ"
@@ -228,6 +228,22 @@ def test_the_exported_graph_equals_the_reference_with_several_images(engine_dir,
     got_eps, got_map = sess.run(None, feeds)
     assert amap.shape == got_map.shape == (2, 6, 12)
     assert np.abs(got_eps - eps).max() < 1e-5 and np.abs(got_map - amap).max() < 1e-5  # ORT vs torch (old vs new graph: bit-equal)
+
+
+def test_the_fp16_graphs_keep_fp32_values_between_fp32_nodes(engine_dir):
+    """No Cast(to fp16) -> Cast(to fp32) round trip: the converter alone rounded every value between two fp32-island
+    nodes (the map path's logits and softmax included) to fp16 (export/fp16.collapse_round_trips)."""
+    import onnx
+    from onnx import TensorProto
+
+    m = load_manifest(engine_dir)
+    for net in ("unet", MAP_NETWORK):
+        graph = onnx.load(str(engine_dir / m.networks[net].files("fp16")[0]), load_external_data=False).graph
+        to = {n.output[0]: next(a.i for a in n.attribute if a.name == "to") for n in graph.node if n.op_type == "Cast"}
+        trips = [n.name for n in graph.node if n.op_type == "Cast" and to[n.output[0]] == TensorProto.FLOAT
+                 and to.get(n.input[0]) == TensorProto.FLOAT16]
+        assert trips == [], f"{net}: {trips[:3]}"
+        assert any(v == TensorProto.FLOAT16 for v in to.values())  # an fp16 graph still
 
 
 # -- the manifest and the export option ------------------------------------------------------------------
@@ -280,3 +296,95 @@ def test_export_max_subjects_out_of_range_is_one_line(tiny_model_dir, tmp_path, 
         from monkey_trt.core.config import ModelSource
 
         ExportOptions(ModelSource("b", "i"), out, Profile.static(1, 64, 64), max_subjects=int(k) if k.lstrip("-").isdigit() else k)
+
+
+# -- the independent check: diffusers' own multi-image IP-Adapter with per-image masks ---------------------------
+@pytest.fixture(scope="module")
+def diffusers_pipe(tiny_model_dir):
+    from tests.diffusers_monkey import load_diffusers_pipeline
+
+    return load_diffusers_pipeline(tiny_model_dir / "base", tiny_model_dir / "ip-adapter")
+
+
+def _two_subjects(subject):
+    from PIL import ImageOps
+
+    return [subject, ImageOps.invert(subject)]  # two images with different IP tokens
+
+
+def _two_masks(h: int, w: int) -> np.ndarray:
+    """[2, H, W] {0,1}: two disjoint blobs (MONKEY's final masks never overlap), neither empty."""
+    y, x = np.mgrid[:h, :w] / np.array([h, w])[:, None, None]
+    left = ((x - 0.3) ** 2 / 0.06 + (y - 0.5) ** 2 / 0.15) < 1
+    right = (((x - 0.75) ** 2 / 0.04 + (y - 0.4) ** 2 / 0.09) < 1) & ~left
+    return np.stack([left, right]).astype(np.float32)
+
+
+@torch.no_grad()
+def test_one_unet_call_equals_diffusers_with_two_images_and_two_masks(diffusers_pipe, reference, subject):
+    """The whole tiny UNet (16 IP layers, every level's resize), fp32: diffusers' UNet with image_embeds [1, 2, E],
+    ip_adapter_masks [1, 2, H, W] and per-image scales vs the reference's unet_session with planes = scale x mask."""
+    from tests.diffusers_monkey import image_embeds
+
+    pipe, encoder = diffusers_pipe
+    subjects, weights, masks = _two_subjects(subject), [0.8, 1.3], _two_masks(64, 64)
+    text, _ = reference.encode_prompt("a toy and its negative on the beach")
+    w_emb = reference.guidance(8.5)
+    tokens = torch.cat([reference.encode_subject(s) for s in subjects], 1)  # [1, 2*T, D]
+    latents = np.random.default_rng(4).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    planes = masks * np.array(weights, np.float32)[:, None, None]  # [2, H, W]
+    eps, _ = reference.unet_session(text, tokens, w_emb, [planes])(latents, np.array([759]), 1.0, False)
+    embeds = torch.cat([image_embeds(encoder, s) for s in subjects], 1)  # [1, 2, E]
+    procs = [p for p in pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+    try:
+        for p in procs:
+            p.scale = [list(weights)]  # one adapter, a scale per image
+        want = pipe.unet(torch.from_numpy(latents), 759, encoder_hidden_states=text, timestep_cond=w_emb,
+                         added_cond_kwargs={"image_embeds": [embeds]},
+                         cross_attention_kwargs={"ip_adapter_masks": [torch.from_numpy(masks)[None]]}).sample.numpy()
+        pipe.set_ip_adapter_scale(1.0)
+        unmasked = pipe.unet(torch.from_numpy(latents), 759, encoder_hidden_states=text, timestep_cond=w_emb,
+                             added_cond_kwargs={"image_embeds": [embeds]}).sample.numpy()
+    finally:
+        pipe.set_ip_adapter_scale(1.0)
+    assert np.abs(eps - want).max() < 1e-5
+    assert np.abs(eps - unmasked).max() > 1e-3  # the masks matter (the comparison is not vacuous)
+
+
+@torch.no_grad()
+def test_pass_2_with_two_subjects_equals_diffusers_multi_image_ip_adapter(diffusers_pipe, reference, subject):
+    """A whole pass 2 (8 LCM steps, IP on with the two masks at steps 2-5, off elsewhere, then the VAE): the reference's
+    UNet calls stepped by the runtime's LCM schedule vs diffusers' LCM pipeline with two images and two masks."""
+    from tests.diffusers_monkey import image_embeds
+
+    from monkey_trt.reference.pipeline import torch_noise_plan
+
+    pipe, encoder = diffusers_pipe
+    subjects, masks, prompt, seed = _two_subjects(subject), _two_masks(64, 64), "a toy and its negative on the beach", 3
+    scales = [1.0 if i in (2, 3, 4, 5) else 0.0 for i in range(8)]
+    text, _ = reference.encode_prompt(prompt)
+    w_emb = reference.guidance(8.5)
+    tokens = torch.cat([reference.encode_subject(s) for s in subjects], 1)
+    noise = torch_noise_plan(seed, (1, 4, 8, 8), 8)
+    call = reference.unet_session(text, tokens, w_emb, [masks])
+    timesteps = reference.schedule.timesteps(8)
+    latents = noise.latents.copy()
+    for i in range(8):
+        eps, _ = call(latents, np.array([timesteps[i]]), scales[i], False)
+        latents, denoised = reference.schedule.step(eps, i, timesteps, latents, noise.step_noise[i] if i < 7 else None)
+    ours = reference.decode(denoised)
+
+    def switch(p, i, t, kwargs):
+        if i + 1 < 8:
+            p.set_ip_adapter_scale(scales[i + 1])
+        return kwargs
+
+    embeds = torch.cat([image_embeds(encoder, s) for s in subjects], 1)  # [1, 2, E]
+    try:
+        pipe.set_ip_adapter_scale(scales[0])
+        theirs = pipe(prompt, ip_adapter_image_embeds=[embeds], num_inference_steps=8, guidance_scale=8.5, height=64, width=64,
+                      generator=torch.Generator("cpu").manual_seed(seed), output_type="np", callback_on_step_end=switch,
+                      cross_attention_kwargs={"ip_adapter_masks": [torch.from_numpy(masks)[None]]}).images[0]
+    finally:
+        pipe.set_ip_adapter_scale(1.0)
+    assert np.abs(ours - theirs).max() <= 1e-4  # the single-subject reference's tolerance against diffusers (test_reference.py)
