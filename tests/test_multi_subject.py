@@ -295,3 +295,21 @@ def test_saved_folder_of_one_subject_is_todays(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted(output_names())
     assert info["subject"] == "dog.png" and info["background"] is None and info["overlap"] == 0.0
     assert info["subjects"] == [{"index": 1, "image": "dog.png", "scale": 1.0, "coverage": out.mask.coverage, "lost_to_overlap": 0.0}]
+
+
+def test_a_corrupt_image_among_several_is_named(tmp_path):
+    from monkey_trt.runtime.pipeline import load_images
+
+    good, bad = tmp_path / "dog.png", tmp_path / "cat.png"
+    GREY[0].save(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    images, recorded = load_images([str(good), GREY[1]])
+    assert len(images) == 2 and recorded == [str(good), None]
+    with pytest.raises(MonkeyError, match=r"^subject 2 \(cat.png\): subject image .*cat.png"):
+        load_images([good, bad])
+    with pytest.raises(MonkeyError, match=r"^subject image .*cat.png"):  # one image: today's line
+        load_images(bad)
+    with pytest.raises(MonkeyError, match=r"^background \(cat.png\): "):
+        load_images(bad, "background")
+    with pytest.raises(MonkeyError, match="no subject image given"):
+        load_images([])

@@ -53,10 +53,10 @@ def load_images(images, what: str = "subject") -> tuple[list[Image.Image], str |
         try:
             loaded.append(load_subject(item))
         except MonkeyError as e:
-            if len(items) == 1:
-                raise
+            if len(items) == 1 and what == "subject":
+                raise  # one subject: the line it always was
             name = Path(item).name if isinstance(item, (str, Path)) else type(item).__name__
-            raise MonkeyError(f"{what} {k} ({name}): {e}") from None
+            raise MonkeyError(f"{what}{f' {k}' if len(items) > 1 else ''} ({name}): {e}") from None
         paths.append(str(item))
     recorded = paths if len(items) > 1 else paths[0]
     return loaded, recorded
