@@ -244,13 +244,12 @@ class MonkeyPipeline:
     def max_subjects(self) -> int:
         """Subject images a request may have: the manifest's `max_subjects` (1 for an engine directory exported before
         several subjects: its UNet takes one IP image)."""
-        given = getattr(self.manifest, "max_subjects", None)
-        return 1 if given is None else int(given)
+        return self.manifest.max_subjects
 
     @property
     def max_ip_images(self) -> int:
         """IP images one UNet call takes: the subjects + the background slot (1 on an old engine directory)."""
-        return 1 if getattr(self.manifest, "max_subjects", None) is None else self.max_subjects + 1
+        return self.manifest.max_ip_images
 
     @property
     def max_unet_batch(self) -> int:
