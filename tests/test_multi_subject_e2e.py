@@ -36,7 +36,8 @@ def _run(pipe, req, images, n, background, **kw):
     return pipe(req, list(images[:n]), background=images[2] if background else None, **kw)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param("two", marks=pytest.mark.slow), "two+background",
+                                  pytest.param("three", marks=pytest.mark.slow)])  # each ~6-15 s (the reference) on 2 busy cores
 def test_ort_matches_the_reference(case, runtime, reference, images):
     """Masks identical per subject (and the background's), image within ORT's fp32 tolerance; identical noise."""
     n, background, cfg = CASES[case]
@@ -160,6 +161,7 @@ def test_generate_names_files_and_records_them(runtime, images, tmp_path):
         runtime.generate("x", [paths[0], tmp_path / "bad.png"], height=64, width=64)
 
 
+@pytest.mark.slow  # ~10 s; the runner-level fakes (test_engine_ort/test_engine_trt: ip_image_axis) run by default
 def test_gpu_cuda_graphs_one_per_image_count(engine_dir, runtime, images, fake_ort_gpu):
     """The (simulated) CUDA-graph ORT path: S = 1, 2, 1, 2 + background: one graph per UNet input-shape set (N is in
     the key), each generation equal to the CPU runtime's."""
