@@ -3,9 +3,11 @@
     python benchmarks/openvino_stages.py --engine-dir ENGINE [--networks vae_decoder,image_encoder] [--size 256]
         [--runs 7] [--threads 2] [--json OUT]
 
-Per network (its one input from --inputs when recorded there, else random): the fp32 graph with f32 kernels (what every exact run uses), the fp32 graph with bf16 kernels, and the
-network's int8 graph when the engine directory has one (f32 between its quantized ops), each on the same inputs (batch 1, the engine's sizes at --size). Compiled first (untimed), then the variants interleaved call by call;
-the median per variant, its ratio to f32, and each output's max abs difference and SNR (dB) to the f32 output.
+Per network (its one input from --inputs when recorded there, else random): the fp32 graph with f32 kernels (what
+every exact run uses), the fp32 graph with bf16 kernels, and the network's int8 graph when the engine directory has
+one (f32 between its quantized ops), each on the same inputs (batch 1, the engine's sizes at --size). Compiled first
+(untimed), then the variants interleaved call by call; the median per variant, its ratio to f32, and each output's
+max abs difference and SNR (dB) to the f32 output.
 Prints one JSON object (the CPU, its flags and the load average beside).
 """
 
