@@ -64,8 +64,8 @@ def test_f32_matches_the_reference_mask_exact(engine_dir, reference, subject, us
 
 
 def test_bf16_is_opt_in_and_keeps_the_mask_pass_f32(engine_dir, subject):
-    """bf16: the fp32 UNet graph on bf16 kernels for pass 2; pass 1 (the mask) on f32 with mask_pass=exact, so the
-    mask is the f32 mask; the image within a PSNR floor of f32."""
+    """bf16: the fp32 UNet and VAE decoder graphs on bf16 kernels for pass 2 and the decode; pass 1 (the mask) and the
+    encoders that feed it on f32 with mask_pass=exact, so the mask is the f32 mask; the image within a PSNR floor of f32."""
     from monkey_trt.engine.openvino import cpu_abilities
 
     if "BF16" not in cpu_abilities().get("capabilities", []):
@@ -77,7 +77,9 @@ def test_bf16_is_opt_in_and_keeps_the_mask_pass_f32(engine_dir, subject):
         assert pipe.unet_roles == {"mask": "fp32", "final": "bf16", "baseline": "bf16"}
         assert pipe.unet_runners["bf16"].config()["INFERENCE_PRECISION_HINT"] == "bf16"
         assert pipe.unet_runners["fp32"].config()["INFERENCE_PRECISION_HINT"] == "f32"
-        assert pipe.runners["vae_decoder"].config()["INFERENCE_PRECISION_HINT"] == "f32"
+        assert pipe.runners["vae_decoder"].config()["INFERENCE_PRECISION_HINT"] == "bf16"  # after the mask
+        assert {pipe.runners[n].config()["INFERENCE_PRECISION_HINT"] for n in ("text_encoder", "image_encoder")} == {"f32"}
+        assert pipe.map_runners["fp32"].config()["INFERENCE_PRECISION_HINT"] == "f32"  # pass 1's last call
         got = pipe(req, subject)
     assert np.array_equal(got.mask.mask, want.mask.mask)
     assert not np.array_equal(got.image, want.image)  # bf16 did run
@@ -123,6 +125,31 @@ def test_compiled_model_cache_is_reused_and_a_corrupt_entry_replaced(engine_dir,
     assert record["files"] == {"model.blob": hashlib.sha256(blob.read_bytes()).hexdigest()}  # replaced, recorded anew
     _, fourth = run()
     assert fourth.cache_hits == 1
+
+
+def test_runners_hold_no_read_model_between_activation_and_compile(engine_dir, tmp_path, monkeypatch):
+    """A pipeline activates every runner before the first compile: each reads its graph for the names and drops it
+    (no ov.Model kept: at sd15 size the read UNet graphs alone are GBs each); a compile reads it again, a cache hit never."""
+    import openvino as ov
+
+    from monkey_trt.engine.openvino import OpenVinoRunner
+    from monkey_trt.enginedir.load import load_manifest
+
+    reads = []
+    real_read = ov.Core.read_model
+    monkeypatch.setattr(ov.Core, "read_model", lambda self, *a, **k: reads.append(a[0]) or real_read(self, *a, **k))
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "cache"))
+    m = load_manifest(engine_dir)
+    path, entry = engine_dir / m.networks["vae_decoder"].file, m.networks["vae_decoder"]
+    feeds = {entry.desc.inputs[0].name: np.zeros((1, m.dims.latent_channels, 8, 8), np.float32)}
+    for compiles in (True, False):  # a cache miss, then a hit
+        reads.clear()
+        with OpenVinoRunner(path, name="vae_decoder") as r:
+            assert [i.name for i in r.input_specs] == [entry.desc.inputs[0].name]
+            assert not [v for v in vars(r).values() if isinstance(v, ov.Model)] and len(reads) == 1
+            r.infer(feeds)
+            assert not [v for v in vars(r).values() if isinstance(v, ov.Model)]
+            assert len(reads) == (2 if compiles else 1) and r.cache_hits == (0 if compiles else 1)
 
 
 def test_the_spec_refuses_what_openvino_does_not_run():

@@ -5,7 +5,8 @@
 
 Precision is explicit: OpenVINO's CPU plugin picks bf16 by itself on CPUs with AVX-512 BF16 or AMX
 (`INFERENCE_PRECISION_HINT`); every runner here sets it, f32 unless bf16 was asked for (`--precision bf16`:
-the fp32 UNet graph with bf16 kernels; pass 1, the mask, stays f32 with mask_pass="exact", runtime/unet_graphs.py).
+the fp32 UNet and VAE decoder graphs with bf16 kernels; pass 1, the mask, stays f32 with mask_pass="exact",
+runtime/unet_graphs.py, and so do the encoders that feed it).
 An int8 (Q/DQ) graph runs with f32 between its quantized ops (OpenVINO's low-precision transformations
 turn the Q/DQ pairs into int8 kernels). Latency hint, one stream, `threads` inference threads.
 
@@ -13,8 +14,10 @@ One compiled model per input-shape set (static shapes, compiled the first time a
 the user cache (engine/derived_cache.py): <cache>/openvino/<key>/model.blob (+ its sha256), keyed by the
 graph's manifest digest, the OpenVINO version, the CPU, the config and the shapes; written atomically,
 checked against its sha256 when read, and replaced when it is corrupt or OpenVINO refuses it. Nothing is
-written into the engine directory. The ONNX model read from disk is dropped after each compile (one copy of
-the weights in memory, the compiled one).
+written into the engine directory. The ONNX model is read at activation for its input/output names and dropped
+at once, and read again only to compile (a cache miss), then dropped: a pipeline activates all its runners
+before the first compile, and holding every read model until then (three UNet graphs with bf16) peaked at
+21 GB at sd15 size, 256².
 
 Lean: numpy + openvino (the `openvino` extra), imported when a runner is activated.
 """
@@ -43,6 +46,9 @@ __all__ = ["OpenVinoRunner", "INFERENCE_PRECISIONS", "cpu_abilities", "open_open
 
 EXTRA_HINT = "pip install 'monkey-trt[openvino]'"
 INFERENCE_PRECISIONS = {"f32": "FP32", "bf16": "BF16"}  # INFERENCE_PRECISION_HINT -> the CPU capability it needs
+# --precision bf16: the networks on bf16 kernels. Only what runs after the mask or in pass 2: the encoders feed pass 1
+# (the mask), so they stay f32; the map-only UNet is opened at the mask pass's precision (f32 with mask_pass="exact").
+BF16_NETWORKS = ("unet", MAP_NETWORK, "vae_decoder")
 CPU_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")  # /proc/cpuinfo names
 
 
@@ -132,7 +138,6 @@ class OpenVinoRunner(Runner):
         self.cache_root = Path(cache_root) if cache_root is not None else None
         self._source_digest = source_digest
         self._core = None
-        self._model = None  # the graph as read, until its first compile (then dropped: one copy of the weights)
         self._compiled: dict[tuple, tuple] = {}  # input shapes -> (compiled model, its infer request)
         self._inputs: list[TensorDesc] = []
         self._outputs: list[TensorDesc] = []
@@ -186,14 +191,14 @@ class OpenVinoRunner(Runner):
         if need not in caps:
             raise MonkeyError(f"--precision bf16 needs a CPU with bf16 kernels (AVX-512 BF16 or AMX); "
                               f"{core.get_property('CPU', 'FULL_DEVICE_NAME')} offers {', '.join(caps)}: use --precision fp32 or int8")
-        model = self._read(core)
+        model = self._read(core)  # for its input/output names only: dropped now, read again if a compile needs it
         self._inputs = [_desc(p) for p in model.inputs]
         self._outputs = [_desc(p) for p in model.outputs]
-        self._core, self._model = core, model
+        del model
+        self._core = core
 
     def deactivate(self) -> None:
         self._compiled.clear()
-        self._model = None
         self._core = None
 
     def _read(self, core):
@@ -246,8 +251,7 @@ class OpenVinoRunner(Runner):
         compiled = self._cached(core, cfg, record, source)
         if compiled is not None:
             return compiled
-        model = self._model if self._model is not None else self._read(core)
-        self._model = None
+        model = self._read(core)
         try:
             model.reshape({n: list(s) for n, s in key})
             compiled = core.compile_model(model, "CPU", cfg)
@@ -291,7 +295,8 @@ def open_openvino_runners(root: Path, manifest, spec, networks: Sequence[str], s
     """One (not yet activated) OpenVinoRunner per network of an engine directory, for a runtime.backend.BackendSpec.
 
     fp32 and int8 run the manifest's graphs of that precision (int8: the Q/DQ UNet, f32 between its quantized ops;
-    the other networks fp32); bf16 runs the fp32 UNet graphs (full and map-only) with bf16 kernels (the others stay f32).
+    the other networks fp32); bf16 runs the fp32 graphs, the UNet's and the VAE decoder's with bf16 kernels (BF16_NETWORKS;
+    the encoders stay f32).
     The compiled models are keyed by the manifest's digests (nothing is written into `root`)."""
     import_openvino()
     graph = "fp32" if spec.precision == "bf16" else spec.precision
@@ -301,7 +306,7 @@ def open_openvino_runners(root: Path, manifest, spec, networks: Sequence[str], s
         entry = manifest.networks[name]
         _, sha256, _ = entry.files(manifest.run_precision(name, graph))
         runners[name] = OpenVinoRunner(
-            path, name=name, inference_precision="bf16" if spec.precision == "bf16" and name in ("unet", MAP_NETWORK) else "f32",
+            path, name=name, inference_precision="bf16" if spec.precision == "bf16" and name in BF16_NETWORKS else "f32",
             threads=spec.threads, profile=entry.desc.profile_shapes(manifest.profile, manifest.dims, manifest.max_ip_images),
             source_digest=files_digest(sha256),
         )
