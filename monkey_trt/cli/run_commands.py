@@ -21,7 +21,11 @@ DEMO_PROMPT = "a toy on the beach"
 
 @with_config_options
 def generate(
-    image: Path = typer.Option(..., "--image", help="Subject image (any PIL format)"),
+    image: list[Path] = typer.Option(..., "--image", help="Subject image (any PIL format); repeat it for several subjects, in "
+                                     "order (at most the engine's max_subjects: 4 unless exported otherwise); --subject-scales "
+                                     "gives each its IP scale"),
+    background_image: Optional[Path] = typer.Option(None, "--background-image", help="Background image: one more IP image, "
+                                                    "applied where no subject's mask is (--background-scale)"),
     prompt: str = knob_option(REQUEST["prompt"]),
     out: Path = typer.Option(..., "--out", help="Output folder (missing parents are created; a re-run replaces only the files it wrote)"),
     base: Optional[str] = typer.Option(None, help=f"Base LCM model: hub id or diffusers folder [default: the engine's source, else {DEFAULT_BASE}]"),
@@ -49,7 +53,8 @@ def generate(
     baseline_scale: Optional[float] = typer.Option(None, "--baseline-scale", help="IP scale of the baseline (default: scale_final)"),
     knob_values: Optional[dict] = None,  # the MonkeyConfig options (appended by with_config_options)
 ):
-    """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
+    """Run MONKEY once: pass 1 -> subject mask(s) -> pass 2; write monkey.png, mask.png, overlay.png, result.json
+    (several --image: also mask_N.png and overlay_N.png per subject)."""
     import time
 
     from monkey_trt.commands.generate import GenerateJob, default_backend, resolve_defaults, run_generate, summary
@@ -72,10 +77,10 @@ def generate(
         config.check_model(d.dims)
     request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
     job = GenerateJob(
-        request=request, image=image, out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
+        request=request, images=tuple(image), out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
         spec=spec, engine_dir=engine_dir, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else config.scale_final) if baseline else None,
-        dims=d.dims,
+        dims=d.dims, background=background_image, max_subjects=d.max_subjects, background_ok=d.background_ok,
     )
     with quiet_libraries():
         done = run_generate(job, console)
@@ -114,7 +119,7 @@ def demo(
         with status(console, "preparing the embedded tiny model") as update:
             model_dir, engine_dir = ensure_preset("tiny", workdir, size, size, engine=backend_row(backend).needs_engine_dir, status=update)
         job = GenerateJob(
-            request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
+            request=request, images=(model_dir / "subject.png",), out=out, base=str(model_dir / "base"),
             ip_adapter=str(model_dir / "ip-adapter"), spec=spec, baseline_scale=request.config.scale_final,
             engine_dir=engine_dir if backend_row(backend).needs_engine_dir else None,
         )
