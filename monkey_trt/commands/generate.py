@@ -50,7 +50,7 @@ class GenerateJob:
     dims: ModelDims | None = None  # the model's sizes when known before loading (the engine directory's manifest)
     background: Path | None = None  # the background image (its mask: everywhere no subject is)
     max_subjects: int = 1  # the engine's limit (Defaults.max_subjects)
-    background_ok: bool = True  # the engine has the background slot (Defaults.background_ok)
+    background_slot: bool = True  # the engine has the background slot (Defaults.background_slot)
 
     @property
     def backend(self) -> str:
@@ -67,7 +67,7 @@ class Defaults:
     ip_adapter: str
     dims: ModelDims | None = None  # the engine directory's model sizes, when the backend runs it (ort, trt)
     max_subjects: int = 1  # subject images one request may hold: the manifest's max_subjects, the reference's default
-    background_ok: bool = True  # a background image is possible (not on a directory exported before several subjects)
+    background_slot: bool = True  # a background image is possible (not on a directory exported before several subjects)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def resolve_defaults(engine_dir: Path | None, backend: str, height: int | None =
     return Defaults(m.profile.height.opt if height is None else height, m.profile.width.opt if width is None else width,
                     base or src("base", DEFAULT_BASE), ip_adapter or src("ip_adapter", DEFAULT_IP_ADAPTER),
                     m.dims if runs_it else None, max_subjects=m.max_subjects if runs_it else MAX_SUBJECTS_DEFAULT,
-                    background_ok=m.background_ok if runs_it else True)
+                    background_slot=m.background_slot if runs_it else True)
 
 
 def run_generate(job: GenerateJob, console: Console) -> Generated:
@@ -111,7 +111,7 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
     if job.baseline_scale is not None and not 0.0 <= job.baseline_scale <= 4.0:
         raise MonkeyError(f"baseline scale must be in [0, 4], got {job.baseline_scale}")
     req, c = job.request, job.request.config
-    check_subject_count(len(job.images), job.background is not None, job.max_subjects, job.background_ok)
+    check_subject_count(len(job.images), job.background is not None, job.max_subjects, job.background_slot)
     check_image_options(c, len(job.images), job.background is not None)
     check_out_dir(job.out, baseline=job.baseline_scale is not None, save_arrays=job.save_arrays,
                   subjects=len(job.images), background=job.background is not None)
@@ -135,11 +135,14 @@ def run_generate(job: GenerateJob, console: Console) -> Generated:
                       progress=lambda stage, i, n: step(stage.replace("_", " "), i, n))
 
     record = request_record(req, seed=None if noise is not None else req.seed, baseline_scale=job.baseline_scale,
-                            batched_steps=result.batched_steps, models=pipe.info(), subject=str(job.images[0]),
-                            subjects=[str(p) for p in job.images], background=None if job.background is None else str(job.background),
+                            batched_steps=result.batched_steps, models=pipe.info(),
+                            subject=str(job.images[0]) if len(job.images) == 1 else [str(p) for p in job.images],
                             noise_file=None if noise_file is None else {"path": str(job.noise), "sha256": noise_file.sha256})
-    out = write_outputs(job.out, result, subjects[0], record, save_arrays=job.save_arrays)
-    return Generated(out, output_files(result, subjects[0], job.save_arrays), result)
+    if job.background is not None:
+        record["background_image"] = str(job.background)  # result.json: `background.image`
+    pictures = subjects[0] if len(subjects) == 1 else subjects
+    out = write_outputs(job.out, result, pictures, record, save_arrays=job.save_arrays)
+    return Generated(out, output_files(result, pictures, job.save_arrays), result)
 
 
 def load_backend(job: GenerateJob):

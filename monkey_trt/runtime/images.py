@@ -75,7 +75,7 @@ def load_images(items, decode, background=None) -> tuple[list[Image.Image], Imag
     return subjects, None if background is None else one(None, *background)
 
 
-def check_subject_count(subjects: int, background: bool, max_subjects: int, background_ok: bool = True) -> None:
+def check_subject_count(subjects: int, background: bool, max_subjects: int, background_slot: bool = True) -> None:
     """A request's images against an engine: 1..max_subjects subjects, a background only beside subjects and only
     where the engine has the background slot (a directory exported before several subjects were possible has not)."""
     if subjects < 1:
@@ -83,7 +83,7 @@ def check_subject_count(subjects: int, background: bool, max_subjects: int, back
     if subjects > max_subjects:
         raise MonkeyError(f"{subjects} subject images given; this engine takes at most {max_subjects} subject(s) "
                           "(manifest max_subjects): re-export with --max-subjects")
-    if background and not background_ok:
+    if background and not background_slot:
         raise MonkeyError("this engine directory was exported before background images were possible: re-export it "
                           "(monkey-trt export) to give it a background image")
 

@@ -43,6 +43,7 @@ from starlette.requests import ClientDisconnect
 from monkey_trt.core import __version__
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.runtime.images import decode_subject, load_images
+from monkey_trt.runtime.outputs import subjects_record
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.schema import (
     BACKGROUND_FIELD,
@@ -496,8 +497,9 @@ def result_json(request_id: str, replica: str, params: GenerateParams, out: Monk
     `mask_png` as with one subject (several: their union), `subjects` each with its own mask, `overlap`, `background`."""
     r = params.request
     b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
-    subjects, background = subjects_record(out, [u.name for u in uploads.subjects],
-                                           None if uploads.background is None else uploads.background.name)
+    names = {"subject": [u.name for u in uploads.subjects], "background_image": None if uploads.background is None else uploads.background.name}
+    listed = subjects_record(out, names)  # result.json's `subjects`, `overlap`, `background`: the uploads' file names
+    subjects, background = listed["subjects"], listed["background"]
     for i, entry in enumerate(subjects, 1):
         entry["mask_png"] = b64(files.pop(f"mask_{i}_png"))
     if background is not None:

@@ -189,7 +189,7 @@ class MonkeyService:
         except MonkeyError as e:
             raise ApiError(400, str(e)) from None
         try:
-            check_subject_count(subjects, background, self.max_subjects, self.pipe.manifest.background_ok)
+            check_subject_count(subjects, background, self.max_subjects, self.pipe.manifest.background_slot)
         except MonkeyError as e:
             raise ApiError(422, str(e)) from None
         why = self.pipe.manifest.profile.check(1, r.height, r.width)
