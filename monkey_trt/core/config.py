@@ -167,6 +167,9 @@ class MonkeyConfig:
                                                 "(replaces scale_final; 0 at steps in neither step list)")
     step_rule: str = knob("fixed", help="fixed: step lists as given; quarters: mask_steps/masked_steps left at their "
                                         "defaults become range(n)[n//4 : n - n//4] of their pass (the authors' code)")
+    subject_scales: tuple[float, ...] = knob((), item=float, help="IP scale of each subject image, in order (empty: 1.0 "
+                                             "each; else one per subject, each in [0, 4]); multiplies its planes")
+    background_scale: float = knob(1.0, lo=0.0, hi=4.0, help="IP scale of the background image (with one), in [0, 4]")
 
     def __post_init__(self) -> None:
         for k in knobs(MonkeyConfig).values():  # types first (frozen: set through object.__setattr__)
@@ -216,6 +219,9 @@ class MonkeyConfig:
         both = sorted(set(self.masked_steps) & set(self.adapter_steps))
         need(not both, f"steps {both} are in both masked_steps and adapter_steps: a step's IP-Adapter is masked or unmasked, not both")
         self._validate_step_scales(need)
+        rng = knobs(MonkeyConfig)["scale_final"]  # a subject's scale: the range of every IP scale
+        for i, w in enumerate(self.subject_scales):
+            need(rng.lo <= w <= rng.hi, f"subject_scales[{i}] must be in {rng.range_text()}, got {w:g}")
         for k in ranged:
             if k.kind is not int:
                 k.check(getattr(self, k.name))
@@ -265,9 +271,19 @@ class MonkeyConfig:
         the mask cannot matter, `text + 0 * ip = text`)."""
         return ["off" if s == 0.0 else "masked" if i in self.masked_steps else "open" for i, s in enumerate(self.final_scales())]
 
+    def subject_weights(self, subjects: int) -> tuple[float, ...]:
+        """The IP scale of each of `subjects` subject images: `subject_scales`, or 1.0 each when it is empty;
+        MonkeyError when it names another number of subjects (the count is known only with the images)."""
+        if not self.subject_scales:
+            return (1.0,) * subjects
+        if len(self.subject_scales) != subjects:
+            raise MonkeyError(f"subject_scales has {len(self.subject_scales)} entries for {subjects} subject image(s): "
+                              "give one scale per subject, in order")
+        return self.subject_scales
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("mask_steps", "masked_steps", "adapter_steps", "final_step_scales"):
+        for name in ("mask_steps", "masked_steps", "adapter_steps", "final_step_scales", "subject_scales"):
             d[name] = list(getattr(self, name))
         return d
 

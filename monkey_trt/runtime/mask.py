@@ -3,6 +3,7 @@
 numpy only; shared by the PyTorch reference and the lean runtime so both threshold identically.
 
     map   [Q, n_tokens]  head-mean of softmax(q @ k_ip^T) at the mask layer, one per mask step
+                         (several IP images: [Q, N*T], one softmax per image; extract_subject_masks)
     grid  (gh, gw)       the layer's query grid, gh * gw == Q
     mask  [H, W]         float32 in {0, 1}, image resolution
 """
@@ -84,22 +85,101 @@ def upsample_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return x[src(height, h)[:, None], src(width, w)[None, :]]
 
 
-def extract_mask(
-    maps: dict[int, np.ndarray], height: int, width: int, token: int, threshold: float
-) -> MaskResult:
-    """maps: mask step -> [Q, n_tokens] map (batch item 0). Sum thresholded maps, upsample, binarise."""
+def _step_maps(maps: dict[int, np.ndarray], height: int, width: int, token: int, threshold: float
+               ) -> tuple[tuple[int, int], list[np.ndarray], list[int]]:
+    """Every mask step's normalised, thresholded map: (grid, [map [gh, gw]] in step order, degenerate steps)."""
     if not maps:
         raise ValueError("extract_mask needs at least one step map")
     steps = sorted(maps)
     grid = query_grid(int(np.asarray(maps[steps[0]]).shape[0]), height, width)
-    total = np.zeros(grid, dtype=np.float32)
-    degenerate = []
+    norms, degenerate = [], []
     for step in steps:
         norm, is_constant = normalized_step_map(maps[step], grid, token, threshold)
-        total += norm
+        norms.append(norm)
         if is_constant:
             degenerate.append(step)
-    if len(degenerate) == len(steps):  # no step located anything: plain IP-Adapter at the masked steps
+    return grid, norms, degenerate
+
+
+def _mask_of(grid: tuple[int, int], norms: list[np.ndarray], degenerate: list[int], height: int, width: int) -> MaskResult:
+    total = np.zeros(grid, dtype=np.float32)
+    for norm in norms:
+        total += norm
+    if len(degenerate) == len(norms):  # no step located anything: plain IP-Adapter at the masked steps
         total[:] = 1.0
     mask = (upsample_nearest(total, height, width) > 0).astype(np.float32)
     return MaskResult(mask=mask, grid=grid, degenerate_steps=tuple(degenerate))
+
+
+def extract_mask(
+    maps: dict[int, np.ndarray], height: int, width: int, token: int, threshold: float
+) -> MaskResult:
+    """maps: mask step -> [Q, n_tokens] map (batch item 0). Sum thresholded maps, upsample, binarise."""
+    grid, norms, degenerate = _step_maps(maps, height, width, token, threshold)
+    return _mask_of(grid, norms, degenerate, height, width)
+
+
+# -- several subjects (docs/method.md "Several subjects and a background") -----------------------------
+#   maps    [Q, N*T]  per mask step: image n's own softmax over its T tokens in columns n*T .. n*T+T-1
+#   score_s [H, W]    mean of subject s's normalised thresholded maps over its non-degenerate steps, upsampled
+#   raw R_s [H, W]    subject s's mask exactly as extract_mask makes it from its own T columns
+#   final M_s         R_s where s has the highest score among the raw masks holding the pixel (ties: lower index)
+
+
+@dataclass(frozen=True)
+class SubjectMasks:
+    """Every subject's final mask, and what the overlap rule moved."""
+
+    masks: tuple[MaskResult, ...]  # final M_s per subject, in order
+    overlap: float  # fraction of image pixels in two or more raw masks
+    lost: tuple[float, ...]  # per subject: fraction of image pixels in its raw mask that went to another subject
+
+    @property
+    def union(self) -> np.ndarray:
+        """[H, W] float32 {0,1}: pixels of any subject."""
+        return np.maximum.reduce([m.mask for m in self.masks])
+
+
+def subject_columns(attn_map: np.ndarray, subject: int, n_tokens: int) -> np.ndarray:
+    """[Q, N*T] -> subject `subject`'s own [Q, T] columns (rows of image n are n*T .. n*T+T-1 in the IP tokens)."""
+    return np.asarray(attn_map)[:, subject * n_tokens:(subject + 1) * n_tokens]
+
+
+def extract_subject_masks(maps: dict[int, np.ndarray], height: int, width: int, token: int, threshold: float,
+                          subjects: int, n_tokens: int) -> SubjectMasks:
+    """maps: mask step -> [Q, N*T] (N >= subjects; images past the subjects, the background, are not read).
+    One subject: exactly extract_mask's mask, no overlap."""
+    total_cols = int(np.asarray(next(iter(maps.values()))).shape[1]) if maps else 0
+    if subjects < 1 or subjects * n_tokens > total_cols:
+        raise ValueError(f"maps with {total_cols} token columns cannot hold {subjects} subject(s) of {n_tokens} tokens")
+    raw, scores = [], []
+    for s in range(subjects):
+        own = {step: subject_columns(m, s, n_tokens) for step, m in maps.items()}  # [Q, T] per step
+        grid, norms, degenerate = _step_maps(own, height, width, token, threshold)
+        raw.append(_mask_of(grid, norms, degenerate, height, width))
+        if subjects > 1:
+            located = [n for n, step in zip(norms, sorted(own)) if step not in degenerate]
+            mean = np.mean(located, axis=0, dtype=np.float32) if located else np.zeros(grid, np.float32)  # [gh, gw]
+            scores.append(upsample_nearest(mean, height, width))  # [H, W]
+    if subjects == 1:
+        return SubjectMasks((raw[0],), 0.0, (0.0,))
+    held = np.stack([r.mask > 0 for r in raw])  # [S, H, W] bool
+    contested = held.sum(axis=0) >= 2  # [H, W]
+    ranked = np.where(held, np.stack(scores), -np.inf)  # [S, H, W]: only subjects whose raw mask holds the pixel
+    winner = np.argmax(ranked, axis=0)  # [H, W]; argmax takes the first of equal scores: the lower index
+    final, lost = [], []
+    for s, r in enumerate(raw):
+        keep = held[s] & (~contested | (winner == s))  # [H, W]
+        final.append(MaskResult(keep.astype(np.float32), r.grid, r.degenerate_steps))
+        lost.append(float((held[s] & ~keep).mean()))
+    return SubjectMasks(tuple(final), float(contested.mean()), tuple(lost))
+
+
+def union_mask(masks: SubjectMasks) -> MaskResult:
+    """One MaskResult over every subject (MonkeyOutput.mask when S > 1): the union of the final masks; its
+    degenerate steps are those where any subject's map was constant."""
+    first = masks.masks[0]
+    if len(masks.masks) == 1:
+        return first
+    steps = sorted({st for m in masks.masks for st in m.degenerate_steps})
+    return MaskResult(masks.union.astype(np.float32), first.grid, tuple(steps))

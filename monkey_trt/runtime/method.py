@@ -7,7 +7,8 @@ pass schedule, mask extraction and every exact speed-up live here, so each backe
     pass 1: IP scale `scale_mask_pass` at every step; record the mask layer's map at `mask_steps`;
             stop after the last mask step (later steps cannot change the mask); that last call
             runs the map-only UNet where the engine has one and nobody reads its noise_pred
-    mask:   runtime.mask.extract_mask
+    mask:   runtime.mask.extract_mask (several subjects: extract_subject_masks, each from its own columns, overlaps
+            to the highest score)
     pass 2: the same noise; IP on, masked, at `masked_steps`; IP on, unmasked, at `adapter_steps`; scale 0
             elsewhere (per-step scales: MonkeyConfig.final_scales); one UNet session per run of steps
             that share a mask (masked | unmasked; a scale-0 step joins the run it is in)
@@ -18,6 +19,12 @@ both the first masked step and pass 1's stop) run as one batch-2 UNet call: per-
 `ip_scale = scale_mask_pass` shared by the batch, and a per-sample mask: none (= ones) for pass 1;
 for pass 2 zeros at a scale-0 step (`text + s * (ip * 0) = text`, exact) or none at an unmasked IP
 step whose scale equals `scale_mask_pass`. Any other pass-2 step ends the pairing.
+
+Several subjects and a background (docs/method.md): the IP tokens of the N images (S subjects, then the background)
+are joined into [1, N*T, D]; every UNet call takes one plane [N, H, W] per image per sample: plane_n = w_n * mask_n
+(the image's scale folded into its plane; the graph's resize is linear). Pass 1: subjects w_s, background 0; pass 2's
+masked steps: w_s * M_s, background w_bg * (1 - union); unmasked IP steps and the baseline: w_n. One subject of
+scale 1 without a background sends exactly the planes it always did (None = ones, the mask itself).
 
 Map-only last call: pass 1's last step needs only its map (the prediction it would give is read only to decode the
 pass-1 image, `decode_mask_pass`). Run alone, that call goes to the session's `map_only` (the UNet cut after the mask
@@ -37,7 +44,7 @@ from PIL import Image
 from monkey_trt.core.config import MonkeyConfig, Request, knobs
 from monkey_trt.core.errors import MonkeyError, NonFiniteOutput
 from monkey_trt.enginedir.networks import ModelDims
-from monkey_trt.runtime.mask import MaskResult, extract_mask
+from monkey_trt.runtime.mask import MaskResult, SubjectMasks, extract_subject_masks, union_mask
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.outputs import request_record
 from monkey_trt.runtime.result import MonkeyOutput, UNetCallTiming
@@ -61,12 +68,16 @@ class Networks(Protocol):
     max_unet_batch: int  # largest UNet batch the backend accepts (1: no pass batching)
     batch_passes_default: bool  # whether batching pays off here (measured: GPUs yes, 2-core CPU no)
 
+    max_subjects: int  # subject images a request may have (engine directories exported before several: 1)
+    # optional `max_ip_images` (int): IP images a call takes (subjects + the background); default max_subjects + 1
+
     def prepare(self, request: Request) -> None: ...  # validate the request for this backend
     def encode_prompt(self, prompt: str) -> tuple[Any, bool]: ...  # (text [1,77,D], truncated)
-    def encode_subject(self, subject: Image.Image) -> Any: ...  # IP tokens [1,4,D]
+    def encode_subject(self, subject: Image.Image) -> Any: ...  # IP tokens [1,T,D] of one image
     def guidance(self, guidance_scale: float) -> Any: ...  # timestep_cond [1, time_cond_dim]
     def unet_session(self, text: Any, ip_tokens: Any, w_emb: Any, masks: Sequence[np.ndarray | None]) -> UNetSession:
-        """One session per batch layout: masks[b] is sample b's pixel mask [H, W] {0,1}, None = unmasked."""
+        """One session per batch layout: ip_tokens [1, N*T, D] (image n's tokens in rows n*T..n*T+T-1); masks[b] is
+        sample b's planes [N, H, W] float32 (one per IP image, its scale folded in), None = ones."""
     def decode(self, latents: np.ndarray) -> np.ndarray: ...  # [1,4,h,w] -> [H, W, 3] float32 in [0, 1]
     def noise_for(self, request: Request) -> NoisePlan: ...
     def sync(self) -> None: ...  # wait for queued device work (timings); no-op on CPU
@@ -88,7 +99,7 @@ def finite(engine: Networks, stage: str, value: Any, detail: str = "") -> Any:
     return value
 
 
-RUN_OPTIONS = ("noise", "baseline_scale", "decode_mask_pass", "batch_passes", "progress", "steps")
+RUN_OPTIONS = ("noise", "baseline_scale", "decode_mask_pass", "batch_passes", "progress", "steps", "background")
 
 
 def check_run_options(options: dict) -> None:
@@ -107,6 +118,93 @@ def check_run_options(options: dict) -> None:
         if options.get(name) is not None and not callable(options[name]):
             raise MonkeyError(f"{name} must be a function or None, got {type(options[name]).__name__}")
     check_baseline_scale(options.get("baseline_scale"))
+    background = options.get("background")
+    if background is not None and not isinstance(background, Image.Image):
+        raise MonkeyError(f"background must be a PIL image or None (monkey_trt.load_subject reads a file), got {type(background).__name__}")
+
+
+def subject_list(subjects: Any) -> list[Image.Image]:
+    """One PIL image or a sequence of them -> the list of subject images (MonkeyError for anything else or none)."""
+    items = [subjects] if isinstance(subjects, Image.Image) else subjects
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise MonkeyError(f"subject must be a PIL image or a list of them (monkey_trt.load_subject reads a file), "
+                          f"got {type(subjects).__name__}")
+    if not items:
+        raise MonkeyError("no subject image given: MONKEY needs at least one subject image")
+    for k, im in enumerate(items, 1):
+        what = "subject" if len(items) == 1 else f"subject {k}"
+        if not isinstance(im, Image.Image):
+            raise MonkeyError(f"{what} must be a PIL image (monkey_trt.load_subject reads a file), got {type(im).__name__}")
+        if min(im.size) < 1:
+            raise MonkeyError(f"{what} image is empty ({im.size[0]}x{im.size[1]})")
+    return list(items)
+
+
+def max_ip_images(engine: Any) -> int:
+    """IP images one UNet call of `engine` takes: subjects + the background slot (1 on an engine directory exported
+    before several subjects)."""
+    given = getattr(engine, "max_ip_images", None)
+    return int(given) if given is not None else int(getattr(engine, "max_subjects", 1)) + 1
+
+
+def check_subjects(engine: Any, subjects: Sequence[Image.Image], background: Image.Image | None) -> None:
+    """The subject count against the engine's limit, and whether it takes a background (one line each)."""
+    most = int(getattr(engine, "max_subjects", 1))
+    if len(subjects) > most:
+        raise MonkeyError(f"{len(subjects)} subject images given: this engine takes at most {most} subject"
+                          f"{'s' if most != 1 else ''} (manifest max_subjects); re-export with --max-subjects")
+    if background is not None and len(subjects) + 1 > max_ip_images(engine):
+        raise MonkeyError("this engine directory was exported before background images (its manifest has no "
+                          "max_subjects): re-export it to use a background image")
+    if background is not None and min(background.size) < 1:
+        raise MonkeyError(f"background image is empty ({background.size[0]}x{background.size[1]})")
+
+
+@dataclass(frozen=True)
+class Planes:
+    """The per-image planes of one request (S subjects, then the background): what each UNet call's `masks[b]` is.
+
+    `None` where it equals ones (one subject of scale 1, no background: today's calls, bit for bit)."""
+
+    weights: tuple[float, ...]  # subject scales w_s
+    background: float | None  # the background's scale w_bg (None: no background image)
+    height: int
+    width: int
+
+    @property
+    def n(self) -> int:
+        """IP images per call (N)."""
+        return len(self.weights) + (self.background is not None)
+
+    @property
+    def trivial(self) -> bool:
+        return self.weights == (1.0,) and self.background is None
+
+    def _constant(self, values: Sequence[float]) -> np.ndarray:
+        return np.stack([np.full((self.height, self.width), v, np.float32) for v in values])  # [N, H, W]
+
+    def mask_pass(self) -> np.ndarray | None:
+        """Pass 1: subjects at w_s, unmasked; the background takes no part (0)."""
+        if self.trivial:
+            return None
+        return self._constant([*self.weights, *([0.0] if self.background is not None else [])])
+
+    def open(self) -> np.ndarray | None:
+        """An unmasked IP step (pass 2's adapter steps, the baseline): every image at its scale."""
+        if self.trivial:
+            return None
+        return self._constant([*self.weights, *([self.background] if self.background is not None else [])])
+
+    def zeros(self) -> np.ndarray:
+        """A scale-0 pass-2 step in pass 1's batch: `text + s * (ip * 0) = text`, exact."""
+        return np.zeros((self.n, self.height, self.width), np.float32)
+
+    def masked(self, masks: SubjectMasks) -> np.ndarray:
+        """Pass 2's masked steps: w_s * M_s; the background w_bg * (1 - union of the M_s)."""
+        planes = [m.mask if w == 1.0 else np.float32(w) * m.mask for w, m in zip(self.weights, masks.masks)]
+        if self.background is not None:
+            planes.append(np.float32(self.background) * (1.0 - masks.union))
+        return np.stack(planes).astype(np.float32, copy=False)  # [N, H, W]
 
 
 def check_baseline_scale(scale: Any) -> float | None:
@@ -300,39 +398,83 @@ def _prepare(engine: Networks, request: Request, noise: NoisePlan | None) -> Noi
     return noise if noise is not None else engine.noise_for(request)
 
 
-def _encode(engine: Networks, clock: _Clock, request: Request, subject: Image.Image, noise: NoisePlan) -> tuple[_Run, bool]:
-    """Prompt, subject and guidance encoded once for every pass: (the run, prompt truncated)."""
+def join_ip_tokens(engine: Any, tokens: list) -> Any:
+    """Each image's IP tokens [1, T, D] -> [1, N*T, D] (image n in rows n*T..n*T+T-1), in the backend's own type:
+    numpy here, or the engine's `join_ip_tokens` (the torch reference's tensors); one image is passed as it is."""
+    if len(tokens) == 1:
+        return tokens[0]
+    join = getattr(engine, "join_ip_tokens", None)
+    if join is not None:
+        return join(tokens)
+    if all(isinstance(t, np.ndarray) for t in tokens):
+        return np.concatenate(tokens, axis=1)
+    import sys  # another array library's tensors (torch's): its own concatenation, never imported here
+
+    lib = sys.modules.get(type(tokens[0]).__module__.split(".")[0])
+    if lib is None or not callable(getattr(lib, "cat", None)):
+        raise MonkeyError(f"{engine.backend}: cannot join IP tokens of type {type(tokens[0]).__name__}")
+    return lib.cat(tokens, 1)
+
+
+def _encode(engine: Networks, clock: _Clock, request: Request, images: Sequence[Image.Image], noise: NoisePlan
+            ) -> tuple[_Run, bool]:
+    """Prompt, the IP images (subjects, then the background) and guidance encoded once for every pass:
+    (the run, prompt truncated)."""
     text, truncated = clock.checked("encode_prompt", engine.encode_prompt, request.prompt)
-    ip_tokens = clock.checked("encode_subject", engine.encode_subject, subject)
+
+    def encode_all() -> list:  # each [1, T, D]; one stage for every image (progress announces it once)
+        named = len(images) > 1
+        return [finite(engine, "encode_subject", engine.encode_subject(im), f" (IP image {k})" if named else "")
+                for k, im in enumerate(images, 1)]
+
+    tokens = clock("encode_subject", encode_all)
     w_emb = finite(engine, "guidance", engine.guidance(request.config.guidance_scale))
-    return _Run(engine, clock, noise, text, ip_tokens, w_emb), truncated
+    return _Run(engine, clock, noise, text, join_ip_tokens(engine, tokens), w_emb), truncated
+
+
+def _mask_notes(masks: SubjectMasks, mask_steps: Sequence[int]) -> list[str]:
+    """The warnings about constant maps (one subject: exactly today's lines; several: one per subject)."""
+    notes = []
+    for k, m in enumerate(masks.masks, 1):
+        who = "" if len(masks.masks) == 1 else f"subject {k}: "
+        if len(m.degenerate_steps) == len(mask_steps):
+            notes.append(f"{who}attention map was constant at every mask step {list(m.degenerate_steps)}: full mask (plain IP-Adapter)")
+        elif m.degenerate:
+            notes.append(f"{who}attention map was constant at mask steps {list(m.degenerate_steps)}: those steps were skipped")
+    return notes
 
 
 def run_monkey(
     engine: Networks,
     request: Request,
-    subject: Image.Image,
+    subjects: Image.Image | Sequence[Image.Image],
     noise: NoisePlan | None = None,
     baseline_scale: float | None = None,
     decode_mask_pass: bool = False,
     batch_passes: bool | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     steps: Callable[[str, int, int], None] | None = None,
+    background: Image.Image | None = None,
 ) -> MonkeyOutput:
     """Both passes (+ the optional plain IP-Adapter baseline from the same noise).
 
-    baseline_scale: also run plain IP-Adapter (no mask) at this scale; decode_mask_pass: also decode
+    subjects: one subject image or a list of them (1..engine.max_subjects); background: one more IP image acting
+    where no subject is (pass 2), at `background_scale`. baseline_scale: also run plain IP-Adapter (no mask) at this scale; decode_mask_pass: also decode
     pass 1's prediction at its last mask step; batch_passes: exact pass batching (None: the backend's
     measured default). `progress(stage, index, total)` is called before each stage (CLI progress bar);
     `steps(stage, done, total)` after each UNet call of a pass stage (the service's streamed progress).
     Neither changes what is computed.
     """
     check_run_options({"noise": noise, "decode_mask_pass": decode_mask_pass, "batch_passes": batch_passes,
-                       "progress": progress, "steps": steps})
+                       "progress": progress, "steps": steps, "background": background})
+    subjects = subject_list(subjects)
+    check_subjects(engine, subjects, background)
+    c = request.config
+    planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
+                    request.height, request.width)
     explicit_noise = noise is not None
     baseline_scale = check_baseline_scale(baseline_scale)
     noise = _prepare(engine, request, noise)
-    c = request.config
     batch = engine.batch_passes_default if batch_passes is None else batch_passes
     paired = pairable_steps(c) if batch else 0
     if paired and c.scale_mask_pass == 0.0:
@@ -347,7 +489,7 @@ def run_monkey(
     clock = _Clock(engine, progress, stages, steps)
     notes: list[str] = []
 
-    run, truncated = _encode(engine, clock, request, subject, noise)
+    run, truncated = _encode(engine, clock, request, [*subjects, *([background] if background is not None else [])], noise)
     if truncated:
         notes.append(f"prompt is longer than {engine.dims.text_len} tokens and was truncated")
 
@@ -356,29 +498,31 @@ def run_monkey(
         p1.map_only_at = p1.last
     p2 = run.new_pass("p2", c.steps_final, c.final_scales())
     uses = c.final_mask_use()
-    zeros = np.zeros((request.height, request.width), np.float32)
+    p1_planes, open_planes = planes.mask_pass(), planes.open()
     for until, kind in _paired_runs(uses, paired):  # pass 2 rides at pass 1's scale: zeros at its scale-0 steps
-        run.lockstep([p1, p2], [None, None if kind == "open" else zeros], "batched_passes", until=until,
-                     role="mask")  # these calls compute pass 1
+        run.lockstep([p1, p2], [p1_planes, open_planes if kind == "open" else planes.zeros()], "batched_passes",
+                     until=until, role="mask")  # these calls compute pass 1
 
-    run.finish(p1, None, "mask_pass", role="mask")
+    run.finish(p1, p1_planes, "mask_pass", role="mask")
     try:
-        mask = clock("mask", extract_mask, p1.maps, request.height, request.width, c.mask_token, c.threshold)
+        found = clock("mask", extract_subject_masks, p1.maps, request.height, request.width, c.mask_token, c.threshold,
+                      len(subjects), engine.dims.n_ip_tokens)
     except FloatingPointError as e:
         raise MonkeyError(f"{engine.backend}: {e}") from None
-    if len(mask.degenerate_steps) == len(c.mask_steps):
-        notes.append(f"attention map was constant at every mask step {list(mask.degenerate_steps)}: full mask (plain IP-Adapter)")
-    elif mask.degenerate:
-        notes.append(f"attention map was constant at mask steps {list(mask.degenerate_steps)}: those steps were skipped")
+    mask = union_mask(found)
+    notes += _mask_notes(found, c.mask_steps)
+    masked_planes = planes.masked(found)
+    background_mask = None if background is None else 1.0 - found.union  # [H, W]
 
     for until, kind in _runs(uses, p2.step, c.steps_final):
-        run.lockstep([p2], [mask.mask if kind == "masked" else None], "final_pass", until=until, role="final")
+        run.lockstep([p2], [masked_planes if kind == "masked" else open_planes], "final_pass", until=until, role="final")
     image = clock.checked("decode", engine.decode, p2.denoised)
     mask_pass_image = clock.checked("decode_mask_pass", engine.decode, p1.denoised) if decode_mask_pass else None
 
     baseline = None
     if baseline_scale is not None:
-        pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass", role="baseline")
+        pb = run.plain_pass("ip", c.steps_final, [baseline_scale] * c.steps_final, "baseline_pass", role="baseline",
+                            mask=open_planes)
         baseline = clock.checked("decode_baseline", engine.decode, pb.denoised)
     info = getattr(engine, "info", None)
     record = request_record(request, seed=None if explicit_noise else request.seed, baseline_scale=baseline_scale,
@@ -386,7 +530,8 @@ def run_monkey(
     return MonkeyOutput(
         image=image, mask=mask, timings=clock.timings, backend=engine.backend, mask_pass_image=mask_pass_image,
         baseline_image=baseline, prompt_truncated=truncated, warnings=tuple(notes), unet_calls=tuple(clock.calls),
-        batched_steps=paired, record=record,
+        batched_steps=paired, record=record, masks=found.masks, overlap=found.overlap, lost=found.lost,
+        background_mask=background_mask, subjects=len(subjects), scales=planes.weights, background_scale=planes.background,
     )
 
 
@@ -399,14 +544,22 @@ def run_pass(engine: Networks, text: Any, ip_tokens: Any, w_emb: Any, noise: Noi
     return p.denoised, p.maps
 
 
-def run_ip_adapter(engine: Networks, request: Request, subject: Image.Image, scale: float,
-                   noise: NoisePlan | None = None) -> MonkeyOutput:
-    """Plain IP-Adapter (`steps_final` steps at `scale`, no mask) + decode: the denominator of the two-pass overhead."""
-    noise = _prepare(engine, request, noise)
+def run_ip_adapter(engine: Networks, request: Request, subjects: Image.Image | Sequence[Image.Image], scale: float,
+                   noise: NoisePlan | None = None, background: Image.Image | None = None) -> MonkeyOutput:
+    """Plain IP-Adapter (`steps_final` steps at `scale`, no mask; every image, the background too, at its own scale)
+    + decode: the denominator of the two-pass overhead."""
+    check_run_options({"background": background})
+    subjects = subject_list(subjects)
+    check_subjects(engine, subjects, background)
     c = request.config
+    planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
+                    request.height, request.width)
+    noise = _prepare(engine, request, noise)
     clock = _Clock(engine, None, [])
-    run, truncated = _encode(engine, clock, request, subject, noise)
-    p = run.plain_pass("ip", c.steps_final, [scale] * c.steps_final, "baseline_pass", role="baseline")
+    run, truncated = _encode(engine, clock, request, [*subjects, *([background] if background is not None else [])], noise)
+    p = run.plain_pass("ip", c.steps_final, [scale] * c.steps_final, "baseline_pass", role="baseline", mask=planes.open())
     image = clock.checked("decode", engine.decode, p.denoised)
-    return MonkeyOutput(image=image, mask=MaskResult.full(request.height, request.width), timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
-                        unet_calls=tuple(clock.calls))
+    full = MaskResult.full(request.height, request.width)
+    return MonkeyOutput(image=image, mask=full, timings=clock.timings, backend=engine.backend, prompt_truncated=truncated,
+                        unet_calls=tuple(clock.calls), masks=(full,) * len(subjects), subjects=len(subjects),
+                        scales=planes.weights, background_scale=planes.background)

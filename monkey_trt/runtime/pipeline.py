@@ -26,7 +26,7 @@ from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest
 from monkey_trt.enginedir.networks import MAP_NETWORK, MAP_OUTPUT, NETWORKS
 from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
 from monkey_trt.runtime.images import clip_preprocess, load_subject
-from monkey_trt.runtime.method import check_run_options, run_monkey
+from monkey_trt.runtime.method import check_run_options, run_monkey, subject_list
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.runtime.scheduler import LCMSchedule, guidance_embedding
@@ -35,6 +35,31 @@ from monkey_trt.runtime.unet_graphs import extra_unet_precisions, select, unet_r
 
 UNetObserver = Callable[[Mapping[str, np.ndarray]], None]  # sees every UNet call's full inputs (read-only)
 WATCHED_NETWORKS = ("image_encoder", "vae_decoder")  # watch_network: the networks called once per image
+
+
+def load_images(images, what: str = "subject") -> tuple[list[Image.Image], str | list[str | None] | None]:
+    """One image or a list (file paths or PIL images) -> (the PIL images, what result.json records: the path of one
+    image, a list for several, None for one PIL image). A file that cannot be read is one line naming which: with
+    several, "subject 2 (cat.png): ..."."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise MonkeyError(f"no {what} image given: MONKEY needs at least one {what} image")
+    loaded, paths = [], []
+    for k, item in enumerate(items, 1):
+        if isinstance(item, Image.Image):
+            loaded.append(item)
+            paths.append(None)
+            continue
+        try:
+            loaded.append(load_subject(item))
+        except MonkeyError as e:
+            if len(items) == 1:
+                raise
+            name = Path(item).name if isinstance(item, (str, Path)) else type(item).__name__
+            raise MonkeyError(f"{what} {k} ({name}): {e}") from None
+        paths.append(str(item))
+    recorded = paths if len(items) > 1 else paths[0]
+    return loaded, recorded
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -216,6 +241,18 @@ class MonkeyPipeline:
 
     # -- the UNet (the hot loop) ------------------------------------------------------------
     @property
+    def max_subjects(self) -> int:
+        """Subject images a request may have: the manifest's `max_subjects` (1 for an engine directory exported before
+        several subjects: its UNet takes one IP image)."""
+        given = getattr(self.manifest, "max_subjects", None)
+        return 1 if given is None else int(given)
+
+    @property
+    def max_ip_images(self) -> int:
+        """IP images one UNet call takes: the subjects + the background slot (1 on an old engine directory)."""
+        return 1 if getattr(self.manifest, "max_subjects", None) is None else self.max_subjects + 1
+
+    @property
     def max_unet_batch(self) -> int:
         """The UNet runner's limit (a TensorRT profile bounds it); 64 where the graph's batch is dynamic."""
         limit = self.runners["unet"].max_batch
@@ -226,21 +263,40 @@ class MonkeyPipeline:
         """Batching pays off where the device has idle parallelism (GPUs), not on a busy CPU (measured)."""
         return self.runners["unet"].device != "cpu" and self.max_unet_batch >= 2
 
+    def _planes(self, masks: Sequence[np.ndarray | None], images: int) -> np.ndarray:
+        """masks[b]: sample b's planes [N, H, W] (one per IP image; [H, W] when N = 1), None = ones -> ip_mask [B, N, H, W]."""
+        H, W = self._size
+        planes = []
+        for b, m in enumerate(masks):
+            if m is None:
+                planes.append(np.ones((images, H, W), np.float32))
+                continue
+            m = np.asarray(m, np.float32)
+            m = m[None] if m.ndim == 2 else m
+            if m.shape != (images, H, W):
+                raise MonkeyError(f"unet_session: sample {b}'s planes have shape {list(m.shape)}; "
+                                  f"{images} IP image(s) at {H}x{W} need [{images}, {H}, {W}]")
+            planes.append(m)
+        return np.ascontiguousarray(np.stack(planes))  # [B, N, H, W]
+
     @locked
     def unet_session(self, text: np.ndarray, ip_tokens: np.ndarray, w_emb: np.ndarray,
                      masks: Sequence[np.ndarray | None]) -> Callable:
-        """Calls of one batch layout; masks[b]: sample b's pixel mask [H, W] (None: ones, i.e. unmasked).
+        """Calls of one batch layout. ip_tokens [1, N*T, D]: N IP images' tokens, image n in rows n*T..n*T+T-1;
+        masks[b]: sample b's planes [N, H, W] (one per image, its scale folded in; [H, W] when N = 1), None: ones.
 
         The session owns its fixed inputs (`bind_static`: on a GPU, its own device buffers), so sessions can be
         interleaved: each call runs with this session's text, IP tokens, guidance and masks."""
         unet, n = self.runners["unet"], len(masks)
-        H, W = self._size
-        ip_mask = np.stack([np.ones((H, W), np.float32) if m is None else np.asarray(m, np.float32) for m in masks])[:, None]  # [B,1,H,W]
+        T = self.dims.n_ip_tokens
+        if ip_tokens.ndim != 3 or ip_tokens.shape[1] % T or not 1 <= ip_tokens.shape[1] // T <= self.max_ip_images:
+            raise MonkeyError(f"unet_session: ip_tokens has shape {list(ip_tokens.shape)}; this engine takes [1, N*{T}, D] "
+                              f"with N in 1..{self.max_ip_images}")
         static_inputs = {
             "encoder_hidden_states": np.repeat(text, n, axis=0),  # [B, 77, D]
             "timestep_cond": np.repeat(w_emb, n, axis=0),  # [B, time_cond_dim]
-            "ip_tokens": np.repeat(ip_tokens, n, axis=0),  # [B, n_ip_tokens, D]
-            "ip_mask": np.ascontiguousarray(ip_mask),
+            "ip_tokens": np.repeat(ip_tokens, n, axis=0),  # [B, N*T, D]
+            "ip_mask": self._planes(masks, ip_tokens.shape[1] // T),  # [B, N, H, W]
         }
         fixed = unet.bind_static(static_inputs)
         ip_scale = np.zeros((self.n_ip_layers,), np.float32)  # [n_ip_layers], shared by the batch
@@ -259,7 +315,7 @@ class MonkeyPipeline:
             for observe in observers:
                 observe({**fixed.host, **feeds})
             out = unet.infer(feeds, static=fixed, outputs=with_map if want_map else only_noise)
-            return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,4]
+            return out["noise_pred"], out["ip_attn_map"] if want_map else None  # [B,4,h,w], [B,Q,N*T]
 
         call.static = fixed  # the session's own inputs (released with the session)
         precision = next((p for p, r in self.unet_runners.items() if r is unet), None)  # of the graph select_unet put there
@@ -268,7 +324,7 @@ class MonkeyPipeline:
             map_fixed: list = []  # bound on first use (on a GPU: its own device copies)
 
             def map_only(latents: np.ndarray, timesteps: np.ndarray, scale: float) -> np.ndarray:
-                """latents [B,4,h,w], timesteps [B] -> the map [B,Q,n_tokens] alone (no noise_pred)."""
+                """latents [B,4,h,w], timesteps [B] -> the map [B,Q,N*T] alone (no noise_pred)."""
                 with lock:
                     if not map_fixed:
                         map_fixed.append(map_runner.bind_static(static_inputs))
@@ -345,38 +401,45 @@ class MonkeyPipeline:
         return NoisePlan.from_seed(request.seed, request.latent_shape(self.dims), request.config.noise_steps)
 
     @locked
-    def generate(self, prompt: str, image: Image.Image | str | Path, height: int | None = None, width: int | None = None,
-                 seed: int = 0, **knobs) -> MonkeyOutput:
-        """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`.
+    def generate(self, prompt: str, image, height: int | None = None, width: int | None = None,
+                 seed: int = 0, background_image=None, **knobs) -> MonkeyOutput:
+        """Convenience API: `pipe.generate("a dog on the beach", "dog.jpg", seed=1, threshold=0.4)`; several subjects:
+        `pipe.generate("a dog and a cat", ["dog.jpg", "cat.jpg"], background_image="beach.jpg")` (paths or PIL images).
 
         The size defaults to the engine's optimal size (its profile's opt)."""
         unknown = sorted(set(knobs) - set(MonkeyConfig.__dataclass_fields__))
         if unknown:
             raise MonkeyError(f"generate() got unknown knob(s) {', '.join(unknown)} (the knobs: docs/method.md)")
-        subject = image if isinstance(image, Image.Image) else load_subject(image)
+        config = MonkeyConfig(**knobs)
+        subjects, paths = load_images(image)
+        background, background_path = (None, None) if background_image is None else load_images(background_image, "background")
+        if background is not None and len(background) != 1:
+            raise MonkeyError(f"background_image takes one image, got {len(background)}")
         height = self.manifest.profile.height.opt if height is None else height
         width = self.manifest.profile.width.opt if width is None else width
-        out = self(Request(prompt, height, width, seed, MonkeyConfig(**knobs)), subject, decode_mask_pass=True)  # overlay like the CLI's
-        if not isinstance(image, Image.Image):
-            out.record["subject"] = str(image)
+        out = self(Request(prompt, height, width, seed, config), subjects if len(subjects) > 1 else subjects[0],
+                   background=None if background is None else background[0], decode_mask_pass=True)  # overlay like the CLI's
+        if paths is not None and (not isinstance(paths, list) or any(p is not None for p in paths)):
+            out.record["subject"] = paths
+        if background_path is not None:
+            out.record["background_image"] = background_path
         return out
 
-    def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
-        """MONKEY on this engine directory; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey).
+    def __call__(self, request: Request, subject, background: Image.Image | None = None, **kwargs) -> MonkeyOutput:
+        """MONKEY on this engine directory: `subject` one PIL image or a list (1..max_subjects), `background` an optional
+        IP image for where no subject is; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see run_monkey).
 
         Thread-safe, like every public method (core/threads.py): a pipeline shared by several threads runs their
         calls one at a time (one engine, one set of device buffers); for parallel generations open one pipeline
         per thread. After close() every call is a MonkeyError (the runners are not active)."""
-        return self.run_with(self, request, subject, **kwargs)
+        return self.run_with(self, request, subject, background=background, **kwargs)
 
-    def run_with(self, networks, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
+    def run_with(self, networks, request: Request, subject, background: Image.Image | None = None, **kwargs) -> MonkeyOutput:
         """MONKEY on `networks`: this pipeline or a wrapper around it (serve.encoder_cache.CachedNetworks: cached encoders)."""
         if not isinstance(request, Request):
             raise MonkeyError(f"request must be a monkey_trt.Request, got {type(request).__name__}")
-        if not isinstance(subject, Image.Image):
-            raise MonkeyError(f"subject must be a PIL image (monkey_trt.load_subject reads a file), got {type(subject).__name__}")
-        if min(subject.size) < 1:
-            raise MonkeyError(f"subject image is empty ({subject.size[0]}x{subject.size[1]})")
+        subject_list(subject)  # one line for what is no subject (run_monkey checks again, with the engine's limits)
+        kwargs["background"] = background
         check_run_options(kwargs)
         if kwargs.get("batch_passes") is None:
             kwargs["batch_passes"] = self.spec.batch_passes  # the spec's choice (None: the measured default)
