@@ -1,8 +1,9 @@
 """`GET /`, the service's own page, tried in a real browser: headless Chromium (the system's package, driven
 over the DevTools protocol) against `monkey-trt serve` on the tiny engine.
 
-MONKEY_UPDATE_SCREENSHOTS=1 also writes the screenshots to docs/serve-page.png and docs/serve-page-phone.png
-(the README shows them); otherwise they go to the test's temporary folder.
+MONKEY_UPDATE_SCREENSHOTS=1 also writes the screenshots to docs/serve-page.png, docs/serve-page-phone.png and
+docs/serve-page-subjects.png (two subjects and a background; the README shows them); otherwise they go to the
+test's temporary folder.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def test_page_in_a_real_browser(page_server, browser, subject_png, tmp_path):
     schema = page_server.client.get("/openapi.json").json()
     props = schema["paths"]["/v1/generate/stream"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     for name, s in props.items():
-        if name == "image":
+        if name in ("image", "background_image"):  # the file pickers
             continue
         attrs = b.eval(f"(() => {{ const e = document.getElementById('f-{name}'); return e && "
                        "{type: e.type, min: e.getAttribute('min'), max: e.getAttribute('max'), value: e.value, checked: e.checked}; })()")
@@ -108,7 +109,7 @@ def test_page_in_a_real_browser(page_server, browser, subject_png, tmp_path):
     subject_file = tmp_path / "subject.png"
     subject_file.write_bytes(subject_png)
     b.set_files("#image", [subject_file])
-    b.wait_for("!document.getElementById('subject-preview').hidden && document.getElementById('subject-preview').naturalWidth > 0")
+    b.wait_for("document.getElementById('subject-preview-1') && document.getElementById('subject-preview-1').naturalWidth > 0")
     b.eval("(() => { const p = document.getElementById('f-prompt'); p.value = 'a toy on the beach'; "
            "document.getElementById('f-seed').value = '3'; return true; })()")
     b.eval("document.getElementById('f-baseline').focus()")
@@ -238,6 +239,13 @@ def test_page_with_two_subjects_and_a_background(page_server, browser, subject_p
     diff = np.array([np.nan if v is None else v for v in changed], float)
     assert not np.isfinite(diff[~m2]).any()  # nothing outside subject 2's mask changes
     assert (np.nan_to_num(diff[m2], nan=1.0) > 0).all()  # inside it, every changed pixel moves toward subject 2's blue
+    shot = tmp_path / "serve-page-subjects.png"
+    b.eval("document.getElementById('knobs').open = false")
+    b.screenshot(shot, 1280)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("MONKEY_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, DOCS / shot.name)
+    b.send("Emulation.clearDeviceMetricsOverride")
     b.send("Runtime.evaluate", expression="1")
     assert _console_errors(b.events) == []
 
