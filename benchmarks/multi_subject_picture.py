@@ -42,7 +42,7 @@ def picture(workdir: Path, size: int, seed: int = 0) -> tuple[Image.Image, dict]
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort") as pipe:
         out = pipe(request, subjects, baseline_scale=request.config.scale_final, decode_mask_pass=True)
     under = Image.fromarray(to_uint8(out.mask_pass_image))
-    masks = [mask_overlay(Image.new("RGB", (size, size), (255, 255, 255)), m.mask, color=SUBJECT_COLOURS[k], alpha=1.0)
+    masks = [mask_overlay(Image.new("RGB", (size, size), (215, 215, 215)), m.mask, color=SUBJECT_COLOURS[k], alpha=1.0)
              for k, m in enumerate(out.masks)]
     tiles = [s.resize((size, size), Image.Resampling.BICUBIC) for s in subjects] + masks + [
         subjects_overlay(under, [m.mask for m in out.masks]), Image.fromarray(to_uint8(out.image)),
