@@ -127,10 +127,13 @@ def test_layer_levels_and_grids():
 def test_bicubic_downsample_matches_ipadapter_mask_processor():
     from diffusers.image_processor import IPAdapterMaskProcessor
 
-    mask = (torch.rand(1, 1, 512, 512, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    mask = (torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(3)) > 0.5).float()  # 3 images' planes
     for side in (64, 32, 16, 8):
-        theirs = IPAdapterMaskProcessor.downsample(mask[:, 0], 1, side * side, 1)  # [1, Q, 1]
-        assert torch.equal(downsample_mask(mask, (side, side)), theirs)
+        ours = downsample_mask(mask, (side, side))
+        assert ours.shape == (1, 3, side * side, 1)
+        for n in range(3):  # each image's plane resized on its own, as diffusers resizes each image's mask
+            theirs = IPAdapterMaskProcessor.downsample(mask[:, n], 1, side * side, 1)  # [1, Q, 1]
+            assert torch.equal(ours[:, n], theirs)
 
 
 # -- mask extraction (numpy, shared by every backend) -----------------------------------------

@@ -13,7 +13,7 @@ from monkey_trt.cli.options import console, quiet_libraries
 from monkey_trt.commands.progress import status
 from monkey_trt.core.config import DEFAULT_BASE, DEFAULT_IP_ADAPTER, DEFAULT_IP_WEIGHT, DEFAULT_MASK_LAYER
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.enginedir.networks import profile_from_options
+from monkey_trt.enginedir.networks import MAX_SUBJECTS_DEFAULT, MAX_SUBJECTS_LIMIT, check_max_subjects, profile_from_options
 from monkey_trt.export.gpu_quant import DEFAULT_QUANT_BASE
 
 
@@ -49,6 +49,7 @@ def export(
     batch: int = typer.Option(1, "--batch", help="Largest batch the engines accept"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 7..21"),
     mask_layer: str = typer.Option(DEFAULT_MASK_LAYER, "--mask-layer", help="Layer whose IP attention map is an output"),
+    max_subjects: int = typer.Option(MAX_SUBJECTS_DEFAULT, "--max-subjects", help=f"Most subject images per request, 1..{MAX_SUBJECTS_LIMIT} (the UNet takes one more: the background image)"),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Polygraphy constant folding"),
     force: bool = typer.Option(False, "--force", help="Replace an earlier engine directory's own files (other files are kept)"),
     precision: str = typer.Option("fp32", "--precision", help="Comma list of fp32, fp16, int8, fp8 (8-bit: the UNet, calibrated); added to an existing directory"),
@@ -69,6 +70,7 @@ def export(
         raise MonkeyError(f"--opset must be in 7..21, got {opset}")
     precisions = parse_precisions(precision)
     profile = profile_from_options(height, width, min_size, max_size, batch)
+    check_max_subjects(max_subjects)
     require_extra("export", "export")
     from monkey_trt.export.calibration import (
         calibration_from_options,  # int8/fp8: checked before any work
@@ -93,7 +95,7 @@ def export(
 
     opts = ExportOptions(ModelSource(base, ip_adapter, ip_weight), out, profile, mask_layer=mask_layer, opset=opset,
                          fold_constants=fold, force=force, precisions=precisions, calibration=calibration,
-                         quant_base=quant_base, quantize_image_encoder=quantize_image_encoder)
+                         quant_base=quant_base, quantize_image_encoder=quantize_image_encoder, max_subjects=max_subjects)
     add_only = not force and existing_export_matches(opts)  # same model and profile: add the missing precisions only
     if add_only:  # --calib-* that would calibrate nothing are refused, not ignored
         from monkey_trt.export.conflicts import check_calibration_applies

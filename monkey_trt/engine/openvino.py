@@ -278,7 +278,7 @@ def open_openvino_runners(root: Path, manifest, spec, networks: Sequence[str], s
         _, sha256, _ = entry.files(manifest.run_precision(name, graph))
         runners[name] = OpenVinoRunner(
             path, name=name, inference_precision="bf16" if spec.precision == "bf16" and name in ("unet", MAP_NETWORK) else "f32",
-            threads=spec.threads, profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
+            threads=spec.threads, profile=entry.desc.profile_shapes(manifest.profile, manifest.dims, manifest.max_ip_images),
             source_digest=files_digest(sha256),
         )
     return runners

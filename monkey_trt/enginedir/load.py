@@ -161,6 +161,8 @@ def check_ranges(manifest: Manifest, mpath: Path) -> None:
         (len(set(m.ip_layers)) != len(m.ip_layers), "ip_layers repeats a layer"),
         (m.mask_layer not in m.ip_layers, f"mask_layer {m.mask_layer[:80]!r} is not one of ip_layers"),
         (m.preprocess.size != dims.image_size, f"preprocess size {m.preprocess.size} is not the image encoder's {dims.image_size}"),
+        (m.max_ip_images < m.max_subjects,
+         f"max_subjects {m.max_subjects} but the UNet takes {m.max_ip_images} IP image(s) per call"),
     ]
     for side in ("height", "width"):
         rng = getattr(m.profile, side)

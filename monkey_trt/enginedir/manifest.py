@@ -29,7 +29,7 @@ import numpy as np
 from monkey_trt.core.atomic import write_json_atomic
 from monkey_trt.core.errors import EngineDirError
 from monkey_trt.core.output_folders import safe_relpath, valid_digests
-from monkey_trt.enginedir.networks import CLIP_MEAN, CLIP_STD, ModelDims, NetworkDesc, Profile, TensorDesc
+from monkey_trt.enginedir.networks import CLIP_MEAN, CLIP_STD, ModelDims, NetworkDesc, Profile, TensorDesc, max_ip_images
 
 SCHEMA = "monkey-trt/engine-dir"
 SCHEMA_VERSION = 1
@@ -161,6 +161,18 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # other files (tokenizer/...) -> sha256
     source: dict = field(default_factory=dict)  # model ids/paths, weight hashes
     exporter: dict = field(default_factory=dict)  # versions, opset, precision
+    max_subjects: int = 1  # subject images per request (`export --max-subjects`); absent in older manifests: 1
+
+    @property
+    def max_ip_images(self) -> int:
+        """The most IP images one request may send (one UNet call's N): max_subjects + 1 (the background image's
+        slot) for a UNet with the image axis, 1 for a directory exported before it (one subject, no background)."""
+        return max_ip_images(self.networks["unet"].desc, self.max_subjects)
+
+    @property
+    def background_slot(self) -> bool:
+        """Whether requests may add a background image (directories exported before the image axis: no)."""
+        return self.max_ip_images > self.max_subjects
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
@@ -203,6 +215,8 @@ class Manifest:
         parts += [f"--{k.replace('_', '-')} {shlex.quote(str(src[k]))}" for k in ("base", "ip_adapter", "ip_weight") if src.get(k)]
         parts += [f"--height {p.height.opt} --width {p.width.opt}", f"--min {p.height.min}x{p.width.min}",
                   f"--max {p.height.max}x{p.width.max}", f"--batch {p.batch.max}", f"--mask-layer {shlex.quote(self.mask_layer)}"]
+        if self.background_slot:  # a directory with the image axis: its own limit (older ones take any, see existing_export_matches)
+            parts.append(f"--max-subjects {self.max_subjects}")
         if self.exporter.get("onnx_opset"):
             parts.append(f"--opset {self.exporter['onnx_opset']}")
         return " ".join([*parts, f"--precision {precision}", *([f"--quant-base {base}"] if base else [])])
@@ -223,6 +237,7 @@ class Manifest:
             "files": self.files,
             "source": self.source,
             "exporter": self.exporter,
+            "max_subjects": self.max_subjects,
         }
         for k in ("alphas_cumprod", "coeffs", "guidance_freqs"):
             d["scheduler"][k] = [float(a) for a in getattr(self.scheduler, k)]
@@ -247,6 +262,7 @@ class Manifest:
             files=dict(d.get("files", {})),
             source=d.get("source", {}),
             exporter=d.get("exporter", {}),
+            max_subjects=int(d.get("max_subjects", 1)),
         )
 
     def write(self, root: Path) -> Path:

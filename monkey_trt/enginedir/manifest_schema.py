@@ -5,7 +5,7 @@ hostile manifest is one line (enginedir/load.py), never an out-of-memory kill. L
 from __future__ import annotations
 
 from monkey_trt.enginedir.manifest import GRAPH_KEYS, QUANT_BASES, SCHEMA, SCHEMA_VERSION, TOKENIZER_FILE
-from monkey_trt.enginedir.networks import NETWORKS, ModelDims
+from monkey_trt.enginedir.networks import MAX_SUBJECTS_LIMIT, NETWORKS, ModelDims
 
 # Every number has a range (a hostile manifest is one line, never an out-of-memory kill): generous
 # bounds around SD1.5's values; floats are finite (read_manifest refuses NaN, Infinity and overflow).
@@ -14,7 +14,7 @@ MAX_TIMESTEPS = 10_000  # diffusers' schedulers train on 1000
 MAX_LIST = 4 * MAX_TIMESTEPS  # the longest list a manifest has (scheduler coeffs), checked before the schema
 MAX_DICT = 256  # the most entries of one object (networks, digests ...), checked before the schema
 MAX_VALUES = 100_000  # lists' items and objects' entries in all (source and exporter aside)
-SYMBOLS = ("B", "H", "W", "h", "w", "Q")  # the symbolic dims networks.py uses (Q: the mask layer's queries)
+SYMBOLS = ("B", "H", "W", "h", "w", "Q", "N", "NT")  # the symbolic dims networks.py uses (Q: the mask layer's queries; N: IP images, NT: their tokens)
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 DIM_RANGES = {"text_len": (1, 1024), "text_dim": (1, 16384), "time_cond_dim": (4, 16384), "n_ip_tokens": (1, 1024),
               "n_ip_layers": (1, 1024), "latent_channels": (1, 64), "vae_factor": (1, 64), "image_size": (1, 4096)}
@@ -80,5 +80,6 @@ MANIFEST_SCHEMA = {
         "files": {**_DIGESTS, "required": [TOKENIZER_FILE]},
         "source": {"type": "object"},
         "exporter": {"type": "object"},
+        "max_subjects": _int(1, MAX_SUBJECTS_LIMIT),  # optional: absent in manifests written before it (= 1)
     },
 }

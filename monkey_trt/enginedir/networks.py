@@ -5,7 +5,9 @@ The exporter traces with these names, the manifest records them, the TensorRT bu
 Lean: stdlib only.
 
 Symbolic dims: B (batch), H/W (image pixels), h/w (latent = H/8, W/8), Q (query tokens at the
-mask layer, e.g. h/4 * w/4 for SD1.5's `up_blocks.1`), and model constants filled in from ModelDims.
+mask layer, e.g. h/4 * w/4 for SD1.5's `up_blocks.1`), N (IP images in a request: the subjects, + 1 with a
+background image) and NT (their IP tokens, N * n_ip_tokens), and model constants filled in from ModelDims.
+A UNet exported before the image axis has the static N = 1 (`ip_mask` [B, 1, H, W], `ip_tokens` [B, 4, D]).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "
 UNET_OUTPUTS = ("noise_pred", "ip_attn_map")
 TEXT_LEN = 77  # CLIP text context (tokens)
 N_IP_TOKENS = 4  # IP-Adapter (non-plus): one image embedding -> 4 context tokens
+MAX_SUBJECTS_DEFAULT = 4  # `export --max-subjects`: subject images per request (the graphs take one more: the background)
+MAX_SUBJECTS_LIMIT = 16  # the most `--max-subjects` accepts (IP attention memory grows with the images)
 # CLIP's image normalisation (the image encoder's preprocessing; the manifest records the values used)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -124,24 +128,34 @@ class NetworkDesc:
     def resolve(self, shape: tuple[int | str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else sizes[d] for d in shape)
 
-    def profile_shapes(self, profile: Profile, dims: ModelDims) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Input name -> (min, opt, max) concrete shapes, for TensorRT optimisation profiles."""
+    def profile_shapes(self, profile: Profile, dims: ModelDims, max_images: int = 1) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Input name -> (min, opt, max) concrete shapes, for TensorRT optimisation profiles.
+
+        max_images: the most IP images per UNet call (Manifest.max_ip_images): the image axis N runs 1..max_images,
+        opt 1 (`ip_tokens` T..T*max_images, `ip_mask` 1..max_images); a graph with a static N ignores it."""
         out: dict[str, tuple[tuple[int, ...], ...]] = {}
-        picks = [(profile.batch.min, profile.height.min, profile.width.min),
-                 (profile.batch.opt, profile.height.opt, profile.width.opt),
-                 (profile.batch.max, profile.height.max, profile.width.max)]
+        picks = [(profile.batch.min, profile.height.min, profile.width.min, 1),
+                 (profile.batch.opt, profile.height.opt, profile.width.opt, 1),
+                 (profile.batch.max, profile.height.max, profile.width.max, max_images)]
         for t in self.inputs:
-            out[t.name] = tuple(self.resolve(t.shape, symbol_sizes(b, h, w, dims)) for b, h, w in picks)
+            out[t.name] = tuple(self.resolve(t.shape, symbol_sizes(b, h, w, dims, n)) for b, h, w, n in picks)
         return out
 
 
-def symbol_sizes(batch: int, height: int, width: int, dims: ModelDims) -> dict[str, int]:
-    """Concrete values of the symbolic dims for one request size."""
-    return {"B": batch, "H": height, "W": width, "h": height // dims.vae_factor, "w": width // dims.vae_factor}
+def symbol_sizes(batch: int, height: int, width: int, dims: ModelDims, images: int = 1) -> dict[str, int]:
+    """Concrete values of the symbolic dims for one request size with `images` IP images per sample."""
+    return {"B": batch, "H": height, "W": width, "h": height // dims.vae_factor, "w": width // dims.vae_factor,
+            "N": images, "NT": images * dims.n_ip_tokens}
 
 
-def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
-    """The four networks of an engine directory, and the optional map-only UNet (OPTIONAL_NETWORKS)."""
+def max_ip_images(desc: NetworkDesc, max_subjects: int) -> int:
+    """The most IP images one call of UNet graph `desc` takes: max_subjects + 1 (the background slot) when its
+    `ip_mask` has the image axis N, 1 for a graph exported before it (static [B, 1, H, W])."""
+    mask = next(t for t in desc.inputs if t.name == "ip_mask")
+    return max_subjects + 1 if isinstance(mask.shape[1], str) else int(mask.shape[1])
+
+
+def _descs(dims: ModelDims) -> dict[str, NetworkDesc]:
     f32, i64 = "float32", "int64"
     T = TensorDesc
     return {
@@ -162,13 +176,13 @@ def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
                 T("timestep", f32, ("B",)),
                 T("encoder_hidden_states", f32, ("B", dims.text_len, dims.text_dim)),
                 T("timestep_cond", f32, ("B", dims.time_cond_dim)),
-                T("ip_tokens", f32, ("B", dims.n_ip_tokens, dims.text_dim)),
+                T("ip_tokens", f32, ("B", "NT", dims.text_dim)),  # N images x n_ip_tokens
                 T("ip_scale", f32, (dims.n_ip_layers,)),
-                T("ip_mask", f32, ("B", 1, "H", "W")),
+                T("ip_mask", f32, ("B", "N", "H", "W")),  # one plane per IP image
             ),
             outputs=(
                 T("noise_pred", f32, ("B", dims.latent_channels, "h", "w")),
-                T(MAP_OUTPUT, f32, ("B", "Q", dims.n_ip_tokens)),
+                T(MAP_OUTPUT, f32, ("B", "Q", "NT")),  # per image: its own softmax over its n_ip_tokens
             ),
         ),
         "vae_decoder": NetworkDesc(
@@ -176,25 +190,19 @@ def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
             inputs=(T("latents", f32, ("B", dims.latent_channels, "h", "w")),),
             outputs=(T("images", f32, ("B", 3, "H", "W")),),
         ),
-    } | {MAP_NETWORK: _map_desc(dims)}
+    }
 
 
-def _map_desc(dims: ModelDims) -> NetworkDesc:
-    """The UNet's inputs (every one reaches the mask layer), the map alone out."""
-    T = TensorDesc
-    return NetworkDesc(
-        MAP_NETWORK,
-        inputs=(
-            T("sample", "float32", ("B", dims.latent_channels, "h", "w")),
-            T("timestep", "float32", ("B",)),
-            T("encoder_hidden_states", "float32", ("B", dims.text_len, dims.text_dim)),
-            T("timestep_cond", "float32", ("B", dims.time_cond_dim)),
-            T("ip_tokens", "float32", ("B", dims.n_ip_tokens, dims.text_dim)),
-            T("ip_scale", "float32", (dims.n_ip_layers,)),
-            T("ip_mask", "float32", ("B", 1, "H", "W")),
-        ),
-        outputs=(T(MAP_OUTPUT, "float32", ("B", "Q", dims.n_ip_tokens)),),
-    )
+def network_descs(dims: ModelDims) -> dict[str, NetworkDesc]:
+    """The four networks of an engine directory, and the optional map-only UNet (OPTIONAL_NETWORKS)."""
+    descs = _descs(dims)
+    return descs | {MAP_NETWORK: map_desc(descs["unet"])}
+
+
+def map_desc(unet: NetworkDesc) -> NetworkDesc:
+    """The map-only UNet of UNet graph `unet`: its inputs (every one reaches the mask layer), its map alone out
+    (so a UNet exported before the image axis gets a map-only graph with the same static N = 1)."""
+    return NetworkDesc(MAP_NETWORK, inputs=unet.inputs, outputs=tuple(t for t in unet.outputs if t.name == MAP_OUTPUT))
 
 
 # -- export options -> profile ------------------------------------------------------------------
@@ -209,6 +217,13 @@ def parse_size(text: str, name: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) <= 0:
         raise MonkeyError(f"--{name} must look like 512x512, got {text!r}")
     return parts[0], parts[1]
+
+
+def check_max_subjects(k) -> int:
+    """`export --max-subjects K`: an int in 1..MAX_SUBJECTS_LIMIT (one-line MonkeyError otherwise)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SUBJECTS_LIMIT:
+        raise MonkeyError(f"--max-subjects must be an integer in 1..{MAX_SUBJECTS_LIMIT}, got {k!r}")
+    return k
 
 
 def profile_from_options(height: int, width: int, min_size: str | None, max_size: str | None, batch: int) -> "Profile":

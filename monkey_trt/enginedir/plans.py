@@ -83,9 +83,10 @@ class BuildConfig:
         p = self.profile
         return Profile.static(p.batch.opt, p.height.opt, p.width.opt)
 
-    def input_shapes(self, desc: NetworkDesc, dims: ModelDims) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Input name -> (min, opt, max) shapes for `desc`'s optimisation profile."""
-        return desc.profile_shapes(self.effective_profile, dims)
+    def input_shapes(self, desc: NetworkDesc, dims: ModelDims, max_images: int = 1) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Input name -> (min, opt, max) shapes for `desc`'s optimisation profile (`max_images`: Manifest.max_ip_images;
+        static shapes: one image)."""
+        return desc.profile_shapes(self.effective_profile, dims, 1 if self.static_shapes else max_images)
 
     def to_dict(self) -> dict:
         d = asdict(self)

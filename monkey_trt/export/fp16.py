@@ -21,6 +21,9 @@ What stays fp32, and why (README "TensorRT and precision" has the measurements):
   reaches ~1000 rad, where fp16 keeps only ~0.5 rad of resolution — the embedding would be noise.
 * `Resize` (the converter's default block list; here: the bicubic IP-mask downsampling,
   which must reproduce PyTorch's resize of the binary mask).
+
+Values pass from one fp32 node to the next in fp32 (`collapse_round_trips`): the converter alone would round each
+of them to fp16 and back in between.
 """
 
 from __future__ import annotations
@@ -77,8 +80,31 @@ def convert_model_fp16(model, network: str, extra_fp32_nodes: Iterable[str] = ()
     # disable_shape_infer: finalize_onnx already inferred shapes (and >2 GiB models cannot re-infer in memory).
     convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, op_block_list=block_ops,
                              node_block_list=sorted(block_nodes))
+    collapse_round_trips(graph)
     OnnxModel(model).topological_sort()  # the converter appends its Cast nodes at the end of the graph
     return FP16Report(network, n_nodes, n_fp32, tuple(present), len(map_nodes), len(emb_nodes))
+
+
+def collapse_round_trips(graph) -> int:
+    """Let fp32 islands pass fp32 values to each other: the converter declares every float value fp16, so between two
+    fp32 nodes it writes Cast(to fp16) -> Cast(to fp32), rounding each island value to fp16 on its way (measured on the
+    map path: softmax rows summing to 1 +- 3e-4). Each such Cast(to fp32) reads the first Cast's input instead (what the
+    fp32 graph computed, never less exact); a Cast(to fp16) left without readers goes. Returns the pairs collapsed."""
+    from onnx import TensorProto
+
+    to = lambda n: next((a.i for a in n.attribute if a.name == "to"), None)  # noqa: E731
+    producer = {o: n for n in graph.node for o in n.output}
+    collapsed = 0
+    for node in graph.node:
+        parent = producer.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        if parent is not None and parent.op_type == "Cast" and to(node) == TensorProto.FLOAT and to(parent) == TensorProto.FLOAT16:
+            node.input[0] = parent.input[0]
+            collapsed += 1
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "Cast" and to(n) == TensorProto.FLOAT16 and n.output[0] not in read]
+    for n in dead:
+        graph.node.remove(n)
+    return collapsed
 
 
 def fp16_file_name(network: str) -> str:

@@ -154,8 +154,9 @@ def map_entry(desc, unet: NetworkEntry, locate: Callable[[str], Path], dst_dir: 
 def with_map_graphs(manifest, locate: Callable[[str], Path], dst_dir: Path):
     """`manifest` with its `unet_map` entry covering every UNet precision (cut into `dst_dir` where missing)."""
     from monkey_trt.enginedir.manifest import Manifest
-    from monkey_trt.enginedir.networks import network_descs
+    from monkey_trt.enginedir.networks import map_desc
 
-    entry = map_entry(network_descs(manifest.dims)[MAP_NETWORK], manifest.networks["unet"], locate, dst_dir,
+    unet = manifest.networks["unet"]  # the map-only graph has its UNet's inputs (an older UNet: the static N = 1)
+    entry = map_entry(map_desc(unet.desc), unet, locate, dst_dir,
                       manifest.networks.get(MAP_NETWORK))
     return Manifest(**{**manifest.__dict__, "networks": {**manifest.networks, MAP_NETWORK: entry}})

@@ -25,10 +25,12 @@ from monkey_trt.core.output_folders import OutputStage, check_target, folder_loc
 from monkey_trt.enginedir.digests import sha256_file
 from monkey_trt.enginedir.manifest import MANIFEST, QUANTIZED_PRECISIONS, ImagePreprocess, Manifest, NetworkEntry, SchedulerConsts, manifest_files, parse_precisions
 from monkey_trt.enginedir.networks import (
+    MAX_SUBJECTS_DEFAULT,
     NETWORKS,
     ModelDims,
     NetworkDesc,
     Profile,
+    check_max_subjects,
     network_descs,
     symbol_sizes,
 )
@@ -66,16 +68,22 @@ class ExportOptions:
     calibration: object | None = None  # int8/fp8: export.calibration.CalibrationSpec (None: the built-in defaults)
     quant_base: str = DEFAULT_QUANT_BASE  # int8/fp8: which bases (CPU / GPU graphs) to write (export/gpu_quant.py)
     quantize_image_encoder: bool = False  # int8/fp8: the image encoder too (opt-in, it feeds the mask: export/quantize_nets.py)
+    max_subjects: int = MAX_SUBJECTS_DEFAULT  # subject images per request; the UNet takes one more (the background)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
+        check_max_subjects(self.max_subjects)
         check_quant_base(self.quant_base, self.precisions)
 
 
-def sample_inputs(desc: NetworkDesc, dims: ModelDims, batch: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
-    """Deterministic example inputs of the profile's opt shape (for tracing and the smoke check)."""
+TRACE_IMAGES = 2  # IP images per sample when tracing the UNet: a size-1 axis could be specialised away, 2 keeps N dynamic
+
+
+def sample_inputs(desc: NetworkDesc, dims: ModelDims, batch: int, height: int, width: int,
+                  images: int = 1) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs of the profile's opt shape with `images` IP images (for tracing and the smoke check)."""
     g = torch.Generator().manual_seed(0)
-    sizes = symbol_sizes(batch, height, width, dims)
+    sizes = symbol_sizes(batch, height, width, dims, images)
     out = []
     for t in desc.inputs:
         shape = desc.resolve(t.shape, sizes)
@@ -213,7 +221,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
             say(f"exporting {name}")
             net_dir = tmp / f".{name}"
             net_dir.mkdir()
-            args = sample_inputs(descs[name], dims, p.batch.opt, *trace_size(name, p.height.opt, p.width.opt, dims))
+            args = sample_inputs(descs[name], dims, p.batch.opt, *trace_size(name, p.height.opt, p.width.opt, dims), TRACE_IMAGES)
             module = _take_module(m, name, opts.mask_layer)
             export_network(module.eval(), descs[name], args, net_dir / f"{name}.onnx", opts.opset)
             del module, args
@@ -247,6 +255,7 @@ def export_engine_dir(opts: ExportOptions, progress: Progress | None = None) -> 
                       "diffusers": _version("diffusers"), "transformers": _version("transformers"),
                       "onnx": _version("onnx"), "precision": "fp32", "constant_folding": opts.fold_constants,
                       **({"fp16_converter": f"onnxruntime.transformers.float16 {_version('onnxruntime')}"} if fp16 else {})},
+            max_subjects=opts.max_subjects,
         )
         manifest.write(tmp)
         if quantized:  # the staged directory is a complete fp32 engine: calibrate on it, same commit
@@ -327,9 +336,10 @@ def existing_export_matches(opts: ExportOptions) -> bool:
     src = opts.source
     same = (m.profile == opts.profile and m.mask_layer == opts.mask_layer and m.exporter.get("onnx_opset") == opts.opset
             and _same_model(m.source.get("base"), src.base) and _same_model(m.source.get("ip_adapter"), src.ip_adapter)
-            and Path(str(m.source.get("ip_weight"))).stem == Path(src.ip_weight).stem)  # "x" names x.safetensors or x.bin
+            and Path(str(m.source.get("ip_weight"))).stem == Path(src.ip_weight).stem  # "x" names x.safetensors or x.bin
+            and (not m.background_slot or m.max_subjects == opts.max_subjects))  # a directory from before the image axis keeps its one
     if not same:
-        raise MonkeyError(f"{out} holds an export of another model, mask layer or profile: pass --force to replace it")
+        raise MonkeyError(f"{out} holds an export of another model, mask layer, profile or --max-subjects: pass --force to replace it")
     return True
 
 

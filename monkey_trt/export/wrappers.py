@@ -2,9 +2,9 @@
 
     TextEncoderNet   input_ids [B,77] int64           -> text_embeds [B,77,D]
     ImageEncoderNet  pixel_values [B,3,224,224]       -> ip_tokens [B,4,D]   (CLIP vision + IP projection)
-    UNetNet          sample, timestep, encoder_hidden_states, timestep_cond, ip_tokens,
-                     ip_scale [n_ip_layers], ip_mask [B,1,H,W]
-                                                      -> noise_pred [B,4,h,w], ip_attn_map [B,Q,4]
+    UNetNet          sample, timestep, encoder_hidden_states, timestep_cond, ip_tokens [B,N*T,D] (N IP images),
+                     ip_scale [n_ip_layers], ip_mask [B,N,H,W] (one plane per image)
+                                                      -> noise_pred [B,4,h,w], ip_attn_map [B,Q,N*T]
     VaeDecoderNet    latents [B,4,h,w] (unscaled)     -> images [B,3,H,W] in [0,1]
 """
 
@@ -35,7 +35,8 @@ class ImageEncoderNet(nn.Module):
 
 
 class UNetNet(nn.Module):
-    """The LCM UNet with MONKEY's IP inputs; the pixel mask is downsampled once per UNet level.
+    """The LCM UNet with MONKEY's IP inputs; the pixel planes are downsampled once per UNet level (N from the shapes:
+    the image axis stays dynamic in the traced graph).
 
     The map of IP layer `map_layer` is always an output (a build option recorded in the manifest).
     """
@@ -49,7 +50,7 @@ class UNetNet(nn.Module):
         h, w = sample.shape[2], sample.shape[3]
         masks = {}
         for level in range(self.n_levels):
-            masks[level] = downsample_mask(ip_mask, (h, w))  # [B, h*w, 1]
+            masks[level] = downsample_mask(ip_mask, (h, w))  # [B, N, h*w, 1]
             h, w = (h + 1) // 2, (w + 1) // 2  # stride-2 conv, pad 1: ceil(s / 2)
         ctx = self.ctx
         ctx.ip_tokens, ctx.scales, ctx.masks, ctx.map_layer = ip_tokens, ip_scale, masks, self.map_layer

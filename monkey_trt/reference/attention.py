@@ -1,12 +1,17 @@
 """MONKEY's IP-Adapter cross-attention for the PyTorch reference and the ONNX exporter.
 
-Same math as diffusers' `IPAdapterAttnProcessor2_0` + `IPAdapterMaskProcessor`:
+Same math as diffusers' `IPAdapterAttnProcessor2_0` + `IPAdapterMaskProcessor` with N images of one adapter
+(image n's T tokens are rows n*T .. n*T+T-1 of `ip_tokens`; one softmax per image over its own tokens):
 
-    out = text_attn + scale * (ip_attn * mask_at_this_grid)
+    out = text_attn + scale * sum_n (ip_attn_n * plane_n_at_this_grid)
 
-plus, at the mask layer, the map docs/method.md defines ("Pass 1: the mask") (note: no 1/sqrt(head_dim) in the map):
+plus, at the mask layer, the map docs/method.md defines ("Pass 1: the mask") (note: no 1/sqrt(head_dim) in the map),
+one softmax per image too:
 
-    ip_attn_map = mean_heads(softmax(q @ k_ip^T))            [B, Q, n_ip_tokens]
+    ip_attn_map[..., n*T:(n+1)*T] = mean_heads(softmax(q @ k_ip_n^T))      [B, Q, N*T]
+
+N comes from the shapes (`ip_tokens.shape[1] // T`), never from a Python branch on values, so a traced graph
+keeps the image axis dynamic; with N = 1 every tensor op is today's single-image op on the same data.
 
 All per-forward inputs (IP tokens, per-layer scales, per-level masks) live in one `IPContext`
 shared by the 16 processors, so a traced graph sees them as tensors (no Python branching on
@@ -28,11 +33,12 @@ from torch import nn
 class IPContext:
     """What every IP layer reads during one UNet forward."""
 
-    ip_tokens: torch.Tensor | None = None  # [B, n_ip_tokens, D]
+    ip_tokens: torch.Tensor | None = None  # [B, N*T, D]: N images of T tokens each
     scales: Sequence[float] | torch.Tensor = ()  # [n_ip_layers]: python floats (eager) or a tensor (export)
-    masks: dict[int, torch.Tensor] | None = None  # level -> [B, Q_level, 1]; None = unmasked
+    masks: dict[int, torch.Tensor] | None = None  # level -> [B, N, Q_level, 1] per-image planes; None = unmasked
     map_layer: int | None = None  # index of the IP layer whose map is recorded (None: no map)
-    attn_map: torch.Tensor | None = field(default=None, repr=False)  # [B, Q, n_ip_tokens], written by the mask layer
+    attn_map: torch.Tensor | None = field(default=None, repr=False)  # [B, Q, N*T], written by the mask layer
+    n_ip_tokens: int = 4  # T: tokens per IP image (the IP projection's num_image_text_embeds)
 
 
 def ip_layer_names(unet) -> list[str]:
@@ -61,9 +67,10 @@ def level_grids(latent_h: int, latent_w: int, n_levels: int) -> list[tuple[int, 
 
 
 def downsample_mask(mask: torch.Tensor, grid: tuple[int, int] | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """[B, 1, H, W] pixel mask -> [B, gh*gw, 1], bicubic like IPAdapterMaskProcessor.downsample."""
-    small = F.interpolate(mask, size=grid, mode="bicubic", align_corners=False)  # [B, 1, gh, gw]
-    return small.flatten(2).transpose(1, 2)
+    """[B, N, H, W] pixel planes (one per IP image) -> [B, N, gh*gw, 1], each bicubic like
+    IPAdapterMaskProcessor.downsample (channels are resized independently)."""
+    small = F.interpolate(mask, size=grid, mode="bicubic", align_corners=False)  # [B, N, gh, gw]
+    return small.flatten(2).unsqueeze(-1)
 
 
 class MonkeyIPAttnProcessor(nn.Module):
@@ -96,16 +103,23 @@ class MonkeyIPAttnProcessor(nn.Module):
         want_map = ctx.map_layer == self.index
         skip_ip = isinstance(scale, (int, float)) and scale == 0 and not want_map
         if not skip_ip:
-            ip_k = self.to_k_ip(ctx.ip_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, 4, d]
-            ip_v = self.to_v_ip(ctx.ip_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            tokens = ctx.ip_tokens  # [B, N*T, D]
+            T = ctx.n_ip_tokens
+            k_ip = self.to_k_ip(tokens)  # [B, N*T, C]
             if want_map:
-                ctx.attn_map = self._map(attn, hidden_states, q, ip_k, batch_size, head_dim)  # [B, Q, 4]
+                ip_k = k_ip.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, N*T, d]
+                ctx.attn_map = self._map(attn, hidden_states, q, ip_k, batch_size, head_dim)  # [B, Q, N*T]
             if not (isinstance(scale, (int, float)) and scale == 0):
-                ip_out = F.scaled_dot_product_attention(q, ip_k, ip_v, dropout_p=0.0, is_causal=False)
-                ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, Q, C]
+                # one attention per image: the images go to the batch axis, [B*N, h, T, d], against q repeated per image
+                n_img = tokens.shape[1] // T
+                ip_k = k_ip.view(batch_size * n_img, T, attn.heads, head_dim).transpose(1, 2)  # [B*N, h, T, d]
+                ip_v = self.to_v_ip(tokens).view(batch_size * n_img, T, attn.heads, head_dim).transpose(1, 2)
+                q_n = q.unsqueeze(1).expand(-1, n_img, -1, -1, -1).reshape(batch_size * n_img, attn.heads, -1, head_dim)  # [B*N, h, Q, d]
+                ip_out = F.scaled_dot_product_attention(q_n, ip_k, ip_v, dropout_p=0.0, is_causal=False)
+                ip_out = ip_out.transpose(1, 2).reshape(batch_size, n_img, -1, attn.heads * head_dim)  # [B, N, Q, C]
                 if ctx.masks is not None:
-                    ip_out = ip_out * ctx.masks[self.level]
-                out = out + scale * ip_out
+                    ip_out = ip_out * ctx.masks[self.level]  # [B, N, Q, 1]: each image's plane
+                out = out + scale * ip_out.sum(dim=1)  # [B, Q, C]: the images' outputs added
 
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
@@ -115,7 +129,8 @@ class MonkeyIPAttnProcessor(nn.Module):
 
 
     def _map(self, attn, hidden_states, q, ip_k, batch_size: int, head_dim: int) -> torch.Tensor:
-        """softmax(Q K_ip^T) without the 1/sqrt(d) factor, mean over heads -> [B, Q, n_ip_tokens] (docs/method.md).
+        """softmax(Q K_ip^T) without the 1/sqrt(d) factor, one softmax per image over its own T tokens, mean over
+        heads -> [B, Q, N*T] (docs/method.md).
 
         Always in fp32, like the fp16 ONNX graphs keep it: unscaled logits over SD1.5's head dim of 40
         leave fp16's range and precision, and the thresholded mask then moves. On an fp32 model this is
@@ -126,17 +141,21 @@ class MonkeyIPAttnProcessor(nn.Module):
                          None if attn.to_q.bias is None else attn.to_q.bias.float())
             q = q.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, Q, d] fp32
             ip_k = F.linear(self.ctx.ip_tokens.float(), self.to_k_ip.weight.float())
-            ip_k = ip_k.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, 4, d] fp32
-        return torch.softmax(q @ ip_k.transpose(-1, -2), dim=-1).mean(dim=1)
+            ip_k = ip_k.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, h, N*T, d] fp32
+        logits = q @ ip_k.transpose(-1, -2)  # [B, h, Q, N*T]
+        T = self.ctx.n_ip_tokens
+        per_image = logits.view(batch_size, attn.heads, logits.shape[2], -1, T)  # [B, h, Q, N, T]
+        probs = torch.softmax(per_image, dim=-1).view(logits.shape)  # [B, h, Q, N*T]
+        return probs.mean(dim=1)
 
 
-def install_ip_processors(unet, ip_state_dict: dict[str, torch.Tensor]) -> tuple[IPContext, list[str]]:
+def install_ip_processors(unet, ip_state_dict: dict[str, torch.Tensor], n_ip_tokens: int = 4) -> tuple[IPContext, list[str]]:
     """Replace every attn2 processor by a MonkeyIPAttnProcessor carrying the adapter's weights.
 
     ip_state_dict: the adapter file's `ip_adapter` part: "{2*i+1}.to_k_ip.weight" / "...to_v_ip.weight".
-    Returns the shared context and the IP layer names (scale order).
+    n_ip_tokens: T, the tokens one IP image becomes. Returns the shared context and the IP layer names (scale order).
     """
-    ctx = IPContext()
+    ctx = IPContext(n_ip_tokens=n_ip_tokens)
     names = ip_layer_names(unet)
     n_blocks = len(unet.config.block_out_channels)
     modules = dict(unet.named_modules())

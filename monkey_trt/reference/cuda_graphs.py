@@ -1,6 +1,6 @@
 """CUDA-graph replay of the reference UNet (`--backend torch --device cuda --cuda-graph`).
 
-One graph per layout: (sample shape, masked or not, map recorded or not). Each call copies its
+One graph per layout: (sample shape, IP tokens shape (N images), masked or not, map recorded or not). Each call copies its
 inputs into the graph's static tensors and replays; the IP scale is a device tensor [n_ip_layers]
 (so a graph serves every scale: at scale 0 the IP branch is computed and multiplied by 0, which
 adds exactly 0). Graphs share one memory pool. CUDA only; needs a GPU to run (tests: `gpu`).
@@ -17,9 +17,9 @@ import torch
 class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: dict[str, torch.Tensor]  # static inputs, filled by copy_ before each replay
-    masks: dict[int, torch.Tensor] | None  # static per-level masks [B, Q_level, 1]
+    masks: dict[int, torch.Tensor] | None  # static per-level planes [B, N, Q_level, 1]
     eps: torch.Tensor  # static output [B, 4, h, w]
-    attn_map: torch.Tensor | None  # static output [B, Q, 4]
+    attn_map: torch.Tensor | None  # static output [B, Q, N*T]
 
 
 class GraphedUNet:
@@ -55,8 +55,8 @@ class GraphedUNet:
 
     @torch.no_grad()
     def __call__(self, x: dict[str, torch.Tensor], masks: dict[int, torch.Tensor] | None, map_layer: int | None):
-        """x: sample [B,4,h,w], t [B], text [B,77,D], cond [B,T], tokens [B,4,D], scales [n_ip_layers] (device tensors)."""
-        key = (tuple(x["sample"].shape), masks is not None, map_layer)
+        """x: sample [B,4,h,w], t [B], text [B,77,D], cond [B,T], tokens [B,N*T,D], scales [n_ip_layers] (device tensors)."""
+        key = (tuple(x["sample"].shape), tuple(x["tokens"].shape), masks is not None, map_layer)
         g = self.graphs.get(key)
         if g is None:
             g = self.graphs[key] = self._capture(x, masks, map_layer)

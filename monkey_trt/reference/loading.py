@@ -202,7 +202,7 @@ def load_reference_models(source: ModelSource, device: str = "cpu", dtype: torch
     image_proj = ImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross_dim, num_image_text_embeds=4)
     try:
         image_proj.load_state_dict({k.replace("proj", "image_embeds"): v for k, v in proj_sd.items()})
-        ctx, ip_layers = install_ip_processors(unet, ip_sd)
+        ctx, ip_layers = install_ip_processors(unet, ip_sd, image_proj.num_image_text_embeds)
     except KeyError as e:
         raise MonkeyError(f"{weight_path} does not match this UNet: missing IP weight {e}") from None
     except RuntimeError as e:  # shape mismatch: an adapter for another base model (SDXL, plus, ...)

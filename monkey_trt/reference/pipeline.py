@@ -28,7 +28,7 @@ from monkey_trt.core.config import (
 )
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.core.threads import locked
-from monkey_trt.enginedir.networks import ModelDims
+from monkey_trt.enginedir.networks import MAX_SUBJECTS_DEFAULT, ModelDims
 from monkey_trt.reference.attention import downsample_mask, level_grids
 from monkey_trt.reference.loading import ReferenceModels, load_reference_models
 from monkey_trt.runtime.images import clip_preprocess
@@ -115,7 +115,7 @@ class ReferencePipeline:
     @locked
     @torch.no_grad()
     def encode_subject(self, subject: Image.Image) -> torch.Tensor:
-        """Subject image -> IP tokens [1, 4, D] (CLIP vision embeds through the IP projection)."""
+        """Subject image -> IP tokens [1, T, D] (CLIP vision embeds through the IP projection; T = 4)."""
         if not isinstance(subject, Image.Image):
             raise MonkeyError(f"subject must be a PIL image, got {type(subject).__name__}")
         pixels = torch.from_numpy(clip_preprocess(subject)).to(self.m.device, self.m.dtype)  # [1, 3, 224, 224]
@@ -133,25 +133,31 @@ class ReferencePipeline:
     @locked
     def unet_session(self, text: torch.Tensor, ip_tokens: torch.Tensor, w_emb: torch.Tensor,
                      masks: Sequence[np.ndarray | None]):
-        """Calls of one batch layout. masks[b]: sample b's pixel mask [H, W], None = unmasked.
+        """Calls of one batch layout. ip_tokens [1, N*T, D]: N IP images; masks[b]: sample b's per-image planes
+        [N, H, W] (a single [H, W] plane is N = 1), None = unmasked (ones).
 
-        An unmasked sample's level masks are exact ones (no resize), so a batched pass-1 sample
+        An unmasked sample's level planes are exact ones (no resize), so a batched pass-1 sample
         computes exactly what the sequential, unmasked pass 1 does.
         """
         m, n = self.m, len(masks)
         texts, tokens, conds = (x.expand(n, *x.shape[1:]) for x in (text, ip_tokens, w_emb))  # [B, ...]
+        n_img = ip_tokens.shape[1] // self.dims.n_ip_tokens
+        planes = [None if mk is None else np.asarray(mk, np.float32).reshape(-1, *np.shape(mk)[-2:]) for mk in masks]  # [N, H, W]
+        for p in planes:
+            if p is not None and p.shape[0] != n_img:
+                raise MonkeyError(f"{p.shape[0]} mask plane(s) for {n_img} IP image(s)")
         level_masks = None
-        if any(mk is not None for mk in masks):
-            h, w = masks[0].shape if masks[0] is not None else masks[-1].shape
+        if any(p is not None for p in planes):
+            h, w = next(p for p in planes if p is not None).shape[-2:]
             grids = level_grids(h // self.vae_factor, w // self.vae_factor, len(m.unet.config.block_out_channels))
             level_masks = {}
             for level, grid in enumerate(grids):
                 per_sample = [
-                    torch.ones(1, grid[0] * grid[1], 1, device=m.device, dtype=m.dtype) if mk is None
-                    else downsample_mask(torch.from_numpy(mk)[None, None].to(m.device, m.dtype), grid)  # [1, Q_level, 1]
-                    for mk in masks
+                    torch.ones(1, n_img, grid[0] * grid[1], 1, device=m.device, dtype=m.dtype) if p is None
+                    else downsample_mask(torch.from_numpy(p)[None].to(m.device, m.dtype), grid)  # [1, N, Q_level, 1]
+                    for p in planes
                 ]
-                level_masks[level] = torch.cat(per_sample)  # [B, Q_level, 1]
+                level_masks[level] = torch.cat(per_sample)  # [B, N, Q_level, 1]
 
         @torch.no_grad()
         def call(latents: np.ndarray, timesteps: np.ndarray, scale: float, want_map: bool):
@@ -167,7 +173,7 @@ class ReferencePipeline:
                 sample = torch.from_numpy(latents).to(m.device, m.dtype)  # [B, 4, h, w]
                 t = torch.from_numpy(np.asarray(timesteps, np.int64)).to(m.device)  # [B]
                 eps = m.unet(sample, t, encoder_hidden_states=texts, timestep_cond=conds).sample
-                attn_map = m.ctx.attn_map.float().cpu().numpy() if want_map else None  # [B, Q, 4]
+                attn_map = m.ctx.attn_map.float().cpu().numpy() if want_map else None  # [B, Q, N*T]
             finally:
                 m.ctx.ip_tokens, m.ctx.masks, m.ctx.map_layer, m.ctx.attn_map = None, None, None, None
             return eps.float().cpu().numpy(), attn_map
@@ -204,6 +210,11 @@ class ReferencePipeline:
         return (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
 
     # -- the method ------------------------------------------------------------------------
+    @property
+    def max_subjects(self) -> int:
+        """Subject images per request (the reference has no engine limit: the export default)."""
+        return MAX_SUBJECTS_DEFAULT
+
     @property
     def dims(self) -> ModelDims:
         """The loaded models' sizes (latents, text and IP token counts)."""

@@ -61,7 +61,7 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
         runners[name] = OrtRunner(
             # a GPU-shaped 8-bit graph computes in fp16 around its Q/DQ: the TensorRT EP needs fp16 kernels for it
             path, providers=providers, name=name, fp16=spec.fp16 or key != graph_precision, tf32=spec.tf32, precision=graph_precision,
-            trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims),
+            trt_profile=entry.desc.profile_shapes(manifest.profile, manifest.dims, manifest.max_ip_images),
             cuda_graph=spec.cuda_graph and name == "unet", intra_op_threads=spec.threads or None,
             optimized_model_cache=ort_cache_folder(spec.ort_cache, providers), source_digest=files_digest(sha256),
             int8=graph_precision == "int8",
