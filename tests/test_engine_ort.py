@@ -705,3 +705,32 @@ def test_staged_folder_publishes_only_whole_new_files(tmp_path):
     with StagedFolder(final):
         pass
     assert sorted(p.name for p in final.parent.iterdir()) == sorted(["key", lookalike.name])
+
+
+# -- issue 22: the UNet's IP-image axis (ip_tokens [B, N*T, D], ip_mask [B, N, H, W]) in CUDA-graph and io-binding keys --
+@pytest.mark.parametrize("providers, graph", [("cuda", True), ("cuda", False), ("tensorrt", True)])
+def test_ip_image_axis_gets_a_graph_per_count(tmp_path, fake_ort, providers, graph):
+    """N = 1, 2, 3 IP images alternating: one captured graph per (B, N) input-shape set, each call's outputs right
+    (a graph captured for N = 1 never replays an N = 2 call)."""
+    import onnxruntime as real_ort
+
+    from tests.test_engine_trt import _ip_axis_onnx, _ip_feeds
+
+    path = _ip_axis_onnx(tmp_path / "ip_axis.onnx")
+    want = real_ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    order = [(1, 1), (1, 2), (1, 1), (1, 2), (2, 2), (1, 3), (1, 2), (2, 2)]
+    with OrtRunner(path, providers=providers, cuda_graph=graph) as r:
+        for batch, n in order:
+            f = _ip_feeds(batch, n)
+            got = r.infer(f)
+            y, m = want.run(["y", "m"], f)
+            assert got["m"].shape == (batch, 4 * n, 2)
+            np.testing.assert_allclose(got["y"], y, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got["m"], m, rtol=1e-6, atol=1e-6)
+        handle = r.bind_static({"tokens": _ip_feeds(1, 2)["tokens"]})  # a session's two images' tokens, bound once
+        f = {"mask": _ip_feeds(1, 2)["mask"]}
+        np.testing.assert_allclose(r.infer(f, static=handle)["y"], want.run(["y"], {**handle.host, **f})[0], rtol=1e-5, atol=1e-5)
+        if graph and providers == "cuda":
+            assert r.graphs_captured == 4  # (1,1) (1,2) (2,2) (1,3)
+    if graph and providers == "cuda":
+        assert fake_ort.stats.captures == 4

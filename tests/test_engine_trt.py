@@ -1142,3 +1142,71 @@ def test_fake_build_rejects_inconsistent_profile(fakes, tmp_path, monkeypatch):
     with pytest.raises(MonkeyError, match=r"inconsistent shape range \[4, 8\]\.\.\[1, 8\] .* of input 'x'") as ei:
         build_engine(onnx_path, tmp_path / "t.plan", TINY_DESC, ModelDims(), BuildConfig(profile=TINY_PROFILE), None)
     assert "\n" not in str(ei.value) and not (tmp_path / "t.plan").exists()
+
+
+# -- issue 22: the UNet's IP-image axis (ip_tokens [B, N*T, D], ip_mask [B, N, H, W]): shape sets, buffers, graphs per N --
+class _IpAxisDesc(NetworkDesc):
+    """A descriptor whose profile has a second dynamic axis like the UNet's N (ranges as i22's descriptors give them)."""
+
+    def profile_shapes(self, profile, dims):
+        return {"tokens": ((1, 4, 2), (1, 4, 2), (2, 12, 2)), "mask": ((1, 1, 3), (1, 1, 3), (2, 3, 3))}
+
+
+def _ip_axis_onnx(path: Path) -> Path:
+    """tokens [B, N*4, 2], mask [B, N, 3] -> y = sum_k tokens + sum mask [B, 2]; m = 2 * tokens [B, N*4, 2] (the map)."""
+    tok = helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", "K", 2])
+    msk = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", "N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2])
+    m = helper.make_tensor_value_info("m", TensorProto.FLOAT, ["B", "K", 2])
+    nodes = [helper.make_node("ReduceSum", ["tokens", "ax1"], ["ts"], keepdims=0),  # [B, 2]
+             helper.make_node("ReduceSum", ["mask", "ax12"], ["ms"], keepdims=0),  # [B]
+             helper.make_node("Unsqueeze", ["ms", "ax1"], ["ms1"]),  # [B, 1]
+             helper.make_node("Add", ["ts", "ms1"], ["y"]),
+             helper.make_node("Mul", ["tokens", "two"], ["m"])]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "ax1"), numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    model = helper.make_model(helper.make_graph(nodes, "ip_axis", [tok, msk], [y, m], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _ip_feeds(batch: int, n: int) -> dict[str, np.ndarray]:
+    return {"tokens": RNG.standard_normal((batch, 4 * n, 2)).astype(np.float32), "mask": RNG.random((batch, n, 3)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_fake_ip_image_axis_has_its_own_shape_sets_and_graphs(fakes, tmp_path, graph):
+    """N = 1, 2, 3 IP images (and batch 2): one context, buffer set and CUDA graph per (B, N), kept; outputs right."""
+    import onnxruntime as ort
+
+    desc = _IpAxisDesc("ip_axis", inputs=(TensorDesc("tokens", "float32", ("B", "K", 2)), TensorDesc("mask", "float32", ("B", "N", 3))),
+                       outputs=(TensorDesc("y", "float32", ("B", 2)), TensorDesc("m", "float32", ("B", "K", 2))))
+    onnx_path = _ip_axis_onnx(tmp_path / "ip_axis.onnx")
+    plan = build_engine(onnx_path, tmp_path / "ip_axis.plan", desc, ModelDims(),
+                        BuildConfig(profile=TINY_PROFILE, workspace_gib=1, builder_optimization_level=1), None).plan
+    (prof,) = dict(fakes.polygraphy_calls)["CreateConfig"]["profiles"]
+    assert (prof["tokens"].min, prof["tokens"].max, prof["mask"].max) == ((1, 4, 2), (2, 12, 2), (2, 3, 3))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    order = [(1, 1), (1, 2), (1, 1), (1, 2), (2, 2), (1, 3), (1, 2)]
+    cu = fakes.cudart
+    with TrtEngine(plan, use_cuda_graph=graph) as eng:
+        for batch, n in order:
+            f = _ip_feeds(batch, n)
+            got = eng.infer(f)
+            want_y, want_m = sess.run(["y", "m"], f)
+            assert got["m"].shape == (batch, 4 * n, 2)
+            np.testing.assert_allclose(got["y"], want_y, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got["m"], want_m, rtol=1e-6, atol=1e-6)
+        sets = {(s["tokens"], s["mask"]) for s in eng.shape_sets}
+        assert sets == {((b, 4 * n, 2), (b, n, 3)) for b, n in set(order)} and eng.engine.contexts == 4
+        fixed = eng.bind_static({"tokens": _ip_feeds(1, 2)["tokens"]})  # a session's IP tokens of two images
+        for n_mask in (2, 2):
+            f = {"mask": _ip_feeds(1, n_mask)["mask"]}
+            np.testing.assert_allclose(eng.infer(f, static=fixed)["y"], sess.run(["y"], {**fixed.host, **f})[0], rtol=1e-5, atol=1e-5)
+        with pytest.raises(MonkeyError, match="outside the engine profile"):
+            eng.infer(_ip_feeds(1, 4))  # N = 4 > the profile's 3
+        fixed.release()
+    assert cu.captures == (4 if graph else 0)  # one per (B, N), replayed after
+    assert cu.dev == {} and cu.host == {} and cu.graphs_alive == 0

@@ -295,3 +295,37 @@ def test_saved_folder_of_one_subject_is_todays(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted(output_names())
     assert info["subject"] == "dog.png" and info["background"] is None and info["overlap"] == 0.0
     assert info["subjects"] == [{"index": 1, "image": "dog.png", "scale": 1.0, "coverage": out.mask.coverage, "lost_to_overlap": 0.0}]
+
+
+def test_a_corrupt_image_among_several_is_named(tmp_path):
+    from monkey_trt.runtime.pipeline import load_images
+
+    good, bad = tmp_path / "dog.png", tmp_path / "cat.png"
+    GREY[0].save(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    images, recorded = load_images([str(good), GREY[1]])
+    assert len(images) == 2 and recorded == [str(good), None]
+    with pytest.raises(MonkeyError, match=r"^subject 2 \(cat.png\): subject image .*cat.png"):
+        load_images([good, bad])
+    with pytest.raises(MonkeyError, match=r"^subject image .*cat.png"):  # one image: today's line
+        load_images(bad)
+    with pytest.raises(MonkeyError, match=r"^background \(cat.png\): "):
+        load_images(bad, "background")
+    with pytest.raises(MonkeyError, match="no subject image given"):
+        load_images([])
+
+
+def test_unmasked_adapter_steps_send_every_image_at_its_scale_also_in_the_pass_batch():
+    cfg = MonkeyConfig(adapter_steps=(0, 1), subject_scales=(0.5, 1.5), background_scale=0.75)
+    req = Request("a dog and a cat", 128, 128, seed=1, config=cfg)
+    outs = {}
+    for batch in (False, True):
+        net = FakeNetworks()
+        outs[batch] = run_monkey(net, req, GREY[:2], background=GREY[2], batch_passes=batch)
+        if batch:
+            p1, p2 = net.sessions[0]["masks"]  # pass-2 steps 0-1 ride with pass 1, unmasked at their scales
+            assert [float(p2[k].max()) for k in range(3)] == [0.5, 1.5, 0.75] and float(p1[2].max()) == 0.0
+        else:
+            runs = [s["masks"][0] for s in net.sessions[1:]]  # pass 2: open run (steps 0-1), then the masked run
+            assert [float(runs[0][k].min()) for k in range(3)] == [0.5, 1.5, 0.75] and runs[1][0].min() == 0.0
+    assert outs[True].batched_steps == 2 and np.array_equal(outs[True].image, outs[False].image)

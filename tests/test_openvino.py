@@ -210,3 +210,26 @@ def test_compiled_models_carry_the_asked_precision_threads_and_hint(engine_dir, 
             assert compiled.get_property("INFERENCE_PRECISION_HINT") == {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[precision]
             assert int(compiled.get_property("NUM_STREAMS")) == 1 and int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
             assert "LATENCY" in str(compiled.get_property("PERFORMANCE_HINT"))
+
+
+def test_ip_image_axis_compiles_per_count(tmp_path, monkeypatch):
+    """Issue 22: the UNet's IP-image axis (ip_tokens [B, N*T, D], ip_mask [B, N, ...]) is part of the compiled
+    model's key: N = 1, 2, 1, 2 compiles twice, outputs equal ONNX Runtime's; N past the profile is refused."""
+    import onnxruntime as ort
+
+    from monkey_trt.engine.openvino import OpenVinoRunner
+    from tests.test_engine_trt import _ip_axis_onnx, _ip_feeds
+
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "cache"))
+    path = _ip_axis_onnx(tmp_path / "ip_axis.onnx")
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    profile = {"tokens": ((1, 4, 2), (1, 4, 2), (2, 8, 2)), "mask": ((1, 1, 3), (1, 1, 3), (2, 2, 3))}
+    with OpenVinoRunner(path, profile=profile, cache_root=tmp_path / "cache") as r:
+        for n in (1, 2, 1, 2):
+            f = _ip_feeds(1, n)
+            got = r.infer(f)
+            np.testing.assert_allclose(got["y"], want.run(["y"], f)[0], rtol=1e-5, atol=1e-5)
+            assert got["m"].shape == (1, 4 * n, 2)
+        assert len(r._compiled) == 2
+        with pytest.raises(MonkeyError, match="outside the engine profile"):
+            r.infer(_ip_feeds(1, 3))

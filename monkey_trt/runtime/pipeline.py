@@ -53,10 +53,10 @@ def load_images(images, what: str = "subject") -> tuple[list[Image.Image], str |
         try:
             loaded.append(load_subject(item))
         except MonkeyError as e:
-            if len(items) == 1:
-                raise
+            if len(items) == 1 and what == "subject":
+                raise  # one subject: the line it always was
             name = Path(item).name if isinstance(item, (str, Path)) else type(item).__name__
-            raise MonkeyError(f"{what} {k} ({name}): {e}") from None
+            raise MonkeyError(f"{what}{f' {k}' if len(items) > 1 else ''} ({name}): {e}") from None
         paths.append(str(item))
     recorded = paths if len(items) > 1 else paths[0]
     return loaded, recorded
@@ -244,13 +244,12 @@ class MonkeyPipeline:
     def max_subjects(self) -> int:
         """Subject images a request may have: the manifest's `max_subjects` (1 for an engine directory exported before
         several subjects: its UNet takes one IP image)."""
-        given = getattr(self.manifest, "max_subjects", None)
-        return 1 if given is None else int(given)
+        return self.manifest.max_subjects
 
     @property
     def max_ip_images(self) -> int:
         """IP images one UNet call takes: the subjects + the background slot (1 on an old engine directory)."""
-        return 1 if getattr(self.manifest, "max_subjects", None) is None else self.max_subjects + 1
+        return self.manifest.max_ip_images
 
     @property
     def max_unet_batch(self) -> int:

@@ -1,6 +1,7 @@
 """LRU caches for the two encoders: one subject, many prompts skips the image encoder.
 
-`with_encoder_caches(pipe)` wraps the backend's networks: a `CachedNetworks` answers `encode_subject` and
+`with_encoder_caches(pipe)` wraps the backend's networks: a `CachedNetworks` answers `encode_subject` (one entry per
+image: several subjects and a background are several entries) and
 `encode_prompt` from the caches and hands everything else to the pipeline, which it never changes; MONKEY
 runs on the wrapper (`MonkeyPipeline.run_with`), so the method code calls the cached encoders without knowing. Keys are content hashes: the subject's decoded RGB pixels + the engine's
 preprocessing; the prompt text. Values are returned as copies, so a caller can never alter an
@@ -85,7 +86,11 @@ class CachedNetworks:
         text, truncated = self.caches.prompt.get_or_compute(prompt, lambda: self.pipe.encode_prompt(prompt))
         return text.copy(), truncated
 
-    def __call__(self, request, subject: Image.Image, **kwargs):
+    def __call__(self, request, subject, background: Image.Image | None = None, **kwargs):
+        """MONKEY with cached encoders: `subject` one image or a list (each image is its own cache entry, the
+        background too: runtime.method encodes one image per `encode_subject` call)."""
+        if background is not None:
+            kwargs["background"] = background
         run_with = getattr(self.pipe, "run_with", None)
         if run_with is None:  # a pipeline that runs only its own networks: uncached
             return self.pipe(request, subject, **kwargs)
