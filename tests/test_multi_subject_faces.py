@@ -80,6 +80,7 @@ def test_generate_one_subject_writes_todays_files(engine_dir, images, tmp_path):
     assert rec["subject"] == str(images["toy"]) and len(rec["subjects"]) == 1 and rec["background"] is None
 
 
+@pytest.mark.slow  # ~10 s on 2 cores: the torch reference loads the tiny model
 def test_generate_two_subjects_on_torch_equals_ort_masks(engine_dir, tiny_model_dir, images, tmp_path):
     """The torch reference takes several subjects too; its masks are ORT's (the engine's own parity is i22a/i22b's)."""
     common = ["--image", str(images["toy"]), "--image", str(images["robot"]), "--prompt", "a toy and a robot", *FAST,
