@@ -98,7 +98,7 @@ def test_generate_two_subjects_on_torch_equals_ort_masks(engine_dir, tiny_model_
     ("scales", "subject_scales has 3 entries for 2 subject"),
     ("bg-scale", "background_scale applies to a background image"),
     ("corrupt", "subject 2 (cat.png): "),
-    ("corrupt-bg", "background image (cat.png): "),
+    ("corrupt-bg", "background (cat.png): "),
 ])
 def test_generate_bad_subject_input_is_one_line_exit_2_nothing_written(engine_dir, images, tmp_path, capsys, monkeypatch, case, needle):
     import monkey_trt.commands.generate as generate

@@ -349,7 +349,7 @@ def test_bad_several_subject_requests(server, subject_png):
         (post_images(c, [ok] * 5, prompt="x"), 422, "at most 4 subject"),
         (post_images(c, [ok] * 7, prompt="x"), 422, "image parts"),  # refused while the form is read
         (post_images(c, [ok, bad], prompt="x"), 400, "subject 2 (cat.png): "),
-        (post_images(c, [ok, ok], bad, prompt="x"), 400, "background image (cat.png): "),
+        (post_images(c, [ok, ok], bad, prompt="x"), 400, "background (cat.png): "),
         (post_images(c, [ok, ok], prompt="x", subject_scales="1,1,1"), 400, "subject_scales has 3 entries for 2"),
         (post_images(c, [ok], prompt="x", background_scale="0.5"), 400, "background_scale applies to a background image"),
         (post_images(c, [], ("bg.png", subject_png), prompt="x"), 400, "beside subject images"),

@@ -51,15 +51,16 @@ def decode_subject(data: bytes, name: str = "upload") -> Image.Image:
 
 
 def image_label(index: int | None, name: str | None) -> str:
-    """How an error names one of a request's images: `subject 2 (cat.png)`, `background image (bg.png)`; index None: the background."""
-    what = "background image" if index is None else f"subject {index}"
+    """How an error names one of a request's images: `subject 2 (cat.png)`, `background (bg.png)`; index None: the background."""
+    what = "background" if index is None else f"subject {index}"
     return f"{what} ({name})" if name else what
 
 
-def load_images(items, decode, background=None) -> tuple[list[Image.Image], Image.Image | None]:
+def decode_images(items, decode, background=None) -> tuple[list[Image.Image], Image.Image | None]:
     """Decode several subjects (and a background) with `decode(source)`: items and background are (name, source)
-    pairs. A failure names which image (`subject 2 (cat.png): ...`); one subject without a background keeps
-    `decode`'s own message, as before several were possible."""
+    pairs. A failure names which image (`subject 2 (cat.png): ...`, `background (bg.png): ...`); one subject without a
+    background keeps `decode`'s own message, as before several were possible. Used by every face: the CLI (files), the
+    API (runtime.pipeline.load_images: files or PIL images), the HTTP service (uploads)."""
     items = list(items)
     alone = len(items) == 1 and background is None
 
@@ -99,8 +100,8 @@ def check_image_options(config, subjects: int, background: bool) -> None:
 
 def load_subjects(paths, background=None) -> tuple[list[Image.Image], Image.Image | None]:
     """`load_subject` for each file of `paths` (and `background`): an error names which (`subject 2 (cat.png): ...`)."""
-    return load_images([(Path(p).name, p) for p in paths], load_subject,
-                       None if background is None else (Path(background).name, background))
+    return decode_images([(Path(p).name, p) for p in paths], load_subject,
+                         None if background is None else (Path(background).name, background))
 
 
 def check_subject_size(width: int, height: int, name: str) -> None:

@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from monkey_trt.core import __version__
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.images import decode_subject, load_images
+from monkey_trt.runtime.images import decode_images, decode_subject
 from monkey_trt.runtime.outputs import subjects_record
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.schema import (
@@ -281,8 +281,8 @@ def images_decoder(uploads: Uploads):
     def decode():
         bg = uploads.background
         try:
-            return load_images([(u.name, (IMAGE_FIELD, u.data)) for u in uploads.subjects], lambda src: decode_subject(src[1], src[0]),
-                               None if bg is None else (bg.name, (BACKGROUND_FIELD, bg.data)))
+            return decode_images([(u.name, (IMAGE_FIELD, u.data)) for u in uploads.subjects], lambda src: decode_subject(src[1], src[0]),
+                                 None if bg is None else (bg.name, (BACKGROUND_FIELD, bg.data)))
         except MonkeyError as e:
             raise ApiError(400, str(e)) from None
 
