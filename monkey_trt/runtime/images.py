@@ -78,15 +78,17 @@ def decode_images(items, decode, background=None) -> tuple[list[Image.Image], Im
 
 def check_subject_count(subjects: int, background: bool, max_subjects: int, background_slot: bool = True) -> None:
     """A request's images against an engine: 1..max_subjects subjects, a background only beside subjects and only
-    where the engine has the background slot (a directory exported before several subjects were possible has not)."""
+    where the engine has the background slot (a directory exported before several subjects were possible has not).
+    The faces call it before any model loads; run_monkey (runtime.method.check_subjects) with the engine."""
     if subjects < 1:
-        raise MonkeyError("no subject image: give at least one" + (" (a background image goes beside subjects)" if background else ""))
+        raise MonkeyError("no subject image given: MONKEY needs at least one subject image" +
+                          (" (a background image goes beside subjects)" if background else ""))
     if subjects > max_subjects:
-        raise MonkeyError(f"{subjects} subject images given; this engine takes at most {max_subjects} subject(s) "
-                          "(manifest max_subjects): re-export with --max-subjects")
+        raise MonkeyError(f"{subjects} subject images given: this engine takes at most {max_subjects} subject"
+                          f"{'s' if max_subjects != 1 else ''} (manifest max_subjects); re-export with --max-subjects")
     if background and not background_slot:
-        raise MonkeyError("this engine directory was exported before background images were possible: re-export it "
-                          "(monkey-trt export) to give it a background image")
+        raise MonkeyError("this engine directory was exported before background images (its manifest has no "
+                          "max_subjects): re-export it to use a background image")
 
 
 def check_image_options(config, subjects: int, background: bool) -> None:
