@@ -36,11 +36,12 @@ def _run(pipe, req, images, n, background, **kw):
     return pipe(req, list(images[:n]), background=images[2] if background else None, **kw)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param("two", marks=pytest.mark.slow), "two+background",
+                                  pytest.param("three", marks=pytest.mark.slow)])  # each ~6-15 s (the reference) on 2 busy cores
 def test_ort_matches_the_reference(case, runtime, reference, images):
     """Masks identical per subject (and the background's), image within ORT's fp32 tolerance; identical noise."""
     n, background, cfg = CASES[case]
-    req = Request("a toy and a toy on the beach", 64, 64, seed=2, config=cfg)
+    req = Request("a toy and a toy on the beach", 96, 96, seed=0, config=cfg)  # a 3x3 map grid: the subjects overlap
     noise = torch_noise_plan(req.seed, req.latent_shape(runtime.dims), cfg.noise_steps)
     ref = _run(reference, req, images, n, background, noise=noise)
     got = _run(runtime, req, images, n, background, noise=noise)
@@ -52,7 +53,9 @@ def test_ort_matches_the_reference(case, runtime, reference, images):
     if background:
         assert np.array_equal(got.background_mask, ref.background_mask)
     assert np.abs(got.image - ref.image).max() <= ORT_TOL
-    assert 0 < got.mask.coverage and any(0 < m.coverage < 1 for m in got.masks)
+    assert 0 < got.overlap < 1 and sum(got.lost) > 0  # the overlap rule had work to do
+    if n == 2:  # measured: both subjects keep part of the picture (0.111 and 0.222 of it)
+        assert all(0 < m.coverage < 1 for m in got.masks)
 
 
 @pytest.mark.parametrize("case", ["two", "two+background"])
@@ -160,6 +163,7 @@ def test_generate_names_files_and_records_them(runtime, images, tmp_path):
         runtime.generate("x", [paths[0], tmp_path / "bad.png"], height=64, width=64)
 
 
+@pytest.mark.slow  # ~10 s; the runner-level fakes (test_engine_ort/test_engine_trt: ip_image_axis) run by default
 def test_gpu_cuda_graphs_one_per_image_count(engine_dir, runtime, images, fake_ort_gpu):
     """The (simulated) CUDA-graph ORT path: S = 1, 2, 1, 2 + background: one graph per UNet input-shape set (N is in
     the key), each generation equal to the CPU runtime's."""

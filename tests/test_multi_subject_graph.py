@@ -388,3 +388,14 @@ def test_pass_2_with_two_subjects_equals_diffusers_multi_image_ip_adapter(diffus
     finally:
         pipe.set_ip_adapter_scale(1.0)
     assert np.abs(ours - theirs).max() <= 1e-4  # the single-subject reference's tolerance against diffusers (test_reference.py)
+
+
+def test_adding_a_precision_with_another_max_subjects_is_refused_in_one_line(engine_dir, tiny_model_dir, capsys):
+    """The graphs do not depend on K, but the manifest's limit does: another --max-subjects needs --force."""
+    before = (engine_dir / MANIFEST).read_bytes()
+    code = main(["export", "--base", str(tiny_model_dir / "base"), "--ip-adapter", str(tiny_model_dir / "ip-adapter"),
+                 "--out", str(engine_dir), "--height", "64", "--width", "64", "--min", "64x64", "--max", "128x128",
+                 "--batch", "2", "--precision", "fp16", "--max-subjects", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--max-subjects: pass --force" in err
+    assert (engine_dir / MANIFEST).read_bytes() == before

@@ -10,7 +10,10 @@ What the quantizer sees is what the UNet sees at run time: MONKEY's two passes o
 `scale_mask_pass` (1) up to its last mask step, pass 2's unmasked steps (IP scale 0) and its masked steps
 (the real mask from pass 1), at the real LCM timesteps of both schedules. Cases are (prompt, subject,
 seed) triples spread over prompts x subjects; the defaults (the MONKEY paper's 20 location prompts with the
-embedded subject) need nothing from the network.
+embedded subject) need nothing from the network. Each case is one subject (N = 1 IP image per call). With several
+subjects (docs/method.md) the 8-bit UNet runs pass 2 (pass 1 runs the fp32 UNet), whose masked steps add exactly one
+image's IP output at each pixel (the final masks never overlap, the background takes the rest): the one-subject
+ranges. Unmasked IP steps with several images (`adapter_steps`, the plain baseline) add every image's output there.
 
 The recorded arrays are cached under `cache_dir()` keyed by everything that decides them (the engine's
 fp32 network digests, prompts, subject image digests, size, image size, the method's defaults): an

@@ -73,7 +73,7 @@ def torch_noise_plan(seed: int, latent_shape: tuple[int, ...], steps: int) -> No
 
 
 class ReferencePipeline:
-    """MONKEY in PyTorch/diffusers: `pipe(request, subject) -> MonkeyOutput`."""
+    """MONKEY in PyTorch/diffusers: `pipe(request, subject_or_subjects, background=None) -> MonkeyOutput`."""
 
     backend = "torch"
 
@@ -239,10 +239,14 @@ class ReferencePipeline:
         return torch_noise_plan(request.seed, request.latent_shape(self.dims), request.config.noise_steps)
 
     @locked
-    def __call__(self, request: Request, subject: Image.Image, **kwargs) -> MonkeyOutput:
-        """MONKEY in PyTorch; kwargs: noise, baseline_scale, decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""
+    def __call__(self, request: Request, subject_or_subjects: Image.Image | Sequence[Image.Image],
+                 background: Image.Image | None = None, **kwargs) -> MonkeyOutput:
+        """MONKEY in PyTorch on one subject or several (+ a background image); kwargs: noise, baseline_scale,
+        decode_mask_pass, batch_passes (see runtime.method.run_monkey)."""
         check_run_options(kwargs)
-        return run_monkey(self, request, subject, **kwargs)
+        if background is not None:
+            kwargs["background"] = background
+        return run_monkey(self, request, subject_or_subjects, **kwargs)
 
 
 def open_reference(spec, models: ModelSource) -> ReferencePipeline:
