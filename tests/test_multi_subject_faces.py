@@ -180,3 +180,18 @@ def test_page_colours_are_the_overlay_colours():
     html = (ROOT / "monkey_trt" / "serve" / "page.html").read_text()
     found = re.search(r"const COLOURS = (\[\[.*?\]\]);", html).group(1)
     assert [tuple(c) for c in json.loads(found)] == [tuple(c) for c in SUBJECT_COLOURS]
+
+
+def test_generate_on_an_old_engine_directory_refuses_more_before_loading(engine_dir, images, tmp_path, capsys, monkeypatch):
+    """A directory exported before several subjects (its manifest without max_subjects, its UNet one IP image wide):
+    one subject as before; two, or a background, are one line from the manifest before any model loads."""
+    import monkey_trt.commands.generate as generate
+    from tests.test_multi_subject_e2e import _old_layout
+
+    old = _old_layout(engine_dir, tmp_path)
+    monkeypatch.setattr(generate, "load_backend", lambda job: pytest.fail("refused before any model loads"))
+    out = tmp_path / "out"
+    base = ["generate", "--engine-dir", str(old), "--prompt", "x", "--out", str(out), "--image", str(images["toy"])]
+    assert "takes at most 1 subject (manifest max_subjects); re-export with --max-subjects" in \
+        _refused([*base, "--image", str(images["robot"])], capsys, out)
+    assert "exported before background images" in _refused([*base, "--background-image", str(images["beach"])], capsys, out)

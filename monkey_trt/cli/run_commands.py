@@ -21,7 +21,7 @@ DEMO_PROMPT = "a toy on the beach"
 
 @with_config_options
 def generate(
-    image: list[Path] = typer.Option(..., "--image", help="Subject image (any PIL format); repeat it for several subjects, in "
+    image: list[Path] = typer.Option(..., "--image", metavar="<path>", help="Subject image (any PIL format); repeat it for several subjects, in "
                                      "order (at most the engine's max_subjects: 4 unless exported otherwise); --subject-scales "
                                      "gives each its IP scale"),
     background_image: Optional[Path] = typer.Option(None, "--background-image", help="Background image: one more IP image, "
@@ -138,7 +138,7 @@ def bench(
     backends: str = typer.Option("published,torch,ort", "--backends", help=f"Comma list of {backend_choices('bench', sep=', ')}"),
     base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
-    image: Optional[list[Path]] = typer.Option(None, "--image", help="Subject (default: the preset's subject, else a grey square); "
+    image: Optional[list[Path]] = typer.Option(None, "--image", metavar="<path>", help="Subject (default: the preset's subject, else a grey square); "
                                                "repeat it to bench several subjects in one generation (S, recorded in --json)"),
     background_image: Optional[Path] = typer.Option(None, "--background-image", help="Also a background image in every generation"),
     height: Optional[int] = typer.Option(None, help="Default: the manifest's opt size, 128 (tiny), 256 (sd15), else 512"),
