@@ -132,7 +132,7 @@ class SubjectMasks:
 
     masks: tuple[MaskResult, ...]  # final M_s per subject, in order
     overlap: float  # fraction of image pixels in two or more raw masks
-    lost: tuple[float, ...]  # per subject: fraction of image pixels in its raw mask that went to another subject
+    lost: tuple[float, ...]  # per subject: the fraction of its raw mask's pixels that went to another subject
 
     @property
     def union(self) -> np.ndarray:
@@ -171,7 +171,8 @@ def extract_subject_masks(maps: dict[int, np.ndarray], height: int, width: int, 
     for s, r in enumerate(raw):
         keep = held[s] & (~contested | (winner == s))  # [H, W]
         final.append(MaskResult(keep.astype(np.float32), r.grid, r.degenerate_steps))
-        lost.append(float((held[s] & ~keep).mean()))
+        raw_px = int(held[s].sum())
+        lost.append(float((held[s] & ~keep).sum() / raw_px) if raw_px else 0.0)
     return SubjectMasks(tuple(final), float(contested.mean()), tuple(lost))
 
 

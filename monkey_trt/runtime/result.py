@@ -46,7 +46,7 @@ class MonkeyOutput:
     # several subjects (docs/method.md "Several subjects and a background"); one subject: masks == (mask,)
     masks: tuple[MaskResult, ...] = ()  # final mask per subject, in order; `mask` is masks[0] (S = 1) or their union
     overlap: float = 0.0  # fraction of image pixels in two or more subjects' raw masks (given to one by the score rule)
-    lost: tuple[float, ...] = ()  # per subject: fraction of image pixels of its raw mask that went to another subject
+    lost: tuple[float, ...] = ()  # per subject: the fraction of its raw mask's pixels that went to another subject
     background_mask: np.ndarray | None = None  # [H, W] float32 {0,1}: 1 - union(masks), with a background image
     subjects: int = 1  # subject images
     scales: tuple[float, ...] = ()  # each subject's IP scale (config.subject_scales, or 1.0 each)
