@@ -341,7 +341,7 @@ def generate_response_schema() -> dict[str, Any]:
                     "image": {"type": ["string", "null"], "description": "the upload's file name (multipart), null in JSON"},
                     "scale": {"type": "number", "description": "its IP scale (subject_scales, else 1)"},
                     "coverage": {"type": "number", "description": "fraction of the image its final mask covers"},
-                    "lost_to_overlap": {"type": "number", "description": "fraction of the image in its raw mask given to another subject"},
+                    "lost_to_overlap": {"type": "number", "description": "fraction of its own raw mask given to another subject"},
                     "mask_png": _png_b64("its final mask (0/255)"),
                 }}},
             "overlap": {"type": "number", "description": "fraction of the image in two or more subjects' raw masks (each such pixel "
