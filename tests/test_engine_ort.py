@@ -609,7 +609,9 @@ def test_tensorrt_ep_gets_the_engine_profile(engine_dir, subject, fake_ort):
     assert s.trt_engine_builds == 5 and not s.warnings  # the four networks and the map-only UNet
     logged = {f: o["TensorrtExecutionProvider"] for f, _, o in s.session_log}
     for name, entry in m.networks.items():
-        ranges = entry.desc.profile_shapes(m.profile, m.dims)
+        ranges = entry.desc.profile_shapes(m.profile, m.dims, m.max_ip_images)  # the UNets: 1..max_subjects + 1 images
+        if name in ("unet", "unet_map"):
+            assert ranges["ip_mask"][2][1] == m.max_subjects + 1 == 5 and ranges["ip_mask"][1][1] == 1
         trt = logged[Path(entry.file).name]
         for i, kind in enumerate(("min", "opt", "max")):
             assert trt.get(f"trt_profile_{kind}_shapes") == ",".join(f"{n}:{'x'.join(map(str, r[i]))}" for n, r in ranges.items())

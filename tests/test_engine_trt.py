@@ -636,7 +636,7 @@ def _networks_manifest(tmp_path, precisions=("fp32", "fp16")):
 
 def test_fake_plan_selection_by_full_key(fakes, tmp_path, monkeypatch):
     manifest = _networks_manifest(tmp_path)
-    monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
+    monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg, max_images=1: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
     with pytest.raises(EngineDirError, match=r"no fp16 TensorRT plans .* run `monkey-trt build --engine-dir .* --precision fp16`") as ei:
         trt_engine_dir.find_plan_dir(tmp_path, manifest, "fp16")
     assert "\n" not in str(ei.value)
@@ -874,7 +874,7 @@ def test_fake_outputs_copied_back_only_when_asked(fakes, tmp_path):
 def _open_pipeline(fakes, tmp_path, monkeypatch, sizes: dict[str, int]):
     """open_trt_runners over four tiny networks whose contexts need `sizes` bytes of activation memory."""
     manifest = _networks_manifest(tmp_path)
-    monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
+    monkeypatch.setattr(trt_build, "_profile_shapes", lambda onnx_path, desc, dims, cfg, max_images=1: {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3})
     build_engine_dir(tmp_path, manifest, BuildConfig(profile=TINY_PROFILE))
     real = fakes.trt.Runtime.deserialize_cuda_engine
     order = iter(NETWORKS)
@@ -1138,7 +1138,7 @@ def test_fake_infer_shapes_error_is_one_line(fakes, fake_plan):
 
 def test_fake_build_rejects_inconsistent_profile(fakes, tmp_path, monkeypatch):
     onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
-    monkeypatch.setattr(BuildConfig, "input_shapes", lambda self, desc, dims: {"x": ((4, 8), (2, 8), (1, 8))})
+    monkeypatch.setattr(BuildConfig, "input_shapes", lambda self, desc, dims, max_images=1: {"x": ((4, 8), (2, 8), (1, 8))})
     with pytest.raises(MonkeyError, match=r"inconsistent shape range \[4, 8\]\.\.\[1, 8\] .* of input 'x'") as ei:
         build_engine(onnx_path, tmp_path / "t.plan", TINY_DESC, ModelDims(), BuildConfig(profile=TINY_PROFILE), None)
     assert "\n" not in str(ei.value) and not (tmp_path / "t.plan").exists()
@@ -1148,8 +1148,8 @@ def test_fake_build_rejects_inconsistent_profile(fakes, tmp_path, monkeypatch):
 class _IpAxisDesc(NetworkDesc):
     """A descriptor whose profile has a second dynamic axis like the UNet's N (ranges as i22's descriptors give them)."""
 
-    def profile_shapes(self, profile, dims):
-        return {"tokens": ((1, 4, 2), (1, 4, 2), (2, 12, 2)), "mask": ((1, 1, 3), (1, 1, 3), (2, 3, 3))}
+    def profile_shapes(self, profile, dims, max_images=1):
+        return {"tokens": ((1, 4, 2), (1, 4, 2), (2, 4 * max_images, 2)), "mask": ((1, 1, 3), (1, 1, 3), (2, max_images, 3))}
 
 
 def _ip_axis_onnx(path: Path) -> Path:
@@ -1185,7 +1185,7 @@ def test_fake_ip_image_axis_has_its_own_shape_sets_and_graphs(fakes, tmp_path, g
                        outputs=(TensorDesc("y", "float32", ("B", 2)), TensorDesc("m", "float32", ("B", "K", 2))))
     onnx_path = _ip_axis_onnx(tmp_path / "ip_axis.onnx")
     plan = build_engine(onnx_path, tmp_path / "ip_axis.plan", desc, ModelDims(),
-                        BuildConfig(profile=TINY_PROFILE, workspace_gib=1, builder_optimization_level=1), None).plan
+                        BuildConfig(profile=TINY_PROFILE, workspace_gib=1, builder_optimization_level=1), None, max_images=3).plan
     (prof,) = dict(fakes.polygraphy_calls)["CreateConfig"]["profiles"]
     assert (prof["tokens"].min, prof["tokens"].max, prof["mask"].max) == ((1, 4, 2), (2, 12, 2), (2, 3, 3))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -1210,3 +1210,24 @@ def test_fake_ip_image_axis_has_its_own_shape_sets_and_graphs(fakes, tmp_path, g
         fixed.release()
     assert cu.captures == (4 if graph else 0)  # one per (B, N), replayed after
     assert cu.dev == {} and cu.host == {} and cu.graphs_alive == 0
+
+
+def test_fake_plans_are_built_and_keyed_for_the_manifests_image_count(fakes, tmp_path, monkeypatch):
+    """build passes the manifest's max_ip_images to every network's profile (the UNets' image axis), and plans built
+    for another image count live under another key; a directory without the axis keeps its old key."""
+    seen = []
+
+    def shapes(onnx_path, desc, dims, cfg, max_images=1):
+        seen.append(max_images)
+        return {"x": ((1, 8), (2, 8), (4, 8)), "s": ((4,),) * 3}
+
+    monkeypatch.setattr(trt_build, "_profile_shapes", shapes)
+    old = _networks_manifest(tmp_path)
+    old_key = cache_key(manifest_onnx_digest(old), BuildConfig(profile=TINY_PROFILE), "11.4.0.106", "Fake GPU 80GB", "9.0")
+    five = _networks_manifest(tmp_path)
+    five.max_ip_images = 5
+    assert build_engine_dir(tmp_path, old, BuildConfig(profile=TINY_PROFILE)).name == old_key and set(seen) == {1}
+    seen.clear()
+    out = build_engine_dir(tmp_path, five, BuildConfig(profile=TINY_PROFILE))
+    assert set(seen) == {5} and out.name != old_key
+    assert trt_engine_dir.find_plan_dir(tmp_path, five, "fp32") == out and trt_engine_dir.find_plan_dir(tmp_path, old, "fp32").name == old_key

@@ -144,12 +144,17 @@ def _key_material(onnx_sha256: str, cfg: BuildConfig, trt_version: str, device_n
 
 def manifest_onnx_digest(manifest, networks: Iterable[str] | None = None, precision: str = "fp32") -> str:
     """One sha256 over the ONNX (+ external data) hashes of one precision (all networks by default). 8-bit: the
-    GPU-shaped graphs (fp16 base, export/gpu_quant.py), the ones TensorRT builds (check_gpu_graphs first)."""
+    GPU-shaped graphs (fp16 base, export/gpu_quant.py), the ones TensorRT builds (check_gpu_graphs first). With the
+    UNet's IP-image axis, the most images per call too (Manifest.max_ip_images: the plans' profile), so plans built
+    for another `--max-subjects` are never taken for these."""
     names = sorted(networks) if networks is not None else sorted(manifest.networks)
     material = {n: dict(sorted(manifest.networks[n].files(graph_precision(manifest, n, precision, GPU_BASE))[1].items()))
                 for n in names}
     if precision != "fp32":  # fp32 keeps the v1 material, so the digest of an fp32 engine directory is unchanged
         material = {"precision": precision, "files": material}
+    images = getattr(manifest, "max_ip_images", 1)  # the UNet plans' profile runs its image axis 1..images
+    if images != 1:  # directories without the image axis keep their digest (and their plans' keys)
+        material = {"max_ip_images": images, "graphs": material}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 

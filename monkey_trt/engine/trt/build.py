@@ -76,12 +76,14 @@ def build_engine(
     dims: ModelDims,
     cfg: BuildConfig,
     timing_cache_path: str | os.PathLike | None = None,
+    max_images: int = 1,
 ) -> BuildInfo:
     """Parse `onnx_path` strongly typed, build a plan for `cfg` and write it atomically to `plan_path`.
 
     network_from_onnx_path(strongly_typed=True) -> CreateConfig(profiles, timing cache, optimisation
     level, workspace, tf32) -> engine_from_network(save_timing_cache) -> save_engine, all Polygraphy.
-    The optimisation profile comes from `desc.profile_shapes(cfg.effective_profile, dims)`. Plan and
+    The optimisation profile comes from `desc.profile_shapes(cfg.effective_profile, dims, max_images)` (max_images:
+    Manifest.max_ip_images, the UNet's image axis N runs 1..max_images, optimum 1). Plan and
     timing cache are written to temporary siblings and renamed into place, so an interrupted build
     never leaves a truncated file; the timing cache is read (if present) and saved back.
     """
@@ -93,7 +95,7 @@ def build_engine(
     if not onnx_path.is_file():
         raise EngineDirError(f"{desc.name}: ONNX file {onnx_path} does not exist")
     profile = pg.Profile()
-    for name, (mn, opt, mx) in _profile_shapes(onnx_path, desc, dims, cfg).items():
+    for name, (mn, opt, mx) in _profile_shapes(onnx_path, desc, dims, cfg, max_images).items():
         profile.add(name, min=mn, opt=opt, max=mx)
     tc_final = Path(timing_cache_path) if timing_cache_path is not None else None
     tc_tmp = plan_tmp = None
@@ -130,13 +132,13 @@ def build_engine(
     return BuildInfo(desc.name, plan_path, time.perf_counter() - t0, plan_path.stat().st_size)
 
 
-def _profile_shapes(onnx_path: Path, desc: NetworkDesc, dims: ModelDims, cfg: BuildConfig) -> dict[str, tuple]:
+def _profile_shapes(onnx_path: Path, desc: NetworkDesc, dims: ModelDims, cfg: BuildConfig, max_images: int = 1) -> dict[str, tuple]:
     """Input name -> (min, opt, max): the descriptor's ranges, checked against the ONNX graph's inputs;
     an input the descriptor does not cover must be static and gets its fixed shape."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    ranges = cfg.input_shapes(desc, dims)
+    ranges = cfg.input_shapes(desc, dims, max_images)
     out = {}
     for tensor in graph.input:
         name = tensor.name
@@ -207,7 +209,8 @@ def build_engine_dir(
             continue
         say(net, f"building ({cfg.precision})")
         onnx_path = gpu_graph_path(engine_dir, manifest, net, cfg.precision)
-        info = build_engine(onnx_path, plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE)
+        info = build_engine(onnx_path, plan, manifest.networks[net].desc, manifest.dims, cfg, out / TIMING_CACHE,
+                            max_images=getattr(manifest, "max_ip_images", 1))  # the UNets' image axis: subjects + background
         built[net] = network_record(plan, onnx_path, info.seconds)
         say(net, f"built in {info.seconds:.1f}s ({info.bytes / 2**20:.1f} MiB)")
 
