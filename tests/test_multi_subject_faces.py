@@ -195,3 +195,13 @@ def test_generate_on_an_old_engine_directory_refuses_more_before_loading(engine_
     assert "takes at most 1 subject (manifest max_subjects); re-export with --max-subjects" in \
         _refused([*base, "--image", str(images["robot"])], capsys, out)
     assert "exported before background images" in _refused([*base, "--background-image", str(images["beach"])], capsys, out)
+
+
+def test_api_refuses_what_the_cli_refuses(runtime, images):
+    """The Python API's checks are the faces': scales of another length, a background_scale without a background."""
+    with pytest.raises(MonkeyError, match="subject_scales has 1 entries for 2 subject"):
+        runtime.generate("x", [images["toy"], images["robot"]], subject_scales=(1.0,))
+    with pytest.raises(MonkeyError, match="background_scale applies to a background image"):
+        runtime.generate("x", [images["toy"], images["robot"]], background_scale=0.5)
+    with pytest.raises(MonkeyError, match=r"^subject 2 \(cat\.png\): "):
+        runtime.generate("x", [images["toy"], images["bad"]])

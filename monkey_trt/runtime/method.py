@@ -44,7 +44,7 @@ from PIL import Image
 from monkey_trt.core.config import MonkeyConfig, Request, knobs
 from monkey_trt.core.errors import MonkeyError, NonFiniteOutput
 from monkey_trt.enginedir.networks import ModelDims
-from monkey_trt.runtime.images import check_subject_count
+from monkey_trt.runtime.images import check_image_options, check_subject_count
 from monkey_trt.runtime.mask import MaskResult, SubjectMasks, extract_subject_masks, union_mask
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.outputs import request_record
@@ -466,6 +466,7 @@ def run_monkey(
     subjects = subject_list(subjects)
     check_subjects(engine, subjects, background)
     c = request.config
+    check_image_options(c, len(subjects), background is not None)  # as the CLI and HTTP faces: scales per subject, no idle background_scale
     planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
                     request.height, request.width)
     explicit_noise = noise is not None
@@ -548,6 +549,7 @@ def run_ip_adapter(engine: Networks, request: Request, subjects: Image.Image | S
     subjects = subject_list(subjects)
     check_subjects(engine, subjects, background)
     c = request.config
+    check_image_options(c, len(subjects), background is not None)  # as the CLI and HTTP faces: scales per subject, no idle background_scale
     planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
                     request.height, request.width)
     noise = _prepare(engine, request, noise)
