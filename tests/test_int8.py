@@ -543,6 +543,30 @@ def test_bench_and_serve_take_int8(int8_dir):
         ServeConfig.from_fields({"engine_dir": int8_dir, "precision": "int4"})
 
 
+def test_int8_unet_takes_several_ip_images_and_its_map_only_cut_keeps_the_map_bits(int8_dir):
+    """Issue 22: the 8-bit CPU graph keeps the image axis (calibrated on one-subject calls); at N = 1 and 3 its map-only
+    cut gives its map bit for bit on ORT CPU, and the map is one fp32 softmax per image (rows sum to 1)."""
+    from monkey_trt.enginedir.networks import MAP_NETWORK, MAP_OUTPUT
+    from monkey_trt.runtime.backend import BackendSpec
+    from monkey_trt.runtime.pipeline import open_runners
+    from tests.test_multi_subject_graph import _feeds
+
+    m = load_manifest(int8_dir)
+    runners = open_runners(int8_dir, m, BackendSpec(backend="ort", precision="int8", threads=1), ("unet", MAP_NETWORK))
+    try:
+        assert runners["unet"].model_path.name == "unet.int8.onnx" and runners[MAP_NETWORK].model_path.name == "unet_map.int8.onnx"
+        for n_img in (1, 3):
+            feeds = _feeds(m, 2, 64, 72, n_img, seed=n_img)
+            out = runners["unet"].infer(feeds)
+            cut = runners[MAP_NETWORK].infer(feeds, outputs=(MAP_OUTPUT,))[MAP_OUTPUT]
+            assert out["noise_pred"].shape == (2, 4, 8, 9) and out[MAP_OUTPUT].shape == (2, 6, 4 * n_img)
+            assert np.array_equal(out[MAP_OUTPUT].view(np.uint32), cut.view(np.uint32))
+            assert np.allclose(cut.reshape(2, 6, n_img, 4).sum(-1), 1.0, atol=1e-6)
+    finally:
+        for r in runners.values():
+            r.deactivate()
+
+
 # -- fp8 (slow: a second quantization of the UNet and the reference evaluator) -----------------------------
 @pytest.mark.slow
 def test_fp8_unet_graph_and_fidelity_by_the_reference_evaluator(int8_dir, subject, tmp_path):

@@ -187,3 +187,46 @@ def fake_ort_gpu(monkeypatch, tmp_path):
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "unset")
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
     return fakes.install(monkeypatch)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """tests/fakes/trt.py's TensorRT, Polygraphy and CUDA runtime (as tests/test_int8.py installs them)."""
+    pytest.importorskip("polygraphy.backend.trt")
+    from monkey_trt.engine.trt import build as trt_build
+    from monkey_trt.engine.trt import cuda as trt_cuda
+    from monkey_trt.engine.trt import lib as trt_lib
+    from tests.fakes.trt import FakeCudart, fake_polygraphy, fake_tensorrt
+
+    cudart = FakeCudart()
+    fake_trt = fake_tensorrt(cudart)
+    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake_trt, []))
+    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
+    return cudart
+
+
+@pytest.mark.slow  # the fake runs every plan with onnx's reference evaluator
+def test_tensorrt_fake_runs_two_subjects_and_a_background(engine_dir, runtime, images, fake_gpu, tmp_path):
+    """`build` on the session's engine, then the TensorRT runtime (fakes modelled on TensorRT/CUDA) with CUDA graphs and
+    pass batching: one subject, then two and a background; masks equal the CPU runtime's, one graph per UNet shape."""
+    from monkey_trt.engine.trt.build import build_engine_dir
+    from monkey_trt.enginedir.load import load_manifest
+    from monkey_trt.enginedir.plans import BuildConfig
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    d = tmp_path / "engine"
+    shutil.copytree(engine_dir, d)
+    m = load_manifest(d)
+    build_engine_dir(d, m, BuildConfig(profile=m.profile, workspace_gib=1))
+    with MonkeyPipeline.from_engine_dir(d, backend="trt", cuda_graph=True) as pipe:
+        assert pipe.max_ip_images == m.max_subjects + 1 == 5
+        for n, background in ((1, False), (2, True)):
+            req = Request("a toy and a toy", 64, 64, seed=0, config=CASES["two+background"][2] if n == 2 else MonkeyConfig())
+            got = _run(pipe, req, images, n, background, batch_passes=True)
+            want = _run(runtime, req, images, n, background, batch_passes=True)
+            assert got.batched_steps == 2 and all(np.array_equal(a.mask, b.mask) for a, b in zip(got.masks, want.masks))
+            np.testing.assert_allclose(got.image, want.image, rtol=0, atol=1e-4)
+        shapes = {(s["ip_tokens"][:2], s["ip_mask"][:2]) for s in pipe.runners["unet"].shape_sets}
+        assert shapes == {((2, 4), (2, 1)), ((1, 4), (1, 1)), ((2, 12), (2, 3)), ((1, 12), (1, 3))}

@@ -2,6 +2,7 @@
 
     pipe = MonkeyPipeline.from_engine_dir("engine/", backend="ort")
     out = pipe(Request(prompt="a dog on the beach", height=512, width=512, seed=0), subject)
+    out = pipe(Request(prompt="a dog and a cat on the beach"), [dog, cat], background=beach)  # several subjects
 
 Sections: loading, encoders, the UNet (the hot loop), the method (runtime.method drives the passes).
 """

@@ -361,7 +361,12 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
                 return self.in_shapes.get(name, self.engine.get_tensor_shape(name))
             sizes = {sym: self.in_shapes[n][i] for n, dims in self.engine.inputs.items() for i, sym in enumerate(dims[1])
                      if isinstance(sym, str) and n in self.in_shapes}
-            return tuple(sizes.get(d, -1) if isinstance(d, str) else d for d in self.engine.outputs[name][1])
+            shape = tuple(sizes.get(d, -1) if isinstance(d, str) else d for d in self.engine.outputs[name][1])
+            if -1 in shape and set(self.in_shapes) == set(self.engine.inputs):
+                # a dim no input names (the UNet's map grid Q): TensorRT's shape inference computes it from the input
+                # shapes; here, the graph's output shape on zeros of those shapes (once per shape set)
+                shape = self.engine.output_shapes(dict(self.in_shapes))[name]
+            return shape
 
         def set_tensor_address(self, name, ptr):
             assert name in self.engine.dtypes, f"set_tensor_address: no tensor {name!r}"
@@ -445,6 +450,14 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "11.4.0.106"):
             if self._evaluator is None:
                 self._evaluator = ReferenceEvaluator(self.model)
             return self._evaluator
+
+        def output_shapes(self, in_shapes: dict) -> dict:
+            key = tuple(sorted(in_shapes.items()))
+            known = self.__dict__.setdefault("_out_shapes", {})
+            if key not in known:
+                zeros = {n: np.zeros(in_shapes[n], to_np[self.dtypes[n]]) for n in self.inputs}
+                known[key] = {n: tuple(np.shape(v)) for n, v in zip(self.outputs, self.evaluator.run(None, zeros))}
+            return known[key]
 
         @property
         def num_io_tensors(self):
