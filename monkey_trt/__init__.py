@@ -3,7 +3,8 @@
     from monkey_trt import MonkeyPipeline
     with MonkeyPipeline.from_engine_dir("engines/sd15", backend="ort") as pipe:
         out = pipe.generate("a dog on the beach", "dog.jpg", seed=0)
-    out.save("out/dog"); out.image_pil().show()
+        pair = pipe.generate("a dog and a cat on the beach", ["dog.jpg", "cat.jpg"], background_image="beach.jpg")
+    out.save("out/dog"); out.image_pil().show(); pair.masks[1].coverage
 
 Names are imported lazily, so `import monkey_trt` stays cheap and never pulls in torch.
 """
@@ -27,9 +28,10 @@ _EXPORTS = {
     "BackendUnavailable": "monkey_trt.core.errors",
     "load_manifest": "monkey_trt.enginedir.load",
     "load_subject": "monkey_trt.runtime.images",
+    "load_subjects": "monkey_trt.runtime.images",
 }
 __all__ = ["__version__", "MonkeyPipeline", "BackendSpec", "ModelSource", "open_backend", "MonkeyOutput", "MonkeyConfig", "Request", "MonkeyError",
-           "EngineDirError", "BackendUnavailable", "load_manifest", "load_subject"]
+           "EngineDirError", "BackendUnavailable", "load_manifest", "load_subject", "load_subjects"]
 
 
 def __getattr__(name: str):

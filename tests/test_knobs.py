@@ -67,7 +67,7 @@ def test_http_fields_and_openapi_come_from_the_knobs():
     content = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
     for media in ("multipart/form-data", "application/json"):
         schema = content[media]["schema"]
-        assert list(schema["properties"]) == ["image", *FIELDS] and schema["required"] == ["image", "prompt"]
+        assert list(schema["properties"]) == ["image", "background_image", *FIELDS] and schema["required"] == ["image", "prompt"]
     props = content["multipart/form-data"]["schema"]["properties"]
     assert props["threshold"] == {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0,
                                   "description": knobs(MonkeyConfig)["threshold"].help, "default": 0.5}

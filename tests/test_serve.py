@@ -283,6 +283,88 @@ def test_healthy_after_bad_requests(server, subject_png):
     assert 'monkey_requests_total{status="400"}' in metrics and 'monkey_requests_total{status="422"}' in metrics
 
 
+# -- several subjects (issue 22) ---------------------------------------------------------------------
+def _second_png(subject_png: bytes) -> bytes:
+    """A second subject unlike the first (mirrored, red and blue swapped), as PNG bytes."""
+    from PIL import ImageOps
+
+    r, g, b = ImageOps.mirror(Image.open(io.BytesIO(subject_png)).convert("RGB")).split()
+    buf = io.BytesIO()
+    Image.merge("RGB", (b, g, r)).save(buf, format="png")
+    return buf.getvalue()
+
+
+def post_images(client, images: list[tuple[str, bytes]], background: tuple[str, bytes] | None = None, **fields):
+    """multipart/form-data with one `image` part per subject (in order) and an optional `background_image` part."""
+    parts = [("image", (name, data, "image/png")) for name, data in images]
+    if background is not None:
+        parts.append(("background_image", (background[0], background[1], "image/png")))
+    parts += [(k, (None, str(v))) for k, v in fields.items()]
+    return client.post("/v1/generate", files=parts)
+
+
+def test_two_subjects_and_a_background_equal_cli_generate(server, subject_png, engine_dir, tmp_path):
+    second, beach = _second_png(subject_png), _png((40, 48))
+    for name, data in (("toy.png", subject_png), ("robot.png", second), ("beach.png", beach)):
+        (tmp_path / name).write_bytes(data)
+    knobs = {"seed": 5, "subject_scales": "1,0.8", "background_scale": "0.5", **FAST}
+    argv = ["generate", "--engine-dir", str(engine_dir), "--image", str(tmp_path / "toy.png"), "--image", str(tmp_path / "robot.png"),
+            "--background-image", str(tmp_path / "beach.png"), "--prompt", "a toy and a robot", "--out", str(tmp_path / "cli")]
+    for k, v in knobs.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    assert main(argv) == 0
+    r = post_images(server.client, [("toy.png", subject_png), ("robot.png", second)], ("beach.png", beach), prompt="a toy and a robot", **knobs)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    cli = json.loads((tmp_path / "cli" / "result.json").read_text())
+    assert [(s["index"], s["image"], s["scale"]) for s in body["subjects"]] == [(1, "toy.png", 1.0), (2, "robot.png", 0.8)]
+    for got, want in zip(body["subjects"], cli["subjects"]):
+        assert got["coverage"] == want["coverage"] and got["lost_to_overlap"] == want["lost_to_overlap"]
+        assert base64.b64decode(got["mask_png"]) == (tmp_path / "cli" / f"mask_{got['index']}.png").read_bytes()
+    assert body["overlap"] == cli["overlap"] and body["background"]["image"] == "beach.png" and body["background"]["scale"] == 0.5
+    assert base64.b64decode(body["background"]["mask_png"]) == (tmp_path / "cli" / "background_mask.png").read_bytes()
+    assert base64.b64decode(body["image_png"]) == (tmp_path / "cli" / "monkey.png").read_bytes()
+    assert base64.b64decode(body["mask_png"]) == (tmp_path / "cli" / "mask.png").read_bytes()  # the union
+
+    # the same as JSON: `image` a list of base64 strings (order kept), `background_image` one
+    doc = {"prompt": "a toy and a robot", "image": [base64.b64encode(x).decode() for x in (subject_png, second)],
+           "background_image": base64.b64encode(beach).decode(), **knobs, "subject_scales": [1, 0.8], "background_scale": 0.5,
+           "seed": 5, "steps_mask_pass": 2, "mask_steps": [1], "steps_final": 3, "masked_steps": [1, 2]}
+    j = server.client.post("/v1/generate", json=doc)
+    assert j.status_code == 200, j.text
+    assert j.json()["image_png"] == body["image_png"] and [s["image"] for s in j.json()["subjects"]] == [None, None]
+    swapped = post_images(server.client, [("robot.png", second), ("toy.png", subject_png)], prompt="a toy and a robot", seed=5, **FAST)
+    assert [s["image"] for s in swapped.json()["subjects"]] == ["robot.png", "toy.png"]  # the parts' order is the subjects'
+    ready = server.client.get("/readyz").json()
+    assert ready["max_subjects"] == 4
+    image = server.client.get("/openapi.json").json()["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["image"]
+    assert image["type"] == "array" and image["maxItems"] == 4
+
+
+def test_bad_several_subject_requests(server, subject_png):
+    c, ok = server.client, ("a.png", subject_png)
+    bad = ("cat.png", subject_png[: len(subject_png) // 2])
+    b64 = base64.b64encode(subject_png).decode()
+    cases = [
+        (post_images(c, [ok] * 5, prompt="x"), 422, "at most 4 subject"),
+        (post_images(c, [ok] * 7, prompt="x"), 422, "image parts"),  # refused while the form is read
+        (post_images(c, [ok, bad], prompt="x"), 400, "subject 2 (cat.png): "),
+        (post_images(c, [ok, ok], bad, prompt="x"), 400, "background (cat.png): "),
+        (post_images(c, [ok, ok], prompt="x", subject_scales="1,1,1"), 400, "subject_scales has 3 entries for 2"),
+        (post_images(c, [ok], prompt="x", background_scale="0.5"), 400, "background_scale applies to a background image"),
+        (post_images(c, [], ("bg.png", subject_png), prompt="x"), 400, "beside subject images"),
+        (post_images(c, [ok], [("bg.png", subject_png)][0], prompt="x", subject_scales="9"), 400, "subject_scales[0] must be in"),
+        (c.post("/v1/generate", files=[("image", ok), ("background_image", ok), ("background_image", ok), ("prompt", (None, "x"))]),
+         400, "'background_image' is given more than once"),
+        (c.post("/v1/generate", json={"prompt": "x", "image": []}), 400, "empty list"),
+        (c.post("/v1/generate", json={"prompt": "x", "image": [b64, 3]}), 400, "base64 string"),
+        (c.post("/v1/generate", json={"prompt": "x", "image": [b64] * 5}), 422, "at most 4 subject"),
+        (c.post("/v1/generate", json={"prompt": "x", "background_image": b64}), 400, "beside subject images"),
+    ]
+    for r, status, needle in cases:
+        assert_one_error(r, status, needle)
+
+
 # -- cache ----------------------------------------------------------------------------------------
 def test_repeated_subject_skips_the_image_encoder(server, tiny_model_dir):
     subject = Image.open(tiny_model_dir / "subject.png").convert("RGB").rotate(90)  # not seen by this server yet

@@ -85,14 +85,28 @@ def test_generate_json_schema_matches_what_the_service_answers(openapi):
     from monkey_trt.runtime.result import MonkeyOutput
     from monkey_trt.serve.schema import GenerateParams
 
-    out = MonkeyOutput(image=np.zeros((64, 64, 3), np.float32), mask=MaskResult(np.zeros((64, 64), np.float32), (8, 8), ()),
-                       timings={"unet": 0.1}, backend="ort (CPUExecutionProvider)")
-    answer = result_json("rid", "host:1", GenerateParams(Request(prompt="x", height=64, width=64), 1.0), out,
-                         {"subject": True, "prompt": False}, {"unet": 0.1, "total": 0.2},
-                         {"image_png": b"png", "mask_png": b"png", "baseline_png": b"png"})
+    from monkey_trt.serve.schema import Upload, Uploads
+
+    mask = MaskResult(np.zeros((64, 64), np.float32), (8, 8), ())
+    out = MonkeyOutput(image=np.zeros((64, 64, 3), np.float32), mask=mask, timings={"unet": 0.1}, backend="ort (CPUExecutionProvider)")
+    params = GenerateParams(Request(prompt="x", height=64, width=64), 1.0)
+    answer = result_json("rid", "host:1", params, out, {"subject": True, "prompt": False}, {"unet": 0.1, "total": 0.2},
+                         {"image_png": b"png", "mask_png": b"png", "baseline_png": b"png", "mask_1_png": b"png"},
+                         Uploads((Upload("s.png", b""),)))
     schema = openapi["paths"]["/v1/generate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     jsonschema.validate(answer, schema)
     assert set(answer) == set(schema["properties"]), "every answered field is documented, and no more"
+    # two subjects and a background (issue 22): each subject's mask and the background's are documented too
+    two = MonkeyOutput(image=out.image, mask=mask, timings={"unet": 0.1}, backend="ort", masks=(mask, mask), overlap=0.25,
+                       lost=(0.0, 0.25), background_mask=np.ones((64, 64), np.float32), subjects=2, scales=(1.0, 0.5),
+                       background_scale=0.7)
+    answer = result_json("rid", "host:1", params, two, {"subject": False, "prompt": False}, {"total": 0.2},
+                         {"image_png": b"png", "mask_png": b"png", "mask_1_png": b"1", "mask_2_png": b"2", "background_mask_png": b"b"},
+                         Uploads((Upload("a.png", b""), Upload(None, b"")), Upload("bg.png", b"")))
+    jsonschema.validate(answer, schema)
+    assert [(s["index"], s["image"], s["scale"], s["lost_to_overlap"]) for s in answer["subjects"]] == [(1, "a.png", 1.0, 0.0),
+                                                                                                      (2, None, 0.5, 0.25)]
+    assert answer["background"]["image"] == "bg.png" and answer["background"]["scale"] == 0.7 and answer["overlap"] == 0.25
 
 
 def test_error_answers_match_the_error_schema(client, openapi):

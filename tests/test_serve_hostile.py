@@ -42,7 +42,8 @@ class StubPipe:
 
     def __init__(self):
         self.manifest = SimpleNamespace(profile=Profile(ShapeRange(1, 1, 1), ShapeRange(64, 64, 128), ShapeRange(64, 64, 128)),
-                                        mask_layer=DEFAULT_MASK_LAYER, preprocess=None, dims=ModelDims())
+                                        mask_layer=DEFAULT_MASK_LAYER, preprocess=None, dims=ModelDims(), max_subjects=4,
+                                        background_slot=True)
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Semaphore(0)

@@ -1,8 +1,9 @@
 """`GET /`, the service's own page, tried in a real browser: headless Chromium (the system's package, driven
 over the DevTools protocol) against `monkey-trt serve` on the tiny engine.
 
-MONKEY_UPDATE_SCREENSHOTS=1 also writes the screenshots to docs/serve-page.png and docs/serve-page-phone.png
-(the README shows them); otherwise they go to the test's temporary folder.
+MONKEY_UPDATE_SCREENSHOTS=1 also writes the screenshots to docs/serve-page.png, docs/serve-page-phone.png and
+docs/serve-page-subjects.png (two subjects and a background; the README shows them); otherwise they go to the
+test's temporary folder.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def test_page_in_a_real_browser(page_server, browser, subject_png, tmp_path):
     schema = page_server.client.get("/openapi.json").json()
     props = schema["paths"]["/v1/generate/stream"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     for name, s in props.items():
-        if name == "image":
+        if name in ("image", "background_image"):  # the file pickers
             continue
         attrs = b.eval(f"(() => {{ const e = document.getElementById('f-{name}'); return e && "
                        "{type: e.type, min: e.getAttribute('min'), max: e.getAttribute('max'), value: e.value, checked: e.checked}; })()")
@@ -108,7 +109,7 @@ def test_page_in_a_real_browser(page_server, browser, subject_png, tmp_path):
     subject_file = tmp_path / "subject.png"
     subject_file.write_bytes(subject_png)
     b.set_files("#image", [subject_file])
-    b.wait_for("!document.getElementById('subject-preview').hidden && document.getElementById('subject-preview').naturalWidth > 0")
+    b.wait_for("document.getElementById('subject-preview-1') && document.getElementById('subject-preview-1').naturalWidth > 0")
     b.eval("(() => { const p = document.getElementById('f-prompt'); p.value = 'a toy on the beach'; "
            "document.getElementById('f-seed').value = '3'; return true; })()")
     b.eval("document.getElementById('f-baseline').focus()")
@@ -183,3 +184,77 @@ def test_page_in_a_real_browser(page_server, browser, subject_png, tmp_path):
     requests = _requests(b.events)
     assert requests and all(u.startswith(url + "/") or u.split(":")[0] in ("data", "blob") for u in requests), requests
     assert {url + "/", url + "/openapi.json", url + "/v1/generate/stream"} <= set(requests)
+
+
+def test_page_with_two_subjects_and_a_background(page_server, browser, subject_png, tmp_path):
+    """Several subject files (in order) and a background: every subject's mask shown in its colour, its own mask
+    figure and download, the background's mask; the PNGs are /v1/generate's."""
+    from tests.test_serve import _second_png
+
+    b, url = browser, page_server.url
+    files = {"toy.png": subject_png, "robot.png": _second_png(subject_png), "beach.png": _png_bytes()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    b.navigate(url + "/")
+    b.wait_for("!document.getElementById('run').disabled")
+    assert b.eval("document.getElementById('image').multiple") and not b.eval("document.getElementById('bg-drop').hidden")
+    assert b.eval("!!document.getElementById('f-subject_scales') && !!document.getElementById('f-background_scale')")
+    b.set_files("#image", [tmp_path / "toy.png", tmp_path / "robot.png"])
+    b.set_files("#background", [tmp_path / "beach.png"])
+    b.wait_for("document.querySelectorAll('#subject-previews img').length === 2 && !!document.getElementById('background-thumb')")
+    b.eval("document.getElementById('f-prompt').value = 'a toy and a robot'; document.getElementById('f-seed').value = '4'; "
+           "document.getElementById('f-subject_scales').value = '1,0.8'; document.getElementById('run').click(); true")
+    b.wait_for("!document.getElementById('results').hidden && /^Done/.test(document.getElementById('status').textContent)", 120)
+    assert b.eval("document.getElementById('error').textContent") == ""
+    shown = b.eval("['out-subject', 'out-subject-2', 'out-background', 'out-background-mask', 'out-monkey']"
+                   ".map(id => !!document.getElementById(id)).concat(['out-overlay', 'out-mask-1', 'out-mask-2']"
+                   ".map(id => document.getElementById(id).width))")
+    assert shown == [True] * 5 + [64, 64, 64], shown
+    captions = b.eval("[...document.querySelectorAll('#images figcaption')].map(f => f.textContent)")
+    assert any(c.startswith("masks (1: ") and "overlap" in c for c in captions), captions
+    links = b.eval("Object.fromEntries([...document.querySelectorAll('#downloads a')].map(a => [a.download, a.href]))")
+    assert {"mask_1.png", "mask_2.png", "overlay_1.png", "overlay_2.png", "background_mask.png", "mask.png"} <= set(links)
+    parts = [("image", ("toy.png", files["toy.png"], "image/png")), ("image", ("robot.png", files["robot.png"], "image/png")),
+             ("background_image", ("beach.png", files["beach.png"], "image/png"))]
+    direct = page_server.client.post("/v1/generate", files=parts, data={"prompt": "a toy and a robot", "seed": "4",
+                                                                         "subject_scales": "1,0.8"}).json()
+    for s in direct["subjects"]:
+        assert links[f"mask_{s['index']}.png"] == "data:image/png;base64," + s["mask_png"]
+    assert links["background_mask.png"] == "data:image/png;base64," + direct["background"]["mask_png"]
+    # subject 2's figure tints exactly its mask's pixels toward its colour (blue), as overlay_2.png does
+    changed = b.eval("(() => { const m = document.getElementById('out-monkey'), c = document.getElementById('out-mask-2');"
+                     " const k = document.createElement('canvas'); k.width = c.width; k.height = c.height;"
+                     " const g = k.getContext('2d'); g.drawImage(m, 0, 0); const a = g.getImageData(0, 0, k.width, k.height).data;"
+                     " const t = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const out = [];"
+                     " for (let i = 0; i < a.length; i += 4) out.push(t[i] !== a[i] || t[i + 1] !== a[i + 1] || t[i + 2] !== a[i + 2] ?"
+                     " Math.hypot(a[i] - 40, a[i + 1] - 110, a[i + 2] - 255) - Math.hypot(t[i] - 40, t[i + 1] - 110, t[i + 2] - 255) : null);"
+                     " return out; })()")  # closer to subject 2's colour (runtime/outputs.SUBJECT_COLOURS[1]) by how much
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    m2 = (np.asarray(Image.open(io.BytesIO(base64.b64decode(direct["subjects"][1]["mask_png"])))) > 0).ravel()
+    diff = np.array([np.nan if v is None else v for v in changed], float)
+    assert not np.isfinite(diff[~m2]).any()  # nothing outside subject 2's mask changes
+    assert (np.nan_to_num(diff[m2], nan=1.0) > 0).all()  # inside it, every changed pixel moves toward subject 2's blue
+    shot = tmp_path / "serve-page-subjects.png"
+    b.eval("document.getElementById('knobs').open = false")
+    b.screenshot(shot, 1280)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("MONKEY_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, DOCS / shot.name)
+    b.send("Emulation.clearDeviceMetricsOverride")
+    b.send("Runtime.evaluate", expression="1")
+    assert _console_errors(b.events) == []
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 48), (90, 160, 220)).save(buf, format="png")
+    return buf.getvalue()

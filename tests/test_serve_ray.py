@@ -68,6 +68,17 @@ def test_two_replicas_share_the_load_and_survive_a_killed_one(ray_url, tiny_mode
         assert c.get("/readyz").json()["status"] == "ready"
         status, _, expected = _generate(c, subject)
         assert status == 200
+        # several subjects through Serve's proxy: one `image` part each, in order, and a background (issue 22)
+        from tests.test_serve import _second_png
+
+        parts = [("image", ("toy.png", subject, "image/png")), ("image", ("robot.png", _second_png(subject), "image/png")),
+                 ("background_image", ("bg.png", subject, "image/png")), *((k, (None, v)) for k, v in FIELDS.items())]
+        r = c.post("/v1/generate", files=parts)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [s["image"] for s in body["subjects"]] == ["toy.png", "robot.png"] and body["background"]["image"] == "bg.png"
+        too_many = c.post("/v1/generate", files=[("image", ("s.png", subject, "image/png"))] * 5 + [("prompt", (None, "x"))])
+        assert too_many.status_code == 422 and "at most 4 subject" in too_many.json()["error"]
 
     def worker(n: int, out: list):
         with httpx.Client(base_url=ray_url, timeout=60) as c:

@@ -58,10 +58,16 @@ def _is_our_output(path: Path, kind: str) -> bool:
         return False
 
 
-def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console) -> dict:
-    """-> {base, ip_adapter, ip_weight, engine_dir, subject, height, width, preset}."""
+def _resolve_source(preset, engine_dir, names, base, ip_adapter, images, height, width, workdir, console, background=None) -> dict:
+    """-> {base, ip_adapter, ip_weight, engine_dir, subject, subjects, background_image, height, width, preset, max_subjects,
+    background_slot}: `subject` the first subject's path (None: a grey square), `subjects` every one's."""
+    from monkey_trt.enginedir.networks import MAX_SUBJECTS_DEFAULT
+
+    images = [str(p) for p in images or ()]
     src = {"preset": preset, "engine_dir": None, "base": base, "ip_adapter": ip_adapter, "ip_weight": DEFAULT_IP_WEIGHT,
-           "subject": str(image) if image else None}
+           "subject": images[0] if images else None, "subjects": images or None,
+           "background_image": None if background is None else str(background),
+           "max_subjects": MAX_SUBJECTS_DEFAULT, "background_slot": True}
     needs_engine = any(backend_row(n).needs_engine_dir for n in names)
     if preset is not None:
         from monkey_trt.embedded.workdir import ensure_preset
@@ -74,7 +80,13 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
         with console.status(f"preparing the {preset} preset") as status:
             model_dir, edir = ensure_preset(preset, Path(workdir), height, width, engine=needs_engine, status=status.update)
         src.update(base=src["base"] or str(model_dir / "base"), ip_adapter=src["ip_adapter"] or str(model_dir / "ip-adapter"),
-                   engine_dir=str(edir) if needs_engine else None, subject=src["subject"] or str(model_dir / "subject.png"))
+                   engine_dir=str(edir) if needs_engine else None, subject=src["subject"] or str(model_dir / "subject.png"),
+                   subjects=src["subjects"] or [str(model_dir / "subject.png")])
+        if needs_engine:
+            from monkey_trt.enginedir.load import read_manifest
+
+            m = read_manifest(edir)
+            src.update(max_subjects=m.max_subjects, background_slot=m.background_slot)
     elif engine_dir is not None:
         from monkey_trt.enginedir.load import load_manifest
 
@@ -84,6 +96,8 @@ def _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, 
         src.update(engine_dir=str(engine_dir), base=src["base"] or m.source.get("base") or DEFAULT_BASE,
                    ip_adapter=src["ip_adapter"] or m.source.get("ip_adapter") or DEFAULT_IP_ADAPTER,
                    ip_weight=m.source.get("ip_weight", DEFAULT_IP_WEIGHT))
+        if needs_engine:
+            src.update(max_subjects=m.max_subjects, background_slot=m.background_slot)
     else:
         if needs_engine:
             raise MonkeyError(f"--backends {engine_dir_backends('bench')} need --engine-dir or --preset")
@@ -110,34 +124,42 @@ def _cold(name: str, src: dict, s: BenchSettings, request: Request) -> Callable[
         from monkey_trt.commands.backends import ModelSource
 
         models = ModelSource(src["base"], src["ip_adapter"], src["ip_weight"])
-        return cold_start(s.spec(name), src["engine_dir"], models, request, src["subject"])
+        return cold_start(s.spec(name), src["engine_dir"], models, request, src["subjects"], background=src["background_image"])
 
     return cold
 
 
-def run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot,
+def run_bench(preset, engine_dir, names, base, ip_adapter, images, height, width, workdir, json_out, plot,
               console: Console, settings: Callable[[int, int], BenchSettings],
-              warn: Callable[[str], None] = lambda msg: None) -> list[BackendResult]:
+              warn: Callable[[str], None] = lambda msg: None, background: Path | None = None) -> list[BackendResult]:
+    """`images`: the subject image paths (none: the preset's subject, else a grey square); `background`: a background image."""
     from monkey_trt.bench.machine_load import LoadWatch
     from monkey_trt.commands.progress import status
-    from monkey_trt.runtime.images import load_subject
+    from monkey_trt.runtime.images import check_subject_count, load_subject, load_subjects
 
+    images = list(images or ())
     settings(64, 64)  # validate every setting (backends, runs, dtype, precision, threads) before any work
-    src = _resolve_source(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, console)
+    src = _resolve_source(preset, engine_dir, names, base, ip_adapter, images, height, width, workdir, console, background)
     s = settings(src["height"], src["width"])
+    check_subject_count(s.subjects, s.background, src["max_subjects"], src["background_slot"])  # before any backend loads
     if preset is not None and src["engine_dir"] is not None:
         from monkey_trt.embedded.workdir import ensure_precision
 
         ensure_precision(Path(src["engine_dir"]), s.engine_precision, console)
     request = Request(prompt=s.prompt, height=s.height, width=s.width, seed=s.seed)
-    subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
+    if src["subjects"] and (len(src["subjects"]) > 1 or background is not None):
+        subjects, bg = load_subjects(src["subjects"], background)
+        subject = subjects if len(subjects) > 1 else subjects[0]
+    else:
+        subject = load_subject(Path(src["subject"])) if src["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
+        bg = None if background is None else load_subjects([], background)[1]
     results, outputs = [], []
     watch = LoadWatch.start()
     with status(console, "bench") as update:  # off a terminal: one line per step (a minute is never silent)
         for name in s.backends:
             r, out = bench_backend(name, _loader(name, src, s), request, subject, s,
                                    status=lambda msg, name=name: update(f"bench: {msg.replace(name, label(name, s), 1)}"),
-                                   fresh=_cold(name, src, s, request))
+                                   fresh=_cold(name, src, s, request), background=bg)
             results.append(r)
             outputs.append(out)
     watch.stop()

@@ -25,14 +25,15 @@ from monkey_trt.core.errors import MonkeyError, first_line
 CHILD_TIMEOUT_S = 1800  # an sd15-size published baseline opens in about a minute on 2 cores
 
 
-def cold_start(spec, engine_dir: str | None, models, request, subject_path: str | None, warm_up: bool = False,
-               again: bool = False) -> dict:
+def cold_start(spec, engine_dir: str | None, models, request, subject_path, warm_up: bool = False,
+               again: bool = False, background: str | None = None) -> dict:
     """Open `spec` and make one image of `request` in a fresh process; returns its figures (see the module docstring).
+    `subject_path`: a path, a list of them (several subjects) or None (a grey square); `background`: a background image.
     `warm_up`: the pipeline's warm-up after open (`warm_up_s`, counted in `total_s`); `again`: a second image
     (`second_image_s`, after `total_s`): what the first image paid more is the first-call work."""
     job = {"spec": spec.to_dict(), "engine_dir": engine_dir, "models": asdict(models) if models is not None else None,
            "request": {"prompt": request.prompt, "height": request.height, "width": request.width, "seed": request.seed},
-           "subject": subject_path, "spawned": time.time(), "warm_up": warm_up, "again": again}
+           "subject": subject_path, "background": background, "spawned": time.time(), "warm_up": warm_up, "again": again}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
                                                                    os.environ.get("PYTHONPATH")) if p)}
     try:
@@ -55,12 +56,18 @@ def _child() -> int:
     from monkey_trt.commands.backends import ModelSource, open_backend
     from monkey_trt.core.config import Request
     from monkey_trt.runtime.backend import BackendSpec
-    from monkey_trt.runtime.images import load_subject
+    from monkey_trt.runtime.images import load_subject, load_subjects
 
     spec_fields = dict(job["spec"])
     spec = BackendSpec(**spec_fields)
     request = Request(**job["request"])
-    subject = load_subject(Path(job["subject"])) if job["subject"] else Image.new("RGB", (256, 256), (128, 128, 128))
+    paths = job["subject"] if isinstance(job["subject"], list) else [job["subject"]] if job["subject"] else []
+    if len(paths) > 1 or job.get("background"):
+        subjects, background = load_subjects(paths, job.get("background"))
+        subject = subjects if len(subjects) > 1 else subjects[0] if subjects else Image.new("RGB", (256, 256), (128, 128, 128))
+    else:
+        subject = load_subject(Path(paths[0])) if paths else Image.new("RGB", (256, 256), (128, 128, 128))
+        background = None
     models = ModelSource(**job["models"]) if job["models"] else None
     imports_s = time.perf_counter() - t_start
     t0 = time.perf_counter()
@@ -72,6 +79,8 @@ def _child() -> int:
         pipe.warm_up()
         out["warm_up_s"] = time.perf_counter() - t
     kwargs = {"batch_passes": spec.batch_passes} if "batch_passes" in spec.row.options else {}
+    if background is not None:
+        kwargs["background"] = background
     t1 = time.perf_counter()
     pipe(request, subject, **kwargs)
     out["first_image_s"] = time.perf_counter() - t1

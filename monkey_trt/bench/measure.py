@@ -50,6 +50,8 @@ class BenchSettings:
     seed: int = 0
     workdir: str | None = None  # ort with an ORT graph cache: ORT's optimised graphs go to <workdir>/ort-optimized
     cold_process: bool = True  # also open each backend and make one image in a fresh process (bench/coldstart.py)
+    subjects: int = 1  # subject images per generation (S; several: every backend but published)
+    background: bool = False  # a background image beside them
 
     def __post_init__(self) -> None:
         if not 1 <= self.runs <= 1000 or not 0 <= self.warmup <= 100 or not 0 <= self.soak <= 100000:
@@ -58,6 +60,11 @@ class BenchSettings:
         if not self.specs or not all(isinstance(sp, BackendSpec) for sp in self.specs):
             raise MonkeyError("bench needs one BackendSpec per backend")
         check_backend_list(self.backends)
+        if isinstance(self.subjects, bool) or not isinstance(self.subjects, int) or self.subjects < 1:
+            raise MonkeyError(f"bench needs at least one subject image, got {self.subjects!r}")
+        if (self.subjects > 1 or self.background) and "published" in self.backends:
+            raise MonkeyError("the published backend runs the authors' one-subject code: bench several subjects or a "
+                              "background image on the other backends (--backends without published)")
 
     @classmethod
     def from_options(cls, backends: tuple[str, ...], height: int, width: int, options: Mapping[str, Any],
@@ -89,7 +96,8 @@ class BenchSettings:
     def to_json(self) -> dict:
         """The report's settings: the run's own, each backend option as given (the value of the first backend it applies
         to), and every backend's whole spec."""
-        d = {k: getattr(self, k) for k in ("height", "width", "runs", "warmup", "soak", "prompt", "seed", "workdir", "cold_process")}
+        d = {k: getattr(self, k) for k in ("height", "width", "runs", "warmup", "soak", "prompt", "seed", "workdir", "cold_process",
+                                          "subjects", "background")}
         d["backends"] = list(self.backends)
         for name in CLI_OPTIONS:
             o = BACKEND_OPTIONS[name]
@@ -197,22 +205,25 @@ def _gpu_mib(peak: bool) -> float | None:
 
 
 # -- one backend -----------------------------------------------------------------------------
-def _plain_ip_adapter(pipe, request: Request, subject: Image.Image):
-    if hasattr(pipe, "ip_adapter"):
+def _plain_ip_adapter(pipe, request: Request, subject, background: Image.Image | None = None):
+    """Plain IP-Adapter with every image of the request (the subjects, the background), unmasked."""
+    several = isinstance(subject, (list, tuple)) or background is not None
+    if hasattr(pipe, "ip_adapter") and not several:
         return pipe.ip_adapter(request, subject, request.config.scale_final)
     from monkey_trt.runtime.method import run_ip_adapter
 
-    return run_ip_adapter(pipe, request, subject, request.config.scale_final)
+    return run_ip_adapter(pipe, request, subject, request.config.scale_final, background=background)
 
 
 def _call_labels(out) -> list[str]:
     return [f"unet {c.passes} s{c.step}" for c in out.unet_calls]
 
 
-def bench_backend(name: str, load: Callable[[], object], request: Request, subject: Image.Image, s: BenchSettings,
+def bench_backend(name: str, load: Callable[[], object], request: Request, subject, s: BenchSettings,
                   status: Callable[[str], None] = lambda msg: None,
-                  fresh: Callable[[], dict] | None = None) -> tuple[BackendResult, object]:
-    """Everything measured for one backend. Returns (result, the first timed output). `fresh`: measures a fresh
+                  fresh: Callable[[], dict] | None = None, background: Image.Image | None = None) -> tuple[BackendResult, object]:
+    """Everything measured for one backend. Returns (result, the first timed output). `subject`: one image or the
+    list of them (several subjects), `background`: the background image or None. `fresh`: measures a fresh
     process's open and first image (bench/coldstart.py), run last, when this process has let go of the backend."""
     import hashlib
 
@@ -222,6 +233,8 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
         torch.cuda.reset_peak_memory_stats()
     spec = s.spec(name)
     kwargs = {"batch_passes": spec.batch_passes} if "batch_passes" in spec.row.options else {}
+    if background is not None:
+        kwargs["background"] = background
     status(f"{name}: loading + first image")
     t0 = time.perf_counter()
     pipe = load()
@@ -241,7 +254,7 @@ def bench_backend(name: str, load: Callable[[], object], request: Request, subje
     for i in range(s.runs):
         status(f"{name}: plain IP-Adapter {i + 1}/{s.runs}")
         t = time.perf_counter()
-        _plain_ip_adapter(pipe, request, subject)
+        _plain_ip_adapter(pipe, request, subject, background)
         ip_totals.append(time.perf_counter() - t)
     stage_names = sorted({k for o in outs for k in o.timings})
     stages = {k: statistics.median(o.timings.get(k, 0.0) for o in outs) for k in stage_names}

@@ -21,7 +21,11 @@ DEMO_PROMPT = "a toy on the beach"
 
 @with_config_options
 def generate(
-    image: Path = typer.Option(..., "--image", help="Subject image (any PIL format)"),
+    image: list[Path] = typer.Option(..., "--image", metavar="<path>", help="Subject image (any PIL format); repeat it for several subjects, in "
+                                     "order (at most the engine's max_subjects: 4 unless exported otherwise); --subject-scales "
+                                     "gives each its IP scale"),
+    background_image: Optional[Path] = typer.Option(None, "--background-image", help="Background image: one more IP image, "
+                                                    "applied where no subject's mask is (--background-scale)"),
     prompt: str = knob_option(REQUEST["prompt"]),
     out: Path = typer.Option(..., "--out", help="Output folder (missing parents are created; a re-run replaces only the files it wrote)"),
     base: Optional[str] = typer.Option(None, help=f"Base LCM model: hub id or diffusers folder [default: the engine's source, else {DEFAULT_BASE}]"),
@@ -49,7 +53,8 @@ def generate(
     baseline_scale: Optional[float] = typer.Option(None, "--baseline-scale", help="IP scale of the baseline (default: scale_final)"),
     knob_values: Optional[dict] = None,  # the MonkeyConfig options (appended by with_config_options)
 ):
-    """Run MONKEY once: pass 1 -> subject mask -> pass 2; write monkey.png, mask.png, overlay.png, result.json."""
+    """Run MONKEY once: pass 1 -> subject mask(s) -> pass 2; write monkey.png, mask.png, overlay.png, result.json
+    (several --image: also mask_N.png and overlay_N.png per subject)."""
     import time
 
     from monkey_trt.commands.generate import GenerateJob, default_backend, resolve_defaults, run_generate, summary
@@ -72,10 +77,10 @@ def generate(
         config.check_model(d.dims)
     request = Request(prompt=prompt, height=d.height, width=d.width, seed=seed, config=config)
     job = GenerateJob(
-        request=request, image=image, out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
+        request=request, images=tuple(image), out=out, base=d.base, ip_adapter=d.ip_adapter, ip_weight=ip_weight,
         spec=spec, engine_dir=engine_dir, noise=noise, save_arrays=save_arrays,
         baseline_scale=(baseline_scale if baseline_scale is not None else config.scale_final) if baseline else None,
-        dims=d.dims,
+        dims=d.dims, background=background_image, max_subjects=d.max_subjects, background_slot=d.background_slot,
     )
     with quiet_libraries():
         done = run_generate(job, console)
@@ -114,7 +119,7 @@ def demo(
         with status(console, "preparing the embedded tiny model") as update:
             model_dir, engine_dir = ensure_preset("tiny", workdir, size, size, engine=backend_row(backend).needs_engine_dir, status=update)
         job = GenerateJob(
-            request=request, image=model_dir / "subject.png", out=out, base=str(model_dir / "base"),
+            request=request, images=(model_dir / "subject.png",), out=out, base=str(model_dir / "base"),
             ip_adapter=str(model_dir / "ip-adapter"), spec=spec, baseline_scale=request.config.scale_final,
             engine_dir=engine_dir if backend_row(backend).needs_engine_dir else None,
         )
@@ -133,7 +138,9 @@ def bench(
     backends: str = typer.Option("published,torch,ort", "--backends", help=f"Comma list of {backend_choices('bench', sep=', ')}"),
     base: Optional[str] = typer.Option(None, help="torch/published: base model (default: preset, manifest, else the hub model)"),
     ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="torch/published: IP-Adapter (default like --base)"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Subject (default: the preset's subject, else a grey square)"),
+    image: Optional[list[Path]] = typer.Option(None, "--image", metavar="<path>", help="Subject (default: the preset's subject, else a grey square); "
+                                               "repeat it to bench several subjects in one generation (S, recorded in --json)"),
+    background_image: Optional[Path] = typer.Option(None, "--background-image", help="Also a background image in every generation"),
     height: Optional[int] = typer.Option(None, help="Default: the manifest's opt size, 128 (tiny), 256 (sd15), else 512"),
     width: Optional[int] = typer.Option(None),
     runs: int = typer.Option(3, help="Timed runs per backend (and as many plain IP-Adapter runs)"),
@@ -171,12 +178,13 @@ def bench(
         options = dict(device=device, dtype=dtype, cuda_graph=cuda_graph, batch_passes=batch_passes, precision=precision,
                        threads=threads, providers=split_list(providers), fp16=fp16, tf32=tf32, verify=verify)
         return BenchSettings.from_options(names, h, w, options, ort_cache=ort_cache is not False, runs=runs, warmup=warmup, soak=soak,
-                                          workdir=str(workdir), cold_process=cold)
+                                          workdir=str(workdir), cold_process=cold, subjects=max(1, len(image or ())),
+                                          background=background_image is not None)
 
     settings(64, 64)  # every backend's spec checked before any work
     with quiet_libraries():
         run_bench(preset, engine_dir, names, base, ip_adapter, image, height, width, workdir, json_out, plot, console, settings,
-                  warn=warn)
+                  warn=warn, background=background_image)
 
 
 def serve(
@@ -246,7 +254,9 @@ def serve(
 
 
 def eval_(
-    subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names"),
+    subjects: Path = typer.Option(..., "--subjects", help="Folder of subject images (or of subfolders of them); words from subjects.csv/.json or the names. "
+                                  "One subject per image, as in the paper's single-subject DreamBooth protocols: several subjects in one "
+                                  "picture are not scored (CLIP-I/DINO would mix their identities; docs/eval.md)"),
     out: Path = typer.Option(..., "--out", help="Output folder; an interrupted run continues where it stopped"),
     prompts: str = typer.Option("paper", "--prompts", help="paper (the paper's 20 location prompts) or a UTF-8 text file: one prompt per line, "
                                 "appended to the subject ('on the beach' -> 'a dog on the beach') or with {subject} where it goes; "
@@ -272,7 +282,8 @@ def eval_(
     judge_device: str = typer.Option("auto", "--judge-device", help="Where the judges run: auto (cuda if present) | cpu | cuda"),
     judge_batch: int = typer.Option(32, "--judge-batch", help="Images scored per judge batch"),
 ):
-    """The paper's evaluation: CLIP-T, CLIP-I, DINO per image (+ mask IoU and PSNR vs fp32); summary beside Table 1."""
+    """The paper's evaluation: CLIP-T, CLIP-I, DINO per image (+ mask IoU and PSNR vs fp32); summary beside Table 1.
+    One subject per image (the paper's DreamBooth protocols); several subjects in one picture: `generate --image ... --image ...`."""
     from monkey_trt.core.extras import require_extra
 
     check_sides(height, width)

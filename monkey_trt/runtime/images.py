@@ -50,6 +50,62 @@ def decode_subject(data: bytes, name: str = "upload") -> Image.Image:
     return _decode_subject(io.BytesIO(data), repr(name))
 
 
+def image_label(index: int | None, name: str | None) -> str:
+    """How an error names one of a request's images: `subject 2 (cat.png)`, `background (bg.png)`; index None: the background."""
+    what = "background" if index is None else f"subject {index}"
+    return f"{what} ({name})" if name else what
+
+
+def decode_images(items, decode, background=None) -> tuple[list[Image.Image], Image.Image | None]:
+    """Decode several subjects (and a background) with `decode(source)`: items and background are (name, source)
+    pairs. A failure names which image (`subject 2 (cat.png): ...`, `background (bg.png): ...`); one subject without a
+    background keeps `decode`'s own message, as before several were possible. Used by every face: the CLI (files), the
+    API (runtime.pipeline.load_images: files or PIL images), the HTTP service (uploads)."""
+    items = list(items)
+    alone = len(items) == 1 and background is None
+
+    def one(index: int | None, name: str | None, source) -> Image.Image:
+        try:
+            return decode(source)
+        except MonkeyError as e:
+            if alone:
+                raise
+            raise MonkeyError(f"{image_label(index, name)}: {e}") from None
+
+    subjects = [one(i, name, source) for i, (name, source) in enumerate(items, 1)]
+    return subjects, None if background is None else one(None, *background)
+
+
+def check_subject_count(subjects: int, background: bool, max_subjects: int, background_slot: bool = True) -> None:
+    """A request's images against an engine: 1..max_subjects subjects, a background only beside subjects and only
+    where the engine has the background slot (a directory exported before several subjects were possible has not).
+    The faces call it before any model loads; run_monkey (runtime.method.check_subjects) with the engine."""
+    if subjects < 1:
+        raise MonkeyError("no subject image given: MONKEY needs at least one subject image" +
+                          (" (a background image goes beside subjects)" if background else ""))
+    if subjects > max_subjects:
+        raise MonkeyError(f"{subjects} subject images given: this engine takes at most {max_subjects} subject"
+                          f"{'s' if max_subjects != 1 else ''} (manifest max_subjects); re-export with --max-subjects")
+    if background and not background_slot:
+        raise MonkeyError("this engine directory was exported before background images (its manifest has no "
+                          "max_subjects): re-export it to use a background image")
+
+
+def check_image_options(config, subjects: int, background: bool) -> None:
+    """The knobs about a request's images (MonkeyConfig `config`): `subject_scales` one per subject (or none), and
+    `background_scale` only beside a background image (else it would silently do nothing)."""
+    config.subject_weights(subjects)
+    if not background and config.background_scale != type(config)().background_scale:
+        raise MonkeyError("background_scale applies to a background image: give one (--background-image, the "
+                          "background_image part) or drop background_scale")
+
+
+def load_subjects(paths, background=None) -> tuple[list[Image.Image], Image.Image | None]:
+    """`load_subject` for each file of `paths` (and `background`): an error names which (`subject 2 (cat.png): ...`)."""
+    return decode_images([(Path(p).name, p) for p in paths], load_subject,
+                         None if background is None else (Path(background).name, background))
+
+
 def check_subject_size(width: int, height: int, name: str) -> None:
     """Refuse a subject by its header size, before anything is allocated for its pixels: zero or over
     MAX_IMAGE_SIDE a side, over MAX_IMAGE_PIXELS in all, or longer than MAX_ASPECT_RATIO times its short side."""

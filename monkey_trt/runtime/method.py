@@ -44,6 +44,7 @@ from PIL import Image
 from monkey_trt.core.config import MonkeyConfig, Request, knobs
 from monkey_trt.core.errors import MonkeyError, NonFiniteOutput
 from monkey_trt.enginedir.networks import ModelDims
+from monkey_trt.runtime.images import check_image_options, check_subject_count
 from monkey_trt.runtime.mask import MaskResult, SubjectMasks, extract_subject_masks, union_mask
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.outputs import request_record
@@ -149,13 +150,8 @@ def max_ip_images(engine: Any) -> int:
 
 def check_subjects(engine: Any, subjects: Sequence[Image.Image], background: Image.Image | None) -> None:
     """The subject count against the engine's limit, and whether it takes a background (one line each)."""
-    most = int(getattr(engine, "max_subjects", 1))
-    if len(subjects) > most:
-        raise MonkeyError(f"{len(subjects)} subject images given: this engine takes at most {most} subject"
-                          f"{'s' if most != 1 else ''} (manifest max_subjects); re-export with --max-subjects")
-    if background is not None and len(subjects) + 1 > max_ip_images(engine):
-        raise MonkeyError("this engine directory was exported before background images (its manifest has no "
-                          "max_subjects): re-export it to use a background image")
+    most = int(getattr(engine, "max_subjects", 1))  # the faces' check (runtime.images), with this engine's limits
+    check_subject_count(len(subjects), background is not None, most, len(subjects) + 1 <= max_ip_images(engine))
     if background is not None and min(background.size) < 1:
         raise MonkeyError(f"background image is empty ({background.size[0]}x{background.size[1]})")
 
@@ -470,6 +466,7 @@ def run_monkey(
     subjects = subject_list(subjects)
     check_subjects(engine, subjects, background)
     c = request.config
+    check_image_options(c, len(subjects), background is not None)  # as the CLI and HTTP faces: scales per subject, no idle background_scale
     planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
                     request.height, request.width)
     explicit_noise = noise is not None
@@ -552,6 +549,7 @@ def run_ip_adapter(engine: Networks, request: Request, subjects: Image.Image | S
     subjects = subject_list(subjects)
     check_subjects(engine, subjects, background)
     c = request.config
+    check_image_options(c, len(subjects), background is not None)  # as the CLI and HTTP faces: scales per subject, no idle background_scale
     planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
                     request.height, request.width)
     noise = _prepare(engine, request, noise)

@@ -26,7 +26,7 @@ from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.manifest import TOKENIZER_FILE, Manifest
 from monkey_trt.enginedir.networks import MAP_NETWORK, MAP_OUTPUT, NETWORKS
 from monkey_trt.runtime.backend import BackendSpec, backend_names, backend_row
-from monkey_trt.runtime.images import clip_preprocess, load_subject
+from monkey_trt.runtime.images import clip_preprocess, decode_images, load_subject
 from monkey_trt.runtime.method import check_run_options, run_monkey, subject_list
 from monkey_trt.runtime.noise import NoisePlan
 from monkey_trt.runtime.result import MonkeyOutput
@@ -41,26 +41,18 @@ WATCHED_NETWORKS = ("image_encoder", "vae_decoder")  # watch_network: the networ
 def load_images(images, what: str = "subject") -> tuple[list[Image.Image], str | list[str | None] | None]:
     """One image or a list (file paths or PIL images) -> (the PIL images, what result.json records: the path of one
     image, a list for several, None for one PIL image). A file that cannot be read is one line naming which: with
-    several, "subject 2 (cat.png): ..."."""
+    several, "subject 2 (cat.png): ..." (runtime.images.decode_images, as every face names them)."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise MonkeyError(f"no {what} image given: MONKEY needs at least one {what} image")
-    loaded, paths = [], []
-    for k, item in enumerate(items, 1):
-        if isinstance(item, Image.Image):
-            loaded.append(item)
-            paths.append(None)
-            continue
-        try:
-            loaded.append(load_subject(item))
-        except MonkeyError as e:
-            if len(items) == 1 and what == "subject":
-                raise  # one subject: the line it always was
-            name = Path(item).name if isinstance(item, (str, Path)) else type(item).__name__
-            raise MonkeyError(f"{what}{f' {k}' if len(items) > 1 else ''} ({name}): {e}") from None
-        paths.append(str(item))
-    recorded = paths if len(items) > 1 else paths[0]
-    return loaded, recorded
+    named = [(Path(i).name if isinstance(i, (str, Path)) else type(i).__name__, i) for i in items]
+    one = lambda item: item if isinstance(item, Image.Image) else load_subject(item)  # noqa: E731
+    if what == "subject":
+        loaded, _ = decode_images(named, one)
+    else:  # the background: one image (generate() refuses more), named as such
+        loaded = [decode_images([], one, n)[1] for n in named]
+    paths = [None if isinstance(i, Image.Image) else str(i) for i in items]
+    return loaded, paths if len(items) > 1 else paths[0]
 
 
 # -- loading ---------------------------------------------------------------------------------

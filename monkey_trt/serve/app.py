@@ -1,7 +1,8 @@
 """The ASGI app (FastAPI): HTTP onto a `MonkeyService`.
 
     GET  /              a page to try it in a browser (serve/page.html: self-contained, no CDN)
-    POST /v1/generate   multipart (file `image` + fields) or JSON (`image` base64) -> JSON or image/png
+    POST /v1/generate   multipart (file `image`, repeated per subject, optional file `background_image` + fields) or JSON
+                        (`image` base64 or a list of them, `background_image` base64) -> JSON or image/png
     POST /v1/generate/stream   the same request -> server-sent events: progress, then the JSON answer (serve/stream.py)
     GET  /healthz       the process is alive
     GET  /readyz        the engine is loaded and warmed (503 before)
@@ -41,19 +42,24 @@ from starlette.requests import ClientDisconnect
 
 from monkey_trt.core import __version__
 from monkey_trt.core.errors import MonkeyError
-from monkey_trt.runtime.images import decode_subject
+from monkey_trt.runtime.images import decode_images, decode_subject
+from monkey_trt.runtime.outputs import subjects_record
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.schema import (
+    BACKGROUND_FIELD,
     IMAGE_FIELD,
+    IMAGE_FIELDS,
     ApiError,
     GenerateParams,
+    Upload,
+    Uploads,
     check_json_types,
     generate_responses,
-    image_from_json,
     parse_fields,
     request_body_schema,
     simple_responses,
     stream_responses,
+    uploads_from_json,
 )
 from monkey_trt.serve.service import MonkeyService, encode_output
 from monkey_trt.serve.stream import EventStream
@@ -155,40 +161,54 @@ class ServeMiddleware:
 
 
 # -- reading a request -----------------------------------------------------------------------
-async def read_generate_request(request: Request) -> tuple[dict[str, Any], bytes]:
-    """-> (fields without the image, image bytes); multipart/form-data or application/json."""
+async def read_generate_request(request: Request, max_images: int = 2) -> tuple[dict[str, Any], Uploads]:
+    """-> (fields without the images, the images undecoded); multipart/form-data or application/json.
+    `max_images`: the file parts a form may hold (the engine's subjects + the background; one more is refused by name)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=2, max_fields=64)
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=64)
+        except StarletteHTTPException as e:  # one part over the engine's images is ours to refuse by name (svc.check)
+            if str(e.detail).startswith("Too many files"):
+                raise ApiError(422, f"more than {max_images + 1} image parts: this engine takes at most {max_images - 1} subject "
+                                    "image(s) (manifest max_subjects) and one background image") from None
+            raise
         fields: dict[str, Any] = {}
-        image = None
+        subjects: list[Upload] = []
+        background = None
         try:
             for key, value in form.multi_items():
-                if key in fields or (key == IMAGE_FIELD and image is not None):
+                if key in fields or (key == BACKGROUND_FIELD and background is not None):
                     raise ApiError(400, f"field {key!r} is given more than once")
-                if key == IMAGE_FIELD:
+                if key in IMAGE_FIELDS:
                     if not isinstance(value, UploadFile):
-                        raise ApiError(400, "field 'image' must be a file upload (multipart file part)")
-                    image = await value.read()
+                        raise ApiError(400, f"field {key!r} must be a file upload (multipart file part)")
+                    upload = Upload(value.filename or None, await value.read())
+                    if key == IMAGE_FIELD:
+                        subjects.append(upload)  # in the order of the parts
+                    else:
+                        background = upload
                 elif isinstance(value, UploadFile):
                     raise ApiError(400, f"field {key!r} must be a plain form value, not a file")
                 else:
                     fields[key] = value
         finally:
             await form.close()  # spooled uploads are temporary files
-        if image is None:
-            raise ApiError(400, "field 'image' (the subject image file) is required")
-        return fields, image
+        if not subjects:
+            raise ApiError(400, "field 'image' (the subject image file) is required" +
+                           ("; a background image goes beside subject images" if background is not None else ""))
+        return fields, Uploads(tuple(subjects), background)
     if ctype == "application/json":
         body = await run_in_threadpool(parse_json, await request.body())
         if not isinstance(body, dict):
             raise ApiError(400, "the JSON body must be an object")
         if IMAGE_FIELD not in body:
-            raise ApiError(400, "field 'image' (the subject image, base64) is required")
-        fields = {k: v for k, v in body.items() if k != IMAGE_FIELD}
+            raise ApiError(400, "field 'image' (the subject image, base64) is required" +
+                           ("; a background image goes beside subject images" if BACKGROUND_FIELD in body else ""))
+        fields = {k: v for k, v in body.items() if k not in IMAGE_FIELDS}
         check_field_sizes(fields)  # before a value is quoted in an error
         check_json_types(fields)
-        return fields, image_from_json(body[IMAGE_FIELD])
+        return fields, uploads_from_json(body)
     raise ApiError(415, f"Content-Type must be multipart/form-data or application/json, got {ctype or 'none'!r}")
 
 
@@ -254,12 +274,15 @@ def check_field_sizes(fields: dict[str, Any]) -> None:
                                 f"of at most {MAX_FIELD_CHARS} characters")
 
 
-def subject_decoder(data: bytes):
-    """The upload's decoder, for the inference thread (one decode at a time, inside the request's slot)."""
+def images_decoder(uploads: Uploads):
+    """The uploads' decoder, for the inference thread (one decode at a time, inside the request's slot):
+    -> (subjects, background); a bad image is a 400 naming which (`subject 2 (cat.png): ...`)."""
 
     def decode():
+        bg = uploads.background
         try:
-            return decode_subject(data, IMAGE_FIELD)
+            return decode_images([(u.name, (IMAGE_FIELD, u.data)) for u in uploads.subjects], lambda src: decode_subject(src[1], src[0]),
+                                 None if bg is None else (bg.name, (BACKGROUND_FIELD, bg.data)))
         except MonkeyError as e:
             raise ApiError(400, str(e)) from None
 
@@ -284,22 +307,22 @@ def as_api_error(e: Exception, request_id: str) -> ApiError:
     return ApiError(500, f"internal error (request id {request_id}; see the server log)")
 
 
-async def admitted_request(svc: MonkeyService, request: Request) -> tuple[Slot, GenerateParams, bytes]:
-    """A generate request admitted (429 if the queue is full), read and checked: (its slot, params, image bytes).
+async def admitted_request(svc: MonkeyService, request: Request) -> tuple[Slot, GenerateParams, Uploads]:
+    """A generate request admitted (429 if the queue is full), read and checked: (its slot, params, its images undecoded).
     On failure its slot is released and the ApiError raised."""
     try:
         slot = svc.worker.admit()  # before the body is read: the queue bound bounds memory too
     except QueueFull as e:
         raise busy(svc, e) from None
     try:
-        fields, image_bytes = await read_generate_request(request)
+        fields, uploads = await read_generate_request(request, svc.max_subjects + 1)
         check_field_sizes(fields)
         params = parse_fields(fields, svc.default_size)
-        svc.check(params)  # engine limits (422) before the image is decoded
+        svc.check(params, len(uploads.subjects), uploads.background is not None)  # engine limits (422) before any image is decoded
     except Exception as e:  # noqa: BLE001 (every failure becomes one ApiError; an unexpected one is logged there)
         slot.release()
         raise as_api_error(e, request.state.request_id) from None
-    return slot, params, image_bytes
+    return slot, params, uploads
 
 
 async def _client_gone(request: Request) -> None:
@@ -354,8 +377,10 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         as a float (an integer field showed `64.0`, the seed's maximum `9.223372036854776e+18`)."""
         if app.openapi_schema is None:
             doc = generated()
-            for path, extra in ((GENERATE, _OPENAPI_GENERATE), (GENERATE_STREAM, _OPENAPI_STREAM)):
-                doc["paths"][path]["post"]["requestBody"] = extra["requestBody"]
+            svc = app.state.service
+            most = svc.max_subjects if svc is not None and svc.pipe is not None else None  # this engine's subject images
+            for path in (GENERATE, GENERATE_STREAM):
+                doc["paths"][path]["post"]["requestBody"] = request_body_schema(most)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -407,7 +432,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
             why = (svc.warm_error if svc else None) or "engine not loaded and warmed yet"
             return _error(503, why, request.state.request_id, {"Retry-After": "1"})
         return {"status": "ready", "engine_dir": str(svc.config.engine_dir), "backend": svc.config.spec.backend,
-                "replica": svc.replica, "queue_depth": svc.worker.depth}
+                "replica": svc.replica, "queue_depth": svc.worker.depth, "max_subjects": svc.max_subjects}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, openapi_extra={"responses": simple_responses(
         {"type": "string"}, "Prometheus text format 0.0.4", 503, media="text/plain")})
@@ -415,14 +440,14 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         svc = current(request)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post(GENERATE, summary="MONKEY: subject image + prompt -> image and mask", openapi_extra=_OPENAPI_GENERATE)
+    @app.post(GENERATE, summary="MONKEY: subject image(s) + prompt -> image and mask(s)", openapi_extra=_OPENAPI_GENERATE)
     async def generate(request: Request):
         svc = current(request)
         rid = request.state.request_id
         t0 = time.perf_counter()
-        slot, params, image_bytes = await admitted_request(svc, request)
+        slot, params, uploads = await admitted_request(svc, request)
         try:
-            out, hits, queue_s = await until_client_leaves(request, svc.generate(params, subject_decoder(image_bytes), slot))
+            out, hits, queue_s = await until_client_leaves(request, svc.generate(params, images_decoder(uploads), slot))
             files = await run_in_threadpool(encode_output, out)
         except Exception as e:  # noqa: BLE001 (as above)
             raise as_api_error(e, rid) from None
@@ -434,7 +459,7 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
             return Response(files["image_png"], media_type="image/png",
                             headers={"X-Seed": str(params.request.seed), "X-Mask-Coverage": f"{out.mask.coverage:.6f}"})
         timings = {**out.timings, "queue": queue_s, "total": total}
-        return result_json(rid, svc.replica, params, out, hits, timings, files)
+        return result_json(rid, svc.replica, params, out, hits, timings, files, uploads)
 
     @app.post(GENERATE_STREAM, summary="MONKEY with streamed progress (server-sent events)", response_class=EventStream, status_code=200,
               openapi_extra=_OPENAPI_STREAM)
@@ -444,18 +469,18 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
         t0 = time.perf_counter()
         if not svc.ready.is_set():  # refused with its status, before any event
             raise ApiError(503, "the engine is still warming up; retry shortly", {"Retry-After": "1"})
-        slot, params, image_bytes = await admitted_request(svc, request)
+        slot, params, uploads = await admitted_request(svc, request)
 
         async def run(watch) -> dict[str, Any]:
             try:
-                out, hits, queue_s = await svc.generate(params, subject_decoder(image_bytes), slot, watch)
+                out, hits, queue_s = await svc.generate(params, images_decoder(uploads), slot, watch)
                 watch.encoding()
                 files = await run_in_threadpool(encode_output, out)
             except Exception as e:  # noqa: BLE001 (as above)
                 raise as_api_error(e, rid) from None
             total = time.perf_counter() - t0
             svc.metrics.latency.observe(total)
-            return result_json(rid, svc.replica, params, out, hits, {**out.timings, "queue": queue_s, "total": total}, files)
+            return result_json(rid, svc.replica, params, out, hits, {**out.timings, "queue": queue_s, "total": total}, files, uploads)
 
         def end(status: int) -> None:
             slot.release()
@@ -467,17 +492,27 @@ def create_app(service: MonkeyService | None = None, max_body_bytes: int | None 
 
 
 def result_json(request_id: str, replica: str, params: GenerateParams, out: MonkeyOutput, hits: dict[str, bool],
-                timings: dict[str, float], files: dict[str, bytes]) -> dict[str, Any]:
-    """The JSON answer of /v1/generate (the fields of `monkey-trt generate`'s result.json, plus the PNGs)."""
+                timings: dict[str, float], files: dict[str, bytes], uploads: Uploads) -> dict[str, Any]:
+    """The JSON answer of /v1/generate (the fields of `monkey-trt generate`'s result.json, plus the PNGs): `mask` and
+    `mask_png` as with one subject (several: their union), `subjects` each with its own mask, `overlap`, `background`."""
     r = params.request
+    b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
+    names = {"subject": [u.name for u in uploads.subjects], "background_image": None if uploads.background is None else uploads.background.name}
+    listed = subjects_record(out, names)  # result.json's `subjects`, `overlap`, `background`: the uploads' file names
+    subjects, background = listed["subjects"], listed["background"]
+    for i, entry in enumerate(subjects, 1):
+        entry["mask_png"] = b64(files.pop(f"mask_{i}_png"))
+    if background is not None:
+        background["mask_png"] = b64(files.pop("background_mask_png"))
     return {
         "request_id": request_id, "replica": replica, "backend": out.backend, "prompt": r.prompt, "seed": r.seed,
         "height": r.height, "width": r.width, "config": r.config.to_dict(), "baseline_scale": params.baseline_scale,
         "mask": {"coverage": out.mask.coverage, "grid": list(out.mask.grid), "degenerate_steps": list(out.mask.degenerate_steps)},
+        "subjects": subjects, "overlap": out.overlap, "background": background,
         "prompt_truncated": out.prompt_truncated, "warnings": list(out.warnings),
         "cache": {name: "hit" if hit else "miss" for name, hit in hits.items()},
         "timings_s": {k: round(v, 6) for k, v in timings.items()},
-        **{k: base64.b64encode(v).decode("ascii") for k, v in files.items()},  # image_png, mask_png[, baseline_png]
+        **{k: b64(v) for k, v in files.items()},  # image_png, mask_png[, baseline_png]
     }
 
 
@@ -487,6 +522,7 @@ _OPENAPI_GENERATE = {
 }
 _OPENAPI_STREAM = {"requestBody": request_body_schema(), "responses": stream_responses()}
 _HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}
-_READY = {"type": "object", "required": ["status", "engine_dir", "backend", "replica", "queue_depth"], "properties": {
+_READY = {"type": "object", "required": ["status", "engine_dir", "backend", "replica", "queue_depth", "max_subjects"], "properties": {
     "status": {"type": "string", "enum": ["ready"]}, "engine_dir": {"type": "string"}, "backend": {"type": "string"},
-    "replica": {"type": "string"}, "queue_depth": {"type": "integer", "description": "requests queued behind the running one"}}}
+    "replica": {"type": "string"}, "queue_depth": {"type": "integer", "description": "requests queued behind the running one"},
+    "max_subjects": {"type": "integer", "description": "subject images one request may hold (the engine's manifest)"}}}

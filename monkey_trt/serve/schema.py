@@ -108,7 +108,9 @@ FIELD_KNOBS: dict[str, Knob] = {
 }
 KNOBS: dict[str, Callable[[str, Any], Any]] = {name: _converter(k) for name, k in knobs(MonkeyConfig).items()}
 FIELDS: dict[str, Callable[[str, Any], Any]] = {name: _converter(k) for name, k in FIELD_KNOBS.items()}
-IMAGE_FIELD = "image"
+IMAGE_FIELD = "image"  # a subject image; repeated (multipart parts, or a JSON list) for several subjects, in order
+BACKGROUND_FIELD = "background_image"  # optional: the background image (its mask: where no subject's mask is)
+IMAGE_FIELDS = (IMAGE_FIELD, BACKGROUND_FIELD)
 MAX_PROMPT_CHARS = 4096  # far beyond 77 tokens; longer prompts are truncated anyway, refuse absurd ones
 
 
@@ -145,7 +147,7 @@ def parse_fields(fields: dict[str, Any], default_size: tuple[int, int]) -> Gener
     """Fields (image excluded) -> GenerateParams; `default_size` (height, width) is the engine's opt size."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
-        raise ApiError(400, f"unknown field {unknown[0]!r}; known fields: image, {', '.join(FIELDS)}")
+        raise ApiError(400, f"unknown field {unknown[0]!r}; known fields: {', '.join(IMAGE_FIELDS)}, {', '.join(FIELDS)}")
     v = {k: FIELDS[k](k, x) for k, x in fields.items() if x is not None}
     if "prompt" not in v:
         raise ApiError(400, "field 'prompt' is required")
@@ -164,16 +166,46 @@ def parse_fields(fields: dict[str, Any], default_size: tuple[int, int]) -> Gener
     return GenerateParams(request, baseline_scale)
 
 
-def image_from_json(value: Any) -> bytes:
-    """The JSON body's `image`: base64 (standard alphabet, optional data: URL prefix) -> bytes."""
+@dataclass(frozen=True)
+class Upload:
+    """One image of a request: its name (the multipart file name; None in JSON) and its undecoded bytes."""
+
+    name: str | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """A request's images, undecoded: the subjects in order, and the background image if one was sent."""
+
+    subjects: tuple[Upload, ...]
+    background: Upload | None = None
+
+
+def image_from_json(value: Any, field: str = IMAGE_FIELD) -> bytes:
+    """One base64 image of a JSON body (standard alphabet, optional data: URL prefix) -> bytes."""
+    what = "the background image" if field == BACKGROUND_FIELD else "the subject image"
     if not isinstance(value, str) or not value:
-        raise ApiError(400, "field 'image' must be the subject image as a base64 string")
+        raise ApiError(400, f"field {field!r} must be {what} as a base64 string" +
+                       (" (or a list of them, one per subject)" if field == IMAGE_FIELD else ""))
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "field 'image' is not valid base64") from None
+        raise ApiError(400, f"field {field!r} is not valid base64") from None
+
+
+def uploads_from_json(body: dict[str, Any]) -> Uploads:
+    """The JSON body's images: `image` one base64 string or a list of them (one per subject, in order), and
+    `background_image` one base64 string."""
+    value = body[IMAGE_FIELD]
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ApiError(400, "field 'image' is an empty list: give at least one subject image")
+    subjects = tuple(Upload(None, image_from_json(v)) for v in values)
+    background = body.get(BACKGROUND_FIELD)
+    return Uploads(subjects, None if background is None else Upload(None, image_from_json(background, BACKGROUND_FIELD)))
 
 
 # -- OpenAPI ----------------------------------------------------------------------------------
@@ -203,14 +235,30 @@ def field_schema(k: Knob, form: bool) -> dict[str, Any]:
     return schema
 
 
-def request_body_schema() -> dict[str, Any]:
-    """`requestBody` of POST /v1/generate: multipart (the image as a file) or JSON (the image as base64)."""
+BACKGROUND_HELP = ("optional background image (any PIL format): one more IP image, applied where no subject's mask is, "
+                   "at background_scale")
+
+
+def request_body_schema(max_subjects: int | None = None) -> dict[str, Any]:
+    """`requestBody` of POST /v1/generate: multipart (the images as files) or JSON (the images as base64);
+    `max_subjects`: the engine's limit, as the subject images' maxItems (None: not known here)."""
+    most = {} if max_subjects is None else {"maxItems": max_subjects}
+
     def body(form: bool) -> dict[str, Any]:
-        image = {"type": "string", "format": "binary", "description": "subject image (any PIL format)"} if form else \
-            {"type": "string", "description": "subject image (any PIL format), base64 (a data: URL prefix is accepted)"}
+        several = ("one part per subject, in order (repeat the part; at most the engine's max_subjects, /readyz)" if form else
+                   "one per subject, in order (at most the engine's max_subjects, /readyz)")
+        if form:
+            image = {"type": "array", "minItems": 1, **most, "items": {"type": "string", "format": "binary"},
+                     "description": f"subject image (any PIL format): {several}"}
+            background = {"type": "string", "format": "binary", "description": BACKGROUND_HELP}
+        else:
+            b64 = {"type": "string", "description": "base64 (a data: URL prefix is accepted)"}
+            image = {"oneOf": [b64, {"type": "array", "minItems": 1, **most, "items": b64}],
+                     "description": f"subject image (any PIL format), base64, or a list of them: {several}"}
+            background = {**b64, "description": BACKGROUND_HELP + ", base64"}
         return {"schema": {
             "type": "object", "required": [IMAGE_FIELD, *[n for n, k in FIELD_KNOBS.items() if k.required]],
-            "properties": {IMAGE_FIELD: image, **{n: field_schema(k, form) for n, k in FIELD_KNOBS.items()}},
+            "properties": {IMAGE_FIELD: image, BACKGROUND_FIELD: background, **{n: field_schema(k, form) for n, k in FIELD_KNOBS.items()}},
             "additionalProperties": False,
         }}
 
@@ -226,11 +274,13 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 _ERRORS = {
-    400: "bad request: a field is unknown, of the wrong type or out of range; bad image; bad JSON",
+    400: "bad request: a field is unknown, of the wrong type or out of range; bad image (named: subject 2 (cat.png): ...); "
+         "subject_scales not one per subject; bad JSON",
     408: "the request body was not received in time",
     413: "the request body is larger than --max-body-mb",
     415: "Content-Type is neither multipart/form-data nor application/json",
-    422: "the request does not fit the engine (size outside its profile, mask_token beyond the model's IP tokens)",
+    422: "the request does not fit the engine (size outside its profile, mask_token beyond the model's IP tokens, more subject "
+         "images than its max_subjects, a background image on an engine exported before them)",
     429: "the queue is full (--max-queue); retry after Retry-After seconds",
     499: "the client closed the connection before the answer (logged and counted, never sent)",
     500: "internal error (the message carries the request id; the details are in the server log)",
@@ -263,7 +313,8 @@ def generate_response_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["request_id", "replica", "backend", "prompt", "seed", "height", "width", "config", "baseline_scale",
-                     "mask", "prompt_truncated", "warnings", "cache", "timings_s", "image_png", "mask_png"],
+                     "mask", "subjects", "overlap", "background", "prompt_truncated", "warnings", "cache", "timings_s", "image_png",
+                     "mask_png"],
         "properties": {
             "request_id": {"type": "string"},
             "replica": {"type": "string", "description": "the replica that ran the request"},
@@ -275,7 +326,7 @@ def generate_response_schema() -> dict[str, Any]:
             "config": config,
             "baseline_scale": {"type": ["number", "null"], "description": "IP scale of the plain IP-Adapter baseline; null: not asked"},
             "mask": {"type": "object", "required": ["coverage", "grid", "degenerate_steps"], "properties": {
-                "coverage": {"type": "number", "description": "fraction of the image the subject mask covers"},
+                "coverage": {"type": "number", "description": "fraction of the image the subject mask (several: their union) covers"},
                 "grid": {"type": "array", "items": {"type": "integer"}, "description": "[h, w] of the attention map the mask comes from"},
                 "degenerate_steps": {"type": "array", "items": {"type": "integer"}, "description": "mask steps whose map was flat"},
             }},
@@ -284,8 +335,24 @@ def generate_response_schema() -> dict[str, Any]:
             "cache": {"type": "object", "additionalProperties": {"type": "string", "enum": ["hit", "miss"]},
                       "description": "per encoder cache (subject, prompt): hit or miss"},
             "timings_s": {**number_map, "description": "seconds per stage, plus queue and total"},
+            "subjects": {"type": "array", "description": "the subject images in request order, each with its own mask", "items": {
+                "type": "object", "required": ["index", "image", "scale", "coverage", "lost_to_overlap", "mask_png"], "properties": {
+                    "index": {"type": "integer", "minimum": 1, "description": "1-based, in request order"},
+                    "image": {"type": ["string", "null"], "description": "the upload's file name (multipart), null in JSON"},
+                    "scale": {"type": "number", "description": "its IP scale (subject_scales, else 1)"},
+                    "coverage": {"type": "number", "description": "fraction of the image its final mask covers"},
+                    "lost_to_overlap": {"type": "number", "description": "fraction of its own raw mask given to another subject"},
+                    "mask_png": _png_b64("its final mask (0/255)"),
+                }}},
+            "overlap": {"type": "number", "description": "fraction of the image in two or more subjects' raw masks (each such pixel "
+                                                         "goes to the subject whose normalised map is highest there)"},
+            "background": {"type": ["object", "null"], "description": "the background image, null without one",
+                           "required": ["image", "scale", "coverage", "mask_png"], "properties": {
+                               "image": {"type": ["string", "null"]}, "scale": {"type": "number"},
+                               "coverage": {"type": "number", "description": "fraction of the image outside every subject mask"},
+                               "mask_png": _png_b64("where the background image applies (0/255)")}},
             "image_png": _png_b64("the MONKEY image"),
-            "mask_png": _png_b64("the subject mask (0 background, 255 subject)"),
+            "mask_png": _png_b64("the subject mask (0 background, 255 subject); several subjects: the union of their masks"),
             "baseline_png": _png_b64("the plain IP-Adapter image (only with baseline)"),
         },
     }

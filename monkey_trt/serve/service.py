@@ -21,7 +21,7 @@ from PIL import Image
 
 from monkey_trt.core.errors import MonkeyError, NonFiniteOutput
 from monkey_trt.runtime.backend import BackendSpec, backend_names
-from monkey_trt.runtime.images import to_uint8
+from monkey_trt.runtime.images import check_image_options, check_subject_count, to_uint8
 from monkey_trt.runtime.result import MonkeyOutput
 from monkey_trt.serve.encoder_cache import EncoderCaches, with_encoder_caches
 from monkey_trt.serve.metrics import ServeMetrics
@@ -82,14 +82,24 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+def mask_png(mask: np.ndarray) -> bytes:
+    """A mask [H, W] in {0, 1} as the 0/255 greyscale PNG `monkey-trt generate` writes."""
+    return png_bytes((mask > 0).astype(np.uint8) * 255, mode="L")
+
+
 def encode_output(out: MonkeyOutput) -> dict[str, bytes]:
-    """PNG files exactly as `monkey-trt generate` writes monkey.png / mask.png / ipadapter.png."""
+    """PNG files exactly as `monkey-trt generate` writes monkey.png / mask.png / ipadapter.png, and (several subjects,
+    a background) each subject's mask_N.png (`mask_1_png`, ...) and background_mask.png (`background_mask_png`)."""
     files = {
         "image_png": png_bytes(to_uint8(out.image)),
-        "mask_png": png_bytes((out.mask.mask > 0).astype(np.uint8) * 255, mode="L"),  # [H, W] 0/255
+        "mask_png": mask_png(out.mask.mask),  # [H, W] 0/255; several subjects: their union
     }
     if out.baseline_image is not None:
         files["baseline_png"] = png_bytes(to_uint8(out.baseline_image))
+    for i, m in enumerate(out.masks, 1):
+        files[f"mask_{i}_png"] = files["mask_png"] if len(out.masks) == 1 else mask_png(m.mask)
+    if out.background_mask is not None:
+        files["background_mask_png"] = mask_png(out.background_mask)
     return files
 
 
@@ -122,6 +132,11 @@ class MonkeyService:
         self.pipe = with_encoder_caches(self.worker.call(lambda: open_engine(spec, c.engine_dir)), c.subject_cache, c.prompt_cache)
         self.caches = self.pipe.caches
         return self
+
+    @property
+    def max_subjects(self) -> int:
+        """Subject images one request may hold: the engine's manifest (`max_subjects`; 1 for a directory exported before)."""
+        return self.pipe.manifest.max_subjects
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -163,35 +178,46 @@ class MonkeyService:
         self.worker.close(wait=True, last=release)
 
     # -- one request -------------------------------------------------------------------------
-    def check(self, params: GenerateParams) -> None:
-        """Engine-specific limits, before queueing: 400 for knobs outside the model's range (like any bad knob),
-        422 for sizes outside the profile / another mask layer."""
+    def check(self, params: GenerateParams, subjects: int = 1, background: bool = False) -> None:
+        """Engine-specific limits, before queueing: 400 for knobs outside the model's range (like any bad knob) and
+        subject_scales not one per subject or a background_scale without a background, 422 for sizes outside the
+        profile / another mask layer / more subject images than the engine takes / a background it has no slot for."""
         r = params.request
         try:
             r.config.check_model(self.pipe.manifest.dims)
+            check_image_options(r.config, subjects, background)
         except MonkeyError as e:
             raise ApiError(400, str(e)) from None
+        try:
+            check_subject_count(subjects, background, self.max_subjects, self.pipe.manifest.background_slot)
+        except MonkeyError as e:
+            raise ApiError(422, str(e)) from None
         why = self.pipe.manifest.profile.check(1, r.height, r.width)
         if why:
             raise ApiError(422, f"this engine cannot serve {r.height}x{r.width}: {why}")
         if r.config.mask_layer != self.pipe.manifest.mask_layer:
             raise ApiError(422, f"this engine exports the attention map of {self.pipe.manifest.mask_layer}, not {r.config.mask_layer}")
 
-    def _generate(self, params: GenerateParams, subject: Image.Image, watch: Watcher | None = None
-                  ) -> tuple[MonkeyOutput, dict[str, bool]]:
-        """On the inference thread: MONKEY + which encoder caches hit; `watch` hears its stages and UNet steps."""
+    def _generate(self, params: GenerateParams, images: Image.Image | tuple[list[Image.Image], Image.Image | None],
+                  watch: Watcher | None = None) -> tuple[MonkeyOutput, dict[str, bool]]:
+        """On the inference thread: MONKEY + which encoder caches hit; `watch` hears its stages and UNet steps.
+        `images`: one subject, or (the subjects in order, the background image or None)."""
         before = self.caches.counters()
         hooks = {} if watch is None else {"progress": watch.stage, "steps": watch.step}  # none: the pipeline as before
-        out = self.pipe(params.request, subject, baseline_scale=params.baseline_scale, **hooks)
+        subjects, background = ([images], None) if isinstance(images, Image.Image) else images
+        if background is not None:
+            hooks["background"] = background
+        out = self.pipe(params.request, subjects[0] if len(subjects) == 1 else list(subjects),
+                        baseline_scale=params.baseline_scale, **hooks)
         after = self.caches.counters()
         return out, {name: after[name][0] > before[name][0] for name in after}
 
-    async def generate(self, params: GenerateParams, subject: Image.Image | Callable[[], Image.Image],
+    async def generate(self, params: GenerateParams, subject: Image.Image | Callable[[], tuple[list[Image.Image], Image.Image | None]],
                        slot: Slot | None = None, watch: Watcher | None = None) -> tuple[MonkeyOutput, dict[str, bool], float]:
         """Queue one (already `check`ed) generation -> (output, cache hits, seconds waited in the queue).
 
-        `subject`: an image, or a function that makes one (an upload's decoder: it runs on the inference
-        thread, so one image is decoded at a time). `slot`: the request's admission, taken before its
+        `subject`: an image, or a function that makes (the subjects, the background or None) (the uploads' decoder: it
+        runs on the inference thread, so one image is decoded at a time). `slot`: the request's admission, taken before its
         body was read (`worker.admit`); without one the job takes its own. `watch`: a streamed request's
         listener (its ticket in line, the start of its job, every stage and UNet step; called on the inference thread).
         QueueFull -> 429, DeadlineExceeded -> 504, NonFiniteOutput -> 500 (with its stage), MonkeyError from the engine -> 422.
