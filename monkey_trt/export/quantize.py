@@ -302,6 +302,9 @@ def calibrate_streaming(model: Path, feeds: list[dict], method, extra: dict, ext
     options = {key: extra[name] for name, key in CALIBRATOR_OPTIONS if name in extra}
     calibrator = create_calibrator(Path(model), list(QUANT_OPS), augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=method, use_external_data_format=external, extra_options=options)
+    # its copy of the model is read only while augmenting (calibrate.py 1.32: __init__, augment_graph): once saved its
+    # weights are on disk, but protobuf's upb arena keeps all of them (the sd15 UNet: 3.4 GB) until the message goes
+    calibrator.model = None
     _lean_session(calibrator)  # sd15 UNet at 512², calibration alone: 22.1 GiB peak with ORT's arena, 14.3 without
     reader = _Reader(feeds)
     for i in range(len(feeds)):
