@@ -227,3 +227,21 @@ def test_calibration_size_is_the_given_one_and_recorded():
     assert (spec.height, spec.width) == (256, 512) and spec.record()["height"] == 256 and spec.record()["width"] == 512
     default = calibration_from_options(("fp32", "int8"), p, None, None, 2)
     assert (default.height, default.width) == (512, 512) and default.key({}) != spec.key({})
+
+
+def test_recorded_calls_share_only_bit_identical_inputs():
+    """The recording keeps one copy of an input repeated over calls (a case's text, mask); anything whose bytes differ
+    (a new latent, -0.0 for 0.0) is its own copy, and no row is a view of the engine's buffer."""
+    from monkey_trt.export.calibration import _kept_row
+
+    held: dict = {}
+    buf = {"mask": np.ones((1, 1, 4, 4), np.float32), "sample": np.zeros((1, 4, 2, 2), np.float32)}
+    r1 = _kept_row(buf, held)
+    buf["sample"][:] = 1.0  # the engine reuses its buffers
+    r2 = _kept_row(buf, held)
+    buf["mask"] = -np.zeros((1, 1, 4, 4), np.float32)
+    r3 = _kept_row(buf, held)
+    assert r2["mask"] is r1["mask"] and r1["sample"].max() == 0.0 and r2["sample"].min() == 1.0
+    assert r3["mask"] is not r1["mask"] and np.signbit(r3["mask"]).all() and r3["sample"] is r2["sample"]
+    rows = [r1, r2, r3]
+    assert np.concatenate([r["sample"] for r in rows]).tolist() == [[[[0.0] * 2] * 2] * 4, [[[1.0] * 2] * 2] * 4, [[[1.0] * 2] * 2] * 4]
