@@ -245,3 +245,22 @@ def test_recorded_calls_share_only_bit_identical_inputs():
     assert r3["mask"] is not r1["mask"] and np.signbit(r3["mask"]).all() and r3["sample"] is r2["sample"]
     rows = [r1, r2, r3]
     assert np.concatenate([r["sample"] for r in rows]).tolist() == [[[[0.0] * 2] * 2] * 4, [[[1.0] * 2] * 2] * 4, [[[1.0] * 2] * 2] * 4]
+
+
+@pytest.mark.slow  # ~30 s on 2 busy cores: records the tiny UNet's calls and calibrates twice
+def test_streamed_minmax_ranges_of_the_unet_equal_ort_s_default_order(engine_dir, tmp_path):
+    """On a branchy graph (the tiny UNet, real recorded calls) the lean session's priority-based order gives the very
+    bits of ORT's own calibrator run in its default order: only independent nodes change places."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from monkey_trt.export.calibration import CalibrationSpec, collect
+
+    feeds = collect(engine_dir, CalibrationSpec.build(size=1, height=64, width=64)).feeds()[::4]  # both passes, masked too
+    unet = engine_dir / "unet.onnx"
+    whole = _whole_batch_ranges(unet, feeds, CalibrationMethod.MinMax, {"symmetric": True}, tmp_path)
+    calibrate_streaming(unet, feeds, CalibrationMethod.MinMax, {"CalibTensorRangeSymmetric": True}, False, tmp_path, tmp_path / "r.json")
+    stream = load_tensors_data(tmp_path / "r.json")
+    assert len(whole.keys()) > 100 and set(whole.keys()) == set(stream.keys())
+    for k in whole.keys():
+        assert [np.asarray(v).tobytes() for v in whole[k].range_value] == [np.asarray(v).tobytes() for v in stream[k].range_value], k
