@@ -264,3 +264,18 @@ def test_streamed_minmax_ranges_of_the_unet_equal_ort_s_default_order(engine_dir
     assert len(whole.keys()) > 100 and set(whole.keys()) == set(stream.keys())
     for k in whole.keys():
         assert [np.asarray(v).tobytes() for v in whole[k].range_value] == [np.asarray(v).tobytes() for v in stream[k].range_value], k
+
+
+def test_recordings_open_onnx_runtime_without_its_arena_and_other_backends_refuse_the_option(engine_dir):
+    """`cpu_arena=False` (the calibration recordings) reaches every ORT session; the default keeps the arena; the
+    option means nothing to OpenVINO: one line."""
+    from monkey_trt.core.errors import MonkeyError
+    from monkey_trt.runtime.backend import BackendSpec
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    for arena in (False, True):
+        with MonkeyPipeline.from_engine_dir(engine_dir, providers=("cpu",), verify="size", cpu_arena=arena) as pipe:
+            got = {n: r.session.get_session_options().enable_cpu_mem_arena for n, r in pipe.runners.items()}
+        assert set(got.values()) == {arena} and len(got) == 4, got
+    with pytest.raises(MonkeyError, match="cpu_arena applies to --backend ort only, not --backend openvino"):
+        BackendSpec(backend="openvino", cpu_arena=False)

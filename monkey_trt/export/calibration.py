@@ -241,7 +241,7 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
     current: tuple[int, object] | None = None  # the one decoded subject held (cases cycle subjects: decoded per case)
     held: dict[str, np.ndarray] = {}  # the last array kept per input (_kept_row)
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
-                                        threads=threads, verify="size") as pipe:
+                                        threads=threads, verify="size", cpu_arena=False) as pipe:  # no arena: it grew ~1 GiB a case at 512²
         for i, (prompt, s, seed) in enumerate(cases):
             if progress is not None:
                 progress(f"calibration case {i + 1}/{len(cases)}", i, len(cases))
