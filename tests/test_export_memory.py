@@ -279,3 +279,20 @@ def test_recordings_open_onnx_runtime_without_its_arena_and_other_backends_refus
         assert set(got.values()) == {arena} and len(got) == 4, got
     with pytest.raises(MonkeyError, match="cpu_arena applies to --backend ort only, not --backend openvino"):
         BackendSpec(backend="openvino", cpu_arena=False)
+
+
+@pytest.mark.parametrize("record", ["unet", "inputs"])
+def test_recordings_run_the_full_unet_without_the_arena(engine_dir, monkeypatch, record):
+    """Both recordings open the fp32 engine without ORT's arena and without the map-only UNet (adding int8 to a
+    directory that has one records what one export records, without its weights loaded beside the UNet's)."""
+    from monkey_trt.export.calibration import CalibrationSpec, collect
+    from monkey_trt.export.network_calibration import collect_inputs
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    seen = []
+    real = MonkeyPipeline.open.__func__
+    monkeypatch.setattr(MonkeyPipeline, "open", classmethod(lambda cls, spec, root: seen.append(spec) or real(cls, spec, root)))
+    spec = CalibrationSpec.build(size=1, height=64, width=64)
+    data = collect(engine_dir, spec) if record == "unet" else collect_inputs(engine_dir, spec, ("vae_decoder",))
+    assert [(s.cpu_arena, s.map_only, s.precision) for s in seen] == [(False, False, "fp32")]
+    assert (len(data) == 11) if record == "unet" else data.calls("vae_decoder") == 1

@@ -240,8 +240,10 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
     calls: list[dict] = []
     current: tuple[int, object] | None = None  # the one decoded subject held (cases cycle subjects: decoded per case)
     held: dict[str, np.ndarray] = {}  # the last array kept per input (_kept_row)
+    # no arena (it grew ~1 GiB a case at 512²); every call on the full UNet, the map-only UNet not opened (adding int8
+    # to a directory that has one: 2.5 GiB of weights more at sd15), as in one export where it is cut afterwards
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
-                                        threads=threads, verify="size", cpu_arena=False) as pipe:  # no arena: it grew ~1 GiB a case at 512²
+                                        threads=threads, verify="size", cpu_arena=False, map_only=False) as pipe:
         for i, (prompt, s, seed) in enumerate(cases):
             if progress is not None:
                 progress(f"calibration case {i + 1}/{len(cases)}", i, len(cases))

@@ -80,7 +80,7 @@ def collect_inputs(engine_dir: Path, spec, networks: tuple[str, ...], progress=N
 
     current = None  # (subject index, decoded image): one held at a time
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32", threads=threads,
-                                        verify="size", cpu_arena=False) as pipe, contextlib.ExitStack() as watching:
+                                        verify="size", cpu_arena=False, map_only=False) as pipe, contextlib.ExitStack() as watching:
         for n in networks:
             watching.enter_context(pipe.watch_network(n, recorder(n)))
         for i, (prompt, s, seed) in enumerate(cases):
