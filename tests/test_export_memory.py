@@ -227,3 +227,72 @@ def test_calibration_size_is_the_given_one_and_recorded():
     assert (spec.height, spec.width) == (256, 512) and spec.record()["height"] == 256 and spec.record()["width"] == 512
     default = calibration_from_options(("fp32", "int8"), p, None, None, 2)
     assert (default.height, default.width) == (512, 512) and default.key({}) != spec.key({})
+
+
+def test_recorded_calls_share_only_bit_identical_inputs():
+    """The recording keeps one copy of an input repeated over calls (a case's text, mask); anything whose bytes differ
+    (a new latent, -0.0 for 0.0) is its own copy, and no row is a view of the engine's buffer."""
+    from monkey_trt.export.calibration import _kept_row
+
+    held: dict = {}
+    buf = {"mask": np.ones((1, 1, 4, 4), np.float32), "sample": np.zeros((1, 4, 2, 2), np.float32)}
+    r1 = _kept_row(buf, held)
+    buf["sample"][:] = 1.0  # the engine reuses its buffers
+    r2 = _kept_row(buf, held)
+    buf["mask"] = -np.zeros((1, 1, 4, 4), np.float32)
+    r3 = _kept_row(buf, held)
+    assert r2["mask"] is r1["mask"] and r1["sample"].max() == 0.0 and r2["sample"].min() == 1.0
+    assert r3["mask"] is not r1["mask"] and np.signbit(r3["mask"]).all() and r3["sample"] is r2["sample"]
+    rows = [r1, r2, r3]
+    assert np.concatenate([r["sample"] for r in rows]).tolist() == [[[[0.0] * 2] * 2] * 4, [[[1.0] * 2] * 2] * 4, [[[1.0] * 2] * 2] * 4]
+
+
+@pytest.mark.slow  # ~30 s on 2 busy cores: records the tiny UNet's calls and calibrates twice
+def test_streamed_minmax_ranges_of_the_unet_equal_ort_s_default_order(engine_dir, tmp_path):
+    """On a branchy graph (the tiny UNet, real recorded calls) the lean session's priority-based order gives the very
+    bits of ORT's own calibrator run in its default order: only independent nodes change places."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from monkey_trt.export.calibration import CalibrationSpec, collect
+
+    feeds = collect(engine_dir, CalibrationSpec.build(size=1, height=64, width=64)).feeds()[::4]  # both passes, masked too
+    unet = engine_dir / "unet.onnx"
+    whole = _whole_batch_ranges(unet, feeds, CalibrationMethod.MinMax, {"symmetric": True}, tmp_path)
+    calibrate_streaming(unet, feeds, CalibrationMethod.MinMax, {"CalibTensorRangeSymmetric": True}, False, tmp_path, tmp_path / "r.json")
+    stream = load_tensors_data(tmp_path / "r.json")
+    assert len(whole.keys()) > 100 and set(whole.keys()) == set(stream.keys())
+    for k in whole.keys():
+        assert [np.asarray(v).tobytes() for v in whole[k].range_value] == [np.asarray(v).tobytes() for v in stream[k].range_value], k
+
+
+def test_recordings_open_onnx_runtime_without_its_arena_and_other_backends_refuse_the_option(engine_dir):
+    """`cpu_arena=False` (the calibration recordings) reaches every ORT session; the default keeps the arena; the
+    option means nothing to OpenVINO: one line."""
+    from monkey_trt.core.errors import MonkeyError
+    from monkey_trt.runtime.backend import BackendSpec
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    for arena in (False, True):
+        with MonkeyPipeline.from_engine_dir(engine_dir, providers=("cpu",), verify="size", cpu_arena=arena) as pipe:
+            got = {n: r.session.get_session_options().enable_cpu_mem_arena for n, r in pipe.runners.items()}
+        assert set(got.values()) == {arena} and len(got) == 4, got
+    with pytest.raises(MonkeyError, match="cpu_arena applies to --backend ort only, not --backend openvino"):
+        BackendSpec(backend="openvino", cpu_arena=False)
+
+
+@pytest.mark.parametrize("record", ["unet", "inputs"])
+def test_recordings_run_the_full_unet_without_the_arena(engine_dir, monkeypatch, record):
+    """Both recordings open the fp32 engine without ORT's arena and without the map-only UNet (adding int8 to a
+    directory that has one records what one export records, without its weights loaded beside the UNet's)."""
+    from monkey_trt.export.calibration import CalibrationSpec, collect
+    from monkey_trt.export.network_calibration import collect_inputs
+    from monkey_trt.runtime.pipeline import MonkeyPipeline
+
+    seen = []
+    real = MonkeyPipeline.open.__func__
+    monkeypatch.setattr(MonkeyPipeline, "open", classmethod(lambda cls, spec, root: seen.append(spec) or real(cls, spec, root)))
+    spec = CalibrationSpec.build(size=1, height=64, width=64)
+    data = collect(engine_dir, spec) if record == "unet" else collect_inputs(engine_dir, spec, ("vae_decoder",))
+    assert [(s.cpu_arena, s.map_only, s.precision) for s in seen] == [(False, False, "fp32")]
+    assert (len(data) == 11) if record == "unet" else data.calls("vae_decoder") == 1

@@ -79,8 +79,8 @@ def collect_inputs(engine_dir: Path, spec, networks: tuple[str, ...], progress=N
         return lambda feeds: rows[network].append(np.array(feeds[key], np.float32, copy=True))
 
     current = None  # (subject index, decoded image): one held at a time
-    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
-                                        threads=threads, verify="size") as pipe, contextlib.ExitStack() as watching:
+    with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32", threads=threads,
+                                        verify="size", cpu_arena=False, map_only=False) as pipe, contextlib.ExitStack() as watching:
         for n in networks:
             watching.enter_context(pipe.watch_network(n, recorder(n)))
         for i, (prompt, s, seed) in enumerate(cases):

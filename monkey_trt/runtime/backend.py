@@ -66,7 +66,7 @@ BACKEND_TABLE: dict[str, Backend] = {b.name: b for b in (
             ("device", "dtype", "tf32", "cuda_graph", "batch_passes", "threads"),
             needs_engine_dir=False, devices=("cpu", "cuda"), precisions=TORCH_DTYPES, faces=("generate", "eval", "bench", "api", "demo"),
             note="PyTorch reference"),
-    Backend("ort", "monkey_trt.engine.ort.opener:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "tf32", "ort_cache"),
+    Backend("ort", "monkey_trt.engine.ort.opener:open_ort_runners", (*_ENGINE_OPTIONS, "providers", "fp16", "tf32", "ort_cache", "cpu_arena"),
             needs_engine_dir=True, devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8")),
     Backend("trt", "monkey_trt.engine.trt.engine_dir:open_engine_dir_plans", _ENGINE_OPTIONS,
             needs_engine_dir=True, devices=("cuda",), precisions=PRECISIONS, faces=("generate", "eval", "bench", "serve", "api")),
@@ -110,7 +110,7 @@ class BackendOption:
     """One backend option: `flag` on every command that has it, with this help and default."""
 
     name: str  # the BackendSpec field (dtype: the model backends' precision)
-    flags: tuple[str, ...]  # () for a spec field no command line sets (ort_cache, mask_pass, map_only)
+    flags: tuple[str, ...]  # () for a spec field no command line sets (ort_cache, mask_pass, map_only, cpu_arena)
     default: Any
     help: str  # `{who}` stands for the backends it applies to, named by `who` (those the command offers)
     label: str = ""  # how a refusal names an option without a flag
@@ -165,6 +165,8 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
                   label="mask_pass"),
     BackendOption("map_only", (), True, "ort/trt/openvino: pass 1's last call on the map-only UNet where the engine directory "
                   "has one (same mask; its weights are loaded beside the UNet's: False saves that memory)", label="map_only"),
+    BackendOption("cpu_arena", (), True, "ort CPU provider: ONNX Runtime's memory arena (False: activations freed as they "
+                  "die; the export's calibration recordings, where the arena grows with the image size)", label="cpu_arena"),
 )}
 CLI_OPTIONS = tuple(n for n, o in BACKEND_OPTIONS.items() if o.flags)  # what commands take on the command line
 
@@ -200,6 +202,7 @@ class BackendSpec:
     ort_cache: Path | bool | None = None  # ort: ORT's optimised graphs kept: None = user cache where safe (CPU), True, False, a folder
     mask_pass: str = "exact"  # int8/fp8/bf16: exact = pass 1 (the mask) on the fp32 UNet; same = every call reduced; fp16 = on fp16
     map_only: bool = True  # engine backends: pass 1's last call on the map-only UNet (export/map_graph.py), when there is one
+    cpu_arena: bool = True  # ort CPU provider: ONNX Runtime's memory arena (off: the export's calibration recordings)
 
     def __post_init__(self) -> None:
         b = self.backend
@@ -210,7 +213,7 @@ class BackendSpec:
         _need(isinstance(self.providers, (tuple, list)) and all(isinstance(p, str) for p in self.providers),
               f"--providers must be a list of names, got {self.providers!r}")
         object.__setattr__(self, "providers", tuple(p.strip().lower() for p in self.providers))
-        for name, kind in (("fp16", bool), ("tf32", bool), ("cuda_graph", bool), ("map_only", bool)):
+        for name, kind in (("fp16", bool), ("tf32", bool), ("cuda_graph", bool), ("map_only", bool), ("cpu_arena", bool)):
             _need(isinstance(getattr(self, name), kind), f"{name} must be true or false, got {getattr(self, name)!r}")
         _need(self.batch_passes is None or isinstance(self.batch_passes, bool),
               f"batch_passes must be true, false or None, got {self.batch_passes!r}")

@@ -116,7 +116,7 @@ class MonkeyPipeline:
     @classmethod
     def from_engine_dir(cls, root: Path | str, backend: str = "ort", **options) -> "MonkeyPipeline":
         """`options`: the fields of runtime.backend.BackendSpec (providers, cuda_graph, precision, threads, verify,
-        batch_passes, fp16, tf32, ort_cache, mask_pass, map_only), checked like the CLI's options."""
+        batch_passes, fp16, tf32, ort_cache, mask_pass, map_only, cpu_arena), checked like the CLI's options."""
         unknown = sorted(set(options) - set(BackendSpec.__dataclass_fields__))
         if unknown:
             raise MonkeyError(f"from_engine_dir() got unknown option(s) {', '.join(unknown)}")

@@ -67,5 +67,6 @@ def open_ort_runners(root: Path, manifest, spec, networks: Sequence[str], shared
             optimized_model_cache=ort_cache_folder(spec.ort_cache, providers), source_digest=files_digest(sha256),
             int8=graph_precision == "int8",
             disabled_optimizers=MAP_GRAPH_DISABLED_OPTIMIZERS if name == MAP_NETWORK else (),
+            cpu_arena=spec.cpu_arena,
         )
     return runners

@@ -120,6 +120,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         int8: bool = False,
         tf32: bool = False,
         disabled_optimizers: Sequence[str] = (),
+        cpu_arena: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
@@ -138,6 +139,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         self.intra_op_threads = intra_op_threads if intra_op_threads else physical_cores()
         self.optimized_model_cache = Path(optimized_model_cache) if optimized_model_cache is not None else None
         self.log_severity = log_severity
+        self.cpu_arena = bool(cpu_arena)  # False: no CPU memory arena (activations freed as they die)
         self._source_digest = source_digest
         self.session = None
         self._inputs: list[TensorDesc] = []
@@ -237,6 +239,7 @@ class OrtRunner(CudaGraphReplay, Runner):
         so.intra_op_num_threads = int(self.intra_op_threads)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_cpu_mem_arena = self.cpu_arena
         so.log_severity_level = self.log_severity
         ort.set_default_logger_severity(self.log_severity)  # graph-optimizer notices use the default logger
         return so
