@@ -45,12 +45,16 @@ def generate(a, run: str) -> dict[str, dict[str, np.ndarray]]:
     else:
         pipe = MonkeyPipeline.from_engine_dir(a.engine_dir, backend="openvino", threads=a.threads, **OV_RUNS[run])
     out = {}
-    for seed in a.seed_list:
-        for prompt in PROMPTS[: a.prompts]:
-            req = Request(prompt, a.size, a.size, seed=seed)
-            got = pipe(req, subject, noise=torch_noise_plan(seed, req.latent_shape(pipe.dims), 8))
-            out[f"{seed}|{prompt}"] = {"image": np.asarray(got.image, np.float32), "mask": np.asarray(got.mask.mask)}
-            print(f"{run}: seed {seed} {prompt[:24]} done", flush=True)
+    try:
+        for seed in a.seed_list:
+            for prompt in PROMPTS[: a.prompts]:
+                req = Request(prompt, a.size, a.size, seed=seed)
+                got = pipe(req, subject, noise=torch_noise_plan(seed, req.latent_shape(pipe.dims), 8))
+                out[f"{seed}|{prompt}"] = {"image": np.asarray(got.image, np.float32), "mask": np.asarray(got.mask.mask)}
+                print(f"{run}: seed {seed} {prompt[:24]} done", flush=True)
+    finally:  # one run's weights out of memory before the next opens (at sd15 size two do not fit in 24 GB)
+        if hasattr(pipe, "close"):
+            pipe.close()
     return out
 
 

@@ -27,7 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from monkey_trt.engine.openvino import OpenVinoRunner, cpu_abilities, cpu_flags, openvino_version
+from monkey_trt.engine.openvino import (
+    OpenVinoRunner,
+    cpu_abilities,
+    cpu_flags,
+    openvino_version,
+)
 from monkey_trt.enginedir.load import load_manifest
 
 

@@ -16,8 +16,7 @@ graph's manifest digest, the OpenVINO version, the CPU, the config and the shape
 checked against its sha256 when read, and replaced when it is corrupt or OpenVINO refuses it. Nothing is
 written into the engine directory. The ONNX model is read at activation for its input/output names and dropped
 at once, and read again only to compile (a cache miss), then dropped: a pipeline activates all its runners
-before the first compile, and holding every read model until then (three UNet graphs with bf16) peaked at
-21 GB at sd15 size, 256².
+before the first compile, and none holds its read graph meanwhile (at sd15 size a read UNet graph is 3.4 GB).
 
 Lean: numpy + openvino (the `openvino` extra), imported when a runner is activated.
 """

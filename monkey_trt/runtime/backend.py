@@ -139,7 +139,7 @@ BACKEND_OPTIONS: dict[str, BackendOption] = {o.name: o for o in (
                   who=(("published", "published"), ("torch", "torch"))),
     BackendOption("precision", ("--precision",), "fp32",
                   "ort/trt/openvino: the engine directory's fp32, fp16, int8 or fp8 graphs; openvino: bf16 = the fp32 "
-                  "UNet on bf16 kernels (int8/fp8/bf16: the mask pass stays fp32)"),
+                  "UNet and VAE decoder on bf16 kernels (int8/fp8/bf16: the mask pass stays fp32)"),
     BackendOption("providers", ("--providers",), "",
                   "ort backend: cpu, cuda, tensorrt (comma list; default: cuda if installed, else cpu)"),
     BackendOption("fp16", ("--fp16",), False, "ort TensorRT EP: fp16 kernels (changes the math; opt-in)"),
@@ -185,7 +185,7 @@ class BackendSpec:
     """How to run: which backend, on what, in which precision, with which options. Frozen; every field checked.
 
     precision: ort/trt: the engine directory's graphs (fp32 | fp16 | int8 | fp8; openvino: fp32 | int8 | bf16, bf16 =
-    the fp32 UNet on bf16 kernels); torch/published: the dtype
+    the fp32 UNet and VAE decoder on bf16 kernels); torch/published: the dtype
     (fp32 | fp16, `--dtype`). A field set away from its default for a backend it does not apply to is refused.
     """
 
