@@ -228,11 +228,12 @@ def test_trt_hints_name_commands_that_work_here(engine_dir, tiny_model_dir, tmp_
 
 # -- class 10: Ctrl-C on the commands that run long -----------------------------------------------------------
 def _cli(*args: str, ignore_sigint: bool = False) -> subprocess.Popen:
-    def pre() -> None:  # what a shell does to a job started with `&` in a script
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    def pre() -> None:  # ignored: what a shell does to a job started with `&` in a script; else what a terminal gives a
+        # foreground command, whatever the test runner itself inherited
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
 
     return subprocess.Popen([sys.executable, "-m", "monkey_trt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=pre if ignore_sigint else None)
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=pre)
 
 
 @pytest.mark.parametrize("ignore_sigint", [False, True], ids=["sigint-default", "sigint-inherited-ignored"])

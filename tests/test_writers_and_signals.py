@@ -20,9 +20,15 @@ from monkey_trt.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _sigint_default() -> None:
+    """In the child: SIGINT as a terminal gives a foreground command, whatever the test runner inherited (a runner
+    started as a background job of a script has it ignored, and the child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "monkey_trt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, preexec_fn=_sigint_default)
 
 
 def _export_argv(tiny_model_dir: Path, out: Path, *extra: str) -> list[str]:
