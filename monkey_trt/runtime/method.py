@@ -156,6 +156,19 @@ def check_subjects(engine: Any, subjects: Sequence[Image.Image], background: Ima
         raise MonkeyError(f"background image is empty ({background.size[0]}x{background.size[1]})")
 
 
+def request_images(engine: Any, request: Request, subjects: Any, background: Image.Image | None
+                   ) -> tuple[list[Image.Image], "Planes"]:
+    """A request's subject images checked against the engine and its knobs (as the CLI and HTTP faces check them:
+    scales per subject, no idle background_scale) -> (subjects, their planes)."""
+    subjects = subject_list(subjects)
+    check_subjects(engine, subjects, background)
+    c = request.config
+    check_image_options(c, len(subjects), background is not None)
+    planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
+                    request.height, request.width)
+    return subjects, planes
+
+
 @dataclass(frozen=True)
 class Planes:
     """The per-image planes of one request (S subjects, then the background): what each UNet call's `masks[b]` is.
@@ -463,12 +476,8 @@ def run_monkey(
     """
     check_run_options({"noise": noise, "decode_mask_pass": decode_mask_pass, "batch_passes": batch_passes,
                        "progress": progress, "steps": steps, "background": background})
-    subjects = subject_list(subjects)
-    check_subjects(engine, subjects, background)
+    subjects, planes = request_images(engine, request, subjects, background)
     c = request.config
-    check_image_options(c, len(subjects), background is not None)  # as the CLI and HTTP faces: scales per subject, no idle background_scale
-    planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
-                    request.height, request.width)
     explicit_noise = noise is not None
     baseline_scale = check_baseline_scale(baseline_scale)
     noise = _prepare(engine, request, noise)
@@ -546,12 +555,8 @@ def run_ip_adapter(engine: Networks, request: Request, subjects: Image.Image | S
     """Plain IP-Adapter (`steps_final` steps at `scale`, no mask; every image, the background too, at its own scale)
     + decode: the denominator of the two-pass overhead."""
     check_run_options({"background": background})
-    subjects = subject_list(subjects)
-    check_subjects(engine, subjects, background)
+    subjects, planes = request_images(engine, request, subjects, background)
     c = request.config
-    check_image_options(c, len(subjects), background is not None)  # as the CLI and HTTP faces: scales per subject, no idle background_scale
-    planes = Planes(c.subject_weights(len(subjects)), None if background is None else c.background_scale,
-                    request.height, request.width)
     noise = _prepare(engine, request, noise)
     clock = _Clock(engine, None, [])
     run, truncated = _encode(engine, clock, request, [*subjects, *([background] if background is not None else [])], noise)
