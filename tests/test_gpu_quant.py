@@ -341,18 +341,10 @@ def test_gpu_int8_script_arguments_and_no_gpu(tmp_path):
 def fake_trt(monkeypatch):
     """tests/fakes/trt.py's TensorRT, Polygraphy and CUDA runtime (a compute capability 9.0 GPU)."""
     pytest.importorskip("polygraphy.backend.trt")
-    from monkey_trt.engine.trt import build as trt_build
-    from monkey_trt.engine.trt import cuda as trt_cuda
-    from monkey_trt.engine.trt import lib as trt_lib
-    from tests.fakes.trt import FakeCudart, fake_polygraphy, fake_tensorrt
+    from tests.fakes.trt import install_fake_gpu
 
-    cudart = FakeCudart()
-    fake = fake_tensorrt(cudart)
     log: list = []
-    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake)
-    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
-    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake, log))
-    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
+    fake, cudart = install_fake_gpu(monkeypatch, log)
     return log, fake
 
 

@@ -164,17 +164,9 @@ def test_a_map_only_graph_that_does_not_match_its_manifest_entry_is_one_line(eng
 def fake_gpu(monkeypatch):
     """tests/fakes/trt.py's TensorRT, Polygraphy and CUDA runtime (a compute capability 9.0 GPU)."""
     pytest.importorskip("polygraphy.backend.trt")
-    from monkey_trt.engine.trt import build as trt_build
-    from monkey_trt.engine.trt import cuda as trt_cuda
-    from monkey_trt.engine.trt import lib as trt_lib
-    from tests.fakes.trt import FakeCudart, fake_polygraphy, fake_tensorrt
+    from tests.fakes.trt import install_fake_gpu
 
-    cudart = FakeCudart()
-    fake_trt = fake_tensorrt(cudart)
-    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: fake_trt)
-    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
-    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(fake_trt, []))
-    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
+    fake_trt, cudart = install_fake_gpu(monkeypatch)
     return fake_trt
 
 

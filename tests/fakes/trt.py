@@ -591,3 +591,20 @@ def fake_polygraphy(trt, log: list):
         engine_from_network=checked("engine_from_network", engine_from_network),
         save_engine=checked("save_engine", save_engine),
     )
+
+
+def install_fake_gpu(monkeypatch, log: list | None = None):
+    """Put this module's TensorRT, Polygraphy (logging build calls into `log`) and CUDA runtime where monkey-trt's
+    TensorRT layer asks for them (a compute capability 9.0 GPU); returns (the fake tensorrt module, the fake cudart)."""
+    from monkey_trt.engine.trt import build as trt_build
+    from monkey_trt.engine.trt import cuda as trt_cuda
+    from monkey_trt.engine.trt import lib as trt_lib
+
+    cudart = FakeCudart()
+    trt = fake_tensorrt(cudart)
+    log = [] if log is None else log
+    monkeypatch.setattr(trt_lib, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_cuda, "require_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_build, "require_polygraphy", lambda: fake_polygraphy(trt, log))
+    monkeypatch.setattr(trt_lib, "_LOGGERS", {})
+    return trt, cudart
