@@ -341,7 +341,7 @@ class _Run:
     def lockstep(self, passes: list[_Pass], masks: Sequence[np.ndarray | None], stage: str, until: int,
                  role: str) -> None:
         """Steps of `passes` in lockstep (one UNet call per step, batch = len(passes)) while step < until;
-        masks[b] is pass b's pixel mask (None: unmasked); `role` (mask | final | baseline) picks the UNet graph
+        masks[b] is pass b's planes [N, H, W] (None: ones, unmasked); `role` (mask | final | baseline) picks the UNet graph
         on engines that hold more than one (8-bit engines run pass 1 on the fp32 graph)."""
         self.clock.announce(stage)
         engine, clock, noise = self.engine, self.clock, self.noise
