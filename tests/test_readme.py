@@ -93,3 +93,12 @@ def test_first_paragraph_says_what_has_run_where():
     first = README.split("\n\n")[1]  # the paragraph after the title
     assert first.startswith("**MONKEY") and "**What has run where:**" in first
     assert "tested on fakes" in first and "never yet run on a GPU" in first and "TensorRT" in first
+
+
+def test_no_merge_conflict_markers_in_the_docs_or_code():
+    """A merge left `<<<<<<<`/`=======`/`>>>>>>>` in docs/openvino.md once: no tracked text file carries them."""
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    files = [p for pattern in ("*.md", "docs/*.md", "monkey_trt/**/*.py", "tests/**/*.py", "benchmarks/*")
+             for p in ROOT.glob(pattern) if p.is_file()]
+    assert files
+    assert [str(p.relative_to(ROOT)) for p in files if marker.search(p.read_text(errors="replace"))] == []
