@@ -117,3 +117,18 @@ def test_doctor_reports_the_cache_and_its_bound(root, monkeypatch):
     assert row.ok and "1 derived entries" in row.detail and BUDGET_ENV in row.detail
     monkeypatch.setenv(BUDGET_ENV, "lots")
     assert user_cache_row().ok is False
+
+
+def test_bench_and_demo_workdir_defaults_to_the_user_cache_of_now(tmp_path, monkeypatch):
+    """`--workdir` (bench, demo) defaulted to ~/.cache/monkey-trt computed at import: with $MONKEY_TRT_CACHE set, bench
+    kept ORT's optimised graphs there, outside the bounded cache (10 GB in one sd15 bench). Now: the user cache."""
+    from monkey_trt.bench.measure import BenchSettings
+    from monkey_trt.cli.run_commands import default_workdir
+    from monkey_trt.engine.cache_budget import in_default_root
+
+    monkeypatch.setenv("MONKEY_TRT_CACHE", str(tmp_path / "cache"))
+    workdir = default_workdir(None)
+    assert workdir == tmp_path / "cache"
+    folder = BenchSettings.from_options(("ort",), 64, 64, {}, workdir=str(workdir)).spec("ort").ort_cache
+    assert folder == tmp_path / "cache" / "ort-optimized" and in_default_root(folder / "unet-0123")  # bounded
+    assert default_workdir(tmp_path / "mine") == tmp_path / "mine"  # a folder the user names is theirs

@@ -89,9 +89,17 @@ def generate(
     typer.echo(summary(done, time.perf_counter() - t0))
 
 
+def default_workdir(given: Path | None) -> Path:
+    """`--workdir`, else the user cache folder as it is now ($MONKEY_TRT_CACHE, XDG, the platform's; a default
+    computed at import would ignore them, and bench's ORT graphs would then grow outside the cache's size bound)."""
+    from monkey_trt.core.user_cache import cache_root
+
+    return given if given is not None else cache_root()
+
+
 def demo(
     out: Path = typer.Option(Path("monkey-demo"), "--out", help="Output folder (missing parents are created)"),
-    workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Where the tiny model and its engine are cached"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the tiny model and its engine are cached [default: the user cache folder, $MONKEY_TRT_CACHE]"),
     prompt: str = typer.Option(DEMO_PROMPT, "--prompt", help="Text prompt; it owns the background"),
     size: int = typer.Option(128, "--size", help="Image side (the tiny model is fast at 64..256)"),
     seed: int = typer.Option(0, "--seed", help="Seed (diffusers LCM semantics)"),
@@ -111,6 +119,7 @@ def demo(
     if not lo <= size <= hi or size % 8:
         raise MonkeyError(f"demo --size must be a multiple of 8 in {lo}..{hi}, got {size}")
     spec = spec_from_options(backend, {"threads": threads})
+    workdir = default_workdir(workdir)
     request = Request(prompt=prompt, height=size, width=size, seed=seed)
     check_out_dir(out, baseline=True)  # before minutes of first-run work
     for d in (workdir, *preset_dirs("tiny", workdir, size, size)):
@@ -154,7 +163,7 @@ def bench(
     batch_passes: Optional[bool] = backend_option("batch_passes", "bench"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (schema: monkey_trt/bench/schema.json)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart of per-stage time per backend"),
-    workdir: Path = typer.Option(Path.home() / ".cache" / "monkey-trt", "--workdir", help="Cache of --preset models and engines"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Cache of --preset models and engines [default: the user cache folder, $MONKEY_TRT_CACHE]"),
     precision: str = backend_option("precision", "bench"),
     threads: int = backend_option("threads", "bench"),
     providers: str = backend_option("providers", "bench"),
@@ -171,6 +180,7 @@ def bench(
     check_output_path(json_out, "--json", "json")
     check_output_path(plot, "--plot", "png")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    workdir = default_workdir(workdir)  # its ort-optimized folder is then the user cache's own: bounded (cache_budget)
     if preset is not None and engine_dir is not None:
         raise MonkeyError("give --preset or --engine-dir, not both")
 
