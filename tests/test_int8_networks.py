@@ -66,6 +66,32 @@ def test_recorded_inputs_are_deterministic_and_cached(engine_dir, tmp_path):
     assert not reused and other.calls("vae_decoder") == 1 and len(list(tmp_path.glob("inputs-v1-*.npz"))) == 2
 
 
+def test_the_unet_recording_also_records_the_networks_inputs_bit_for_bit(engine_dir, tmp_path, monkeypatch):
+    """An export runs MONKEY once per calibration case for both recordings (calibration.load_or_collect with
+    `networks`): the inputs it caches are the separate recording's bits, and the next step reads them."""
+    from monkey_trt.export.calibration import collect, load_or_collect
+
+    spec = CalibrationSpec.build(**SPEC)
+    m = load_manifest(engine_dir, verify="size")
+    opened = []
+    real = MonkeyPipeline.from_engine_dir
+    monkeypatch.setattr(MonkeyPipeline, "from_engine_dir", classmethod(lambda cls, *a, **k: (opened.append(a[0]), real(*a, **k))[1]))
+    data, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path, networks=("vae_decoder", "image_encoder"))
+    assert not reused and len(opened) == 1  # one pipeline, one generation per case
+    inputs, reused = load_or_collect_inputs(engine_dir, m, spec, ("image_encoder", "vae_decoder"), cache=tmp_path)
+    assert reused and len(opened) == 1  # nothing run again
+    monkeypatch.setattr(MonkeyPipeline, "from_engine_dir", real)
+    separate = collect_inputs(engine_dir, spec, ("vae_decoder", "image_encoder"))
+    assert inputs.all_digest() == separate.all_digest() and inputs.calls("vae_decoder") == 2
+    assert data.digest == collect(engine_dir, spec).digest  # the UNet's recording is what it was
+    # an inputs entry already there is kept (and the UNet's recording alone runs when its own entry is missing)
+    next(tmp_path.glob("calib-v2-*.npz")).unlink()
+    next(tmp_path.glob("calib-v2-*.json")).unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("inputs-v1-*")}
+    load_or_collect(engine_dir, m, spec, cache=tmp_path, networks=("vae_decoder", "image_encoder"))
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("inputs-v1-*")} == before
+
+
 def test_the_8bit_networks_and_the_files_they_may_write():
     assert networks_8bit() == ("vae_decoder",) and networks_8bit(image_encoder=True) == ("vae_decoder", "image_encoder")
     assert set(all_8bit_networks()) == {"unet", "vae_decoder", "image_encoder"}

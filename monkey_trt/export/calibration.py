@@ -22,6 +22,7 @@ unchanged export reuses them, a changed input records afresh.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -234,10 +235,20 @@ class CalibrationData:
 def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0) -> CalibrationData:
     """Run MONKEY's two passes on the fp32 engine (ORT CPU) for every case and record each UNet call
     (through the pipeline's public hook, `MonkeyPipeline.watch_unet`)."""
+    return collect_with_inputs(engine_dir, spec, progress, threads)[0]
+
+
+def collect_with_inputs(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0,
+                        networks: tuple[str, ...] = ()):
+    """collect(), and in the same runs the inputs of `networks` (vae_decoder, image_encoder) as
+    network_calibration.collect_inputs records them: one fp32 generation per case for both recordings, not two.
+    Returns (CalibrationData, NetworkInputs or None when no `networks`)."""
+    from monkey_trt.export.network_calibration import NetworkInputs, input_recorder
     from monkey_trt.runtime.noise import NoisePlan
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
     cases = spec.cases()
+    inputs: dict[str, list[np.ndarray]] = {n: [] for n in networks}
     c = spec.config
     rows: list[dict] = []
     calls: list[dict] = []
@@ -246,7 +257,10 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
     # no arena (it grew ~1 GiB a case at 512²); every call on the full UNet, the map-only UNet not opened (adding int8
     # to a directory that has one: 2.5 GiB of weights more at sd15), as in one export where it is cut afterwards
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
-                                        threads=threads, verify="size", cpu_arena=False, map_only=False) as pipe:
+                                        threads=threads, verify="size", cpu_arena=False, map_only=False) as pipe, \
+            contextlib.ExitStack() as watching:
+        for n in networks:
+            watching.enter_context(pipe.watch_network(n, input_recorder(n, inputs[n])))
         for i, (prompt, s, seed) in enumerate(cases):
             if progress is not None:
                 progress(f"calibration case {i + 1}/{len(cases)}", i, len(cases))
@@ -267,7 +281,8 @@ def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None =
                 rows.append(feeds)
     arrays = {k: np.stack([r[k] for r in rows]) if k == "ip_scale" else np.concatenate([r[k] for r in rows])
               for k in rows[0]}
-    return CalibrationData(arrays, calls)
+    recorded = NetworkInputs({n: np.concatenate(inputs[n]) for n in networks}) if networks else None
+    return CalibrationData(arrays, calls), recorded
 
 
 def _kept_row(feeds: dict, held: dict) -> dict:
@@ -301,13 +316,15 @@ CACHE_KIND = "calibration"
 
 
 def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress: Progress | None = None,
-                    cache: Path | None = None, threads: int = 0) -> tuple[CalibrationData, bool]:
+                    cache: Path | None = None, threads: int = 0, networks: tuple[str, ...] = ()) -> tuple[CalibrationData, bool]:
     """(data, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
 
     An entry is used only when its record (`calib-v2-<key>.json`, engine/derived_record.py) is ours and the
     current user's, for this key, with the file's sha256 and the arrays' digest matching; an entry of ours that
     is damaged or altered is replaced; anything else there (another user's, no record) is neither used nor
-    overwritten."""
+    overwritten. `networks`: the 8-bit networks whose inputs the export records next
+    (network_calibration.load_or_collect_inputs): a fresh recording also records theirs and caches it under
+    that function's key, when it has no entry yet, so the export runs MONKEY once per case, not twice."""
     from monkey_trt.engine.derived_record import check_record, owned_by_me, remove_recorded
 
     digests = {n: dict(sorted(e.sha256.items())) for n, e in sorted(manifest.networks.items())}
@@ -325,10 +342,17 @@ def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress:
         state = "wrong"
     if state == "wrong":
         remove_recorded(record, CACHE_KIND)
-    data = collect(engine_dir, spec, progress, threads)
+    from monkey_trt.export.network_calibration import inputs_entry, store_inputs
+
+    networks = tuple(sorted(networks))
+    entry = inputs_entry(manifest, spec, networks, folder) if networks else None
+    also = networks if entry is not None and entry.state() == "missing" else ()
+    data, inputs = collect_with_inputs(engine_dir, spec, progress, threads, also)
     free = not os.path.lexists(path) and not os.path.lexists(record)  # never over a file we did not write
     if free and (not folder.exists() or owned_by_me(folder)):  # nor into another user's folder
         _save_entry(data, path, record, key)
+    if inputs is not None:
+        store_inputs(inputs, entry)
     return data, False
 
 

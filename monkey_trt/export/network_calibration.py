@@ -65,6 +65,12 @@ class NetworkInputs:
             return cls({k: z[k] for k in z.files})
 
 
+def input_recorder(network: str, rows: list):
+    """A `MonkeyPipeline.watch_network` callback appending a copy of each call's input to `rows`."""
+    key = INPUT_NAMES[network]
+    return lambda feeds: rows.append(np.array(feeds[key], np.float32, copy=True))
+
+
 def collect_inputs(engine_dir: Path, spec, networks: tuple[str, ...], progress=None, threads: int = 0) -> NetworkInputs:
     """Run MONKEY on the fp32 engine (ORT CPU) for every case of `spec` and record the inputs of `networks`
     (image_encoder, vae_decoder) through `MonkeyPipeline.watch_network`."""
@@ -73,16 +79,11 @@ def collect_inputs(engine_dir: Path, spec, networks: tuple[str, ...], progress=N
 
     cases, c = spec.cases(), spec.config
     rows: dict[str, list[np.ndarray]] = {n: [] for n in networks}
-
-    def recorder(network: str):
-        key = INPUT_NAMES[network]
-        return lambda feeds: rows[network].append(np.array(feeds[key], np.float32, copy=True))
-
     current = None  # (subject index, decoded image): one held at a time
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32", threads=threads,
                                         verify="size", cpu_arena=False, map_only=False) as pipe, contextlib.ExitStack() as watching:
         for n in networks:
-            watching.enter_context(pipe.watch_network(n, recorder(n)))
+            watching.enter_context(pipe.watch_network(n, input_recorder(n, rows[n])))
         for i, (prompt, s, seed) in enumerate(cases):
             if progress is not None:
                 progress(f"calibration case {i + 1}/{len(cases)} ({', '.join(networks)})", i, len(cases))
@@ -101,37 +102,67 @@ def _key(spec, networks: tuple[str, ...], manifest) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class InputsEntry:
+    """Where the recording of `networks` for one (spec, engine) is cached: `inputs-v1-<key>.npz` + its record."""
+
+    folder: Path
+    networks: tuple[str, ...]
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"inputs-v1-{self.key}.npz"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / f"inputs-v1-{self.key}.json"
+
+    def state(self) -> str:
+        from monkey_trt.engine.derived_record import check_record
+
+        return check_record(self.record, CACHE_KIND, self.key, present=self.path)
+
+
+def inputs_entry(manifest, spec, networks: tuple[str, ...], cache: Path | None = None) -> InputsEntry:
+    from monkey_trt.export.calibration import cache_dir
+
+    networks = tuple(sorted(networks))
+    return InputsEntry(Path(cache) if cache is not None else cache_dir(), networks, _key(spec, networks, manifest))
+
+
+def store_inputs(data: NetworkInputs, entry: InputsEntry) -> None:
+    """Cache `data` at `entry`, never over a file we did not write nor into another user's folder."""
+    from monkey_trt.engine.derived_record import owned_by_me
+
+    free = not os.path.lexists(entry.path) and not os.path.lexists(entry.record)
+    if free and (not entry.folder.exists() or owned_by_me(entry.folder)):
+        _save(data, entry.path, entry.record, entry.key)
+
+
 def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str, ...], progress=None,
                            cache: Path | None = None, threads: int = 0) -> tuple[NetworkInputs, bool]:
     """(inputs, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
     An entry is used only when its record is ours, for this key, with the file's sha256 and the arrays'
-    digest matching; one of ours that is damaged is replaced; anything else there is never touched."""
-    from monkey_trt.engine.derived_record import (
-        check_record,
-        owned_by_me,
-        remove_recorded,
-    )
-    from monkey_trt.export.calibration import cache_dir, record_field
+    digest matching; one of ours that is damaged is replaced; anything else there is never touched.
+    (An export records these inputs in the UNet's recording run when it can: calibration.load_or_collect.)"""
+    from monkey_trt.engine.derived_record import remove_recorded
+    from monkey_trt.export.calibration import record_field
 
-    networks = tuple(sorted(networks))
-    folder = Path(cache) if cache is not None else cache_dir()
-    key = _key(spec, networks, manifest)
-    path, record = folder / f"inputs-v1-{key}.npz", folder / f"inputs-v1-{key}.json"
-    state = check_record(record, CACHE_KIND, key, present=path)
+    entry = inputs_entry(manifest, spec, networks, cache)
+    state = entry.state()
     if state == "ok":
         try:
-            data = NetworkInputs.load(path)
-            if data.all_digest() == record_field(record, "data_sha256") and set(data.arrays) == set(networks):
+            data = NetworkInputs.load(entry.path)
+            if data.all_digest() == record_field(entry.record, "data_sha256") and set(data.arrays) == set(entry.networks):
                 return data, True
         except Exception:  # noqa: BLE001 - a damaged entry of ours (zip, npy: numpy raises many kinds) is replaced
             pass
         state = "wrong"
     if state == "wrong":
-        remove_recorded(record, CACHE_KIND)
-    data = collect_inputs(engine_dir, spec, networks, progress, threads)
-    free = not os.path.lexists(path) and not os.path.lexists(record)  # never over a file we did not write
-    if free and (not folder.exists() or owned_by_me(folder)):
-        _save(data, path, record, key)
+        remove_recorded(entry.record, CACHE_KIND)
+    data = collect_inputs(engine_dir, spec, entry.networks, progress, threads)
+    store_inputs(data, entry)
     return data, False
 
 

@@ -398,13 +398,14 @@ def quantized_file_names() -> list[str]:
 
 
 def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str], spec, progress=None,
-                  settings: dict | None = None, cache: Path | None = None):
+                  settings: dict | None = None, cache: Path | None = None, record_also: tuple[str, ...] = ()):
     """Calibrate on the fp32 engine directory `root` and write the 8-bit graphs of `precisions` into `dst_dir`
     (the staging folder of the same commit); returns the manifest with their entries and exporter record.
 
     `spec`: the CalibrationSpec (export/calibration.py); `settings`: precision -> QuantSettings (default:
     QuantSettings(precision)). The calibration recording is shared by all precisions and cached. The UNet only:
-    quantize_nets.add_8bit adds the VAE decoder (and the opt-in image encoder).
+    quantize_nets.add_8bit adds the VAE decoder (and the opt-in image encoder), whose inputs a fresh recording
+    also records (`record_also`: calibration.load_or_collect).
     """
     from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
     from monkey_trt.export.calibration import load_or_collect
@@ -416,7 +417,7 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
     unet = sum(sum(manifest.networks[n].sizes.values()) for n in QUANTIZED_NETWORKS)  # the fp32 graphs (+ data)
     check_room(dst_dir, QUANT_ROOM * unet, "quantizing the UNet", shown=root)  # before minutes of calibration
     say("calibrating: recording MONKEY's UNet calls on the fp32 engine", 0, 1)
-    data, reused = load_or_collect(Path(root), manifest, spec, progress=say, cache=cache)
+    data, reused = load_or_collect(Path(root), manifest, spec, progress=say, cache=cache, networks=record_also)
     calib = {**spec.record(), "calls": len(data), "data_sha256": data.digest, "reused_cache": reused}
     entries, exporter = dict(manifest.networks), dict(manifest.exporter)
     feeds = data.feeds()

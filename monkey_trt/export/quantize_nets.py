@@ -57,9 +57,10 @@ def add_8bit(root: Path, manifest, dst_dir: Path, precisions, spec, progress=Non
     from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS, Manifest
 
     todo = [p for p in precisions if p in QUANTIZED_PRECISIONS]
-    updated = add_quantized(root, manifest, dst_dir, todo, spec, progress=progress, cache=cache)
+    networks = networks_8bit(image_encoder)
+    updated = add_quantized(root, manifest, dst_dir, todo, spec, progress=progress, cache=cache, record_also=networks)
     say = progress or (lambda msg, done, total: None)
-    entries = quantize_networks(root, manifest, dst_dir, todo, spec, networks_8bit(image_encoder), updated.networks, say, cache=cache)
+    entries = quantize_networks(root, manifest, dst_dir, todo, spec, networks, updated.networks, say, cache=cache)
     return Manifest(**{**updated.__dict__, "networks": entries})
 
 
