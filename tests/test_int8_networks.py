@@ -67,16 +67,17 @@ def test_recorded_inputs_are_deterministic_and_cached(engine_dir, tmp_path):
 
 
 def test_the_unet_recording_also_records_the_networks_inputs_bit_for_bit(engine_dir, tmp_path, monkeypatch):
-    """An export runs MONKEY once per calibration case for both recordings (calibration.load_or_collect with
-    `networks`): the inputs it caches are the separate recording's bits, and the next step reads them."""
-    from monkey_trt.export.calibration import collect, load_or_collect
+    """An export runs MONKEY once per calibration case for both recordings (load_or_collect_with_unet): the inputs
+    it caches are the separate recording's bits, and the next step reads them."""
+    from monkey_trt.export.calibration import collect
+    from monkey_trt.export.network_calibration import load_or_collect_with_unet
 
     spec = CalibrationSpec.build(**SPEC)
     m = load_manifest(engine_dir, verify="size")
     opened = []
     real = MonkeyPipeline.from_engine_dir
     monkeypatch.setattr(MonkeyPipeline, "from_engine_dir", classmethod(lambda cls, *a, **k: (opened.append(a[0]), real(*a, **k))[1]))
-    data, reused = load_or_collect(engine_dir, m, spec, cache=tmp_path, networks=("vae_decoder", "image_encoder"))
+    data, reused = load_or_collect_with_unet(engine_dir, m, spec, ("vae_decoder", "image_encoder"), cache=tmp_path)
     assert not reused and len(opened) == 1  # one pipeline, one generation per case
     inputs, reused = load_or_collect_inputs(engine_dir, m, spec, ("image_encoder", "vae_decoder"), cache=tmp_path)
     assert reused and len(opened) == 1  # nothing run again
@@ -88,7 +89,7 @@ def test_the_unet_recording_also_records_the_networks_inputs_bit_for_bit(engine_
     next(tmp_path.glob("calib-v2-*.npz")).unlink()
     next(tmp_path.glob("calib-v2-*.json")).unlink()
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("inputs-v1-*")}
-    load_or_collect(engine_dir, m, spec, cache=tmp_path, networks=("vae_decoder", "image_encoder"))
+    load_or_collect_with_unet(engine_dir, m, spec, ("vae_decoder", "image_encoder"), cache=tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("inputs-v1-*")} == before
 
 

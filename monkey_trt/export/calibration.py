@@ -232,23 +232,16 @@ class CalibrationData:
             return cls({k: z[k] for k in z.files if k != "__calls__"}, calls)
 
 
-def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0) -> CalibrationData:
+def collect(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0,
+            watchers: tuple = ()) -> CalibrationData:
     """Run MONKEY's two passes on the fp32 engine (ORT CPU) for every case and record each UNet call
-    (through the pipeline's public hook, `MonkeyPipeline.watch_unet`)."""
-    return collect_with_inputs(engine_dir, spec, progress, threads)[0]
-
-
-def collect_with_inputs(engine_dir: Path, spec: CalibrationSpec, progress: Progress | None = None, threads: int = 0,
-                        networks: tuple[str, ...] = ()):
-    """collect(), and in the same runs the inputs of `networks` (vae_decoder, image_encoder) as
-    network_calibration.collect_inputs records them: one fp32 generation per case for both recordings, not two.
-    Returns (CalibrationData, NetworkInputs or None when no `networks`)."""
-    from monkey_trt.export.network_calibration import NetworkInputs, input_recorder
+    (through the pipeline's public hook, `MonkeyPipeline.watch_unet`). `watchers`: (network, observer) pairs
+    attached to the same runs with `MonkeyPipeline.watch_network` (network_calibration records the VAE decoder's
+    and image encoder's inputs this way: one fp32 generation per case for both recordings)."""
     from monkey_trt.runtime.noise import NoisePlan
     from monkey_trt.runtime.pipeline import MonkeyPipeline
 
     cases = spec.cases()
-    inputs: dict[str, list[np.ndarray]] = {n: [] for n in networks}
     c = spec.config
     rows: list[dict] = []
     calls: list[dict] = []
@@ -259,8 +252,8 @@ def collect_with_inputs(engine_dir: Path, spec: CalibrationSpec, progress: Progr
     with MonkeyPipeline.from_engine_dir(engine_dir, backend="ort", providers=("cpu",), precision="fp32",
                                         threads=threads, verify="size", cpu_arena=False, map_only=False) as pipe, \
             contextlib.ExitStack() as watching:
-        for n in networks:
-            watching.enter_context(pipe.watch_network(n, input_recorder(n, inputs[n])))
+        for network, observer in watchers:
+            watching.enter_context(pipe.watch_network(network, observer))
         for i, (prompt, s, seed) in enumerate(cases):
             if progress is not None:
                 progress(f"calibration case {i + 1}/{len(cases)}", i, len(cases))
@@ -281,8 +274,7 @@ def collect_with_inputs(engine_dir: Path, spec: CalibrationSpec, progress: Progr
                 rows.append(feeds)
     arrays = {k: np.stack([r[k] for r in rows]) if k == "ip_scale" else np.concatenate([r[k] for r in rows])
               for k in rows[0]}
-    recorded = NetworkInputs({n: np.concatenate(inputs[n]) for n in networks}) if networks else None
-    return CalibrationData(arrays, calls), recorded
+    return CalibrationData(arrays, calls)
 
 
 def _kept_row(feeds: dict, held: dict) -> dict:
@@ -316,15 +308,13 @@ CACHE_KIND = "calibration"
 
 
 def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress: Progress | None = None,
-                    cache: Path | None = None, threads: int = 0, networks: tuple[str, ...] = ()) -> tuple[CalibrationData, bool]:
+                    cache: Path | None = None, threads: int = 0, watchers: tuple = ()) -> tuple[CalibrationData, bool]:
     """(data, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
 
     An entry is used only when its record (`calib-v2-<key>.json`, engine/derived_record.py) is ours and the
     current user's, for this key, with the file's sha256 and the arrays' digest matching; an entry of ours that
     is damaged or altered is replaced; anything else there (another user's, no record) is neither used nor
-    overwritten. `networks`: the 8-bit networks whose inputs the export records next
-    (network_calibration.load_or_collect_inputs): a fresh recording also records theirs and caches it under
-    that function's key, when it has no entry yet, so the export runs MONKEY once per case, not twice."""
+    overwritten. `watchers`: attached to a fresh recording's runs (collect), not called on a cache hit."""
     from monkey_trt.engine.derived_record import check_record, owned_by_me, remove_recorded
 
     digests = {n: dict(sorted(e.sha256.items())) for n, e in sorted(manifest.networks.items())}
@@ -342,17 +332,10 @@ def load_or_collect(engine_dir: Path, manifest, spec: CalibrationSpec, progress:
         state = "wrong"
     if state == "wrong":
         remove_recorded(record, CACHE_KIND)
-    from monkey_trt.export.network_calibration import inputs_entry, store_inputs
-
-    networks = tuple(sorted(networks))
-    entry = inputs_entry(manifest, spec, networks, folder) if networks else None
-    also = networks if entry is not None and entry.state() == "missing" else ()
-    data, inputs = collect_with_inputs(engine_dir, spec, progress, threads, also)
+    data = collect(engine_dir, spec, progress, threads, watchers)
     free = not os.path.lexists(path) and not os.path.lexists(record)  # never over a file we did not write
     if free and (not folder.exists() or owned_by_me(folder)):  # nor into another user's folder
         _save_entry(data, path, record, key)
-    if inputs is not None:
-        store_inputs(inputs, entry)
     return data, False
 
 

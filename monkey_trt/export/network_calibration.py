@@ -140,12 +140,28 @@ def store_inputs(data: NetworkInputs, entry: InputsEntry) -> None:
         _save(data, entry.path, entry.record, entry.key)
 
 
+def load_or_collect_with_unet(engine_dir: Path, manifest, spec, networks: tuple[str, ...], progress=None,
+                              cache: Path | None = None, threads: int = 0):
+    """The UNet's recording (calibration.load_or_collect: (data, reused)) and, in the same fp32 generations when
+    it has to run, the inputs of `networks`, cached under load_or_collect_inputs' key when they have no entry yet:
+    an export then runs MONKEY once per calibration case for both recordings, not twice."""
+    from monkey_trt.export.calibration import load_or_collect
+
+    entry = inputs_entry(manifest, spec, networks, cache) if networks else None
+    rows: dict[str, list] = {n: [] for n in entry.networks} if entry is not None and entry.state() == "missing" else {}
+    data, reused = load_or_collect(engine_dir, manifest, spec, progress, cache, threads,
+                                   watchers=tuple((n, input_recorder(n, r)) for n, r in rows.items()))
+    if rows and not reused:
+        store_inputs(NetworkInputs({n: np.concatenate(r) for n, r in rows.items()}), entry)
+    return data, reused
+
+
 def load_or_collect_inputs(engine_dir: Path, manifest, spec, networks: tuple[str, ...], progress=None,
                            cache: Path | None = None, threads: int = 0) -> tuple[NetworkInputs, bool]:
     """(inputs, reused): the cached recording when every input is unchanged, else a fresh one (then cached).
     An entry is used only when its record is ours, for this key, with the file's sha256 and the arrays'
     digest matching; one of ours that is damaged is replaced; anything else there is never touched.
-    (An export records these inputs in the UNet's recording run when it can: calibration.load_or_collect.)"""
+    (An export records these inputs in the UNet's recording run when it can: load_or_collect_with_unet.)"""
     from monkey_trt.engine.derived_record import remove_recorded
     from monkey_trt.export.calibration import record_field
 

@@ -405,10 +405,10 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
     `spec`: the CalibrationSpec (export/calibration.py); `settings`: precision -> QuantSettings (default:
     QuantSettings(precision)). The calibration recording is shared by all precisions and cached. The UNet only:
     quantize_nets.add_8bit adds the VAE decoder (and the opt-in image encoder), whose inputs a fresh recording
-    also records (`record_also`: calibration.load_or_collect).
+    also records (`record_also`: network_calibration.load_or_collect_with_unet).
     """
     from monkey_trt.enginedir.manifest import Manifest, NetworkEntry
-    from monkey_trt.export.calibration import load_or_collect
+    from monkey_trt.export.network_calibration import load_or_collect_with_unet
 
     todo = [p for p in precisions if p in QUANTIZED_PRECISIONS]
     if not todo:
@@ -417,7 +417,7 @@ def add_quantized(root: Path, manifest, dst_dir: Path, precisions: Iterable[str]
     unet = sum(sum(manifest.networks[n].sizes.values()) for n in QUANTIZED_NETWORKS)  # the fp32 graphs (+ data)
     check_room(dst_dir, QUANT_ROOM * unet, "quantizing the UNet", shown=root)  # before minutes of calibration
     say("calibrating: recording MONKEY's UNet calls on the fp32 engine", 0, 1)
-    data, reused = load_or_collect(Path(root), manifest, spec, progress=say, cache=cache, networks=record_also)
+    data, reused = load_or_collect_with_unet(Path(root), manifest, spec, record_also, progress=say, cache=cache)
     calib = {**spec.record(), "calls": len(data), "data_sha256": data.digest, "reused_cache": reused}
     entries, exporter = dict(manifest.networks), dict(manifest.exporter)
     feeds = data.feeds()
