@@ -604,3 +604,37 @@ def test_int8_same_bits_with_and_without_the_default_ort_cache(int8_dir, subject
     assert len([p for p in (tmp_path / "user-cache" / "ort-optimized").iterdir() if p.name.startswith("unet-")]) == 2
     for image, mask in runs[1:]:
         assert np.array_equal(image, runs[0][0]) and np.array_equal(mask, runs[0][1])
+
+
+def test_float8_nan_check_is_the_libraries_done_once_per_initializer(monkeypatch):
+    """quantize._float8_checked_once: onnxruntime 1.32's ONNXModel.initializer_extend re-checks every float8
+    initializer byte by byte on every addition (quadratic: fp8 at sd15 size never finished). Inside the block the
+    check gives ORT's verdicts (a NaN byte 0x7F/0xFF raises its ValueError) and reads each initializer once."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    from monkey_trt.export.quantize import _float8_checked_once
+
+    def fp8(name, raw):
+        return helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, [len(raw)], raw, raw=True)
+
+    good, nan = fp8("w", bytes([0, 1, 0x7E, 0x80, 0xFE])), fp8("bad", bytes([3, 0xFF]))
+    for init in (good, nan):  # ORT's own check first: these are its verdicts
+        ok = True
+        try:
+            ONNXModel._check_init(None, init)
+        except ValueError:
+            ok = False
+        assert ok == (init is good)
+    model = ONNXModel(helper.make_model(helper.make_graph([], "g", [], [])))
+    scans = []
+    frombuffer = np.frombuffer
+    monkeypatch.setattr(np, "frombuffer", lambda *a, **k: (scans.append(1), frombuffer(*a, **k))[1])
+    original = ONNXModel._check_init
+    with _float8_checked_once():
+        model.initializer_extend([good])
+        for i in range(20):  # each addition re-walks every initializer: the float8 one is scanned once all the same
+            model.initializer_extend([numpy_helper.from_array(np.zeros(2, np.float32), f"z{i}")])
+        assert len(scans) == 1
+        with pytest.raises(ValueError, match="'bad' has nan"):
+            model.initializer_extend([nan])
+    assert ONNXModel._check_init is original
