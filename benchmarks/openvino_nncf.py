@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monkey_trt.engine.compare import snr_db
 from monkey_trt.engine.openvino import (
     OpenVinoRunner,
     cpu_abilities,
@@ -94,8 +95,7 @@ def main() -> None:
     base = outs["openvino f32"]
     out["per_call_s"] = {k: round(statistics.median(v), 4) for k, v in times.items()}
     out["max_abs_vs_f32"] = {k: float(np.abs(o - base).max()) for k, o in outs.items()}
-    out["snr_db_vs_f32"] = {k: round(float(10 * np.log10((base ** 2).mean() / max(((o - base) ** 2).mean(), 1e-30))), 1)
-                            for k, o in outs.items() if k != "openvino f32"}
+    out["snr_db_vs_f32"] = {k: round(snr_db(base, o), 1) for k, o in outs.items() if k != "openvino f32"}
     out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     out["loadavg_after"] = os.getloadavg()[0]
     text = json.dumps(out, indent=1)

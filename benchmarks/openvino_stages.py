@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monkey_trt.engine.compare import snr_db
 from monkey_trt.engine.openvino import (
     OpenVinoRunner,
     cpu_abilities,
@@ -30,11 +31,6 @@ from monkey_trt.engine.openvino import (
 )
 from monkey_trt.enginedir.load import load_manifest
 from monkey_trt.enginedir.networks import symbol_sizes
-
-
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    err = float(((got.astype(np.float64) - ref) ** 2).mean())
-    return float("inf") if err == 0 else round(10 * np.log10(float((ref.astype(np.float64) ** 2).mean()) / err), 1)
 
 
 def main() -> None:
@@ -83,7 +79,7 @@ def main() -> None:
             "per_call_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
             "vs_f32": {k: round(statistics.median(v) / base, 3) for k, v in times.items()},
             "max_abs_vs_f32": {k: float(np.abs(o - outs["f32"]).max()) for k, o in outs.items()},
-            "snr_db_vs_f32": {k: snr_db(outs["f32"], o) for k, o in outs.items() if k != "f32"}}
+            "snr_db_vs_f32": {k: round(snr_db(outs["f32"], o), 1) for k, o in outs.items() if k != "f32"}}
         for r in variants.values():
             r.deactivate()
     out["loadavg_after"] = os.getloadavg()[0]

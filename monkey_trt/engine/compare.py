@@ -56,6 +56,14 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
 
 
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-noise ratio in dB of `test` against `reference` (any range: the reference's power over the error's;
+    inf when identical)."""
+    ref = reference.astype(np.float64)
+    err = float(np.mean((test.astype(np.float64) - ref) ** 2))
+    return float("inf") if err == 0 else float(10 * np.log10(float(np.mean(ref ** 2)) / err))
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two binary masks ({0,1} or {0,255}: > 0 is in); 1.0 when both are empty."""
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
