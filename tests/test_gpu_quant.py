@@ -115,6 +115,11 @@ def test_gpu_graph_walk_fp16_around_qdq_islands_fp32(both_dir):
     assert compute and not [n.name for n in compute if any(types.get(o) == FP32 for o in n.output)]
     counts = check_gpu_graph(onnx.load(str(both_dir / "unet.int8-fp16.onnx"), load_external_data=False))
     assert counts["dequantize_nodes"] == len(dq) and counts["quantized_layers"] == len(layers)
+    # TensorRT's int8: zero point 0, int8 (the CPU graph's uint8 activation pairs, zero point 128, turned back)
+    zps = [types[n.input[2]] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zps and set(zps) == {onnx.TensorProto.INT8}
+    cpu, cpu_types = _types(both_dir / "unet.int8.onnx")
+    assert {cpu_types[n.input[2]] for n in cpu.node if n.op_type == "QuantizeLinear"} == {onnx.TensorProto.UINT8}
 
 
 def test_the_walk_refuses_an_fp32_scale_and_fp32_compute(both_dir):
@@ -123,9 +128,14 @@ def test_the_walk_refuses_an_fp32_scale_and_fp32_compute(both_dir):
 
     from monkey_trt.export.gpu_quant import check_gpu_graph
 
+    from monkey_trt.export.qdq_types import int8_activations
+
     cpu = onnx.load(str(both_dir / "unet.int8.onnx"), load_external_data=False)
+    with pytest.raises(MonkeyError, match="QuantizeLinear .* has a uint8 zero point"):
+        check_gpu_graph(cpu)  # the CPU graph: uint8 activation pairs (export/qdq_types.py)
+    assert int8_activations(cpu.graph) > 0
     with pytest.raises(MonkeyError, match="DequantizeLinear .* non-fp16"):
-        check_gpu_graph(cpu)  # the CPU graph: fp32 scales everywhere
+        check_gpu_graph(cpu)  # and fp32 scales everywhere
     gpu = onnx.load(str(both_dir / "unet.int8-fp16.onnx"), load_external_data=True)
     dq = next(n for n in gpu.graph.node if n.op_type == "DequantizeLinear")
     i = next(k for k, t in enumerate(gpu.graph.initializer) if t.name == dq.input[1])

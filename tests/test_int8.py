@@ -149,15 +149,38 @@ def test_qdq_where_intended_and_absent_on_the_map_path(int8_dir):
     mask_users = [n for n in g.node if n.op_type == "Mul" and any(i.startswith("/Resize") or "ip_scale" in i for i in n.input)]
     assert all(not dq[n.name] for n in mask_users)
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "ip_mask" for n in g.node)
-    # int8, symmetric (zero points 0: what TensorRT's explicit quantization takes), per-channel weights
+    # symmetric activations: int8 of zero point 0 (TensorRT's explicit quantization) written as uint8 of zero point
+    # 128 in this CPU graph (the same values, the type ORT's x86 kernels fuse: export/qdq_types.py); int8 weights
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in g.node if n.op_type == "QuantizeLinear"]
-    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    assert zps and all(z.dtype == np.uint8 and (z == 128).all() for z in zps)
+    weight_zps = [numpy_helper.to_array(inits[n.input[2]]) for n in g.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weight_zps and all(z.dtype == np.int8 and not z.any() for z in weight_zps)
     producers = {o: n for n in g.node for o in n.output}
     w_scales = [numpy_helper.to_array(inits[producers[c.input[1]].input[1]]) for c in convs]
     assert all(s.ndim == 1 and s.size > 1 for s in w_scales), "per-output-channel weight scales"
     # inputs and outputs keep the manifest's declared types
     assert [(v.name, v.type.tensor_type.elem_type) for v in (*g.input, *g.output)] == \
            [(v.name, v.type.tensor_type.elem_type) for v in (*fp32.input, *fp32.output)]
+
+
+def test_ort_fuses_every_quantized_layer_of_the_cpu_graphs(int8_dir, tmp_path):
+    """ONNX Runtime's CPU provider runs every quantized Conv/MatMul of the int8 UNet and VAE decoder as an integer
+    kernel: none is left as an fp32 layer behind a DequantizeLinear (int8 pairs read by several layers were: the
+    UNet's to_k/to_v on the tokens, the decoder's convs before GroupNorm; export/qdq_types.py)."""
+    import onnxruntime as ort
+
+    for name in ("unet", "vae_decoder"):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(tmp_path / f"{name}.optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(int8_dir / f"{name}.int8.onnx"), so, providers=["CPUExecutionProvider"])
+        g = onnx.load(so.optimized_model_filepath).graph
+        dq = _dq_inputs(g)
+        unfused = [n.name for n in g.node if n.op_type in ("Conv", "MatMul", "Gemm", "FusedMatMul") and dq[n.name]]
+        fused = [n for n in g.node if n.op_type in ("QLinearConv", "MatMulIntegerToFloat", "QLinearMatMul", "QGemm")]
+        assert fused and not unfused, (name, unfused)
 
 
 # -- running it ---------------------------------------------------------------------------------------

@@ -40,11 +40,12 @@ from monkey_trt.enginedir.manifest import (
     QUANTIZED_PRECISIONS,
     graph_key,
 )
+from monkey_trt.export.qdq_types import int8_activations
 
 QDQ_OPSET = 19  # fp16 inputs and scales in QuantizeLinear/DequantizeLinear
 QUANT_BASE_CHOICES = ("auto", "fp32", "fp16", "both")  # `export --quant-base`
 DEFAULT_QUANT_BASE = "auto"  # the one default (resolve_bases says what it writes)
-_FP32, _FP16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
+_FP32, _FP16, _UINT8 = 1, 10, 2  # onnx.TensorProto.FLOAT, FLOAT16, UINT8
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _NEUTRAL = ("Cast", "Shape", "Size", "Constant", "ConstantOfShape")  # no float compute of their own
 
@@ -251,6 +252,7 @@ def write_gpu_quantized(src: Path, dst_dir: Path, network: str, precision: str, 
         work = Path(tmp) / "qdq19.onnx"
         _to_opset(src, work, external)
         model = onnx.load(str(work), load_external_data=True)
+        int8_activations(model.graph)  # TensorRT: int8 activations of zero point 0 (a CPU graph has uint8: qdq_types.py)
         seven_bit = precision == "int8" and bool((record or {}).get("settings", {}).get("reduce_range"))
         requantized = requantize_weights(model.graph, _weights_of(fp32_src)) if seven_bit and fp32_src else 0
         report = replace(convert_qdq_fp16(model, network), requantized_weights=requantized)
@@ -280,6 +282,7 @@ def island_nodes(graph) -> set[str]:
 def check_gpu_graph(model) -> dict:
     """Walk a GPU-shaped 8-bit graph (weights need not be loaded); MonkeyError naming the first fault.
 
+    * no uint8 Q/DQ (TensorRT's explicit quantization: int8 of zero point 0, or fp8);
     * every DequantizeLinear has an fp16 scale, so an fp16 output, and feeds fp16 ops (a Cast into an island at most);
     * every quantized layer (a Conv/MatMul/Gemm reading a DequantizeLinear) computes in fp16;
     * every island node (map path, normalisations, embeddings) computes in fp32;
@@ -302,6 +305,9 @@ def check_gpu_graph(model) -> dict:
     def fail(msg: str):
         raise MonkeyError(f"GPU-shaped 8-bit graph: {msg}")
 
+    for n in g.node:
+        if n.op_type in _QDQ and len(n.input) > 2 and types.get(n.input[2]) == _UINT8:
+            fail(f"{n.op_type} {n.name} has a uint8 zero point (TensorRT takes int8 with zero point 0, or fp8)")
     dq = [n for n in g.node if n.op_type == "DequantizeLinear"]
     layers = set()
     for n in dq:

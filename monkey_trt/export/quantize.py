@@ -59,6 +59,7 @@ from monkey_trt.core.disk import check_room, full_disk_is_an_error
 from monkey_trt.core.errors import MonkeyError
 from monkey_trt.enginedir.manifest import QUANTIZED_PRECISIONS
 from monkey_trt.export.graph_walks import embedding_nodes, map_path_nodes, name_nodes
+from monkey_trt.export.qdq_types import uint8_activations
 from monkey_trt.export.quant_groups import all_8bit_networks, default_keep, more_kept_nodes
 
 KEEP = ("map", "embedding", "io", "attention", "skip", "downsample",  # kept-precision groups (see the module doc)
@@ -405,11 +406,14 @@ def write_quantized_network(src: Path, dst_dir: Path, network: str, feeds: list[
         report = quantize_model_file(src, raw, feeds, settings, external)
         model = onnx.load(str(raw), load_external_data=True)
         _strip_metadata(model)
+        # the CPU graph: ONNX Runtime's x86 integer kernels take uint8 activations (the same values; qdq_types.py)
+        unsigned = uint8_activations(model.graph) if settings.precision == "int8" else 0
         files = save_onnx(model, dst, external)  # the project's one layout: <name>.onnx (+ <name>.onnx.data)
         del model
     onnx.checker.check_model(str(dst))
     paths = [Path(dst_dir) / f for f in files]
     record = {"library": library_version(), "settings": settings.to_json(), **report.summary(),
+              **({"uint8_activation_pairs": unsigned} if unsigned else {}),
               **({"calibration": calibration} if calibration else {})}
     return PrecisionFiles(files[0], files[1] if external else None, {p.name: sha256_file(p) for p in paths},
                           {p.name: p.stat().st_size for p in paths}, quantization=record), report
