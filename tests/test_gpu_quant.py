@@ -127,7 +127,6 @@ def test_the_walk_refuses_an_fp32_scale_and_fp32_compute(both_dir):
     from onnx import helper, numpy_helper
 
     from monkey_trt.export.gpu_quant import check_gpu_graph
-
     from monkey_trt.export.qdq_types import int8_activations
 
     cpu = onnx.load(str(both_dir / "unet.int8.onnx"), load_external_data=False)

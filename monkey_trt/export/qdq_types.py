@@ -49,7 +49,7 @@ def _rewrite_pairs(graph, src_type: int, dst_type: int, shift: int, suffix: str,
     def same(a: str, b: str) -> bool:
         return a == b or (a in inits and b in inits and np.array_equal(array(a), array(b)))
 
-    made, rewritten = {}, []
+    made, retyped = {}, set()  # old zero point -> its shifted copy; the pairs' tensors
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or len(q.input) < 3 or q.input[2] not in inits:
             continue
@@ -68,11 +68,10 @@ def _rewrite_pairs(graph, src_type: int, dst_type: int, shift: int, suffix: str,
         q.input[2] = new
         for u in users:
             u.input[2] = new
-        rewritten.append(q.output[0])
-    if not rewritten:
+        retyped.add(q.output[0])
+    if not retyped:
         return 0
     graph.initializer.extend(made.values())
-    retyped = set(rewritten)
     for v in graph.value_info:  # shape inference's record of the pair's tensor type
         if v.name in retyped:
             v.type.tensor_type.elem_type = dst_type
@@ -81,7 +80,7 @@ def _rewrite_pairs(graph, src_type: int, dst_type: int, shift: int, suffix: str,
     kept = [t for t in graph.initializer if t.name not in stale]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return len(rewritten)
+    return len(retyped)
 
 
 def uint8_activations(graph) -> int:
